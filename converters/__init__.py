@@ -1,0 +1,9 @@
+"""edge-toolkit converters: export models to ONNX model packages and validate them.
+
+torch, transformers and optimum-onnx are imported lazily, inside the functions that need them.
+"""
+
+from converters.convert import ConvertOptions, convert
+from converters.recipes import Recipe, list_recipes, load_recipe
+
+__all__ = ["ConvertOptions", "Recipe", "convert", "list_recipes", "load_recipe"]

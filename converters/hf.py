@@ -1,0 +1,242 @@
+"""Hugging Face transformers models: task detection, export through optimum-onnx, preprocessing facts.
+
+torch, transformers and optimum are imported inside the functions: importing `converters` stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import BadInputError, ExportError
+from toolkit.manifest import ImagePreprocessing, Preprocessing, TextPreprocessing
+
+__all__ = [
+    "TASKS",
+    "HfTask",
+    "copy_assets",
+    "detect_task",
+    "export_hf_model",
+    "labels_of",
+    "load_hf_model",
+    "preprocessing_of",
+    "run_reference",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HfTask:
+    """One of our task names, the optimum-onnx task it exports as, and whether it reads text or images."""
+
+    name: str
+    optimum_task: str
+    modality: str
+    has_labels: bool = False
+
+
+TASKS: dict[str, HfTask] = {
+    task.name: task
+    for task in (
+        HfTask("embed", "feature-extraction", "text"),
+        HfTask("features", "feature-extraction", "any"),
+        HfTask("classify", "text-classification", "text", has_labels=True),
+        HfTask("token-classify", "token-classification", "text", has_labels=True),
+        HfTask("image-classify", "image-classification", "image", has_labels=True),
+    )
+}
+_OPTIMUM_ALIASES = {t.optimum_task: t.name for t in TASKS.values() if t.name != "embed"}
+
+# Suffix of config.architectures[0] -> task; first match wins, so longer suffixes come first.
+_ARCHITECTURE_TASKS = (
+    ("ForSequenceClassification", "classify"),
+    ("ForTokenClassification", "token-classify"),
+    ("ForImageClassification", "image-classify"),
+    ("Model", "features"),
+)
+
+_SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+_IMAGE_FILES = ("preprocessor_config.json",)
+_POOLING_MODES = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _task_by_name(name: str) -> HfTask:
+    canonical = _OPTIMUM_ALIASES.get(name, name)
+    if canonical not in TASKS:
+        raise BadInputError(f"unknown task '{name}'; use one of: {', '.join(TASKS)}")
+    return TASKS[canonical]
+
+
+def detect_task(model_dir: Path, requested: str | None) -> HfTask:
+    """The task to export: `requested` if given, else sentence-transformers config, else the architecture."""
+    if requested:
+        return _task_by_name(requested)
+    if (model_dir / "modules.json").is_file():
+        return TASKS["embed"]
+    architectures = _read_json(model_dir / "config.json").get("architectures") or []
+    for architecture in architectures:
+        for suffix, task in _ARCHITECTURE_TASKS:
+            if architecture.endswith(suffix):
+                return TASKS[task]
+    raise BadInputError(
+        f"cannot tell the task of '{model_dir}' (architectures: {architectures or 'none'}); pass --task ({', '.join(TASKS)})"
+    )
+
+
+def load_hf_model(model_dir: Path, task: HfTask) -> Any:
+    """The PyTorch model for `task`, in eval mode."""
+    from optimum.exporters.tasks import TasksManager
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = TasksManager.get_model_from_task(task.optimum_task, str(model_dir), framework="pt", library_name="transformers")
+    except (OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"could not load '{model_dir}' as a {task.optimum_task} model ({_first_line(exc)}); check --task or the model files") from None
+    return model.eval()
+
+
+def export_hf_model(model: Any, task: HfTask, output_dir: Path, opset: int | None) -> Path:
+    """Export with optimum-onnx into `output_dir`; returns the ONNX file. Validation is ours, not optimum's."""
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    optimum_logger = logging.getLogger("optimum")
+    previous_level = optimum_logger.level
+    # optimum logs advice (install accelerate, ...) straight to the terminal; keep it for --debug only.
+    optimum_logger.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            onnx_export_from_model(model, output_dir, opset=opset, task=task.optimum_task, do_validation=False)
+    except (ValueError, KeyError, NotImplementedError, RuntimeError) as exc:
+        architecture = type(model).__name__
+        raise ExportError(
+            f"optimum-onnx could not export {architecture} for task {task.optimum_task} ({_first_line(exc)}); "
+            "try another --task or --opset"
+        ) from None
+    finally:
+        optimum_logger.setLevel(previous_level)
+    for warning in caught:
+        log.debug("export: %s", warning.message)
+    onnx_file = output_dir / "model.onnx"
+    if not onnx_file.is_file():
+        raise ExportError(f"optimum-onnx wrote no model.onnx for {type(model).__name__}; this architecture may need several ONNX files")
+    return onnx_file
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _text_max_length(model_dir: Path, config: Mapping[str, Any]) -> int:
+    st_config = _read_json(model_dir / "sentence_bert_config.json")
+    if "max_seq_length" in st_config:
+        return int(st_config["max_seq_length"])
+    positions = int(config.get("max_position_embeddings", 512))
+    declared = _read_json(model_dir / "tokenizer_config.json").get("model_max_length")
+    return min(int(declared), positions) if isinstance(declared, int | float) and declared < 1e6 else positions
+
+
+def _pooling(model_dir: Path) -> tuple[str | None, bool]:
+    modules = json.loads((model_dir / "modules.json").read_text(encoding="utf-8")) if (model_dir / "modules.json").is_file() else []
+    pooling: str | None = "mean"
+    normalize = False
+    for module in modules:
+        kind = module.get("type", "")
+        if kind.endswith("Pooling"):
+            config = _read_json(model_dir / module.get("path", "") / "config.json")
+            pooling = next((mode for key, mode in _POOLING_MODES.items() if config.get(key)), "mean")
+        elif kind.endswith("Normalize"):
+            normalize = True
+    return pooling, normalize
+
+
+def preprocessing_of(model_dir: Path, export_dir: Path, task: HfTask) -> Preprocessing | None:
+    """What the runtime must do before (and for embeddings, after) the model, read from the model's configs."""
+    config = _read_json(model_dir / "config.json")
+    if (export_dir / "tokenizer.json").is_file() and task.modality in ("text", "any"):
+        pooling, normalize = _pooling(model_dir) if task.name == "embed" else (None, False)
+        return TextPreprocessing(
+            tokenizer="tokenizer.json",
+            max_length=_text_max_length(model_dir, config),
+            pooling=pooling,
+            normalize=normalize,
+            output="last_hidden_state" if task.name == "embed" else None,
+        )
+    if task.modality == "text":
+        raise ExportError(f"'{model_dir}' has no fast tokenizer (tokenizer.json) to package; save one with the model's tokenizer")
+    image = _read_json(model_dir / "preprocessor_config.json")
+    if image:
+        return ImagePreprocessing(
+            size=_hw(image.get("size"), config.get("image_size", 224)),
+            crop_size=_hw(image["crop_size"], 0) if image.get("do_center_crop") and image.get("crop_size") else None,
+            mean=tuple(float(v) for v in image.get("image_mean", (0.5, 0.5, 0.5))),
+            std=tuple(float(v) for v in image.get("image_std", (0.5, 0.5, 0.5))),
+            rescale_factor=float(image.get("rescale_factor", 1 / 255)),
+        )
+    return None
+
+
+def _hw(size: Any, default: int) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    if isinstance(size, Mapping):
+        if "height" in size:
+            return (int(size["height"]), int(size["width"]))
+        if "shortest_edge" in size:
+            return (int(size["shortest_edge"]), int(size["shortest_edge"]))
+    return (int(default), int(default))
+
+
+def labels_of(model: Any, task: HfTask) -> tuple[str, ...] | None:
+    """Class labels in index order, for classification tasks."""
+    if not task.has_labels:
+        return None
+    id2label = getattr(model.config, "id2label", None) or {}
+    return tuple(str(id2label[i]) for i in sorted(id2label)) or None
+
+
+def copy_assets(model_dir: Path, export_dir: Path, package_dir: Path) -> None:
+    """Copy preprocessing assets into the package: tokenizer files (as optimum saved them) and configs."""
+    for name in (*_TOKENIZER_FILES, *_IMAGE_FILES, "config.json"):
+        found = export_dir / name if (export_dir / name).is_file() else model_dir / name
+        if found.is_file():
+            shutil.copy2(found, package_dir / name)
+    for name in _SENTENCE_TRANSFORMERS_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, package_dir / name)
+    for pooling_config in model_dir.glob("*_Pooling/config.json"):
+        (package_dir / pooling_config.parent.name).mkdir(exist_ok=True)
+        shutil.copy2(pooling_config, package_dir / pooling_config.parent.name / "config.json")
+
+
+def run_reference(model: Any, feeds: Mapping[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Run the PyTorch model on numpy feeds; returns the outputs called `names` as numpy arrays."""
+    import torch
+
+    with torch.inference_mode():
+        outputs = model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()})
+    missing = [n for n in names if n not in outputs]
+    if missing:
+        raise ExportError(f"the PyTorch model has no output {missing[0]!r} to validate against (it has {list(outputs.keys())})")
+    return {n: outputs[n].detach().float().numpy() for n in names}

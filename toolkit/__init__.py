@@ -1,0 +1,29 @@
+"""edge-toolkit runtime: run ONNX model packages with onnxruntime.
+
+This package imports neither torch nor transformers; converting models lives in `converters`.
+"""
+
+from toolkit.errors import BadInputError, BadModelError, EdgeError, ExportError, ProviderUnavailableError
+from toolkit.manifest import Manifest, ModelPackage, TensorSpec, Variant
+from toolkit.pipelines import Classification, ModelPipeline, TextClassifier, TextEmbedding, load
+from toolkit.runner import Runner
+
+__all__ = [
+    "BadInputError",
+    "BadModelError",
+    "Classification",
+    "EdgeError",
+    "ExportError",
+    "Manifest",
+    "ModelPackage",
+    "ModelPipeline",
+    "ProviderUnavailableError",
+    "Runner",
+    "TensorSpec",
+    "TextClassifier",
+    "TextEmbedding",
+    "Variant",
+    "load",
+]
+
+__version__ = "0.1.0"

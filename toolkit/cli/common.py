@@ -1,0 +1,142 @@
+"""What every `edge` command shares: error handling, -v/-q/--debug, --json output, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from toolkit.errors import EdgeError
+
+__all__ = [
+    "EXIT_USER_ERROR",
+    "EXIT_VALIDATION_FAILED",
+    "EdgeGroup",
+    "common_options",
+    "console",
+    "emit_json",
+    "progress",
+]
+
+EXIT_VALIDATION_FAILED = 1
+EXIT_USER_ERROR = 2
+
+console = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _CliLogHandler(logging.Handler):
+    """`warning: ...` lines on stderr, the way the rest of the CLI talks."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+_handler = _CliLogHandler()
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    for name in ("toolkit", "converters"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if _handler not in logger.handlers:
+            logger.addHandler(_handler)
+        logger.propagate = False
+
+
+def _state() -> dict[str, Any]:
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    root.meta.setdefault("edge.verbosity", 0)
+    root.meta.setdefault("edge.debug", False)
+    return root.meta
+
+
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    if value:
+        _state()["edge.verbosity"] = value
+        _configure_logging(value)
+
+
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        _state()["edge.verbosity"] = -1
+        _configure_logging(-1)
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        _state()["edge.debug"] = True
+        _state()["edge.verbosity"] = 2
+        _configure_logging(2)
+
+
+def common_options(func: F) -> F:
+    """Add -v/--verbose, -q/--quiet and --debug to a command (they also work before the command name)."""
+    func = click.option("--debug", is_flag=True, expose_value=False, callback=_set_debug, help="Show tracebacks and debug logs.")(func)
+    func = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet, help="Only errors.")(func)
+    func = click.option("-v", "--verbose", count=True, expose_value=False, callback=_set_verbose, help="More logs (-vv: debug).")(func)
+    return func
+
+
+class EdgeGroup(click.Group):
+    """A click group that turns `EdgeError` into ``error: ...`` and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        _configure_logging(0)
+        try:
+            return super().invoke(ctx)
+        except EdgeError as exc:
+            if ctx.meta.get("edge.debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def emit_json(value: Any) -> None:
+    """Print `value` (dataclasses, arrays, paths welcome) as JSON on stdout."""
+    click.echo(json.dumps(_jsonable(value), indent=2))
+
+
+@contextlib.contextmanager
+def progress(enabled: bool = True) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr showing the current step; each step is also logged at info level."""
+    log = logging.getLogger("toolkit.cli")
+    if not enabled or _state()["edge.verbosity"] < 0 or not sys.stderr.isatty():
+        yield lambda message: log.info(message)
+        return
+    with console.status("starting") as status:
+
+        def update(message: str) -> None:
+            log.info(message)
+            status.update(message)
+
+        yield update

@@ -1,0 +1,45 @@
+"""`edge info`: inputs, outputs, opset, size, operators and variants of a package or an ONNX file."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from toolkit.cli.common import common_options, emit_json, stdout
+from toolkit.inspect import inspect_model
+
+__all__ = ["info_command"]
+
+
+@click.command("info")
+@click.argument("target", type=click.Path())
+@click.option("--variant", default="fp32", show_default=True, help="Which variant of a package to inspect.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@common_options
+def info_command(target: str, variant: str, as_json: bool) -> None:
+    """Describe TARGET, a model package directory or an .onnx file."""
+    info = inspect_model(target, variant)
+    if as_json:
+        emit_json(info)
+        return
+    stdout.print(f"[bold]{info.path}[/]  {info.size_bytes / 1e6:.2f} MB, opset {info.opset}, {info.node_count} nodes, producer {info.producer}")
+    tensors = Table(title="tensors", title_justify="left")
+    for column in ("", "name", "dtype", "shape"):
+        tensors.add_column(column)
+    for kind, specs in (("input", info.inputs), ("output", info.outputs)):
+        for spec in specs:
+            tensors.add_row(kind, spec.name, spec.dtype, "[" + ", ".join(map(str, spec.shape)) + "]")
+    stdout.print(tensors)
+    stdout.print("operators: " + ", ".join(f"{op} {count}" for op, count in info.operators.items()))
+    manifest = info.manifest
+    if manifest is None:
+        return
+    stdout.print(f"package [bold]{manifest.name}[/]: task {manifest.task}, source {manifest.source.kind} {manifest.source.ref} (sha256 {manifest.source.sha256[:12]})")
+    variants = Table(title="variants", title_justify="left")
+    for column in ("variant", "file", "precision", "method", "size MB", "validation"):
+        variants.add_column(column)
+    for v in manifest.variants.values():
+        val = v.validation
+        summary = f"{'pass' if val.passed else 'FAIL'} {val.metric} {val.value:.3g} (limit {val.threshold:.3g}, vs {val.reference})" if val else "not validated"
+        variants.add_row(v.name, v.file, v.precision, v.method, f"{v.size_bytes / 1e6:.2f}", summary)
+    stdout.print(variants)

@@ -1,0 +1,118 @@
+"""`edge run`: run a package on text (through its pipeline) or on .npy inputs (through the raw runner)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from toolkit.cli.common import common_options, emit_json, stdout
+from toolkit.errors import BadInputError
+from toolkit.pipelines import ModelPipeline, TextClassifier, TextEmbedding, load
+from toolkit.runner import Runner
+
+__all__ = ["run_command"]
+
+
+def _read_inputs(pairs: tuple[str, ...]) -> dict[str, np.ndarray]:
+    feeds = {}
+    for pair in pairs:
+        name, sep, file = pair.partition("=")
+        if not sep or not name or not file:
+            raise BadInputError(f"--input '{pair}' must look like NAME=FILE.npy")
+        path = Path(file)
+        if not path.is_file():
+            raise BadInputError(f"--input {name}: file '{file}' does not exist")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise BadInputError(f"--input {name}: '{file}' is not a .npy array ({exc})") from None
+    return feeds
+
+
+def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
+    call()  # warm-up: first run allocates and may compile kernels
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1e3)
+    return {"runs": repeat, "p50_ms": statistics.median(samples), "min_ms": min(samples), "mean_ms": statistics.fmean(samples)}
+
+
+@click.command("run")
+@click.argument("target", type=click.Path())
+@click.option("--text", "texts", multiple=True, help="A text to run through the package's pipeline (repeatable).")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="A raw input tensor (repeatable).")
+@click.option("--variant", default="fp32", show_default=True, help="Package variant to run.")
+@click.option("--providers", default="cpu", show_default=True, help="Execution providers in priority order, e.g. cuda,cpu.")
+@click.option("--strict", is_flag=True, help="Fail instead of falling back when a provider is unavailable.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@click.option("--repeat", type=click.IntRange(min=0), default=0, help="Also time this many runs and print the latency.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@common_options
+def run_command(
+    target: str,
+    texts: tuple[str, ...],
+    inputs: tuple[str, ...],
+    variant: str,
+    providers: str,
+    strict: bool,
+    threads: int | None,
+    repeat: int,
+    as_json: bool,
+) -> None:
+    """Run TARGET (a package directory, or an .onnx file with --input) and print the result."""
+    if bool(texts) == bool(inputs):
+        raise BadInputError("pass either --text (for a package with a text pipeline) or --input NAME=FILE.npy")
+    result: dict[str, Any]
+    call: Callable[[], Any]
+    if texts:
+        pipeline = load(target, providers, variant=variant, threads=threads, strict=strict)
+        runner = pipeline.runner
+        call, result = _run_text(pipeline, list(texts))
+    else:
+        runner = Runner(target, providers, variant=variant, threads=threads, strict=strict)
+        feeds = _read_inputs(inputs)
+        outputs = runner.run(feeds)
+        call = lambda: runner.run(feeds)  # noqa: E731
+        result = {"outputs": outputs}
+    result = {"model": str(runner.path), "providers": list(runner.providers), **result}
+    if repeat:
+        result["latency"] = _time(call, repeat)
+    if as_json:
+        emit_json(result)
+        return
+    _print(result)
+
+
+def _run_text(pipeline: ModelPipeline, texts: list[str]) -> tuple[Callable[[], Any], dict[str, Any]]:
+    if isinstance(pipeline, TextEmbedding):
+        embeddings = pipeline.embed(texts)
+        return (lambda: pipeline.embed(texts)), {"task": "embed", "texts": texts, "embeddings": embeddings}
+    if isinstance(pipeline, TextClassifier):
+        return (lambda: pipeline.classify(texts)), {"task": "classify", "texts": texts, "classifications": pipeline.classify(texts)}
+    raise BadInputError(
+        f"package task '{pipeline.package.manifest.task}' has no text pipeline; run it with --input NAME=FILE.npy"
+    )
+
+
+def _print(result: dict[str, Any]) -> None:
+    stdout.print(f"{result['model']} on {', '.join(result['providers'])}")
+    if "embeddings" in result:
+        for text, vector in zip(result["texts"], result["embeddings"], strict=True):
+            head = " ".join(f"{v:+.4f}" for v in vector[:6])
+            stdout.print(f"{text[:50]!r}: dim {vector.shape[0]}, norm {np.linalg.norm(vector):.4f}, [{head} ...]")
+    if "classifications" in result:
+        for text, c in zip(result["texts"], result["classifications"], strict=True):
+            stdout.print(f"{text[:50]!r}: {c.label} ({c.score:.3f})")
+    for name, array in result.get("outputs", {}).items():
+        stdout.print(f"{name}: {array.dtype} {list(array.shape)} min {array.min():.4g} max {array.max():.4g} mean {array.mean():.4g}")
+    if "latency" in result:
+        latency = result["latency"]
+        stdout.print(f"latency over {latency['runs']} runs: p50 {latency['p50_ms']:.2f} ms, min {latency['min_ms']:.2f} ms")

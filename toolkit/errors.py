@@ -1,0 +1,44 @@
+"""The one exception tree of edge-toolkit.
+
+::
+
+    EdgeError                      base: every error a user can cause or fix
+     ├── BadInputError             wrong arguments, options, paths or feeds (name, dtype, shape)
+     ├── BadModelError             not a model, a corrupt file, an unsupported graph or package
+     ├── ProviderUnavailableError  a requested execution provider cannot run here (strict mode)
+     └── ExportError               exporting or validating a source model failed
+
+Messages name the thing, the problem and the fix, on one line:
+``input 'input_ids': expected int64 [batch, seq], got float32 [3]; cast it with .astype(np.int64)``.
+The CLI prints ``error: <message>`` and exits with code 2; anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadInputError",
+    "BadModelError",
+    "EdgeError",
+    "ExportError",
+    "ProviderUnavailableError",
+]
+
+
+class EdgeError(Exception):
+    """Base class: an error with a one-line, user-facing message."""
+
+
+class BadInputError(EdgeError):
+    """The caller passed something wrong: a path, an option, or a feed."""
+
+
+class BadModelError(EdgeError):
+    """The model or package is unreadable, corrupt or unsupported."""
+
+
+class ProviderUnavailableError(EdgeError):
+    """A requested execution provider could not be used and strict mode forbids falling back."""
+
+
+class ExportError(EdgeError):
+    """Exporting a source model to ONNX failed."""

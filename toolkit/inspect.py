@@ -1,0 +1,92 @@
+"""`inspect_model`: what `edge info` shows about an ONNX file or a model package."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from toolkit.errors import BadInputError, BadModelError
+from toolkit.manifest import MANIFEST_NAME, Manifest, ModelPackage, TensorSpec
+
+__all__ = ["ModelInfo", "graph_tensor_specs", "inspect_model", "load_onnx_graph"]
+
+_ELEM_TYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.INT16: "int16",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.BOOL: "bool",
+    onnx.TensorProto.STRING: "str",
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The graph-level facts about one ONNX file."""
+
+    path: Path
+    size_bytes: int
+    opset: int
+    producer: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    node_count: int
+    operators: dict[str, int]
+    manifest: Manifest | None
+
+
+def load_onnx_graph(path: Path) -> onnx.ModelProto:
+    """Load an ONNX file's graph without its external weights; a corrupt file is a BadModelError."""
+    if not path.is_file():
+        raise BadInputError(f"'{path}' does not exist; pass a model package directory or an .onnx file")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types for a corrupt file
+        raise BadModelError(
+            f"'{path}' is not a readable ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'truncated or corrupt'}); re-export it"
+        ) from None
+
+
+def graph_tensor_specs(values: object) -> tuple[TensorSpec, ...]:
+    specs = []
+    for value in values:  # type: ignore[attr-defined]
+        tensor_type = value.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim)
+        specs.append(TensorSpec(value.name, _ELEM_TYPES.get(tensor_type.elem_type, str(tensor_type.elem_type)), shape))
+    return tuple(specs)
+
+
+def inspect_model(target: str | Path, variant: str = "fp32") -> ModelInfo:
+    """Inspect a package directory (its `variant`) or a bare .onnx file."""
+    path = Path(target)
+    manifest = None
+    if path.is_dir() or path.name == MANIFEST_NAME:
+        package = ModelPackage.open(path if path.is_dir() else path.parent)
+        manifest = package.manifest
+        path = package.model_path(variant)
+    model = load_onnx_graph(path)
+    if len(model.graph.node) == 0 and len(model.graph.input) == 0:
+        raise BadModelError(f"'{path}' holds no ONNX graph (empty or not an ONNX file); re-export it")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    initializer_names = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializer_names]
+    size = path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(f"{path.name}.data"))
+    return ModelInfo(
+        path=path,
+        size_bytes=size,
+        opset=opset,
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        inputs=graph_tensor_specs(inputs),
+        outputs=graph_tensor_specs(model.graph.output),
+        node_count=len(model.graph.node),
+        operators=dict(Counter(node.op_type for node in model.graph.node).most_common()),
+        manifest=manifest,
+    )

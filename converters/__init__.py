@@ -3,7 +3,7 @@
 torch, transformers and optimum-onnx are imported lazily, inside the functions that need them.
 """
 
-from converters.convert import ConvertOptions, convert
+from converters.conversion import ConvertOptions, convert
 from converters.recipes import Recipe, list_recipes, load_recipe
 
 __all__ = ["ConvertOptions", "Recipe", "convert", "list_recipes", "load_recipe"]

@@ -58,9 +58,13 @@ def _check_output_dir(out_dir: Path, force: bool) -> None:
         raise BadInputError(f"output '{out_dir}' is a file; pass a directory path with -o")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not (out_dir / MANIFEST_NAME).is_file():
-            raise BadInputError(f"output directory '{out_dir}' is not empty and is not a model package; choose another -o")
+            raise BadInputError(
+                f"output directory '{out_dir}' is not empty and is not a model package; choose another -o"
+            )
         if not force:
-            raise BadInputError(f"output directory '{out_dir}' already holds a model package; pass --force to replace it")
+            raise BadInputError(
+                f"output directory '{out_dir}' already holds a model package; pass --force to replace it"
+            )
 
 
 def convert(
@@ -82,7 +86,9 @@ def convert(
 
     say(f"resolving {source}")
     resolved = resolve_source(source)
-    task = detect_task(resolved.model_dir, options.task or (resolved.recipe.task if resolved.recipe else None))
+    task = detect_task(
+        resolved.model_dir, options.task or (resolved.recipe.task if resolved.recipe else None)
+    )
     atol = options.atol if options.atol is not None else (resolved.recipe.atol if resolved.recipe else 1e-4)
 
     with staging_directory(out) as staging:
@@ -132,7 +138,11 @@ def convert(
                     precision="fp32",
                     method="export",
                     size_bytes=onnx_file.stat().st_size,
-                    settings={"exporter": "optimum-onnx", "optimum_task": task.optimum_task, "export_seconds": round(export_seconds, 2)},
+                    settings={
+                        "exporter": "optimum-onnx",
+                        "optimum_task": task.optimum_task,
+                        "export_seconds": round(export_seconds, 2),
+                    },
                     validation=validation,
                     tool_versions=tool_versions(),
                 )
@@ -151,9 +161,14 @@ def convert(
 def _input_limits(model: object, preprocessing: object) -> InputLimits:
     config = getattr(model, "config", None)
     vocab = int(getattr(config, "vocab_size", 1000) or 1000)
-    max_length = preprocessing.max_length if isinstance(preprocessing, TextPreprocessing) else int(getattr(config, "max_position_embeddings", 128) or 128)
+    max_length = (
+        preprocessing.max_length
+        if isinstance(preprocessing, TextPreprocessing)
+        else int(getattr(config, "max_position_embeddings", 128) or 128)
+    )
     image = int(getattr(config, "image_size", 224) or 224)
-    return InputLimits(vocab_size=vocab, max_length=max_length, image_size=(image, image))
+    channels = int(getattr(config, "num_channels", 3) or 3)
+    return InputLimits(vocab_size=vocab, max_length=max_length, image_size=(image, image), channels=channels)
 
 
 def _source_info(resolved: ResolvedSource) -> SourceInfo:

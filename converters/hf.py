@@ -64,7 +64,11 @@ _ARCHITECTURE_TASKS = (
     ("Model", "features"),
 )
 
-_SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+_SENTENCE_TRANSFORMERS_FILES = (
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 _IMAGE_FILES = ("preprocessor_config.json",)
 _POOLING_MODES = {
@@ -109,9 +113,13 @@ def load_hf_model(model_dir: Path, task: HfTask) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = TasksManager.get_model_from_task(task.optimum_task, str(model_dir), framework="pt", library_name="transformers")
+            model = TasksManager.get_model_from_task(
+                task.optimum_task, str(model_dir), framework="pt", library_name="transformers"
+            )
     except (OSError, ValueError, KeyError) as exc:
-        raise ExportError(f"could not load '{model_dir}' as a {task.optimum_task} model ({_first_line(exc)}); check --task or the model files") from None
+        raise ExportError(
+            f"could not load '{model_dir}' as a {task.optimum_task} model ({_first_line(exc)}); check --task or the model files"
+        ) from None
     return model.eval()
 
 
@@ -126,7 +134,9 @@ def export_hf_model(model: Any, task: HfTask, output_dir: Path, opset: int | Non
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            onnx_export_from_model(model, output_dir, opset=opset, task=task.optimum_task, do_validation=False)
+            onnx_export_from_model(
+                model, output_dir, opset=opset, task=task.optimum_task, do_validation=False
+            )
     except (ValueError, KeyError, NotImplementedError, RuntimeError) as exc:
         architecture = type(model).__name__
         raise ExportError(
@@ -139,7 +149,9 @@ def export_hf_model(model: Any, task: HfTask, output_dir: Path, opset: int | Non
         log.debug("export: %s", warning.message)
     onnx_file = output_dir / "model.onnx"
     if not onnx_file.is_file():
-        raise ExportError(f"optimum-onnx wrote no model.onnx for {type(model).__name__}; this architecture may need several ONNX files")
+        raise ExportError(
+            f"optimum-onnx wrote no model.onnx for {type(model).__name__}; this architecture may need several ONNX files"
+        )
     return onnx_file
 
 
@@ -154,11 +166,17 @@ def _text_max_length(model_dir: Path, config: Mapping[str, Any]) -> int:
         return int(st_config["max_seq_length"])
     positions = int(config.get("max_position_embeddings", 512))
     declared = _read_json(model_dir / "tokenizer_config.json").get("model_max_length")
-    return min(int(declared), positions) if isinstance(declared, int | float) and declared < 1e6 else positions
+    return (
+        min(int(declared), positions) if isinstance(declared, int | float) and declared < 1e6 else positions
+    )
 
 
 def _pooling(model_dir: Path) -> tuple[str | None, bool]:
-    modules = json.loads((model_dir / "modules.json").read_text(encoding="utf-8")) if (model_dir / "modules.json").is_file() else []
+    modules = (
+        json.loads((model_dir / "modules.json").read_text(encoding="utf-8"))
+        if (model_dir / "modules.json").is_file()
+        else []
+    )
     pooling: str | None = "mean"
     normalize = False
     for module in modules:
@@ -184,12 +202,16 @@ def preprocessing_of(model_dir: Path, export_dir: Path, task: HfTask) -> Preproc
             output="last_hidden_state" if task.name == "embed" else None,
         )
     if task.modality == "text":
-        raise ExportError(f"'{model_dir}' has no fast tokenizer (tokenizer.json) to package; save one with the model's tokenizer")
+        raise ExportError(
+            f"'{model_dir}' has no fast tokenizer (tokenizer.json) to package; save one with the model's tokenizer"
+        )
     image = _read_json(model_dir / "preprocessor_config.json")
     if image:
         return ImagePreprocessing(
             size=_hw(image.get("size"), config.get("image_size", 224)),
-            crop_size=_hw(image["crop_size"], 0) if image.get("do_center_crop") and image.get("crop_size") else None,
+            crop_size=_hw(image["crop_size"], 0)
+            if image.get("do_center_crop") and image.get("crop_size")
+            else None,
             mean=tuple(float(v) for v in image.get("image_mean", (0.5, 0.5, 0.5))),
             std=tuple(float(v) for v in image.get("image_std", (0.5, 0.5, 0.5))),
             rescale_factor=float(image.get("rescale_factor", 1 / 255)),
@@ -230,7 +252,9 @@ def copy_assets(model_dir: Path, export_dir: Path, package_dir: Path) -> None:
         shutil.copy2(pooling_config, package_dir / pooling_config.parent.name / "config.json")
 
 
-def run_reference(model: Any, feeds: Mapping[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+def run_reference(
+    model: Any, feeds: Mapping[str, np.ndarray], names: tuple[str, ...]
+) -> dict[str, np.ndarray]:
     """Run the PyTorch model on numpy feeds; returns the outputs called `names` as numpy arrays."""
     import torch
 
@@ -238,5 +262,7 @@ def run_reference(model: Any, feeds: Mapping[str, np.ndarray], names: tuple[str,
         outputs = model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()})
     missing = [n for n in names if n not in outputs]
     if missing:
-        raise ExportError(f"the PyTorch model has no output {missing[0]!r} to validate against (it has {list(outputs.keys())})")
+        raise ExportError(
+            f"the PyTorch model has no output {missing[0]!r} to validate against (it has {list(outputs.keys())})"
+        )
     return {n: outputs[n].detach().float().numpy() for n in names}

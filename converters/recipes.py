@@ -53,7 +53,9 @@ class Recipe:
 
 def _recipe_files() -> dict[str, Any]:
     root = importlib.resources.files("converters.model_recipes")
-    return {entry.name.removesuffix(".toml"): entry for entry in root.iterdir() if entry.name.endswith(".toml")}
+    return {
+        entry.name.removesuffix(".toml"): entry for entry in root.iterdir() if entry.name.endswith(".toml")
+    }
 
 
 def _parse(name: str, text: str) -> Recipe:
@@ -67,7 +69,11 @@ def _parse(name: str, text: str) -> Recipe:
             source=source,
             atol=float(data.get("validation", {}).get("atol", 1e-4)),
             suggested_quantization=data.get("quantization", {}).get("suggested"),
-            extra={k: v for k, v in data.items() if k not in {"name", "summary", "task", "source", "validation", "quantization"}},
+            extra={
+                k: v
+                for k, v in data.items()
+                if k not in {"name", "summary", "task", "source", "validation", "quantization"}
+            },
         )
     except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
         raise BadModelError(f"recipe '{name}' is malformed ({exc!r}); fix models/{name}.toml") from None
@@ -75,7 +81,9 @@ def _parse(name: str, text: str) -> Recipe:
 
 def list_recipes() -> list[Recipe]:
     """Every shipped recipe, sorted by name."""
-    return [_parse(name, entry.read_text(encoding="utf-8")) for name, entry in sorted(_recipe_files().items())]
+    return [
+        _parse(name, entry.read_text(encoding="utf-8")) for name, entry in sorted(_recipe_files().items())
+    ]
 
 
 def load_recipe(name: str) -> Recipe:

@@ -45,7 +45,9 @@ class ResolvedSource:
 def directory_sha256(folder: Path) -> str:
     """A hash of every file's relative path and content, in sorted order (READMEs left out)."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in _HASH_SKIP and ".git" not in p.parts):
+    for file in sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.name not in _HASH_SKIP and ".git" not in p.parts
+    ):
         digest.update(file.relative_to(folder).as_posix().encode())
         with file.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -70,9 +72,13 @@ def _from_recipe(text: str) -> ResolvedSource | None:
     if local is not None and local.is_dir():
         return ResolvedSource("recipe", text, _check_hf_directory(local, text), recipe)
     if recipe.source.hub:
-        return ResolvedSource("recipe", text, _download_from_hub(recipe.source.hub, recipe.source.install), recipe)
+        return ResolvedSource(
+            "recipe", text, _download_from_hub(recipe.source.hub, recipe.source.install), recipe
+        )
     hint = f"; install it with `{recipe.source.install}`" if recipe.source.install else ""
-    raise BadInputError(f"recipe '{text}' needs the package '{recipe.source.package}', which is not installed{hint}")
+    raise BadInputError(
+        f"recipe '{text}' needs the package '{recipe.source.package}', which is not installed{hint}"
+    )
 
 
 def _from_directory(text: str) -> ResolvedSource | None:
@@ -112,13 +118,25 @@ def _download_from_hub(repo_id: str, install_hint: str | None) -> Path:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except LocalEntryNotFoundError:
         pass  # not cached: download below if the hub can be reached
-    alternative = f"install it with `{install_hint}`" if install_hint else "download it elsewhere and pass its local directory"
+    alternative = (
+        f"install it with `{install_hint}`"
+        if install_hint
+        else "download it elsewhere and pass its local directory"
+    )
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"} or not _hub_reachable():
-        raise BadInputError(f"'{repo_id}' is not in the local cache and the Hugging Face hub cannot be reached (offline); {alternative}")
+        raise BadInputError(
+            f"'{repo_id}' is not in the local cache and the Hugging Face hub cannot be reached (offline); {alternative}"
+        )
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"]))
+        return Path(
+            snapshot_download(
+                repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"]
+            )
+        )
     except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many HTTP error types; all mean the same to the user
-        raise BadInputError(f"could not download '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {exc}); {alternative}") from None
+        raise BadInputError(
+            f"could not download '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {exc}); {alternative}"
+        ) from None
 
 
 Resolver = Callable[[str], ResolvedSource | None]

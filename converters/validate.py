@@ -35,6 +35,7 @@ class InputLimits:
     vocab_size: int = 1000
     max_length: int = 128
     image_size: tuple[int, int] = (224, 224)
+    channels: int = 3
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,9 @@ def _is_sequence_axis(dim: object) -> bool:
     return isinstance(dim, str) and any(token in dim.lower() for token in _SEQUENCE_AXES)
 
 
-def _synthetic(spec: TensorSpec, batch: int, seq: int, limits: InputLimits, rng: np.random.Generator, padded: bool) -> np.ndarray:
+def _synthetic(
+    spec: TensorSpec, batch: int, seq: int, limits: InputLimits, rng: np.random.Generator, padded: bool
+) -> np.ndarray:
     shape = []
     for axis, dim in enumerate(spec.shape):
         if isinstance(dim, int):
@@ -63,6 +66,8 @@ def _synthetic(spec: TensorSpec, batch: int, seq: int, limits: InputLimits, rng:
             shape.append(batch)
         elif _is_sequence_axis(dim):
             shape.append(seq)
+        elif "channel" in str(dim).lower():
+            shape.append(limits.channels)
         elif spec.name == "pixel_values":
             shape.append(limits.image_size[0] if axis == len(spec.shape) - 2 else limits.image_size[1])
         else:
@@ -95,17 +100,27 @@ def validation_cases(
     has_sequence = any(_is_sequence_axis(d) for spec in inputs for d in spec.shape)
     cases: list[ValidationCase] = []
     if tokenizer is not None:
-        for label, texts in (("batch 1, real text, unpadded", SAMPLE_SENTENCES[1:2]), ("batch 3, real text, padded", SAMPLE_SENTENCES[:3])):
+        for label, texts in (
+            ("batch 1, real text, unpadded", SAMPLE_SENTENCES[1:2]),
+            ("batch 3, real text, padded", SAMPLE_SENTENCES[:3]),
+        ):
             feeds = tokenizer(texts)
             cases.append(ValidationCase(label, {k: v for k, v in feeds.items() if k in names}))
     if has_sequence:
         long = min(128, limits.max_length)
-        shapes = ((1, 8, False), (3, 16, True), (2, long, False), (3, long, True))
+        shapes: tuple[tuple[int, int, bool], ...] = (
+            (1, 8, False),
+            (3, 16, True),
+            (2, long, False),
+            (3, long, True),
+        )
     else:
         shapes = ((1, 0, False), (3, 0, False))
     for batch, seq, padded in shapes:
         feeds = {spec.name: _synthetic(spec, batch, seq, limits, rng, padded) for spec in inputs}
-        label = f"batch {batch}" + (f", seq {seq}, {'padded' if padded else 'unpadded'}" if has_sequence else "")
+        label = f"batch {batch}" + (
+            f", seq {seq}, {'padded' if padded else 'unpadded'}" if has_sequence else ""
+        )
         cases.append(ValidationCase(label, feeds))
     return cases
 
@@ -131,7 +146,8 @@ def compare_with_reference(
             worst[name] = max(worst.get(name, 0.0), float(diff.max()))
             means.setdefault(name, []).append(float(diff.mean()))
     checks = tuple(
-        OutputCheck(name, worst[name], float(np.mean(means[name])), bool(worst[name] <= atol)) for name in worst
+        OutputCheck(name, worst[name], float(np.mean(means[name])), bool(worst[name] <= atol))
+        for name in worst
     )
     value = max((c.max_abs_diff for c in checks), default=0.0)
     return Validation(

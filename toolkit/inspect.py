@@ -59,8 +59,12 @@ def graph_tensor_specs(values: object) -> tuple[TensorSpec, ...]:
     specs = []
     for value in values:  # type: ignore[attr-defined]
         tensor_type = value.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim)
-        specs.append(TensorSpec(value.name, _ELEM_TYPES.get(tensor_type.elem_type, str(tensor_type.elem_type)), shape))
+        shape = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim
+        )
+        specs.append(
+            TensorSpec(value.name, _ELEM_TYPES.get(tensor_type.elem_type, str(tensor_type.elem_type)), shape)
+        )
     return tuple(specs)
 
 

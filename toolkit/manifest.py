@@ -26,8 +26,8 @@ from toolkit.errors import BadInputError, BadModelError
 
 __all__ = [
     "FORMAT_VERSION",
-    "MANIFEST_NAME",
     "FP32_VARIANT",
+    "MANIFEST_NAME",
     "ImagePreprocessing",
     "Manifest",
     "ModelPackage",
@@ -184,7 +184,9 @@ class Manifest:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise BadModelError(f"{origin} is not valid JSON ({exc}); re-create the package with `edge convert`") from None
+            raise BadModelError(
+                f"{origin} is not valid JSON ({exc}); re-create the package with `edge convert`"
+            ) from None
         if not isinstance(data, dict):
             raise BadModelError(f"{origin} is not an edge-toolkit manifest; re-create it with `edge convert`")
         version = data.get("format")
@@ -196,7 +198,9 @@ class Manifest:
         try:
             return _manifest_from_dict(data)
         except (KeyError, TypeError, ValueError) as exc:
-            raise BadModelError(f"{origin} is missing or has a malformed field ({exc!r}); re-create it with `edge convert`") from None
+            raise BadModelError(
+                f"{origin} is missing or has a malformed field ({exc!r}); re-create it with `edge convert`"
+            ) from None
 
 
 def _tensor(d: Mapping[str, Any]) -> TensorSpec:
@@ -205,7 +209,7 @@ def _tensor(d: Mapping[str, Any]) -> TensorSpec:
         name=d["name"],
         dtype=d["dtype"],
         shape=tuple(d["shape"]),
-        value_range=tuple(value_range) if value_range is not None else None,  # type: ignore[arg-type]
+        value_range=tuple(value_range) if value_range is not None else None,
     )
 
 
@@ -231,8 +235,8 @@ def _preprocessing(d: Mapping[str, Any] | None) -> Preprocessing | None:
         return TextPreprocessing(**d)
     if d["kind"] == "image":
         return ImagePreprocessing(
-            size=tuple(d["size"]),  # type: ignore[arg-type]
-            crop_size=tuple(d["crop_size"]) if d.get("crop_size") else None,  # type: ignore[arg-type]
+            size=tuple(d["size"]),
+            crop_size=tuple(d["crop_size"]) if d.get("crop_size") else None,
             mean=tuple(d["mean"]),
             std=tuple(d["std"]),
             rescale_factor=float(d["rescale_factor"]),
@@ -311,9 +315,13 @@ class ModelPackage:
         """Read the package at `path`; errors say what is missing and how to make it."""
         root = Path(path)
         if not root.exists():
-            raise BadInputError(f"model package '{root}' does not exist; create it with `edge convert SOURCE -o {root}`")
+            raise BadInputError(
+                f"model package '{root}' does not exist; create it with `edge convert SOURCE -o {root}`"
+            )
         if not root.is_dir():
-            raise BadInputError(f"'{root}' is a file, not a model package directory; pass the directory `edge convert` wrote")
+            raise BadInputError(
+                f"'{root}' is a file, not a model package directory; pass the directory `edge convert` wrote"
+            )
         manifest_path = root / MANIFEST_NAME
         if not manifest_path.is_file():
             raise BadModelError(

@@ -51,7 +51,9 @@ class TextTokenizer:
         from tokenizers import Tokenizer  # a few hundred ms; only text packages pay it
 
         if not path.is_file():
-            raise BadModelError(f"tokenizer file '{path}' is missing from the package; re-create it with `edge convert`")
+            raise BadModelError(
+                f"tokenizer file '{path}' is missing from the package; re-create it with `edge convert`"
+            )
         self.tokenizer = Tokenizer.from_file(str(path))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=max_length)
@@ -131,10 +133,14 @@ class _TextPipeline(ModelPipeline):
     def __init__(self, package: ModelPackage, runner: Runner) -> None:
         super().__init__(package, runner)
         self.preprocessing = _text_preprocessing(package)
-        self.tokenizer = TextTokenizer(package.path / self.preprocessing.tokenizer, self.preprocessing.max_length)
+        self.tokenizer = TextTokenizer(
+            package.path / self.preprocessing.tokenizer, self.preprocessing.max_length
+        )
         self._input_names = {spec.name for spec in runner.inputs}
 
-    def _batches(self, texts: Sequence[str], batch_size: int) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    def _batches(
+        self, texts: Sequence[str], batch_size: int
+    ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """Tokenize, sort by length so padding stays small, and yield (original indices, feeds) per batch."""
         if batch_size < 1:
             raise BadInputError(f"batch_size must be at least 1, got {batch_size}")
@@ -205,7 +211,9 @@ class TextClassifier(_TextPipeline):
             names = labels or tuple(f"LABEL_{i}" for i in range(probs.shape[1]))
             for row, p in zip(rows, probs, strict=True):
                 best = int(p.argmax())
-                results[int(row)] = Classification(names[best], float(p[best]), dict(zip(names, map(float, p), strict=True)))
+                results[int(row)] = Classification(
+                    names[best], float(p[best]), dict(zip(names, map(float, p), strict=True))
+                )
         return [r for r in results if r is not None]
 
     __call__ = classify  # type: ignore[assignment]

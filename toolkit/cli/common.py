@@ -84,9 +84,24 @@ def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 
 def common_options(func: F) -> F:
     """Add -v/--verbose, -q/--quiet and --debug to a command (they also work before the command name)."""
-    func = click.option("--debug", is_flag=True, expose_value=False, callback=_set_debug, help="Show tracebacks and debug logs.")(func)
-    func = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet, help="Only errors.")(func)
-    func = click.option("-v", "--verbose", count=True, expose_value=False, callback=_set_verbose, help="More logs (-vv: debug).")(func)
+    func = click.option(
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_debug,
+        help="Show tracebacks and debug logs.",
+    )(func)
+    func = click.option(
+        "-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet, help="Only errors."
+    )(func)
+    func = click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=_set_verbose,
+        help="More logs (-vv: debug).",
+    )(func)
     return func
 
 

@@ -18,21 +18,56 @@ def render_validation(validation: Validation, title: str) -> Table:
         table.add_column(column, justify="left" if column in ("output", "result") else "right")
     for check in validation.outputs:
         verdict = "[green]pass[/]" if check.passed else "[red]FAIL[/]"
-        table.add_row(check.name, f"{check.max_abs_diff:.3g}", f"{check.mean_abs_diff:.3g}", f"{validation.threshold:.3g}", verdict)
-    table.caption = f"{len(validation.cases)} cases, {validation.samples} samples vs {validation.reference}: " + "; ".join(validation.cases)
+        table.add_row(
+            check.name,
+            f"{check.max_abs_diff:.3g}",
+            f"{check.mean_abs_diff:.3g}",
+            f"{validation.threshold:.3g}",
+            verdict,
+        )
+    table.caption = (
+        f"{len(validation.cases)} cases, {validation.samples} samples vs {validation.reference}: "
+        + "; ".join(validation.cases)
+    )
     return table
 
 
 @click.command("convert")
 @click.argument("source")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Package directory to write.")
-@click.option("--task", default=None, help="Override the detected task (embed, features, classify, token-classify, image-classify).")
-@click.option("--opset", type=click.IntRange(7, 30), default=None, help="ONNX opset (default: the exporter's choice).")
-@click.option("--atol", type=float, default=None, help="Validation tolerance on max abs diff (default 1e-4 or the recipe's).")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Package directory to write.",
+)
+@click.option(
+    "--task",
+    default=None,
+    help="Override the detected task (embed, features, classify, token-classify, image-classify).",
+)
+@click.option(
+    "--opset", type=click.IntRange(7, 30), default=None, help="ONNX opset (default: the exporter's choice)."
+)
+@click.option(
+    "--atol",
+    type=float,
+    default=None,
+    help="Validation tolerance on max abs diff (default 1e-4 or the recipe's).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing package in the output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @common_options
-def convert_command(source: str, out_dir: str, task: str | None, opset: int | None, atol: float | None, force: bool, as_json: bool) -> None:
+def convert_command(
+    source: str,
+    out_dir: str,
+    task: str | None,
+    opset: int | None,
+    atol: float | None,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Export SOURCE to a validated ONNX model package.
 
     SOURCE is a Hugging Face model directory, a hub id (online), or a recipe name (`edge models`).
@@ -40,7 +75,9 @@ def convert_command(source: str, out_dir: str, task: str | None, opset: int | No
     from converters import ConvertOptions, convert
 
     with progress(not as_json) as step:
-        package = convert(source, out_dir, ConvertOptions(task=task, opset=opset, atol=atol, force=force), step)
+        package = convert(
+            source, out_dir, ConvertOptions(task=task, opset=opset, atol=atol, force=force), step
+        )
     variant = package.manifest.variant(FP32_VARIANT)
     validation = variant.validation
     if as_json:
@@ -48,8 +85,10 @@ def convert_command(source: str, out_dir: str, task: str | None, opset: int | No
     else:
         if validation is not None:
             stdout.print(render_validation(validation, f"{package.manifest.name}: ONNX vs PyTorch"))
-        stdout.print(f"{'wrote' if validation and validation.passed else 'wrote (validation FAILED)'} {package.path} "
-                     f"({package.manifest.task}, opset {package.manifest.opset}, {variant.size_bytes / 1e6:.1f} MB)")
+        stdout.print(
+            f"{'wrote' if validation and validation.passed else 'wrote (validation FAILED)'} {package.path} "
+            f"({package.manifest.task}, opset {package.manifest.opset}, {variant.size_bytes / 1e6:.1f} MB)"
+        )
     if validation is not None and not validation.passed:
         click.echo(
             f"error: validation failed: max abs diff {validation.value:.3g} > tolerance {validation.threshold:.3g}; "
@@ -71,5 +110,10 @@ def models_command(as_json: bool) -> None:
         emit_json(recipes)
         return
     for recipe in recipes:
-        available = "installed" if recipe.source.local_dir() and recipe.source.local_dir().is_dir() else ("hub" if recipe.source.hub else "missing")  # type: ignore[union-attr]
+        local = recipe.source.local_dir()
+        available = (
+            "installed"
+            if local is not None and local.is_dir()
+            else ("hub" if recipe.source.hub else "missing")
+        )
         stdout.print(f"{recipe.name:<16} {recipe.task:<15} {available:<9} {recipe.summary}")

@@ -22,7 +22,9 @@ def info_command(target: str, variant: str, as_json: bool) -> None:
     if as_json:
         emit_json(info)
         return
-    stdout.print(f"[bold]{info.path}[/]  {info.size_bytes / 1e6:.2f} MB, opset {info.opset}, {info.node_count} nodes, producer {info.producer}")
+    stdout.print(
+        f"[bold]{info.path}[/]  {info.size_bytes / 1e6:.2f} MB, opset {info.opset}, {info.node_count} nodes, producer {info.producer}"
+    )
     tensors = Table(title="tensors", title_justify="left")
     for column in ("", "name", "dtype", "shape"):
         tensors.add_column(column)
@@ -34,12 +36,18 @@ def info_command(target: str, variant: str, as_json: bool) -> None:
     manifest = info.manifest
     if manifest is None:
         return
-    stdout.print(f"package [bold]{manifest.name}[/]: task {manifest.task}, source {manifest.source.kind} {manifest.source.ref} (sha256 {manifest.source.sha256[:12]})")
+    stdout.print(
+        f"package [bold]{manifest.name}[/]: task {manifest.task}, source {manifest.source.kind} {manifest.source.ref} (sha256 {manifest.source.sha256[:12]})"
+    )
     variants = Table(title="variants", title_justify="left")
     for column in ("variant", "file", "precision", "method", "size MB", "validation"):
         variants.add_column(column)
     for v in manifest.variants.values():
         val = v.validation
-        summary = f"{'pass' if val.passed else 'FAIL'} {val.metric} {val.value:.3g} (limit {val.threshold:.3g}, vs {val.reference})" if val else "not validated"
+        summary = (
+            f"{'pass' if val.passed else 'FAIL'} {val.metric} {val.value:.3g} (limit {val.threshold:.3g}, vs {val.reference})"
+            if val
+            else "not validated"
+        )
         variants.add_row(v.name, v.file, v.precision, v.method, f"{v.size_bytes / 1e6:.2f}", summary)
     stdout.print(variants)

@@ -42,18 +42,34 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
         started = time.perf_counter()
         call()
         samples.append((time.perf_counter() - started) * 1e3)
-    return {"runs": repeat, "p50_ms": statistics.median(samples), "min_ms": min(samples), "mean_ms": statistics.fmean(samples)}
+    return {
+        "runs": repeat,
+        "p50_ms": statistics.median(samples),
+        "min_ms": min(samples),
+        "mean_ms": statistics.fmean(samples),
+    }
 
 
 @click.command("run")
 @click.argument("target", type=click.Path())
-@click.option("--text", "texts", multiple=True, help="A text to run through the package's pipeline (repeatable).")
-@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="A raw input tensor (repeatable).")
+@click.option(
+    "--text", "texts", multiple=True, help="A text to run through the package's pipeline (repeatable)."
+)
+@click.option(
+    "--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="A raw input tensor (repeatable)."
+)
 @click.option("--variant", default="fp32", show_default=True, help="Package variant to run.")
-@click.option("--providers", default="cpu", show_default=True, help="Execution providers in priority order, e.g. cuda,cpu.")
+@click.option(
+    "--providers",
+    default="cpu",
+    show_default=True,
+    help="Execution providers in priority order, e.g. cuda,cpu.",
+)
 @click.option("--strict", is_flag=True, help="Fail instead of falling back when a provider is unavailable.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
-@click.option("--repeat", type=click.IntRange(min=0), default=0, help="Also time this many runs and print the latency.")
+@click.option(
+    "--repeat", type=click.IntRange(min=0), default=0, help="Also time this many runs and print the latency."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @common_options
 def run_command(
@@ -69,7 +85,9 @@ def run_command(
 ) -> None:
     """Run TARGET (a package directory, or an .onnx file with --input) and print the result."""
     if bool(texts) == bool(inputs):
-        raise BadInputError("pass either --text (for a package with a text pipeline) or --input NAME=FILE.npy")
+        raise BadInputError(
+            "pass either --text (for a package with a text pipeline) or --input NAME=FILE.npy"
+        )
     result: dict[str, Any]
     call: Callable[[], Any]
     if texts:
@@ -96,7 +114,11 @@ def _run_text(pipeline: ModelPipeline, texts: list[str]) -> tuple[Callable[[], A
         embeddings = pipeline.embed(texts)
         return (lambda: pipeline.embed(texts)), {"task": "embed", "texts": texts, "embeddings": embeddings}
     if isinstance(pipeline, TextClassifier):
-        return (lambda: pipeline.classify(texts)), {"task": "classify", "texts": texts, "classifications": pipeline.classify(texts)}
+        return (lambda: pipeline.classify(texts)), {
+            "task": "classify",
+            "texts": texts,
+            "classifications": pipeline.classify(texts),
+        }
     raise BadInputError(
         f"package task '{pipeline.package.manifest.task}' has no text pipeline; run it with --input NAME=FILE.npy"
     )
@@ -107,12 +129,18 @@ def _print(result: dict[str, Any]) -> None:
     if "embeddings" in result:
         for text, vector in zip(result["texts"], result["embeddings"], strict=True):
             head = " ".join(f"{v:+.4f}" for v in vector[:6])
-            stdout.print(f"{text[:50]!r}: dim {vector.shape[0]}, norm {np.linalg.norm(vector):.4f}, [{head} ...]")
+            stdout.print(
+                f"{text[:50]!r}: dim {vector.shape[0]}, norm {np.linalg.norm(vector):.4f}, [{head} ...]"
+            )
     if "classifications" in result:
         for text, c in zip(result["texts"], result["classifications"], strict=True):
             stdout.print(f"{text[:50]!r}: {c.label} ({c.score:.3f})")
     for name, array in result.get("outputs", {}).items():
-        stdout.print(f"{name}: {array.dtype} {list(array.shape)} min {array.min():.4g} max {array.max():.4g} mean {array.mean():.4g}")
+        stdout.print(
+            f"{name}: {array.dtype} {list(array.shape)} min {array.min():.4g} max {array.max():.4g} mean {array.mean():.4g}"
+        )
     if "latency" in result:
         latency = result["latency"]
-        stdout.print(f"latency over {latency['runs']} runs: p50 {latency['p50_ms']:.2f} ms, min {latency['min_ms']:.2f} ms")
+        stdout.print(
+            f"latency over {latency['runs']} runs: p50 {latency['p50_ms']:.2f} ms, min {latency['min_ms']:.2f} ms"
+        )

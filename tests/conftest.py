@@ -77,50 +77,45 @@ def _tiny_tokenizer(folder: Path) -> None:
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=64).save_pretrained(folder)
 
 
-def _bert_config(vocab_size: int, **extra: object) -> object:
-    from transformers import BertConfig
+def _save_tiny_bert(folder: Path, architecture: str, seed: int, **config_extra: object) -> Path:
+    """A random 2-layer BERT of `architecture` (a transformers class name) with a WordPiece tokenizer."""
+    import torch
+    import transformers
 
-    return BertConfig(
+    _tiny_tokenizer(folder)
+    vocab_size = len((folder / "vocab.txt").read_text(encoding="utf-8").split())
+    config = transformers.BertConfig(
         vocab_size=vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=64,
-        **extra,
+        **config_extra,
     )
+    torch.manual_seed(seed)
+    getattr(transformers, architecture)(config).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer BERT encoder (BertModel) with a WordPiece tokenizer, saved as a HF directory."""
-    import torch
-    from transformers import BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    _tiny_tokenizer(folder)
-    torch.manual_seed(0)
-    vocab_size = len((folder / "vocab.txt").read_text(encoding="utf-8").split())
-    BertModel(_bert_config(vocab_size)).save_pretrained(folder)
-    return folder
+    return _save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), "BertModel", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random BERT sequence classifier with three labelled classes."""
-    import torch
-    from transformers import BertForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("tiny-classifier")
-    _tiny_tokenizer(folder)
-    torch.manual_seed(1)
-    vocab_size = len((folder / "vocab.txt").read_text(encoding="utf-8").split())
     labels = {0: "negative", 1: "neutral", 2: "positive"}
-    config = _bert_config(
-        vocab_size, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()}
+    return _save_tiny_bert(
+        tmp_path_factory.mktemp("tiny-classifier"),
+        "BertForSequenceClassification",
+        seed=1,
+        num_labels=3,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
     )
-    BertForSequenceClassification(config).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")

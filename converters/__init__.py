@@ -4,6 +4,17 @@ torch, transformers and optimum-onnx are imported lazily, inside the functions t
 """
 
 from converters.conversion import ConvertOptions, convert
+from converters.quantization import CalibrationOptions, QuantizeOptions, QuantizeResult, quantize
 from converters.recipes import Recipe, list_recipes, load_recipe
 
-__all__ = ["ConvertOptions", "Recipe", "convert", "list_recipes", "load_recipe"]
+__all__ = [
+    "CalibrationOptions",
+    "ConvertOptions",
+    "QuantizeOptions",
+    "QuantizeResult",
+    "Recipe",
+    "convert",
+    "list_recipes",
+    "load_recipe",
+    "quantize",
+]

@@ -72,6 +72,7 @@ def _tiny_tokenizer(folder: Path) -> None:
         *"abcdefghijklmnopqrstuvwxyz",
         *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"),
     ]
+    vocab = list(dict.fromkeys(vocab))  # "a" is both a word and a letter; a repeated line breaks the id range
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=64).save_pretrained(folder)

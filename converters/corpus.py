@@ -1,0 +1,123 @@
+"""Built-in text corpora for quantization: calibration sentences and a disjoint held-out set for validation.
+
+This is the one place these sentences live; tests and benchmarks import them from here. The two sets never
+overlap (checked at import), so a variant is never validated on the text it was calibrated on.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CALIBRATION_SENTENCES", "HELD_OUT_SENTENCES"]
+
+CALIBRATION_SENTENCES: tuple[str, ...] = (
+    "Edge inference keeps latency low.",
+    "The quick brown fox jumps over the lazy dog while the farmer watches from the porch.",
+    "ONNX",
+    "A model package holds the exported graph, its manifest and the tokenizer files needed to run it anywhere.",
+    "Quantization trades a little accuracy for smaller files and faster integer arithmetic on CPUs.",
+    "She bought three apples, two pears and a loaf of bread at the market on Saturday morning.",
+    "How do I reset my password?",
+    "The committee postponed the vote until the budget figures had been independently audited.",
+    "Rain is expected tomorrow afternoon across most of the northern region.",
+    "Transformers attend to every token in the sequence, which makes long inputs expensive.",
+    "My cat sleeps on the keyboard whenever I try to work from home.",
+    "Stock markets fell sharply after the central bank raised interest rates by half a point.",
+    "Please bring your passport and a printed copy of the booking confirmation.",
+    "The museum's new wing displays ceramics from the fifteenth century.",
+    "Gradient descent takes small steps downhill on the loss surface.",
+    "He missed the last train and had to walk home in the snow.",
+    "Wi-Fi drops every evening around eight; the router logs show nothing unusual.",
+    "Add two cups of flour, a pinch of salt and mix until the dough is smooth.",
+    "The striker scored twice in the second half to secure the championship.",
+    "Solar panels on the roof now cover most of the building's electricity needs.",
+    "Thanks!",
+    "Researchers sequenced the genome of a rare orchid found only on one island.",
+    "The contract may be terminated by either party with thirty days' written notice.",
+    "Why is the sky blue during the day but red at sunset?",
+    "Our quarterly revenue grew eleven percent, driven mostly by subscription renewals.",
+    "The bridge was closed for repairs after inspectors found cracks in two support beams.",
+    "I think the movie was far too long, although the soundtrack was wonderful.",
+    "Children learn languages faster when they hear them spoken at home every day.",
+    "The patient reported mild headaches and dizziness after starting the new medication.",
+    "Compile the project with optimisations enabled before measuring its speed.",
+    "A thick fog rolled in from the sea and the harbour lights disappeared one by one.",
+    "Volunteers planted four hundred trees along the riverbank last spring.",
+)
+
+HELD_OUT_SENTENCES: tuple[str, ...] = (
+    "The train to Lisbon leaves at seven forty-five from platform nine.",
+    "What time does the pharmacy close on Sundays?",
+    "Hi",
+    "Neural networks can memorise noise if they are trained for too long without regularisation.",
+    "Our dog refuses to walk in the rain, so we bought him a small yellow coat.",
+    "The senate approved the infrastructure bill after a debate that lasted well past midnight.",
+    "Is this restaurant suitable for vegetarians?",
+    "Heat the oil in a large pan, add the onions and cook them slowly until golden.",
+    "Astronomers detected water vapour in the atmosphere of a planet orbiting a distant red dwarf.",
+    "Battery life dropped to four hours after the latest firmware update.",
+    "I would like to cancel my subscription and get a refund for the unused months.",
+    "The painting was stolen in 1911 and recovered two years later in Florence.",
+    "Fresh snow closed the mountain pass for the third time this winter.",
+    "Let's meet at the café near the station at noon.",
+    "The new vaccine showed ninety percent efficacy in a trial with forty thousand participants.",
+    "Shipping is free for orders over fifty euros.",
+    "Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen.",
+    "He played the violin every evening, and the neighbours never once complained.",
+    "Unit tests should run quickly and fail loudly when something breaks.",
+    "The hotel room was clean but the walls were so thin we could hear every conversation next door.",
+    "Coffee prices rose after a drought damaged harvests in several producing countries.",
+    "Where can I charge my electric car in the city centre?",
+    "The library extended its opening hours during the exam period.",
+    "Memory bandwidth, not arithmetic, often limits the speed of inference on small devices.",
+    "A sudden gust of wind knocked over the market stalls and scattered oranges across the square.",
+    "She finished the marathon in just under four hours despite a sore ankle.",
+    "The firm agreed to pay a fine without admitting any wrongdoing.",
+    "Please turn off your phones before the performance begins.",
+    "Bees communicate the location of flowers through a series of movements called the waggle dance.",
+    "The app crashes whenever I try to upload a photo larger than ten megabytes.",
+    "Ancient Romans built aqueducts that carried water across valleys for dozens of kilometres.",
+    "Interest rates are expected to remain unchanged until the end of the year.",
+    "OK",
+    "The lecture on medieval trade routes was surprisingly entertaining.",
+    "Can you recommend a good book about the history of mathematics?",
+    "Wildfires forced thousands of residents to evacuate their homes over the weekend.",
+    "Sort the list in place, then remove the duplicates with a single pass.",
+    "The garden looks beautiful in May when the roses and the lilacs bloom together.",
+    "Customers complained that the customer service line kept them on hold for over an hour.",
+    "Glaciers in the Alps have lost more than half of their volume since 1900.",
+    "The orchestra tuned their instruments while the audience found their seats.",
+    "I left my umbrella on the bus again.",
+    "Quantum computers use qubits, which can represent zero and one at the same time.",
+    "The referee sent off two players in the first ten minutes of the match.",
+    "Our flight was delayed by three hours because of a technical problem with the engine.",
+    "Whales sing complex songs that can travel hundreds of kilometres underwater.",
+    "The startup raised twelve million dollars to build software for small logistics firms.",
+    "My grandmother's recipe for apple pie uses cinnamon, nutmeg and a little lemon zest.",
+    "The city council plans to turn the old factory into affordable housing and a public park.",
+    "Do not store passwords in plain text; hash them with a slow, salted function.",
+    "Thunder rumbled in the distance as the hikers hurried back down the trail.",
+    "The documentary follows three families as they rebuild their lives after the earthquake.",
+    "Which platform does the bus to the airport leave from?",
+    "Reading before bed helps me fall asleep faster than scrolling through my phone.",
+    "The company recalled forty thousand cars because of a faulty brake sensor.",
+    "Honey never spoils; archaeologists have found edible honey in ancient Egyptian tombs.",
+    "The professor asked us to summarise the article in no more than two hundred words.",
+    "Traffic was light this morning, so I arrived at the office half an hour early.",
+    "A single misplaced comma changed the meaning of the entire contract clause and led to a lengthy "
+    "court case that the two companies eventually settled out of court after almost three years.",
+    "When the power went out across the neighbourhood, people brought candles and board games into "
+    "the street and what started as an inconvenience turned into an impromptu party that lasted all night.",
+    "The migration of monarch butterflies from Canada to central Mexico spans several generations, "
+    "and no single butterfly completes the whole round trip, yet the route is followed with remarkable precision.",
+    "Engineers redesigned the cooling system after sensors showed that the processors throttled under "
+    "sustained load, which had cut throughput by almost a third during peak hours.",
+    "Good morning, everyone.",
+    "Plants on the windowsill need watering twice a week in summer.",
+    "The exhibition closes on Friday, so book your tickets soon.",
+    "Language models predict the next word from the words that came before it.",
+    "Our neighbours adopted two kittens from the animal shelter.",
+    "The river flooded the lower town after a week of heavy rain.",
+)
+
+_overlap = set(CALIBRATION_SENTENCES) & set(HELD_OUT_SENTENCES)
+if _overlap:  # pragma: no cover - a guard against editing mistakes
+    raise RuntimeError(f"calibration and held-out corpora overlap: {sorted(_overlap)[:3]}")

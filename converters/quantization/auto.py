@@ -1,0 +1,273 @@
+"""`auto`: try int8 candidates, measure each for accuracy and latency, keep the fastest within the budget.
+
+Candidates: dynamic per-tensor, dynamic per-channel, static QDQ, and dynamic per-tensor / per-channel with the
+layers a per-layer sensitivity pass finds most sensitive left in fp32. The sensitivity pass runs the fp32
+model on calibration inputs (never the held-out ones), simulates int8 on each weight-bearing MatMul/Gemm
+alone (uint8 dynamic activations, int8 symmetric weights) and ranks layers by the relative error of their
+output. Every candidate is validated on the same held-out inputs; latency is measured with all candidates
+and fp32 interleaved in one process, so load on the machine hits them all alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from converters.accuracy import (
+    compare_variant,
+    held_out_feeds,
+    latency_feeds,
+    measure_latency,
+    reference_outputs,
+)
+from converters.quantization.calibration import load_calibration
+from converters.quantization.methods import (
+    METHODS,
+    Candidate,
+    Progress,
+    QuantizeOptions,
+    QuantizeResult,
+    Workspace,
+    install_variant,
+)
+from toolkit.atomic import staging_directory
+from toolkit.errors import EdgeError
+from toolkit.manifest import FP32_VARIANT, ModelPackage, Variant, tool_versions, variant_file_name
+from toolkit.runner import Runner
+
+__all__ = ["AUTO_VARIANT", "LayerSensitivity", "layer_sensitivity", "quantize_auto"]
+
+log = logging.getLogger(__name__)
+
+AUTO_VARIANT = "auto"
+EXCLUDE_STEPS = (2, 4, 8)
+# (per-channel weights?, how the most sensitive layers are protected): "fp32" leaves them unquantized,
+# "8-bit blockwise" quantizes them weight-only with per-block activation scales (MatMulNBits), nearly free in size.
+FAMILIES = ((True, "fp32"), (True, "8-bit blockwise"), (False, "8-bit blockwise"))
+SENSITIVITY_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """One weight-bearing node and the relative output error int8 gives it alone (|y_q - y|^2 / |y|^2)."""
+
+    node: str
+    op_type: str
+    error: float
+
+
+def _fake_quant_activation(x: np.ndarray) -> np.ndarray:
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / 255.0 or 1.0
+    zero = np.clip(np.round(-low / scale), 0, 255)
+    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def _fake_quant_weight(w: np.ndarray, per_channel: bool) -> np.ndarray:
+    peak = np.abs(w).max(axis=0, keepdims=True) if per_channel else np.abs(w).max()
+    scale = np.where(peak > 0, peak / 127.0, 1.0)
+    return np.clip(np.round(w / scale), -127, 127) * scale
+
+
+def layer_sensitivity(
+    model_path: Path, feeds: list[dict[str, np.ndarray]], per_channel: bool
+) -> tuple[LayerSensitivity, ...]:
+    """Rank MatMul/Gemm nodes with constant weights by the int8 error of their output, worst first."""
+    model = onnx.load(str(model_path))
+    weights = {t.name: t for t in model.graph.initializer}
+    layers: list[tuple[onnx.NodeProto, np.ndarray]] = []
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float64)
+        if w.ndim != 2:
+            continue
+        if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+            w = w.T
+        layers.append((node, w))
+    if not layers:
+        return ()
+    known = {o.name for o in model.graph.output}
+    for name in dict.fromkeys(n.input[0] for n, _ in layers):
+        if name not in known and name not in {i.name for i in model.graph.input}:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    probe = model_path.with_name("sensitivity.onnx")
+    onnx.save(model, str(probe))
+    runner = Runner(probe, "cpu")
+    errors = {node.name: [0.0, 0.0] for node, _ in layers}
+    for feed in feeds:
+        outputs = dict(
+            zip(
+                [o.name for o in runner.session.get_outputs()],
+                runner.session.run(None, dict(feed)),
+                strict=True,
+            )
+        )
+        values = {**outputs, **feed}
+        for node, w in layers:
+            x = np.asarray(values[node.input[0]], dtype=np.float64)
+            exact = x @ w
+            approx = _fake_quant_activation(x) @ _fake_quant_weight(w, per_channel)
+            errors[node.name][0] += float(((approx - exact) ** 2).sum())
+            errors[node.name][1] += float((exact**2).sum())
+    del runner
+    probe.unlink(missing_ok=True)
+    ranked = [
+        LayerSensitivity(node.name, node.op_type, errors[node.name][0] / max(errors[node.name][1], 1e-30))
+        for node, _ in layers
+    ]
+    return tuple(sorted(ranked, key=lambda s: -s.error))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    name: str
+    method: str
+    options: QuantizeOptions
+
+
+def _settings_row(candidate: Candidate) -> dict[str, Any]:
+    acc = candidate.accuracy
+    return {
+        "name": candidate.name,
+        "method": candidate.method,
+        "score": round(acc.score, 6) if acc else None,
+        "worst": round(acc.worst, 6) if acc else None,
+        "latency_ms": candidate.latency_ms,
+        "speedup": round(candidate.speedup, 3) if candidate.speedup else None,
+        "size_bytes": candidate.size_bytes,
+        "meets_budget": candidate.meets_budget,
+        "excluded_nodes": list(candidate.settings.get("excluded_nodes", [])),
+        "blockwise_int8_nodes": list(candidate.settings.get("blockwise_int8_nodes", [])),
+        "error": candidate.error,
+    }
+
+
+def quantize_auto(
+    package: ModelPackage, source: Path, options: QuantizeOptions, say: Progress
+) -> QuantizeResult:
+    """Try the candidates, keep the fastest that meets `options.budget` as variant `auto` (or `options.name`)."""
+    name = options.name or AUTO_VARIANT
+    target = package.path / variant_file_name(name)
+    budget = options.budget
+    with staging_directory(target) as folder:
+        ws = Workspace(package, source, folder, say)
+        held_out = held_out_feeds(package)
+        reference = Runner(source, "cpu", threads=options.threads)
+        wanted = reference_outputs(reference, held_out)
+        base = replace(options, exclude=options.exclude)
+        plans = [
+            _Plan("int8 per-tensor", "dynamic-int8", replace(base, per_channel=False)),
+            _Plan("int8 per-channel", "dynamic-int8", replace(base, per_channel=True)),
+            _Plan("int8 static QDQ", "static-int8", replace(base, per_channel=True)),
+        ]
+        candidates: list[Candidate] = []
+        staged: dict[str, Path] = {}
+
+        def attempt(plan: _Plan) -> Candidate:
+            out = folder / f"candidate-{len(staged) + len(candidates)}.onnx"
+            say(f"candidate {plan.name}")
+            try:
+                settings = METHODS[plan.method].build(ws, plan.options, out)
+                settings.pop("_calibration_texts", None)
+                report = compare_variant(
+                    package, Runner(out, "cpu", threads=options.threads), held_out, wanted
+                )
+            except EdgeError as exc:
+                log.info("candidate %s failed: %s", plan.name, exc)
+                return Candidate(plan.name, plan.method, {}, None, None, None, 0, False, str(exc))
+            staged[plan.name] = out
+            return Candidate(
+                plan.name, plan.method, settings, report, None, None, out.stat().st_size, report.meets(budget)
+            )
+
+        for plan in plans:
+            candidates.append(attempt(plan))
+        calibration = load_calibration(package, options.calibration).feeds[:SENSITIVITY_SAMPLES]
+        ranked: dict[bool, tuple[LayerSensitivity, ...]] = {}
+        for per_channel, protect in FAMILIES:
+            if per_channel not in ranked:
+                say(f"per-layer sensitivity ({'per-channel' if per_channel else 'per-tensor'})")
+                ranked[per_channel] = layer_sensitivity(ws.preprocessed(), list(calibration), per_channel)
+                for line in ranked[per_channel][:5]:
+                    log.info("most sensitive: %s %s (error %.3g)", line.op_type, line.node, line.error)
+            mode = "per-channel" if per_channel else "per-tensor"
+            for k in EXCLUDE_STEPS:
+                if k >= len(ranked[per_channel]):
+                    break
+                nodes = tuple(s.node for s in ranked[per_channel][:k])
+                if protect == "fp32":
+                    plan_options = replace(base, per_channel=per_channel, exclude=(*options.exclude, *nodes))
+                else:
+                    plan_options = replace(
+                        base, per_channel=per_channel, blockwise=(*options.blockwise, *nodes)
+                    )
+                candidate = attempt(
+                    _Plan(f"int8 {mode}, {k} most sensitive {protect}", "dynamic-int8", plan_options)
+                )
+                candidates.append(candidate)
+                if candidate.meets_budget:
+                    break
+
+        say(f"timing {len(staged)} candidates against fp32")
+        latency = measure_latency(
+            {FP32_VARIANT: reference, **{n: p for n, p in staged.items()}},
+            latency_feeds(package),
+            runs=max(options.latency_runs, 30),
+            threads=options.threads,
+        )
+        candidates = [
+            replace(c, latency_ms=latency.median_ms[c.name], speedup=latency.speedup(c.name))
+            if c.name in staged
+            else c
+            for c in candidates
+        ]
+        fitting = [c for c in candidates if c.meets_budget]
+        rows = [_settings_row(c) for c in candidates]
+        if not fitting:
+            return QuantizeResult(package, "auto", None, None, latency, None, budget, tuple(candidates))
+        winner = min(fitting, key=lambda c: c.latency_ms or float("inf"))
+        assert winner.accuracy is not None
+        settings = {
+            **winner.settings,
+            "picked": winner.name,
+            "budget": budget,
+            "budget_rule": f"mean >= {budget}, worst sample >= {1 - 2 * (1 - budget):.4g}",
+            "latency_ms": {
+                FP32_VARIANT: latency.median_ms[FP32_VARIANT],
+                name: winner.latency_ms,
+                "threads": latency.threads,
+                "inputs": latency.shape,
+            },
+            "candidates": rows,
+        }
+        variant = Variant(
+            name=name,
+            file=target.name,
+            precision=METHODS[winner.method].precision,
+            method=winner.method,
+            size_bytes=winner.size_bytes,
+            settings=settings,
+            validation=winner.accuracy.to_validation(budget),
+            tool_versions=tool_versions(),
+        )
+        package = install_variant(package, staged[winner.name], variant)
+    return QuantizeResult(
+        package=package,
+        method="auto",
+        variant=variant,
+        accuracy=winner.accuracy,
+        latency=replace(
+            latency,
+            median_ms={FP32_VARIANT: latency.median_ms[FP32_VARIANT], name: latency.median_ms[winner.name]},
+        ),
+        size_ratio=winner.size_bytes / source.stat().st_size,
+        budget=budget,
+        candidates=tuple(candidates),
+    )

@@ -1,0 +1,272 @@
+"""edge quantize / converters.quantize: real onnxruntime sessions on tiny models (and the real MiniLM, marked slow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from converters.accuracy import budget_floor, held_out_feeds
+from converters.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
+from converters.quantization import CalibrationOptions, QuantizeOptions, quantize
+from toolkit.cli import edge
+from toolkit.errors import BadInputError
+from toolkit.manifest import ModelPackage
+from toolkit.runner import Runner
+
+
+@pytest.fixture
+def bert(tiny_bert_package: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_bert_package, tmp_path / "bert"))
+
+
+@pytest.fixture
+def classifier(tiny_classifier_package: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_classifier_package, tmp_path / "classifier"))
+
+
+@pytest.fixture
+def vit(tiny_vit_package: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_vit_package, tmp_path / "vit"))
+
+
+def _ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def _leftovers(package: Path) -> list[str]:
+    return sorted(p.name for p in package.iterdir() if p.name.startswith("."))
+
+
+def _invoke(*args: str) -> object:
+    return CliRunner().invoke(edge, list(args))
+
+
+def test_corpora_are_disjoint_and_held_out_is_big_enough() -> None:
+    assert len(HELD_OUT_SENTENCES) >= 64
+    assert not set(HELD_OUT_SENTENCES) & set(CALIBRATION_SENTENCES)
+    lengths = [len(s.split()) for s in HELD_OUT_SENTENCES]
+    assert min(lengths) == 1
+    assert max(lengths) > 30
+    assert budget_floor(0.99) == pytest.approx(0.98)
+
+
+def test_dynamic_int8_defaults_to_per_channel_and_records_everything(bert: Path) -> None:
+    result = quantize(bert, "dynamic-int8")
+    variant = ModelPackage.open(bert).manifest.variant("int8")
+    assert variant == result.variant
+    assert variant.file == "model.int8.onnx"
+    assert (bert / "model.int8.onnx").stat().st_size == variant.size_bytes
+    assert variant.precision == "int8"
+    assert variant.method == "dynamic-int8"
+    assert variant.settings["per_channel"] is True
+    assert variant.settings["weight_symmetric"] is True
+    assert variant.tool_versions["onnx"]
+    validation = variant.validation
+    assert validation is not None
+    assert validation.reference == "fp32"
+    assert validation.threshold == 0.99
+    assert validation.samples == len(HELD_OUT_SENTENCES)
+    assert validation.metric == "max_abs_diff"
+    assert validation.outputs
+    assert result.accuracy is not None
+    assert result.accuracy.score > 0.9
+    assert "MatMulInteger" in _ops(bert / "model.int8.onnx") or "DynamicQuantizeMatMul" in _ops(
+        bert / "model.int8.onnx"
+    )
+    assert set(result.latency.median_ms) == {"fp32", "int8"}
+    assert result.size_ratio is not None
+    assert result.size_ratio < 0.75  # tiny model: scales and graph overhead weigh more than on MiniLM
+    assert _leftovers(bert) == []
+    assert Runner(bert, variant="int8").providers == ("cpu",)
+
+
+def test_per_tensor_and_exclude_by_op_type(bert: Path) -> None:
+    result = quantize(
+        bert, "dynamic-int8", QuantizeOptions(name="int8-pt", per_channel=False, exclude=("Gather",))
+    )
+    assert result.variant is not None
+    assert result.variant.settings["per_channel"] is False
+    assert result.variant.settings["excluded_nodes"]
+    assert "Gather" in _ops(bert / "model.int8-pt.onnx")
+
+
+def test_unknown_exclude_pattern_fails_cleanly_and_leaves_nothing(bert: Path) -> None:
+    before = (bert / "edge.json").read_text()
+    result = _invoke("quantize", str(bert), "--exclude", "no-such-node*")
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1
+    assert "matches no node" in result.output
+    assert not (bert / "model.int8.onnx").exists()
+    assert (bert / "edge.json").read_text() == before
+    assert _leftovers(bert) == []
+
+
+def test_static_int8_qdq_on_image_model_reports_top1_agreement(vit: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, size=(40, 48, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    result = _invoke(
+        "quantize", str(vit), "--method", "static-int8", "--calibration-data", str(images), "--budget", "0.5"
+    )
+    assert result.exit_code == 0, result.output
+    assert "top-1 agreement" in result.output
+    variant = ModelPackage.open(vit).manifest.variant("int8-static")
+    assert variant.settings["format"] == "QDQ"
+    assert variant.settings["samples"] == 6
+    assert "QuantizeLinear" in _ops(vit / "model.int8-static.onnx")
+    validation = variant.validation
+    assert validation is not None
+    assert validation.metric == "top1_agreement"
+    assert validation.samples == 64
+    assert 0.5 <= validation.value <= 1.0
+    runner = Runner(vit, variant="int8-static")
+    assert runner.providers == ("cpu",)
+    logits = runner.run(held_out_feeds(ModelPackage.open(vit), 1)[0])["logits"]
+    assert logits.shape == (1, 5)
+    assert np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_static_int8_histogram_calibration_on_text(bert: Path, tmp_path: Path, method: str) -> None:
+    text = tmp_path / "calib.txt"
+    text.write_text(
+        "\n".join(["a short one", "", "the quick brown fox jumps over the lazy dog"] * 3), encoding="utf-8"
+    )
+    options = QuantizeOptions(calibration=CalibrationOptions(method=method, data=text, samples=4))
+    result = quantize(bert, "static-int8", options)
+    assert result.variant is not None
+    assert result.variant.settings["calibration_method"] == method
+    assert result.variant.settings["samples"] == 4
+
+
+def test_static_int8_npz_calibration(bert: Path, tmp_path: Path) -> None:
+    feeds = held_out_feeds(ModelPackage.open(bert), 1)[0]
+    np.savez(tmp_path / "calib.npz", **{k: np.repeat(v, 3, axis=0) for k, v in feeds.items()})
+    result = quantize(
+        bert, "static-int8", QuantizeOptions(calibration=CalibrationOptions(data=tmp_path / "calib.npz"))
+    )
+    assert result.variant is not None
+    assert result.variant.settings["samples"] == 3
+
+
+def test_empty_calibration_folder_is_a_one_line_error(vit: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _invoke("quantize", str(vit), "--method", "static-int8", "--calibration-data", str(empty))
+    assert result.exit_code == 2
+    assert result.output.startswith("error: calibration folder")
+    assert result.output.count("\n") == 1
+    assert not (vit / "model.int8-static.onnx").exists()
+    assert _leftovers(vit) == []
+
+
+def test_fp16_keeps_fp32_io_and_says_it_is_a_gpu_format(classifier: Path) -> None:
+    result = _invoke("quantize", str(classifier), "--method", "fp16")
+    assert result.exit_code == 0, result.output
+    assert "GPU format" in result.output
+    model = onnx.load(str(classifier / "model.fp16.onnx"))
+    assert all(i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for i in model.graph.input)
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    validation = ModelPackage.open(classifier).manifest.variant("fp16").validation
+    assert validation is not None
+    assert validation.metric == "top1_agreement"
+    assert validation.value == 1.0
+    assert "max_logit_diff" in " ".join(validation.cases)
+
+
+def test_int4_uses_matmulnbits(bert: Path) -> None:
+    result = quantize(bert, "int4", QuantizeOptions(block_size=32))
+    assert result.variant is not None
+    assert result.variant.precision == "int4"
+    assert result.variant.settings["block_size"] == 32
+    assert result.variant.settings["quantized_matmuls"] > 0
+    assert "MatMulNBits" in _ops(bert / "model.int4.onnx")
+    with pytest.raises(BadInputError, match="power of two"):
+        quantize(bert, "int4", QuantizeOptions(block_size=24))
+
+
+def test_auto_picks_the_fastest_within_budget_and_records_candidates(classifier: Path) -> None:
+    result = _invoke("quantize", str(classifier), "--method", "auto", "--budget", "0.9", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert len(data["candidates"]) >= 3
+    variant = ModelPackage.open(classifier).manifest.variant("auto")
+    rows = variant.settings["candidates"]
+    assert {r["name"] for r in rows} >= {"int8 per-tensor", "int8 per-channel", "int8 static QDQ"}
+    fitting = [r for r in rows if r["meets_budget"]]
+    assert variant.settings["picked"] == min(fitting, key=lambda r: r["latency_ms"])["name"]
+    assert variant.validation is not None
+    assert variant.validation.passed
+    assert variant.validation.value >= 0.9
+    assert (classifier / "model.auto.onnx").stat().st_size == variant.size_bytes
+    assert _leftovers(classifier) == []
+
+
+def test_auto_says_plainly_when_nothing_meets_the_budget(bert: Path) -> None:
+    result = _invoke("quantize", str(bert), "--method", "auto", "--budget", "1")
+    assert result.exit_code == 1
+    assert "no candidate meets the budget 1" in result.output
+    assert "nothing was written" in result.output
+    assert "auto candidates" in result.output
+    assert not (bert / "model.auto.onnx").exists()
+    assert "auto" not in ModelPackage.open(bert).manifest.variants
+
+
+@pytest.mark.parametrize("budget", ["0", "1.5", "-0.2"])
+def test_budget_outside_unit_interval_is_exit_2(bert: Path, budget: str) -> None:
+    result = _invoke("quantize", str(bert), "--method", "auto", "--budget", budget)
+    assert result.exit_code == 2
+    assert result.output.startswith("error: --budget must be in (0, 1]")
+    assert result.output.count("\n") == 1
+
+
+def test_corrupt_model_is_exit_2(bert: Path) -> None:
+    (bert / "model.onnx").write_bytes(b"\x08\x07garbage that is not a protobuf" * 10)
+    result = _invoke("quantize", str(bert))
+    assert result.exit_code == 2
+    assert "not a readable ONNX model" in result.output
+    assert result.output.count("\n") == 1
+    assert not (bert / "model.int8.onnx").exists()
+    assert _leftovers(bert) == []
+
+
+def test_package_without_fp32_model_is_exit_2(bert: Path) -> None:
+    (bert / "model.onnx").unlink()
+    result = _invoke("quantize", str(bert))
+    assert result.exit_code == 2
+    assert "model.onnx is missing" in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_already_quantized_model_is_exit_2(bert: Path) -> None:
+    quantize(bert, "dynamic-int8")
+    shutil.copy(bert / "model.int8.onnx", bert / "model.onnx")
+    result = _invoke("quantize", str(bert), "--name", "again")
+    assert result.exit_code == 2
+    assert "already quantized" in result.output
+
+
+@pytest.mark.slow
+def test_minilm_auto_meets_the_issue_targets(minilm_package: Path, tmp_path: Path) -> None:
+    package = Path(shutil.copytree(minilm_package, tmp_path / "minilm"))
+    result = quantize(package, "auto", QuantizeOptions(budget=0.99))
+    assert result.variant is not None
+    assert result.accuracy is not None
+    assert result.accuracy.samples >= 64
+    assert result.accuracy.score >= 0.99
+    assert result.accuracy.worst >= 0.98
+    assert result.size_ratio is not None
+    assert result.size_ratio <= 0.30
+    assert result.latency is not None
+    assert result.latency.speedup("auto") > 1.0

@@ -1,9 +1,18 @@
-"""`Runner`: one onnxruntime session with checked feeds and honest provider reporting."""
+"""`Runner`: one onnxruntime session with checked feeds, honest provider reporting and GPU options.
+
+What ran where is never a guess: `runner.providers` is what onnxruntime uses, `runner.fallbacks` says
+why a requested provider was dropped, and `runner.node_placement()` counts the nodes each provider got.
+"""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import json
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +20,36 @@ import numpy as np
 import onnxruntime as ort
 
 from toolkit.errors import BadInputError, BadModelError
-from toolkit.manifest import FP32_VARIANT, ModelPackage, TensorSpec
+from toolkit.manifest import FP32_VARIANT, MANIFEST_NAME, ModelPackage, TensorSpec, TextPreprocessing
 from toolkit.providers import (
+    PROVIDERS,
+    CudaOptions,
+    ProviderConfig,
     ProviderFallback,
+    ProviderSpec,
+    TensorRTOptions,
+    TensorRTProfile,
     create_session,
+    derive_tensorrt_profile,
+    ort_provider_options,
+    probe_provider,
     provider_names,
     resolve_providers,
     short_name,
 )
 
-__all__ = ["Runner", "numpy_dtype", "resolve_model_path"]
+__all__ = [
+    "TRT_CACHE_DIR",
+    "Runner",
+    "Startup",
+    "numpy_dtype",
+    "placement_from_profile",
+    "resolve_model_path",
+]
+
+TRT_CACHE_DIR = ".trt_cache"
+_RECORD_PLACEMENT = "session.record_ep_graph_assignment_info"
+_CONTROL_FLOW = ("If", "Loop", "Scan")
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +94,95 @@ def resolve_model_path(model: str | Path, variant: str = FP32_VARIANT) -> Path:
     return path
 
 
+def _package_for(model: str | Path, path: Path) -> ModelPackage | None:
+    """The package `model` is, or that the ONNX file `path` lives in, if any."""
+    root = Path(model) if Path(model).is_dir() else path.parent
+    if not (root / MANIFEST_NAME).is_file():
+        return None
+    try:
+        return ModelPackage.open(root)
+    except (BadInputError, BadModelError):
+        return None
+
+
+def _load_graph(path: Path) -> Any:
+    """The ONNX graph without its weights (enough to check operators and input shapes)."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
+        raise BadModelError(f"model '{path}' is not a readable ONNX file ({exc}); re-export it") from None
+
+
+def _graph_inputs(path: Path) -> tuple[TensorSpec, ...]:
+    graph = _load_graph(path)
+    initializers = {init.name for init in graph.initializer}
+    specs = []
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in value.type.tensor_type.shape.dim
+        )
+        specs.append(TensorSpec(value.name, "", dims))
+    return tuple(specs)
+
+
+def _ops(path: Path) -> set[str]:
+    return {node.op_type for node in _load_graph(path).node}
+
+
+@dataclass(frozen=True)
+class Startup:
+    """How the session became ready: creation time, first-run time, and the TensorRT engine cache's part."""
+
+    session_s: float
+    first_run_s: float | None = None
+    engine_cache: str | None = None  # "built", "reused", or None when TensorRT did not run
+    cache_dir: Path | None = None
+
+
+def placement_from_profile(
+    path: Path,
+    providers: Sequence[tuple[str, Mapping[str, Any]]],
+    feeds: Mapping[str, np.ndarray],
+    threads: int | None = None,
+) -> dict[str, int]:
+    """Nodes per provider from one profiled run (for onnxruntime builds without graph assignment info)."""
+    import tempfile
+
+    from toolkit.providers import captured_native_stderr
+
+    with tempfile.TemporaryDirectory(prefix="edge-placement-") as folder:
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "placement")
+        options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        with captured_native_stderr():
+            session = ort.InferenceSession(str(path), options, providers=list(providers))
+            session.run(None, dict(feeds))
+            profile = Path(session.end_profiling())
+        events = json.loads(profile.read_text(encoding="utf-8"))
+        profile.unlink(missing_ok=True)
+    nodes: dict[str, str] = {}
+    for event in events:
+        name = event.get("name", "")
+        provider = event.get("args", {}).get("provider")
+        if event.get("cat") == "Node" and provider and name.endswith("_kernel_time"):
+            nodes[name.removesuffix("_kernel_time")] = short_name(provider)
+    return dict(collections.Counter(nodes.values()).most_common())
+
+
 class Runner:
-    """An onnxruntime session over one ONNX file, with providers tried in order and feeds checked."""
+    """An onnxruntime session over one ONNX file, with providers tried in order and feeds checked.
+
+    GPU options travel as `CudaOptions` / `TensorRTOptions` (or one `ProviderConfig`); `io_binding=True`
+    keeps inputs and outputs on the device between runs (required by, and implied by, CUDA graphs).
+    """
 
     def __init__(
         self,
@@ -78,28 +194,192 @@ class Runner:
         strict: bool = False,
         provider_options: Mapping[str, Mapping[str, Any]] | None = None,
         session_options: ort.SessionOptions | None = None,
+        config: ProviderConfig | None = None,
+        cuda: CudaOptions | None = None,
+        tensorrt: TensorRTOptions | None = None,
+        io_binding: bool | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.path = resolve_model_path(model, variant)
-        requested = resolve_providers(provider_names(providers))
+        base = config or ProviderConfig()
+        names = provider_names(providers if providers is not None or config is None else base.providers)
+        requested = resolve_providers(names)
+        self.config = replace(
+            base,
+            providers=tuple(s.short for s in requested),
+            strict=strict or base.strict,
+            cuda=cuda or base.cuda,
+            tensorrt=tensorrt or base.tensorrt,
+            io_binding=base.io_binding if io_binding is None else io_binding,
+        )
+        self.config = self._check_cuda_graph(requested, io_binding)
+        say = progress or log.info
         options = session_options or ort.SessionOptions()
         if threads is not None:
             if threads < 1:
                 raise BadInputError(f"threads must be at least 1, got {threads}")
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        self._threads = threads
         # Warnings onnxruntime logs at session creation are captured by create_session; keep run-time quiet.
         options.log_severity_level = 3
-        self.requested: tuple[str, ...] = tuple(s.short for s in requested)
-        self.session, fallbacks = create_session(str(self.path), requested, options, provider_options, strict)
+        self._placement_recorded = hasattr(ort.InferenceSession, "get_provider_graph_assignment_info")
+        if self._placement_recorded:
+            options.add_session_config_entry(_RECORD_PLACEMENT, "1")
+        self.requested: tuple[str, ...] = self.config.providers
+        package = _package_for(model, self.path)
+        cache_dir, profile, engines_before = self._prepare_tensorrt(requested, package, say)
+        ort_options = {
+            s.short: ort_provider_options(
+                s, self.config, cache_dir, profile, (provider_options or {}).get(s.short)
+            )
+            for s in requested
+        }
+        self._ort_providers = [(s.ort_name, {**s.options, **ort_options[s.short]}) for s in requested]
+        started = time.perf_counter()
+        self.session, fallbacks = create_session(
+            str(self.path), requested, options, ort_options, self.config.strict
+        )
+        session_s = time.perf_counter() - started
         self.fallbacks: tuple[ProviderFallback, ...] = tuple(fallbacks)
         self.inputs: tuple[TensorSpec, ...] = tuple(_spec(i) for i in self.session.get_inputs())
         self.outputs: tuple[TensorSpec, ...] = tuple(_spec(o) for o in self.session.get_outputs())
         self._inputs_by_name = {spec.name: spec for spec in self.inputs}
+        self._engines_before = engines_before
+        self._cache_dir = cache_dir
+        if cache_dir is not None and "tensorrt" not in self.providers:
+            with contextlib.suppress(OSError):
+                cache_dir.rmdir()  # only when empty: TensorRT did not run, leave no litter
+        self.startup = Startup(
+            session_s, None, self._engine_cache_state(), cache_dir if self._uses_trt else None
+        )
+        self._placement: dict[str, int] | None = None
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4  # run-time errors reach the caller as BadInputError, once
+        self._binding: Any = None
+        self._bound_inputs: dict[str, Any] = {}
+        self._bound_outputs: tuple[str, ...] = ()
+        spec = PROVIDERS[self.providers[0]] if self.providers[0] in PROVIDERS else PROVIDERS["cpu"]
+        self._device = spec.device
+        self._device_id = (
+            self.config.tensorrt.device_id if spec.short == "tensorrt" else self.config.cuda.device_id
+        )
+
+    # -- construction helpers ------------------------------------------------------------------
+
+    def _check_cuda_graph(self, requested: Sequence[ProviderSpec], io_binding: bool | None) -> ProviderConfig:
+        """CUDA graphs' documented restrictions, checked before any session exists."""
+        config = self.config
+        if not config.cuda.cuda_graph:
+            return config
+        if not any(s.short == "cuda" for s in requested):
+            raise BadInputError(
+                "CUDA graphs need the cuda provider; add cuda to --providers or drop --cuda-graph"
+            )
+        if io_binding is False:
+            raise BadInputError("CUDA graphs need IO binding (fixed device buffers); drop io_binding=False")
+        control = sorted(_ops(self.path) & set(_CONTROL_FLOW))
+        if control:
+            raise BadInputError(
+                f"model '{self.path.name}' has control-flow operators ({', '.join(control)}) that CUDA graphs "
+                "cannot capture; drop --cuda-graph"
+            )
+        return replace(config, io_binding=True)
+
+    @property
+    def _uses_trt(self) -> bool:
+        return "tensorrt" in self.providers
+
+    def _prepare_tensorrt(
+        self, requested: Sequence[ProviderSpec], package: ModelPackage | None, say: Callable[[str], None]
+    ) -> tuple[Path | None, TensorRTProfile | None, frozenset[str]]:
+        """Cache folder, optimisation profile and int8 check for TensorRT; nothing when it is not requested."""
+        if not any(s.short == "tensorrt" for s in requested):
+            return None, None, frozenset()
+        trt = self.config.tensorrt
+        if trt.int8 and not {"QuantizeLinear", "DequantizeLinear"} & _ops(self.path):
+            raise BadInputError(
+                f"TensorRT int8 needs a QDQ model and '{self.path.name}' has no QuantizeLinear/DequantizeLinear "
+                "nodes; create one with `edge quantize` (static int8, QDQ) or drop --trt-int8"
+            )
+        cache_dir = Path(trt.cache_dir) if trt.cache_dir else self.path.parent / TRT_CACHE_DIR
+        profile = trt.profile
+        if profile is None:
+            if package is not None:
+                inputs = package.manifest.inputs
+                pre = package.manifest.preprocessing
+                max_length = pre.max_length if isinstance(pre, TextPreprocessing) else None
+            else:
+                inputs, max_length = _graph_inputs(self.path), None
+            profile, unresolved = derive_tensorrt_profile(inputs, trt.dims, max_length)
+            if unresolved:
+                log.warning(
+                    "TensorRT: no size range for dimension %s; the engine is built for the first input shapes "
+                    "and rebuilt when they change; pass --trt-dim %s=MIN:OPT:MAX",
+                    ", ".join(unresolved),
+                    unresolved[0],
+                )
+        if probe_provider("tensorrt") is not None:
+            return cache_dir, profile, frozenset()  # it will fall back; create_session reports why
+        if trt.engine_cache or trt.timing_cache:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        engines = frozenset(p.name for p in cache_dir.glob("*.engine")) if cache_dir.is_dir() else frozenset()
+        if trt.engine_cache and engines:
+            say(f"TensorRT: loading the cached engine for {self.path.name} from {cache_dir}")
+        else:
+            say(
+                f"TensorRT: building the engine for {self.path.name} (first run only; "
+                f"can take minutes; cached in {cache_dir})"
+            )
+        return cache_dir, profile, engines
+
+    def _engine_cache_state(self) -> str | None:
+        if not self._uses_trt or self._cache_dir is None or not self.config.tensorrt.engine_cache:
+            return None
+        now = {p.name for p in self._cache_dir.glob("*.engine")} if self._cache_dir.is_dir() else set()
+        if now - self._engines_before:
+            return "built"
+        return "reused" if now else None
+
+    # -- reporting --------------------------------------------------------------------------------
 
     @property
     def providers(self) -> tuple[str, ...]:
         """The providers onnxruntime actually uses for this session, by short name, in priority order."""
         return tuple(short_name(p) for p in self.session.get_providers())
+
+    def node_placement(self, feeds: Mapping[str, Any] | None = None) -> dict[str, int]:
+        """Nodes per provider (short names, most first), after onnxruntime's graph optimisations; cached.
+
+        Read from onnxruntime's graph assignment info where the installed build records it, otherwise
+        from one profiled run on `feeds` (default: `sample_feeds()`).
+        """
+        if self._placement is None:
+            if self._placement_recorded:
+                counts: collections.Counter[str] = collections.Counter()
+                for subgraph in self.session.get_provider_graph_assignment_info():
+                    counts[short_name(subgraph.ep_name)] += len(subgraph.get_nodes())
+                self._placement = dict(counts.most_common())
+            else:
+                arrays = self.check_feeds(feeds) if feeds is not None else self.sample_feeds()
+                self._placement = placement_from_profile(
+                    self.path, self._ort_providers, arrays, self._threads
+                )
+        return dict(self._placement)
+
+    def sample_feeds(self, batch: int = 1, sequence: int = 8) -> dict[str, np.ndarray]:
+        """Zero-filled feeds of the right dtypes; batch-like dims get `batch`, other dynamic dims `sequence`."""
+        feeds = {}
+        for spec in self.inputs:
+            shape = [
+                d if isinstance(d, int) and d > 0 else (batch if axis == 0 else sequence)
+                for axis, d in enumerate(spec.shape)
+            ]
+            dtype = object if spec.dtype == "str" else spec.dtype
+            feeds[spec.name] = np.zeros(shape, dtype=dtype)
+        return feeds
+
+    # -- running --------------------------------------------------------------------------------
 
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Convert feeds to arrays and check names, dtypes, ranks and fixed dims; errors name the input."""
@@ -136,9 +416,7 @@ class Runner:
             arrays[name] = array
         return arrays
 
-    def run(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Run the model on checked feeds; returns every (or the named) output by name."""
-        arrays = self.check_feeds(feeds)
+    def _output_names(self, outputs: Sequence[str] | None) -> list[str]:
         names = list(outputs) if outputs is not None else [o.name for o in self.outputs]
         unknown = [n for n in names if n not in {o.name for o in self.outputs}]
         if unknown:
@@ -146,13 +424,122 @@ class Runner:
                 f"unknown output {', '.join(repr(n) for n in unknown)}; "
                 f"this model gives {', '.join(repr(o.name) for o in self.outputs)}"
             )
+        return names
+
+    def run(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model on checked feeds; returns every (or the named) output by name, as numpy arrays."""
+        arrays = self.check_feeds(feeds)
+        names = self._output_names(outputs)
+        if self.config.io_binding:
+            binding = self._timed(lambda: self._run_bound(arrays, names), arrays)
+            return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
+        results = self._timed(lambda: self.session.run(names, arrays, self._run_options), arrays)
+        return dict(zip(names, results, strict=True))
+
+    def run_on_device(
+        self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None
+    ) -> dict[str, ort.OrtValue]:
+        """Run with IO binding and leave the outputs where they were computed (OrtValues on the GPU)."""
+        if not self.config.io_binding:
+            raise BadInputError("run_on_device needs IO binding; create the Runner with io_binding=True")
+        arrays = self.check_feeds(feeds)
+        names = self._output_names(outputs)
+        binding = self._timed(lambda: self._run_bound(arrays, names), arrays)
+        return dict(zip(names, binding.get_outputs(), strict=True))
+
+    def _timed(self, call: Callable[[], Any], arrays: Mapping[str, np.ndarray]) -> Any:
+        first = self.startup.first_run_s is None
+        started = time.perf_counter()
         try:
-            results = self.session.run(names, arrays)
-        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument) as exc:
+            result = call()
+        except (
+            ort.capi.onnxruntime_pybind11_state.Fail,
+            ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+        ) as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             shapes = ", ".join(f"{n} {a.dtype} {list(a.shape)}" for n, a in arrays.items())
-            raise BadInputError(f"onnxruntime could not run '{self.path.name}' on inputs {shapes}: {detail}") from None
-        return dict(zip(names, results, strict=True))
+            raise BadInputError(
+                f"onnxruntime could not run '{self.path.name}' on inputs {shapes}: {detail}"
+            ) from None
+        if first:
+            # With dynamic shapes and no explicit profile, TensorRT builds its engine on the first run.
+            self.startup = replace(
+                self.startup,
+                first_run_s=time.perf_counter() - started,
+                engine_cache=self._engine_cache_state(),
+            )
+        return result
+
+    def _run_bound(self, arrays: Mapping[str, np.ndarray], names: Sequence[str]) -> Any:
+        """Bind inputs (reusing device buffers while shapes hold) and outputs on the device, then run."""
+        if self._binding is None:
+            self._binding = self.session.io_binding()
+        binding = self._binding
+        graph = self.config.cuda.cuda_graph and self._device == "cuda"
+        rebound = False
+        for name, array in arrays.items():
+            current = self._bound_inputs.get(name)
+            if (
+                current is not None
+                and current.shape() == list(array.shape)
+                and current.data_type() == _ort_type(array)
+            ):
+                current.update_inplace(np.ascontiguousarray(array))
+                continue
+            if current is not None and graph:
+                raise BadInputError(
+                    f"input '{name}': CUDA graphs were captured for shape {current.shape()}, got {list(array.shape)}; "
+                    "CUDA graphs need fixed shapes: pad to that shape or create a Runner without cuda_graph"
+                )
+            # A copy on CPU too: update_inplace writes into the buffer, which must not be the caller's array.
+            value = ort.OrtValue.ortvalue_from_numpy(
+                np.array(array, copy=True), self._device, self._device_id
+            )
+            binding.bind_ortvalue_input(name, value)
+            self._bound_inputs[name] = value
+            rebound = True
+        if rebound or tuple(names) != self._bound_outputs:
+            # Outputs onnxruntime allocated for the last shapes stay bound; rebind so new shapes get new buffers.
+            binding.clear_binding_outputs()
+            for name in names:
+                if graph:
+                    spec = next(o for o in self.outputs if o.name == name)
+                    value = ort.OrtValue.ortvalue_from_shape_and_type(
+                        self._output_shape(spec, arrays), np.dtype(spec.dtype), self._device, self._device_id
+                    )
+                    binding.bind_ortvalue_output(name, value)
+                else:
+                    binding.bind_output(name, self._device, self._device_id)
+            self._bound_outputs = tuple(names)
+        self.session.run_with_iobinding(binding, self._run_options)
+        return binding
+
+    def _output_shape(self, spec: TensorSpec, arrays: Mapping[str, np.ndarray]) -> list[int]:
+        """An output's shape from the inputs' sizes for its symbolic dims (CUDA graphs preallocate outputs)."""
+        sizes: dict[str, int] = {}
+        for tensor in self.inputs:
+            for dim, size in zip(tensor.shape, arrays[tensor.name].shape, strict=True):
+                if isinstance(dim, str):
+                    sizes[dim] = size
+        shape = []
+        for dim in spec.shape:
+            if isinstance(dim, int) and dim > 0:
+                shape.append(dim)
+            elif isinstance(dim, str) and dim in sizes:
+                shape.append(sizes[dim])
+            else:
+                raise BadInputError(
+                    f"output '{spec.name}' has dimension {dim!r} that no input determines, so CUDA graphs cannot "
+                    "preallocate it; drop --cuda-graph for this model"
+                )
+        return shape
 
     def __repr__(self) -> str:
         return f"Runner({str(self.path)!r}, providers={self.providers})"
+
+
+def _ort_type(array: np.ndarray) -> str:
+    return f"tensor({_NUMPY_TO_ORT.get(array.dtype.name, array.dtype.name)})"
+
+
+_NUMPY_TO_ORT = {v: k.removeprefix("tensor(").removesuffix(")") for k, v in _ORT_TYPES.items()}

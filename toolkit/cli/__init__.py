@@ -11,6 +11,7 @@ import click
 from toolkit.cli.bench import bench_command
 from toolkit.cli.common import EdgeGroup, common_options
 from toolkit.cli.convert import convert_command, models_command
+from toolkit.cli.doctor import doctor_command
 from toolkit.cli.inspect import info_command
 from toolkit.cli.quantize import quantize_command
 from toolkit.cli.run import run_command
@@ -25,7 +26,15 @@ def edge() -> None:
     """Convert models to validated ONNX packages, quantize, benchmark and run them."""
 
 
-for command in (convert_command, models_command, info_command, run_command, bench_command, quantize_command):
+for command in (
+    convert_command,
+    models_command,
+    info_command,
+    run_command,
+    bench_command,
+    quantize_command,
+    doctor_command,
+):
     edge.add_command(command)
 
 

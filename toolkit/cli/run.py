@@ -11,9 +11,12 @@ from typing import Any
 import click
 import numpy as np
 
-from toolkit.cli.common import common_options, emit_json, stdout
+from toolkit.cli.common import common_options, emit_json, progress, stdout
+from toolkit.cli.provider_options import placement_line, provider_options
 from toolkit.errors import BadInputError
-from toolkit.pipelines import ModelPipeline, TextClassifier, TextEmbedding, load
+from toolkit.manifest import ModelPackage
+from toolkit.pipelines import PIPELINES, ModelPipeline, TextClassifier, TextEmbedding
+from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 
 __all__ = ["run_command"]
@@ -59,13 +62,7 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
     "--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="A raw input tensor (repeatable)."
 )
 @click.option("--variant", default="fp32", show_default=True, help="Package variant to run.")
-@click.option(
-    "--providers",
-    default="cpu",
-    show_default=True,
-    help="Execution providers in priority order, e.g. cuda,cpu.",
-)
-@click.option("--strict", is_flag=True, help="Fail instead of falling back when a provider is unavailable.")
+@provider_options
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
 @click.option(
     "--repeat", type=click.IntRange(min=0), default=0, help="Also time this many runs and print the latency."
@@ -77,8 +74,7 @@ def run_command(
     texts: tuple[str, ...],
     inputs: tuple[str, ...],
     variant: str,
-    providers: str,
-    strict: bool,
+    provider_config: ProviderConfig,
     threads: int | None,
     repeat: int,
     as_json: bool,
@@ -91,16 +87,26 @@ def run_command(
     result: dict[str, Any]
     call: Callable[[], Any]
     if texts:
-        pipeline = load(target, providers, variant=variant, threads=threads, strict=strict)
-        runner = pipeline.runner
+        package = ModelPackage.open(target)
+        with progress(not as_json) as say:
+            runner = Runner(
+                package.model_path(variant), config=provider_config, threads=threads, progress=say
+            )
+        pipeline = PIPELINES.get(package.manifest.task, ModelPipeline)(package, runner)
         call, result = _run_text(pipeline, list(texts))
     else:
-        runner = Runner(target, providers, variant=variant, threads=threads, strict=strict)
+        with progress(not as_json) as say:
+            runner = Runner(target, variant=variant, config=provider_config, threads=threads, progress=say)
         feeds = _read_inputs(inputs)
         outputs = runner.run(feeds)
         call = lambda: runner.run(feeds)  # noqa: E731
         result = {"outputs": outputs}
-    result = {"model": str(runner.path), "providers": list(runner.providers), **result}
+    result = {
+        "model": str(runner.path),
+        "providers": list(runner.providers),
+        "node_placement": runner.node_placement(),
+        **result,
+    }
     if repeat:
         result["latency"] = _time(call, repeat)
     if as_json:
@@ -126,6 +132,7 @@ def _run_text(pipeline: ModelPipeline, texts: list[str]) -> tuple[Callable[[], A
 
 def _print(result: dict[str, Any]) -> None:
     stdout.print(f"{result['model']} on {', '.join(result['providers'])}")
+    stdout.print(placement_line(result["node_placement"]))
     if "embeddings" in result:
         for text, vector in zip(result["texts"], result["embeddings"], strict=True):
             head = " ".join(f"{v:+.4f}" for v in vector[:6])

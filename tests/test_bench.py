@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.gpu_support import skip_reason
 from toolkit.bench import (
     BenchOptions,
     TimingPlan,
@@ -163,6 +164,11 @@ def test_run_bench_every_variant_and_shape(two_variant_bert: Path) -> None:
     assert fp32.accuracy is not None
     assert fp32.accuracy.reference == "pytorch"
     assert next(c for c in report.cells if c.variant == "fp32").vs_fp32 == pytest.approx(1.0)
+    # every cell says where onnxruntime put the graph: all of it on the CPU here
+    nodes = sum(count for _name, count in fp32.placement)
+    assert dict(fp32.placement) == {"cpu": nodes}
+    assert nodes > 10
+    assert all(c.engine_cache is None for c in report.cells)
     # the same report survives a JSON round trip
     assert report_from_dict(json.loads(json.dumps(report_to_dict(report)))) == report
 
@@ -175,6 +181,34 @@ def test_unavailable_provider_reports_what_ran(tiny_bert_package: Path) -> None:
     if cell.provider != "tensorrt":  # no usable GPU here: the table says cpu, and why
         assert cell.provider == "cpu"
         assert any("tensorrt requested, unavailable" in note for note in report.notes)
+
+
+def test_provider_flags_reach_the_session(tiny_bert_package: Path) -> None:
+    """--io-binding times device-resident runs; the table shows node placement; --strict refuses a fallback."""
+    result = _bench(
+        [
+            str(tiny_bert_package),
+            "--seq",
+            "8",
+            "--iterations",
+            "3",
+            "--warmup",
+            "1",
+            "--io-binding",
+            "--json",
+            "-",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    cell = json.loads(result.output)["cells"][0]
+    assert cell["provider"] == "cpu"
+    assert cell["placement"][0][0] == "cpu"
+    assert cell["placement"][0][1] > 10
+    if skip_reason("cuda") is not None:
+        strict = _bench([str(tiny_bert_package), "--seq", "8", "--providers", "cuda", "--strict"])
+        assert strict.exit_code == 2
+        assert strict.output.startswith("error: execution provider 'cuda' is unavailable")
+        assert "Traceback" not in strict.output
 
 
 def test_torch_baseline_gives_speedups(tiny_bert_package: Path) -> None:

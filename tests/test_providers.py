@@ -269,6 +269,33 @@ def test_doctor_reports_the_cuda_library_problem() -> None:
     assert "fix: " in text
 
 
+def test_doctor_require_exits_1_for_an_unusable_provider() -> None:
+    assert CliRunner().invoke(edge, ["doctor", "--require", "cpu"]).exit_code == 0
+    unknown = CliRunner().invoke(edge, ["doctor", "--require", "warp-drive"])
+    assert unknown.exit_code == 2
+    assert "unknown execution provider 'warp-drive'" in unknown.output
+    reason = skip_reason("cuda")
+    if reason is not None:
+        result = CliRunner().invoke(edge, ["doctor", "--require", "cuda"])
+        assert result.exit_code == 1
+        assert "error: required provider cuda is not usable here: " in result.output
+
+
+def test_load_takes_a_provider_config(tiny_classifier_package: Path) -> None:
+    from toolkit import load
+
+    pipeline = load(tiny_classifier_package, config=ProviderConfig(providers=("cpu",), io_binding=True))
+    assert pipeline.runner.config.io_binding
+    assert pipeline.runner.providers == ("cpu",)
+    texts = ["a quick brown fox", "the lazy dog sat on the mat"]
+    plain = load(tiny_classifier_package)
+    bound = pipeline.classify(texts)  # type: ignore[attr-defined]
+    unbound = plain.classify(texts)  # type: ignore[attr-defined]
+    for got, want in zip(bound, unbound, strict=True):
+        assert got.label == want.label
+        assert got.scores == pytest.approx(want.scores, abs=1e-6)
+
+
 def test_doctor_parts() -> None:
     report = run_doctor()
     assert any(p.name == "cpu" and p.usable for p in report.providers)

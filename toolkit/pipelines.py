@@ -16,6 +16,7 @@ import numpy as np
 
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import FP32_VARIANT, ModelPackage, TextPreprocessing
+from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 
 __all__ = [
@@ -234,9 +235,10 @@ def load(
     variant: str = FP32_VARIANT,
     threads: int | None = None,
     strict: bool = False,
+    config: ProviderConfig | None = None,
 ) -> ModelPipeline:
-    """The pipeline for the package's task, on a `Runner` over `variant`."""
+    """The pipeline for the package's task, on a `Runner` over `variant` (GPU options in `config`)."""
     package = ModelPackage.open(path)
-    runner = Runner(package.model_path(variant), providers, threads=threads, strict=strict)
+    runner = Runner(package.model_path(variant), providers, threads=threads, strict=strict, config=config)
     factory = PIPELINES.get(package.manifest.task, ModelPipeline)
     return factory(package, runner)

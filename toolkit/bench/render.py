@@ -77,6 +77,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("items/s", lambda c: f"{c.throughput:.1f}"),
     Column("vs fp32", lambda c: _opt(c.vs_fp32, ".2f") + ("x" if c.vs_fp32 is not None else "")),
     Column("vs torch", lambda c: _opt(c.speedup, ".2f") + ("x" if c.speedup is not None else "")),
+    Column("nodes", lambda c: ", ".join(f"{name} {count}" for name, count in c.placement)),
     Column("session ms", lambda c: _ms(c.session_ms), wide_only=True),
     Column("first run ms", lambda c: _ms(c.first_run_ms), wide_only=True),
     Column("peak MiB", lambda c: _opt(c.memory.peak_mb if c.memory else None, ".0f")),

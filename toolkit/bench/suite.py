@@ -48,7 +48,7 @@ from toolkit.bench.measure import (
 )
 from toolkit.errors import BadInputError, EdgeError
 from toolkit.manifest import FP32_VARIANT, ModelPackage, TextPreprocessing, Validation
-from toolkit.providers import provider_names, resolve_providers
+from toolkit.providers import ProviderConfig, provider_names, resolve_providers
 from toolkit.runner import Runner
 
 __all__ = [
@@ -112,6 +112,8 @@ class BenchCell:
     accuracy: Accuracy | None
     speedup: float | None = None
     vs_fp32: float | None = None
+    placement: tuple[tuple[str, int], ...] = ()
+    engine_cache: str | None = None  # TensorRT only: "built" (build time is in first_run_ms) or "reused"
 
     @property
     def key(self) -> tuple[str, str, int, int | None, int]:
@@ -164,6 +166,8 @@ class BenchOptions:
     npz_file: Path | None = None
     baseline: str | None = None
     seed: int = 0
+    provider_config: ProviderConfig | None = None
+    """CUDA / TensorRT options and IO binding; the providers themselves come from `providers`, one per row."""
 
 
 @dataclass(frozen=True)
@@ -344,9 +348,11 @@ def _session_options(level: str) -> ort.SessionOptions:
     return options
 
 
-def _session_call(
-    session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray]
-) -> Callable[[], Any]:
+def _session_call(runner: Runner, names: list[str], feeds: dict[str, np.ndarray]) -> Callable[[], Any]:
+    """The timed call: the bare session run, or with IO binding a device-resident run (outputs stay put)."""
+    if runner.config.io_binding:
+        return lambda: runner.run_on_device(feeds, names)
+    session = runner.session
     return lambda: session.run(names, feeds)
 
 
@@ -422,6 +428,7 @@ def run_bench(plan: BenchPlan, progress: ProgressCallback | None = None) -> Benc
                 provider_chain(requested),
                 threads=options.threads,
                 session_options=_session_options(options.graph_optimization),
+                config=options.provider_config,
             )
             session_ms = (time.perf_counter() - started) * 1e3
             ran = runner.providers
@@ -448,9 +455,11 @@ def run_bench(plan: BenchPlan, progress: ProgressCallback | None = None) -> Benc
                 variant.size_bytes,
                 variant.accuracy,
             )
-            cells.extend(
-                _measure_session(runner, plan, tracker, base_mb, make_cell, report_progress, label, done)
+            session_cells = _measure_session(
+                runner, plan, tracker, base_mb, make_cell, report_progress, label, done
             )
+            cells.extend(session_cells)
+            notes.extend(_startup_notes(variant.name, requested, runner, session_cells))
             del runner  # the session's memory goes before the next one's base is read
             gc.collect()
     torch_threads = None
@@ -492,14 +501,43 @@ def _measure_session(
     done: list[int],
 ) -> list[BenchCell]:
     names = [o.name for o in runner.outputs]
-    cells = []
+    cells: list[BenchCell] = []
     for batch, seq in plan.shapes:
         bench_input = _make_input(plan, batch, seq)
-        call = _session_call(runner.session, names, runner.check_feeds(bench_input.feeds))
+        feeds = runner.check_feeds(bench_input.feeds)
+        call = _session_call(runner, names, feeds)
+        shape_cells = _measure_shape(
+            call, bench_input, plan, tracker, base_mb, make_cell, progress, label, done
+        )
+        # After the first run: TensorRT has built (or loaded) its engine and placed the graph by now.
+        placement = tuple(runner.node_placement(feeds).items())
         cells.extend(
-            _measure_shape(call, bench_input, plan, tracker, base_mb, make_cell, progress, label, done)
+            dataclasses.replace(cell, placement=placement, engine_cache=runner.startup.engine_cache)
+            for cell in shape_cells
         )
     return cells
+
+
+def _startup_notes(variant: str, requested: str, runner: Runner, cells: Sequence[BenchCell]) -> list[str]:
+    """TensorRT's engine build (or cache reuse) and a graph split across providers, said apart from latency."""
+    notes = []
+    startup = runner.startup
+    if startup.engine_cache == "built" and cells:
+        build_s = (cells[0].session_ms + cells[0].first_run_ms) / 1e3
+        notes.append(
+            f"{variant} on {requested}: TensorRT built its engine in {build_s:.1f} s (session + first run), "
+            f"not counted in latency; cached in {startup.cache_dir} for the next session"
+        )
+    elif startup.engine_cache == "reused" and cells:
+        notes.append(
+            f"{variant} on {requested}: TensorRT engine reused from {startup.cache_dir}; "
+            f"session ready in {cells[0].session_ms / 1e3:.2f} s"
+        )
+    split = {cell.placement for cell in cells if len(cell.placement) > 1}
+    for placement in sorted(split):
+        nodes = ", ".join(f"{name} {count}" for name, count in placement)
+        notes.append(f"{variant} on {requested}: graph split across providers ({nodes} nodes)")
+    return notes
 
 
 def _cell_factory(

@@ -14,7 +14,9 @@ import click
 from rich.console import Console
 
 from toolkit.cli.common import EXIT_VALIDATION_FAILED, _state, common_options, console, stdout
+from toolkit.cli.provider_options import provider_tuning_options
 from toolkit.errors import BadInputError
+from toolkit.providers import ProviderConfig
 
 __all__ = ["bench_command"]
 
@@ -116,6 +118,7 @@ def _compare(files: tuple[str, str], threshold: str, json_path: str | None, fail
     show_default=True,
     help="Providers to time, each separately: cpu,cuda,tensorrt.",
 )
+@provider_tuning_options
 @click.option("--batch", "batches", default="1", show_default=True, help="Batch sizes to sweep, e.g. 1,8,32.")
 @click.option(
     "--seq",
@@ -201,6 +204,7 @@ def bench_command(
     compare_files: tuple[str, str] | None,
     threshold: str,
     fail_on_regression: bool,
+    provider_config: ProviderConfig,
 ) -> None:
     """Time TARGET (a package directory or an .onnx file): every variant, on each provider, over a batch x seq sweep."""
     if compare_files:
@@ -250,6 +254,7 @@ def bench_command(
         text_file=Path(text_file) if text_file else None,
         npz_file=Path(npz_file) if npz_file else None,
         baseline=baseline.strip().lower() if baseline else None,
+        provider_config=provider_config,
     )
     plan = plan_bench(target, options)
     to_stdout = json_path == "-"

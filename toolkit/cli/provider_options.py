@@ -1,7 +1,9 @@
 """Shared click options for execution providers and their CUDA / TensorRT settings.
 
 Decorate a command with `provider_options`; it receives one `provider_config: ProviderConfig`
-instead of a dozen flags, and passes it on as ``Runner(path, config=provider_config)``.
+instead of a dozen flags, and passes it on as ``Runner(path, config=provider_config)``. Commands that
+take their own ``--providers`` (``edge bench`` times each provider on its own row) use
+`provider_tuning_options`: every flag but ``--providers``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from toolkit.providers import (
     resolve_providers,
 )
 
-__all__ = ["build_provider_config", "placement_line", "provider_options"]
+__all__ = ["build_provider_config", "placement_line", "provider_options", "provider_tuning_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -136,17 +138,25 @@ def build_provider_config(
     return ProviderConfig(names, strict, cuda, tensorrt, io_binding or cuda_graph)
 
 
-def provider_options(func: F) -> F:
-    """Add the provider flags to a command; it receives them as one ``provider_config`` argument."""
-
+def _decorate(func: F, options: tuple[Callable[[Any], Any], ...], keys: tuple[str, ...]) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        values = {key: kwargs.pop(key) for key in _KEYS if key in kwargs}
+        values = {key: kwargs.pop(key) for key in keys if key in kwargs}
         return func(*args, provider_config=build_provider_config(**values), **kwargs)
 
-    for option in reversed(_OPTIONS):
+    for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper  # type: ignore[return-value]
+
+
+def provider_options(func: F) -> F:
+    """Add the provider flags to a command; it receives them as one ``provider_config`` argument."""
+    return _decorate(func, _OPTIONS, _KEYS)
+
+
+def provider_tuning_options(func: F) -> F:
+    """Every provider flag but ``--providers``, for commands that choose providers themselves."""
+    return _decorate(func, _OPTIONS[1:], _KEYS[1:])
 
 
 def placement_line(placement: dict[str, int]) -> str:

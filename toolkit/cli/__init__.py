@@ -12,6 +12,7 @@ from toolkit.cli.bench import bench_command
 from toolkit.cli.common import EdgeGroup, common_options
 from toolkit.cli.convert import convert_command, models_command
 from toolkit.cli.doctor import doctor_command
+from toolkit.cli.export import export_group
 from toolkit.cli.inspect import info_command
 from toolkit.cli.quantize import quantize_command
 from toolkit.cli.run import run_command
@@ -34,6 +35,7 @@ for command in (
     bench_command,
     quantize_command,
     doctor_command,
+    export_group,
 ):
     edge.add_command(command)
 

@@ -4,17 +4,20 @@ torch, transformers and optimum-onnx are imported lazily, inside the functions t
 """
 
 from converters.conversion import ConvertOptions, convert
+from converters.input_specs import InputSpec, parse_input_specs
 from converters.quantization import CalibrationOptions, QuantizeOptions, QuantizeResult, quantize
 from converters.recipes import Recipe, list_recipes, load_recipe
 
 __all__ = [
     "CalibrationOptions",
     "ConvertOptions",
+    "InputSpec",
     "QuantizeOptions",
     "QuantizeResult",
     "Recipe",
     "convert",
     "list_recipes",
     "load_recipe",
+    "parse_input_specs",
     "quantize",
 ]

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from converters.corpus import HELD_OUT_SENTENCES
-from converters.validate import InputLimits, _synthetic
 from toolkit.errors import BadInputError
+from toolkit.inputs import InputLimits, random_feeds
 from toolkit.manifest import (
     ImagePreprocessing,
     ModelPackage,
@@ -141,10 +141,7 @@ def normalise_image(pixels: np.ndarray, pre: ImagePreprocessing) -> np.ndarray:
 def _generic_feeds(inputs: Sequence[TensorSpec], count: int, seed: int) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     limits = InputLimits()
-    return [
-        {spec.name: _synthetic(spec, 1, 16 + (i % 4) * 16, limits, rng, False) for spec in inputs}
-        for i in range(count)
-    ]
+    return [random_feeds(inputs, 1, 16 + (i % 4) * 16, limits, rng) for i in range(count)]
 
 
 def held_out_feeds(
@@ -332,7 +329,7 @@ def latency_feeds(package: ModelPackage, batch: int = 1, seq: int = 128) -> dict
     rng = np.random.default_rng(7)
     size = (pre.crop_size or pre.size) if isinstance(pre, ImagePreprocessing) else (224, 224)
     limits = InputLimits(max_length=seq, image_size=size)
-    return {spec.name: _synthetic(spec, batch, seq, limits, rng, False) for spec in package.manifest.inputs}
+    return random_feeds(package.manifest.inputs, batch, seq, limits, rng)
 
 
 def measure_latency(

@@ -1,12 +1,22 @@
-"""`convert`: source -> validated model package, written atomically."""
+"""`convert`: source -> validated model package, written atomically.
+
+`convert` owns what every source shares (the output check, the staging directory, validation against the
+original, the manifest, the final swap into place); the export itself is one function per source family,
+chosen from `_EXPORTERS` by the resolved source: Hugging Face models through optimum-onnx, plain PyTorch
+modules and ``.pt2`` programs through ``torch.onnx``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from converters.hf import (
     copy_assets,
@@ -17,16 +27,19 @@ from converters.hf import (
     preprocessing_of,
     run_reference,
 )
+from converters.input_specs import InputSpec, parse_input_specs
 from converters.sources import ResolvedSource, directory_sha256, resolve_source
 from converters.validate import InputLimits, compare_with_reference, validation_cases
 from toolkit.atomic import replace_directory, staging_directory
 from toolkit.errors import BadInputError
+from toolkit.inputs import is_batch_dim, is_sequence_dim, sequence_axis
 from toolkit.inspect import inspect_model
 from toolkit.manifest import (
     FP32_VARIANT,
     MANIFEST_NAME,
     Manifest,
     ModelPackage,
+    Preprocessing,
     SourceInfo,
     TextPreprocessing,
     Variant,
@@ -36,21 +49,64 @@ from toolkit.manifest import (
 from toolkit.pipelines import TextTokenizer
 from toolkit.runner import Runner
 
-__all__ = ["ConvertOptions", "convert"]
+__all__ = ["EXPORTER_CHOICES", "ConvertOptions", "convert"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+Reference = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+EXPORTER_CHOICES = ("auto", "dynamo", "torchscript")
+TORCH_DEFAULT_TASK = "features"
 
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """How to export and validate. `atol=None` takes the recipe's tolerance, else 1e-4."""
+    """How to export and validate. `atol=None` takes the recipe's tolerance, else 1e-4.
+
+    For PyTorch sources: `inputs` describes forward's inputs (strings are parsed as ``name:dtype[dims]:lo..hi``),
+    `weights` a .safetensors/.pt state dict to load, `trust_remote_code` allows unpickling arbitrary objects,
+    `exporter` forces ``dynamo`` or ``torchscript`` (``auto``: dynamo, then TorchScript if it fails).
+    """
 
     task: str | None = None
     opset: int | None = None
     atol: float | None = None
     force: bool = False
+    inputs: tuple[InputSpec, ...] = ()
+    weights: Path | None = None
+    trust_remote_code: bool = False
+    exporter: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", parse_input_specs(self.inputs))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", Path(self.weights))
+        if self.exporter not in EXPORTER_CHOICES:
+            raise BadInputError(
+                f"unknown exporter '{self.exporter}'; use one of: {', '.join(EXPORTER_CHOICES)}"
+            )
+
+
+@dataclass(frozen=True)
+class _Exported:
+    """What a source family's export hands to the shared part: the ONNX file in the staging package, and
+    everything validation and the manifest need."""
+
+    onnx_file: Path
+    task: str
+    sha256: str
+    reference: Reference
+    limits: InputLimits
+    settings: Mapping[str, Any]
+    exporter: Mapping[str, Any]
+    tokenizer: TextTokenizer | None = None
+    preprocessing: Preprocessing | None = None
+    labels: tuple[str, ...] | None = None
+    value_ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+
+ExportFn = Callable[[ResolvedSource, ConvertOptions, Path, Path, Progress], _Exported]
 
 
 def _check_output_dir(out_dir: Path, force: bool) -> None:
@@ -86,70 +142,52 @@ def convert(
 
     say(f"resolving {source}")
     resolved = resolve_source(source)
-    task = detect_task(
-        resolved.model_dir, options.task or (resolved.recipe.task if resolved.recipe else None)
-    )
+    family = "torch" if resolved.torch is not None else "hf"
+    _check_options(family, options, source)
     atol = options.atol if options.atol is not None else (resolved.recipe.atol if resolved.recipe else 1e-4)
 
     with staging_directory(out) as staging:
-        export_dir = staging / "export"
-        export_dir.mkdir()
-        say(f"loading {resolved.name} ({task.name}) with PyTorch")
-        model = load_hf_model(resolved.model_dir, task)
-        say("exporting to ONNX with optimum-onnx")
-        started = time.perf_counter()
-        exported = export_hf_model(model, task, export_dir, options.opset)
-        export_seconds = time.perf_counter() - started
-
         package_dir = staging / "package"
         package_dir.mkdir()
-        onnx_file = package_dir / variant_file_name(FP32_VARIANT)
-        exported.replace(onnx_file)
-        copy_assets(resolved.model_dir, export_dir, package_dir)
-        preprocessing = preprocessing_of(resolved.model_dir, export_dir, task)
+        exported = _EXPORTERS[family](resolved, options, staging, package_dir, say)
 
         say("validating ONNX against PyTorch")
-        info = inspect_model(onnx_file)
-        runner = Runner(onnx_file, "cpu")
-        tokenizer = (
-            TextTokenizer(package_dir / preprocessing.tokenizer, preprocessing.max_length)
-            if isinstance(preprocessing, TextPreprocessing)
-            else None
+        info = inspect_model(exported.onnx_file)
+        inputs = tuple(
+            replace(spec, value_range=exported.value_ranges.get(spec.name, spec.value_range))
+            for spec in info.inputs
         )
-        limits = _input_limits(model, preprocessing)
-        output_names = tuple(spec.name for spec in info.outputs)
+        runner = Runner(exported.onnx_file, "cpu")
         validation = compare_with_reference(
-            runner,
-            lambda feeds: run_reference(model, feeds, output_names),
-            validation_cases(info.inputs, limits, tokenizer),
-            atol,
+            runner, exported.reference, validation_cases(inputs, exported.limits, exported.tokenizer), atol
         )
         manifest = Manifest(
             name=resolved.name,
-            task=task.name,
-            source=_source_info(resolved),
-            inputs=info.inputs,
+            task=exported.task,
+            source=SourceInfo(
+                kind=resolved.kind,
+                ref=resolved.ref,
+                sha256=exported.sha256,
+                recipe=resolved.recipe.name if resolved.recipe else None,
+            ),
+            inputs=inputs,
             outputs=info.outputs,
             opset=info.opset,
             variants={
                 FP32_VARIANT: Variant(
                     name=FP32_VARIANT,
-                    file=onnx_file.name,
+                    file=exported.onnx_file.name,
                     precision="fp32",
                     method="export",
-                    size_bytes=onnx_file.stat().st_size,
-                    settings={
-                        "exporter": "optimum-onnx",
-                        "optimum_task": task.optimum_task,
-                        "export_seconds": round(export_seconds, 2),
-                    },
+                    size_bytes=info.size_bytes,
+                    settings=exported.settings,
                     validation=validation,
                     tool_versions=tool_versions(),
                 )
             },
-            preprocessing=preprocessing,
-            labels=labels_of(model, task),
-            exporter={"name": "optimum-onnx", "task": task.optimum_task},
+            preprocessing=exported.preprocessing,
+            labels=exported.labels,
+            exporter=exported.exporter,
         )
         del runner
         ModelPackage(package_dir, manifest).save(manifest)
@@ -158,7 +196,73 @@ def convert(
     return ModelPackage.open(out)
 
 
-def _input_limits(model: object, preprocessing: object) -> InputLimits:
+def _check_options(family: str, options: ConvertOptions, source: str) -> None:
+    """Options that only make sense for PyTorch sources are errors elsewhere, not silently ignored."""
+    if family == "torch":
+        return
+    given = [
+        flag
+        for flag, used in (
+            ("--input", bool(options.inputs)),
+            ("--weights", options.weights is not None),
+            ("--exporter", options.exporter != "auto"),
+        )
+        if used
+    ]
+    if given:
+        raise BadInputError(
+            f"{given[0]} applies to PyTorch sources (pkg.module:factory, file.py:factory, .pt2), not to '{source}', "
+            "which is exported by optimum-onnx; drop it"
+        )
+
+
+# --- Hugging Face: optimum-onnx -------------------------------------------------------------------------
+
+
+def _export_hf(
+    resolved: ResolvedSource, options: ConvertOptions, staging: Path, package_dir: Path, say: Progress
+) -> _Exported:
+    task = detect_task(
+        resolved.model_dir, options.task or (resolved.recipe.task if resolved.recipe else None)
+    )
+    export_dir = staging / "export"
+    export_dir.mkdir()
+    say(f"loading {resolved.name} ({task.name}) with PyTorch")
+    model = load_hf_model(resolved.model_dir, task)
+    say("exporting to ONNX with optimum-onnx")
+    started = time.perf_counter()
+    exported = export_hf_model(model, task, export_dir, options.opset)
+    export_seconds = time.perf_counter() - started
+
+    onnx_file = package_dir / variant_file_name(FP32_VARIANT)
+    exported.replace(onnx_file)
+    copy_assets(resolved.model_dir, export_dir, package_dir)
+    preprocessing = preprocessing_of(resolved.model_dir, export_dir, task)
+    tokenizer = (
+        TextTokenizer(package_dir / preprocessing.tokenizer, preprocessing.max_length)
+        if isinstance(preprocessing, TextPreprocessing)
+        else None
+    )
+    output_names = tuple(spec.name for spec in inspect_model(onnx_file).outputs)
+    return _Exported(
+        onnx_file=onnx_file,
+        task=task.name,
+        sha256=directory_sha256(resolved.model_dir),
+        reference=lambda feeds: run_reference(model, feeds, output_names),
+        limits=_hf_input_limits(model, preprocessing),
+        settings={
+            "exporter": "optimum-onnx",
+            "optimum_task": task.optimum_task,
+            "export_seconds": round(export_seconds, 2),
+        },
+        exporter={"name": "optimum-onnx", "task": task.optimum_task},
+        tokenizer=tokenizer,
+        preprocessing=preprocessing,
+        labels=labels_of(model, task),
+    )
+
+
+def _hf_input_limits(model: object, preprocessing: object) -> InputLimits:
     config = getattr(model, "config", None)
     vocab = int(getattr(config, "vocab_size", 1000) or 1000)
     max_length = (
@@ -171,10 +275,70 @@ def _input_limits(model: object, preprocessing: object) -> InputLimits:
     return InputLimits(vocab_size=vocab, max_length=max_length, image_size=(image, image), channels=channels)
 
 
-def _source_info(resolved: ResolvedSource) -> SourceInfo:
-    return SourceInfo(
-        kind=resolved.kind,
-        ref=resolved.ref,
-        sha256=directory_sha256(resolved.model_dir),
-        recipe=resolved.recipe.name if resolved.recipe else None,
+# --- plain PyTorch: torch.onnx --------------------------------------------------------------------------
+
+
+def _files_sha256(files: tuple[Path, ...]) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _export_torch(
+    resolved: ResolvedSource, options: ConvertOptions, staging: Path, package_dir: Path, say: Progress
+) -> _Exported:
+    from converters.torch_export import export_torch, run_model
+    from converters.torch_sources import load_torch_source
+
+    assert resolved.torch is not None
+    say(f"loading {resolved.ref} with PyTorch")
+    model = load_torch_source(resolved.torch, options.weights, options.trust_remote_code)
+    specs = options.inputs or model.specs
+    if not specs:
+        raise BadInputError(
+            f"'{resolved.ref}' needs an --input for each forward input, e.g. --input 'x:float32[batch,3,224,224]' "
+            "(named dims are dynamic; integer inputs take a value range like ids:int64[batch,seq]:0..999)"
+        )
+    say(f"exporting {model.label} to ONNX with torch.onnx ({options.exporter})")
+    onnx_file = package_dir / variant_file_name(FP32_VARIANT)
+    result = export_torch(model, specs, onnx_file, options.exporter, options.opset)
+    settings: dict[str, Any] = {
+        "exporter": f"torch.onnx ({result.exporter})",
+        "export_seconds": round(result.seconds, 2),
+        "inputs": [str(spec) for spec in specs],
+    }
+    exporter: dict[str, Any] = {"name": "torch.onnx", "mode": result.exporter, "requested": options.exporter}
+    if result.first_error is not None:
+        settings["first_exporter_error"] = result.first_error
+        exporter["first_error"] = result.first_error
+    if options.weights is not None:
+        settings["weights"] = options.weights.name
+    return _Exported(
+        onnx_file=onnx_file,
+        task=options.task or (resolved.recipe.task if resolved.recipe else TORCH_DEFAULT_TASK),
+        sha256=_files_sha256(model.files),
+        reference=lambda feeds: run_model(model, feeds),
+        # the sizes the model was exported with: free dims that are neither batch nor sequence keep them
+        limits=InputLimits(vocab_size=None, dim_sizes=_free_dim_sizes(result.dim_sizes, specs)),
+        settings=settings,
+        exporter=exporter,
+        value_ranges={spec.name: spec.value_range for spec in specs if spec.value_range is not None},
     )
+
+
+def _free_dim_sizes(sizes: Mapping[str, int], specs: tuple[InputSpec, ...]) -> dict[str, int]:
+    """The export sizes of dims that validation can neither vary with the batch nor with the sequence."""
+    varied = set()
+    for spec in specs:
+        seq_axis = sequence_axis(spec.to_tensor_spec())
+        for axis, dim in spec.dynamic_dims.items():
+            if axis == 0 or axis == seq_axis or is_batch_dim(dim) or is_sequence_dim(dim):
+                varied.add(dim)
+    return {name: size for name, size in sizes.items() if name not in varied}
+
+
+_EXPORTERS: dict[str, ExportFn] = {"hf": _export_hf, "torch": _export_torch}

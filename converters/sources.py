@@ -1,7 +1,9 @@
 """Resolve what the user typed as SOURCE into something an exporter can load.
 
 Resolvers are tried in the order of `RESOLVERS`; the first that claims the text wins. Adding a source
-kind means adding one function to that table.
+kind means adding one function to that table. Hugging Face sources (recipe, directory, hub id) resolve to a
+model directory; PyTorch sources (``pkg.module:factory``, ``file.py:factory``, ``.pt2``, a pickled ``.pt``)
+carry a `TorchSource` in `ResolvedSource.torch` and are loaded by `converters.torch_sources`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from converters.recipes import Recipe, load_recipe
+from converters.torch_sources import TorchSource, parse_torch_source
 from toolkit.errors import BadInputError
 
 __all__ = ["RESOLVERS", "ResolvedSource", "directory_sha256", "resolve_source"]
@@ -27,18 +30,24 @@ _HASH_SKIP = {"README.md", ".gitattributes"}
 
 @dataclass(frozen=True)
 class ResolvedSource:
-    """A source ready to load: its kind, what the user typed, the local model directory and any recipe."""
+    """A source ready to load: its kind, what the user typed, the local model directory and any recipe.
+
+    For a PyTorch source, `torch` says what to load and `model_dir` is the folder holding its file.
+    """
 
     kind: str
     ref: str
     model_dir: Path
     recipe: Recipe | None = None
+    torch: TorchSource | None = None
 
     @property
     def name(self) -> str:
-        """A short name for the package: the recipe's, or the model directory's."""
+        """A short name for the package: the recipe's, the factory's or file's, or the model directory's."""
         if self.recipe is not None:
             return self.recipe.name
+        if self.torch is not None:
+            return self.torch.name
         return self.ref.rstrip("/").split("/")[-1] if self.kind == "hub" else self.model_dir.resolve().name
 
 
@@ -81,13 +90,22 @@ def _from_recipe(text: str) -> ResolvedSource | None:
     )
 
 
+def _from_torch(text: str) -> ResolvedSource | None:
+    source = parse_torch_source(text)
+    if source is None:
+        return None
+    folder = source.path.parent if source.path is not None else Path.cwd()
+    return ResolvedSource(source.kind, text, folder, torch=source)
+
+
 def _from_directory(text: str) -> ResolvedSource | None:
     path = Path(text).expanduser()
     if not path.exists():
         return None
     if path.is_file():
         raise BadInputError(
-            f"'{text}' is a file; `edge convert` takes a Hugging Face model directory, a recipe name or a hub id"
+            f"'{text}' is a file; `edge convert` takes a Hugging Face model directory, a recipe name, a hub id, "
+            "pkg.module:factory, path/to/file.py:factory or a .pt2 file"
         )
     return ResolvedSource("hf-dir", text, _check_hf_directory(path, text))
 
@@ -141,7 +159,7 @@ def _download_from_hub(repo_id: str, install_hint: str | None) -> Path:
 
 Resolver = Callable[[str], ResolvedSource | None]
 
-RESOLVERS: tuple[Resolver, ...] = (_from_recipe, _from_directory, _from_hub)
+RESOLVERS: tuple[Resolver, ...] = (_from_recipe, _from_torch, _from_directory, _from_hub)
 
 
 def resolve_source(text: str) -> ResolvedSource:
@@ -151,5 +169,6 @@ def resolve_source(text: str) -> ResolvedSource:
         if resolved is not None:
             return resolved
     raise BadInputError(
-        f"source '{text}' does not exist; pass a Hugging Face model directory, a recipe name (`edge models`) or a hub id like org/name"
+        f"source '{text}' does not exist; pass a Hugging Face model directory, a recipe name (`edge models`), a hub id "
+        "like org/name, pkg.module:factory, path/to/file.py:factory or a .pt2 file"
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolkit.inputs import InputLimits, has_sequence_axis, random_feeds
 from toolkit.manifest import OutputCheck, TensorSpec, Validation
 from toolkit.pipelines import TextTokenizer
 from toolkit.runner import Runner
@@ -24,18 +25,6 @@ SAMPLE_SENTENCES = (
     "A model package holds the exported graph, its manifest and the tokenizer files needed to run it anywhere.",
     "Quantization trades a little accuracy for smaller files and faster integer arithmetic on CPUs.",
 )
-
-_SEQUENCE_AXES = ("sequence", "seq")
-
-
-@dataclass(frozen=True)
-class InputLimits:
-    """Bounds for synthetic inputs: token ids below `vocab_size`, sequences up to `max_length`."""
-
-    vocab_size: int = 1000
-    max_length: int = 128
-    image_size: tuple[int, int] = (224, 224)
-    channels: int = 3
 
 
 @dataclass(frozen=True)
@@ -51,53 +40,20 @@ class ValidationCase:
         return int(next(iter(self.feeds.values())).shape[0])
 
 
-def _is_sequence_axis(dim: object) -> bool:
-    return isinstance(dim, str) and any(token in dim.lower() for token in _SEQUENCE_AXES)
-
-
-def _synthetic(
-    spec: TensorSpec, batch: int, seq: int, limits: InputLimits, rng: np.random.Generator, padded: bool
-) -> np.ndarray:
-    shape = []
-    for axis, dim in enumerate(spec.shape):
-        if isinstance(dim, int):
-            shape.append(dim)
-        elif axis == 0:
-            shape.append(batch)
-        elif _is_sequence_axis(dim):
-            shape.append(seq)
-        elif "channel" in str(dim).lower():
-            shape.append(limits.channels)
-        elif spec.name == "pixel_values":
-            shape.append(limits.image_size[0] if axis == len(spec.shape) - 2 else limits.image_size[1])
-        else:
-            shape.append(seq)
-    if spec.name == "attention_mask":
-        mask = np.ones(shape, dtype=spec.dtype)
-        if padded and len(shape) == 2:
-            for row in range(shape[0]):
-                mask[row, max(1, shape[1] - 1 - row * 3) :] = 0
-        return mask
-    if spec.name == "token_type_ids":
-        return np.zeros(shape, dtype=spec.dtype)
-    if spec.dtype.startswith(("int", "uint")):
-        low, high = spec.value_range or (0, limits.vocab_size - 1)
-        return rng.integers(low, high + 1, size=shape).astype(spec.dtype)
-    if spec.dtype == "bool":
-        return rng.random(shape) > 0.5
-    return rng.standard_normal(shape).astype(spec.dtype)
-
-
 def validation_cases(
     inputs: Sequence[TensorSpec],
     limits: InputLimits,
     tokenizer: TextTokenizer | None = None,
     seed: int = 0,
 ) -> list[ValidationCase]:
-    """Cases over batch sizes 1 and 3, short and long sequences, padded and unpadded, real text when possible."""
+    """Cases over batch sizes 1 and 3, short and long sequences, padded and unpadded, real text when possible.
+
+    Synthetic values honour each spec's `value_range`; a dim named like the batch follows the batch, one named
+    like a sequence the sequence length, and any other free dim takes its size from `limits` (`dim_sizes`).
+    """
     rng = np.random.default_rng(seed)
     names = {spec.name for spec in inputs}
-    has_sequence = any(_is_sequence_axis(d) for spec in inputs for d in spec.shape)
+    has_sequence = has_sequence_axis(inputs)
     cases: list[ValidationCase] = []
     if tokenizer is not None:
         for label, texts in (
@@ -108,16 +64,16 @@ def validation_cases(
             cases.append(ValidationCase(label, {k: v for k, v in feeds.items() if k in names}))
     if has_sequence:
         long = min(128, limits.max_length)
-        shapes: tuple[tuple[int, int, bool], ...] = (
+        shapes: tuple[tuple[int, int | None, bool], ...] = (
             (1, 8, False),
             (3, 16, True),
             (2, long, False),
             (3, long, True),
         )
     else:
-        shapes = ((1, 0, False), (3, 0, False))
+        shapes = ((1, None, False), (3, None, False))
     for batch, seq, padded in shapes:
-        feeds = {spec.name: _synthetic(spec, batch, seq, limits, rng, padded) for spec in inputs}
+        feeds = random_feeds(inputs, batch, seq, limits, rng, padded)
         label = f"batch {batch}" + (
             f", seq {seq}, {'padded' if padded else 'unpadded'}" if has_sequence else ""
         )

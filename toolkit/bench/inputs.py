@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import BadInputError, BadModelError
+from toolkit.inputs import InputLimits, has_sequence_axis, random_feeds, sequence_axis
 from toolkit.manifest import ImagePreprocessing, Manifest, TensorSpec, TextPreprocessing
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_SEQUENCE = 128
-_SEQUENCE_TOKENS = ("sequence", "seq")
 
 
 @dataclass(frozen=True)
@@ -62,17 +62,7 @@ class BenchInput:
 
 def sequence_dim(spec: TensorSpec) -> int | None:
     """The axis of `spec` that is a sequence (a symbolic dim named like ``sequence_length``), if any."""
-    for axis, dim in enumerate(spec.shape):
-        if axis > 0 and isinstance(dim, str) and any(t in dim.lower() for t in _SEQUENCE_TOKENS):
-            return axis
-    if spec.dtype.startswith("int") and len(spec.shape) == 2 and isinstance(spec.shape[1], str):
-        return 1
-    return None
-
-
-def has_sequence_axis(specs: Sequence[TensorSpec]) -> bool:
-    """Whether any input has a sequence axis that a --seq sweep can vary."""
-    return any(sequence_dim(spec) is not None for spec in specs)
+    return sequence_axis(spec)
 
 
 def _read_json(path: Path) -> dict:
@@ -109,74 +99,23 @@ def max_sequence_length(source: InputSource) -> int | None:
     return int(positions) if isinstance(positions, int) else None
 
 
-def _image_hw(manifest: Manifest | None) -> tuple[int, int] | None:
-    if manifest is not None and isinstance(manifest.preprocessing, ImagePreprocessing):
-        pre = manifest.preprocessing
-        return pre.crop_size or pre.size
-    return None
-
-
-def _shape(spec: TensorSpec, batch: int, seq: int | None, source: InputSource) -> tuple[int, ...]:
-    seq_axis = sequence_dim(spec)
-    image = _image_hw(source.manifest)
-    shape = []
-    for axis, dim in enumerate(spec.shape):
-        if isinstance(dim, int):
-            shape.append(dim)
-        elif axis == 0:
-            shape.append(batch)
-        elif axis == seq_axis and seq is not None:
-            shape.append(seq)
-        elif "channel" in dim.lower():
-            shape.append(3)
-        elif image is not None and len(spec.shape) == 4 and axis >= 2:
-            shape.append(image[axis - 2])
-        else:
-            raise BadInputError(
-                f"input '{spec.name}' has a free dimension '{dim}' (axis {axis}) that edge bench cannot size; "
-                "pass real inputs with --npz FILE"
-            )
-    return tuple(shape)
+def _limits(source: InputSource) -> InputLimits:
+    """Bench never guesses: an unknown vocabulary or a free dimension is an error that points at --npz."""
+    pre = source.manifest.preprocessing if source.manifest is not None else None
+    image = pre if isinstance(pre, ImagePreprocessing) else None
+    return InputLimits(
+        vocab_size=source.vocab_size,
+        max_length=source.max_length or DEFAULT_SEQUENCE,
+        image_size=(image.crop_size or image.size) if image is not None else None,
+        default_dim=None,
+        image_mean=image.mean if image is not None else None,
+        image_std=image.std if image is not None else None,
+    )
 
 
 def synthetic_feeds(source: InputSource, batch: int, seq: int | None, seed: int = 0) -> BenchInput:
     """Random feeds with valid values for every input, shaped [batch, seq, ...] as the specs say."""
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    manifest = source.manifest
-    for spec in source.specs:
-        shape = _shape(spec, batch, seq, source)
-        name = spec.name.lower()
-        if "attention_mask" in name or name.endswith("mask"):
-            feeds[spec.name] = np.ones(shape, dtype=spec.dtype)
-        elif "token_type" in name or "segment" in name:
-            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
-        elif spec.dtype.startswith(("int", "uint")):
-            if spec.value_range is not None:
-                low, high = spec.value_range
-            elif source.vocab_size is not None:
-                low, high = 0, source.vocab_size - 1
-            else:
-                raise BadInputError(
-                    f"input '{spec.name}' takes integer ids but the model's vocabulary size is unknown "
-                    "(no tokenizer.json or config.json beside it); pass real inputs with --npz FILE"
-                )
-            feeds[spec.name] = rng.integers(low, high + 1, size=shape).astype(spec.dtype)
-        elif spec.dtype == "bool":
-            feeds[spec.name] = np.ones(shape, dtype=bool)
-        elif spec.dtype.startswith(("float", "bfloat")):
-            pre = manifest.preprocessing if manifest is not None else None
-            if isinstance(pre, ImagePreprocessing) and len(shape) == 4:
-                pixels = rng.random(shape, dtype=np.float32)
-                mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-                std = np.asarray(pre.std, dtype=np.float32).reshape(1, -1, 1, 1)
-                feeds[spec.name] = ((pixels - mean) / std).astype(spec.dtype)
-            else:
-                feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-        else:
-            raise BadInputError(
-                f"input '{spec.name}' has dtype {spec.dtype}, which edge bench cannot synthesise; pass --npz FILE"
-            )
+    feeds = random_feeds(source.specs, batch, seq, _limits(source), seed)
     return BenchInput(batch, seq, "synthetic", feeds)
 
 

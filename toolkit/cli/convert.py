@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from rich.table import Table
 
@@ -57,6 +59,32 @@ def render_validation(validation: Validation, title: str) -> Table:
     help="Validation tolerance on max abs diff (default 1e-4 or the recipe's).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing package in the output directory.")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME:DTYPE[DIMS][:LO..HI]",
+    help="A forward input of a PyTorch source, e.g. 'pixel_values:float32[batch,3,224,224]' or "
+    "'input_ids:int64[batch,seq]:0..30521'; named dims are dynamic. Repeat for each input.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="State dict to load into a PyTorch source (.safetensors, or .pt/.pth/.bin read weights-only).",
+)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Allow unpickling arbitrary Python objects (a pickled module, a checkpoint); this runs code from the file.",
+)
+@click.option(
+    "--exporter",
+    type=click.Choice(["auto", "dynamo", "torchscript"]),
+    default="auto",
+    show_default=True,
+    help="torch.onnx exporter for PyTorch sources; auto tries dynamo, then TorchScript if dynamo fails.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @common_options
 def convert_command(
@@ -66,18 +94,36 @@ def convert_command(
     opset: int | None,
     atol: float | None,
     force: bool,
+    inputs: tuple[str, ...],
+    weights: str | None,
+    trust_remote_code: bool,
+    exporter: str,
     as_json: bool,
 ) -> None:
     """Export SOURCE to a validated ONNX model package.
 
-    SOURCE is a Hugging Face model directory, a hub id (online), or a recipe name (`edge models`).
+    \b
+    SOURCE is one of:
+      a recipe name (`edge models`), a Hugging Face model directory, or a hub id (online);
+      pkg.module:factory or path/to/file.py:factory, a callable returning a torch.nn.Module (needs --input);
+      model.pt2, a program saved with torch.export.save (--input optional);
+      model.pt, a whole pickled module (needs --trust-remote-code).
     """
     from converters import ConvertOptions, convert
+    from converters.input_specs import parse_input_specs
 
+    options = ConvertOptions(
+        task=task,
+        opset=opset,
+        atol=atol,
+        force=force,
+        inputs=parse_input_specs(inputs),
+        weights=Path(weights) if weights else None,
+        trust_remote_code=trust_remote_code,
+        exporter=exporter,
+    )
     with progress(not as_json) as step:
-        package = convert(
-            source, out_dir, ConvertOptions(task=task, opset=opset, atol=atol, force=force), step
-        )
+        package = convert(source, out_dir, options, step)
     variant = package.manifest.variant(FP32_VARIANT)
     validation = variant.validation
     if as_json:
@@ -85,9 +131,11 @@ def convert_command(
     else:
         if validation is not None:
             stdout.print(render_validation(validation, f"{package.manifest.name}: ONNX vs PyTorch"))
+        exported_by = variant.settings.get("exporter")
         stdout.print(
             f"{'wrote' if validation and validation.passed else 'wrote (validation FAILED)'} {package.path} "
-            f"({package.manifest.task}, opset {package.manifest.opset}, {variant.size_bytes / 1e6:.1f} MB)"
+            f"({package.manifest.task}, opset {package.manifest.opset}, {variant.size_bytes / 1e6:.1f} MB"
+            f"{f', {exported_by}' if exported_by else ''})"
         )
     if validation is not None and not validation.passed:
         click.echo(

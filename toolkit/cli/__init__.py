@@ -16,6 +16,7 @@ from toolkit.cli.export import export_group
 from toolkit.cli.inspect import info_command
 from toolkit.cli.quantize import quantize_command
 from toolkit.cli.run import run_command
+from toolkit.cli.serve import serve_command
 
 __all__ = ["edge", "main"]
 
@@ -36,6 +37,7 @@ for command in (
     quantize_command,
     doctor_command,
     export_group,
+    serve_command,
 ):
     edge.add_command(command)
 

@@ -1,0 +1,257 @@
+"""`edge serve`: model packages behind the Open Inference Protocol (KServe v2 REST), with dynamic batching."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from toolkit.cli.common import common_options, console, progress
+from toolkit.cli.provider_options import provider_options
+from toolkit.providers import ProviderConfig
+
+__all__ = ["serve_command"]
+
+
+def _tensors(tensors: Any) -> str:
+    return ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in tensors)
+
+
+def _ready_lines(url: str, registry: Any) -> list[str]:
+    lines = [f"serving on {url}  (KServe v2 REST: {url}/v2, metrics: {url}/metrics; Ctrl+C or SIGTERM stops)"]
+    width = max(len(name) for name in registry.names())
+    for name in registry.names():
+        model = registry.get(name)
+        versions = ",".join(registry.versions(name))
+        lines.append(
+            f"  {name:<{width}}  versions {versions}  {_tensors(model.inputs)} -> {_tensors(model.outputs)}"
+        )
+    return lines
+
+
+def _ready_json(url: str, registry: Any) -> str:
+    models = [
+        {
+            "name": name,
+            "versions": list(registry.versions(name)),
+            "platform": registry.get(name).platform,
+            "inputs": [t.to_json() for t in registry.get(name).inputs],
+            "outputs": [t.to_json() for t in registry.get(name).outputs],
+        }
+        for name in registry.names()
+    ]
+    return json.dumps({"url": url, "models": models})
+
+
+@click.command("serve")
+@click.argument("packages", nargs=-1, required=True, type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on (0: any free port; the printed URL says which).",
+)
+@provider_options
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads per model."
+)
+@click.option(
+    "--spin",
+    is_flag=True,
+    help="Let onnxruntime's threads spin between runs: a little lower latency on a machine of its own, "
+    "cores taken from the request handling (and other processes) otherwise.",
+)
+@click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    help="Serve only this variant (repeatable). Default: every variant of each package, each as a model version.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Batches each model runs at once: threads sharing the model's one onnxruntime session, not processes "
+    "(one copy of each model in memory, and one queue per model so batches fill).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Rows merged into one batch at most; 1 turns dynamic batching off.",
+)
+@click.option(
+    "--max-delay-ms",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="How long a batch waits for more requests after its oldest one arrived.",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Requests that may wait per model; one more is answered 503 at once.",
+)
+@click.option(
+    "--timeout-ms",
+    type=click.FloatRange(min=0),
+    default=30000,
+    show_default=True,
+    help="Per-request limit on queueing plus running, answered 504 after it; 0: no limit.",
+)
+@click.option(
+    "--max-body-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=64,
+    show_default=True,
+    help="Largest request body accepted (after decompression); 413 above it.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Once ready, print the URL and models as one JSON line."
+)
+@click.option(
+    "--ray", "on_ray", is_flag=True, help="Deploy on Ray Serve (pip install 'edge-toolkit[ray]') instead."
+)
+@click.option(
+    "--address",
+    default=None,
+    help="With --ray: the Ray cluster to join (auto, ray://host:10001); default: start a local one.",
+)
+@click.option(
+    "--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="With --ray: replica count."
+)
+@click.option(
+    "--autoscale",
+    default=None,
+    metavar="MIN:MAX",
+    help="With --ray: let Ray Serve scale between MIN and MAX replicas instead of --replicas.",
+)
+@click.option(
+    "--max-ongoing-requests",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="With --ray: requests one replica holds at once (Ray queues the rest at the proxy).",
+)
+@click.option(
+    "--replica-cpus",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="With --ray: CPUs per replica.",
+)
+@click.option(
+    "--replica-gpus",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="With --ray: GPUs per replica.",
+)
+@common_options
+def serve_command(
+    packages: tuple[str, ...],
+    host: str,
+    port: int,
+    provider_config: ProviderConfig,
+    threads: int | None,
+    spin: bool,
+    variants: tuple[str, ...],
+    workers: int,
+    max_batch: int,
+    max_delay_ms: float,
+    max_queue: int,
+    timeout_ms: float,
+    max_body_mb: float,
+    as_json: bool,
+    on_ray: bool,
+    address: str | None,
+    replicas: int,
+    autoscale: str | None,
+    max_ongoing_requests: int,
+    replica_cpus: float,
+    replica_gpus: float,
+) -> None:
+    """Serve model PACKAGES over the Open Inference Protocol (KServe v2 REST, Triton binary tensors).
+
+    Each package is a model named as in its edge.json, its variants are the model's versions (fp32 the
+    default); packages with a text pipeline also serve NAME-text, which takes BYTES text. Requests for
+    one model are merged into batches (--max-batch, --max-delay-ms). Errors are JSON {"error": ...}:
+    400 bad request, 404 unknown model, 413 body too large, 503 queue full, 504 timeout. SIGTERM or
+    Ctrl+C stops accepting, lets in-flight requests finish, and exits 0.
+    """
+    from toolkit.serve.models import LoadOptions, ModelRegistry
+    from toolkit.serve.options import BatchOptions, ServeOptions
+
+    options = ServeOptions(
+        BatchOptions(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, workers=workers),
+        timeout_s=timeout_ms / 1000 if timeout_ms else None,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+    )
+    load = LoadOptions(provider_config, threads, variants, spinning=spin)
+    if on_ray:
+        from toolkit.serve.ray_app import (
+            RayOptions,
+            deploy_on_ray,
+            parse_autoscale,
+            ray_application,
+            undeploy,
+            wait_for_stop_signal,
+        )
+
+        ray_options = RayOptions(
+            replicas=replicas,
+            autoscale=parse_autoscale(autoscale) if autoscale else None,
+            max_ongoing_requests=max_ongoing_requests,
+            num_cpus=replica_cpus,
+            num_gpus=replica_gpus,
+            address=address,
+            host=host,
+            port=port,
+        )
+        with progress(not as_json) as say:
+            say("deploying on Ray Serve")
+            url = deploy_on_ray(ray_application(packages, load, options, ray_options), ray_options)
+        scaling = (
+            f"{ray_options.autoscale[0]}-{ray_options.autoscale[1]}" if ray_options.autoscale else replicas
+        )
+        if as_json:
+            click.echo(json.dumps({"url": url, "ray": True, "replicas": scaling}))
+        else:
+            click.echo(
+                f"serving on {url} via Ray Serve ({scaling} replicas; KServe v2 REST: {url}/v2; Ctrl+C stops)"
+            )
+        try:
+            stopped = wait_for_stop_signal()
+        finally:
+            undeploy(ray_options)
+        if not as_json:
+            console.print(f"stopped ({stopped}); the Ray Serve application was removed")
+        return
+    with progress(not as_json) as say:
+        say(f"loading {len(packages)} package(s)")
+        registry = ModelRegistry.load(packages, load)
+        say("starting the server")
+        from toolkit.serve.app import create_app
+        from toolkit.serve.server import bind, run_server
+
+        app = create_app(registry, options)
+    sock = bind(host, port)
+
+    def ready(url: str) -> None:
+        if as_json:
+            click.echo(_ready_json(url, registry))
+        else:
+            for line in _ready_lines(url, registry):
+                click.echo(line)
+
+    graceful = (options.timeout_s or 30.0) + 5.0
+    run = run_server(app, sock, on_ready=ready, graceful_timeout_s=graceful)
+    if not as_json:
+        console.print(f"stopped{f' ({run.signal})' if run.signal else ''}; in-flight requests were answered")

@@ -1,0 +1,278 @@
+"""The HTTP app: Open Inference Protocol (KServe v2) REST endpoints over a `ModelRegistry`, on FastAPI.
+
+Endpoints (``[/versions/V]``: also under a version; a version is a variant name, see `models`)::
+
+    GET  /v2/health/live                       200 {"live": true}
+    GET  /v2/health/ready                      200 {"ready": true}; 503 while shutting down
+    GET  /v2                                   server metadata: name, version, extensions
+    GET  /v2/models/M[/versions/V]             model metadata: versions, platform, inputs, outputs
+    GET  /v2/models/M[/versions/V]/ready       200 {"name", "ready": true}; 404 unknown
+    GET  /v2/models/M[/versions/V]/config      Triton's model configuration (JSON), for tritonclient
+    POST /v2/models/M[/versions/V]/infer       inference, JSON or Triton binary tensors
+    POST /v2/repository/index                  Triton's model repository index
+    GET  /metrics                              Prometheus text format
+
+Every error is ``{"error": "<one line>"}`` with the status of `toolkit.serve.errors.STATUS_CODES`:
+400 malformed request or wrong input, 404 unknown model or version (or path), 413 body over the limit,
+503 queue full or shutting down (with ``Retry-After``), 504 timeout, 500 a bug (logged with traceback).
+
+`create_app` holds all state in the app it returns (no module globals) and needs nothing from uvicorn,
+so another host (Ray Serve) can mount it; pass ``scheduler=`` to replace dynamic batching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from toolkit.errors import BadInputError, EdgeError
+from toolkit.serve.batching import BatchingScheduler, Scheduler
+from toolkit.serve.errors import BodyTooLargeError, ServerClosingError, status_for
+from toolkit.serve.metrics import UNKNOWN_MODEL, ServeMetrics
+from toolkit.serve.models import ModelRegistry, ServedModel
+from toolkit.serve.options import ServeOptions
+from toolkit.serve.protocol import HEADER_LENGTH, ResponseOutput, decode_request, encode_response, triton_type
+
+__all__ = ["EXTENSIONS", "SERVER_NAME", "ServerState", "create_app", "error_response"]
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "edge-toolkit"
+EXTENSIONS = ("binary_tensor_data", "model_configuration")
+
+# Content-Encoding -> zlib wbits (tritonclient's request_compression_algorithm sends gzip or deflate).
+_DECODINGS = {"gzip": 31, "deflate": 15, "identity": 0}
+
+
+@dataclass
+class ServerState:
+    """Everything one app serves with; kept on ``app.state.edge``."""
+
+    registry: ModelRegistry
+    options: ServeOptions
+    scheduler: Scheduler
+    metrics: ServeMetrics
+    closing: bool = False
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """``{"error": message}`` with the exception's status (and Retry-After on 503)."""
+    status = status_for(exc)
+    message = str(exc) if isinstance(exc, EdgeError) else f"internal error: {type(exc).__name__}: {exc}"
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, at most `limit` bytes after decompression; a larger one is read to its end, then refused."""
+    declared = request.headers.get("content-length")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+    # Read to the end even when too large: answering mid-upload would reset the client's connection
+    # before it reads the 413.
+    if size > limit:
+        raise BodyTooLargeError(
+            f"request body is {size} bytes (declared {declared or 'no length'}), over the {limit}-byte limit; "
+            "send fewer rows per request or raise --max-body-mb"
+        )
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in _DECODINGS:
+        raise BadInputError(f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or none")
+    if _DECODINGS[encoding]:
+        inflater = zlib.decompressobj(_DECODINGS[encoding])
+        try:
+            body = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise BadInputError(f"request body is not valid {encoding} data ({exc})") from None
+        if len(body) > limit:
+            raise BodyTooLargeError(
+                f"request body decompresses to over the {limit}-byte limit; send less or raise --max-body-mb"
+            )
+    return body
+
+
+def _header_length(request: Request) -> int | None:
+    value = request.headers.get(HEADER_LENGTH)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadInputError(f"{HEADER_LENGTH} must be an integer, got {value!r}") from None
+
+
+def _model_metadata(state: ServerState, model: ServedModel) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "versions": list(state.registry.versions(model.name)),
+        "platform": model.platform,
+        "inputs": [t.to_json() for t in model.inputs],
+        "outputs": [t.to_json() for t in model.outputs],
+    }
+
+
+def _model_config(state: ServerState, model: ServedModel) -> dict[str, Any]:
+    """Triton's model configuration as JSON: dims without the batch dim when the model batches."""
+    batched = model.batched
+    max_batch = state.options.batching.max_batch if batched else 0
+
+    def tensor(meta: Any) -> dict[str, Any]:
+        dims = list(meta.shape[1:] if batched else meta.shape) or [1]
+        return {"name": meta.name, "data_type": triton_type(meta.datatype), "dims": dims}
+
+    config: dict[str, Any] = {
+        "name": model.name,
+        "platform": model.platform,
+        "max_batch_size": max_batch,
+        "input": [tensor(t) for t in model.inputs],
+        "output": [tensor(t) for t in model.outputs],
+    }
+    if batched and max_batch > 1:
+        delay_us = int(state.options.batching.max_delay_ms * 1000)
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": delay_us}
+    return config
+
+
+def create_app(
+    registry: ModelRegistry,
+    options: ServeOptions | None = None,
+    *,
+    scheduler: Scheduler | None = None,
+    metrics: ServeMetrics | None = None,
+) -> FastAPI:
+    """The KServe v2 app over `registry`; `scheduler` defaults to dynamic batching per `options.batching`."""
+    options = options or ServeOptions()
+    if options.batching.workers > 1:
+        bound = [e.name for e in registry.engines() if e.runner.config.io_binding]
+        if bound:
+            raise BadInputError(
+                f"model '{bound[0]}' uses IO binding, whose device buffers one thread at a time may use; "
+                "use --workers 1 or drop --io-binding"
+            )
+    metrics = metrics or ServeMetrics()
+    state = ServerState(
+        registry, options, scheduler or BatchingScheduler(options.batching, observer=metrics), metrics
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # The host has stopped sending requests (uvicorn drains connections first); finish what is queued.
+        state.closing = True
+        await state.scheduler.aclose()
+
+    app = FastAPI(title=SERVER_NAME, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.edge = state
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 404:
+            detail = f"no endpoint {request.url.path}; the KServe v2 endpoints are under /v2 (see GET /v2)"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return JSONResponse({"error": str(detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(EdgeError)
+    async def edge_error(_request: Request, exc: EdgeError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(exc)
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, Any]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        if state.closing:
+            return JSONResponse({"ready": False, "error": "the server is shutting down"}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        from toolkit import __version__
+
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
+        return _model_metadata(state, registry.get(name, version))
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str | None = None) -> JSONResponse:
+        model = registry.get(name, version)
+        if state.closing:
+            return JSONResponse({"name": model.name, "ready": False}, status_code=503)
+        return JSONResponse({"name": model.name, "ready": True})
+
+    @app.get("/v2/models/{name}/config")
+    @app.get("/v2/models/{name}/versions/{version}/config")
+    async def model_config(name: str, version: str | None = None) -> dict[str, Any]:
+        return _model_config(state, registry.get(name, version))
+
+    @app.post("/v2/repository/index")
+    async def repository_index() -> list[dict[str, Any]]:
+        return [{"name": m.name, "version": m.version, "state": "READY"} for m in registry]
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(request: Request, name: str, version: str | None = None) -> Response:
+        started = time.perf_counter()
+        label = (UNKNOWN_MODEL, "")
+        code = 500
+        try:
+            if state.closing:
+                raise ServerClosingError("the server is shutting down; send the request to another replica")
+            model = registry.get(name, version)
+            label = (model.name, model.version)
+            body = await _read_body(request, options.max_body_bytes)
+            decoded = decode_request(body, _header_length(request))
+            job = model.prepare(decoded)
+            timeouts = [t for t in (options.timeout_s, decoded.timeout_s) if t is not None]
+            raw = await state.scheduler.submit(model.engine, job.feeds, job.rows, min(timeouts, default=None))
+            result = job.finish(raw)
+            encoded = encode_response(
+                model.name,
+                model.version,
+                [ResponseOutput(n, result[n], decoded.wants_binary(n)) for n in job.outputs],
+                decoded.id,
+            )
+            code = 200
+            return Response(encoded.body, headers=encoded.headers())
+        except Exception as exc:  # every failure becomes a JSON error with its status
+            code = status_for(exc)
+            if code == 500:
+                log.error("inference on model '%s' failed", name, exc_info=exc)
+            return error_response(exc)
+        except BaseException:
+            code = 499  # the client went away (the task was cancelled)
+            raise
+        finally:
+            state.metrics.observe_request(*label, code, time.perf_counter() - started)
+
+    return app

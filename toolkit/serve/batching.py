@@ -1,0 +1,283 @@
+"""Dynamic batching: one asyncio queue per served engine, merged batches run on worker threads.
+
+A `DynamicBatcher` owns a bounded queue. Its collector waits for a free worker slot, then for the first
+request, then for more until the batch holds ``max_batch`` rows or ``max_delay_ms`` has passed since the
+oldest request arrived; the batch goes to a worker thread, where the engine merges, runs and splits it
+(`Engine.run_many`). While a batch runs the queue keeps filling, so under load the next batch is full
+at once and the delay is never paid. ``max_batch=1`` turns batching off without changing anything else.
+
+Schedulers are the seam a host plugs into: `BatchingScheduler` (the default: a batcher per engine) or
+`DirectScheduler` (every request runs on its own, for hosts that batch upstream, e.g. Ray Serve's
+``@serve.batch`` calling `Engine.run_many` itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from toolkit.serve.errors import InferenceTimeoutError, QueueFullError, ServerClosingError
+from toolkit.serve.options import BatchOptions
+
+__all__ = [
+    "BatchObserver",
+    "BatchingScheduler",
+    "DirectScheduler",
+    "DynamicBatcher",
+    "RunMany",
+    "Scheduler",
+]
+
+Feeds = Mapping[str, np.ndarray]
+Outputs = dict[str, np.ndarray]
+RunMany = Callable[[Sequence[Feeds]], list["Outputs | BaseException"]]
+
+
+class BatchObserver(Protocol):
+    """Receives batch sizes and queue depths (the server's metrics implement it)."""
+
+    def on_batch(self, label: tuple[str, str], rows: int, requests: int, seconds: float) -> None:
+        """A batch of `requests` requests (`rows` rows) ran in `seconds`."""
+
+    def on_depth(self, label: tuple[str, str], depth: int) -> None:
+        """`depth` requests now wait in the queue."""
+
+
+class _Engine(Protocol):
+    """What a scheduler needs of an engine (`toolkit.serve.models.Engine`)."""
+
+    @property
+    def label(self) -> tuple[str, str]: ...
+
+    def run_many(self, jobs: Sequence[Feeds]) -> list[Outputs | BaseException]: ...
+
+
+@dataclass(eq=False)
+class _Item:
+    feeds: Feeds
+    rows: int
+    future: asyncio.Future[Outputs]
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    """A bounded queue in front of `run_many`, merging requests into batches (see the module docstring)."""
+
+    def __init__(
+        self,
+        run_many: RunMany,
+        options: BatchOptions,
+        *,
+        label: tuple[str, str] = ("model", ""),
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._run_many = run_many
+        self.options = options
+        self.label = label
+        self._observer = observer
+        self._pending: collections.deque[_Item] = collections.deque()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(options.workers)
+        self._executor = ThreadPoolExecutor(
+            max_workers=options.workers, thread_name_prefix=f"edge-{label[0]}"
+        )
+        self._collector: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for a batch (not yet running)."""
+        return len(self._pending)
+
+    def _depth_changed(self) -> None:
+        if self._observer is not None:
+            self._observer.on_depth(self.label, len(self._pending))
+
+    async def submit(self, feeds: Feeds, rows: int, timeout_s: float | None = None) -> Outputs:
+        """Queue one request of `rows` rows; its outputs once its batch ran. QueueFullError when full."""
+        if self._closing:
+            raise ServerClosingError("the server is shutting down; send the request to another replica")
+        if len(self._pending) >= self.options.max_queue:
+            raise QueueFullError(
+                f"model '{self.label[0]}' has {len(self._pending)} requests waiting (the limit, --max-queue); "
+                "retry shortly or raise --max-queue"
+            )
+        if self._collector is None:
+            self._collector = asyncio.get_running_loop().create_task(self._collect_forever())
+        item = _Item(feeds, rows, asyncio.get_running_loop().create_future())
+        self._pending.append(item)
+        self._depth_changed()
+        self._wake.set()
+        try:
+            # wait_for cancels the item's future on timeout (or when the client goes away): the collector
+            # skips cancelled items and a running batch's result for it is dropped.
+            return await asyncio.wait_for(item.future, timeout_s)
+        except TimeoutError:
+            raise InferenceTimeoutError(
+                f"model '{self.label[0]}' did not answer within {timeout_s:.3g} s; "
+                "retry, send fewer rows, or raise --timeout-ms"
+            ) from None
+        finally:
+            if item.future.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._pending.remove(item)
+                    self._depth_changed()
+
+    def _live_rows(self) -> int:
+        return sum(item.rows for item in self._pending if not item.future.done())
+
+    async def _wait(self, timeout: float | None) -> bool:
+        """Wait for a new request (or closing); False when `timeout` passed first."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _next_batch(self) -> list[_Item] | None:
+        while True:
+            while self._pending and self._pending[0].future.done():
+                self._pending.popleft()
+            if self._pending:
+                break
+            if self._closing:
+                return None
+            await self._wait(None)
+        deadline = self._pending[0].arrived + self.options.max_delay_ms / 1000
+        while not self._closing and self._live_rows() < self.options.max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await self._wait(remaining):
+                break
+        batch: list[_Item] = []
+        rows = 0
+        while self._pending:
+            item = self._pending[0]
+            if item.future.done():
+                self._pending.popleft()
+                continue
+            if batch and rows + item.rows > self.options.max_batch:
+                break
+            batch.append(self._pending.popleft())
+            rows += item.rows
+        self._depth_changed()
+        return batch
+
+    async def _collect_forever(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            if batch is None:
+                self._slots.release()
+                return
+            if not batch:  # every waiting request timed out meanwhile
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            results: Sequence[Outputs | BaseException] = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_many, [item.feeds for item in batch]
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the collector
+            results = [exc] * len(batch)
+        finally:
+            self._slots.release()
+        seconds = time.perf_counter() - started
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+        if self._observer is not None:
+            self._observer.on_batch(self.label, sum(i.rows for i in batch), len(batch), seconds)
+
+    async def aclose(self) -> None:
+        """Stop taking requests, run what is queued without waiting for the delay, and wait for it."""
+        self._closing = True
+        self._wake.set()
+        if self._collector is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._collector
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+
+class Scheduler(Protocol):
+    """How the app gets an engine to run one request's feeds (batched or not)."""
+
+    async def submit(self, engine: Any, feeds: Feeds, rows: int, timeout_s: float | None) -> Outputs:
+        """The request's outputs, or the error its run raised."""
+
+    async def aclose(self) -> None:
+        """Finish queued and running work, then release threads."""
+
+
+class BatchingScheduler:
+    """A `DynamicBatcher` per engine, created on first use (so it binds to the serving event loop)."""
+
+    def __init__(self, options: BatchOptions, observer: BatchObserver | None = None) -> None:
+        self.options = options
+        self._observer = observer
+        self._batchers: dict[int, DynamicBatcher] = {}
+
+    def batcher(self, engine: _Engine) -> DynamicBatcher:
+        """The engine's batcher."""
+        key = id(engine)
+        if key not in self._batchers:
+            self._batchers[key] = DynamicBatcher(
+                engine.run_many, self.options, label=engine.label, observer=self._observer
+            )
+        return self._batchers[key]
+
+    async def submit(self, engine: Any, feeds: Feeds, rows: int, timeout_s: float | None) -> Outputs:
+        """Queue the request on the engine's batcher."""
+        return await self.batcher(engine).submit(feeds, rows, timeout_s)
+
+    async def aclose(self) -> None:
+        """Close every batcher (queued requests still run)."""
+        await asyncio.gather(*(b.aclose() for b in self._batchers.values()))
+
+
+class DirectScheduler:
+    """No batching and no queue: each request runs alone on a thread (for hosts that batch upstream)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edge-direct")
+
+    async def submit(self, engine: Any, feeds: Feeds, rows: int, timeout_s: float | None) -> Outputs:
+        """Run the request on its own."""
+        call = asyncio.get_running_loop().run_in_executor(self._executor, engine.run_many, [feeds])
+        try:
+            (result,) = await asyncio.wait_for(call, timeout_s)
+        except TimeoutError:
+            raise InferenceTimeoutError(
+                f"no answer within {timeout_s:.3g} s; retry or raise the timeout"
+            ) from None
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def aclose(self) -> None:
+        """Wait for running requests and release the threads."""
+        self._executor.shutdown(wait=True)

@@ -28,8 +28,10 @@ from converters.hf import (
     run_reference,
 )
 from converters.input_specs import InputSpec, parse_input_specs
+from converters.recipes import Recipe, load_recipe
+from converters.samples import sample_cases
 from converters.sources import ResolvedSource, directory_sha256, resolve_source
-from converters.validate import InputLimits, compare_with_reference, validation_cases
+from converters.validate import InputLimits, compare_with_reference
 from toolkit.atomic import replace_directory, staging_directory
 from toolkit.errors import BadInputError
 from toolkit.inputs import is_batch_dim, is_sequence_dim, sequence_axis
@@ -67,6 +69,8 @@ class ConvertOptions:
     For PyTorch sources: `inputs` describes forward's inputs (strings are parsed as ``name:dtype[dims]:lo..hi``),
     `weights` a .safetensors/.pt state dict to load, `trust_remote_code` allows unpickling arbitrary objects,
     `exporter` forces ``dynamo`` or ``torchscript`` (``auto``: dynamo, then TorchScript if it fails).
+    `recipe` (a name or a `Recipe`) converts any source with that recipe's task, inputs, preprocessing, samples and
+    tolerance, e.g. a local checkpoint of a catalogue model.
     """
 
     task: str | None = None
@@ -77,6 +81,7 @@ class ConvertOptions:
     weights: Path | None = None
     trust_remote_code: bool = False
     exporter: str = "auto"
+    recipe: str | Recipe | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", parse_input_specs(self.inputs))
@@ -142,6 +147,9 @@ def convert(
 
     say(f"resolving {source}")
     resolved = resolve_source(source)
+    if options.recipe is not None:
+        recipe = load_recipe(options.recipe) if isinstance(options.recipe, str) else options.recipe
+        resolved = replace(resolved, recipe=recipe)
     family = "torch" if resolved.torch is not None else "hf"
     _check_options(family, options, source)
     atol = options.atol if options.atol is not None else (resolved.recipe.atol if resolved.recipe else 1e-4)
@@ -159,7 +167,17 @@ def convert(
         )
         runner = Runner(exported.onnx_file, "cpu")
         validation = compare_with_reference(
-            runner, exported.reference, validation_cases(inputs, exported.limits, exported.tokenizer), atol
+            runner,
+            exported.reference,
+            sample_cases(
+                inputs,
+                exported.limits,
+                exported.task,
+                resolved.recipe,
+                exported.tokenizer,
+                exported.preprocessing,
+            ),
+            atol,
         )
         manifest = Manifest(
             name=resolved.name,
@@ -237,7 +255,9 @@ def _export_hf(
     onnx_file = package_dir / variant_file_name(FP32_VARIANT)
     exported.replace(onnx_file)
     copy_assets(resolved.model_dir, export_dir, package_dir)
-    preprocessing = preprocessing_of(resolved.model_dir, export_dir, task)
+    preprocessing = preprocessing_of(
+        resolved.model_dir, export_dir, task, resolved.recipe.preprocessing if resolved.recipe else None
+    )
     tokenizer = (
         TextTokenizer(package_dir / preprocessing.tokenizer, preprocessing.max_length)
         if isinstance(preprocessing, TextPreprocessing)
@@ -297,7 +317,7 @@ def _export_torch(
     assert resolved.torch is not None
     say(f"loading {resolved.ref} with PyTorch")
     model = load_torch_source(resolved.torch, options.weights, options.trust_remote_code)
-    specs = options.inputs or model.specs
+    specs = options.inputs or (resolved.recipe.inputs if resolved.recipe else ()) or model.specs
     if not specs:
         raise BadInputError(
             f"'{resolved.ref}' needs an --input for each forward input, e.g. --input 'x:float32[batch,3,224,224]' "

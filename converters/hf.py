@@ -12,12 +12,15 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from toolkit.errors import BadInputError, ExportError
 from toolkit.manifest import ImagePreprocessing, Preprocessing, TextPreprocessing
+
+if TYPE_CHECKING:
+    from converters.recipes import RecipePreprocessing
 
 __all__ = [
     "TASKS",
@@ -36,7 +39,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HfTask:
-    """One of our task names, the optimum-onnx task it exports as, and whether it reads text or images."""
+    """One of our task names, the optimum-onnx task it exports as, and what it reads: ``text``, ``image``,
+    ``audio`` (a waveform) or ``any``."""
 
     name: str
     optimum_task: str
@@ -52,16 +56,31 @@ TASKS: dict[str, HfTask] = {
         HfTask("classify", "text-classification", "text", has_labels=True),
         HfTask("token-classify", "token-classification", "text", has_labels=True),
         HfTask("image-classify", "image-classification", "image", has_labels=True),
+        HfTask("segment", "semantic-segmentation", "image", has_labels=True),
+        HfTask("audio-features", "feature-extraction", "audio"),
+        HfTask("audio-classify", "audio-classification", "audio", has_labels=True),
     )
 }
-_OPTIMUM_ALIASES = {t.optimum_task: t.name for t in TASKS.values() if t.name != "embed"}
+# optimum task name -> ours; where several of ours export as one optimum task, the first listed wins.
+_OPTIMUM_ALIASES: dict[str, str] = {}
+for _task in TASKS.values():
+    if _task.name != "embed":
+        _OPTIMUM_ALIASES.setdefault(_task.optimum_task, _task.name)
 
 # Suffix of config.architectures[0] -> task; first match wins, so longer suffixes come first.
 _ARCHITECTURE_TASKS = (
     ("ForSequenceClassification", "classify"),
     ("ForTokenClassification", "token-classify"),
     ("ForImageClassification", "image-classify"),
+    ("ForSemanticSegmentation", "segment"),
     ("Model", "features"),
+)
+# The same for audio models (a feature extractor with a sampling rate beside them): a sequence classifier
+# there classifies clips, and the bare encoder gives audio features.
+_AUDIO_ARCHITECTURE_TASKS = (
+    ("ForSequenceClassification", "audio-classify"),
+    ("ForAudioClassification", "audio-classify"),
+    ("Model", "audio-features"),
 )
 
 _SENTENCE_TRANSFORMERS_FILES = (
@@ -97,8 +116,9 @@ def detect_task(model_dir: Path, requested: str | None) -> HfTask:
     if (model_dir / "modules.json").is_file():
         return TASKS["embed"]
     architectures = _read_json(model_dir / "config.json").get("architectures") or []
+    audio = "sampling_rate" in _read_json(model_dir / "preprocessor_config.json")
     for architecture in architectures:
-        for suffix, task in _ARCHITECTURE_TASKS:
+        for suffix, task in _AUDIO_ARCHITECTURE_TASKS if audio else _ARCHITECTURE_TASKS:
             if architecture.endswith(suffix):
                 return TASKS[task]
     raise BadInputError(
@@ -189,34 +209,81 @@ def _pooling(model_dir: Path) -> tuple[str | None, bool]:
     return pooling, normalize
 
 
-def preprocessing_of(model_dir: Path, export_dir: Path, task: HfTask) -> Preprocessing | None:
-    """What the runtime must do before (and for embeddings, after) the model, read from the model's configs."""
-    config = _read_json(model_dir / "config.json")
-    if (export_dir / "tokenizer.json").is_file() and task.modality in ("text", "any"):
-        pooling, normalize = _pooling(model_dir) if task.name == "embed" else (None, False)
-        return TextPreprocessing(
-            tokenizer="tokenizer.json",
-            max_length=_text_max_length(model_dir, config),
-            pooling=pooling,
-            normalize=normalize,
-            output="last_hidden_state" if task.name == "embed" else None,
-        )
-    if task.modality == "text":
-        raise ExportError(
-            f"'{model_dir}' has no fast tokenizer (tokenizer.json) to package; save one with the model's tokenizer"
-        )
+def _text_preprocessing(model_dir: Path, export_dir: Path, task: HfTask) -> TextPreprocessing | None:
+    if not (export_dir / "tokenizer.json").is_file():
+        return None
+    pooling, normalize = _pooling(model_dir) if task.name == "embed" else (None, False)
+    return TextPreprocessing(
+        tokenizer="tokenizer.json",
+        max_length=_text_max_length(model_dir, _read_json(model_dir / "config.json")),
+        pooling=pooling,
+        normalize=normalize,
+        output="last_hidden_state" if task.name == "embed" else None,
+    )
+
+
+# PIL's filter numbers, as image processor configs store them ("resample": 3), -> our names.
+_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+# ConvNeXt-style processors (ResNet, ConvNeXt, ...) crop at or above this size by warping instead.
+_CROP_PCT_LIMIT = 384
+
+
+def _image_preprocessing(model_dir: Path) -> ImagePreprocessing | None:
+    """The HF image processor's resize/crop/rescale/normalise as the runtime replays them.
+
+    Conventions read: ``size`` {height, width} (or an int, ViT) resizes exactly; ``size`` {shortest_edge} keeps
+    the aspect ratio, then ``crop_size`` crops the centre when ``do_center_crop``; ConvNeXt-style processors
+    (a ``crop_pct`` key, ResNet's) resize the shortest edge to ``shortest_edge / crop_pct`` and crop a
+    ``shortest_edge`` square, or warp to a square at 384 and above.
+    """
     image = _read_json(model_dir / "preprocessor_config.json")
-    if image:
-        return ImagePreprocessing(
-            size=_hw(image.get("size"), config.get("image_size", 224)),
-            crop_size=_hw(image["crop_size"], 0)
-            if image.get("do_center_crop") and image.get("crop_size")
-            else None,
-            mean=tuple(float(v) for v in image.get("image_mean", (0.5, 0.5, 0.5))),
-            std=tuple(float(v) for v in image.get("image_std", (0.5, 0.5, 0.5))),
-            rescale_factor=float(image.get("rescale_factor", 1 / 255)),
-        )
-    return None
+    if not image or "sampling_rate" in image:
+        return None
+    size = image.get("size", _read_json(model_dir / "config.json").get("image_size", 224))
+    shortest = None
+    if isinstance(size, Mapping) and "shortest_edge" in size:
+        shortest = int(size["shortest_edge"])
+    elif isinstance(size, int) and "crop_pct" in image:
+        shortest = size  # ConvNeXt processors read a bare int as the shortest edge
+    crop = _hw(image["crop_size"], 0) if image.get("do_center_crop") and image.get("crop_size") else None
+    resize, target = "exact", _hw(size, 224)
+    if shortest is not None and "crop_pct" in image:
+        crop_pct = float(image["crop_pct"] or 224 / 256)
+        if shortest < _CROP_PCT_LIMIT:
+            edge = int(shortest / crop_pct)
+            resize, target, crop = "shortest_edge", (edge, edge), (shortest, shortest)
+        else:
+            resize, target, crop = "exact", (shortest, shortest), None
+    elif shortest is not None:
+        resize, target = "shortest_edge", (shortest, shortest)
+    normalize = image.get("do_normalize", True)
+    return ImagePreprocessing(
+        size=target,
+        crop_size=crop,
+        mean=tuple(float(v) for v in image.get("image_mean", (0.5, 0.5, 0.5))) if normalize else (0.0,),
+        std=tuple(float(v) for v in image.get("image_std", (0.5, 0.5, 0.5))) if normalize else (1.0,),
+        rescale_factor=float(image.get("rescale_factor", 1 / 255)) if image.get("do_rescale", True) else 1.0,
+        resize=resize,
+        resample=_RESAMPLE_NAMES.get(int(image.get("resample", 2)), "bilinear"),
+    )
+
+
+def preprocessing_of(
+    model_dir: Path, export_dir: Path, task: HfTask, overrides: RecipePreprocessing | None = None
+) -> Preprocessing | None:
+    """What the runtime must do before (and for embeddings, after) the model, read from the model's configs,
+    with a recipe's `overrides` applied. Audio models have none the runtime replays (the package keeps the
+    feature extractor's config)."""
+    preprocessing: Preprocessing | None = None
+    if task.modality in ("text", "any"):
+        preprocessing = _text_preprocessing(model_dir, export_dir, task)
+        if preprocessing is None and task.modality == "text":
+            raise ExportError(
+                f"'{model_dir}' has no fast tokenizer (tokenizer.json) to package; save one with the model's tokenizer"
+            )
+    if preprocessing is None and task.modality in ("image", "any"):
+        preprocessing = _image_preprocessing(model_dir)
+    return overrides.apply(preprocessing) if overrides is not None else preprocessing
 
 
 def _hw(size: Any, default: int) -> tuple[int, int]:

@@ -80,6 +80,9 @@ def _from_recipe(text: str) -> ResolvedSource | None:
     local = recipe.source.local_dir()
     if local is not None and local.is_dir():
         return ResolvedSource("recipe", text, _check_hf_directory(local, text), recipe)
+    module = parse_torch_source(recipe.source.module) if recipe.source.module else None
+    if module is not None:
+        return ResolvedSource("recipe", text, Path.cwd(), recipe, torch=module)
     if recipe.source.hub:
         return ResolvedSource(
             "recipe", text, _download_from_hub(recipe.source.hub, recipe.source.install), recipe

@@ -59,8 +59,10 @@ WORDS = [
 ]
 
 
-def _tiny_tokenizer(folder: Path) -> None:
-    from transformers import BertTokenizerFast
+def _tiny_tokenizer(folder: Path, tokenizer_class: str = "BertTokenizerFast") -> int:
+    """Write a WordPiece vocabulary over `WORDS` and a fast tokenizer of `tokenizer_class` to `folder`; returns
+    the vocabulary size."""
+    import transformers
 
     vocab = [
         "[PAD]",
@@ -75,7 +77,9 @@ def _tiny_tokenizer(folder: Path) -> None:
     vocab = list(dict.fromkeys(vocab))  # "a" is both a word and a letter; a repeated line breaks the id range
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=64).save_pretrained(folder)
+    tokenizer = getattr(transformers, tokenizer_class)
+    tokenizer(vocab_file=str(folder / "vocab.txt"), model_max_length=64).save_pretrained(folder)
+    return len(vocab)
 
 
 def _save_tiny_bert(folder: Path, architecture: str, seed: int, **config_extra: object) -> Path:
@@ -142,6 +146,63 @@ def tiny_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(2)
     ViTForImageClassification(config).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def build_offline_model(recipe_name: str, folder: Path, seed: int = 0) -> Path:
+    """Recipe `recipe_name`'s [offline] stand-in: its architecture at toy size with random weights, saved with
+    save_pretrained() beside the tokenizer, image processor or feature extractor (and sentence-transformers
+    pooling files) it names, so converting `folder` with the recipe exercises what converting the hub model does."""
+    import json
+
+    import torch
+    import transformers
+
+    from converters.recipes import load_recipe
+
+    offline = load_recipe(recipe_name).offline
+    assert offline is not None, f"recipe {recipe_name} has no [offline] section"
+    folder.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(offline.config_kwargs)
+    if offline.tokenizer:
+        kwargs["vocab_size"] = _tiny_tokenizer(folder, offline.tokenizer)
+    if offline.labels:
+        kwargs["id2label"] = dict(enumerate(offline.labels))
+        kwargs["label2id"] = {label: i for i, label in enumerate(offline.labels)}
+    config = getattr(transformers, offline.config)(**kwargs)
+    model_class = getattr(transformers, offline.model)
+    torch.manual_seed(seed)
+    model = model_class.from_config(config) if offline.model.startswith("Auto") else model_class(config)
+    model.eval().save_pretrained(folder)
+    if offline.processor:
+        getattr(transformers, offline.processor)(**offline.processor_kwargs).save_pretrained(folder)
+    if offline.pooling:
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+        modules.append(
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}
+        )
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        pooling = {
+            "word_embedding_dimension": config.hidden_size,
+            "pooling_mode_cls_token": offline.pooling == "cls",
+            "pooling_mode_mean_tokens": offline.pooling == "mean",
+            "pooling_mode_max_tokens": offline.pooling == "max",
+            "pooling_mode_mean_sqrt_len_tokens": offline.pooling == "mean_sqrt_len",
+        }
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling), encoding="utf-8")
+        if offline.normalize:
+            modules.append(
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                }
+            )
+        (folder / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+        (folder / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": 64}), encoding="utf-8"
+        )
     return folder
 
 

@@ -124,7 +124,11 @@ class TextPreprocessing:
 
 @dataclass(frozen=True)
 class ImagePreprocessing:
-    """Resize, centre crop, rescale and normalise, as the model's image processor did."""
+    """Resize, centre crop, rescale and normalise, as the model's image processor did.
+
+    `resize` ``exact`` resizes to `size` (height, width); ``shortest_edge`` keeps the aspect ratio and makes the
+    shorter side `size[0]` long. `resample` is the PIL filter (``bilinear``, ``bicubic``, ...).
+    """
 
     size: tuple[int, int]
     crop_size: tuple[int, int] | None
@@ -132,6 +136,8 @@ class ImagePreprocessing:
     std: tuple[float, ...]
     rescale_factor: float = 1 / 255
     kind: str = "image"
+    resize: str = "exact"
+    resample: str = "bilinear"
 
 
 Preprocessing = TextPreprocessing | ImagePreprocessing
@@ -240,6 +246,8 @@ def _preprocessing(d: Mapping[str, Any] | None) -> Preprocessing | None:
             mean=tuple(d["mean"]),
             std=tuple(d["std"]),
             rescale_factor=float(d["rescale_factor"]),
+            resize=d.get("resize", "exact"),
+            resample=d.get("resample", "bilinear"),
         )
     raise ValueError(f"unknown preprocessing kind {d['kind']!r}")
 

@@ -2,32 +2,41 @@
 
 `load(path)` reads the package's task from ``edge.json`` and builds the pipeline registered for it in
 `PIPELINES`; a task with no pipeline of its own gets `ModelPipeline`, which passes feeds straight through.
+Text pipelines tokenize with `tokenizers`; image pipelines decode and resize with Pillow, imported when the
+first image is read.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from toolkit.errors import BadInputError, BadModelError
-from toolkit.manifest import FP32_VARIANT, ModelPackage, TextPreprocessing
+from toolkit.manifest import FP32_VARIANT, ImagePreprocessing, ModelPackage, TextPreprocessing
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
 
 __all__ = [
     "PIPELINES",
     "Classification",
+    "ImageClassifier",
+    "ImageInput",
     "ModelPipeline",
     "TextClassifier",
     "TextEmbedding",
     "TextTokenizer",
     "load",
+    "open_image",
     "pool",
+    "preprocess_image",
 ]
 
 
@@ -189,11 +198,11 @@ class TextEmbedding(_TextPipeline):
 
 @dataclass(frozen=True)
 class Classification:
-    """The top label of one input and every label's probability."""
+    """A label and its probability, with every label's probability in `scores`."""
 
     label: str
     score: float
-    scores: Mapping[str, float]
+    scores: Mapping[str, float] = field(default_factory=dict)
 
 
 class TextClassifier(_TextPipeline):
@@ -220,11 +229,202 @@ class TextClassifier(_TextPipeline):
     __call__ = classify  # type: ignore[assignment]
 
 
+# --- images ---------------------------------------------------------------------------------------------
+
+ImageInput = str | Path | np.ndarray | Any  # a file path, an RGB uint8 array [H, W, 3], or a PIL image
+
+
+def _pil() -> Any:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise BadInputError(
+            "image pipelines decode images with Pillow, which is not installed; pip install pillow"
+        ) from None
+    return Image
+
+
+def open_image(image: ImageInput) -> PILImage.Image:
+    """An RGB PIL image from a path, a uint8 array [H, W, 3] (or [H, W]) or a PIL image; bad input is a BadInputError."""
+    Image = _pil()
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if (
+            image.dtype != np.uint8
+            or image.ndim not in (2, 3)
+            or (image.ndim == 3 and image.shape[2] not in (3, 4))
+        ):
+            raise BadInputError(
+                f"image array must be uint8 [height, width, 3] (RGB), got {image.dtype} {list(image.shape)}; "
+                "convert it with .astype(np.uint8)"
+            )
+        return Image.fromarray(image).convert("RGB")
+    if not isinstance(image, str | Path):
+        raise BadInputError(
+            f"an image must be a file path, a uint8 array or a PIL image, got {type(image).__name__}"
+        )
+    path = Path(image)
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise BadInputError(f"image '{path}' {problem}; pass the path of a JPEG, PNG or other image file")
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInputError(
+            f"image '{path}' could not be decoded ({reason}); pass a JPEG, PNG, BMP, GIF, TIFF or WebP file"
+        ) from None
+
+
+# Our filter names (the manifest's `resample`) -> PIL's filter numbers.
+_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+def _exact_size(width: int, height: int, size: tuple[int, int]) -> tuple[int, int]:
+    return size
+
+
+def _shortest_edge_size(width: int, height: int, size: tuple[int, int]) -> tuple[int, int]:
+    # as transformers' get_resize_output_image_size: the long side is truncated, not rounded
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size[0], int(size[0] * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+# manifest `resize` -> (width, height, size) -> the (height, width) to resize to
+RESIZERS: dict[str, Callable[[int, int, tuple[int, int]], tuple[int, int]]] = {
+    "exact": _exact_size,
+    "shortest_edge": _shortest_edge_size,
+}
+
+
+def _centre_crop(pixels: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
+    """Crop [H, W, C] to `crop` around the centre, zero-padding a smaller image (transformers' center_crop)."""
+    height, width = pixels.shape[:2]
+    crop_h, crop_w = crop
+    if height < crop_h or width < crop_w:
+        padded = np.zeros((max(height, crop_h), max(width, crop_w), pixels.shape[2]), dtype=pixels.dtype)
+        top, left = -(-(padded.shape[0] - height) // 2), -(-(padded.shape[1] - width) // 2)
+        padded[top : top + height, left : left + width] = pixels
+        pixels, height, width = padded, padded.shape[0], padded.shape[1]
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return pixels[top : top + crop_h, left : left + crop_w]
+
+
+def preprocess_image(image: ImageInput, pre: ImagePreprocessing) -> np.ndarray:
+    """Decode, resize, centre-crop, rescale and normalise one image as the manifest says: float32 [C, H, W]."""
+    Image = _pil()
+    rgb = open_image(image)
+    if pre.resize not in RESIZERS or pre.resample not in _RESAMPLE:
+        raise BadModelError(
+            f"image preprocessing resize '{pre.resize}' / resample '{pre.resample}' is not supported by this "
+            f"edge-toolkit (resize: {', '.join(RESIZERS)}; resample: {', '.join(_RESAMPLE)}); upgrade edge-toolkit"
+        )
+    height, width = RESIZERS[pre.resize](rgb.width, rgb.height, pre.size)
+    if (width, height) != rgb.size:
+        rgb = rgb.resize(
+            (width, height), resample=Image.Resampling(_RESAMPLE[pre.resample]), reducing_gap=None
+        )
+    pixels = np.asarray(rgb)
+    if pre.crop_size is not None:
+        pixels = _centre_crop(pixels, pre.crop_size)
+    # rescale in float64 then normalise in float32, in the order transformers' image processors do
+    scaled = (pixels.astype(np.float64) * pre.rescale_factor).astype(np.float32)
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    return np.ascontiguousarray(((scaled - mean) / std).transpose(2, 0, 1), dtype=np.float32)
+
+
+def _image_list(images: Sequence[ImageInput]) -> Sequence[ImageInput]:
+    if isinstance(images, str | Path | np.ndarray) or type(images).__module__.startswith("PIL"):
+        raise BadInputError("images must be a list; wrap a single image as [image]")
+    return images
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+class ImageClassifier(ModelPipeline):
+    """Image classification: decode with Pillow, resize/crop/normalise from the manifest, softmax, top-k labels."""
+
+    task = "image-classify"
+
+    def __init__(self, package: ModelPackage, runner: Runner) -> None:
+        super().__init__(package, runner)
+        pre = package.manifest.preprocessing
+        if not isinstance(pre, ImagePreprocessing):
+            raise BadModelError(
+                f"package '{package.path}' has task '{package.manifest.task}' but no image preprocessing in its "
+                "manifest; re-create it with `edge convert` from a directory with a preprocessor_config.json"
+            )
+        self.preprocessing = pre
+        self.input_name = runner.inputs[0].name
+        self.output_name = (
+            "logits" if any(o.name == "logits" for o in runner.outputs) else runner.outputs[0].name
+        )
+
+    def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Images -> pixel values float32 [N, C, H, W] (every image must come out the same size)."""
+        arrays = [self._pixels(image) for image in _image_list(images)]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise BadInputError(
+                f"images came out in different sizes {sorted(shapes)}; this package resizes by the shortest edge "
+                "without a crop, so preprocess them one at a time (classify() does)"
+            )
+        return np.stack(arrays) if arrays else np.zeros((0, 3, 1, 1), dtype=np.float32)
+
+    def _pixels(self, image: ImageInput) -> np.ndarray:
+        pixels = preprocess_image(image, self.preprocessing)
+        channels = self.runner.inputs[0].shape[1] if len(self.runner.inputs[0].shape) == 4 else None
+        if isinstance(channels, int) and pixels.shape[0] != channels:
+            raise BadModelError(
+                f"package '{self.package.path}' takes {channels}-channel images; this pipeline makes RGB ones"
+            )
+        return pixels
+
+    def _batches(self, images: Sequence[ImageInput], batch_size: int) -> Iterator[np.ndarray]:
+        """Preprocessed images in batches of up to `batch_size`, in order; a change of size starts a new batch."""
+        batch: list[np.ndarray] = []
+        for image in _image_list(images):
+            pixels = self._pixels(image)
+            if batch and (len(batch) == batch_size or pixels.shape != batch[0].shape):
+                yield np.stack(batch)
+                batch = []
+            batch.append(pixels)
+        if batch:
+            yield np.stack(batch)
+
+    def classify(
+        self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 8
+    ) -> list[list[Classification]]:
+        """For each image, its `top_k` labels by probability (highest first); `scores` holds every label's."""
+        if top_k < 1 or batch_size < 1:
+            raise BadInputError(f"top_k and batch_size must be at least 1, got {top_k} and {batch_size}")
+        results: list[list[Classification]] = []
+        for pixels in self._batches(images, batch_size):
+            logits = self.runner.run({self.input_name: pixels}, [self.output_name])[self.output_name]
+            probs = _softmax(logits.astype(np.float64))
+            labels = self.package.manifest.labels or tuple(f"LABEL_{i}" for i in range(probs.shape[1]))
+            for row in probs:
+                scores = dict(zip(labels, map(float, row), strict=True))
+                order = np.argsort(-row, kind="stable")[:top_k]
+                results.append([Classification(labels[i], float(row[i]), scores) for i in order])
+        return results
+
+    __call__ = classify  # type: ignore[assignment]
+
+
 PipelineFactory = Callable[[ModelPackage, Runner], ModelPipeline]
 
 PIPELINES: dict[str, PipelineFactory] = {
     "embed": TextEmbedding,
     "classify": TextClassifier,
+    "image-classify": ImageClassifier,
 }
 
 

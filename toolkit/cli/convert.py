@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -60,6 +61,13 @@ def render_validation(validation: Validation, title: str) -> Table:
 )
 @click.option("--force", is_flag=True, help="Replace an existing package in the output directory.")
 @click.option(
+    "--recipe",
+    default=None,
+    metavar="NAME",
+    help="Convert SOURCE (e.g. a local checkpoint) with a recipe's task, inputs, preprocessing, samples and "
+    "tolerance (`edge models`).",
+)
+@click.option(
     "--input",
     "inputs",
     multiple=True,
@@ -98,6 +106,7 @@ def convert_command(
     weights: str | None,
     trust_remote_code: bool,
     exporter: str,
+    recipe: str | None,
     as_json: bool,
 ) -> None:
     """Export SOURCE to a validated ONNX model package.
@@ -121,6 +130,7 @@ def convert_command(
         weights=Path(weights) if weights else None,
         trust_remote_code=trust_remote_code,
         exporter=exporter,
+        recipe=recipe,
     )
     with progress(not as_json) as step:
         package = convert(source, out_dir, options, step)
@@ -153,15 +163,15 @@ def models_command(as_json: bool) -> None:
     """List the model recipes `edge convert NAME` accepts."""
     from converters.recipes import list_recipes
 
-    recipes = list_recipes()
+    recipes = [(recipe, recipe.source.availability()) for recipe in list_recipes()]
     if as_json:
-        emit_json(recipes)
-        return
-    for recipe in recipes:
-        local = recipe.source.local_dir()
-        available = (
-            "installed"
-            if local is not None and local.is_dir()
-            else ("hub" if recipe.source.hub else "missing")
+        emit_json(
+            [{"availability": available, **dataclasses.asdict(recipe)} for recipe, available in recipes]
         )
-        stdout.print(f"{recipe.name:<16} {recipe.task:<15} {available:<9} {recipe.summary}")
+        return
+    for recipe, available in recipes:
+        stdout.print(
+            f"{recipe.name:<16} {recipe.task:<15} {available:<9} {recipe.summary}",
+            markup=False,
+            soft_wrap=True,
+        )

@@ -1,4 +1,4 @@
-"""`edge run`: run a package on text (through its pipeline) or on .npy inputs (through the raw runner)."""
+"""`edge run`: run a package on text or images (through its pipeline) or on .npy inputs (the raw runner)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from toolkit.cli.common import common_options, emit_json, progress, stdout
 from toolkit.cli.provider_options import placement_line, provider_options
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
-from toolkit.pipelines import PIPELINES, ModelPipeline, TextClassifier, TextEmbedding
+from toolkit.pipelines import PIPELINES, ImageClassifier, ModelPipeline, TextClassifier, TextEmbedding
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 
@@ -59,6 +59,13 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
     "--text", "texts", multiple=True, help="A text to run through the package's pipeline (repeatable)."
 )
 @click.option(
+    "--image",
+    "images",
+    multiple=True,
+    metavar="FILE",
+    help="An image to classify with an image-classify package, top 5 printed (repeatable).",
+)
+@click.option(
     "--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="A raw input tensor (repeatable)."
 )
 @click.option("--variant", default="fp32", show_default=True, help="Package variant to run.")
@@ -72,6 +79,7 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
 def run_command(
     target: str,
     texts: tuple[str, ...],
+    images: tuple[str, ...],
     inputs: tuple[str, ...],
     variant: str,
     provider_config: ProviderConfig,
@@ -80,20 +88,20 @@ def run_command(
     as_json: bool,
 ) -> None:
     """Run TARGET (a package directory, or an .onnx file with --input) and print the result."""
-    if bool(texts) == bool(inputs):
+    if sum(map(bool, (texts, images, inputs))) != 1:
         raise BadInputError(
-            "pass either --text (for a package with a text pipeline) or --input NAME=FILE.npy"
+            "pass one of --text (a text pipeline), --image FILE (an image classifier) or --input NAME=FILE.npy"
         )
     result: dict[str, Any]
     call: Callable[[], Any]
-    if texts:
+    if texts or images:
         package = ModelPackage.open(target)
         with progress(not as_json) as say:
             runner = Runner(
                 package.model_path(variant), config=provider_config, threads=threads, progress=say
             )
         pipeline = PIPELINES.get(package.manifest.task, ModelPipeline)(package, runner)
-        call, result = _run_text(pipeline, list(texts))
+        call, result = _run_text(pipeline, list(texts)) if texts else _run_images(pipeline, list(images))
     else:
         with progress(not as_json) as say:
             runner = Runner(target, variant=variant, config=provider_config, threads=threads, progress=say)
@@ -130,6 +138,20 @@ def _run_text(pipeline: ModelPipeline, texts: list[str]) -> tuple[Callable[[], A
     )
 
 
+def _run_images(pipeline: ModelPipeline, images: list[str]) -> tuple[Callable[[], Any], dict[str, Any]]:
+    if not isinstance(pipeline, ImageClassifier):
+        raise BadInputError(
+            f"package task '{pipeline.package.manifest.task}' has no image pipeline (image-classify has); "
+            "run it with --input NAME=FILE.npy"
+        )
+    top = pipeline.classify(images, top_k=5)
+    return (lambda: pipeline.classify(images, top_k=5)), {
+        "task": "image-classify",
+        "images": images,
+        "top5": [[{"label": c.label, "score": c.score} for c in ranked] for ranked in top],
+    }
+
+
 def _print(result: dict[str, Any]) -> None:
     stdout.print(f"{result['model']} on {', '.join(result['providers'])}")
     stdout.print(placement_line(result["node_placement"]))
@@ -142,6 +164,10 @@ def _print(result: dict[str, Any]) -> None:
     if "classifications" in result:
         for text, c in zip(result["texts"], result["classifications"], strict=True):
             stdout.print(f"{text[:50]!r}: {c.label} ({c.score:.3f})")
+    for image, ranked in zip(result.get("images", ()), result.get("top5", ()), strict=True):
+        stdout.print(f"{image}:", markup=False)  # paths and labels may hold [brackets]
+        for place, entry in enumerate(ranked, 1):
+            stdout.print(f"  {place}. {entry['score']:.4f}  {entry['label']}", markup=False)
     for name, array in result.get("outputs", {}).items():
         stdout.print(
             f"{name}: {array.dtype} {list(array.shape)} min {array.min():.4g} max {array.max():.4g} mean {array.mean():.4g}"

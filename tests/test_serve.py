@@ -554,8 +554,18 @@ def test_every_error_case_returns_its_code_and_a_json_error(server: Server, tiny
         client.infer(bert, _triton_inputs(feeds, True))
     assert caught.value.status() == "400"
     assert "expected datatype INT64, got INT32" in caught.value.message()
+
+
+def test_errors_are_counted_by_model_and_code(server: Server, tiny_bert_package: Path) -> None:
+    """Every 400 of the error cases shows in /metrics (one process: one registry)."""
+    bert = _name(tiny_bert_package)
+    before = _metric(server, "edge_request_errors_total", model=bert, code="400")
+    bad_requests = [case for case in _error_cases(bert) if case[4] == 400 and case[1].endswith("/infer")]
+    assert len(bad_requests) >= 5
+    for _what, path, body, headers, _code, _message in bad_requests:
+        assert _request(server, "POST", path, body, headers)[0] == 400
     after = _metric(server, "edge_request_errors_total", model=bert, code="400")
-    assert after >= 11
+    assert after - before == len(bad_requests)
 
 
 def test_concurrent_requests_batch_and_equal_unbatched_runs(

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from minilm_package import open_or_convert_minilm
 
-from toolkit import ModelPackage
 from toolkit.bench import BenchOptions, Budget, TimingPlan, plan_bench, run_bench
 
 
@@ -48,11 +48,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     args = parser.parse_args()
 
-    if not (args.package / "edge.json").is_file():
-        from converters import convert
-
-        convert("minilm", args.package)
-    package = ModelPackage.open(args.package)
+    package = open_or_convert_minilm(args.package)
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads

@@ -17,9 +17,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from minilm_package import open_or_convert_minilm
 from serve_batching import Result, build_requests, fire, merge
 
-from toolkit import ModelPackage
 from toolkit.serve.models import LoadOptions
 from toolkit.serve.options import BatchOptions, ServeOptions
 from toolkit.serve.ray_app import RayOptions, deploy_on_ray, ray_application
@@ -70,11 +70,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
-    if not (args.package / "edge.json").is_file():
-        from converters import convert
-
-        convert("minilm", args.package)
-    package = ModelPackage.open(args.package)
+    package = open_or_convert_minilm(args.package)
     path, bodies = build_requests(package, "text", args.requests)
     configs = {"1 replica x 2 threads": (1, 2), "2 replicas x 1 thread": (2, 1)}
     runs: dict[str, list[Result]] = {label: [] for label in configs}

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from minilm_package import open_or_convert_minilm
 from prometheus_client.parser import text_string_to_metric_families
 
 from toolkit import ModelPackage
@@ -212,11 +213,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("text", "raw"), default="text")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads in both servers")
     args = parser.parse_args()
-    if not (args.package / "edge.json").is_file():
-        from converters import convert
-
-        convert("minilm", args.package)
-    package = ModelPackage.open(args.package)
+    package = open_or_convert_minilm(args.package)
     path, bodies = build_requests(package, args.mode, args.requests)
     common = ["--threads", str(args.threads), "--variant", "fp32", "--max-queue", "4096", "-q"]
     configs = {

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from minilm_package import open_or_convert_minilm
 
-from toolkit import ModelPackage, Runner, load
+from toolkit import Runner, load
 
 THREADS = 2
 SEQUENCE = 128
@@ -69,13 +70,10 @@ def main() -> None:
 
     import torch
 
-    from converters import convert
     from converters.hf import TASKS, load_hf_model
     from converters.recipes import load_recipe
 
-    if not (args.package / "edge.json").is_file():
-        convert("minilm", args.package)
-    package = ModelPackage.open(args.package)
+    package = open_or_convert_minilm(args.package)
     torch.set_num_threads(THREADS)
 
     pipeline = load(package.path, threads=THREADS)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+
+from toolkit.runner import Runner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -245,3 +248,19 @@ def minilm_dir() -> Path:
 def minilm_package(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real MiniLM converted through its recipe. Read-only: copy it before writing into it."""
     return _convert("minilm", tmp_path_factory.mktemp("packages") / "minilm")
+
+
+@pytest.fixture(scope="session")
+def bert_versions(tiny_bert_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny BERT with a dynamic-int8 variant beside its fp32 model: two versions."""
+    from converters.quantization import quantize
+
+    copy = Path(shutil.copytree(tiny_bert_package, tmp_path_factory.mktemp("versions") / "bert"))
+    quantize(copy, "dynamic-int8")
+    return copy
+
+
+@pytest.fixture(scope="session")
+def bert_runner(tiny_bert_package: Path) -> Runner:
+    """A one-thread Runner over the tiny BERT package."""
+    return Runner(tiny_bert_package, threads=1)

@@ -134,3 +134,14 @@ def test_failed_or_interrupted_export_leaves_nothing(
     assert not (out / "model.onnx").exists()
     assert not (out / "edge.json").exists()
     assert list(tmp_path.iterdir()) == [], "staging files were left beside the output"
+
+
+def test_convert_help_names_every_task() -> None:
+    from click.testing import CliRunner
+
+    from converters.hf import TASKS
+    from toolkit.cli import edge
+
+    text = " ".join(CliRunner().invoke(edge, ["convert", "--help"]).output.split())
+    missing = [name for name in TASKS if name not in text]
+    assert missing == [], f"--task help misses {missing}"

@@ -23,8 +23,6 @@ from click.testing import CliRunner
 from tests.test_serve import (  # noqa: F401 - imported tests run again here, against the Ray deployment
     _bert_feeds,
     _name,
-    bert_runner,
-    bert_versions,
     test_every_error_case_returns_its_code_and_a_json_error,
     test_health_metadata_and_config,
     test_load_of_400_requests_from_16_clients_loses_nothing,

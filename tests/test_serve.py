@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import http.client
 import json
-import shutil
 import signal
 import struct
 import subprocess
@@ -188,16 +187,6 @@ def _name(package: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def bert_versions(tiny_bert_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny BERT with a dynamic-int8 variant beside its fp32 model: two versions."""
-    from converters.quantization import quantize
-
-    copy = Path(shutil.copytree(tiny_bert_package, tmp_path_factory.mktemp("versions") / "bert"))
-    quantize(copy, "dynamic-int8")
-    return copy
-
-
-@pytest.fixture(scope="module")
 def server(
     bert_versions: Path,
     tiny_classifier_package: Path,
@@ -210,11 +199,6 @@ def server(
         [bert_versions, tiny_classifier_package, minilm_package], args, tmp_path_factory.mktemp("serve")
     ) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def bert_runner(tiny_bert_package: Path) -> Runner:
-    return Runner(tiny_bert_package, threads=1)
 
 
 # -- library pieces, no server --------------------------------------------------------------------------

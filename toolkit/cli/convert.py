@@ -48,7 +48,8 @@ def render_validation(validation: Validation, title: str) -> Table:
 @click.option(
     "--task",
     default=None,
-    help="Override the detected task (embed, features, classify, token-classify, image-classify).",
+    help="Override the detected task: embed, features, classify, token-classify, image-classify, segment, "
+    "audio-features, audio-classify.",
 )
 @click.option(
     "--opset", type=click.IntRange(7, 30), default=None, help="ONNX opset (default: the exporter's choice)."

@@ -270,3 +270,17 @@ def test_minilm_auto_meets_the_issue_targets(minilm_package: Path, tmp_path: Pat
     assert result.size_ratio <= 0.30
     assert result.latency is not None
     assert result.latency.speedup("auto") > 1.0
+
+
+def test_auto_prefers_the_smallest_of_equally_fast_candidates() -> None:
+    from converters.quantization.auto import LATENCY_TIE, _pick
+    from converters.quantization.methods import Candidate
+
+    def candidate(name: str, latency_ms: float, size_bytes: int) -> Candidate:
+        return Candidate(name, "dynamic-int8", {}, None, latency_ms, None, size_bytes, True)
+
+    fastest_big = candidate("4 layers fp32", 10.0, 30_000_000)
+    tied_small = candidate("4 layers 8-bit blockwise", 10.0 * (1 + LATENCY_TIE / 2), 23_000_000)
+    slow_smaller = candidate("per-tensor", 10.0 * (1 + LATENCY_TIE * 2), 20_000_000)
+    assert _pick([fastest_big, tied_small, slow_smaller]) is tied_small
+    assert _pick([fastest_big, slow_smaller]) is fastest_big

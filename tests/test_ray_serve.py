@@ -31,6 +31,7 @@ from tests.test_serve import (  # noqa: F401 - imported tests run again here, ag
     test_tritonclient_results_equal_runner,
 )
 from toolkit.cli import edge
+from toolkit.errors import BadInputError
 from toolkit.serve.models import LoadOptions
 from toolkit.serve.options import BatchOptions, ServeOptions
 from toolkit.serve.protocol import decode_response, encode_request
@@ -102,9 +103,9 @@ def server(bert_versions: Path, tiny_classifier_package: Path, minilm_package: P
 def test_ray_missing_or_bad_options_give_one_line(
     monkeypatch: pytest.MonkeyPatch, tiny_bert_package: Path
 ) -> None:
-    with pytest.raises(Exception, match="--replicas must be at least 1"):
+    with pytest.raises(BadInputError, match="--replicas must be at least 1"):
         RayOptions(replicas=0)
-    with pytest.raises(Exception, match="--autoscale takes MIN:MAX"):
+    with pytest.raises(BadInputError, match="--autoscale takes MIN:MAX"):
         RayOptions(autoscale=(3, 1))
     import importlib.util
 

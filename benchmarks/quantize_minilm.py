@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/quantize-bench"))
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--budget", type=float, default=0.99)
+    parser.add_argument("--max-size", type=float, default=0.30, help="largest file auto may keep, vs fp32")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -55,7 +56,7 @@ def main() -> None:
     print(f"converted minilm in {time.perf_counter() - started:.0f} s")
 
     started = time.perf_counter()
-    result = quantize(minilm, "auto", QuantizeOptions(budget=args.budget))
+    result = quantize(minilm, "auto", QuantizeOptions(budget=args.budget, max_size=args.max_size))
     print(f"auto took {time.perf_counter() - started:.0f} s\n")
     print(f"{'candidate':<48} {'mean cos':>8} {'min cos':>8} {'ms':>7} {'speed-up':>8} {'size':>6}  verdict")
     fp32_size = ModelPackage.open(minilm).manifest.variant("fp32").size_bytes
@@ -64,10 +65,10 @@ def main() -> None:
         print(
             f"{c.name:<48} {acc.score if acc else float('nan'):>8.4f} {acc.worst if acc else float('nan'):>8.4f} "
             f"{c.latency_ms or float('nan'):>7.1f} {c.speedup or float('nan'):>7.2f}x {c.size_bytes / fp32_size:>6.1%}  "
-            f"{'meets' if c.meets_budget else (c.error or 'below')}"
+            f"{'meets' if c.meets_budget else (c.error or ('too big' if c.over_size_cap else 'below'))}"
         )
     if result.variant is None or result.accuracy is None:
-        print(f"\nno candidate meets the budget {args.budget}")
+        print(f"\nno candidate meets the budget {args.budget} within {args.max_size:.0%} of fp32's size")
     else:
         package = ModelPackage.open(minilm)
         latency = measure_latency(

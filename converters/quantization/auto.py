@@ -147,6 +147,7 @@ def _settings_row(candidate: Candidate) -> dict[str, Any]:
         "speedup": round(candidate.speedup, 3) if candidate.speedup else None,
         "size_bytes": candidate.size_bytes,
         "meets_budget": candidate.meets_budget,
+        "over_size_cap": candidate.over_size_cap,
         "excluded_nodes": list(candidate.settings.get("excluded_nodes", [])),
         "blockwise_int8_nodes": list(candidate.settings.get("blockwise_int8_nodes", [])),
         "error": candidate.error,
@@ -163,7 +164,7 @@ def _pick(fitting: list[Candidate]) -> Candidate:
 def quantize_auto(
     package: ModelPackage, source: Path, options: QuantizeOptions, say: Progress
 ) -> QuantizeResult:
-    """Try the candidates, keep the fastest that meets `options.budget` as variant `auto` (or `options.name`)."""
+    """Try the candidates; of those meeting `options.budget`, keep the one `_pick` chooses as variant `auto` (or `options.name`)."""
     name = options.name or AUTO_VARIANT
     target = package.path / variant_file_name(name)
     budget = options.budget
@@ -180,6 +181,7 @@ def quantize_auto(
         ]
         candidates: list[Candidate] = []
         staged: dict[str, Path] = {}
+        size_cap = source.stat().st_size * options.max_size if options.max_size else float("inf")
 
         def attempt(plan: _Plan) -> Candidate:
             out = folder / f"candidate-{len(staged) + len(candidates)}.onnx"
@@ -194,8 +196,18 @@ def quantize_auto(
                 log.info("candidate %s failed: %s", plan.name, exc)
                 return Candidate(plan.name, plan.method, {}, None, None, None, 0, False, str(exc))
             staged[plan.name] = out
+            size = out.stat().st_size
+            over_cap = size > size_cap
             return Candidate(
-                plan.name, plan.method, settings, report, None, None, out.stat().st_size, report.meets(budget)
+                plan.name,
+                plan.method,
+                settings,
+                report,
+                None,
+                None,
+                size,
+                report.meets(budget) and not over_cap,
+                over_size_cap=over_cap,
             )
 
         for plan in plans:
@@ -223,7 +235,8 @@ def quantize_auto(
                     _Plan(f"int8 {mode}, {k} most sensitive {protect}", "dynamic-int8", plan_options)
                 )
                 candidates.append(candidate)
-                if candidate.meets_budget:
+                # Protecting more layers only grows the file, so past the size cap there is nothing to gain.
+                if candidate.meets_budget or candidate.over_size_cap:
                     break
 
         say(f"timing {len(staged)} candidates against fp32")
@@ -240,15 +253,40 @@ def quantize_auto(
             for c in candidates
         ]
         fitting = [c for c in candidates if c.meets_budget]
+        notes: tuple[str, ...] = ()
+        if len(fitting) > 1:
+            # The pick rests on the finalists' timings alone: time them again head to head, twice as long,
+            # so one noisy round in a field of ten does not decide it.
+            say(f"timing the {len(fitting)} candidates within budget head to head")
+            latency = measure_latency(
+                {FP32_VARIANT: reference, **{c.name: staged[c.name] for c in fitting}},
+                latency_feeds(package),
+                runs=2 * max(options.latency_runs, 30),
+                threads=options.threads,
+            )
+            candidates = [
+                replace(c, latency_ms=latency.median_ms[c.name], speedup=latency.speedup(c.name))
+                if c.meets_budget
+                else c
+                for c in candidates
+            ]
+            fitting = [c for c in candidates if c.meets_budget]
+            notes = (
+                f"the {len(fitting)} candidates within budget were timed again head to head ({latency.runs} runs); "
+                f"within {LATENCY_TIE:.0%} of the fastest of them, the smallest file wins",
+            )
         rows = [_settings_row(c) for c in candidates]
         if not fitting:
-            return QuantizeResult(package, "auto", None, None, latency, None, budget, tuple(candidates))
+            return QuantizeResult(
+                package, "auto", None, None, latency, None, budget, tuple(candidates), notes
+            )
         winner = _pick(fitting)
         assert winner.accuracy is not None
         settings = {
             **winner.settings,
             "picked": winner.name,
             "budget": budget,
+            "max_size": options.max_size,
             "budget_rule": f"mean >= {budget}, worst sample >= {1 - 2 * (1 - budget):.4g}",
             "latency_ms": {
                 FP32_VARIANT: latency.median_ms[FP32_VARIANT],
@@ -281,4 +319,5 @@ def quantize_auto(
         size_ratio=winner.size_bytes / source.stat().st_size,
         budget=budget,
         candidates=tuple(candidates),
+        notes=notes,
     )

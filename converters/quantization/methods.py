@@ -82,6 +82,8 @@ class QuantizeOptions:
     block_size: int = 32
     fp16_op_block_list: tuple[str, ...] = ()
     budget: float = 0.99
+    max_size: float | None = None
+    """`auto` only: the largest file it may keep, as a fraction of the fp32 file (0.3 = 30%)."""
     threads: int = 2
     latency_runs: int = 20
 
@@ -99,6 +101,7 @@ class Candidate:
     size_bytes: int
     meets_budget: bool
     error: str | None = None
+    over_size_cap: bool = False
 
 
 @dataclass(frozen=True)
@@ -507,6 +510,12 @@ def quantize(
     options = options or QuantizeOptions()
     say = progress or (lambda message: log.info(message))
     check_budget(options.budget)
+    if options.max_size is not None and method != "auto":
+        raise BadInputError(f"--max-size applies to --method auto only, not {method}; drop it or use auto")
+    if options.max_size is not None and not (0.0 < options.max_size <= 1.0):
+        raise BadInputError(
+            f"--max-size must be a fraction of the fp32 file size in (0, 1] (0.3 = 30%), got {options.max_size}"
+        )
     if options.threads < 1:
         raise BadInputError(f"--threads must be at least 1, got {options.threads}")
     if method != "auto" and method not in METHODS:

@@ -22,9 +22,12 @@ def render_candidates(candidates: Any, budget: float) -> Table:
         table.add_column(column, justify="left" if column in ("candidate", "result") else "right")
     for c in candidates:
         acc = c.accuracy
-        verdict = (
-            "[green]meets[/]" if c.meets_budget else ("[red]error[/]" if c.error else "[yellow]below[/]")
-        )
+        if c.meets_budget:
+            verdict = "[green]meets[/]"
+        elif c.over_size_cap:
+            verdict = "[yellow]too big[/]"
+        else:
+            verdict = "[yellow]below[/]"
         table.add_row(
             c.name,
             f"{acc.score:.4f}" if acc else "-",
@@ -95,6 +98,13 @@ def render_candidates(candidates: Any, budget: float) -> Table:
     show_default=True,
     help="Accuracy budget in (0, 1]: mean cosine or top-1 agreement vs fp32.",
 )
+@click.option(
+    "--max-size",
+    type=float,
+    default=None,
+    metavar="FRACTION",
+    help="auto: keep no candidate larger than this fraction of the fp32 file (e.g. 0.3).",
+)
 @click.option("--threads", type=int, default=2, show_default=True, help="Threads for the latency figure.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @common_options
@@ -112,6 +122,7 @@ def quantize_command(
     block_size: int,
     fp16_block: tuple[str, ...],
     budget: float,
+    max_size: float | None,
     threads: int,
     as_json: bool,
 ) -> None:
@@ -119,7 +130,7 @@ def quantize_command(
 
     Writes model.<variant>.onnx and records precision, settings, size, accuracy on held-out inputs and a
     latency figure in edge.json. `--method auto` tries several int8 candidates and keeps the fastest within
-    --budget. Exit code 1 when the variant misses the budget (or auto finds none), 2 on a usage error.
+    --budget (and --max-size). Exit code 1 when the variant misses the budget (or auto finds none), 2 on a usage error.
     """
     from converters.quantization import CalibrationOptions, QuantizeOptions, quantize
 
@@ -133,6 +144,7 @@ def quantize_command(
         block_size=block_size,
         fp16_op_block_list=fp16_block,
         budget=budget,
+        max_size=max_size,
         threads=threads,
     )
     with progress(not as_json) as step:
@@ -164,9 +176,10 @@ def quantize_command(
             default=None,
         )
         detail = f" (best: {best.name}, {best.accuracy.summary()})" if best and best.accuracy else ""
+        cap = f" within --max-size {max_size:g}" if max_size is not None else ""
         click.echo(
-            f"error: no candidate meets the budget {result.budget:g}{detail}; nothing was written. "
-            "Lower --budget, or keep fp32 / try --method fp16 on a GPU",
+            f"error: no candidate meets the budget {result.budget:g}{cap}{detail}; nothing was written. "
+            f"Lower --budget{', raise --max-size' if cap else ''}, or keep fp32 / try --method fp16 on a GPU",
             err=True,
         )
         click.get_current_context().exit(EXIT_VALIDATION_FAILED)

@@ -161,6 +161,40 @@ def test_static_int8_npz_calibration(bert: Path, tmp_path: Path) -> None:
     assert result.variant.settings["samples"] == 3
 
 
+def test_calibration_images_are_preprocessed_as_the_classifier_does(vit: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from converters.quantization.calibration import load_calibration
+    from toolkit import load
+    from toolkit.pipelines import ImageClassifier
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(11)
+    for i, (height, width) in enumerate([(40, 64), (90, 30), (32, 32)]):
+        Image.fromarray(rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)).save(
+            images / f"{i}.png"
+        )
+    package = ModelPackage.open(vit)
+    feeds = load_calibration(package, CalibrationOptions(data=images)).feeds
+    (name,) = {spec.name for spec in package.manifest.inputs}
+    classifier = load(vit)
+    assert isinstance(classifier, ImageClassifier)
+    expected = classifier.preprocess(sorted(images.iterdir()))
+    np.testing.assert_array_equal(np.concatenate([f[name] for f in feeds]), expected)
+
+
+def test_undecodable_calibration_image_is_a_one_line_error(vit: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    result = _invoke("quantize", str(vit), "--method", "static-int8", "--calibration-data", str(images))
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: image '{images / 'broken.jpg'}' could not be decoded")
+    assert result.output.count("\n") == 1
+    assert not (vit / "model.int8-static.onnx").exists()
+
+
 def test_empty_calibration_folder_is_a_one_line_error(vit: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

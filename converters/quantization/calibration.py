@@ -1,7 +1,8 @@
 """Calibration inputs for static quantization: recipe or built-in sentences, a text file, images, or .npz files.
 
 Every source yields batch-1 feeds keyed by the model's input names. None of them overlaps the held-out
-inputs `converters.accuracy` validates on (different sentences, different image seeds).
+inputs `converters.accuracy` validates on (different sentences, different image seeds). Image files go
+through the runtime's own `preprocess_image`, so the ranges calibrated are the ranges served.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.accuracy import _generic_feeds, normalise_image, synthetic_images
+from converters.accuracy import _generic_feeds, synthetic_images
 from converters.corpus import CALIBRATION_SENTENCES
 from toolkit.errors import BadInputError
 from toolkit.manifest import ImagePreprocessing, ModelPackage, TextPreprocessing
-from toolkit.pipelines import TextTokenizer
+from toolkit.pipelines import TextTokenizer, preprocess_image
 
 __all__ = [
     "CALIBRATION_IMAGE_SEED",
@@ -96,28 +97,6 @@ def _padded_text_feeds(
     tokenizer = TextTokenizer(package.path / pre.tokenizer, pre.max_length)
     padded = tokenizer.pad(tokenizer.encode(list(texts)))
     return tuple({k: v[i : i + 1] for k, v in padded.items() if k in names} for i in range(len(texts)))
-
-
-def _read_image(path: Path, pre: ImagePreprocessing) -> np.ndarray:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise BadInputError("calibrating on a folder of images needs Pillow; pip install pillow") from None
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-            height, width = pre.size
-            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(rgb, dtype=np.float64).transpose(2, 0, 1)
-    except OSError as exc:
-        raise BadInputError(
-            f"calibration image '{path}' cannot be read ({exc}); remove it or replace it"
-        ) from None
-    if pre.crop_size:
-        ch, cw = pre.crop_size
-        top, left = max(0, (pixels.shape[1] - ch) // 2), max(0, (pixels.shape[2] - cw) // 2)
-        pixels = pixels[:, top : top + ch, left : left + cw]
-    return normalise_image(pixels, pre)
 
 
 def _split_npz(path: Path, names: set[str]) -> list[dict[str, np.ndarray]]:
@@ -213,7 +192,7 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
             )
         name = manifest.inputs[0].name
         return CalibrationData(
-            tuple({name: _read_image(p, pre)} for p in image_files[:limit]),
+            tuple({name: preprocess_image(p, pre)[None]} for p in image_files[:limit]),
             f"{min(len(image_files), limit)} images in {path.name}",
         )
     raise BadInputError(

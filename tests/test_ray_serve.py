@@ -93,7 +93,7 @@ def server(bert_versions: Path, tiny_classifier_package: Path, minilm_package: P
         ray_options,
     )
     try:
-        url = deploy_on_ray(application, ray_options)
+        url = deploy_on_ray(application, ray_options, options)
         yield RayServer(url)
     finally:
         serve.shutdown()
@@ -178,7 +178,8 @@ def test_killing_a_replica_under_load_keeps_answering(server: RayServer, tiny_be
     codes = [statuses[0] for statuses in outcomes.values()]
     ok = codes.count(200)
     failed = [code for code in codes if code != 200]
-    assert all(code >= 500 for code in failed), failed  # only server-side failures, never a client error
+    # only server-side failures: 5xx, or 408 from Ray's proxy when its deadline passed on a dead replica
+    assert all(code >= 500 or code == 408 for code in failed), failed
     assert ok >= total - clients, f"{len(failed)} failed: more than the requests in flight on one replica"
     print(json.dumps({"requests": total, "ok": ok, "5xx": len(failed), "seconds": round(elapsed, 1)}))
 

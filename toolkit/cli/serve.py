@@ -217,7 +217,7 @@ def serve_command(
         )
         with progress(not as_json) as say:
             say("deploying on Ray Serve")
-            url = deploy_on_ray(ray_application(packages, load, options, ray_options), ray_options)
+            url = deploy_on_ray(ray_application(packages, load, options, ray_options), ray_options, options)
         scaling = (
             f"{ray_options.autoscale[0]}-{ray_options.autoscale[1]}" if ray_options.autoscale else replicas
         )

@@ -31,6 +31,7 @@ from toolkit.serve.server import STOP_SIGNALS
 __all__ = [
     "APP_NAME",
     "DEPLOYMENT_NAME",
+    "PROXY_TIMEOUT_MARGIN_S",
     "RayOptions",
     "deploy_on_ray",
     "parse_autoscale",
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "edge"
 APP_NAME = "edge"
+PROXY_TIMEOUT_MARGIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -152,10 +154,17 @@ def parse_autoscale(text: str) -> tuple[int, int]:
     return int(low), int(high)
 
 
-def deploy_on_ray(application: Any, ray_options: RayOptions) -> str:
-    """Start (or join) Ray and Ray Serve's HTTP proxy, deploy `application`, return its base URL."""
+def deploy_on_ray(application: Any, ray_options: RayOptions, options: ServeOptions | None = None) -> str:
+    """Start (or join) Ray and Ray Serve's HTTP proxy, deploy `application`, return its base URL.
+
+    A request whose replica dies under it can wait in Ray's proxy until Ray notices, which on a loaded
+    machine took over a minute; so the proxy gets its own deadline, `PROXY_TIMEOUT_MARGIN_S` past the
+    app's timeout (the app's 504 comes first when the replica is alive). Past it, Ray answers 408.
+    """
     import ray
     from ray import serve
+
+    timeout_s = (options or ServeOptions()).timeout_s
 
     port = ray_options.port or _free_port(ray_options.host)
     if not ray.is_initialized():
@@ -163,7 +172,10 @@ def deploy_on_ray(application: Any, ray_options: RayOptions) -> str:
             ray.init(num_cpus=ray_options.local_cpus, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=ray_options.address, log_to_driver=False)
-    serve.start(http_options={"host": ray_options.host, "port": port})
+    http_options: dict[str, Any] = {"host": ray_options.host, "port": port}
+    if timeout_s is not None:
+        http_options["request_timeout_s"] = timeout_s + PROXY_TIMEOUT_MARGIN_S
+    serve.start(http_options=http_options)
     serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
     host = f"[{ray_options.host}]" if ":" in ray_options.host else ray_options.host
     return f"http://{host}:{port}"

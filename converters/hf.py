@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolkit.errors import BadInputError, ExportError
-from toolkit.manifest import ImagePreprocessing, Preprocessing, TextPreprocessing
+from toolkit.manifest import AudioPreprocessing, ImagePreprocessing, Preprocessing, TextPreprocessing
 
 if TYPE_CHECKING:
     from converters.recipes import RecipePreprocessing
@@ -268,12 +268,25 @@ def _image_preprocessing(model_dir: Path) -> ImagePreprocessing | None:
     )
 
 
+# Feature extractors whose model input is the waveform itself (wav2vec 2.0, HuBERT, WavLM, data2vec-audio);
+# spectrogram front ends (Whisper, AST) are not replayed by the runtime.
+_WAVEFORM_EXTRACTORS = ("Wav2Vec2FeatureExtractor",)
+
+
+def _audio_preprocessing(model_dir: Path) -> AudioPreprocessing | None:
+    audio = _read_json(model_dir / "preprocessor_config.json")
+    if audio.get("feature_extractor_type") not in _WAVEFORM_EXTRACTORS or "sampling_rate" not in audio:
+        return None
+    return AudioPreprocessing(
+        sampling_rate=int(audio["sampling_rate"]), normalize=bool(audio.get("do_normalize", True))
+    )
+
+
 def preprocessing_of(
     model_dir: Path, export_dir: Path, task: HfTask, overrides: RecipePreprocessing | None = None
 ) -> Preprocessing | None:
     """What the runtime must do before (and for embeddings, after) the model, read from the model's configs,
-    with a recipe's `overrides` applied. Audio models have none the runtime replays (the package keeps the
-    feature extractor's config)."""
+    with a recipe's `overrides` applied. Audio models get it when their front end is the raw waveform."""
     preprocessing: Preprocessing | None = None
     if task.modality in ("text", "any"):
         preprocessing = _text_preprocessing(model_dir, export_dir, task)
@@ -283,6 +296,8 @@ def preprocessing_of(
             )
     if preprocessing is None and task.modality in ("image", "any"):
         preprocessing = _image_preprocessing(model_dir)
+    if task.modality == "audio":
+        preprocessing = _audio_preprocessing(model_dir)
     return overrides.apply(preprocessing) if overrides is not None else preprocessing
 
 

@@ -32,7 +32,7 @@ from toolkit import ModelPackage, Runner
 from toolkit.cli import edge
 from toolkit.errors import BadModelError
 from toolkit.inputs import InputLimits
-from toolkit.manifest import ImagePreprocessing, TextPreprocessing
+from toolkit.manifest import AudioPreprocessing, ImagePreprocessing, TextPreprocessing
 from toolkit.pipelines import TextTokenizer
 
 RECIPES = {recipe.name: recipe for recipe in list_recipes()}
@@ -226,7 +226,7 @@ def test_recipe_converts_validates_and_runs(converted: tuple[Recipe, Path, Path]
         (s.name, s.dtype, len(s.shape)) for s in recipe.inputs
     ]
     modality = TASKS[recipe.task].modality
-    kind = {"text": TextPreprocessing, "image": ImagePreprocessing, "audio": type(None)}[modality]
+    kind = {"text": TextPreprocessing, "image": ImagePreprocessing, "audio": AudioPreprocessing}[modality]
     assert isinstance(manifest.preprocessing, kind)  # an audio feature extractor is not read as an image one
     assert recipe.offline is not None
     if recipe.offline.labels and TASKS[recipe.task].has_labels:

@@ -81,6 +81,15 @@ def test_info_json_lists_operators_and_variants(tiny_bert_package: Path) -> None
     assert info["inputs"][0]["shape"] == ["batch_size", "sequence_length"]
 
 
+def test_info_table_shows_every_tensor_shape(tiny_bert_package: Path) -> None:
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(edge, ["info", str(tiny_bert_package)])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "input_ids" in line or "last_hidden_state" in line]
+    assert len(rows) == 2
+    assert "[batch_size, sequence_length]" in rows[0]
+    assert "[batch_size, sequence_length, 32]" in rows[1]
+
+
 def test_run_with_npy_inputs_prints_outputs(tiny_bert_package: Path, tmp_path: Path) -> None:
     ids = np.ones((2, 6), dtype=np.int64)
     for name in ("input_ids", "attention_mask", "token_type_ids"):

@@ -5,15 +5,27 @@ This package imports neither torch nor transformers; converting models lives in 
 
 from toolkit.errors import BadInputError, BadModelError, EdgeError, ExportError, ProviderUnavailableError
 from toolkit.manifest import Manifest, ModelPackage, TensorSpec, Variant
-from toolkit.pipelines import Classification, ModelPipeline, TextClassifier, TextEmbedding, load
+from toolkit.pipelines import (
+    AudioClassifier,
+    AudioEncoder,
+    Classification,
+    ImageClassifier,
+    ModelPipeline,
+    TextClassifier,
+    TextEmbedding,
+    load,
+)
 from toolkit.runner import Runner
 
 __all__ = [
+    "AudioClassifier",
+    "AudioEncoder",
     "BadInputError",
     "BadModelError",
     "Classification",
     "EdgeError",
     "ExportError",
+    "ImageClassifier",
     "Manifest",
     "ModelPackage",
     "ModelPipeline",

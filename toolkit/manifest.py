@@ -28,6 +28,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FP32_VARIANT",
     "MANIFEST_NAME",
+    "AudioPreprocessing",
     "ImagePreprocessing",
     "Manifest",
     "ModelPackage",
@@ -140,7 +141,17 @@ class ImagePreprocessing:
     resample: str = "bilinear"
 
 
-Preprocessing = TextPreprocessing | ImagePreprocessing
+@dataclass(frozen=True)
+class AudioPreprocessing:
+    """A mono waveform in [-1, 1] at `sampling_rate`; with `normalize`, each clip is scaled to zero mean and unit
+    variance first (wav2vec 2.0's feature extractor, ``do_normalize``)."""
+
+    sampling_rate: int
+    normalize: bool = True
+    kind: str = "audio"
+
+
+Preprocessing = TextPreprocessing | ImagePreprocessing | AudioPreprocessing
 
 
 @dataclass(frozen=True)
@@ -248,6 +259,10 @@ def _preprocessing(d: Mapping[str, Any] | None) -> Preprocessing | None:
             rescale_factor=float(d["rescale_factor"]),
             resize=d.get("resize", "exact"),
             resample=d.get("resample", "bilinear"),
+        )
+    if d["kind"] == "audio":
+        return AudioPreprocessing(
+            sampling_rate=int(d["sampling_rate"]), normalize=bool(d.get("normalize", True))
         )
     raise ValueError(f"unknown preprocessing kind {d['kind']!r}")
 

@@ -1,9 +1,10 @@
 """Task pipelines over a `Runner`: preprocessing in, task-shaped results out.
 
 `load(path)` reads the package's task from ``edge.json`` and builds the pipeline registered for it in
-`PIPELINES`; a task with no pipeline of its own gets `ModelPipeline`, which passes feeds straight through.
+`PIPELINES`; a task with no pipeline of its own (or a package lacking what its pipeline needs, such as an
+audio model with a spectrogram front end) gets `ModelPipeline`, which passes feeds straight through.
 Text pipelines tokenize with `tokenizers`; image pipelines decode and resize with Pillow, imported when the
-first image is read.
+first image is read; audio pipelines read PCM WAV files with the standard library's `wave`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolkit.errors import BadInputError, BadModelError
-from toolkit.manifest import FP32_VARIANT, ImagePreprocessing, ModelPackage, TextPreprocessing
+from toolkit.manifest import (
+    FP32_VARIANT,
+    AudioPreprocessing,
+    ImagePreprocessing,
+    ModelPackage,
+    TextPreprocessing,
+)
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 
@@ -26,6 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PIPELINES",
+    "AudioClassifier",
+    "AudioEncoder",
+    "AudioInput",
     "Classification",
     "ImageClassifier",
     "ImageInput",
@@ -35,8 +45,11 @@ __all__ = [
     "TextTokenizer",
     "load",
     "open_image",
+    "pipeline_class",
     "pool",
+    "preprocess_audio",
     "preprocess_image",
+    "read_wav",
 ]
 
 
@@ -52,6 +65,11 @@ class ModelPipeline:
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run the raw model."""
         return self.runner.run(feeds)
+
+    @classmethod
+    def accepts(cls, package: ModelPackage) -> bool:
+        """Whether this pipeline can serve `package`; when not, `load` falls back to the raw `ModelPipeline`."""
+        return True
 
 
 class TextTokenizer:
@@ -348,6 +366,18 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def _ranked(package: ModelPackage, logits: np.ndarray, top_k: int) -> list[list[Classification]]:
+    """Per row of logits [N, classes], the `top_k` labels by probability, each holding every label's score."""
+    probs = _softmax(logits.astype(np.float64))
+    labels = package.manifest.labels or tuple(f"LABEL_{i}" for i in range(probs.shape[1]))
+    ranked = []
+    for row in probs:
+        scores = dict(zip(labels, map(float, row), strict=True))
+        order = np.argsort(-row, kind="stable")[:top_k]
+        ranked.append([Classification(labels[i], float(row[i]), scores) for i in order])
+    return ranked
+
+
 class ImageClassifier(ModelPipeline):
     """Image classification: decode with Pillow, resize/crop/normalise from the manifest, softmax, top-k labels."""
 
@@ -408,23 +438,171 @@ class ImageClassifier(ModelPipeline):
         results: list[list[Classification]] = []
         for pixels in self._batches(images, batch_size):
             logits = self.runner.run({self.input_name: pixels}, [self.output_name])[self.output_name]
-            probs = _softmax(logits.astype(np.float64))
-            labels = self.package.manifest.labels or tuple(f"LABEL_{i}" for i in range(probs.shape[1]))
-            for row in probs:
-                scores = dict(zip(labels, map(float, row), strict=True))
-                order = np.argsort(-row, kind="stable")[:top_k]
-                results.append([Classification(labels[i], float(row[i]), scores) for i in order])
+            results.extend(_ranked(self.package, logits, top_k))
         return results
 
     __call__ = classify  # type: ignore[assignment]
 
 
-PipelineFactory = Callable[[ModelPackage, Runner], ModelPipeline]
+# --- audio ----------------------------------------------------------------------------------------------
 
-PIPELINES: dict[str, PipelineFactory] = {
+AudioInput = str | Path | np.ndarray  # a PCM WAV file path, or a mono float waveform [samples] in [-1, 1]
+
+_PCM_FULL_SCALE = {2: 2.0**15, 3: 2.0**23, 4: 2.0**31}
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """A PCM WAV file (8, 16, 24 or 32 bit) as a mono float32 waveform in [-1, 1] (channels averaged) and its rate."""
+    import wave  # the standard library's reader: no audio dependency for the runtime
+
+    path = Path(path)
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise BadInputError(f"audio file '{path}' {problem}; pass the path of a PCM WAV file")
+    try:
+        with wave.open(str(path), "rb") as wav:
+            width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
+            frames = wav.readframes(wav.getnframes())
+    except (
+        wave.Error,
+        EOFError,
+        RuntimeError,
+        ValueError,
+    ) as exc:  # `wave` raises all of these on bad headers
+        raise BadInputError(
+            f"audio file '{path}' is not a PCM WAV file ({exc or 'malformed header'}); convert it, "
+            "e.g. ffmpeg -i IN -ac 1 -c:a pcm_s16le OUT.wav"
+        ) from None
+    raw = np.frombuffer(frames, dtype=np.uint8)
+    if width == 1:  # 8-bit WAV is unsigned, centred on 128
+        samples = (raw.astype(np.float32) - 128.0) / 128.0
+    else:
+        if width == 3:  # little-endian 24-bit: widen to int32 with the sign carried into the top byte
+            triples = raw.reshape(-1, 3).astype(np.int32)
+            ints = (triples[:, 0] | (triples[:, 1] << 8) | (triples[:, 2] << 16)) << 8 >> 8
+        else:
+            ints = raw.view(f"<i{width}")
+        samples = (ints / _PCM_FULL_SCALE[width]).astype(np.float32)
+    return samples.reshape(-1, channels).mean(axis=1, dtype=np.float32), rate
+
+
+def preprocess_audio(
+    clip: AudioInput, pre: AudioPreprocessing, sampling_rate: int | None = None
+) -> np.ndarray:
+    """A clip as the model takes it: float32 [samples] at the package's rate, normalised as its feature extractor.
+
+    A waveform array is taken to be at `sampling_rate` (default: the package's); a WAV file says its own rate.
+    Nothing is resampled: a clip at another rate is a BadInputError naming both rates.
+    """
+    if isinstance(clip, str | Path):
+        waveform, rate = read_wav(clip)
+        where = f"audio file '{clip}'"
+    elif isinstance(clip, np.ndarray):
+        if clip.ndim != 1 or clip.dtype.kind != "f":
+            raise BadInputError(
+                f"a waveform must be a 1-D float array of samples, got {clip.dtype} {list(clip.shape)}; "
+                "average the channels (.mean(axis=1)) and convert with .astype(np.float32)"
+            )
+        waveform, rate, where = clip.astype(np.float32), sampling_rate or pre.sampling_rate, "waveform"
+    else:
+        raise BadInputError(
+            f"a clip must be a WAV file path or a float waveform array, got {type(clip).__name__}"
+        )
+    if rate != pre.sampling_rate:
+        raise BadInputError(
+            f"{where} is sampled at {rate} Hz but the model takes {pre.sampling_rate} Hz; resample it first "
+            f"(e.g. ffmpeg -i IN -ar {pre.sampling_rate} OUT.wav)"
+        )
+    if waveform.size == 0:
+        raise BadInputError(f"{where} holds no samples")
+    if pre.normalize:
+        # in float32 and in this order, as transformers' Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
+        waveform = (waveform - waveform.mean()) / np.sqrt(waveform.var() + 1e-7)
+    return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+class _AudioPipeline(ModelPipeline):
+    """Shared clip preprocessing and running for audio tasks.
+
+    Clips run one at a time: wav2vec 2.0 base-style models take no attention mask, so zero-padding clips to
+    a common length would change their outputs.
+    """
+
+    @classmethod
+    def accepts(cls, package: ModelPackage) -> bool:
+        """Only waveform models: a package with a spectrogram front end (kws-cnn's MFCCs) takes raw feeds."""
+        return isinstance(package.manifest.preprocessing, AudioPreprocessing)
+
+    def __init__(self, package: ModelPackage, runner: Runner) -> None:
+        super().__init__(package, runner)
+        pre = package.manifest.preprocessing
+        if not isinstance(pre, AudioPreprocessing):
+            raise BadModelError(
+                f"package '{package.path}' has task '{package.manifest.task}' but no audio preprocessing in its "
+                "manifest; re-create it with `edge convert` from a model with a waveform feature extractor"
+            )
+        self.preprocessing = pre
+        self.input_name = runner.inputs[0].name
+        self._takes_mask = any(spec.name == "attention_mask" for spec in runner.inputs)
+
+    def _run_clip(self, clip: AudioInput, output: str, sampling_rate: int | None) -> np.ndarray:
+        waveform = preprocess_audio(clip, self.preprocessing, sampling_rate)[None]
+        feeds = {self.input_name: waveform}
+        if self._takes_mask:
+            feeds["attention_mask"] = np.ones(waveform.shape, dtype=np.int64)
+        return self.runner.run(feeds, [output])[output]
+
+
+def _clip_list(clips: Sequence[AudioInput]) -> Sequence[AudioInput]:
+    if isinstance(clips, str | Path) or (isinstance(clips, np.ndarray) and clips.ndim == 1):
+        raise BadInputError("clips must be a list; wrap a single clip as [clip]")
+    return clips
+
+
+class AudioEncoder(_AudioPipeline):
+    """Speech or audio features: the encoder's frames for each clip (wav2vec 2.0: one 768-d frame per 20 ms)."""
+
+    task = "audio-features"
+
+    def encode(self, clips: Sequence[AudioInput], sampling_rate: int | None = None) -> list[np.ndarray]:
+        """For each clip, its frames as float32 [frames, dim], in order."""
+        output = next(
+            (o.name for o in self.runner.outputs if o.name == "last_hidden_state"),
+            self.runner.outputs[0].name,
+        )
+        return [self._run_clip(clip, output, sampling_rate)[0] for clip in _clip_list(clips)]
+
+    __call__ = encode  # type: ignore[assignment]
+
+
+class AudioClassifier(_AudioPipeline):
+    """Clip classification (keyword spotting, sound events): softmax over the logits, labels from the manifest."""
+
+    task = "audio-classify"
+
+    def classify(
+        self, clips: Sequence[AudioInput], top_k: int = 5, sampling_rate: int | None = None
+    ) -> list[list[Classification]]:
+        """For each clip, its `top_k` labels by probability (highest first); `scores` holds every label's."""
+        if top_k < 1:
+            raise BadInputError(f"top_k must be at least 1, got {top_k}")
+        output = (
+            "logits" if any(o.name == "logits" for o in self.runner.outputs) else self.runner.outputs[0].name
+        )
+        return [
+            _ranked(self.package, self._run_clip(clip, output, sampling_rate), top_k)[0]
+            for clip in _clip_list(clips)
+        ]
+
+    __call__ = classify  # type: ignore[assignment]
+
+
+PIPELINES: dict[str, type[ModelPipeline]] = {
     "embed": TextEmbedding,
     "classify": TextClassifier,
     "image-classify": ImageClassifier,
+    "audio-features": AudioEncoder,
+    "audio-classify": AudioClassifier,
 }
 
 
@@ -440,5 +618,10 @@ def load(
     """The pipeline for the package's task, on a `Runner` over `variant` (GPU options in `config`)."""
     package = ModelPackage.open(path)
     runner = Runner(package.model_path(variant), providers, threads=threads, strict=strict, config=config)
-    factory = PIPELINES.get(package.manifest.task, ModelPipeline)
-    return factory(package, runner)
+    return pipeline_class(package)(package, runner)
+
+
+def pipeline_class(package: ModelPackage) -> type[ModelPipeline]:
+    """The pipeline `load` builds for `package`: its task's, when the package has what that pipeline needs."""
+    pipeline = PIPELINES.get(package.manifest.task, ModelPipeline)
+    return pipeline if pipeline.accepts(package) else ModelPipeline

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from toolkit.cli.common import common_options, emit_json, stdout
@@ -23,14 +24,15 @@ def info_command(target: str, variant: str, as_json: bool) -> None:
         emit_json(info)
         return
     stdout.print(
-        f"[bold]{info.path}[/]  {info.size_bytes / 1e6:.2f} MB, opset {info.opset}, {info.node_count} nodes, producer {info.producer}"
+        f"[bold]{escape(str(info.path))}[/]  {info.size_bytes / 1e6:.2f} MB, opset {info.opset}, {info.node_count} nodes, producer {info.producer}"
     )
     tensors = Table(title="tensors", title_justify="left")
     for column in ("", "name", "dtype", "shape"):
         tensors.add_column(column)
     for kind, specs in (("input", info.inputs), ("output", info.outputs)):
         for spec in specs:
-            tensors.add_row(kind, spec.name, spec.dtype, "[" + ", ".join(map(str, spec.shape)) + "]")
+            # escaped: rich would read "[batch, sequence]" as a markup tag and print nothing
+            tensors.add_row(kind, spec.name, spec.dtype, escape("[" + ", ".join(map(str, spec.shape)) + "]"))
     stdout.print(tensors)
     stdout.print("operators: " + ", ".join(f"{op} {count}" for op, count in info.operators.items()))
     manifest = info.manifest

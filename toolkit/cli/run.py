@@ -1,4 +1,4 @@
-"""`edge run`: run a package on text or images (through its pipeline) or on .npy inputs (the raw runner)."""
+"""`edge run`: run a package on text, images or audio (through its pipeline) or on .npy inputs (the raw runner)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,15 @@ from toolkit.cli.common import common_options, emit_json, progress, stdout
 from toolkit.cli.provider_options import placement_line, provider_options
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
-from toolkit.pipelines import PIPELINES, ImageClassifier, ModelPipeline, TextClassifier, TextEmbedding
+from toolkit.pipelines import (
+    AudioClassifier,
+    AudioEncoder,
+    ImageClassifier,
+    ModelPipeline,
+    TextClassifier,
+    TextEmbedding,
+    pipeline_class,
+)
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 
@@ -66,6 +74,13 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
     help="An image to classify with an image-classify package, top 5 printed (repeatable).",
 )
 @click.option(
+    "--audio",
+    "clips",
+    multiple=True,
+    metavar="FILE.wav",
+    help="A PCM WAV clip for an audio package: top 5 labels, or the encoder's frames (repeatable).",
+)
+@click.option(
     "--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="A raw input tensor (repeatable)."
 )
 @click.option("--variant", default="fp32", show_default=True, help="Package variant to run.")
@@ -80,6 +95,7 @@ def run_command(
     target: str,
     texts: tuple[str, ...],
     images: tuple[str, ...],
+    clips: tuple[str, ...],
     inputs: tuple[str, ...],
     variant: str,
     provider_config: ProviderConfig,
@@ -88,20 +104,26 @@ def run_command(
     as_json: bool,
 ) -> None:
     """Run TARGET (a package directory, or an .onnx file with --input) and print the result."""
-    if sum(map(bool, (texts, images, inputs))) != 1:
+    if sum(map(bool, (texts, images, clips, inputs))) != 1:
         raise BadInputError(
-            "pass one of --text (a text pipeline), --image FILE (an image classifier) or --input NAME=FILE.npy"
+            "pass one of --text (a text pipeline), --image FILE (an image classifier), --audio FILE.wav "
+            "(an audio package) or --input NAME=FILE.npy"
         )
     result: dict[str, Any]
     call: Callable[[], Any]
-    if texts or images:
+    if texts or images or clips:
         package = ModelPackage.open(target)
         with progress(not as_json) as say:
             runner = Runner(
                 package.model_path(variant), config=provider_config, threads=threads, progress=say
             )
-        pipeline = PIPELINES.get(package.manifest.task, ModelPipeline)(package, runner)
-        call, result = _run_text(pipeline, list(texts)) if texts else _run_images(pipeline, list(images))
+        pipeline = pipeline_class(package)(package, runner)
+        if texts:
+            call, result = _run_text(pipeline, list(texts))
+        elif images:
+            call, result = _run_images(pipeline, list(images))
+        else:
+            call, result = _run_audio(pipeline, list(clips))
     else:
         with progress(not as_json) as say:
             runner = Runner(target, variant=variant, config=provider_config, threads=threads, progress=say)
@@ -152,6 +174,27 @@ def _run_images(pipeline: ModelPipeline, images: list[str]) -> tuple[Callable[[]
     }
 
 
+def _run_audio(pipeline: ModelPipeline, clips: list[str]) -> tuple[Callable[[], Any], dict[str, Any]]:
+    if isinstance(pipeline, AudioClassifier):
+        top = pipeline.classify(clips, top_k=5)
+        return (lambda: pipeline.classify(clips, top_k=5)), {
+            "task": "audio-classify",
+            "clips": clips,
+            "top5": [[{"label": c.label, "score": c.score} for c in ranked] for ranked in top],
+        }
+    if isinstance(pipeline, AudioEncoder):
+        return (lambda: pipeline.encode(clips)), {
+            "task": "audio-features",
+            "clips": clips,
+            "features": pipeline.encode(clips),
+        }
+    raise BadInputError(
+        f"package '{pipeline.package.manifest.name}' (task {pipeline.package.manifest.task}) takes no waveform: "
+        "only audio-features and audio-classify packages with a wav2vec 2.0-style front end do; "
+        "run it with --input NAME=FILE.npy"
+    )
+
+
 def _print(result: dict[str, Any]) -> None:
     stdout.print(f"{result['model']} on {', '.join(result['providers'])}")
     stdout.print(placement_line(result["node_placement"]))
@@ -164,10 +207,17 @@ def _print(result: dict[str, Any]) -> None:
     if "classifications" in result:
         for text, c in zip(result["texts"], result["classifications"], strict=True):
             stdout.print(f"{text[:50]!r}: {c.label} ({c.score:.3f})")
-    for image, ranked in zip(result.get("images", ()), result.get("top5", ()), strict=True):
-        stdout.print(f"{image}:", markup=False)  # paths and labels may hold [brackets]
+    for file, ranked in zip(
+        result.get("images", result.get("clips", ())), result.get("top5", ()), strict=False
+    ):
+        stdout.print(f"{file}:", markup=False)  # paths and labels may hold [brackets]
         for place, entry in enumerate(ranked, 1):
             stdout.print(f"  {place}. {entry['score']:.4f}  {entry['label']}", markup=False)
+    for clip, frames in zip(result.get("clips", ()), result.get("features", ()), strict=False):
+        stdout.print(f"{clip}:", markup=False)
+        stdout.print(
+            f"  {frames.shape[0]} frames x {frames.shape[1]}, mean {frames.mean():.4g}, std {frames.std():.4g}"
+        )
     for name, array in result.get("outputs", {}).items():
         stdout.print(
             f"{name}: {array.dtype} {list(array.shape)} min {array.min():.4g} max {array.max():.4g} mean {array.mean():.4g}"

@@ -463,12 +463,8 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         with wave.open(str(path), "rb") as wav:
             width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
             frames = wav.readframes(wav.getnframes())
-    except (
-        wave.Error,
-        EOFError,
-        RuntimeError,
-        ValueError,
-    ) as exc:  # `wave` raises all of these on bad headers
+    # `wave` raises any of these on a malformed or non-PCM header (a bare RuntimeError on some)
+    except (wave.Error, EOFError, RuntimeError, ValueError) as exc:
         raise BadInputError(
             f"audio file '{path}' is not a PCM WAV file ({exc or 'malformed header'}); convert it, "
             "e.g. ffmpeg -i IN -ac 1 -c:a pcm_s16le OUT.wav"

@@ -216,6 +216,18 @@ def test_waveform_arrays_are_checked(wav2vec2: tuple[Path, Path]) -> None:
         encoder.encode(_voice(0.1, 1))
 
 
+def test_bench_times_a_second_of_audio_not_128_samples(wav2vec2: tuple[Path, Path]) -> None:
+    from toolkit.bench import BenchOptions, plan_bench, run_bench
+    from toolkit.bench.measure import Budget, TimingPlan
+
+    fast = TimingPlan(warmup=Budget(runs=1), measure=Budget(runs=3), min_runs=3)
+    report = run_bench(plan_bench(wav2vec2[1], BenchOptions(timing=fast)))
+    assert [(c.batch, c.seq) for c in report.cells] == [(1, RATE)]
+    assert f"seq counts audio samples at {RATE} Hz: {RATE} = 1 s" in report.notes
+    longer = run_bench(plan_bench(wav2vec2[1], BenchOptions(seqs=(RATE // 2, 3 * RATE), timing=fast)))
+    assert [c.seq for c in longer.cells] == [RATE // 2, 3 * RATE]  # no text-style length cap on a waveform
+
+
 def test_spectrogram_front_end_package_takes_raw_feeds(tmp_path: Path) -> None:
     """kws-cnn takes MFCC features, not a waveform: load() gives the raw pipeline, --audio says why not."""
     package = convert("kws-cnn", tmp_path / "kws").path

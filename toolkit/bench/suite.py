@@ -47,7 +47,7 @@ from toolkit.bench.measure import (
     timed,
 )
 from toolkit.errors import BadInputError, EdgeError
-from toolkit.manifest import FP32_VARIANT, ModelPackage, TextPreprocessing, Validation
+from toolkit.manifest import FP32_VARIANT, AudioPreprocessing, ModelPackage, TextPreprocessing, Validation
 from toolkit.providers import ProviderConfig, provider_names, resolve_providers
 from toolkit.runner import Runner
 
@@ -282,6 +282,7 @@ def plan_bench(target: str | Path, options: BenchOptions) -> BenchPlan:
         source = InputSource(specs, path.parent, None, vocab_size_of(path.parent, None), None)
 
     sequence = has_sequence_axis(source.specs)
+    audio = _audio_preprocessing(package)
     seqs: tuple[int | None, ...]
     if options.seqs is not None:
         seqs = _positive(options.seqs, "--seq")
@@ -294,12 +295,14 @@ def plan_bench(target: str | Path, options: BenchOptions) -> BenchPlan:
             raise BadInputError(
                 "--seq cannot resize --npz inputs; save arrays of the length you want to time"
             )
-        longest = max_sequence_length(source)
+        longest = None if audio is not None else max_sequence_length(source)  # a waveform has no cap
         too_long = [s for s in seqs if longest is not None and s > longest]
         if too_long:
             raise BadInputError(
                 f"--seq {too_long[0]} is beyond the model's maximum sequence length {longest}; use --seq {longest} or less"
             )
+    elif sequence and options.text_file is None and options.npz_file is None and audio is not None:
+        seqs = (audio.sampling_rate,)  # one second of audio, not 128 samples (8 ms at 16 kHz)
     elif sequence and options.text_file is None and options.npz_file is None:
         longest = max_sequence_length(source)
         seqs = (min(DEFAULT_SEQUENCE, longest) if longest else DEFAULT_SEQUENCE,)
@@ -332,6 +335,11 @@ def plan_bench(target: str | Path, options: BenchOptions) -> BenchPlan:
     )
     _make_input(plan, batches[0], seqs[0])  # fail now, not after the first session, on unsynthesisable inputs
     return plan
+
+
+def _audio_preprocessing(package: ModelPackage | None) -> AudioPreprocessing | None:
+    pre = package.manifest.preprocessing if package is not None else None
+    return pre if isinstance(pre, AudioPreprocessing) else None
 
 
 def _make_input(plan: BenchPlan, batch: int, seq: int | None) -> BenchInput:
@@ -476,6 +484,12 @@ def run_bench(plan: BenchPlan, progress: ProgressCallback | None = None) -> Benc
             cells.extend(_measure_baseline(baseline, plan, tracker, base_mb, report_progress, done))
             del baseline
             gc.collect()
+    audio = _audio_preprocessing(plan.package)
+    if audio is not None:
+        seconds = ", ".join(
+            f"{seq} = {seq / audio.sampling_rate:g} s" for seq in sorted({s for _, s in plan.shapes if s})
+        )
+        notes.append(f"seq counts audio samples at {audio.sampling_rate} Hz: {seconds}")
     cells = _with_speedups(cells)
     report_progress("done", plan.cell_count, plan.cell_count)
     manifest = plan.package.manifest if plan.package is not None else None

@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from converters.corpus import HELD_OUT_SENTENCES
+from converters.samples import synthetic_waveform
 from toolkit.errors import BadInputError
 from toolkit.inputs import InputLimits, random_feeds
 from toolkit.manifest import (
+    AudioPreprocessing,
     ImagePreprocessing,
     ModelPackage,
     OutputCheck,
@@ -34,7 +36,7 @@ from toolkit.manifest import (
     TextPreprocessing,
     Validation,
 )
-from toolkit.pipelines import TextTokenizer, pool
+from toolkit.pipelines import TextTokenizer, pool, preprocess_audio
 from toolkit.runner import Runner
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "latency_feeds",
     "measure_latency",
     "reference_outputs",
+    "synthetic_clips",
     "synthetic_images",
 ]
 
@@ -131,6 +134,19 @@ def synthetic_images(pre: ImagePreprocessing, count: int, seed: int, channels: i
     return images
 
 
+def synthetic_clips(pre: AudioPreprocessing, count: int, seed: int) -> list[np.ndarray]:
+    """Speech-like waveforms of 0.5, 1 and 1.5 s in turn, preprocessed as the package says: [1, samples] each.
+
+    Long enough for any wav2vec 2.0 front end (its convolutions need 400 samples), unlike generic
+    sequences of 16 to 64 steps."""
+    rng = np.random.default_rng(seed)
+    rate = pre.sampling_rate
+    return [
+        preprocess_audio(synthetic_waveform(rate * (1 + i % 3) // 2, rate, rng), pre)[None]
+        for i in range(count)
+    ]
+
+
 def normalise_image(pixels: np.ndarray, pre: ImagePreprocessing) -> np.ndarray:
     """[C, H, W] pixel values in 0..255 -> [1, C, H, W] float32 rescaled and normalised."""
     mean = np.asarray(pre.mean, dtype=np.float64)[:, None, None]
@@ -159,6 +175,10 @@ def held_out_feeds(
         name = next(iter(names))
         channels = next((d for d in manifest.inputs[0].shape[1:2] if isinstance(d, int)), 3)
         return [{name: image} for image in synthetic_images(pre, count or 64, HELD_OUT_IMAGE_SEED, channels)]
+    if isinstance(pre, AudioPreprocessing):
+        return [
+            {manifest.inputs[0].name: clip} for clip in synthetic_clips(pre, count or 64, HELD_OUT_IMAGE_SEED)
+        ]
     return _generic_feeds(manifest.inputs, count or 64, HELD_OUT_IMAGE_SEED)
 
 
@@ -319,13 +339,16 @@ class Latency:
 
 def latency_feeds(package: ModelPackage, batch: int = 1, seq: int = 128) -> dict[str, np.ndarray]:
     """Fixed-shape feeds for timing: real tokens for text (`seq` long, capped at the model's max length), the
-    preprocessing size for images, synthetic tensors otherwise; `batch` rows."""
+    preprocessing size for images, one second of waveform for audio, synthetic tensors otherwise; `batch` rows."""
     pre = package.manifest.preprocessing
     names = {spec.name for spec in package.manifest.inputs}
     if isinstance(pre, TextPreprocessing):
         tokenizer = TextTokenizer(package.path / pre.tokenizer, min(seq, pre.max_length))
         row = tokenizer([" ".join(HELD_OUT_SENTENCES)])
         return {k: np.repeat(v, batch, axis=0) for k, v in row.items() if k in names}
+    if isinstance(pre, AudioPreprocessing):
+        one_second = synthetic_clips(pre, 2, seed=7)[1]  # the clips run 0.5 s, 1 s, 1.5 s, ...
+        return {package.manifest.inputs[0].name: np.repeat(one_second, batch, axis=0)}
     rng = np.random.default_rng(7)
     size = (pre.crop_size or pre.size) if isinstance(pre, ImagePreprocessing) else (224, 224)
     limits = InputLimits(max_length=seq, image_size=size)

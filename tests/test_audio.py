@@ -228,6 +228,33 @@ def test_bench_times_a_second_of_audio_not_128_samples(wav2vec2: tuple[Path, Pat
     assert [c.seq for c in longer.cells] == [RATE // 2, 3 * RATE]  # no text-style length cap on a waveform
 
 
+def test_quantizing_a_speech_encoder_validates_on_waveforms(
+    wav2vec2: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Held-out and calibration inputs are clips long enough for the conv front end (generic 16-step
+    sequences made onnxruntime reject the graph); a folder of WAV files calibrates static int8."""
+    import shutil
+
+    from converters.quantization import CalibrationOptions, QuantizeOptions, quantize
+
+    package = Path(shutil.copytree(wav2vec2[1], tmp_path / "package"))
+    dynamic = quantize(package, "dynamic-int8")
+    assert dynamic.accuracy is not None
+    assert dynamic.accuracy.samples == 64
+    assert dynamic.accuracy.score > 0.9  # mean output cosine against fp32
+    assert dynamic.latency is not None
+    assert "input_values [1, 16000]" in dynamic.latency.shape
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for seed in range(3):
+        _write_wav(clips / f"{seed}.wav", _voice(0.5, seed))
+    static = quantize(package, "static-int8", QuantizeOptions(calibration=CalibrationOptions(data=clips)))
+    assert static.variant is not None
+    assert static.variant.settings["samples"] == 3
+    assert static.variant.settings["calibration_source"] == "3 WAV files in clips"
+
+
 def test_spectrogram_front_end_package_takes_raw_feeds(tmp_path: Path) -> None:
     """kws-cnn takes MFCC features, not a waveform: load() gives the raw pipeline, --audio says why not."""
     package = convert("kws-cnn", tmp_path / "kws").path

@@ -2,7 +2,8 @@
 
 Every source yields batch-1 feeds keyed by the model's input names. None of them overlaps the held-out
 inputs `converters.accuracy` validates on (different sentences, different image seeds). Image files go
-through the runtime's own `preprocess_image`, so the ranges calibrated are the ranges served.
+through the runtime's own `preprocess_image` (WAV files through `preprocess_audio`), so the ranges
+calibrated are the ranges served.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.accuracy import _generic_feeds, synthetic_images
+from converters.accuracy import _generic_feeds, synthetic_clips, synthetic_images
 from converters.corpus import CALIBRATION_SENTENCES
 from toolkit.errors import BadInputError
-from toolkit.manifest import ImagePreprocessing, ModelPackage, TextPreprocessing
-from toolkit.pipelines import TextTokenizer, preprocess_image
+from toolkit.manifest import AudioPreprocessing, ImagePreprocessing, ModelPackage, TextPreprocessing
+from toolkit.pipelines import TextTokenizer, preprocess_audio, preprocess_image
 
 __all__ = [
     "CALIBRATION_IMAGE_SEED",
@@ -150,13 +151,21 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
                 limit,
             )
             return CalibrationData(tuple({name: im} for im in images), "synthetic images")
+        if isinstance(pre, AudioPreprocessing):
+            log.warning(
+                "no calibration audio given; calibrating on %d synthetic waveforms (pass a folder of WAV files)",
+                limit,
+            )
+            name = manifest.inputs[0].name
+            clips = synthetic_clips(pre, limit, CALIBRATION_IMAGE_SEED)
+            return CalibrationData(tuple({name: clip} for clip in clips), "synthetic waveforms")
         return CalibrationData(
             tuple(_generic_feeds(manifest.inputs, limit, CALIBRATION_IMAGE_SEED)), "synthetic inputs"
         )
     path = Path(data)
     if not path.exists():
         raise BadInputError(
-            f"calibration data '{path}' does not exist; pass a .txt file, a folder of images or .npz files"
+            f"calibration data '{path}' does not exist; pass a .txt file, a folder of images, WAV clips or .npz files"
         )
     if path.is_file() and path.suffix == ".txt":
         if not isinstance(pre, TextPreprocessing):
@@ -195,7 +204,18 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
             tuple({name: preprocess_image(p, pre)[None]} for p in image_files[:limit]),
             f"{min(len(image_files), limit)} images in {path.name}",
         )
+    wav_files = [p for p in files if p.suffix.lower() == ".wav"]
+    if wav_files:
+        if not isinstance(pre, AudioPreprocessing):
+            raise BadInputError(
+                f"calibration folder '{path}' holds WAV files, but package '{package.path}' takes no waveform"
+            )
+        name = manifest.inputs[0].name
+        return CalibrationData(
+            tuple({name: preprocess_audio(p, pre)[None]} for p in wav_files[:limit]),
+            f"{min(len(wav_files), limit)} WAV files in {path.name}",
+        )
     raise BadInputError(
-        f"calibration folder '{path}' has no images ({', '.join(IMAGE_SUFFIXES[:3])}, ...) or .npz files; "
+        f"calibration folder '{path}' has no images ({', '.join(IMAGE_SUFFIXES[:3])}, ...), WAV or .npz files; "
         "add some, or leave out --calibration-data to use the built-in samples"
     )

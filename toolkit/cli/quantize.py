@@ -79,7 +79,7 @@ def render_candidates(candidates: Any, budget: float) -> Table:
     "--calibration-data",
     type=click.Path(path_type=Path),
     default=None,
-    help="A .txt file (one sentence a line), a folder of images or .npz files, or an .npz file.",
+    help="A .txt file (one sentence a line), a folder of images, WAV clips or .npz files, or an .npz file.",
 )
 @click.option("--samples", type=int, default=32, show_default=True, help="Calibration samples to use.")
 @click.option(

@@ -40,7 +40,7 @@ from toolkit.pipelines import TextTokenizer, pool, preprocess_audio
 from toolkit.runner import Runner
 
 __all__ = [
-    "HELD_OUT_IMAGE_SEED",
+    "HELD_OUT_SEED",
     "AccuracyReport",
     "Latency",
     "budget_floor",
@@ -55,7 +55,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HELD_OUT_IMAGE_SEED = 1_000_003
+HELD_OUT_SEED = 1_000_003
 CLASSIFIER_TASKS = frozenset({"classify", "image-classify", "token-classify"})
 Feeds = Mapping[str, np.ndarray]
 
@@ -174,12 +174,10 @@ def held_out_feeds(
     if isinstance(pre, ImagePreprocessing):
         name = next(iter(names))
         channels = next((d for d in manifest.inputs[0].shape[1:2] if isinstance(d, int)), 3)
-        return [{name: image} for image in synthetic_images(pre, count or 64, HELD_OUT_IMAGE_SEED, channels)]
+        return [{name: image} for image in synthetic_images(pre, count or 64, HELD_OUT_SEED, channels)]
     if isinstance(pre, AudioPreprocessing):
-        return [
-            {manifest.inputs[0].name: clip} for clip in synthetic_clips(pre, count or 64, HELD_OUT_IMAGE_SEED)
-        ]
-    return _generic_feeds(manifest.inputs, count or 64, HELD_OUT_IMAGE_SEED)
+        return [{manifest.inputs[0].name: clip} for clip in synthetic_clips(pre, count or 64, HELD_OUT_SEED)]
+    return _generic_feeds(manifest.inputs, count or 64, HELD_OUT_SEED)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -22,8 +22,8 @@ from toolkit.manifest import AudioPreprocessing, ImagePreprocessing, ModelPackag
 from toolkit.pipelines import TextTokenizer, preprocess_audio, preprocess_image
 
 __all__ = [
-    "CALIBRATION_IMAGE_SEED",
     "CALIBRATION_METHODS",
+    "CALIBRATION_SEED",
     "CalibrationData",
     "CalibrationOptions",
     "FeedReader",
@@ -32,7 +32,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_IMAGE_SEED = 20_240_917
+CALIBRATION_SEED = 20_240_917
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -145,7 +145,7 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
             return CalibrationData(_padded_text_feeds(package, texts, names), source, texts)
         if isinstance(pre, ImagePreprocessing):
             name = manifest.inputs[0].name
-            images = synthetic_images(pre, limit, CALIBRATION_IMAGE_SEED)
+            images = synthetic_images(pre, limit, CALIBRATION_SEED)
             log.warning(
                 "no calibration images given; calibrating on %d synthetic images (pass a folder for real ones)",
                 limit,
@@ -157,10 +157,10 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
                 limit,
             )
             name = manifest.inputs[0].name
-            clips = synthetic_clips(pre, limit, CALIBRATION_IMAGE_SEED)
+            clips = synthetic_clips(pre, limit, CALIBRATION_SEED)
             return CalibrationData(tuple({name: clip} for clip in clips), "synthetic waveforms")
         return CalibrationData(
-            tuple(_generic_feeds(manifest.inputs, limit, CALIBRATION_IMAGE_SEED)), "synthetic inputs"
+            tuple(_generic_feeds(manifest.inputs, limit, CALIBRATION_SEED)), "synthetic inputs"
         )
     path = Path(data)
     if not path.exists():

@@ -18,6 +18,7 @@ from toolkit.manifest import ModelPackage
 from toolkit.pipelines import (
     AudioClassifier,
     AudioEncoder,
+    Classification,
     ImageClassifier,
     ModelPipeline,
     TextClassifier,
@@ -160,27 +161,29 @@ def _run_text(pipeline: ModelPipeline, texts: list[str]) -> tuple[Callable[[], A
     )
 
 
+def _top5(ranked: list[list[Classification]]) -> list[list[dict[str, Any]]]:
+    return [[{"label": c.label, "score": c.score} for c in labels] for labels in ranked]
+
+
 def _run_images(pipeline: ModelPipeline, images: list[str]) -> tuple[Callable[[], Any], dict[str, Any]]:
     if not isinstance(pipeline, ImageClassifier):
         raise BadInputError(
             f"package task '{pipeline.package.manifest.task}' has no image pipeline (image-classify has); "
             "run it with --input NAME=FILE.npy"
         )
-    top = pipeline.classify(images, top_k=5)
     return (lambda: pipeline.classify(images, top_k=5)), {
         "task": "image-classify",
         "images": images,
-        "top5": [[{"label": c.label, "score": c.score} for c in ranked] for ranked in top],
+        "top5": _top5(pipeline.classify(images, top_k=5)),
     }
 
 
 def _run_audio(pipeline: ModelPipeline, clips: list[str]) -> tuple[Callable[[], Any], dict[str, Any]]:
     if isinstance(pipeline, AudioClassifier):
-        top = pipeline.classify(clips, top_k=5)
         return (lambda: pipeline.classify(clips, top_k=5)), {
             "task": "audio-classify",
             "clips": clips,
-            "top5": [[{"label": c.label, "score": c.score} for c in ranked] for ranked in top],
+            "top5": _top5(pipeline.classify(clips, top_k=5)),
         }
     if isinstance(pipeline, AudioEncoder):
         return (lambda: pipeline.encode(clips)), {

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -145,14 +145,23 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str | None) -> np.ndarray:
     raise BadModelError(f"pooling mode '{mode}' is not supported; use mean, cls, max or mean_sqrt_len")
 
 
-def _text_preprocessing(package: ModelPackage) -> TextPreprocessing:
+_Pre = TypeVar("_Pre", TextPreprocessing, ImagePreprocessing, AudioPreprocessing)
+
+
+def _required_preprocessing(package: ModelPackage, kind: type[_Pre], source_hint: str = "") -> _Pre:
+    """The package's preprocessing of `kind`, or a BadModelError saying how to re-create the package."""
     pre = package.manifest.preprocessing
-    if not isinstance(pre, TextPreprocessing):
+    if not isinstance(pre, kind):
         raise BadModelError(
-            f"package '{package.path}' has task '{package.manifest.task}' but no text preprocessing in its manifest; "
-            "re-create it with `edge convert`"
+            f"package '{package.path}' has task '{package.manifest.task}' but no {kind.kind} preprocessing in its "
+            f"manifest; re-create it with `edge convert`{source_hint}"
         )
     return pre
+
+
+def _output_named(runner: Runner, preferred: str) -> str:
+    """`preferred` when the model has an output of that name, else its first output."""
+    return preferred if any(o.name == preferred for o in runner.outputs) else runner.outputs[0].name
 
 
 class _TextPipeline(ModelPipeline):
@@ -160,7 +169,7 @@ class _TextPipeline(ModelPipeline):
 
     def __init__(self, package: ModelPackage, runner: Runner) -> None:
         super().__init__(package, runner)
-        self.preprocessing = _text_preprocessing(package)
+        self.preprocessing = _required_preprocessing(package, TextPreprocessing)
         self.tokenizer = TextTokenizer(
             package.path / self.preprocessing.tokenizer, self.preprocessing.max_length
         )
@@ -385,17 +394,11 @@ class ImageClassifier(ModelPipeline):
 
     def __init__(self, package: ModelPackage, runner: Runner) -> None:
         super().__init__(package, runner)
-        pre = package.manifest.preprocessing
-        if not isinstance(pre, ImagePreprocessing):
-            raise BadModelError(
-                f"package '{package.path}' has task '{package.manifest.task}' but no image preprocessing in its "
-                "manifest; re-create it with `edge convert` from a directory with a preprocessor_config.json"
-            )
-        self.preprocessing = pre
-        self.input_name = runner.inputs[0].name
-        self.output_name = (
-            "logits" if any(o.name == "logits" for o in runner.outputs) else runner.outputs[0].name
+        self.preprocessing = _required_preprocessing(
+            package, ImagePreprocessing, " from a directory with a preprocessor_config.json"
         )
+        self.input_name = runner.inputs[0].name
+        self.output_name = _output_named(runner, "logits")
 
     def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Images -> pixel values float32 [N, C, H, W] (every image must come out the same size)."""
@@ -524,6 +527,8 @@ class _AudioPipeline(ModelPipeline):
     a common length would change their outputs.
     """
 
+    preferred_output = "last_hidden_state"
+
     @classmethod
     def accepts(cls, package: ModelPackage) -> bool:
         """Only waveform models: a package with a spectrogram front end (kws-cnn's MFCCs) takes raw feeds."""
@@ -531,22 +536,19 @@ class _AudioPipeline(ModelPipeline):
 
     def __init__(self, package: ModelPackage, runner: Runner) -> None:
         super().__init__(package, runner)
-        pre = package.manifest.preprocessing
-        if not isinstance(pre, AudioPreprocessing):
-            raise BadModelError(
-                f"package '{package.path}' has task '{package.manifest.task}' but no audio preprocessing in its "
-                "manifest; re-create it with `edge convert` from a model with a waveform feature extractor"
-            )
-        self.preprocessing = pre
+        self.preprocessing = _required_preprocessing(
+            package, AudioPreprocessing, " from a model with a waveform feature extractor"
+        )
         self.input_name = runner.inputs[0].name
+        self.output_name = _output_named(runner, self.preferred_output)
         self._takes_mask = any(spec.name == "attention_mask" for spec in runner.inputs)
 
-    def _run_clip(self, clip: AudioInput, output: str, sampling_rate: int | None) -> np.ndarray:
+    def _run_clip(self, clip: AudioInput, sampling_rate: int | None) -> np.ndarray:
         waveform = preprocess_audio(clip, self.preprocessing, sampling_rate)[None]
         feeds = {self.input_name: waveform}
         if self._takes_mask:
             feeds["attention_mask"] = np.ones(waveform.shape, dtype=np.int64)
-        return self.runner.run(feeds, [output])[output]
+        return self.runner.run(feeds, [self.output_name])[self.output_name]
 
 
 def _clip_list(clips: Sequence[AudioInput]) -> Sequence[AudioInput]:
@@ -562,11 +564,7 @@ class AudioEncoder(_AudioPipeline):
 
     def encode(self, clips: Sequence[AudioInput], sampling_rate: int | None = None) -> list[np.ndarray]:
         """For each clip, its frames as float32 [frames, dim], in order."""
-        output = next(
-            (o.name for o in self.runner.outputs if o.name == "last_hidden_state"),
-            self.runner.outputs[0].name,
-        )
-        return [self._run_clip(clip, output, sampling_rate)[0] for clip in _clip_list(clips)]
+        return [self._run_clip(clip, sampling_rate)[0] for clip in _clip_list(clips)]
 
     __call__ = encode  # type: ignore[assignment]
 
@@ -575,6 +573,7 @@ class AudioClassifier(_AudioPipeline):
     """Clip classification (keyword spotting, sound events): softmax over the logits, labels from the manifest."""
 
     task = "audio-classify"
+    preferred_output = "logits"
 
     def classify(
         self, clips: Sequence[AudioInput], top_k: int = 5, sampling_rate: int | None = None
@@ -582,12 +581,8 @@ class AudioClassifier(_AudioPipeline):
         """For each clip, its `top_k` labels by probability (highest first); `scores` holds every label's."""
         if top_k < 1:
             raise BadInputError(f"top_k must be at least 1, got {top_k}")
-        output = (
-            "logits" if any(o.name == "logits" for o in self.runner.outputs) else self.runner.outputs[0].name
-        )
         return [
-            _ranked(self.package, self._run_clip(clip, output, sampling_rate), top_k)[0]
-            for clip in _clip_list(clips)
+            _ranked(self.package, self._run_clip(clip, sampling_rate), top_k)[0] for clip in _clip_list(clips)
         ]
 
     __call__ = classify  # type: ignore[assignment]

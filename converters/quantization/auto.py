@@ -20,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from converters.accuracy import (
+    Latency,
     compare_variant,
     held_out_feeds,
     latency_feeds,
@@ -239,37 +240,32 @@ def quantize_auto(
                 if candidate.meets_budget or candidate.over_size_cap:
                     break
 
+        feeds = latency_feeds(package)
+
+        def timed(names: list[str], runs: int) -> tuple[Latency, list[Candidate]]:
+            """`names` timed interleaved with fp32; the candidates so named carry the new figures."""
+            measured = measure_latency(
+                {FP32_VARIANT: reference, **{n: staged[n] for n in names}},
+                feeds,
+                runs=runs,
+                threads=options.threads,
+            )
+            return measured, [
+                replace(c, latency_ms=measured.median_ms[c.name], speedup=measured.speedup(c.name))
+                if c.name in names
+                else c
+                for c in candidates
+            ]
+
         say(f"timing {len(staged)} candidates against fp32")
-        latency = measure_latency(
-            {FP32_VARIANT: reference, **{n: p for n, p in staged.items()}},
-            latency_feeds(package),
-            runs=max(options.latency_runs, 30),
-            threads=options.threads,
-        )
-        candidates = [
-            replace(c, latency_ms=latency.median_ms[c.name], speedup=latency.speedup(c.name))
-            if c.name in staged
-            else c
-            for c in candidates
-        ]
+        latency, candidates = timed(list(staged), max(options.latency_runs, 30))
         fitting = [c for c in candidates if c.meets_budget]
         notes: tuple[str, ...] = ()
         if len(fitting) > 1:
             # The pick rests on the finalists' timings alone: time them again head to head, twice as long,
             # so one noisy round in a field of ten does not decide it.
             say(f"timing the {len(fitting)} candidates within budget head to head")
-            latency = measure_latency(
-                {FP32_VARIANT: reference, **{c.name: staged[c.name] for c in fitting}},
-                latency_feeds(package),
-                runs=2 * max(options.latency_runs, 30),
-                threads=options.threads,
-            )
-            candidates = [
-                replace(c, latency_ms=latency.median_ms[c.name], speedup=latency.speedup(c.name))
-                if c.meets_budget
-                else c
-                for c in candidates
-            ]
+            latency, candidates = timed([c.name for c in fitting], 2 * max(options.latency_runs, 30))
             fitting = [c for c in candidates if c.meets_budget]
             notes = (
                 f"the {len(fitting)} candidates within budget were timed again head to head ({latency.runs} runs); "
@@ -277,9 +273,7 @@ def quantize_auto(
             )
         rows = [_settings_row(c) for c in candidates]
         if not fitting:
-            return QuantizeResult(
-                package, "auto", None, None, latency, None, budget, tuple(candidates), notes
-            )
+            return QuantizeResult(package, "auto", None, None, latency, None, budget, tuple(candidates))
         winner = _pick(fitting)
         assert winner.accuracy is not None
         settings = {

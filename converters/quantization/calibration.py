@@ -9,9 +9,10 @@ calibrated are the ranges served.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,12 @@ log = logging.getLogger(__name__)
 CALIBRATION_SEED = 20_240_917
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+# Folders of media files: (what they are, suffixes, the preprocessing they need, the runtime's own
+# preprocessing for them, what a package without it is).
+_MEDIA_FOLDERS: tuple[tuple[str, tuple[str, ...], type, Callable[[Path, Any], np.ndarray], str], ...] = (
+    ("images", IMAGE_SUFFIXES, ImagePreprocessing, preprocess_image, "is not an image model"),
+    ("WAV files", (".wav",), AudioPreprocessing, preprocess_audio, "takes no waveform"),
+)
 
 
 @dataclass(frozen=True)
@@ -186,7 +193,6 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
         )
     files = sorted(p for p in path.iterdir() if p.is_file())
     npz = [p for p in files if p.suffix == ".npz"]
-    image_files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if npz:
         feeds: list[dict[str, np.ndarray]] = []
         for file in npz:
@@ -194,26 +200,18 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
             if len(feeds) >= limit:
                 break
         return CalibrationData(tuple(feeds[:limit]), f"{len(npz)} .npz files in {path.name}")
-    if image_files:
-        if not isinstance(pre, ImagePreprocessing):
+    for noun, suffixes, kind, prepare, mismatch in _MEDIA_FOLDERS:
+        media = [p for p in files if p.suffix.lower() in suffixes]
+        if not media:
+            continue
+        if not isinstance(pre, kind):
             raise BadInputError(
-                f"calibration folder '{path}' holds images, but package '{package.path}' is not an image model"
+                f"calibration folder '{path}' holds {noun}, but package '{package.path}' {mismatch}"
             )
         name = manifest.inputs[0].name
         return CalibrationData(
-            tuple({name: preprocess_image(p, pre)[None]} for p in image_files[:limit]),
-            f"{min(len(image_files), limit)} images in {path.name}",
-        )
-    wav_files = [p for p in files if p.suffix.lower() == ".wav"]
-    if wav_files:
-        if not isinstance(pre, AudioPreprocessing):
-            raise BadInputError(
-                f"calibration folder '{path}' holds WAV files, but package '{package.path}' takes no waveform"
-            )
-        name = manifest.inputs[0].name
-        return CalibrationData(
-            tuple({name: preprocess_audio(p, pre)[None]} for p in wav_files[:limit]),
-            f"{min(len(wav_files), limit)} WAV files in {path.name}",
+            tuple({name: prepare(p, pre)[None]} for p in media[:limit]),
+            f"{min(len(media), limit)} {noun} in {path.name}",
         )
     raise BadInputError(
         f"calibration folder '{path}' has no images ({', '.join(IMAGE_SUFFIXES[:3])}, ...), WAV or .npz files; "

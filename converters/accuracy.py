@@ -26,9 +26,11 @@ import numpy as np
 from converters.corpus import HELD_OUT_SENTENCES
 from converters.samples import synthetic_waveform
 from toolkit.errors import BadInputError
+from toolkit.host import current_host
 from toolkit.inputs import InputLimits, random_feeds
 from toolkit.manifest import (
     AudioPreprocessing,
+    Host,
     ImagePreprocessing,
     ModelPackage,
     OutputCheck,
@@ -86,8 +88,8 @@ class AccuracyReport:
         """Whether the mean reaches `budget` and the worst sample reaches `budget_floor(budget)`."""
         return self.score >= budget and self.worst >= budget_floor(budget)
 
-    def to_validation(self, budget: float) -> Validation:
-        """As the manifest's `Validation` (reference fp32, threshold = budget)."""
+    def to_validation(self, budget: float, host: Host | None = None) -> Validation:
+        """As the manifest's `Validation` (reference fp32, threshold = budget), measured on `host` (this one's CPU)."""
         return Validation(
             metric=self.metric,
             value=round(self.value, 6),
@@ -97,6 +99,7 @@ class AccuracyReport:
             passed=self.meets(budget),
             outputs=self.outputs,
             cases=tuple(f"{k} {v:.6g}" for k, v in self.details.items()),
+            host=host or current_host("cpu"),
         )
 
     def summary(self) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolkit.host import current_host
 from toolkit.inputs import InputLimits, has_sequence_axis, random_feeds
 from toolkit.manifest import OutputCheck, TensorSpec, Validation
 from toolkit.pipelines import TextTokenizer
@@ -115,4 +116,5 @@ def compare_with_reference(
         passed=all(c.passed for c in checks),
         outputs=checks,
         cases=tuple(case.name for case in cases),
+        host=current_host(runner.providers[0]),
     )

@@ -29,6 +29,7 @@ __all__ = [
     "FP32_VARIANT",
     "MANIFEST_NAME",
     "AudioPreprocessing",
+    "Host",
     "ImagePreprocessing",
     "Manifest",
     "ModelPackage",
@@ -84,8 +85,24 @@ class OutputCheck:
 
 
 @dataclass(frozen=True)
+class Host:
+    """The machine a validation ran on: CPU model, architecture, the int8 kernel path onnxruntime takes there
+    (``avx2``, ``avx512-vnni``, ``amx``, ``arm-dotprod``, ... see `toolkit.host`), onnxruntime version, provider."""
+
+    cpu: str
+    arch: str
+    int8_path: str
+    onnxruntime: str
+    provider: str = "cpu"
+
+    def describe(self) -> str:
+        """``Intel Xeon (avx512-vnni), onnxruntime 1.31.1, cpu``."""
+        return f"{self.cpu} ({self.int8_path}), onnxruntime {self.onnxruntime}, {self.provider}"
+
+
+@dataclass(frozen=True)
 class Validation:
-    """How a variant compares with its reference (PyTorch for the export, fp32 for variants)."""
+    """How a variant compares with its reference (PyTorch for the export, fp32 for variants), on which host."""
 
     metric: str
     value: float
@@ -95,11 +112,16 @@ class Validation:
     passed: bool
     outputs: tuple[OutputCheck, ...] = ()
     cases: tuple[str, ...] = ()
+    host: Host | None = None
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One ONNX file of the package with how it was made and how accurate it is."""
+    """One ONNX file of the package with how it was made and how accurate it is.
+
+    `validation` is the measurement made with the file; `verifications` are re-measurements on other hosts
+    (`edge verify --update`), one per host int8 path and provider, the newest kept.
+    """
 
     name: str
     file: str
@@ -109,6 +131,16 @@ class Variant:
     settings: Mapping[str, Any] = field(default_factory=dict)
     validation: Validation | None = None
     tool_versions: Mapping[str, str] = field(default_factory=dict)
+    verifications: tuple[Validation, ...] = ()
+
+    def with_verification(self, result: Validation) -> Variant:
+        """A copy with `result` recorded, replacing an earlier one from a host of the same int8 path and provider."""
+
+        def key(v: Validation) -> tuple[str, str] | None:
+            return (v.host.int8_path, v.host.provider) if v.host else None
+
+        kept = tuple(v for v in self.verifications if key(v) != key(result))
+        return dataclasses.replace(self, verifications=(*kept, result))
 
 
 @dataclass(frozen=True)
@@ -242,6 +274,7 @@ def _validation(d: Mapping[str, Any] | None) -> Validation | None:
         passed=bool(d["passed"]),
         outputs=tuple(OutputCheck(**o) for o in d.get("outputs", ())),
         cases=tuple(d.get("cases", ())),
+        host=Host(**d["host"]) if d.get("host") is not None else None,
     )
 
 
@@ -278,6 +311,9 @@ def _manifest_from_dict(data: Mapping[str, Any]) -> Manifest:
             settings=v.get("settings", {}),
             validation=_validation(v.get("validation")),
             tool_versions=v.get("tool_versions", {}),
+            verifications=tuple(
+                result for r in v.get("verifications", ()) if (result := _validation(r)) is not None
+            ),
         )
         for name, v in data["variants"].items()
     }

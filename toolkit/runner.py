@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from toolkit.errors import BadInputError, BadModelError
+from toolkit.host import current_host, unvalidated_host_warning
 from toolkit.manifest import FP32_VARIANT, MANIFEST_NAME, ModelPackage, TensorSpec, TextPreprocessing
 from toolkit.providers import (
     PROVIDERS,
@@ -253,6 +254,12 @@ class Runner:
         self.startup = Startup(
             session_s, None, self._engine_cache_state(), cache_dir if self._uses_trt else None
         )
+        if package is not None:
+            warning = unvalidated_host_warning(
+                package, self.path.name, self.providers[0], current_host(self.providers[0])
+            )
+            if warning:
+                log.warning(warning)
         self._placement: dict[str, int] | None = None
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4  # run-time errors reach the caller as BadInputError, once

@@ -1,15 +1,22 @@
 """`auto`: try int8 candidates, measure each for accuracy and latency, keep the fastest within the budget.
 
-Candidates: dynamic per-tensor, dynamic per-channel, static QDQ, and dynamic per-tensor / per-channel with the
-layers a per-layer sensitivity pass finds most sensitive left in fp32. The sensitivity pass runs the fp32
-model on calibration inputs (never the held-out ones), simulates int8 on each weight-bearing MatMul/Gemm
-alone (uint8 dynamic activations, int8 symmetric weights) and ranks layers by the relative error of their
-output. Every candidate is validated on the same held-out inputs; latency is measured with all candidates
-and fp32 interleaved in one process, so load on the machine hits them all alike.
+Candidates: dynamic per-tensor, per-channel and per-channel with reduced-range (7-bit) weights, static QDQ,
+8-bit blockwise weight-only on every MatMul, and families that protect the layers a per-layer sensitivity pass
+finds most sensitive (left in fp32, or 8-bit blockwise), on top of full- or reduced-range weights. The
+sensitivity pass runs the fp32 model on calibration inputs (never the held-out ones), simulates int8 on each
+weight-bearing MatMul/Gemm alone (uint8 dynamic activations, int8 symmetric weights) and ranks layers by the
+relative error of their output. Every candidate is validated on the same held-out inputs; latency is measured
+with all candidates and fp32 interleaved in one process, so load on the machine hits them all alike.
+
+Accuracy is measured on *this* host, and int8 accuracy depends on the host's int8 kernel path
+(`toolkit.host`): full-range u8s8 kernels saturate on AVX2 and AVX-512BW without VNNI. A candidate is
+*portable* when no kernel it uses can saturate (reduced-range weights, or no u8s8 integer GEMM at all), so its
+accuracy holds on every CPU; `portable_only` keeps only those, for packages headed to unknown devices.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +46,7 @@ from converters.quantization.methods import (
 )
 from toolkit.atomic import staging_directory
 from toolkit.errors import EdgeError
+from toolkit.host import current_host
 from toolkit.manifest import FP32_VARIANT, ModelPackage, Variant, tool_versions, variant_file_name
 from toolkit.runner import Runner
 
@@ -48,9 +56,46 @@ log = logging.getLogger(__name__)
 
 AUTO_VARIANT = "auto"
 EXCLUDE_STEPS = (2, 4, 8)
-# (per-channel weights?, how the most sensitive layers are protected): "fp32" leaves them unquantized,
-# "8-bit blockwise" quantizes them weight-only with per-block activation scales (MatMulNBits), nearly free in size.
-FAMILIES = ((True, "fp32"), (True, "8-bit blockwise"), (False, "8-bit blockwise"))
+
+
+@dataclass(frozen=True)
+class _Family:
+    """Candidates that protect the k most sensitive layers on top of one weight scheme.
+
+    `protect` "fp32" leaves them unquantized; "8-bit blockwise" quantizes them weight-only with per-block
+    activation scales (MatMulNBits), nearly free in size.
+    """
+
+    per_channel: bool
+    reduce_range: bool
+    protect: str
+
+    def label(self, k: int) -> str:
+        weights = ("per-channel" if self.per_channel else "per-tensor") + (
+            " reduced-range" if self.reduce_range else ""
+        )
+        return f"int8 {weights}, {k} most sensitive {self.protect}"
+
+
+FAMILIES = (
+    _Family(True, False, "fp32"),
+    _Family(True, False, "8-bit blockwise"),
+    _Family(False, False, "8-bit blockwise"),
+    _Family(True, True, "8-bit blockwise"),
+    _Family(True, True, "fp32"),
+)
+# Integer ops whose CPU kernels multiply uint8 by full-range int8 (QuantizeLinear: QDQ pairs fuse into them).
+U8S8_OPS = frozenset(
+    {
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearMatMul",
+        "QLinearConv",
+        "DynamicQuantizeMatMul",
+        "QuantizeLinear",
+        "DynamicQuantizeLinear",
+    }
+)
 SENSITIVITY_SAMPLES = 8
 LATENCY_TIE = 0.10
 """Candidates within this fraction of the fastest median count as equally fast: run-to-run noise on a
@@ -130,6 +175,10 @@ def layer_sensitivity(
     return tuple(sorted(ranked, key=lambda s: -s.error))
 
 
+def _op_types(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+
+
 @dataclass(frozen=True)
 class _Plan:
     name: str
@@ -149,6 +198,7 @@ def _settings_row(candidate: Candidate) -> dict[str, Any]:
         "size_bytes": candidate.size_bytes,
         "meets_budget": candidate.meets_budget,
         "over_size_cap": candidate.over_size_cap,
+        "portable": candidate.portable,
         "excluded_nodes": list(candidate.settings.get("excluded_nodes", [])),
         "blockwise_int8_nodes": list(candidate.settings.get("blockwise_int8_nodes", [])),
         "error": candidate.error,
@@ -169,6 +219,7 @@ def quantize_auto(
     name = options.name or AUTO_VARIANT
     target = package.path / variant_file_name(name)
     budget = options.budget
+    host = current_host("cpu")
     with staging_directory(target) as folder:
         ws = Workspace(package, source, folder, say)
         held_out = held_out_feeds(package)
@@ -178,7 +229,18 @@ def quantize_auto(
         plans = [
             _Plan("int8 per-tensor", "dynamic-int8", replace(base, per_channel=False)),
             _Plan("int8 per-channel", "dynamic-int8", replace(base, per_channel=True)),
+            _Plan(
+                "int8 per-channel reduced-range",
+                "dynamic-int8",
+                replace(base, per_channel=True, reduce_range=True),
+            ),
             _Plan("int8 static QDQ", "static-int8", replace(base, per_channel=True)),
+            _Plan(
+                "8-bit blockwise, every MatMul",
+                "dynamic-int8",
+                # Only embeddings besides: whatever the blockwise pass left (Gemm, Conv) would be u8s8, not portable.
+                replace(base, blockwise=(*options.blockwise, "MatMul"), op_types=("Gather",)),
+            ),
         ]
         candidates: list[Candidate] = []
         staged: dict[str, Path] = {}
@@ -196,45 +258,50 @@ def quantize_auto(
             except EdgeError as exc:
                 log.info("candidate %s failed: %s", plan.name, exc)
                 return Candidate(plan.name, plan.method, {}, None, None, None, 0, False, str(exc))
-            staged[plan.name] = out
             size = out.stat().st_size
             over_cap = size > size_cap
+            portable = plan.options.reduce_range or not (_op_types(out) & U8S8_OPS)
+            allowed = portable or not options.portable_only
+            if allowed:
+                staged[plan.name] = out
             return Candidate(
                 plan.name,
                 plan.method,
-                settings,
+                {**settings, "portable": portable},
                 report,
                 None,
                 None,
                 size,
-                report.meets(budget) and not over_cap,
+                report.meets(budget) and not over_cap and allowed,
                 over_size_cap=over_cap,
+                portable=portable,
             )
 
         for plan in plans:
             candidates.append(attempt(plan))
         calibration = load_calibration(package, options.calibration).feeds[:SENSITIVITY_SAMPLES]
         ranked: dict[bool, tuple[LayerSensitivity, ...]] = {}
-        for per_channel, protect in FAMILIES:
-            if per_channel not in ranked:
-                say(f"per-layer sensitivity ({'per-channel' if per_channel else 'per-tensor'})")
-                ranked[per_channel] = layer_sensitivity(ws.preprocessed(), list(calibration), per_channel)
-                for line in ranked[per_channel][:5]:
-                    log.info("most sensitive: %s %s (error %.3g)", line.op_type, line.node, line.error)
-            mode = "per-channel" if per_channel else "per-tensor"
-            for k in EXCLUDE_STEPS:
-                if k >= len(ranked[per_channel]):
-                    break
-                nodes = tuple(s.node for s in ranked[per_channel][:k])
-                if protect == "fp32":
-                    plan_options = replace(base, per_channel=per_channel, exclude=(*options.exclude, *nodes))
-                else:
-                    plan_options = replace(
-                        base, per_channel=per_channel, blockwise=(*options.blockwise, *nodes)
-                    )
-                candidate = attempt(
-                    _Plan(f"int8 {mode}, {k} most sensitive {protect}", "dynamic-int8", plan_options)
+        for family in FAMILIES:
+            if options.portable_only and not family.reduce_range:
+                continue  # full-range int8 layers remain: never portable
+            if family.per_channel not in ranked:
+                say(f"per-layer sensitivity ({'per-channel' if family.per_channel else 'per-tensor'})")
+                ranked[family.per_channel] = layer_sensitivity(
+                    ws.preprocessed(), list(calibration), family.per_channel
                 )
+                for line in ranked[family.per_channel][:5]:
+                    log.info("most sensitive: %s %s (error %.3g)", line.op_type, line.node, line.error)
+            layers = ranked[family.per_channel]
+            for k in EXCLUDE_STEPS:
+                if k >= len(layers):
+                    break
+                nodes = tuple(s.node for s in layers[:k])
+                scheme = replace(base, per_channel=family.per_channel, reduce_range=family.reduce_range)
+                if family.protect == "fp32":
+                    plan_options = replace(scheme, exclude=(*options.exclude, *nodes))
+                else:
+                    plan_options = replace(scheme, blockwise=(*options.blockwise, *nodes))
+                candidate = attempt(_Plan(family.label(k), "dynamic-int8", plan_options))
                 candidates.append(candidate)
                 # Protecting more layers only grows the file, so past the size cap there is nothing to gain.
                 if candidate.meets_budget or candidate.over_size_cap:
@@ -273,7 +340,9 @@ def quantize_auto(
             )
         rows = [_settings_row(c) for c in candidates]
         if not fitting:
-            return QuantizeResult(package, "auto", None, None, latency, None, budget, tuple(candidates))
+            return QuantizeResult(
+                package, "auto", None, None, latency, None, budget, tuple(candidates), notes, host
+            )
         winner = _pick(fitting)
         assert winner.accuracy is not None
         settings = {
@@ -282,6 +351,8 @@ def quantize_auto(
             "budget": budget,
             "max_size": options.max_size,
             "budget_rule": f"mean >= {budget}, worst sample >= {1 - 2 * (1 - budget):.4g}",
+            "portable_only": options.portable_only,
+            "measured_on": dataclasses.asdict(host),
             "latency_ms": {
                 FP32_VARIANT: latency.median_ms[FP32_VARIANT],
                 name: winner.latency_ms,
@@ -314,4 +385,5 @@ def quantize_auto(
         budget=budget,
         candidates=tuple(candidates),
         notes=notes,
+        host=host,
     )

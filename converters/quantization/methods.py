@@ -30,7 +30,8 @@ from converters.accuracy import (
 from converters.quantization.calibration import CalibrationOptions, FeedReader, load_calibration
 from toolkit.atomic import atomic_path, staging_directory
 from toolkit.errors import BadInputError, BadModelError
-from toolkit.manifest import FP32_VARIANT, ModelPackage, Variant, tool_versions, variant_file_name
+from toolkit.host import current_host
+from toolkit.manifest import FP32_VARIANT, Host, ModelPackage, Variant, tool_versions, variant_file_name
 from toolkit.runner import Runner
 
 __all__ = [
@@ -74,6 +75,8 @@ class QuantizeOptions:
 
     name: str | None = None
     per_channel: bool = True
+    reduce_range: bool = False
+    """Dynamic int8: 7-bit weights, so AVX2/AVX-512BW kernels without VNNI cannot saturate (see `toolkit.host`)."""
     exclude: tuple[str, ...] = ()
     blockwise: tuple[str, ...] = ()
     op_types: tuple[str, ...] | None = None
@@ -84,6 +87,8 @@ class QuantizeOptions:
     budget: float = 0.99
     max_size: float | None = None
     """`auto` only: the largest file it may keep, as a fraction of the fp32 file (0.3 = 30%)."""
+    portable_only: bool = False
+    """`auto` only: keep only candidates whose accuracy holds on every CPU (see `auto.py`)."""
     threads: int = 2
     latency_runs: int = 20
 
@@ -102,6 +107,8 @@ class Candidate:
     meets_budget: bool
     error: str | None = None
     over_size_cap: bool = False
+    portable: bool = False
+    """No kernel it uses can saturate on CPUs without VNNI, so its accuracy holds on every host."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,8 @@ class QuantizeResult:
     budget: float
     candidates: tuple[Candidate, ...] = ()
     notes: tuple[str, ...] = ()
+    host: Host | None = None
+    """Where the accuracy and latency were measured (int8 accuracy depends on the CPU)."""
 
 
 @contextlib.contextmanager
@@ -286,6 +295,7 @@ def dynamic_int8(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str
                 str(out),
                 op_types_to_quantize=list(options.op_types) if options.op_types else None,
                 per_channel=options.per_channel,
+                reduce_range=options.reduce_range,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=exclude,
                 extra_options={"WeightSymmetric": True, "MatMulConstBOnly": True},
@@ -294,7 +304,7 @@ def dynamic_int8(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str
         raise _quantizer_failure("dynamic int8", exc) from None
     return {
         "per_channel": options.per_channel,
-        "weight_type": "int8",
+        "weight_type": "int7 (reduce_range)" if options.reduce_range else "int8",
         "weight_symmetric": True,
         "activation_type": "uint8 (dynamic)",
         "op_types": list(options.op_types)
@@ -367,6 +377,7 @@ def static_int8(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str,
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
                 per_channel=options.per_channel,
+                reduce_range=options.reduce_range,
                 activation_type=QuantType.QInt8 if options.symmetric_activations else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=exclude,
@@ -379,7 +390,7 @@ def static_int8(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str,
     return {
         "format": "QDQ",
         "per_channel": options.per_channel,
-        "weight_type": "int8",
+        "weight_type": "int7 (reduce_range)" if options.reduce_range else "int8",
         "activation_type": "int8 symmetric" if options.symmetric_activations else "uint8 asymmetric",
         "op_types": op_types,
         "excluded_nodes": exclude,
@@ -512,6 +523,10 @@ def quantize(
     check_budget(options.budget)
     if options.max_size is not None and method != "auto":
         raise BadInputError(f"--max-size applies to --method auto only, not {method}; drop it or use auto")
+    if options.portable_only and method != "auto":
+        raise BadInputError(
+            f"--portable applies to --method auto only, not {method}; for dynamic-int8 pass --reduce-range"
+        )
     if options.max_size is not None and not (0.0 < options.max_size <= 1.0):
         raise BadInputError(
             f"--max-size must be a fraction of the fp32 file size in (0, 1] (0.3 = 30%), got {options.max_size}"
@@ -565,6 +580,7 @@ def quantize(
         size_ratio=variant.size_bytes / source.stat().st_size,
         budget=options.budget,
         notes=notes,
+        host=current_host("cpu"),
     )
 
 

@@ -17,6 +17,7 @@ from toolkit.cli.inspect import info_command
 from toolkit.cli.quantize import quantize_command
 from toolkit.cli.run import run_command
 from toolkit.cli.serve import serve_command
+from toolkit.cli.verify import verify_command
 
 __all__ = ["edge", "main"]
 
@@ -35,6 +36,7 @@ for command in (
     run_command,
     bench_command,
     quantize_command,
+    verify_command,
     doctor_command,
     export_group,
     serve_command,

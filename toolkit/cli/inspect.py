@@ -42,14 +42,28 @@ def info_command(target: str, variant: str, as_json: bool) -> None:
         f"package [bold]{manifest.name}[/]: task {manifest.task}, source {manifest.source.kind} {manifest.source.ref} (sha256 {manifest.source.sha256[:12]})"
     )
     variants = Table(title="variants", title_justify="left")
-    for column in ("variant", "file", "precision", "method", "size MB", "validation"):
+    for column in ("variant", "file", "precision", "method", "size MB", "validation", "measured on"):
         variants.add_column(column)
     for v in manifest.variants.values():
-        val = v.validation
-        summary = (
-            f"{'pass' if val.passed else 'FAIL'} {val.metric} {val.value:.3g} (limit {val.threshold:.3g}, vs {val.reference})"
-            if val
-            else "not validated"
-        )
-        variants.add_row(v.name, v.file, v.precision, v.method, f"{v.size_bytes / 1e6:.2f}", summary)
+        for i, val in enumerate((v.validation, *v.verifications)):
+            summary = (
+                f"{'pass' if val.passed else 'FAIL'} {val.metric} {val.value:.3g} (limit {val.threshold:.3g}, vs {val.reference})"
+                if val
+                else "not validated"
+            )
+            host = f"{val.host.int8_path}, {val.host.provider}" if val and val.host else "-"
+            if i == 0:
+                variants.add_row(
+                    v.name, v.file, v.precision, v.method, f"{v.size_bytes / 1e6:.2f}", summary, host
+                )
+            else:
+                variants.add_row("", "", "", "", "", f"verified: {summary}", host)
     stdout.print(variants)
+    hosts = {
+        val.host.describe()
+        for v in manifest.variants.values()
+        for val in (v.validation, *v.verifications)
+        if val and val.host
+    }
+    for host in sorted(hosts):
+        stdout.print(f"measured on: {escape(host)}")

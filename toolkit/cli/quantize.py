@@ -6,19 +6,31 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from toolkit.cli.common import EXIT_VALIDATION_FAILED, common_options, emit_json, progress, stdout
+from toolkit.manifest import Host
 
 __all__ = ["quantize_command", "render_candidates"]
 
 METHOD_NAMES = ("dynamic-int8", "static-int8", "fp16", "int4", "auto")
 
 
-def render_candidates(candidates: Any, budget: float) -> Table:
-    """The candidates `auto` tried: accuracy, latency, speed-up, size, verdict."""
-    table = Table(title=f"auto candidates (budget {budget:g})", title_justify="left")
-    for column in ("candidate", "accuracy", "worst", "latency ms", "speed-up", "size MB", "result"):
+def render_candidates(candidates: Any, budget: float, host: Host | None, portable_only: bool) -> Table:
+    """The candidates `auto` tried: accuracy, latency, speed-up, size, portability, verdict, and the host."""
+    where = f", measured on {escape(host.describe())}" if host else ""
+    table = Table(title=f"auto candidates (budget {budget:g}{where})", title_justify="left")
+    for column in (
+        "candidate",
+        "accuracy",
+        "worst",
+        "latency ms",
+        "speed-up",
+        "size MB",
+        "portable",
+        "result",
+    ):
         table.add_column(column, justify="left" if column in ("candidate", "result") else "right")
     for c in candidates:
         acc = c.accuracy
@@ -26,6 +38,8 @@ def render_candidates(candidates: Any, budget: float) -> Table:
             verdict = "[green]meets[/]"
         elif c.over_size_cap:
             verdict = "[yellow]too big[/]"
+        elif portable_only and not c.portable and acc is not None:
+            verdict = "[yellow]not portable[/]"
         else:
             verdict = "[yellow]below[/]"
         table.add_row(
@@ -35,6 +49,7 @@ def render_candidates(candidates: Any, budget: float) -> Table:
             f"{c.latency_ms:.1f}" if c.latency_ms else "-",
             f"{c.speedup:.2f}x" if c.speedup else "-",
             f"{c.size_bytes / 1e6:.1f}" if c.size_bytes else "-",
+            "yes" if c.portable else "no",
             verdict if not c.error else f"[red]error[/]: {c.error[:60]}",
         )
     return table
@@ -105,6 +120,16 @@ def render_candidates(candidates: Any, budget: float) -> Table:
     metavar="FRACTION",
     help="auto: keep no candidate larger than this fraction of the fp32 file (e.g. 0.3).",
 )
+@click.option(
+    "--portable",
+    is_flag=True,
+    help="auto: keep only candidates whose accuracy holds on every CPU (no u8s8 kernel that saturates without VNNI).",
+)
+@click.option(
+    "--reduce-range",
+    is_flag=True,
+    help="dynamic-int8: 7-bit weights, accurate on AVX2 CPUs without VNNI too (slightly coarser).",
+)
 @click.option("--threads", type=int, default=2, show_default=True, help="Threads for the latency figure.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @common_options
@@ -123,6 +148,8 @@ def quantize_command(
     fp16_block: tuple[str, ...],
     budget: float,
     max_size: float | None,
+    portable: bool,
+    reduce_range: bool,
     threads: int,
     as_json: bool,
 ) -> None:
@@ -145,6 +172,8 @@ def quantize_command(
         fp16_op_block_list=fp16_block,
         budget=budget,
         max_size=max_size,
+        portable_only=portable,
+        reduce_range=reduce_range,
         threads=threads,
     )
     with progress(not as_json) as step:
@@ -153,7 +182,7 @@ def quantize_command(
         emit_json(result)
     else:
         if result.candidates:
-            stdout.print(render_candidates(result.candidates, result.budget))
+            stdout.print(render_candidates(result.candidates, result.budget, result.host, portable))
         for note in result.notes:
             stdout.print(f"note: {note}")
         variant = result.variant
@@ -177,9 +206,11 @@ def quantize_command(
         )
         detail = f" (best: {best.name}, {best.accuracy.summary()})" if best and best.accuracy else ""
         cap = f" within --max-size {max_size:g}" if max_size is not None else ""
+        cap += " among --portable candidates" if portable else ""
+        where = f" on this host ({result.host.int8_path})" if result.host else ""
         click.echo(
-            f"error: no candidate meets the budget {result.budget:g}{cap}{detail}; nothing was written. "
-            f"Lower --budget{', raise --max-size' if cap else ''}, or keep fp32 / try --method fp16 on a GPU",
+            f"error: no candidate meets the budget {result.budget:g}{cap}{where}{detail}; nothing was written. "
+            f"Lower --budget{', raise --max-size' if max_size is not None else ''}, or keep fp32 / try --method fp16 on a GPU",
             err=True,
         )
         click.get_current_context().exit(EXIT_VALIDATION_FAILED)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -232,7 +233,7 @@ def test_int4_uses_matmulnbits(bert: Path) -> None:
         quantize(bert, "int4", QuantizeOptions(block_size=24))
 
 
-def test_auto_picks_the_smallest_of_the_near_fastest_within_budget(classifier: Path) -> None:
+def test_auto_picks_portable_then_smallest_of_the_near_fastest_within_budget(classifier: Path) -> None:
     result = _invoke("quantize", str(classifier), "--method", "auto", "--budget", "0.9", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -245,7 +246,10 @@ def test_auto_picks_the_smallest_of_the_near_fastest_within_budget(classifier: P
     tied = [r for r in fitting if r["latency_ms"] <= fastest * (1 + LATENCY_TIE)]
     picked = next(r for r in rows if r["name"] == variant.settings["picked"])
     assert picked in tied
-    assert picked["size_bytes"] == min(r["size_bytes"] for r in tied)
+    # A portable candidate wins a tie, then the smallest.
+    preferred = [r for r in tied if r["portable"]] or tied
+    assert picked["size_bytes"] == min(r["size_bytes"] for r in preferred)
+    assert picked["portable"] == any(r["portable"] for r in tied)
     assert variant.validation is not None
     assert variant.validation.passed
     assert variant.validation.value >= 0.9
@@ -361,3 +365,7 @@ def test_auto_prefers_the_smallest_of_equally_fast_candidates() -> None:
     slow_smaller = candidate("per-tensor", 10.0 * (1 + LATENCY_TIE * 2), 20_000_000)
     assert _pick([fastest_big, tied_small, slow_smaller]) is tied_small
     assert _pick([fastest_big, slow_smaller]) is fastest_big
+    tied_portable = replace(tied_small, name="reduced-range", size_bytes=24_000_000, portable=True)
+    assert _pick([fastest_big, tied_small, tied_portable, slow_smaller]) is tied_portable
+    slow_portable = replace(slow_smaller, name="slow reduced-range", portable=True)
+    assert _pick([fastest_big, tied_small, slow_portable]) is tied_small

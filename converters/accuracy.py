@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.corpus import HELD_OUT_SENTENCES
 from converters.samples import synthetic_waveform
+from toolkit.corpus import HELD_OUT_SENTENCES
 from toolkit.errors import BadInputError
 from toolkit.inputs import InputLimits, random_feeds
 from toolkit.manifest import (

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import converters.conversion
-from toolkit import ModelPackage, Runner, load
+from toolkit import ModelPackage, Runner, TextClassifier
 from toolkit.cli import edge
 from toolkit.errors import ExportError
 
@@ -70,9 +70,9 @@ def test_classifier_package_keeps_labels_and_classifies(tiny_classifier_package:
     manifest = ModelPackage.open(tiny_classifier_package).manifest
     assert manifest.task == "classify"
     assert manifest.labels == ("negative", "neutral", "positive")
-    results = load(tiny_classifier_package).classify(["hello world", "the quick brown fox"])
+    results = TextClassifier.load(tiny_classifier_package).classify(["hello world", "the quick brown fox"])
     assert len(results) == 2
-    for result in results:
+    for (result,) in results:
         assert result.label in manifest.labels
         assert sum(result.scores.values()) == pytest.approx(1.0, abs=1e-6)
         assert result.score == max(result.scores.values())

@@ -136,7 +136,7 @@ def test_edge_run_image_prints_the_top5(tiny_vit_package: Path, photos: list[Pat
     result = CliRunner().invoke(edge, args)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    expected = toolkit.load(tiny_vit_package).classify(photos[:2])  # type: ignore[attr-defined]
+    expected = ImageClassifier.load(tiny_vit_package).classify(photos[:2])
     for photo, ranked in zip(photos[:2], expected, strict=True):
         start = lines.index(f"{photo}:")
         for place, c in enumerate(ranked, 1):

@@ -19,7 +19,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from toolkit.atomic import atomic_write_text
 from toolkit.errors import BadInputError, BadModelError
@@ -152,6 +152,7 @@ class AudioPreprocessing:
 
 
 Preprocessing = TextPreprocessing | ImagePreprocessing | AudioPreprocessing
+_Section = TypeVar("_Section", TextPreprocessing, ImagePreprocessing, AudioPreprocessing)
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,11 @@ class Manifest:
                 f"variant '{name}' is not in package '{self.name}' (it has: {known}); "
                 "pick one of those or create it with `edge quantize`"
             ) from None
+
+    def section(self, kind: type[_Section]) -> _Section | None:
+        """The preprocessing section when it is of `kind` (the one place that tells the sections apart)."""
+        pre = self.preprocessing
+        return pre if isinstance(pre, kind) else None
 
     def with_variant(self, variant: Variant) -> Manifest:
         """A copy with `variant` added or replaced."""

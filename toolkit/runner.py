@@ -534,8 +534,30 @@ class Runner:
                 )
         return shape
 
+    def close(self) -> None:
+        """Release the onnxruntime session (and any I/O binding); the runner cannot run afterwards."""
+        self._binding = None
+        self._bound_inputs = {}
+        self.session = _ClosedSession(self.path)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"Runner({str(self.path)!r}, providers={self.providers})"
+
+
+class _ClosedSession:
+    """What a closed runner holds instead of its session: any use is a clear error."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        raise BadInputError(f"the runner for '{self._path}' is closed; create a new Runner to run it again")
 
 
 def _ort_type(array: np.ndarray) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from converters.accuracy import _generic_feeds, synthetic_clips, synthetic_images
-from converters.corpus import CALIBRATION_SENTENCES
+from toolkit.corpus import CALIBRATION_SENTENCES
 from toolkit.errors import BadInputError
 from toolkit.manifest import AudioPreprocessing, ImagePreprocessing, ModelPackage, TextPreprocessing
 from toolkit.pipelines import TextTokenizer, preprocess_audio, preprocess_image

@@ -38,6 +38,7 @@ __all__ = [
     "TextPreprocessing",
     "Validation",
     "Variant",
+    "section_of",
     "tool_versions",
     "variant_file_name",
 ]
@@ -155,6 +156,11 @@ Preprocessing = TextPreprocessing | ImagePreprocessing | AudioPreprocessing
 _Section = TypeVar("_Section", TextPreprocessing, ImagePreprocessing, AudioPreprocessing)
 
 
+def section_of(preprocessing: Preprocessing | None, kind: type[_Section]) -> _Section | None:
+    """`preprocessing` when it is a section of `kind`, else None: the one place that tells sections apart."""
+    return preprocessing if isinstance(preprocessing, kind) else None
+
+
 @dataclass(frozen=True)
 class Manifest:
     """The parsed ``edge.json``."""
@@ -183,9 +189,8 @@ class Manifest:
             ) from None
 
     def section(self, kind: type[_Section]) -> _Section | None:
-        """The preprocessing section when it is of `kind` (the one place that tells the sections apart)."""
-        pre = self.preprocessing
-        return pre if isinstance(pre, kind) else None
+        """The preprocessing section when it is of `kind`, else None."""
+        return section_of(self.preprocessing, kind)
 
     def with_variant(self, variant: Variant) -> Manifest:
         """A copy with `variant` added or replaced."""

@@ -307,8 +307,8 @@ class Runner:
         if profile is None:
             if package is not None:
                 inputs = package.manifest.inputs
-                pre = package.manifest.preprocessing
-                max_length = pre.max_length if isinstance(pre, TextPreprocessing) else None
+                text = package.manifest.section(TextPreprocessing)
+                max_length = text.max_length if text is not None else None
             else:
                 inputs, max_length = _graph_inputs(self.path), None
             profile, unresolved = derive_tensorrt_profile(inputs, trt.dims, max_length)

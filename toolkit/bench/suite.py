@@ -264,11 +264,8 @@ def plan_bench(target: str | Path, options: BenchOptions) -> BenchPlan:
             variants.append(
                 _VariantFile(name, file, variant.precision, _file_size(file), _accuracy(variant.validation))
             )
-        max_length = (
-            manifest.preprocessing.max_length
-            if isinstance(manifest.preprocessing, TextPreprocessing)
-            else None
-        )
+        text = manifest.section(TextPreprocessing)
+        max_length = text.max_length if text is not None else None
         source = InputSource(manifest.inputs, path, manifest, vocab_size_of(path, manifest), max_length)
         if options.baseline is not None and not manifest.source.ref:
             raise BadInputError("the package's manifest names no source to load for --baseline torch")
@@ -315,7 +312,7 @@ def plan_bench(target: str | Path, options: BenchOptions) -> BenchPlan:
         from toolkit.bench.inputs import load_texts
 
         texts = tuple(load_texts(options.text_file))
-        if package is None or not isinstance(package.manifest.preprocessing, TextPreprocessing):
+        if package is None or package.manifest.section(TextPreprocessing) is None:
             raise BadInputError(
                 "--text needs a model package with a tokenizer; use --npz FILE for this model"
             )
@@ -338,8 +335,7 @@ def plan_bench(target: str | Path, options: BenchOptions) -> BenchPlan:
 
 
 def _audio_preprocessing(package: ModelPackage | None) -> AudioPreprocessing | None:
-    pre = package.manifest.preprocessing if package is not None else None
-    return pre if isinstance(pre, AudioPreprocessing) else None
+    return package.manifest.section(AudioPreprocessing) if package is not None else None
 
 
 def _make_input(plan: BenchPlan, batch: int, seq: int | None) -> BenchInput:

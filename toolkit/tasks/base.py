@@ -90,7 +90,7 @@ class Task(Generic[_M]):
 
     # -- samples: one generator per modality, seeded by purpose ------------------------------------------
 
-    def samples(self, purpose: str, count: int, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
+    def samples(self, purpose: str, count: int | None, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
         """`count` batch-1 feeds for `purpose` (``held-out``, ``calibration``, ``validation``, ``bench``)."""
         return self.data.samples(purpose, count, exclude_texts)
 

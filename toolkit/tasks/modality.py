@@ -12,12 +12,13 @@ sample inputs, seeded by purpose (`PURPOSE_SEEDS`), so held-out inputs never equ
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import numpy as np
 
 from toolkit.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
-from toolkit.errors import BadModelError
+from toolkit.errors import BadInputError, BadModelError
 from toolkit.inputs import InputLimits, random_feeds
 from toolkit.manifest import (
     AudioPreprocessing,
@@ -26,7 +27,7 @@ from toolkit.manifest import (
     TensorSpec,
     TextPreprocessing,
 )
-from toolkit.preprocess import TextTokenizer, preprocess_audio
+from toolkit.preprocess import TextTokenizer, preprocess_audio, preprocess_image
 
 __all__ = [
     "CALIBRATION_SEED",
@@ -52,6 +53,7 @@ CALIBRATION_SEED = 20_240_917
 LATENCY_SEED = 7
 PURPOSE_SEEDS = {"held-out": HELD_OUT_SEED, "calibration": CALIBRATION_SEED, "latency": LATENCY_SEED}
 PURPOSES = tuple(PURPOSE_SEEDS)
+DEFAULT_SAMPLES = 64  # samples a generator makes when no count is given (text: every sentence of its set)
 
 Feeds = dict[str, np.ndarray]
 _Section = TypeVar("_Section", TextPreprocessing, ImagePreprocessing, AudioPreprocessing)
@@ -151,9 +153,13 @@ class Modality:
         """Whether the package has this modality's preprocessing section."""
         return cls.section is None or package.manifest.section(cls.section) is not None
 
-    def samples(self, purpose: str, count: int, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
-        """`count` batch-1 feeds for `purpose`, from this modality's generator."""
-        return synthetic_tensors(self.inputs, count, _seed(purpose))
+    def samples(self, purpose: str, count: int | None, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
+        """`count` batch-1 feeds for `purpose` (None: the generator's default), from this modality's generator."""
+        return synthetic_tensors(self.inputs, count or DEFAULT_SAMPLES, _seed(purpose))
+
+    def prepare_file(self, path: Path) -> np.ndarray:
+        """One input file (an image, a WAV clip) preprocessed as the package says, without the batch axis."""
+        raise BadInputError(f"'{path}': package '{self.package.path}' takes no {self.kind} files")
 
     def timing_feeds(self, batch: int, seq: int) -> Feeds:
         """Fixed-shape synthetic feeds of `batch` rows and `seq` steps."""
@@ -196,7 +202,7 @@ class TextModality(Modality):
         batch = self.feeds(texts)
         return [{k: v[i : i + 1] for k, v in batch.items()} for i in range(len(texts))]
 
-    def samples(self, purpose: str, count: int, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
+    def samples(self, purpose: str, count: int | None, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
         """Held-out sentences (minus `exclude_texts`), or the calibration sentences padded alike."""
         if _seed(purpose) == CALIBRATION_SEED:
             return self.text_feeds(CALIBRATION_SENTENCES[:count], padded=True)
@@ -229,10 +235,14 @@ class ImageModality(Modality):
         """The (height, width) the model sees."""
         return self.pre.crop_size or self.pre.size
 
-    def samples(self, purpose: str, count: int, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
+    def samples(self, purpose: str, count: int | None, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
         """Synthetic images of the model's size."""
-        images = synthetic_images(self.pre, count, _seed(purpose), self.channels)
+        images = synthetic_images(self.pre, count or DEFAULT_SAMPLES, _seed(purpose), self.channels)
         return [{self.input_name: image} for image in images]
+
+    def prepare_file(self, path: Path) -> np.ndarray:
+        """An image file decoded, resized, cropped and normalised: float32 [C, H, W]."""
+        return preprocess_image(path, self.pre)
 
     def timing_feeds(self, batch: int, seq: int) -> Feeds:
         """Random pixels at the preprocessing size."""
@@ -253,9 +263,16 @@ class AudioModality(Modality):
         self.pre = self._required(AudioPreprocessing)
         self.input_name = self.inputs[0].name
 
-    def samples(self, purpose: str, count: int, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
+    def samples(self, purpose: str, count: int | None, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
         """Speech-like clips of 0.5 to 1.5 s."""
-        return [{self.input_name: clip} for clip in synthetic_clips(self.pre, count, _seed(purpose))]
+        return [
+            {self.input_name: clip}
+            for clip in synthetic_clips(self.pre, count or DEFAULT_SAMPLES, _seed(purpose))
+        ]
+
+    def prepare_file(self, path: Path) -> np.ndarray:
+        """A WAV clip as the model takes it: float32 [samples]."""
+        return preprocess_audio(path, self.pre)
 
     def timing_feeds(self, batch: int, seq: int) -> Feeds:
         """One second of waveform, `batch` rows."""

@@ -17,6 +17,7 @@ from toolkit.pipelines import (
     load,
 )
 from toolkit.runner import Runner
+from toolkit.tasks.token_classify import TokenClassifier
 
 __all__ = [
     "AudioClassifier",
@@ -36,6 +37,7 @@ __all__ = [
     "TensorSpec",
     "TextClassifier",
     "TextEmbedding",
+    "TokenClassifier",
     "Variant",
     "load",
 ]

@@ -59,14 +59,18 @@ class TextTokenizer:
         self.max_length = max_length
         self.pad_id = _pad_token_id(self.tokenizer, path.parent)
 
-    def encode(self, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
-        """Token ids and type ids for each text, unpadded."""
+    def encodings(self, texts: Sequence[str]) -> list[Any]:
+        """The `tokenizers` encodings of `texts` (ids, type ids, character offsets, special-token mask)."""
         if isinstance(texts, str):
             raise BadInputError("texts must be a list of strings, got a single string; wrap it as [text]")
         bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
         if bad:
             raise BadInputError(f"texts must all be strings, got {bad[0]}; convert them with str() first")
-        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch(list(texts))]
+        return list(self.tokenizer.encode_batch(list(texts)))
+
+    def encode(self, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """Token ids and type ids for each text, unpadded."""
+        return [(e.ids, e.type_ids) for e in self.encodings(texts)]
 
     def pad(self, encodings: Sequence[tuple[list[int], list[int]]]) -> dict[str, np.ndarray]:
         """Pad a batch to its longest member: input_ids, attention_mask, token_type_ids as int64."""

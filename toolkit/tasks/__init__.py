@@ -61,6 +61,7 @@ TASK_MODULES = (
     "features",
     "embed",
     "classify",
+    "token_classify",
     "image_classify",
     "audio_features",
     "audio_classify",

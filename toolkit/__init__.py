@@ -17,6 +17,7 @@ from toolkit.pipelines import (
     load,
 )
 from toolkit.runner import Runner
+from toolkit.tasks.segment import SemanticSegmenter
 from toolkit.tasks.token_classify import TokenClassifier
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Pipeline",
     "ProviderUnavailableError",
     "Runner",
+    "SemanticSegmenter",
     "TensorSpec",
     "TextClassifier",
     "TextEmbedding",

@@ -63,6 +63,7 @@ TASK_MODULES = (
     "classify",
     "token_classify",
     "image_classify",
+    "segment",
     "audio_features",
     "audio_classify",
 )

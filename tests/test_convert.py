@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,7 +85,9 @@ def test_image_classifier_package_validates_and_runs(tiny_vit_package: Path) -> 
     assert manifest.labels == ("cat", "dog", "bird", "car", "tree")
     assert manifest.preprocessing is not None
     assert manifest.preprocessing.kind == "image"
-    assert manifest.variant("fp32").validation.passed  # type: ignore[union-attr]
+    validation = manifest.variant("fp32").validation
+    assert validation is not None
+    assert validation.passed
     for batch in (1, 3):
         pixels = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
         assert Runner(tiny_vit_package).run({"pixel_values": pixels})["logits"].shape == (batch, 5)
@@ -122,7 +125,7 @@ def test_failed_or_interrupted_export_leaves_nothing(
 ) -> None:
     real_export = converters.conversion.export_hf_model
 
-    def export_then_fail(model, task, output_dir, opset):  # type: ignore[no-untyped-def]
+    def export_then_fail(model: Any, task: Any, output_dir: Path, opset: int) -> None:
         real_export(model, task, output_dir, opset)  # a complete model.onnx exists in staging at this point
         raise failure
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -55,9 +57,9 @@ def load_onnx_graph(path: Path) -> onnx.ModelProto:
         ) from None
 
 
-def graph_tensor_specs(values: object) -> tuple[TensorSpec, ...]:
+def graph_tensor_specs(values: Iterable[Any]) -> tuple[TensorSpec, ...]:
     specs = []
-    for value in values:  # type: ignore[attr-defined]
+    for value in values:
         tensor_type = value.type.tensor_type
         shape = tuple(
             d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim

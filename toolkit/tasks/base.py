@@ -40,7 +40,7 @@ Outputs = dict[str, np.ndarray]
 
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
-_P = TypeVar("_P", bound="Pipeline")
+_P = TypeVar("_P", bound="Pipeline[Any]")
 _M = TypeVar("_M", bound=Modality)
 
 

@@ -63,7 +63,7 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
     "images",
     multiple=True,
     metavar="FILE",
-    help="An image to classify with an image-classify package, top 5 printed (repeatable).",
+    help="An image for an image package: image-classify prints the top 5, segment the largest classes (repeatable).",
 )
 @click.option(
     "--audio",
@@ -98,7 +98,7 @@ def run_command(
     """Run TARGET (a package directory, or an .onnx file with --input) and print the result."""
     if sum(map(bool, (texts, images, clips, inputs))) != 1:
         raise BadInputError(
-            "pass one of --text (a text pipeline), --image FILE (an image classifier), --audio FILE.wav "
+            "pass one of --text (a text pipeline), --image FILE (an image package), --audio FILE.wav "
             "(an audio package) or --input NAME=FILE.npy"
         )
     result: dict[str, Any]

@@ -17,14 +17,15 @@ overlap its calibration samples.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from toolkit.bench.measure import timed
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage, OutputCheck, Validation
 from toolkit.runner import Runner
@@ -279,10 +280,6 @@ def measure_latency(
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(runs):
         for name, runner in runners.items():
-            start = time.perf_counter()
-            runner.run(feeds)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(partial(runner.run, feeds)))
     shape = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
-    return Latency(
-        {name: round(1000 * float(np.median(t)), 3) for name, t in times.items()}, runs, threads, shape
-    )
+    return Latency({name: round(float(np.median(t)), 3) for name, t in times.items()}, runs, threads, shape)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 import click
 import numpy as np
 
+from toolkit.bench.measure import Budget, TimingPlan, latency_stats, time_calls
 from toolkit.cli.common import common_options, emit_json, progress, stdout
 from toolkit.cli.provider_options import placement_line, provider_options
 from toolkit.errors import BadInputError
@@ -39,18 +38,10 @@ def _read_inputs(pairs: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
-    call()  # warm-up: first run allocates and may compile kernels
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - started) * 1e3)
-    return {
-        "runs": repeat,
-        "p50_ms": statistics.median(samples),
-        "min_ms": min(samples),
-        "mean_ms": statistics.fmean(samples),
-    }
+    # one warm-up run (the first allocates and may compile kernels), then `repeat` timed ones: bench's loop
+    plan = TimingPlan(warmup=Budget(runs=1), measure=Budget(runs=repeat), min_runs=repeat)
+    stats = latency_stats(time_calls(call, plan))
+    return {"runs": stats.runs, "p50_ms": stats.p50_ms, "min_ms": stats.min_ms, "mean_ms": stats.mean_ms}
 
 
 @click.command("run")

@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from toolkit.preprocess import AudioInput, Classification, ranked
-from toolkit.tasks.base import AudioPipeline, Task
-from toolkit.tasks.classify import check_top_k, top_k_lines
+from toolkit.preprocess import AudioInput, Classification
+from toolkit.tasks.base import AudioPipeline
+from toolkit.tasks.classify import RankedTask, check_top_k
 from toolkit.tasks.modality import AudioModality
 
 __all__ = ["PIPELINE", "TASK", "AudioClassifier", "AudioClassifyTask"]
 
 
-class AudioClassifyTask(Task[AudioModality]):
-    """The top-k labels of each clip."""
+class AudioClassifyTask(RankedTask[AudioModality]):
+    """The top-k labels of each clip (its accuracy metric stays the raw outputs' difference)."""
 
     name = "audio-classify"
     modality = AudioModality
-    preferred_output = "logits"
     source_hint = " from a model with a waveform feature extractor"
     run_input = "audio"
-
-    def finish(self, outputs: Mapping[str, np.ndarray], top_k: int) -> list[list[Classification]]:
-        """The `top_k` labels of each row, highest first."""
-        return ranked(self.manifest, outputs[self.metric_output()], top_k)
-
-    def run_lines(self, items: Sequence[str], results: Sequence[Any]) -> list[str]:
-        """Each clip, then its top labels."""
-        return top_k_lines(items, results)
-
-    def run_json(self, results: Sequence[Any]) -> dict[str, Any]:
-        """``top5``: label and score of each clip's top labels."""
-        return {"top5": [[{"label": c.label, "score": c.score} for c in labels] for labels in results]}
 
 
 class AudioClassifier(AudioPipeline):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -11,9 +11,11 @@ from toolkit.errors import BadInputError
 from toolkit.manifest import TensorSpec
 from toolkit.preprocess import Classification, label_names, ranked, softmax
 from toolkit.tasks.base import Outputs, ServedTensor, Task, TextPipeline
-from toolkit.tasks.modality import TextModality
+from toolkit.tasks.modality import Modality, TextModality
 
-__all__ = ["PIPELINE", "TASK", "ClassifyTask", "TextClassifier", "check_top_k", "top_k_lines"]
+_M = TypeVar("_M", bound=Modality)
+
+__all__ = ["PIPELINE", "TASK", "ClassifyTask", "RankedTask", "TextClassifier", "check_top_k", "top_k_lines"]
 
 
 def check_top_k(top_k: int) -> None:
@@ -31,18 +33,32 @@ def top_k_lines(items: Sequence[str], results: Sequence[Sequence[Classification]
     return lines
 
 
-class ClassifyTask(Task[TextModality]):
+class RankedTask(Task[_M]):
+    """A classifier of any modality: softmax over its logits, the top-k labels of each input; `edge run`
+    prints each input's top 5."""
+
+    preferred_output = "logits"
+
+    def finish(self, outputs: Mapping[str, np.ndarray], top_k: int) -> list[list[Classification]]:
+        """The `top_k` labels of each row, highest first."""
+        return ranked(self.manifest, outputs[self.metric_output()], top_k)
+
+    def run_lines(self, items: Sequence[str], results: Sequence[Any]) -> list[str]:
+        """Each input, then ``  1. 0.9731  label`` per label."""
+        return top_k_lines(items, results)
+
+    def run_json(self, results: Sequence[Any]) -> dict[str, Any]:
+        """``top5``: label and score of each input's top labels."""
+        return {"top5": [[{"label": c.label, "score": c.score} for c in labels] for labels in results]}
+
+
+class ClassifyTask(RankedTask[TextModality]):
     """One label per text, every label's probability beside it."""
 
     name = "classify"
     modality = TextModality
     metric = "top1_agreement"
-    preferred_output = "logits"
     run_input = "text"
-
-    def finish(self, outputs: Mapping[str, np.ndarray], top_k: int) -> list[list[Classification]]:
-        """The `top_k` labels of each row, highest first."""
-        return ranked(self.manifest, outputs[self.metric_output()], top_k)
 
     def run_lines(self, items: Sequence[str], results: Sequence[Any]) -> list[str]:
         """``'text': LABEL (0.973)`` per text."""

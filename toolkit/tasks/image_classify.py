@@ -2,41 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from toolkit.errors import BadInputError
-from toolkit.preprocess import Classification, ImageInput, ranked
-from toolkit.tasks.base import ImagePipeline, Task
-from toolkit.tasks.classify import top_k_lines
+from toolkit.preprocess import Classification, ImageInput
+from toolkit.tasks.base import ImagePipeline
+from toolkit.tasks.classify import RankedTask
 from toolkit.tasks.modality import ImageModality
 
 __all__ = ["PIPELINE", "TASK", "ImageClassifier", "ImageClassifyTask"]
 
 
-class ImageClassifyTask(Task[ImageModality]):
+class ImageClassifyTask(RankedTask[ImageModality]):
     """The top-k labels of each image."""
 
     name = "image-classify"
     modality = ImageModality
     metric = "top1_agreement"
-    preferred_output = "logits"
     source_hint = " from a directory with a preprocessor_config.json"
     run_input = "image"
-
-    def finish(self, outputs: Mapping[str, np.ndarray], top_k: int) -> list[list[Classification]]:
-        """The `top_k` labels of each row, highest first."""
-        return ranked(self.manifest, outputs[self.metric_output()], top_k)
-
-    def run_lines(self, items: Sequence[str], results: Sequence[Any]) -> list[str]:
-        """Each file, then its top labels."""
-        return top_k_lines(items, results)
-
-    def run_json(self, results: Sequence[Any]) -> dict[str, Any]:
-        """``top5``: label and score of each image's top labels."""
-        return {"top5": [[{"label": c.label, "score": c.score} for c in labels] for labels in results]}
 
 
 class ImageClassifier(ImagePipeline):

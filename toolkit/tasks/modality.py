@@ -12,8 +12,9 @@ sample inputs, seeded by purpose (`PURPOSE_SEEDS`), so held-out inputs never equ
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Generic, TypeVar, cast
 
 import numpy as np
 
@@ -135,18 +136,7 @@ class Modality:
         self.package = package
         self.inputs = tuple(inputs)
         self.input_names = frozenset(spec.name for spec in self.inputs)
-        self._task = task
-        self._hint = hint
-
-    def _required(self, kind: type[_Section]) -> _Section:
-        """The package's `kind` section, or a BadModelError saying how to re-create the package."""
-        pre = self.package.manifest.section(kind)
-        if pre is None:
-            raise BadModelError(
-                f"package '{self.package.path}' has task '{self._task}' but no {self.kind} preprocessing in its "
-                f"manifest; re-create it with `edge convert`{self._hint}"
-            )
-        return pre
+        self.input_name = self.inputs[0].name if self.inputs else ""
 
     @classmethod
     def accepts(cls, package: ModelPackage) -> bool:
@@ -171,25 +161,32 @@ class TensorModality(Modality):
     """Plain tensors: no preprocessing section; samples come from the input specs."""
 
 
-class TextModality(Modality):
-    """Text through the package's tokenizer (``preprocessing.kind = "text"``)."""
-
-    kind = "text"
-    section = TextPreprocessing
+class _Sectioned(Modality, Generic[_Section]):
+    """A modality with a preprocessing section, `pre`; a package without it is a BadModelError."""
 
     def __init__(
         self, package: ModelPackage, inputs: Sequence[TensorSpec], task: str = "features", hint: str = ""
     ) -> None:
         super().__init__(package, inputs, task, hint)
-        self.pre = self._required(TextPreprocessing)
-        self._tokenizer: TextTokenizer | None = None
+        pre = package.manifest.section(cast(type[_Section], self.section))
+        if pre is None:
+            raise BadModelError(
+                f"package '{package.path}' has task '{task}' but no {self.kind} preprocessing in its manifest; "
+                f"re-create it with `edge convert`{hint}"
+            )
+        self.pre: _Section = pre
 
-    @property
+
+class TextModality(_Sectioned[TextPreprocessing]):
+    """Text through the package's tokenizer (``preprocessing.kind = "text"``)."""
+
+    kind = "text"
+    section = TextPreprocessing
+
+    @cached_property
     def tokenizer(self) -> TextTokenizer:
         """The package's tokenizer, read on first use."""
-        if self._tokenizer is None:
-            self._tokenizer = TextTokenizer(self.package.path / self.pre.tokenizer, self.pre.max_length)
-        return self._tokenizer
+        return TextTokenizer(self.package.path / self.pre.tokenizer, self.pre.max_length)
 
     def feeds(self, texts: Sequence[str]) -> Feeds:
         """`texts` tokenized and padded to their longest, only the inputs the model takes."""
@@ -216,19 +213,16 @@ class TextModality(Modality):
         return {k: np.repeat(v, batch, axis=0) for k, v in row.items() if k in self.input_names}
 
 
-class ImageModality(Modality):
+class ImageModality(_Sectioned[ImagePreprocessing]):
     """Images resized, cropped and normalised as the manifest says (``preprocessing.kind = "image"``)."""
 
     kind = "image"
     section = ImagePreprocessing
 
-    def __init__(
-        self, package: ModelPackage, inputs: Sequence[TensorSpec], task: str = "features", hint: str = ""
-    ) -> None:
-        super().__init__(package, inputs, task, hint)
-        self.pre = self._required(ImagePreprocessing)
-        self.input_name = self.inputs[0].name
-        self.channels = next((d for d in self.inputs[0].shape[1:2] if isinstance(d, int)), 3)
+    @property
+    def channels(self) -> int:
+        """The image input's channel count (3 when the model leaves it symbolic)."""
+        return next((d for d in self.inputs[0].shape[1:2] if isinstance(d, int)), 3)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -250,18 +244,11 @@ class ImageModality(Modality):
         return random_feeds(self.inputs, batch, seq, limits, np.random.default_rng(LATENCY_SEED))
 
 
-class AudioModality(Modality):
+class AudioModality(_Sectioned[AudioPreprocessing]):
     """Mono waveforms at the package's rate (``preprocessing.kind = "audio"``)."""
 
     kind = "audio"
     section = AudioPreprocessing
-
-    def __init__(
-        self, package: ModelPackage, inputs: Sequence[TensorSpec], task: str = "features", hint: str = ""
-    ) -> None:
-        super().__init__(package, inputs, task, hint)
-        self.pre = self._required(AudioPreprocessing)
-        self.input_name = self.inputs[0].name
 
     def samples(self, purpose: str, count: int | None, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
         """Speech-like clips of 0.5 to 1.5 s."""

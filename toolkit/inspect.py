@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx
 
-from toolkit.errors import BadInputError, BadModelError
+from toolkit.errors import BadInputError, BadModelError, first_line
 from toolkit.manifest import MANIFEST_NAME, Manifest, ModelPackage, TensorSpec
 
 __all__ = ["ModelInfo", "graph_tensor_specs", "inspect_model", "load_onnx_graph"]
@@ -53,7 +53,7 @@ def load_onnx_graph(path: Path) -> onnx.ModelProto:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types for a corrupt file
         raise BadModelError(
-            f"'{path}' is not a readable ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'truncated or corrupt'}); re-export it"
+            f"'{path}' is not a readable ONNX model ({type(exc).__name__}: {first_line(exc, default='truncated or corrupt')}); re-export it"
         ) from None
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toolkit.errors import BadInputError, BadModelError
+from toolkit.errors import BadInputError, BadModelError, first_line
 from toolkit.manifest import AudioPreprocessing, ImagePreprocessing, Manifest
 
 if TYPE_CHECKING:
@@ -163,9 +163,8 @@ def open_image(image: ImageInput) -> PILImage.Image:
         with Image.open(path) as opened:
             return opened.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadInputError(
-            f"image '{path}' could not be decoded ({reason}); pass a JPEG, PNG, BMP, GIF, TIFF or WebP file"
+            f"image '{path}' could not be decoded ({first_line(exc)}); pass a JPEG, PNG, BMP, GIF, TIFF or WebP file"
         ) from None
 
 

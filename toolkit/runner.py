@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from toolkit.errors import BadInputError, BadModelError
+from toolkit.errors import BadInputError, BadModelError, first_line
 from toolkit.manifest import FP32_VARIANT, MANIFEST_NAME, ModelPackage, TensorSpec, TextPreprocessing
 from toolkit.providers import (
     PROVIDERS,
@@ -456,7 +456,7 @@ class Runner:
             ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.InvalidArgument,
         ) as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            detail = first_line(exc)
             shapes = ", ".join(f"{n} {a.dtype} {list(a.shape)}" for n, a in arrays.items())
             raise BadInputError(
                 f"onnxruntime could not run '{self.path.name}' on inputs {shapes}: {detail}"

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from toolkit.cli.common import EXIT_VALIDATION_FAILED, common_options, emit_json, progress, stdout
+from toolkit.cli.common import EXIT_VALIDATION_FAILED, CommaList, common_options, emit_json, progress, stdout
 
 __all__ = ["quantize_command", "render_candidates"]
 
@@ -64,6 +64,7 @@ def render_candidates(candidates: Any, budget: float) -> Table:
 )
 @click.option(
     "--op-types",
+    type=CommaList(example="MatMul,Gemm"),
     default=None,
     help="Comma-separated op types to quantize (default: all the method supports).",
 )
@@ -114,7 +115,7 @@ def quantize_command(
     name: str | None,
     per_tensor: bool,
     exclude: tuple[str, ...],
-    op_types: str | None,
+    op_types: tuple[str, ...] | None,
     calibration_method: str,
     calibration_data: Path | None,
     samples: int,
@@ -138,7 +139,7 @@ def quantize_command(
         name=name,
         per_channel=not per_tensor,
         exclude=exclude,
-        op_types=tuple(t.strip() for t in op_types.split(",") if t.strip()) if op_types else None,
+        op_types=op_types,
         calibration=CalibrationOptions(method=calibration_method, data=calibration_data, samples=samples),
         symmetric_activations=symmetric_activations,
         block_size=block_size,

@@ -13,7 +13,15 @@ import onnx
 from toolkit.errors import BadInputError, BadModelError, first_line
 from toolkit.manifest import MANIFEST_NAME, Manifest, ModelPackage, TensorSpec
 
-__all__ = ["ModelInfo", "graph_tensor_specs", "inspect_model", "load_onnx_graph"]
+__all__ = [
+    "ModelInfo",
+    "graph_inputs",
+    "graph_tensor_specs",
+    "inspect_model",
+    "load_onnx_graph",
+    "model_size",
+    "op_types",
+]
 
 _ELEM_TYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -57,7 +65,25 @@ def load_onnx_graph(path: Path) -> onnx.ModelProto:
         ) from None
 
 
+def model_size(path: Path) -> int:
+    """Bytes of an ONNX file plus its external data file (``<name>.data``) when it has one."""
+    return path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(f"{path.name}.data"))
+
+
+def graph_inputs(path: Path) -> tuple[TensorSpec, ...]:
+    """The model's inputs (initializers left out), read without its weights."""
+    graph = load_onnx_graph(path).graph
+    initializers = {i.name for i in graph.initializer}
+    return graph_tensor_specs(v for v in graph.input if v.name not in initializers)
+
+
+def op_types(path: Path) -> frozenset[str]:
+    """The operator types the model's main graph uses, read without its weights."""
+    return frozenset(node.op_type for node in load_onnx_graph(path).graph.node)
+
+
 def graph_tensor_specs(values: Iterable[Any]) -> tuple[TensorSpec, ...]:
+    """Specs of graph inputs or outputs: numpy dtype names, symbolic dims as strings (``?`` when unnamed)."""
     specs = []
     for value in values:
         tensor_type = value.type.tensor_type
@@ -83,11 +109,10 @@ def inspect_model(target: str | Path, variant: str = "fp32") -> ModelInfo:
         raise BadModelError(f"'{path}' holds no ONNX graph (empty or not an ONNX file); re-export it")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     initializer_names = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializer_names]
-    size = path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(f"{path.name}.data"))
+    inputs = (i for i in model.graph.input if i.name not in initializer_names)
     return ModelInfo(
         path=path,
-        size_bytes=size,
+        size_bytes=model_size(path),
         opset=opset,
         producer=f"{model.producer_name} {model.producer_version}".strip(),
         inputs=graph_tensor_specs(inputs),

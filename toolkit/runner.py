@@ -105,33 +105,16 @@ def _package_for(model: str | Path, path: Path) -> ModelPackage | None:
         return None
 
 
-def _load_graph(path: Path) -> Any:
-    """The ONNX graph without its weights (enough to check operators and input shapes)."""
-    import onnx
+def _ops(path: Path) -> frozenset[str]:
+    from toolkit.inspect import op_types  # onnx is imported only when a graph is read
 
-    try:
-        return onnx.load(str(path), load_external_data=False).graph
-    except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
-        raise BadModelError(f"model '{path}' is not a readable ONNX file ({exc}); re-export it") from None
+    return op_types(path)
 
 
 def _graph_inputs(path: Path) -> tuple[TensorSpec, ...]:
-    graph = _load_graph(path)
-    initializers = {init.name for init in graph.initializer}
-    specs = []
-    for value in graph.input:
-        if value.name in initializers:
-            continue
-        dims = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-            for d in value.type.tensor_type.shape.dim
-        )
-        specs.append(TensorSpec(value.name, "", dims))
-    return tuple(specs)
+    from toolkit.inspect import graph_inputs
 
-
-def _ops(path: Path) -> set[str]:
-    return {node.op_type for node in _load_graph(path).node}
+    return graph_inputs(path)
 
 
 @dataclass(frozen=True)

@@ -220,10 +220,9 @@ def _accuracy(validation: Validation | None) -> Accuracy | None:
 
 
 def _file_size(path: Path) -> int:
-    size = path.stat().st_size
-    for data in path.parent.glob(path.name + ".data"):
-        size += data.stat().st_size
-    return size
+    from toolkit.inspect import model_size  # reads no graph, but toolkit.inspect imports onnx
+
+    return model_size(path)
 
 
 def _positive(values: Sequence[int], option: str) -> tuple[int, ...]:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import BadInputError, EdgeError
-from toolkit.inspect import load_onnx_graph
+from toolkit.inspect import op_types
 from toolkit.manifest import FP32_VARIANT, ModelPackage
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
@@ -535,10 +535,6 @@ def _session_options(options: LoadOptions) -> Any:
     return session
 
 
-def _op_types(path: Path) -> set[str]:
-    return {node.op_type for node in load_onnx_graph(path).graph.node}
-
-
 def _package_models(
     package: ModelPackage, variants: Sequence[str], options: LoadOptions
 ) -> list[ServedModel]:
@@ -560,7 +556,7 @@ def _package_models(
         if tokenizer is not None and "attention_mask" in inputs:
             pad_values = {"input_ids": tokenizer.pad_id}
             pad_dims = tuple(d for d in inputs["attention_mask"].shape if isinstance(d, str))
-        coupled = sorted(_op_types(runner.path) & BATCH_COUPLED_OPS)
+        coupled = sorted(op_types(runner.path) & BATCH_COUPLED_OPS)
         if coupled:
             log.info(
                 "model %s %s has %s: requests run as sent, never merged", manifest.name, variant, coupled[0]

@@ -10,6 +10,7 @@ from typing import Any
 
 import onnx
 
+from toolkit.dtypes import by_onnx
 from toolkit.errors import BadInputError, BadModelError, first_line
 from toolkit.manifest import MANIFEST_NAME, Manifest, ModelPackage, TensorSpec
 
@@ -22,20 +23,6 @@ __all__ = [
     "model_size",
     "op_types",
 ]
-
-_ELEM_TYPES = {
-    onnx.TensorProto.FLOAT: "float32",
-    onnx.TensorProto.FLOAT16: "float16",
-    onnx.TensorProto.DOUBLE: "float64",
-    onnx.TensorProto.BFLOAT16: "bfloat16",
-    onnx.TensorProto.INT8: "int8",
-    onnx.TensorProto.INT16: "int16",
-    onnx.TensorProto.INT32: "int32",
-    onnx.TensorProto.INT64: "int64",
-    onnx.TensorProto.UINT8: "uint8",
-    onnx.TensorProto.BOOL: "bool",
-    onnx.TensorProto.STRING: "str",
-}
 
 
 @dataclass(frozen=True)
@@ -82,6 +69,11 @@ def op_types(path: Path) -> frozenset[str]:
     return frozenset(node.op_type for node in load_onnx_graph(path).graph.node)
 
 
+def _numpy_name(elem_type: int) -> str:
+    element = by_onnx(elem_type)
+    return element.numpy if element is not None else str(elem_type)
+
+
 def graph_tensor_specs(values: Iterable[Any]) -> tuple[TensorSpec, ...]:
     """Specs of graph inputs or outputs: numpy dtype names, symbolic dims as strings (``?`` when unnamed)."""
     specs = []
@@ -90,9 +82,7 @@ def graph_tensor_specs(values: Iterable[Any]) -> tuple[TensorSpec, ...]:
         shape = tuple(
             d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim
         )
-        specs.append(
-            TensorSpec(value.name, _ELEM_TYPES.get(tensor_type.elem_type, str(tensor_type.elem_type)), shape)
-        )
+        specs.append(TensorSpec(value.name, _numpy_name(tensor_type.elem_type), shape))
     return tuple(specs)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from toolkit.dtypes import by_numpy, by_ort
 from toolkit.errors import BadInputError, BadModelError, first_line
 from toolkit.manifest import FP32_VARIANT, MANIFEST_NAME, ModelPackage, TensorSpec, TextPreprocessing
 from toolkit.providers import (
@@ -53,30 +54,13 @@ _CONTROL_FLOW = ("If", "Loop", "Scan")
 
 log = logging.getLogger(__name__)
 
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(bfloat16)": "bfloat16",
-    "tensor(int8)": "int8",
-    "tensor(int16)": "int16",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-    "tensor(uint8)": "uint8",
-    "tensor(uint16)": "uint16",
-    "tensor(uint32)": "uint32",
-    "tensor(uint64)": "uint64",
-    "tensor(bool)": "bool",
-    "tensor(string)": "str",
-}
-
 
 def numpy_dtype(ort_type: str) -> str:
     """``tensor(int64)`` -> ``int64``."""
-    try:
-        return _ORT_TYPES[ort_type]
-    except KeyError:
-        raise BadModelError(f"tensor type {ort_type} is not supported by edge-toolkit's runner") from None
+    element = by_ort(ort_type)
+    if element is None:
+        raise BadModelError(f"tensor type {ort_type} is not supported by edge-toolkit's runner")
+    return element.numpy
 
 
 def _spec(node: Any) -> TensorSpec:
@@ -544,7 +528,5 @@ class _ClosedSession:
 
 
 def _ort_type(array: np.ndarray) -> str:
-    return f"tensor({_NUMPY_TO_ORT.get(array.dtype.name, array.dtype.name)})"
-
-
-_NUMPY_TO_ORT = {v: k.removeprefix("tensor(").removesuffix(")") for k, v in _ORT_TYPES.items()}
+    element = by_numpy(array.dtype.name)
+    return element.ort if element is not None else f"tensor({array.dtype.name})"

@@ -40,9 +40,11 @@ from toolkit.providers import (
 )
 
 __all__ = [
+    "GRAPH_OPT_LEVELS",
     "TRT_CACHE_DIR",
     "Runner",
     "Startup",
+    "build_session_options",
     "numpy_dtype",
     "placement_from_profile",
     "resolve_model_path",
@@ -53,6 +55,44 @@ _RECORD_PLACEMENT = "session.record_ep_graph_assignment_info"
 _CONTROL_FLOW = ("If", "Loop", "Scan")
 
 log = logging.getLogger(__name__)
+
+
+# --opt-level names -> onnxruntime's graph optimisation levels
+GRAPH_OPT_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def build_session_options(
+    threads: int | None = None,
+    *,
+    graph_optimization: str | None = None,
+    spinning: bool = True,
+    base: ort.SessionOptions | None = None,
+) -> ort.SessionOptions:
+    """onnxruntime session options, built in this one place: `threads` intra-op threads (one inter-op),
+    a graph optimisation level by name, thread spinning between runs, and quiet run-time logs."""
+    options = base or ort.SessionOptions()
+    if threads is not None:
+        if threads < 1:
+            raise BadInputError(f"threads must be at least 1, got {threads}")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if graph_optimization is not None:
+        if graph_optimization not in GRAPH_OPT_LEVELS:
+            raise BadInputError(
+                f"unknown graph optimisation level '{graph_optimization}'; use one of: {', '.join(GRAPH_OPT_LEVELS)}"
+            )
+        options.graph_optimization_level = GRAPH_OPT_LEVELS[graph_optimization]
+    if not spinning:
+        # intra-op threads spin between runs by default; a server's event loop needs those cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Warnings onnxruntime logs at session creation are captured by create_session; keep run-time quiet.
+    options.log_severity_level = 3
+    return options
 
 
 def numpy_dtype(ort_type: str) -> str:
@@ -123,12 +163,9 @@ def placement_from_profile(
     from toolkit.providers import captured_native_stderr
 
     with tempfile.TemporaryDirectory(prefix="edge-placement-") as folder:
-        options = ort.SessionOptions()
+        options = build_session_options(threads)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "placement")
-        options.log_severity_level = 3
-        if threads is not None:
-            options.intra_op_num_threads = threads
         with captured_native_stderr():
             session = ort.InferenceSession(str(path), options, providers=list(providers))
             session.run(None, dict(feeds))
@@ -161,6 +198,8 @@ class Runner:
         strict: bool = False,
         provider_options: Mapping[str, Mapping[str, Any]] | None = None,
         session_options: ort.SessionOptions | None = None,
+        graph_optimization: str | None = None,
+        spinning: bool = True,
         config: ProviderConfig | None = None,
         cuda: CudaOptions | None = None,
         tensorrt: TensorRTOptions | None = None,
@@ -181,15 +220,10 @@ class Runner:
         )
         self.config = self._check_cuda_graph(requested, io_binding)
         say = progress or log.info
-        options = session_options or ort.SessionOptions()
-        if threads is not None:
-            if threads < 1:
-                raise BadInputError(f"threads must be at least 1, got {threads}")
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        options = build_session_options(
+            threads, graph_optimization=graph_optimization, spinning=spinning, base=session_options
+        )
         self._threads = threads
-        # Warnings onnxruntime logs at session creation are captured by create_session; keep run-time quiet.
-        options.log_severity_level = 3
         self._placement_recorded = hasattr(ort.InferenceSession, "get_provider_graph_assignment_info")
         if self._placement_recorded:
             options.add_session_config_entry(_RECORD_PLACEMENT, "1")

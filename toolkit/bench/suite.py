@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from toolkit.bench.baseline import BASELINES, TorchBaseline, load_torch_baseline
-from toolkit.bench.environment import GRAPH_OPT_LEVELS, Environment, collect_environment
+from toolkit.bench.environment import Environment, collect_environment
 from toolkit.bench.inputs import (
     DEFAULT_SEQUENCE,
     BenchInput,
@@ -49,7 +48,7 @@ from toolkit.bench.measure import (
 from toolkit.errors import BadInputError, EdgeError
 from toolkit.manifest import FP32_VARIANT, AudioPreprocessing, ModelPackage, TextPreprocessing, Validation
 from toolkit.providers import ProviderConfig, provider_names, resolve_providers
-from toolkit.runner import Runner
+from toolkit.runner import Runner, build_session_options
 
 __all__ = [
     "BASELINE_PROVIDER",
@@ -240,10 +239,7 @@ def plan_bench(target: str | Path, options: BenchOptions) -> BenchPlan:
     providers = tuple(spec.short for spec in resolve_providers(provider_names(options.providers)))
     batches = _positive(options.batches, "--batch")
     concurrency = _positive(options.concurrency, "--concurrency")
-    if options.graph_optimization not in GRAPH_OPT_LEVELS:
-        raise BadInputError(
-            f"unknown graph optimisation level '{options.graph_optimization}'; use one of: {', '.join(GRAPH_OPT_LEVELS)}"
-        )
+    build_session_options(graph_optimization=options.graph_optimization)  # an unknown level fails here, first
     if options.baseline is not None and options.baseline not in BASELINES:
         raise BadInputError(f"unknown baseline '{options.baseline}'; use one of: {', '.join(BASELINES)}")
     if options.text_file is not None and options.npz_file is not None:
@@ -345,12 +341,6 @@ def _make_input(plan: BenchPlan, batch: int, seq: int | None) -> BenchInput:
     return synthetic_feeds(plan.source, batch, seq, plan.options.seed)
 
 
-def _session_options(level: str) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = GRAPH_OPT_LEVELS[level]
-    return options
-
-
 def _session_call(runner: Runner, names: list[str], feeds: dict[str, np.ndarray]) -> Callable[[], Any]:
     """The timed call: the bare session run, or with IO binding a device-resident run (outputs stay put)."""
     if runner.config.io_binding:
@@ -430,7 +420,7 @@ def run_bench(plan: BenchPlan, progress: ProgressCallback | None = None) -> Benc
                 variant.path,
                 provider_chain(requested),
                 threads=options.threads,
-                session_options=_session_options(options.graph_optimization),
+                graph_optimization=options.graph_optimization,
                 config=options.provider_config,
             )
             session_ms = (time.perf_counter() - started) * 1e3

@@ -17,6 +17,7 @@ from toolkit.cli.common import EXIT_VALIDATION_FAILED, CommaList, _state, common
 from toolkit.cli.provider_options import provider_tuning_options
 from toolkit.errors import BadInputError
 from toolkit.providers import ProviderConfig
+from toolkit.runner import GRAPH_OPT_LEVELS
 
 __all__ = ["bench_command"]
 
@@ -152,7 +153,7 @@ def _compare(files: tuple[str, str], threshold: str, json_path: str | None, fail
     "--opt-level",
     default="all",
     show_default=True,
-    help="Graph optimisation: disabled, basic, extended, all.",
+    help=f"Graph optimisation: {', '.join(GRAPH_OPT_LEVELS)}.",
 )
 @click.option("--text", "text_file", default=None, metavar="FILE", help="Real inputs: one text per line.")
 @click.option(

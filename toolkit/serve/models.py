@@ -524,17 +524,6 @@ class ModelRegistry:
         return tuple(unique.values())
 
 
-def _session_options(options: LoadOptions) -> Any:
-    import onnxruntime as ort
-
-    session = ort.SessionOptions()
-    if not options.spinning:
-        # onnxruntime's intra-op threads spin between runs by default; in a server they would burn the
-        # cores the event loop needs to parse the next requests.
-        session.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return session
-
-
 def _package_models(
     package: ModelPackage, variants: Sequence[str], options: LoadOptions
 ) -> list[ServedModel]:
@@ -548,7 +537,7 @@ def _package_models(
             package.model_path(variant),
             config=options.config,
             threads=options.threads,
-            session_options=_session_options(options),
+            spinning=options.spinning,
         )
         inputs = {spec.name: spec for spec in runner.inputs}
         pad_values: dict[str, int | float] = {}

@@ -15,6 +15,7 @@ from toolkit.manifest import FP32_VARIANT, ModelPackage, TensorSpec
 from toolkit.preprocess import (
     AudioInput,
     ImageInput,
+    TextTokenizer,
     clip_list,
     image_list,
     preprocess_audio,
@@ -227,7 +228,7 @@ class TextPipeline(Pipeline[TextModality]):
     """Texts tokenized, sorted by length so padding stays small, run in batches, results in the texts' order."""
 
     @property
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> TextTokenizer:
         """The package's `TextTokenizer`."""
         return self.task.data.tokenizer
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DTYPES", "ElementType", "by_numpy", "by_onnx", "by_ort"]
+__all__ = ["BY_NUMPY", "BY_ONNX", "BY_ORT", "DTYPES", "ElementType"]
 
 
 @dataclass(frozen=True)
@@ -42,21 +42,9 @@ DTYPES: tuple[ElementType, ...] = (
     ElementType("bfloat16", 16, "tensor(bfloat16)", None, "TYPE_BF16"),
 )
 
-_BY_NUMPY = {t.numpy: t for t in DTYPES}
-_BY_ONNX = {t.onnx: t for t in DTYPES}
-_BY_ORT = {t.ort: t for t in DTYPES}
-
-
-def by_numpy(name: str) -> ElementType | None:
-    """The element type numpy calls `name` (``object`` and ``bytes`` arrays hold strings), else None."""
-    return _BY_NUMPY.get("str" if name in ("object", "bytes") else name)
-
-
-def by_onnx(elem_type: int) -> ElementType | None:
-    """The element type of ONNX ``TensorProto`` number `elem_type`, else None."""
-    return _BY_ONNX.get(elem_type)
-
-
-def by_ort(ort_type: str) -> ElementType | None:
-    """The element type onnxruntime calls `ort_type` (``tensor(int64)``), else None."""
-    return _BY_ORT.get(ort_type)
+# lookups by each name; numpy object and bytes arrays hold strings
+BY_NUMPY: dict[str, ElementType] = {t.numpy: t for t in DTYPES} | {
+    alias: t for t in DTYPES if t.numpy == "str" for alias in ("object", "bytes")
+}
+BY_ONNX: dict[int, ElementType] = {t.onnx: t for t in DTYPES}
+BY_ORT: dict[str, ElementType] = {t.ort: t for t in DTYPES}

@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx
 
-from toolkit.dtypes import by_onnx
+from toolkit.dtypes import BY_ONNX
 from toolkit.errors import BadInputError, BadModelError, first_line
 from toolkit.manifest import MANIFEST_NAME, Manifest, ModelPackage, TensorSpec
 
@@ -70,7 +70,7 @@ def op_types(path: Path) -> frozenset[str]:
 
 
 def _numpy_name(elem_type: int) -> str:
-    element = by_onnx(elem_type)
+    element = BY_ONNX.get(elem_type)
     return element.numpy if element is not None else str(elem_type)
 
 

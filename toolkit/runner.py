@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from toolkit.dtypes import by_numpy, by_ort
+from toolkit.dtypes import BY_NUMPY, BY_ORT
 from toolkit.errors import BadInputError, BadModelError, first_line
 from toolkit.manifest import FP32_VARIANT, MANIFEST_NAME, ModelPackage, TensorSpec, TextPreprocessing
 from toolkit.providers import (
@@ -97,7 +97,7 @@ def build_session_options(
 
 def numpy_dtype(ort_type: str) -> str:
     """``tensor(int64)`` -> ``int64``."""
-    element = by_ort(ort_type)
+    element = BY_ORT.get(ort_type)
     if element is None:
         raise BadModelError(f"tensor type {ort_type} is not supported by edge-toolkit's runner")
     return element.numpy
@@ -562,5 +562,5 @@ class _ClosedSession:
 
 
 def _ort_type(array: np.ndarray) -> str:
-    element = by_numpy(array.dtype.name)
+    element = BY_NUMPY.get(array.dtype.name)
     return element.ort if element is not None else f"tensor({array.dtype.name})"

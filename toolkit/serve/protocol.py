@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.dtypes import DTYPES, by_numpy
+from toolkit.dtypes import BY_NUMPY, DTYPES
 from toolkit.errors import BadInputError
 
 __all__ = [
@@ -67,7 +67,7 @@ _JSON_KINDS: dict[str, str] = {
 def v2_datatype(dtype: str | np.dtype[Any]) -> str:
     """``float32`` -> ``FP32``; the runner's ``str`` and numpy string/bytes/object dtypes map to BYTES."""
     name = dtype if isinstance(dtype, str) else dtype.name
-    element = by_numpy(name)
+    element = BY_NUMPY.get(name)
     if element is not None and element.kserve is not None:
         return element.kserve
     try:

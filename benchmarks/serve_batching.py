@@ -37,8 +37,8 @@ from minilm_package import open_or_convert_minilm
 from prometheus_client.parser import text_string_to_metric_families
 
 from toolkit import ModelPackage
-from toolkit.pipelines import TextTokenizer
 from toolkit.serve.protocol import encode_request
+from toolkit.tasks import task_for
 
 SENTENCES = [
     "Good morning.",
@@ -143,8 +143,7 @@ def build_requests(
             }
             bodies.append((json.dumps(payload).encode(), {"Content-Type": "application/json"}))
         return f"/v2/models/{name}-text/infer", bodies
-    pre = package.manifest.preprocessing
-    tokenizer = TextTokenizer(package.path / pre.tokenizer, pre.max_length)  # type: ignore[union-attr]
+    tokenizer = task_for(package).data.tokenizer
     for i in range(count):
         encoded = encode_request(tokenizer([SENTENCES[i % len(SENTENCES)]]), binary=True, binary_output=True)
         bodies.append((encoded.body, encoded.headers()))

@@ -17,13 +17,14 @@ import numpy as np
 import onnxruntime as ort
 from minilm_package import open_or_convert_minilm
 
-from toolkit import Runner, load
+from toolkit import Runner, TextEmbedding
+from toolkit.preprocess import TextTokenizer
 
 THREADS = 2
 SEQUENCE = 128
 
 
-def text_of_exactly(tokens: int, tokenizer) -> str:  # type: ignore[no-untyped-def]
+def text_of_exactly(tokens: int, tokenizer: TextTokenizer) -> str:
     """A sentence that tokenizes to exactly `tokens` ids, [CLS] and [SEP] included."""
     words: list[str] = []
     vocabulary = [
@@ -76,9 +77,9 @@ def main() -> None:
     package = open_or_convert_minilm(args.package)
     torch.set_num_threads(THREADS)
 
-    pipeline = load(package.path, threads=THREADS)
-    text = text_of_exactly(SEQUENCE, pipeline.tokenizer)  # type: ignore[attr-defined]
-    feeds = pipeline.tokenizer([text])  # type: ignore[attr-defined]
+    pipeline = TextEmbedding.load(package.path, threads=THREADS)
+    text = text_of_exactly(SEQUENCE, pipeline.tokenizer)
+    feeds = pipeline.tokenizer([text])
     assert feeds["input_ids"].shape == (1, SEQUENCE)
 
     runner = Runner(package.path, threads=THREADS)
@@ -101,7 +102,7 @@ def main() -> None:
             "pytorch eager": torch_eager,
             "Runner.run": lambda: runner.run(feeds),
             "raw InferenceSession.run": lambda: raw.run(None, feeds),
-            "embed() end to end": lambda: pipeline.embed([text]),  # type: ignore[attr-defined]
+            "embed() end to end": lambda: pipeline.embed([text]),
         },
         args.runs,
     )

@@ -1,45 +1,37 @@
 """How much a variant costs: its task metric against the fp32 model on held-out inputs, and its latency.
 
-The metric follows the package's task (one entry per kind in `_METRICS`):
+The metric is the package's task's (`Task.metric` over `Task.metric_values`, one report per kind in
+`_REPORTS`):
 
-- embeddings (``embed``): cosine between the pooled, normalised sentence embeddings of the variant and fp32;
-  the value is the mean, the worst sentence is reported too.
-- classifiers (``classify``, ``image-classify``, ``token-classify``): top-1 agreement with fp32 and the largest
+- ``cosine`` (embeddings): cosine between the pooled sentence embeddings of the variant and fp32; the value
+  is the mean, the worst sentence is reported too.
+- ``top1_agreement`` (classifiers, token taggers, segmenters): top-1 agreement with fp32 and the largest
   logit difference.
-- anything else: max and mean absolute difference of every output; the budget is checked against the
-  per-sample cosine of the raw outputs, so one budget in (0, 1] works for every task.
+- ``max_abs_diff`` (anything else): max and mean absolute difference of every output; the budget is checked
+  against the per-sample cosine of the raw outputs, so one budget in (0, 1] works for every task.
 
-Held-out inputs never overlap calibration inputs: text comes from `converters.corpus.HELD_OUT_SENTENCES`,
-images and other tensors from a seeded generator whose seeds differ from the calibration ones.
+Held-out inputs are the task's own samples for the ``held-out`` purpose (`Task.samples`), which never
+overlap its calibration samples.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from converters.corpus import HELD_OUT_SENTENCES
-from converters.samples import synthetic_waveform
+from toolkit.bench.measure import timed
 from toolkit.errors import BadInputError
 from toolkit.host import current_host
-from toolkit.inputs import InputLimits, random_feeds
-from toolkit.manifest import (
-    AudioPreprocessing,
-    Host,
-    ImagePreprocessing,
-    ModelPackage,
-    OutputCheck,
-    TensorSpec,
-    TextPreprocessing,
-    Validation,
-)
-from toolkit.pipelines import TextTokenizer, pool, preprocess_audio
+from toolkit.manifest import Host, ModelPackage, OutputCheck, Validation
 from toolkit.runner import Runner
+from toolkit.tasks import Task, task_for
+from toolkit.tasks.modality import HELD_OUT_SEED
 
 __all__ = [
     "HELD_OUT_SEED",
@@ -51,14 +43,10 @@ __all__ = [
     "latency_feeds",
     "measure_latency",
     "reference_outputs",
-    "synthetic_clips",
-    "synthetic_images",
 ]
 
 log = logging.getLogger(__name__)
 
-HELD_OUT_SEED = 1_000_003
-CLASSIFIER_TASKS = frozenset({"classify", "image-classify", "token-classify"})
 Feeds = Mapping[str, np.ndarray]
 
 
@@ -117,70 +105,11 @@ class AccuracyReport:
         )
 
 
-def _text_feeds(package: ModelPackage, texts: Sequence[str], names: set[str]) -> list[dict[str, np.ndarray]]:
-    pre = package.manifest.preprocessing
-    assert isinstance(pre, TextPreprocessing)
-    tokenizer = TextTokenizer(package.path / pre.tokenizer, pre.max_length)
-    return [{k: v for k, v in tokenizer([text]).items() if k in names} for text in texts]
-
-
-def synthetic_images(pre: ImagePreprocessing, count: int, seed: int, channels: int = 3) -> list[np.ndarray]:
-    """Smooth random images (low-frequency colour fields plus texture), normalised as the package says: [1, C, H, W]."""
-    rng = np.random.default_rng(seed)
-    height, width = pre.crop_size or pre.size
-    images = []
-    for _ in range(count):
-        coarse = rng.uniform(0, 255, size=(channels, 4, 4))
-        up = np.kron(coarse, np.ones((int(np.ceil(height / 4)), int(np.ceil(width / 4)))))[:, :height, :width]
-        pixels = np.clip(up + rng.normal(0, 20, size=up.shape), 0, 255)
-        images.append(normalise_image(pixels, pre))
-    return images
-
-
-def synthetic_clips(pre: AudioPreprocessing, count: int, seed: int) -> list[np.ndarray]:
-    """Speech-like waveforms of 0.5, 1 and 1.5 s in turn, preprocessed as the package says: [1, samples] each.
-
-    Long enough for any wav2vec 2.0 front end (its convolutions need 400 samples), unlike generic
-    sequences of 16 to 64 steps."""
-    rng = np.random.default_rng(seed)
-    rate = pre.sampling_rate
-    return [
-        preprocess_audio(synthetic_waveform(rate * (1 + i % 3) // 2, rate, rng), pre)[None]
-        for i in range(count)
-    ]
-
-
-def normalise_image(pixels: np.ndarray, pre: ImagePreprocessing) -> np.ndarray:
-    """[C, H, W] pixel values in 0..255 -> [1, C, H, W] float32 rescaled and normalised."""
-    mean = np.asarray(pre.mean, dtype=np.float64)[:, None, None]
-    std = np.asarray(pre.std, dtype=np.float64)[:, None, None]
-    return ((pixels * pre.rescale_factor - mean) / std)[None].astype(np.float32)
-
-
-def _generic_feeds(inputs: Sequence[TensorSpec], count: int, seed: int) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    limits = InputLimits()
-    return [random_feeds(inputs, 1, 16 + (i % 4) * 16, limits, rng) for i in range(count)]
-
-
 def held_out_feeds(
     package: ModelPackage, count: int | None = None, exclude_texts: Sequence[str] = ()
 ) -> list[dict[str, np.ndarray]]:
     """Validation inputs, batch 1 each, disjoint from any calibration input (and from `exclude_texts`)."""
-    manifest = package.manifest
-    names = {spec.name for spec in manifest.inputs}
-    pre = manifest.preprocessing
-    if isinstance(pre, TextPreprocessing):
-        excluded = set(exclude_texts)
-        texts = [t for t in HELD_OUT_SENTENCES if t not in excluded][:count]
-        return _text_feeds(package, texts, names)
-    if isinstance(pre, ImagePreprocessing):
-        name = next(iter(names))
-        channels = next((d for d in manifest.inputs[0].shape[1:2] if isinstance(d, int)), 3)
-        return [{name: image} for image in synthetic_images(pre, count or 64, HELD_OUT_SEED, channels)]
-    if isinstance(pre, AudioPreprocessing):
-        return [{manifest.inputs[0].name: clip} for clip in synthetic_clips(pre, count or 64, HELD_OUT_SEED)]
-    return _generic_feeds(manifest.inputs, count or 64, HELD_OUT_SEED)
+    return task_for(package).samples("held-out", count, exclude_texts)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -216,20 +145,14 @@ def _run_both(
 
 
 def _embedding_report(
-    package: ModelPackage, reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
+    task: Task[Any], reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
 ) -> AccuracyReport:
-    pre = package.manifest.preprocessing
-    assert isinstance(pre, TextPreprocessing)
-    output = pre.output or package.manifest.outputs[0].name
+    output = task.metric_output()
     sims: list[float] = []
     pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {output: []}
-    for got, want in _run_both(reference, candidate, feeds):
+    for (got, want), f in zip(_run_both(reference, candidate, feeds), feeds, strict=True):
         pairs[output].append((got[output], want[output]))
-    for (hidden, expected), f in zip(pairs[output], feeds, strict=True):
-        mask = f.get("attention_mask", np.ones(hidden.shape[:2], dtype=np.int64))
-        a = pool(hidden.astype(np.float32), mask, pre.pooling)
-        b = pool(expected.astype(np.float32), mask, pre.pooling)
-        sims.extend(_cosines(a, b))  # cosine is scale-free, so normalisation does not change it
+        sims.extend(_cosines(task.metric_values(got, f), task.metric_values(want, f)))
     values = np.asarray(sims)
     return AccuracyReport(
         metric="cosine",
@@ -243,16 +166,15 @@ def _embedding_report(
 
 
 def _classifier_report(
-    package: ModelPackage, reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
+    task: Task[Any], reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
 ) -> AccuracyReport:
-    names = [o.name for o in package.manifest.outputs]
-    output = "logits" if "logits" in names else names[0]
+    output = task.metric_output()
     agree = total = 0
     max_logit = 0.0
     pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {output: []}
-    for got, want in _run_both(reference, candidate, feeds):
-        g, w = got[output], want[output]
-        pairs[output].append((g, w))
+    for (got, want), f in zip(_run_both(reference, candidate, feeds), feeds, strict=True):
+        pairs[output].append((got[output], want[output]))
+        g, w = task.metric_values(got, f), task.metric_values(want, f)
         agree += int((g.argmax(axis=-1) == w.argmax(axis=-1)).sum())
         total += int(np.prod(g.shape[:-1]))
         max_logit = max(max_logit, float(np.abs(g.astype(np.float64) - w).max()))
@@ -269,7 +191,7 @@ def _classifier_report(
 
 
 def _generic_report(
-    package: ModelPackage, reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
+    task: Task[Any], reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
 ) -> AccuracyReport:
     pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     sims: list[float] = []
@@ -297,16 +219,14 @@ def _generic_report(
     )
 
 
-ReportFn = Callable[[ModelPackage, Reference, Runner, Sequence[Feeds]], AccuracyReport]
+ReportFn = Callable[[Task[Any], Reference, Runner, Sequence[Feeds]], AccuracyReport]
 
-
-def _report_for(package: ModelPackage) -> ReportFn:
-    task = package.manifest.task
-    if task == "embed" and isinstance(package.manifest.preprocessing, TextPreprocessing):
-        return _embedding_report
-    if task in CLASSIFIER_TASKS:
-        return _classifier_report
-    return _generic_report
+# Task.metric -> how the report is made
+_REPORTS: dict[str, ReportFn] = {
+    "cosine": _embedding_report,
+    "top1_agreement": _classifier_report,
+    "max_abs_diff": _generic_report,
+}
 
 
 def compare_variant(
@@ -321,7 +241,8 @@ def compare_variant(
         raise BadInputError("no held-out inputs to validate on; pass at least one sample")
     reference = reference or Runner(package.model_path(), "cpu")
     runner = candidate if isinstance(candidate, Runner) else Runner(candidate, "cpu")
-    return _report_for(package)(package, reference, runner, feeds)
+    task = task_for(package)
+    return _REPORTS[task.metric](task, reference, runner, feeds)
 
 
 @dataclass(frozen=True)
@@ -339,21 +260,9 @@ class Latency:
 
 
 def latency_feeds(package: ModelPackage, batch: int = 1, seq: int = 128) -> dict[str, np.ndarray]:
-    """Fixed-shape feeds for timing: real tokens for text (`seq` long, capped at the model's max length), the
-    preprocessing size for images, one second of waveform for audio, synthetic tensors otherwise; `batch` rows."""
-    pre = package.manifest.preprocessing
-    names = {spec.name for spec in package.manifest.inputs}
-    if isinstance(pre, TextPreprocessing):
-        tokenizer = TextTokenizer(package.path / pre.tokenizer, min(seq, pre.max_length))
-        row = tokenizer([" ".join(HELD_OUT_SENTENCES)])
-        return {k: np.repeat(v, batch, axis=0) for k, v in row.items() if k in names}
-    if isinstance(pre, AudioPreprocessing):
-        one_second = synthetic_clips(pre, 2, seed=7)[1]  # the clips run 0.5 s, 1 s, 1.5 s, ...
-        return {package.manifest.inputs[0].name: np.repeat(one_second, batch, axis=0)}
-    rng = np.random.default_rng(7)
-    size = (pre.crop_size or pre.size) if isinstance(pre, ImagePreprocessing) else (224, 224)
-    limits = InputLimits(max_length=seq, image_size=size)
-    return random_feeds(package.manifest.inputs, batch, seq, limits, rng)
+    """Fixed-shape feeds for timing, `batch` rows: the task's `timing_feeds` (real tokens for text, `seq` long
+    and capped at the model's max length; the preprocessing size for images; one second of waveform for audio)."""
+    return task_for(package).timing_feeds(batch, seq)
 
 
 def measure_latency(
@@ -373,10 +282,6 @@ def measure_latency(
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(runs):
         for name, runner in runners.items():
-            start = time.perf_counter()
-            runner.run(feeds)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(partial(runner.run, feeds)))
     shape = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
-    return Latency(
-        {name: round(1000 * float(np.median(t)), 3) for name, t in times.items()}, runs, threads, shape
-    )
+    return Latency({name: round(float(np.median(t)), 3) for name, t in times.items()}, runs, threads, shape)

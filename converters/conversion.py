@@ -45,10 +45,11 @@ from toolkit.manifest import (
     SourceInfo,
     TextPreprocessing,
     Variant,
+    section_of,
     tool_versions,
     variant_file_name,
 )
-from toolkit.pipelines import TextTokenizer
+from toolkit.preprocess import TextTokenizer
 from toolkit.runner import Runner
 
 __all__ = ["EXPORTER_CHOICES", "ConvertOptions", "convert"]
@@ -258,11 +259,8 @@ def _export_hf(
     preprocessing = preprocessing_of(
         resolved.model_dir, export_dir, task, resolved.recipe.preprocessing if resolved.recipe else None
     )
-    tokenizer = (
-        TextTokenizer(package_dir / preprocessing.tokenizer, preprocessing.max_length)
-        if isinstance(preprocessing, TextPreprocessing)
-        else None
-    )
+    text = section_of(preprocessing, TextPreprocessing)
+    tokenizer = TextTokenizer(package_dir / text.tokenizer, text.max_length) if text is not None else None
     output_names = tuple(spec.name for spec in inspect_model(onnx_file).outputs)
     return _Exported(
         onnx_file=onnx_file,
@@ -282,13 +280,12 @@ def _export_hf(
     )
 
 
-def _hf_input_limits(model: object, preprocessing: object) -> InputLimits:
+def _hf_input_limits(model: object, preprocessing: Preprocessing | None) -> InputLimits:
     config = getattr(model, "config", None)
     vocab = int(getattr(config, "vocab_size", 1000) or 1000)
+    text = section_of(preprocessing, TextPreprocessing)
     max_length = (
-        preprocessing.max_length
-        if isinstance(preprocessing, TextPreprocessing)
-        else int(getattr(config, "max_position_embeddings", 128) or 128)
+        text.max_length if text is not None else int(getattr(config, "max_position_embeddings", 128) or 128)
     )
     image = int(getattr(config, "image_size", 224) or 224)
     channels = int(getattr(config, "num_channels", 3) or 3)

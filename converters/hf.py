@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toolkit.errors import BadInputError, ExportError
+from toolkit.errors import BadInputError, ExportError, first_line
 from toolkit.manifest import AudioPreprocessing, ImagePreprocessing, Preprocessing, TextPreprocessing
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def load_hf_model(model_dir: Path, task: HfTask) -> Any:
             )
     except (OSError, ValueError, KeyError) as exc:
         raise ExportError(
-            f"could not load '{model_dir}' as a {task.optimum_task} model ({_first_line(exc)}); check --task or the model files"
+            f"could not load '{model_dir}' as a {task.optimum_task} model ({first_line(exc, 300)}); check --task or the model files"
         ) from None
     return model.eval()
 
@@ -160,7 +160,7 @@ def export_hf_model(model: Any, task: HfTask, output_dir: Path, opset: int | Non
     except (ValueError, KeyError, NotImplementedError, RuntimeError) as exc:
         architecture = type(model).__name__
         raise ExportError(
-            f"optimum-onnx could not export {architecture} for task {task.optimum_task} ({_first_line(exc)}); "
+            f"optimum-onnx could not export {architecture} for task {task.optimum_task} ({first_line(exc, 300)}); "
             "try another --task or --opset"
         ) from None
     finally:
@@ -173,11 +173,6 @@ def export_hf_model(model: Any, task: HfTask, output_dir: Path, opset: int | Non
             f"optimum-onnx wrote no model.onnx for {type(model).__name__}; this architecture may need several ONNX files"
         )
     return onnx_file
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _text_max_length(model_dir: Path, config: Mapping[str, Any]) -> int:

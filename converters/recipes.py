@@ -32,7 +32,7 @@ from typing import Any
 
 from converters.input_specs import InputSpec, parse_input_specs
 from toolkit.errors import BadInputError, BadModelError
-from toolkit.manifest import ImagePreprocessing, Preprocessing, TextPreprocessing
+from toolkit.manifest import ImagePreprocessing, Preprocessing, TextPreprocessing, section_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -124,17 +124,17 @@ class RecipePreprocessing:
 
     def apply(self, preprocessing: Preprocessing | None) -> Preprocessing | None:
         """`preprocessing` with these overrides; image overrides apply to images, max_length to text."""
-        if isinstance(preprocessing, ImagePreprocessing):
+        image = section_of(preprocessing, ImagePreprocessing)
+        text = section_of(preprocessing, TextPreprocessing)
+        if image is not None:
             changes = {
                 name: getattr(self, name)
                 for name in ("size", "crop_size", "mean", "std", "rescale_factor", "resize", "resample")
                 if getattr(self, name) is not None
             }
-            return dataclasses.replace(preprocessing, **changes)
-        if isinstance(preprocessing, TextPreprocessing) and self.max_length is not None:
-            return dataclasses.replace(
-                preprocessing, max_length=min(self.max_length, preprocessing.max_length)
-            )
+            return dataclasses.replace(image, **changes)
+        if text is not None and self.max_length is not None:
+            return dataclasses.replace(text, max_length=min(self.max_length, text.max_length))
         return preprocessing
 
 

@@ -17,8 +17,9 @@ import numpy as np
 from converters.recipes import Recipe, RecipeSample
 from converters.validate import ValidationCase, validation_cases
 from toolkit.inputs import InputLimits, random_tensor
-from toolkit.manifest import ImagePreprocessing, Preprocessing, TensorSpec
-from toolkit.pipelines import TextTokenizer, preprocess_image
+from toolkit.manifest import ImagePreprocessing, Preprocessing, TensorSpec, section_of
+from toolkit.preprocess import TextTokenizer, preprocess_image
+from toolkit.tasks.modality import synthetic_waveform
 
 __all__ = ["SAMPLERS", "SampleContext", "sample_cases", "synthetic_photo", "synthetic_waveform"]
 
@@ -83,9 +84,9 @@ def _image_input(inputs: Sequence[TensorSpec]) -> TensorSpec | None:
 
 
 def _image(ctx: SampleContext) -> list[ValidationCase]:
-    pre = ctx.preprocessing
+    pre = section_of(ctx.preprocessing, ImagePreprocessing)
     spec = _image_input(ctx.inputs)
-    if not isinstance(pre, ImagePreprocessing) or spec is None:
+    if pre is None or spec is None:
         return _synthetic(ctx)
     rng = np.random.default_rng(ctx.seed)
     height, width = pre.crop_size or pre.size
@@ -103,18 +104,6 @@ def _image(ctx: SampleContext) -> list[ValidationCase]:
         }
         cases.append(ValidationCase(label, {spec.name: pixels.astype(spec.dtype), **feeds}))
     return cases + _spec_cases(ctx)
-
-
-def synthetic_waveform(samples: int, sampling_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """A speech-like float32 waveform: a gliding pitch with harmonics under a syllable envelope, plus noise,
-    normalised to zero mean and unit variance as wav2vec2-style feature extractors do."""
-    t = np.arange(samples) / sampling_rate
-    pitch = rng.uniform(100, 220) * (1 + 0.3 * np.sin(2 * np.pi * rng.uniform(1, 3) * t))
-    phase = 2 * np.pi * np.cumsum(pitch) / sampling_rate
-    voice = sum(np.sin(k * phase) / k for k in (1, 2, 3, 5))
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 5) * t) ** 2
-    wave = voice * envelope + rng.normal(0, 0.05, size=samples)
-    return ((wave - wave.mean()) / (wave.std() + 1e-7)).astype(np.float32)
 
 
 def _audio(ctx: SampleContext) -> list[ValidationCase]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.input_specs import DTYPES, InputSpec
-from toolkit.errors import BadInputError, ExportError
+from toolkit.errors import BadInputError, ExportError, first_line
 
 __all__ = [
     "PICKLE_SUFFIXES",
@@ -103,22 +103,17 @@ def parse_torch_source(text: str) -> TorchSource | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def _import_module(name: str) -> Any:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         raise BadInputError(
-            f"cannot import module '{name}' ({_first_line(exc)}); check the name and that it is on sys.path, "
+            f"cannot import module '{name}' ({first_line(exc, 300)}); check the name and that it is on sys.path, "
             "or pass path/to/file.py:factory"
         ) from None
     except Exception as exc:  # the user's module may raise anything while importing
         raise ExportError(
-            f"importing module '{name}' failed ({type(exc).__name__}: {_first_line(exc)})"
+            f"importing module '{name}' failed ({type(exc).__name__}: {first_line(exc, 300)})"
         ) from exc
 
 
@@ -139,7 +134,7 @@ def _import_file(path: Path) -> Any:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's file may raise anything while running
         sys.modules.pop(module_name, None)
-        raise ExportError(f"running '{path}' failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise ExportError(f"running '{path}' failed ({type(exc).__name__}: {first_line(exc, 300)})") from exc
     finally:
         if added:
             sys.path.remove(folder)
@@ -170,10 +165,10 @@ def _call_factory(factory: Any, ref: str) -> Any:
         model = factory()
     except TypeError as exc:
         raise BadInputError(
-            f"'{ref}' could not be called without arguments ({_first_line(exc)}); name a factory that takes none"
+            f"'{ref}' could not be called without arguments ({first_line(exc, 300)}); name a factory that takes none"
         ) from None
     except Exception as exc:  # the user's factory may raise anything
-        raise ExportError(f"'{ref}' raised {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise ExportError(f"'{ref}' raised {type(exc).__name__}: {first_line(exc, 300)}") from exc
     if not isinstance(model, torch.nn.Module):
         raise BadInputError(f"'{ref}' returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -188,14 +183,16 @@ def _torch_load(path: Path, trust_remote_code: bool, what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=not trust_remote_code)
     except pickle.UnpicklingError as exc:
         if trust_remote_code:
-            raise BadInputError(f"{what} '{path}' could not be unpickled ({_first_line(exc)})") from None
+            raise BadInputError(f"{what} '{path}' could not be unpickled ({first_line(exc, 300)})") from None
         raise BadInputError(
             f"{what} '{path}' holds pickled Python objects that weights-only loading refuses; loading it runs code "
             f"from the file, so pass {_TRUST_FLAG} only if you trust where it came from, or save a state dict "
             "(torch.save(model.state_dict())) or .safetensors instead"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise BadInputError(f"{what} '{path}' is not a readable PyTorch file ({_first_line(exc)})") from None
+        raise BadInputError(
+            f"{what} '{path}' is not a readable PyTorch file ({first_line(exc, 300)})"
+        ) from None
 
 
 def _state_dict(loaded: Any, path: Path) -> Mapping[str, Any]:
@@ -238,7 +235,7 @@ def load_weights(model: Any, path: Path, trust_remote_code: bool = False) -> Non
             state: Mapping[str, Any] = load_file(str(path), device="cpu")
         except (SafetensorError, OSError) as exc:
             raise BadInputError(
-                f"--weights '{path}' is not a readable safetensors file ({_first_line(exc)})"
+                f"--weights '{path}' is not a readable safetensors file ({first_line(exc, 300)})"
             ) from None
     else:
         state = _state_dict(_torch_load(path, trust_remote_code, "--weights"), path)
@@ -283,7 +280,7 @@ def _load_program(path: Path) -> LoadedModel:
         program = torch.export.load(path)
     except Exception as exc:  # noqa: BLE001 - torch.export.load raises many types for a foreign or corrupt file
         raise BadInputError(
-            f"'{path}' is not a program saved with torch.export.save ({type(exc).__name__}: {_first_line(exc)})"
+            f"'{path}' is not a program saved with torch.export.save ({type(exc).__name__}: {first_line(exc, 300)})"
         ) from None
     names = tuple(program.graph_signature.user_inputs)
     placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}

@@ -14,7 +14,7 @@ import numpy as np
 from toolkit.host import current_host
 from toolkit.inputs import InputLimits, has_sequence_axis, random_feeds
 from toolkit.manifest import OutputCheck, TensorSpec, Validation
-from toolkit.pipelines import TextTokenizer
+from toolkit.preprocess import TextTokenizer
 from toolkit.runner import Runner
 
 __all__ = ["SAMPLE_SENTENCES", "InputLimits", "ValidationCase", "compare_with_reference", "validation_cases"]

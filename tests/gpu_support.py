@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from toolkit.providers import probe_provider
@@ -20,7 +23,7 @@ def needs(provider: str) -> pytest.MarkDecorator:
     reason = skip_reason(provider)
     marker = getattr(pytest.mark, provider)
 
-    def decorate(func):  # type: ignore[no-untyped-def]
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         return marker(pytest.mark.skipif(reason is not None, reason=reason or "")(func))
 
-    return decorate  # type: ignore[return-value]
+    return decorate

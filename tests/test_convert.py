@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import converters.conversion
-from toolkit import ModelPackage, Runner, load
+from toolkit import ModelPackage, Runner, TextClassifier
 from toolkit.cli import edge
 from toolkit.errors import ExportError
 
@@ -70,9 +71,9 @@ def test_classifier_package_keeps_labels_and_classifies(tiny_classifier_package:
     manifest = ModelPackage.open(tiny_classifier_package).manifest
     assert manifest.task == "classify"
     assert manifest.labels == ("negative", "neutral", "positive")
-    results = load(tiny_classifier_package).classify(["hello world", "the quick brown fox"])
+    results = TextClassifier.load(tiny_classifier_package).classify(["hello world", "the quick brown fox"])
     assert len(results) == 2
-    for result in results:
+    for (result,) in results:
         assert result.label in manifest.labels
         assert sum(result.scores.values()) == pytest.approx(1.0, abs=1e-6)
         assert result.score == max(result.scores.values())
@@ -84,7 +85,9 @@ def test_image_classifier_package_validates_and_runs(tiny_vit_package: Path) -> 
     assert manifest.labels == ("cat", "dog", "bird", "car", "tree")
     assert manifest.preprocessing is not None
     assert manifest.preprocessing.kind == "image"
-    assert manifest.variant("fp32").validation.passed  # type: ignore[union-attr]
+    validation = manifest.variant("fp32").validation
+    assert validation is not None
+    assert validation.passed
     for batch in (1, 3):
         pixels = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
         assert Runner(tiny_vit_package).run({"pixel_values": pixels})["logits"].shape == (batch, 5)
@@ -122,7 +125,7 @@ def test_failed_or_interrupted_export_leaves_nothing(
 ) -> None:
     real_export = converters.conversion.export_hf_model
 
-    def export_then_fail(model, task, output_dir, opset):  # type: ignore[no-untyped-def]
+    def export_then_fail(model: Any, task: Any, output_dir: Path, opset: int) -> None:
         real_export(model, task, output_dir, opset)  # a complete model.onnx exists in staging at this point
         raise failure
 

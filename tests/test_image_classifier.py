@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +137,7 @@ def test_edge_run_image_prints_the_top5(tiny_vit_package: Path, photos: list[Pat
     result = CliRunner().invoke(edge, args)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    expected = toolkit.load(tiny_vit_package).classify(photos[:2])  # type: ignore[attr-defined]
+    expected = ImageClassifier.load(tiny_vit_package).classify(photos[:2])
     for photo, ranked in zip(photos[:2], expected, strict=True):
         start = lines.index(f"{photo}:")
         for place, c in enumerate(ranked, 1):
@@ -159,9 +160,9 @@ def test_edge_run_image_prints_the_top5(tiny_vit_package: Path, photos: list[Pat
     ],
 )
 def test_bad_image_files_are_one_line_exit_2(
-    tiny_vit_package: Path, tmp_path: Path, make: object, message: str
+    tiny_vit_package: Path, tmp_path: Path, make: Callable[[Path], Path], message: str
 ) -> None:
-    path = make(tmp_path)  # type: ignore[operator]
+    path = make(tmp_path)
     result = CliRunner().invoke(edge, ["run", str(tiny_vit_package), "--image", str(path)])
     assert result.exit_code == 2
     assert result.output.startswith(f"error: image '{path}' ")

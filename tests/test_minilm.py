@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 from tokenizers import Tokenizer
 
-from toolkit import ModelPackage, load
+from toolkit import ModelPackage, TextEmbedding
 from toolkit.cli import edge
+from toolkit.manifest import TextPreprocessing
 
 pytestmark = pytest.mark.slow
 
@@ -56,15 +57,15 @@ def test_embeddings_match_sentence_transformers(minilm_package: Path, minilm_dir
     from sentence_transformers import SentenceTransformer
 
     texts = _sentences()
-    pipeline = load(minilm_package, threads=2)
-    token_counts = [len(ids) for ids, _ in pipeline.tokenizer.encode(texts)]  # type: ignore[attr-defined]
+    pipeline = TextEmbedding.load(minilm_package, threads=2)
+    token_counts = [len(ids) for ids, _ in pipeline.tokenizer.encode(texts)]
     assert len(texts) >= 64
     assert max(token_counts) == 256, "some texts must be longer than the 256-token limit and get truncated"
     untruncated = Tokenizer.from_file(str(minilm_package / "tokenizer.json"))
     untruncated.no_truncation()
     assert sum(len(untruncated.encode(t).ids) > 256 for t in texts) >= 8
 
-    ours = pipeline.embed(texts, batch_size=16)  # type: ignore[attr-defined]
+    ours = pipeline.embed(texts, batch_size=16)
     theirs = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts, batch_size=16)
     assert ours.shape == theirs.shape == (len(texts), 384)
     cosine = (ours * theirs).sum(axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
@@ -75,23 +76,19 @@ def test_embeddings_match_sentence_transformers(minilm_package: Path, minilm_dir
 
 def test_embed_is_order_preserving_and_batch_size_independent(minilm_package: Path) -> None:
     texts = _sentences()[:40]
-    pipeline = load(minilm_package)
-    whole = pipeline.embed(texts, batch_size=64)  # type: ignore[attr-defined]
-    one_by_one = np.stack([pipeline.embed([t])[0] for t in texts])  # type: ignore[attr-defined]
+    pipeline = TextEmbedding.load(minilm_package)
+    whole = pipeline.embed(texts, batch_size=64)
+    one_by_one = np.stack([pipeline.embed([t])[0] for t in texts])
     np.testing.assert_allclose(whole, one_by_one, atol=1e-5)
-    assert pipeline.embed([]).shape == (0, 384)  # type: ignore[attr-defined]
+    assert pipeline.embed([]).shape == (0, 384)
 
 
 def test_recipe_package_manifest(minilm_package: Path) -> None:
     manifest = ModelPackage.open(minilm_package).manifest
     assert manifest.source.recipe == "minilm"
-    assert manifest.preprocessing is not None
-    assert manifest.preprocessing.kind == "text"
-    assert (
-        manifest.preprocessing.max_length,
-        manifest.preprocessing.pooling,
-        manifest.preprocessing.normalize,
-    ) == (256, "mean", True)  # type: ignore[union-attr]
+    text = manifest.section(TextPreprocessing)
+    assert text is not None
+    assert (text.max_length, text.pooling, text.normalize) == (256, "mean", True)
 
 
 def test_edge_run_text_json(minilm_package: Path) -> None:

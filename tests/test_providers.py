@@ -282,16 +282,18 @@ def test_doctor_require_exits_1_for_an_unusable_provider() -> None:
 
 
 def test_load_takes_a_provider_config(tiny_classifier_package: Path) -> None:
-    from toolkit import load
+    from toolkit import TextClassifier
 
-    pipeline = load(tiny_classifier_package, config=ProviderConfig(providers=("cpu",), io_binding=True))
+    pipeline = TextClassifier.load(
+        tiny_classifier_package, config=ProviderConfig(providers=("cpu",), io_binding=True)
+    )
     assert pipeline.runner.config.io_binding
     assert pipeline.runner.providers == ("cpu",)
     texts = ["a quick brown fox", "the lazy dog sat on the mat"]
-    plain = load(tiny_classifier_package)
-    bound = pipeline.classify(texts)  # type: ignore[attr-defined]
-    unbound = plain.classify(texts)  # type: ignore[attr-defined]
-    for got, want in zip(bound, unbound, strict=True):
+    plain = TextClassifier.load(tiny_classifier_package)
+    bound = pipeline.classify(texts, top_k=3)
+    unbound = plain.classify(texts, top_k=3)
+    for got, want in zip((c for top in bound for c in top), (c for top in unbound for c in top), strict=True):
         assert got.label == want.label
         assert got.scores == pytest.approx(want.scores, abs=1e-6)
 

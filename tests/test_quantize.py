@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from converters.accuracy import budget_floor, held_out_feeds
-from converters.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
 from converters.quantization import CalibrationOptions, QuantizeOptions, quantize
 from converters.quantization.auto import LATENCY_TIE, _pick
 from converters.quantization.methods import Candidate
 from toolkit.cli import edge
+from toolkit.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
 from toolkit.runner import Runner

@@ -276,7 +276,9 @@ def test_module_recipe_converts_from_its_factory(tmp_path: Path) -> None:
     package = convert(name, tmp_path / name).path
     manifest = ModelPackage.open(package).manifest
     assert (manifest.name, manifest.task, manifest.source.recipe) == (name, "audio-classify", name)
-    assert manifest.variant("fp32").validation.passed  # type: ignore[union-attr]
+    validation = manifest.variant("fp32").validation
+    assert validation is not None
+    assert validation.passed
     assert [(s.name, s.shape) for s in manifest.inputs] == [("features", ("batch", 1, 40, 101))]
     import torch
 

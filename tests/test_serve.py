@@ -31,7 +31,7 @@ import tritonclient.http as triton
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from toolkit import Runner, load
+from toolkit import Runner
 from toolkit.cli import edge
 from toolkit.manifest import ModelPackage
 from toolkit.pipelines import TextClassifier, TextEmbedding
@@ -441,8 +441,7 @@ def test_text_models_equal_the_pipelines(
 ) -> None:
     client = triton.InferenceServerClient(server.address)
     texts = np.array(SENTENCES, dtype=object)
-    embedder = load(minilm_package, threads=1)
-    assert isinstance(embedder, TextEmbedding)
+    embedder = TextEmbedding.load(minilm_package, threads=1)
     for binary in (True, False):
         text = triton.InferInput("text", [len(texts)], "BYTES")
         text.set_data_from_numpy(texts, binary_data=binary)
@@ -463,12 +462,11 @@ def test_text_models_equal_the_pipelines(
         separately = np.stack(list(pool.map(one, SENTENCES)))
     np.testing.assert_allclose(separately, embedder.embed(SENTENCES), atol=1e-5)
 
-    classifier = load(tiny_classifier_package, threads=1)
-    assert isinstance(classifier, TextClassifier)
+    classifier = TextClassifier.load(tiny_classifier_package, threads=1)
     text = triton.InferInput("text", [len(texts), 1], "BYTES")
     text.set_data_from_numpy(texts.reshape(-1, 1))
     result = client.infer(f"{_name(tiny_classifier_package)}-text", [text])
-    expected = classifier.classify(SENTENCES)
+    expected = [top[0] for top in classifier.classify(SENTENCES)]
     assert [label.decode() for label in result.as_numpy("label")] == [c.label for c in expected]
     probabilities = np.array([[c.scores[name] for name in c.scores] for c in expected])
     np.testing.assert_allclose(result.as_numpy("probabilities"), probabilities, atol=1e-5)

@@ -10,6 +10,7 @@ import json
 import runpy
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from toolkit import ModelPackage, Runner
 from toolkit.cli import edge
 from toolkit.errors import BadInputError, ExportError
 from toolkit.inputs import InputLimits, random_feeds, tensor_shape
-from toolkit.manifest import TensorSpec
+from toolkit.manifest import Manifest, TensorSpec, Validation
 
 HERE = __name__  # this module is importable under this name, so "HERE:factory" is a pkg.module:factory source
 
@@ -163,9 +164,15 @@ def spectral_net() -> nn.Module:
 # --- helpers ------------------------------------------------------------------------------------------
 
 
-def _torch_outputs(model: nn.Module, feeds: dict[str, np.ndarray]) -> object:
+def _torch_outputs(model: nn.Module, feeds: dict[str, np.ndarray]) -> Any:
     with torch.inference_mode():
         return model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+
+
+def _fp32_validation(manifest: Manifest) -> Validation:
+    validation = manifest.variant("fp32").validation
+    assert validation is not None, "the fp32 variant was not validated"
+    return validation
 
 
 def _validated(package: Path) -> ModelPackage:
@@ -272,7 +279,7 @@ def test_gru_falls_back_to_torchscript_and_keeps_the_sequence_dynamic(gru_packag
     assert manifest.inputs[0].value_range == (0, 49)
     assert manifest.inputs[0].shape == ("batch", "seq")
     assert [o.name for o in manifest.outputs] == ["output_0", "output_1"]
-    cases = manifest.variant("fp32").validation.cases  # type: ignore[union-attr]
+    cases = _fp32_validation(manifest).cases
     assert any("seq 8" in c for c in cases)
     assert any("seq 16" in c for c in cases)
     model = gru_tagger()
@@ -280,7 +287,7 @@ def test_gru_falls_back_to_torchscript_and_keeps_the_sequence_dynamic(gru_packag
     for batch, seq in ((1, 5), (3, 9)):
         tokens = np.random.default_rng(seq).integers(0, 50, size=(batch, seq)).astype(np.int64)
         got = runner.run({"tokens": tokens})
-        states, last = _torch_outputs(model, {"tokens": tokens})  # type: ignore[misc]
+        states, last = _torch_outputs(model, {"tokens": tokens})
         _close(got["output_0"], states)
         _close(got["output_1"], last)
 
@@ -316,7 +323,7 @@ def test_dynamic_sequence_axis(seq_package: Path) -> None:
     ]
     outputs = {o.name: o.shape for o in manifest.outputs}
     assert outputs == {"tokens": ("batch", "seq", 16), "pooled": ("batch", 4)}
-    cases = manifest.variant("fp32").validation.cases  # type: ignore[union-attr]
+    cases = _fp32_validation(manifest).cases
     assert {c.split(",")[1].strip() for c in cases} >= {"seq 8", "seq 16"}
     assert any("padded" in c and "unpadded" not in c for c in cases)
     model = token_conv()
@@ -404,9 +411,9 @@ def test_weights_are_loaded_into_the_module(tmp_path: Path, suffix: str) -> None
     assert manifest.variant("fp32").settings["weights"] == weights.name
     x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
     got = Runner(out).run({"x": x})["output"]
-    _close(got, _torch_outputs(trained, {"x": x}))  # type: ignore[arg-type]
+    _close(got, _torch_outputs(trained, {"x": x}))
     random_init = _torch_outputs(tiny_mlp(), {"x": x})
-    assert np.abs(got - random_init.numpy()).max() > 1e-2, "the weights did not change the outputs"  # type: ignore[attr-defined]
+    assert np.abs(got - random_init.numpy()).max() > 1e-2, "the weights did not change the outputs"
 
 
 def test_mismatched_weights_name_the_keys(tmp_path: Path) -> None:
@@ -449,7 +456,7 @@ def test_pickled_module_needs_trust_remote_code(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
-    _close(Runner(_validated(out).path).run({"x": x})["output"], _torch_outputs(model, {"x": x}))  # type: ignore[arg-type]
+    _close(Runner(_validated(out).path).run({"x": x})["output"], _torch_outputs(model, {"x": x}))
 
 
 def test_forced_torchscript_exporter(tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -128,14 +130,14 @@ def write_package(folder: Path, name: str, model: onnx.ModelProto, external: boo
         size_threshold=0,
     )
 
-    def specs(values: object) -> tuple[TensorSpec, ...]:
+    def specs(values: Iterable[Any]) -> tuple[TensorSpec, ...]:
         return tuple(
             TensorSpec(
                 v.name,
                 helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
                 tuple(d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim),
             )
-            for v in values  # type: ignore[attr-defined]
+            for v in values
         )
 
     manifest = Manifest(

@@ -11,11 +11,14 @@ from toolkit.pipelines import (
     Classification,
     ImageClassifier,
     ModelPipeline,
+    Pipeline,
     TextClassifier,
     TextEmbedding,
     load,
 )
 from toolkit.runner import Runner
+from toolkit.tasks.segment import SemanticSegmenter
+from toolkit.tasks.token_classify import TokenClassifier
 
 __all__ = [
     "AudioClassifier",
@@ -29,11 +32,14 @@ __all__ = [
     "Manifest",
     "ModelPackage",
     "ModelPipeline",
+    "Pipeline",
     "ProviderUnavailableError",
     "Runner",
+    "SemanticSegmenter",
     "TensorSpec",
     "TextClassifier",
     "TextEmbedding",
+    "TokenClassifier",
     "Variant",
     "load",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "EdgeError",
     "ExportError",
     "ProviderUnavailableError",
+    "first_line",
 ]
 
 
@@ -42,3 +43,10 @@ class ProviderUnavailableError(EdgeError):
 
 class ExportError(EdgeError):
     """Exporting a source model to ONNX failed."""
+
+
+def first_line(exc: BaseException, limit: int | None = None, default: str | None = None) -> str:
+    """A foreign exception's message for one of ours: its first line (cut at `limit` characters), or
+    `default` (else its type name) when it has none. The one translation every ``raise ... from`` uses."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else (default or type(exc).__name__)

@@ -19,7 +19,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from toolkit.atomic import atomic_write_text
 from toolkit.errors import BadInputError, BadModelError
@@ -39,6 +39,7 @@ __all__ = [
     "TextPreprocessing",
     "Validation",
     "Variant",
+    "section_of",
     "tool_versions",
     "variant_file_name",
 ]
@@ -184,6 +185,12 @@ class AudioPreprocessing:
 
 
 Preprocessing = TextPreprocessing | ImagePreprocessing | AudioPreprocessing
+_Section = TypeVar("_Section", TextPreprocessing, ImagePreprocessing, AudioPreprocessing)
+
+
+def section_of(preprocessing: Preprocessing | None, kind: type[_Section]) -> _Section | None:
+    """`preprocessing` when it is a section of `kind`, else None: the one place that tells sections apart."""
+    return preprocessing if isinstance(preprocessing, kind) else None
 
 
 @dataclass(frozen=True)
@@ -212,6 +219,10 @@ class Manifest:
                 f"variant '{name}' is not in package '{self.name}' (it has: {known}); "
                 "pick one of those or create it with `edge quantize`"
             ) from None
+
+    def section(self, kind: type[_Section]) -> _Section | None:
+        """The preprocessing section when it is of `kind`, else None."""
+        return section_of(self.preprocessing, kind)
 
     def with_variant(self, variant: Variant) -> Manifest:
         """A copy with `variant` added or replaced."""

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import onnxruntime as ort
 
-from toolkit.errors import BadInputError, BadModelError, ProviderUnavailableError
+from toolkit.errors import BadInputError, BadModelError, ProviderUnavailableError, first_line
 from toolkit.manifest import TensorSpec
 
 __all__ = [
@@ -585,6 +585,6 @@ def _provider_in_error(exc: BaseException, specs: Sequence[ProviderSpec]) -> Pro
 
 
 def _model_load_message(origin: str, exc: BaseException) -> str:
-    detail = _strip_ansi(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+    detail = _strip_ansi(first_line(exc))
     detail = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", detail)
     return f"model '{origin}' could not be loaded by onnxruntime ({detail}); check the file is a complete ONNX model or re-export it"

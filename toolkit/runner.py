@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from toolkit.errors import BadInputError, BadModelError
+from toolkit.dtypes import BY_NUMPY, BY_ORT
+from toolkit.errors import BadInputError, BadModelError, first_line
 from toolkit.host import current_host, unvalidated_host_warning
 from toolkit.manifest import FP32_VARIANT, MANIFEST_NAME, ModelPackage, TensorSpec, TextPreprocessing
 from toolkit.providers import (
@@ -40,9 +41,11 @@ from toolkit.providers import (
 )
 
 __all__ = [
+    "GRAPH_OPT_LEVELS",
     "TRT_CACHE_DIR",
     "Runner",
     "Startup",
+    "build_session_options",
     "numpy_dtype",
     "placement_from_profile",
     "resolve_model_path",
@@ -54,30 +57,51 @@ _CONTROL_FLOW = ("If", "Loop", "Scan")
 
 log = logging.getLogger(__name__)
 
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(bfloat16)": "bfloat16",
-    "tensor(int8)": "int8",
-    "tensor(int16)": "int16",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-    "tensor(uint8)": "uint8",
-    "tensor(uint16)": "uint16",
-    "tensor(uint32)": "uint32",
-    "tensor(uint64)": "uint64",
-    "tensor(bool)": "bool",
-    "tensor(string)": "str",
+
+# --opt-level names -> onnxruntime's graph optimisation levels
+GRAPH_OPT_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+def build_session_options(
+    threads: int | None = None,
+    *,
+    graph_optimization: str | None = None,
+    spinning: bool = True,
+    base: ort.SessionOptions | None = None,
+) -> ort.SessionOptions:
+    """onnxruntime session options, built in this one place: `threads` intra-op threads (one inter-op),
+    a graph optimisation level by name, thread spinning between runs, and quiet run-time logs."""
+    options = base or ort.SessionOptions()
+    if threads is not None:
+        if threads < 1:
+            raise BadInputError(f"threads must be at least 1, got {threads}")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if graph_optimization is not None:
+        if graph_optimization not in GRAPH_OPT_LEVELS:
+            raise BadInputError(
+                f"unknown graph optimisation level '{graph_optimization}'; use one of: {', '.join(GRAPH_OPT_LEVELS)}"
+            )
+        options.graph_optimization_level = GRAPH_OPT_LEVELS[graph_optimization]
+    if not spinning:
+        # intra-op threads spin between runs by default; a server's event loop needs those cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Warnings onnxruntime logs at session creation are captured by create_session; keep run-time quiet.
+    options.log_severity_level = 3
+    return options
 
 
 def numpy_dtype(ort_type: str) -> str:
     """``tensor(int64)`` -> ``int64``."""
-    try:
-        return _ORT_TYPES[ort_type]
-    except KeyError:
-        raise BadModelError(f"tensor type {ort_type} is not supported by edge-toolkit's runner") from None
+    element = BY_ORT.get(ort_type)
+    if element is None:
+        raise BadModelError(f"tensor type {ort_type} is not supported by edge-toolkit's runner")
+    return element.numpy
 
 
 def _spec(node: Any) -> TensorSpec:
@@ -106,33 +130,16 @@ def _package_for(model: str | Path, path: Path) -> ModelPackage | None:
         return None
 
 
-def _load_graph(path: Path) -> Any:
-    """The ONNX graph without its weights (enough to check operators and input shapes)."""
-    import onnx
+def _ops(path: Path) -> frozenset[str]:
+    from toolkit.inspect import op_types  # onnx is imported only when a graph is read
 
-    try:
-        return onnx.load(str(path), load_external_data=False).graph
-    except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
-        raise BadModelError(f"model '{path}' is not a readable ONNX file ({exc}); re-export it") from None
+    return op_types(path)
 
 
 def _graph_inputs(path: Path) -> tuple[TensorSpec, ...]:
-    graph = _load_graph(path)
-    initializers = {init.name for init in graph.initializer}
-    specs = []
-    for value in graph.input:
-        if value.name in initializers:
-            continue
-        dims = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-            for d in value.type.tensor_type.shape.dim
-        )
-        specs.append(TensorSpec(value.name, "", dims))
-    return tuple(specs)
+    from toolkit.inspect import graph_inputs
 
-
-def _ops(path: Path) -> set[str]:
-    return {node.op_type for node in _load_graph(path).node}
+    return graph_inputs(path)
 
 
 @dataclass(frozen=True)
@@ -157,12 +164,9 @@ def placement_from_profile(
     from toolkit.providers import captured_native_stderr
 
     with tempfile.TemporaryDirectory(prefix="edge-placement-") as folder:
-        options = ort.SessionOptions()
+        options = build_session_options(threads)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "placement")
-        options.log_severity_level = 3
-        if threads is not None:
-            options.intra_op_num_threads = threads
         with captured_native_stderr():
             session = ort.InferenceSession(str(path), options, providers=list(providers))
             session.run(None, dict(feeds))
@@ -195,6 +199,8 @@ class Runner:
         strict: bool = False,
         provider_options: Mapping[str, Mapping[str, Any]] | None = None,
         session_options: ort.SessionOptions | None = None,
+        graph_optimization: str | None = None,
+        spinning: bool = True,
         config: ProviderConfig | None = None,
         cuda: CudaOptions | None = None,
         tensorrt: TensorRTOptions | None = None,
@@ -215,15 +221,10 @@ class Runner:
         )
         self.config = self._check_cuda_graph(requested, io_binding)
         say = progress or log.info
-        options = session_options or ort.SessionOptions()
-        if threads is not None:
-            if threads < 1:
-                raise BadInputError(f"threads must be at least 1, got {threads}")
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        options = build_session_options(
+            threads, graph_optimization=graph_optimization, spinning=spinning, base=session_options
+        )
         self._threads = threads
-        # Warnings onnxruntime logs at session creation are captured by create_session; keep run-time quiet.
-        options.log_severity_level = 3
         self._placement_recorded = hasattr(ort.InferenceSession, "get_provider_graph_assignment_info")
         if self._placement_recorded:
             options.add_session_config_entry(_RECORD_PLACEMENT, "1")
@@ -314,8 +315,8 @@ class Runner:
         if profile is None:
             if package is not None:
                 inputs = package.manifest.inputs
-                pre = package.manifest.preprocessing
-                max_length = pre.max_length if isinstance(pre, TextPreprocessing) else None
+                text = package.manifest.section(TextPreprocessing)
+                max_length = text.max_length if text is not None else None
             else:
                 inputs, max_length = _graph_inputs(self.path), None
             profile, unresolved = derive_tensorrt_profile(inputs, trt.dims, max_length)
@@ -463,7 +464,7 @@ class Runner:
             ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.InvalidArgument,
         ) as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            detail = first_line(exc)
             shapes = ", ".join(f"{n} {a.dtype} {list(a.shape)}" for n, a in arrays.items())
             raise BadInputError(
                 f"onnxruntime could not run '{self.path.name}' on inputs {shapes}: {detail}"
@@ -541,12 +542,32 @@ class Runner:
                 )
         return shape
 
+    def close(self) -> None:
+        """Release the onnxruntime session (and any I/O binding); the runner cannot run afterwards."""
+        self._binding = None
+        self._bound_inputs = {}
+        self.session = _ClosedSession(self.path)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"Runner({str(self.path)!r}, providers={self.providers})"
 
 
+class _ClosedSession:
+    """What a closed runner holds instead of its session: any use is a clear error."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        raise BadInputError(f"the runner for '{self._path}' is closed; create a new Runner to run it again")
+
+
 def _ort_type(array: np.ndarray) -> str:
-    return f"tensor({_NUMPY_TO_ORT.get(array.dtype.name, array.dtype.name)})"
-
-
-_NUMPY_TO_ORT = {v: k.removeprefix("tensor(").removesuffix(")") for k, v in _ORT_TYPES.items()}
+    element = BY_NUMPY.get(array.dtype.name)
+    return element.ort if element is not None else f"tensor({array.dtype.name})"

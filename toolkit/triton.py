@@ -30,6 +30,7 @@ from pathlib import Path
 import onnx
 
 from toolkit.atomic import replace_directory, staging_directory
+from toolkit.dtypes import DTYPES
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.inspect import graph_tensor_specs, load_onnx_graph
 from toolkit.manifest import FP32_VARIANT, ModelPackage, TensorSpec
@@ -55,21 +56,9 @@ CONFIG_NAME = "config.pbtxt"
 MODEL_FILE = "model.onnx"  # the onnxruntime backend's default_model_filename
 
 # numpy dtype name (as the manifest and toolkit.inspect write it) -> Triton DataType enum name.
+# (From the one table, toolkit.dtypes; numpy object and bytes arrays hold strings.)
 TRITON_DATA_TYPES: dict[str, str] = {
-    "bool": "TYPE_BOOL",
-    "uint8": "TYPE_UINT8",
-    "uint16": "TYPE_UINT16",
-    "uint32": "TYPE_UINT32",
-    "uint64": "TYPE_UINT64",
-    "int8": "TYPE_INT8",
-    "int16": "TYPE_INT16",
-    "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64",
-    "float16": "TYPE_FP16",
-    "float32": "TYPE_FP32",
-    "float64": "TYPE_FP64",
-    "bfloat16": "TYPE_BF16",
-    "str": "TYPE_STRING",
+    **{t.numpy: t.triton for t in DTYPES},
     "object": "TYPE_STRING",
     "bytes": "TYPE_STRING",
 }

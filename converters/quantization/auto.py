@@ -47,6 +47,7 @@ from converters.quantization.methods import (
 from toolkit.atomic import staging_directory
 from toolkit.errors import EdgeError
 from toolkit.host import current_host
+from toolkit.inspect import op_types
 from toolkit.manifest import FP32_VARIANT, ModelPackage, Variant, tool_versions, variant_file_name
 from toolkit.runner import Runner
 
@@ -175,10 +176,6 @@ def layer_sensitivity(
     return tuple(sorted(ranked, key=lambda s: -s.error))
 
 
-def _op_types(path: Path) -> set[str]:
-    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-
-
 @dataclass(frozen=True)
 class _Plan:
     name: str
@@ -261,7 +258,7 @@ def quantize_auto(
                 return Candidate(plan.name, plan.method, {}, None, None, None, 0, False, str(exc))
             size = out.stat().st_size
             over_cap = size > size_cap
-            portable = plan.options.reduce_range or not (_op_types(out) & U8S8_OPS)
+            portable = plan.options.reduce_range or not (op_types(out) & U8S8_OPS)
             allowed = portable or not options.portable_only
             if allowed:
                 staged[plan.name] = out

@@ -9,18 +9,17 @@ calibrated are the ranges served.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from converters.accuracy import _generic_feeds, synthetic_clips, synthetic_images
-from converters.corpus import CALIBRATION_SENTENCES
+from toolkit.corpus import CALIBRATION_SENTENCES
 from toolkit.errors import BadInputError
-from toolkit.manifest import AudioPreprocessing, ImagePreprocessing, ModelPackage, TextPreprocessing
-from toolkit.pipelines import TextTokenizer, preprocess_audio, preprocess_image
+from toolkit.manifest import ModelPackage
+from toolkit.tasks import task_for
+from toolkit.tasks.modality import CALIBRATION_SEED, TextModality
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -33,15 +32,26 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_SEED = 20_240_917
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-# Folders of media files: (what they are, suffixes, the preprocessing they need, the runtime's own
-# preprocessing for them, what a package without it is).
-_MEDIA_FOLDERS: tuple[tuple[str, tuple[str, ...], type, Callable[[Path, Any], np.ndarray], str], ...] = (
-    ("images", IMAGE_SUFFIXES, ImagePreprocessing, preprocess_image, "is not an image model"),
-    ("WAV files", (".wav",), AudioPreprocessing, preprocess_audio, "takes no waveform"),
+# Folders of media files: (what they are, suffixes, the modality that reads them, what a package without
+# it is); the modality's own preprocessing (the runtime's) prepares each file.
+_MEDIA_FOLDERS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("images", IMAGE_SUFFIXES, "image", "is not an image model"),
+    ("WAV files", (".wav",), "audio", "takes no waveform"),
 )
+# Built-in samples by modality: what the source is called, and a warning that they are synthetic.
+_SYNTHETIC = {
+    "image": (
+        "synthetic images",
+        "no calibration images given; calibrating on %d synthetic images (pass a folder for real ones)",
+    ),
+    "audio": (
+        "synthetic waveforms",
+        "no calibration audio given; calibrating on %d synthetic waveforms (pass a folder of WAV files)",
+    ),
+    "tensor": ("synthetic inputs", None),
+}
 
 
 @dataclass(frozen=True)
@@ -96,17 +106,6 @@ def _recipe_sentences(package: ModelPackage) -> tuple[str, ...] | None:
     return tuple(str(s) for s in sentences) if sentences else None
 
 
-def _padded_text_feeds(
-    package: ModelPackage, texts: Sequence[str], names: set[str]
-) -> tuple[dict[str, np.ndarray], ...]:
-    """Batch-1 feeds all padded to the longest text: histogram calibrators need every sample the same shape."""
-    pre = package.manifest.preprocessing
-    assert isinstance(pre, TextPreprocessing)
-    tokenizer = TextTokenizer(package.path / pre.tokenizer, pre.max_length)
-    padded = tokenizer.pad(tokenizer.encode(list(texts)))
-    return tuple({k: v[i : i + 1] for k, v in padded.items() if k in names} for i in range(len(texts)))
-
-
 def _split_npz(path: Path, names: set[str]) -> list[dict[str, np.ndarray]]:
     try:
         with np.load(path) as data:
@@ -139,43 +138,29 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
         raise BadInputError(f"--samples must be at least 1, got {options.samples}")
     manifest = package.manifest
     names = {spec.name for spec in manifest.inputs}
-    pre = manifest.preprocessing
+    task = task_for(package)
+    text = task.data if isinstance(task.data, TextModality) else None
     limit = options.samples
     data = options.data
     if data is None:
-        if isinstance(pre, TextPreprocessing):
+        if text is not None:
             recipe = _recipe_sentences(package)
             texts = (recipe or CALIBRATION_SENTENCES)[:limit]
             source = (
                 f"recipe '{manifest.source.recipe}' samples" if recipe else "built-in calibration sentences"
             )
-            return CalibrationData(_padded_text_feeds(package, texts, names), source, texts)
-        if isinstance(pre, ImagePreprocessing):
-            name = manifest.inputs[0].name
-            images = synthetic_images(pre, limit, CALIBRATION_SEED)
-            log.warning(
-                "no calibration images given; calibrating on %d synthetic images (pass a folder for real ones)",
-                limit,
-            )
-            return CalibrationData(tuple({name: im} for im in images), "synthetic images")
-        if isinstance(pre, AudioPreprocessing):
-            log.warning(
-                "no calibration audio given; calibrating on %d synthetic waveforms (pass a folder of WAV files)",
-                limit,
-            )
-            name = manifest.inputs[0].name
-            clips = synthetic_clips(pre, limit, CALIBRATION_SEED)
-            return CalibrationData(tuple({name: clip} for clip in clips), "synthetic waveforms")
-        return CalibrationData(
-            tuple(_generic_feeds(manifest.inputs, limit, CALIBRATION_SEED)), "synthetic inputs"
-        )
+            return CalibrationData(tuple(text.text_feeds(texts, padded=True)), source, texts)
+        source, warning = _SYNTHETIC[task.data.kind]
+        if warning is not None:
+            log.warning(warning, limit)
+        return CalibrationData(tuple(task.samples("calibration", limit)), source)
     path = Path(data)
     if not path.exists():
         raise BadInputError(
             f"calibration data '{path}' does not exist; pass a .txt file, a folder of images, WAV clips or .npz files"
         )
     if path.is_file() and path.suffix == ".txt":
-        if not isinstance(pre, TextPreprocessing):
+        if text is None:
             raise BadInputError(
                 f"calibration text '{path}' needs a text model, but package '{package.path}' takes {manifest.inputs[0].describe()}"
             )
@@ -184,7 +169,7 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
         ]
         if not texts:
             raise BadInputError(f"calibration text '{path}' is empty; put one sentence on each line")
-        return CalibrationData(_padded_text_feeds(package, texts, names), f"text file {path.name}", texts)
+        return CalibrationData(tuple(text.text_feeds(texts, padded=True)), f"text file {path.name}", texts)
     if path.is_file() and path.suffix == ".npz":
         return CalibrationData(tuple(_split_npz(path, names)[:limit]), f"npz file {path.name}")
     if path.is_file():
@@ -200,17 +185,17 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
             if len(feeds) >= limit:
                 break
         return CalibrationData(tuple(feeds[:limit]), f"{len(npz)} .npz files in {path.name}")
-    for noun, suffixes, kind, prepare, mismatch in _MEDIA_FOLDERS:
+    for noun, suffixes, kind, mismatch in _MEDIA_FOLDERS:
         media = [p for p in files if p.suffix.lower() in suffixes]
         if not media:
             continue
-        if not isinstance(pre, kind):
+        if task.data.kind != kind:
             raise BadInputError(
                 f"calibration folder '{path}' holds {noun}, but package '{package.path}' {mismatch}"
             )
         name = manifest.inputs[0].name
         return CalibrationData(
-            tuple({name: prepare(p, pre)[None]} for p in media[:limit]),
+            tuple({name: task.data.prepare_file(p)[None]} for p in media[:limit]),
             f"{min(len(media), limit)} {noun} in {path.name}",
         )
     raise BadInputError(

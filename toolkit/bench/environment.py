@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-__all__ = ["GRAPH_OPT_LEVELS", "ISA_FLAGS", "Environment", "collect_environment", "cpu_info"]
+__all__ = ["ISA_FLAGS", "Environment", "collect_environment", "cpu_info"]
 
 # /proc/cpuinfo flag -> how we print it.
 ISA_FLAGS = {
@@ -26,13 +26,6 @@ ISA_FLAGS = {
     "amx_bf16": "AMX-BF16",
     "asimd": "NEON",
     "asimddp": "NEON dot-product",
-}
-
-GRAPH_OPT_LEVELS = {
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
 _ORT_DISTRIBUTIONS = (

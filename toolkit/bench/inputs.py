@@ -76,9 +76,8 @@ def _read_json(path: Path) -> dict:
 
 def vocab_size_of(folder: Path, manifest: Manifest | None) -> int | None:
     """The vocabulary size from the package's tokenizer (``tokenizer.json``) or ``config.json``; None if neither says."""
-    tokenizer_file = folder / "tokenizer.json"
-    if manifest is not None and isinstance(manifest.preprocessing, TextPreprocessing):
-        tokenizer_file = folder / manifest.preprocessing.tokenizer
+    text = manifest.section(TextPreprocessing) if manifest is not None else None
+    tokenizer_file = folder / (text.tokenizer if text is not None else "tokenizer.json")
     if tokenizer_file.is_file():
         from tokenizers import Tokenizer
 
@@ -101,8 +100,7 @@ def max_sequence_length(source: InputSource) -> int | None:
 
 def _limits(source: InputSource) -> InputLimits:
     """Bench never guesses: an unknown vocabulary or a free dimension is an error that points at --npz."""
-    pre = source.manifest.preprocessing if source.manifest is not None else None
-    image = pre if isinstance(pre, ImagePreprocessing) else None
+    image = source.manifest.section(ImagePreprocessing) if source.manifest is not None else None
     return InputLimits(
         vocab_size=source.vocab_size,
         max_length=source.max_length or DEFAULT_SEQUENCE,
@@ -131,16 +129,16 @@ def load_texts(path: Path) -> list[str]:
 
 def text_feeds(source: InputSource, texts: Sequence[str], batch: int, seq: int | None) -> BenchInput:
     """Real text, cycled to `batch` rows, truncated and padded to exactly `seq` tokens (or the longest row)."""
-    manifest = source.manifest
-    if manifest is None or not isinstance(manifest.preprocessing, TextPreprocessing):
+    text = source.manifest.section(TextPreprocessing) if source.manifest is not None else None
+    if text is None:
         raise BadInputError(
             "--text needs a model package with a tokenizer (text preprocessing in edge.json); "
             "use synthetic inputs or --npz FILE"
         )
-    from toolkit.pipelines import TextTokenizer
+    from toolkit.preprocess import TextTokenizer
 
-    limit = seq if seq is not None else manifest.preprocessing.max_length
-    tokenizer = TextTokenizer(source.folder / manifest.preprocessing.tokenizer, limit)
+    limit = seq if seq is not None else text.max_length
+    tokenizer = TextTokenizer(source.folder / text.tokenizer, limit)
     rows = [texts[i % len(texts)] for i in range(batch)]
     encodings = tokenizer.encode(rows)
     padded = tokenizer.pad(encodings)

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from toolkit.bench.baseline import BASELINES, TorchBaseline, load_torch_baseline
-from toolkit.bench.environment import GRAPH_OPT_LEVELS, Environment, collect_environment
+from toolkit.bench.environment import Environment, collect_environment
 from toolkit.bench.inputs import (
     DEFAULT_SEQUENCE,
     BenchInput,
@@ -49,7 +48,7 @@ from toolkit.bench.measure import (
 from toolkit.errors import BadInputError, EdgeError
 from toolkit.manifest import FP32_VARIANT, AudioPreprocessing, ModelPackage, TextPreprocessing, Validation
 from toolkit.providers import ProviderConfig, provider_names, resolve_providers
-from toolkit.runner import Runner
+from toolkit.runner import Runner, build_session_options
 
 __all__ = [
     "BASELINE_PROVIDER",
@@ -220,10 +219,9 @@ def _accuracy(validation: Validation | None) -> Accuracy | None:
 
 
 def _file_size(path: Path) -> int:
-    size = path.stat().st_size
-    for data in path.parent.glob(path.name + ".data"):
-        size += data.stat().st_size
-    return size
+    from toolkit.inspect import model_size  # reads no graph, but toolkit.inspect imports onnx
+
+    return model_size(path)
 
 
 def _positive(values: Sequence[int], option: str) -> tuple[int, ...]:
@@ -241,10 +239,7 @@ def plan_bench(target: str | Path, options: BenchOptions) -> BenchPlan:
     providers = tuple(spec.short for spec in resolve_providers(provider_names(options.providers)))
     batches = _positive(options.batches, "--batch")
     concurrency = _positive(options.concurrency, "--concurrency")
-    if options.graph_optimization not in GRAPH_OPT_LEVELS:
-        raise BadInputError(
-            f"unknown graph optimisation level '{options.graph_optimization}'; use one of: {', '.join(GRAPH_OPT_LEVELS)}"
-        )
+    build_session_options(graph_optimization=options.graph_optimization)  # an unknown level fails here, first
     if options.baseline is not None and options.baseline not in BASELINES:
         raise BadInputError(f"unknown baseline '{options.baseline}'; use one of: {', '.join(BASELINES)}")
     if options.text_file is not None and options.npz_file is not None:
@@ -264,11 +259,8 @@ def plan_bench(target: str | Path, options: BenchOptions) -> BenchPlan:
             variants.append(
                 _VariantFile(name, file, variant.precision, _file_size(file), _accuracy(variant.validation))
             )
-        max_length = (
-            manifest.preprocessing.max_length
-            if isinstance(manifest.preprocessing, TextPreprocessing)
-            else None
-        )
+        text = manifest.section(TextPreprocessing)
+        max_length = text.max_length if text is not None else None
         source = InputSource(manifest.inputs, path, manifest, vocab_size_of(path, manifest), max_length)
         if options.baseline is not None and not manifest.source.ref:
             raise BadInputError("the package's manifest names no source to load for --baseline torch")
@@ -315,7 +307,7 @@ def plan_bench(target: str | Path, options: BenchOptions) -> BenchPlan:
         from toolkit.bench.inputs import load_texts
 
         texts = tuple(load_texts(options.text_file))
-        if package is None or not isinstance(package.manifest.preprocessing, TextPreprocessing):
+        if package is None or package.manifest.section(TextPreprocessing) is None:
             raise BadInputError(
                 "--text needs a model package with a tokenizer; use --npz FILE for this model"
             )
@@ -338,8 +330,7 @@ def plan_bench(target: str | Path, options: BenchOptions) -> BenchPlan:
 
 
 def _audio_preprocessing(package: ModelPackage | None) -> AudioPreprocessing | None:
-    pre = package.manifest.preprocessing if package is not None else None
-    return pre if isinstance(pre, AudioPreprocessing) else None
+    return package.manifest.section(AudioPreprocessing) if package is not None else None
 
 
 def _make_input(plan: BenchPlan, batch: int, seq: int | None) -> BenchInput:
@@ -348,12 +339,6 @@ def _make_input(plan: BenchPlan, batch: int, seq: int | None) -> BenchInput:
     if plan.npz is not None:
         return npz_feeds(plan.source, plan.npz, batch)
     return synthetic_feeds(plan.source, batch, seq, plan.options.seed)
-
-
-def _session_options(level: str) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = GRAPH_OPT_LEVELS[level]
-    return options
 
 
 def _session_call(runner: Runner, names: list[str], feeds: dict[str, np.ndarray]) -> Callable[[], Any]:
@@ -435,7 +420,7 @@ def run_bench(plan: BenchPlan, progress: ProgressCallback | None = None) -> Benc
                 variant.path,
                 provider_chain(requested),
                 threads=options.threads,
-                session_options=_session_options(options.graph_optimization),
+                graph_optimization=options.graph_optimization,
                 config=options.provider_config,
             )
             session_ms = (time.perf_counter() - started) * 1e3

@@ -13,33 +13,24 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from toolkit.cli.common import EXIT_VALIDATION_FAILED, _state, common_options, console, stdout
+from toolkit.cli.common import EXIT_VALIDATION_FAILED, CommaList, _state, common_options, console, stdout
 from toolkit.cli.provider_options import provider_tuning_options
 from toolkit.errors import BadInputError
 from toolkit.providers import ProviderConfig
+from toolkit.runner import GRAPH_OPT_LEVELS
 
 __all__ = ["bench_command"]
 
 log = logging.getLogger("toolkit.cli")
 
 
-def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items or not all(item.lstrip("-").isdigit() for item in items):
-        raise BadInputError(
-            f"{option} takes comma-separated whole numbers like {option} 1,8,32, got '{text}'"
-        )
-    return tuple(int(item) for item in items)
-
-
-def _positive_int(text: str | None, option: str) -> int | None:
-    values = _int_list(text, option)
+def _positive_int(values: tuple[int, ...] | None, option: str) -> int | None:
     if values is None:
         return None
     if len(values) != 1 or values[0] < 1:
-        raise BadInputError(f"{option} takes one whole number of at least 1, got '{text}'")
+        raise BadInputError(
+            f"{option} takes one whole number of at least 1, got '{','.join(map(str, values))}'"
+        )
     return values[0]
 
 
@@ -111,7 +102,13 @@ def _compare(files: tuple[str, str], threshold: str, json_path: str | None, fail
 
 @click.command("bench")
 @click.argument("target", required=False)
-@click.option("--variant", "variants", default=None, help="Variants to time, comma-separated (default: all).")
+@click.option(
+    "--variant",
+    "variants",
+    type=CommaList(example="fp32,int8"),
+    default=None,
+    help="Variants to time, comma-separated (default: all).",
+)
 @click.option(
     "--providers",
     default="cpu",
@@ -119,10 +116,18 @@ def _compare(files: tuple[str, str], threshold: str, json_path: str | None, fail
     help="Providers to time, each separately: cpu,cuda,tensorrt.",
 )
 @provider_tuning_options
-@click.option("--batch", "batches", default="1", show_default=True, help="Batch sizes to sweep, e.g. 1,8,32.")
+@click.option(
+    "--batch",
+    "batches",
+    type=CommaList(integers=True, example="1,8,32"),
+    default="1",
+    show_default=True,
+    help="Batch sizes to sweep, e.g. 1,8,32.",
+)
 @click.option(
     "--seq",
     "seqs",
+    type=CommaList(integers=True, example="16,128,512"),
     default=None,
     help="Sequence lengths to sweep, e.g. 16,128,512 (models with a sequence axis).",
 )
@@ -132,14 +137,23 @@ def _compare(files: tuple[str, str], threshold: str, json_path: str | None, fail
 @click.option("--iterations", default="100", show_default=True, help="Timed runs per cell.")
 @click.option("--duration", default=None, help="Time each cell for this long instead, e.g. 5s.")
 @click.option(
-    "--concurrency", default="1", show_default=True, help="Threads sharing one session, swept, e.g. 1,2,4."
+    "--concurrency",
+    type=CommaList(integers=True, example="1,2,4"),
+    default="1",
+    show_default=True,
+    help="Threads sharing one session, swept, e.g. 1,2,4.",
 )
-@click.option("--threads", default=None, help="onnxruntime intra-op threads (and torch's for the baseline).")
+@click.option(
+    "--threads",
+    type=CommaList(integers=True, example="4"),
+    default=None,
+    help="onnxruntime intra-op threads (and torch's for the baseline).",
+)
 @click.option(
     "--opt-level",
     default="all",
     show_default=True,
-    help="Graph optimisation: disabled, basic, extended, all.",
+    help=f"Graph optimisation: {', '.join(GRAPH_OPT_LEVELS)}.",
 )
 @click.option("--text", "text_file", default=None, metavar="FILE", help="Real inputs: one text per line.")
 @click.option(
@@ -184,15 +198,15 @@ def _compare(files: tuple[str, str], threshold: str, json_path: str | None, fail
 @common_options
 def bench_command(
     target: str | None,
-    variants: str | None,
+    variants: tuple[str, ...] | None,
     providers: str,
-    batches: str,
-    seqs: str | None,
+    batches: tuple[int, ...],
+    seqs: tuple[int, ...] | None,
     warmup: str,
     iterations: str,
     duration: str | None,
-    concurrency: str,
-    threads: str | None,
+    concurrency: tuple[int, ...],
+    threads: tuple[int, ...] | None,
     opt_level: str,
     text_file: str | None,
     npz_file: str | None,
@@ -243,11 +257,11 @@ def bench_command(
     if not duration and measure.seconds is not None:
         raise BadInputError(f"--iterations takes a run count; for seconds use --duration {iterations}")
     options = BenchOptions(
-        variants=tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else None,
+        variants=variants,
         providers=providers,
-        batches=_int_list(batches, "--batch") or (1,),
-        seqs=_int_list(seqs, "--seq"),
-        concurrency=_int_list(concurrency, "--concurrency") or (1,),
+        batches=batches,
+        seqs=seqs,
+        concurrency=concurrency,
         timing=TimingPlan(warmup=parse_budget(warmup, "--warmup"), measure=measure),
         threads=_positive_int(threads, "--threads"),
         graph_optimization=opt_level.strip().lower(),

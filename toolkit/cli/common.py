@@ -14,11 +14,12 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from toolkit.errors import EdgeError
+from toolkit.errors import BadInputError, EdgeError
 
 __all__ = [
     "EXIT_USER_ERROR",
     "EXIT_VALIDATION_FAILED",
+    "CommaList",
     "EdgeGroup",
     "common_options",
     "console",
@@ -103,6 +104,37 @@ def common_options(func: F) -> F:
         help="More logs (-vv: debug).",
     )(func)
     return func
+
+
+class CommaList(click.ParamType):
+    """A comma-separated list option (``--batch 1,8,32``): a tuple of names, or of whole numbers with
+    `integers`; a malformed value is a BadInputError naming the option and an example."""
+
+    name = "list"
+
+    def __init__(self, integers: bool = False, example: str = "a,b") -> None:
+        self.integers = integers
+        self.example = example
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[Any, ...]:
+        """Split on commas, drop blanks, parse integers when asked."""
+        if isinstance(value, tuple):
+            return value
+        option = param.opts[0] if param is not None and param.opts else "the value"
+        items = [item.strip() for item in str(value).split(",") if item.strip()]
+        if self.integers:
+            if not items or not all(item.lstrip("-").isdigit() for item in items):
+                raise BadInputError(
+                    f"{option} takes comma-separated whole numbers like {option} {self.example}, got '{value}'"
+                )
+            return tuple(int(item) for item in items)
+        if not items:
+            raise BadInputError(
+                f"{option} is empty; pass comma-separated names, e.g. {option} {self.example}"
+            )
+        return tuple(items)
 
 
 class EdgeGroup(click.Group):

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from toolkit.cli.common import EXIT_VALIDATION_FAILED, common_options, emit_json, progress, stdout
 from toolkit.manifest import FP32_VARIANT, Validation
+from toolkit.tasks import task_names
 
 __all__ = ["convert_command", "models_command", "render_validation"]
 
@@ -48,8 +49,7 @@ def render_validation(validation: Validation, title: str) -> Table:
 @click.option(
     "--task",
     default=None,
-    help="Override the detected task: embed, features, classify, token-classify, image-classify, segment, "
-    "audio-features, audio-classify.",
+    help=f"Override the detected task: {', '.join(task_names())}.",
 )
 @click.option(
     "--opset", type=click.IntRange(7, 30), default=None, help="ONNX opset (default: the exporter's choice)."

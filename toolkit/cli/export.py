@@ -7,29 +7,10 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from toolkit.cli.common import common_options, emit_json, stdout
-from toolkit.errors import BadInputError
+from toolkit.cli.common import CommaList, common_options, emit_json, stdout
 from toolkit.triton import INSTANCE_KINDS, TritonExportOptions, export_triton_repository
 
 __all__ = ["export_group"]
-
-
-def _names(text: str | None, option: str) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not names:
-        raise BadInputError(f"{option} is empty; pass comma-separated names, e.g. {option} fp32,int8")
-    return names
-
-
-def _sizes(text: str | None, option: str) -> tuple[int, ...]:
-    if not text:
-        return ()
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise BadInputError(f"{option} '{text}' must be comma-separated integers, e.g. 4,8") from None
 
 
 @click.group("export")
@@ -53,7 +34,12 @@ def export_group() -> None:
     default=None,
     help="Triton max_batch_size (default: 32 when the batch axis is dynamic, else 0).",
 )
-@click.option("--preferred-batch-sizes", default=None, help="dynamic_batching preferred sizes, e.g. 4,8.")
+@click.option(
+    "--preferred-batch-sizes",
+    type=CommaList(integers=True, example="4,8"),
+    default=None,
+    help="dynamic_batching preferred sizes, e.g. 4,8.",
+)
 @click.option(
     "--max-queue-delay-us",
     type=int,
@@ -71,7 +57,10 @@ def export_group() -> None:
 )
 @click.option("--tensorrt-fp16", is_flag=True, help="Add the TensorRT accelerator with precision_mode FP16.")
 @click.option(
-    "--variants", default=None, help="Comma-separated variants to export (default: all in the package)."
+    "--variants",
+    type=CommaList(example="fp32,int8"),
+    default=None,
+    help="Comma-separated variants to export (default: all in the package).",
 )
 @click.option("--model-version", type=int, default=1, show_default=True, help="The version directory.")
 @click.option("--force", is_flag=True, help="Replace a non-empty repository directory.")
@@ -81,12 +70,12 @@ def triton_command(
     package_dir: Path,
     repo_dir: Path,
     max_batch_size: int | None,
-    preferred_batch_sizes: str | None,
+    preferred_batch_sizes: tuple[int, ...] | None,
     max_queue_delay_us: int,
     instances: int,
     kind: str,
     tensorrt_fp16: bool,
-    variants: str | None,
+    variants: tuple[str, ...] | None,
     model_version: int,
     force: bool,
     as_json: bool,
@@ -94,12 +83,12 @@ def triton_command(
     """Write a Triton model repository for the package DIR: one model per variant (fp32 as <name>)."""
     options = TritonExportOptions(
         max_batch_size=max_batch_size,
-        preferred_batch_sizes=_sizes(preferred_batch_sizes, "--preferred-batch-sizes"),
+        preferred_batch_sizes=preferred_batch_sizes or (),
         max_queue_delay_microseconds=max_queue_delay_us,
         instance_count=instances,
         instance_kind=kind,
         tensorrt_fp16=tensorrt_fp16,
-        variants=_names(variants, "--variants"),
+        variants=variants,
         version=model_version,
     )
     result = export_triton_repository(package_dir, repo_dir, options, force=force)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -146,7 +146,7 @@ def _decorate(func: F, options: tuple[Callable[[Any], Any], ...], keys: tuple[st
 
     for option in reversed(options):
         wrapper = option(wrapper)
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 def provider_options(func: F) -> F:

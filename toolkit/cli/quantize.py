@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from toolkit.cli.common import EXIT_VALIDATION_FAILED, common_options, emit_json, progress, stdout
+from toolkit.cli.common import EXIT_VALIDATION_FAILED, CommaList, common_options, emit_json, progress, stdout
 from toolkit.manifest import Host
 
 __all__ = ["quantize_command", "render_candidates"]
@@ -79,6 +79,7 @@ def render_candidates(candidates: Any, budget: float, host: Host | None, portabl
 )
 @click.option(
     "--op-types",
+    type=CommaList(example="MatMul,Gemm"),
     default=None,
     help="Comma-separated op types to quantize (default: all the method supports).",
 )
@@ -139,7 +140,7 @@ def quantize_command(
     name: str | None,
     per_tensor: bool,
     exclude: tuple[str, ...],
-    op_types: str | None,
+    op_types: tuple[str, ...] | None,
     calibration_method: str,
     calibration_data: Path | None,
     samples: int,
@@ -165,7 +166,7 @@ def quantize_command(
         name=name,
         per_channel=not per_tensor,
         exclude=exclude,
-        op_types=tuple(t.strip() for t in op_types.split(",") if t.strip()) if op_types else None,
+        op_types=op_types,
         calibration=CalibrationOptions(method=calibration_method, data=calibration_data, samples=samples),
         symmetric_activations=symmetric_activations,
         block_size=block_size,

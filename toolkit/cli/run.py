@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,22 +9,14 @@ from typing import Any
 import click
 import numpy as np
 
+from toolkit.bench.measure import Budget, TimingPlan, latency_stats, time_calls
 from toolkit.cli.common import common_options, emit_json, progress, stdout
 from toolkit.cli.provider_options import placement_line, provider_options
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
-from toolkit.pipelines import (
-    AudioClassifier,
-    AudioEncoder,
-    Classification,
-    ImageClassifier,
-    ModelPipeline,
-    TextClassifier,
-    TextEmbedding,
-    pipeline_class,
-)
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
+from toolkit.tasks import Pipeline, pipeline_class, tasks
 
 __all__ = ["run_command"]
 
@@ -48,18 +38,10 @@ def _read_inputs(pairs: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
-    call()  # warm-up: first run allocates and may compile kernels
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - started) * 1e3)
-    return {
-        "runs": repeat,
-        "p50_ms": statistics.median(samples),
-        "min_ms": min(samples),
-        "mean_ms": statistics.fmean(samples),
-    }
+    # one warm-up run (the first allocates and may compile kernels), then `repeat` timed ones: bench's loop
+    plan = TimingPlan(warmup=Budget(runs=1), measure=Budget(runs=repeat), min_runs=repeat)
+    stats = latency_stats(time_calls(call, plan))
+    return {"runs": stats.runs, "p50_ms": stats.p50_ms, "min_ms": stats.min_ms, "mean_ms": stats.mean_ms}
 
 
 @click.command("run")
@@ -72,7 +54,7 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
     "images",
     multiple=True,
     metavar="FILE",
-    help="An image to classify with an image-classify package, top 5 printed (repeatable).",
+    help="An image for an image package: image-classify prints the top 5, segment the largest classes (repeatable).",
 )
 @click.option(
     "--audio",
@@ -107,7 +89,7 @@ def run_command(
     """Run TARGET (a package directory, or an .onnx file with --input) and print the result."""
     if sum(map(bool, (texts, images, clips, inputs))) != 1:
         raise BadInputError(
-            "pass one of --text (a text pipeline), --image FILE (an image classifier), --audio FILE.wav "
+            "pass one of --text (a text pipeline), --image FILE (an image package), --audio FILE.wav "
             "(an audio package) or --input NAME=FILE.npy"
         )
     result: dict[str, Any]
@@ -119,12 +101,8 @@ def run_command(
                 package.model_path(variant), config=provider_config, threads=threads, progress=say
             )
         pipeline = pipeline_class(package)(package, runner)
-        if texts:
-            call, result = _run_text(pipeline, list(texts))
-        elif images:
-            call, result = _run_images(pipeline, list(images))
-        else:
-            call, result = _run_audio(pipeline, list(clips))
+        kind, items = ("text", texts) if texts else ("image", images) if images else ("audio", clips)
+        call, result = _run_items(pipeline, kind, list(items))
     else:
         with progress(not as_json) as say:
             runner = Runner(target, variant=variant, config=provider_config, threads=threads, progress=say)
@@ -140,87 +118,43 @@ def run_command(
     }
     if repeat:
         result["latency"] = _time(call, repeat)
+    lines = result.pop("lines", [])
     if as_json:
         emit_json(result)
         return
-    _print(result)
+    _print(result, lines)
 
 
-def _run_text(pipeline: ModelPipeline, texts: list[str]) -> tuple[Callable[[], Any], dict[str, Any]]:
-    if isinstance(pipeline, TextEmbedding):
-        embeddings = pipeline.embed(texts)
-        return (lambda: pipeline.embed(texts)), {"task": "embed", "texts": texts, "embeddings": embeddings}
-    if isinstance(pipeline, TextClassifier):
-        return (lambda: pipeline.classify(texts)), {
-            "task": "classify",
-            "texts": texts,
-            "classifications": pipeline.classify(texts),
-        }
-    raise BadInputError(
-        f"package task '{pipeline.package.manifest.task}' has no text pipeline; run it with --input NAME=FILE.npy"
-    )
+_ITEMS_KEY = {"text": "texts", "image": "images", "audio": "clips"}
 
 
-def _top5(ranked: list[list[Classification]]) -> list[list[dict[str, Any]]]:
-    return [[{"label": c.label, "score": c.score} for c in labels] for labels in ranked]
-
-
-def _run_images(pipeline: ModelPipeline, images: list[str]) -> tuple[Callable[[], Any], dict[str, Any]]:
-    if not isinstance(pipeline, ImageClassifier):
+def _run_items(
+    pipeline: Pipeline[Any], kind: str, items: list[str]
+) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """Run `items` (texts, image files or WAV files) through the pipeline; the task says how to print them."""
+    task = pipeline.task
+    manifest = pipeline.package.manifest
+    if task.run_input != kind:
+        takers = ", ".join(name for name, t in tasks().items() if t.run_input == kind)
+        if kind == "audio":
+            raise BadInputError(
+                f"package '{manifest.name}' (task {manifest.task}) takes no waveform: only {takers} packages "
+                "with a wav2vec 2.0-style front end do; run it with --input NAME=FILE.npy"
+            )
         raise BadInputError(
-            f"package task '{pipeline.package.manifest.task}' has no image pipeline (image-classify has); "
-            "run it with --input NAME=FILE.npy"
+            f"package task '{manifest.task}' has no {kind} pipeline ({takers} have); run it with --input NAME=FILE.npy"
         )
-    return (lambda: pipeline.classify(images, top_k=5)), {
-        "task": "image-classify",
-        "images": images,
-        "top5": _top5(pipeline.classify(images, top_k=5)),
-    }
+    results = pipeline.run_items(items)
+    result = {"task": task.name, _ITEMS_KEY[kind]: items, **task.run_json(results)}
+    result["lines"] = task.run_lines(items, results)
+    return (lambda: pipeline.run_items(items)), result
 
 
-def _run_audio(pipeline: ModelPipeline, clips: list[str]) -> tuple[Callable[[], Any], dict[str, Any]]:
-    if isinstance(pipeline, AudioClassifier):
-        return (lambda: pipeline.classify(clips, top_k=5)), {
-            "task": "audio-classify",
-            "clips": clips,
-            "top5": _top5(pipeline.classify(clips, top_k=5)),
-        }
-    if isinstance(pipeline, AudioEncoder):
-        return (lambda: pipeline.encode(clips)), {
-            "task": "audio-features",
-            "clips": clips,
-            "features": pipeline.encode(clips),
-        }
-    raise BadInputError(
-        f"package '{pipeline.package.manifest.name}' (task {pipeline.package.manifest.task}) takes no waveform: "
-        "only audio-features and audio-classify packages with a wav2vec 2.0-style front end do; "
-        "run it with --input NAME=FILE.npy"
-    )
-
-
-def _print(result: dict[str, Any]) -> None:
+def _print(result: dict[str, Any], lines: list[str]) -> None:
     stdout.print(f"{result['model']} on {', '.join(result['providers'])}")
     stdout.print(placement_line(result["node_placement"]))
-    if "embeddings" in result:
-        for text, vector in zip(result["texts"], result["embeddings"], strict=True):
-            head = " ".join(f"{v:+.4f}" for v in vector[:6])
-            stdout.print(
-                f"{text[:50]!r}: dim {vector.shape[0]}, norm {np.linalg.norm(vector):.4f}, [{head} ...]"
-            )
-    if "classifications" in result:
-        for text, c in zip(result["texts"], result["classifications"], strict=True):
-            stdout.print(f"{text[:50]!r}: {c.label} ({c.score:.3f})")
-    for file, ranked in zip(
-        result.get("images", result.get("clips", ())), result.get("top5", ()), strict=False
-    ):
-        stdout.print(f"{file}:", markup=False)  # paths and labels may hold [brackets]
-        for place, entry in enumerate(ranked, 1):
-            stdout.print(f"  {place}. {entry['score']:.4f}  {entry['label']}", markup=False)
-    for clip, frames in zip(result.get("clips", ()), result.get("features", ()), strict=False):
-        stdout.print(f"{clip}:", markup=False)
-        stdout.print(
-            f"  {frames.shape[0]} frames x {frames.shape[1]}, mean {frames.mean():.4g}, std {frames.std():.4g}"
-        )
+    for line in lines:
+        stdout.print(line, markup=False)  # paths and labels may hold [brackets]
     for name, array in result.get("outputs", {}).items():
         stdout.print(
             f"{name}: {array.dtype} {list(array.shape)} min {array.min():.4g} max {array.max():.4g} mean {array.mean():.4g}"

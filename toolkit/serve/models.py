@@ -4,10 +4,11 @@ Names and versions
     Each package serves its ONNX model under the manifest's name; the package's variants are that
     model's versions, named exactly as the variants are (``fp32``, ``int8``, ``fp16`` ...), because a
     variant name says what it is and Triton-style numbers would not. A request without a version gets
-    ``fp32`` (or the first variant when a package has no fp32). A package whose task has a text
-    pipeline (``embed``, ``classify``) also serves ``<name>-text``: BYTES ``text`` [N] in, tokenized on
-    the server, and ``embedding`` FP32 [N, dim] (embed) or ``label`` BYTES [N] and ``probabilities``
-    FP32 [N, labels] (classify) out. It shares the raw model's session and queue, so both batch together.
+    ``fp32`` (or the first variant when a package has no fp32). A package whose task serves a text
+    pipeline model (`Task.served_outputs`: ``embed``, ``classify``) also serves ``<name>-text``: BYTES
+    ``text`` [N] in, tokenized on the server, and the task's results out (``embedding`` FP32 [N, dim];
+    ``label`` BYTES [N] and ``probabilities`` FP32 [N, labels]), post-processed by the task exactly as its
+    pipeline does. It shares the raw model's session and queue, so both batch together.
 
 Batching (`Engine`)
     Requests are concatenated along axis 0, when every input and output has the same symbolic first
@@ -34,29 +35,27 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import BadInputError, BadModelError, EdgeError
-from toolkit.inspect import load_onnx_graph
-from toolkit.manifest import FP32_VARIANT, ModelPackage, TextPreprocessing
-from toolkit.pipelines import TextTokenizer, pool
+from toolkit.errors import BadInputError, EdgeError
+from toolkit.inspect import op_types
+from toolkit.manifest import FP32_VARIANT, ModelPackage
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 from toolkit.serve.errors import ModelNotFoundError
 from toolkit.serve.protocol import InferenceRequest, v2_datatype
+from toolkit.tasks import ServedTensor, Task, task_for
+from toolkit.tasks.modality import TextModality
 
 __all__ = [
     "BATCH_COUPLED_OPS",
     "PADDING_SLACK",
-    "TEXT_MODELS",
     "Engine",
     "Job",
     "LoadOptions",
     "ModelRegistry",
+    "PipelineModel",
     "RawModel",
     "ServedModel",
     "TensorMetadata",
-    "TextClassifierModel",
-    "TextEmbeddingModel",
-    "TextModel",
 ]
 
 log = logging.getLogger(__name__)
@@ -404,92 +403,30 @@ def _texts(model: ServedModel, request: InferenceRequest) -> list[str]:
         raise BadInputError("input 'text': an element is not valid UTF-8; send UTF-8 text") from None
 
 
-class TextModel(ServedModel):
-    """A ``<name>-text`` model: BYTES texts in, tokenized on the server, the task's results out."""
+class PipelineModel(ServedModel):
+    """A ``<name>-text`` model: BYTES texts in, tokenized on the server, the task's results out.
+
+    What comes out is the task's own (`Task.served_outputs` and `Task.serve`), the same post-processing its
+    pipeline applies; it shares the raw model's engine, so both batch together.
+    """
 
     platform = "edge_text_pipeline"
 
-    def __init__(
-        self,
-        package: ModelPackage,
-        engine: Engine,
-        tokenizer: TextTokenizer,
-        outputs: Sequence[TensorMetadata],
-    ) -> None:
+    def __init__(self, task: Task[TextModality], engine: Engine) -> None:
+        outputs = [_metadata_of(t) for t in task.served_outputs(engine.outputs)]
         super().__init__(f"{engine.name}-text", engine, [TensorMetadata("text", "BYTES", (-1,))], outputs)
-        self.package = package
-        self.tokenizer = tokenizer
-        self.preprocessing = package.manifest.preprocessing
-        self._takes = {spec.name for spec in engine.inputs}
+        self.task = task
 
     def prepare(self, request: InferenceRequest) -> Job:
-        """Tokenize the texts (padded to their own longest); `finish` applies the task's postprocessing."""
+        """Tokenize the texts (padded to their own longest); `finish` applies the task's post-processing."""
         outputs = self.requested_outputs(request)
         texts = _texts(self, request)
-        padded = self.tokenizer(texts)
-        feeds = {k: v for k, v in padded.items() if k in self._takes}
-        mask = padded["attention_mask"]
-        return Job(feeds, len(texts), outputs, lambda raw: self.postprocess(raw, mask))
-
-    def postprocess(self, raw: Outputs, mask: np.ndarray) -> Outputs:
-        """The task's outputs from the model's raw outputs for one request."""
-        raise NotImplementedError
+        feeds = self.task.data.feeds(texts)
+        return Job(feeds, len(texts), outputs, lambda raw: self.task.serve(raw, feeds))
 
 
-class TextEmbeddingModel(TextModel):
-    """Sentence embeddings, pooled and normalised as `toolkit.TextEmbedding.embed` does."""
-
-    def __init__(self, package: ModelPackage, engine: Engine, tokenizer: TextTokenizer) -> None:
-        pre = package.manifest.preprocessing
-        if not isinstance(pre, TextPreprocessing):
-            raise BadModelError(
-                f"package '{package.path}' has no text preprocessing; re-create it with `edge convert`"
-            )
-        self.output = pre.output or engine.outputs[0].name
-        dim = next(s for s in engine.outputs if s.name == self.output).shape[-1]
-        width = dim if isinstance(dim, int) else -1
-        super().__init__(package, engine, tokenizer, [TensorMetadata("embedding", "FP32", (-1, width))])
-        self.pooling = pre.pooling
-        self.normalize = pre.normalize
-
-    def postprocess(self, raw: Outputs, mask: np.ndarray) -> Outputs:
-        """Pool the hidden states under the request's own mask, then normalise if the model does."""
-        pooled = pool(raw[self.output], mask, self.pooling)
-        if self.normalize:
-            pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-        return {"embedding": pooled.astype(np.float32, copy=False)}
-
-
-class TextClassifierModel(TextModel):
-    """Sequence classification: the top label and every label's probability, as `TextClassifier` gives."""
-
-    def __init__(self, package: ModelPackage, engine: Engine, tokenizer: TextTokenizer) -> None:
-        logits = next(s for s in engine.outputs if s.name == "logits")
-        count = logits.shape[-1] if isinstance(logits.shape[-1], int) else -1
-        super().__init__(
-            package,
-            engine,
-            tokenizer,
-            [TensorMetadata("label", "BYTES", (-1,)), TensorMetadata("probabilities", "FP32", (-1, count))],
-        )
-        self.labels = package.manifest.labels
-
-    def postprocess(self, raw: Outputs, mask: np.ndarray) -> Outputs:
-        """Softmax over the logits; labels from the manifest (LABEL_i when it has none)."""
-        logits = raw["logits"].astype(np.float64)
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = exp / exp.sum(axis=1, keepdims=True)
-        names = self.labels or tuple(f"LABEL_{i}" for i in range(probs.shape[1]))
-        labels = np.empty(len(probs), dtype=object)
-        labels[:] = [names[int(i)].encode("utf-8") for i in probs.argmax(axis=1)]
-        return {"label": labels, "probabilities": probs.astype(np.float32)}
-
-
-# task -> the text model a package of that task also serves (the tasks with a text pipeline).
-TEXT_MODELS: dict[str, Callable[[ModelPackage, Engine, TextTokenizer], TextModel]] = {
-    "embed": TextEmbeddingModel,
-    "classify": TextClassifierModel,
-}
+def _metadata_of(tensor: ServedTensor) -> TensorMetadata:
+    return TensorMetadata(tensor.name, tensor.datatype, tensor.shape)
 
 
 # -- the registry ----------------------------------------------------------------------------------
@@ -587,36 +524,20 @@ class ModelRegistry:
         return tuple(unique.values())
 
 
-def _session_options(options: LoadOptions) -> Any:
-    import onnxruntime as ort
-
-    session = ort.SessionOptions()
-    if not options.spinning:
-        # onnxruntime's intra-op threads spin between runs by default; in a server they would burn the
-        # cores the event loop needs to parse the next requests.
-        session.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return session
-
-
-def _op_types(path: Path) -> set[str]:
-    return {node.op_type for node in load_onnx_graph(path).graph.node}
-
-
 def _package_models(
     package: ModelPackage, variants: Sequence[str], options: LoadOptions
 ) -> list[ServedModel]:
     manifest = package.manifest
-    pre = manifest.preprocessing
-    tokenizer = None
-    if isinstance(pre, TextPreprocessing):
-        tokenizer = TextTokenizer(package.path / pre.tokenizer, pre.max_length)
+    task = task_for(package)
+    text = task.data if isinstance(task.data, TextModality) else None
+    tokenizer = text.tokenizer if text is not None else None
     models: list[ServedModel] = []
     for variant in variants:
         runner = Runner(
             package.model_path(variant),
             config=options.config,
             threads=options.threads,
-            session_options=_session_options(options),
+            spinning=options.spinning,
         )
         inputs = {spec.name: spec for spec in runner.inputs}
         pad_values: dict[str, int | float] = {}
@@ -624,14 +545,13 @@ def _package_models(
         if tokenizer is not None and "attention_mask" in inputs:
             pad_values = {"input_ids": tokenizer.pad_id}
             pad_dims = tuple(d for d in inputs["attention_mask"].shape if isinstance(d, str))
-        coupled = sorted(_op_types(runner.path) & BATCH_COUPLED_OPS)
+        coupled = sorted(op_types(runner.path) & BATCH_COUPLED_OPS)
         if coupled:
             log.info(
                 "model %s %s has %s: requests run as sent, never merged", manifest.name, variant, coupled[0]
             )
         engine = Engine(manifest.name, variant, runner, pad_values, pad_dims, merge=not coupled)
         models.append(RawModel(engine))
-        factory = TEXT_MODELS.get(manifest.task)
-        if factory is not None and tokenizer is not None:
-            models.append(factory(package, engine, tokenizer))
+        if text is not None and task.served_outputs(runner.outputs):
+            models.append(PipelineModel(task, engine))
     return models

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.dtypes import BY_NUMPY, DTYPES
 from toolkit.errors import BadInputError
 
 __all__ = [
@@ -50,27 +51,9 @@ __all__ = [
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 # v2 datatype -> numpy dtype (little-endian on the wire). BF16 has no numpy dtype and is refused.
+# (From the one table, toolkit.dtypes; BYTES arrays are numpy object arrays.)
 DATATYPES: dict[str, str] = {
-    "BOOL": "bool",
-    "INT8": "int8",
-    "INT16": "int16",
-    "INT32": "int32",
-    "INT64": "int64",
-    "UINT8": "uint8",
-    "UINT16": "uint16",
-    "UINT32": "uint32",
-    "UINT64": "uint64",
-    "FP16": "float16",
-    "FP32": "float32",
-    "FP64": "float64",
-    "BYTES": "object",
-}
-
-# numpy dtype name (or the runner's "str" for ONNX string tensors) -> v2 datatype.
-_FROM_NUMPY: dict[str, str] = {
-    **{v: k for k, v in DATATYPES.items()},
-    "str": "BYTES",
-    "bytes": "BYTES",
+    t.kserve: "object" if t.kserve == "BYTES" else t.numpy for t in DTYPES if t.kserve is not None
 }
 
 # JSON element kinds (numpy dtype.kind of the parsed list) each datatype accepts: no silent float -> int.
@@ -84,8 +67,9 @@ _JSON_KINDS: dict[str, str] = {
 def v2_datatype(dtype: str | np.dtype[Any]) -> str:
     """``float32`` -> ``FP32``; the runner's ``str`` and numpy string/bytes/object dtypes map to BYTES."""
     name = dtype if isinstance(dtype, str) else dtype.name
-    if name in _FROM_NUMPY:
-        return _FROM_NUMPY[name]
+    element = BY_NUMPY.get(name)
+    if element is not None and element.kserve is not None:
+        return element.kserve
     try:
         kind: str = np.dtype(dtype).kind
     except TypeError:
@@ -110,7 +94,7 @@ def numpy_dtype(datatype: str, where: str) -> np.dtype[Any]:
 
 def triton_type(datatype: str) -> str:
     """Triton's model-config name of a v2 datatype: ``FP32`` -> ``TYPE_FP32``, ``BYTES`` -> ``TYPE_STRING``."""
-    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+    return next(t.triton for t in DTYPES if t.kserve == datatype)
 
 
 # -- tensors ------------------------------------------------------------------------------------

@@ -1,0 +1,350 @@
+"""Modality preprocessing and post-processing shared by the tasks: one owner for each step.
+
+Text: `TextTokenizer` (``tokenizers``, truncation to the package's max length, padding to the batch's longest)
+and sentence-transformers `pool`ing. Images: `open_image` and `preprocess_image` (Pillow, imported when the
+first image is read; resize, centre crop, rescale and normalise as the manifest says). Audio: `read_wav` (the
+standard library's ``wave``) and `preprocess_audio`. Scores: `softmax`, `l2_normalize`, `label_names` and
+`ranked` (top-k `Classification`s), which the pipelines and the server both use.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from toolkit.errors import BadInputError, BadModelError, first_line
+from toolkit.manifest import AudioPreprocessing, ImagePreprocessing, Manifest
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
+__all__ = [
+    "RESIZERS",
+    "AudioInput",
+    "Classification",
+    "ImageInput",
+    "TextTokenizer",
+    "clip_list",
+    "image_list",
+    "l2_normalize",
+    "label_names",
+    "open_image",
+    "pool",
+    "preprocess_audio",
+    "preprocess_image",
+    "ranked",
+    "read_wav",
+    "softmax",
+]
+
+
+class TextTokenizer:
+    """A `tokenizers` tokenizer set up as the package says: truncation to the model's max length, no fixed padding."""
+
+    def __init__(self, path: Path, max_length: int) -> None:
+        from tokenizers import Tokenizer  # a few hundred ms; only text packages pay it
+
+        if not path.is_file():
+            raise BadModelError(
+                f"tokenizer file '{path}' is missing from the package; re-create it with `edge convert`"
+            )
+        self.tokenizer = Tokenizer.from_file(str(path))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self.max_length = max_length
+        self.pad_id = _pad_token_id(self.tokenizer, path.parent)
+
+    def encodings(self, texts: Sequence[str]) -> list[Any]:
+        """The `tokenizers` encodings of `texts` (ids, type ids, character offsets, special-token mask)."""
+        if isinstance(texts, str):
+            raise BadInputError("texts must be a list of strings, got a single string; wrap it as [text]")
+        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+        if bad:
+            raise BadInputError(f"texts must all be strings, got {bad[0]}; convert them with str() first")
+        return list(self.tokenizer.encode_batch(list(texts)))
+
+    def encode(self, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """Token ids and type ids for each text, unpadded."""
+        return [(e.ids, e.type_ids) for e in self.encodings(texts)]
+
+    def pad(self, encodings: Sequence[tuple[list[int], list[int]]]) -> dict[str, np.ndarray]:
+        """Pad a batch to its longest member: input_ids, attention_mask, token_type_ids as int64."""
+        length = max(len(ids) for ids, _ in encodings)
+        batch = len(encodings)
+        input_ids = np.full((batch, length), self.pad_id, dtype=np.int64)
+        attention_mask = np.zeros((batch, length), dtype=np.int64)
+        token_type_ids = np.zeros((batch, length), dtype=np.int64)
+        for row, (ids, type_ids) in enumerate(encodings):
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+            token_type_ids[row, : len(ids)] = type_ids
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Tokenize and pad in one step."""
+        return self.pad(self.encode(texts))
+
+
+def _pad_token_id(tokenizer: Any, folder: Path) -> int:
+    padding = tokenizer.padding
+    if padding and "pad_id" in padding:
+        return int(padding["pad_id"])
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        token = json.loads(config.read_text(encoding="utf-8")).get("pad_token")
+        if isinstance(token, dict):
+            token = token.get("content")
+        if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
+            return int(tokenizer.token_to_id(token))
+    return 0
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str | None) -> np.ndarray:
+    """Sentence-transformers pooling of token embeddings [batch, seq, dim] under an attention mask."""
+    if mode is None:
+        return hidden
+    if mode == "cls":
+        return hidden[:, 0]
+    weights = mask[..., None].astype(hidden.dtype)
+    if mode == "mean":
+        return (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    if mode == "max":
+        return np.where(weights > 0, hidden, np.finfo(hidden.dtype).min).max(axis=1)
+    if mode == "mean_sqrt_len":
+        return (hidden * weights).sum(axis=1) / np.sqrt(np.clip(weights.sum(axis=1), 1e-9, None))
+    raise BadModelError(f"pooling mode '{mode}' is not supported; use mean, cls, max or mean_sqrt_len")
+
+
+# --- images ---------------------------------------------------------------------------------------------
+
+ImageInput = str | Path | np.ndarray | Any  # a file path, an RGB uint8 array [H, W, 3], or a PIL image
+
+
+def _pil() -> Any:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise BadInputError(
+            "image pipelines decode images with Pillow, which is not installed; pip install pillow"
+        ) from None
+    return Image
+
+
+def open_image(image: ImageInput) -> PILImage.Image:
+    """An RGB PIL image from a path, a uint8 array [H, W, 3] (or [H, W]) or a PIL image; bad input is a BadInputError."""
+    Image = _pil()
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if (
+            image.dtype != np.uint8
+            or image.ndim not in (2, 3)
+            or (image.ndim == 3 and image.shape[2] not in (3, 4))
+        ):
+            raise BadInputError(
+                f"image array must be uint8 [height, width, 3] (RGB), got {image.dtype} {list(image.shape)}; "
+                "convert it with .astype(np.uint8)"
+            )
+        return Image.fromarray(image).convert("RGB")
+    if not isinstance(image, str | Path):
+        raise BadInputError(
+            f"an image must be a file path, a uint8 array or a PIL image, got {type(image).__name__}"
+        )
+    path = Path(image)
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise BadInputError(f"image '{path}' {problem}; pass the path of a JPEG, PNG or other image file")
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadInputError(
+            f"image '{path}' could not be decoded ({first_line(exc)}); pass a JPEG, PNG, BMP, GIF, TIFF or WebP file"
+        ) from None
+
+
+# Our filter names (the manifest's `resample`) -> PIL's filter numbers.
+_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+def _exact_size(width: int, height: int, size: tuple[int, int]) -> tuple[int, int]:
+    return size
+
+
+def _shortest_edge_size(width: int, height: int, size: tuple[int, int]) -> tuple[int, int]:
+    # as transformers' get_resize_output_image_size: the long side is truncated, not rounded
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size[0], int(size[0] * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+# manifest `resize` -> (width, height, size) -> the (height, width) to resize to
+RESIZERS: dict[str, Callable[[int, int, tuple[int, int]], tuple[int, int]]] = {
+    "exact": _exact_size,
+    "shortest_edge": _shortest_edge_size,
+}
+
+
+def _centre_crop(pixels: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
+    """Crop [H, W, C] to `crop` around the centre, zero-padding a smaller image (transformers' center_crop)."""
+    height, width = pixels.shape[:2]
+    crop_h, crop_w = crop
+    if height < crop_h or width < crop_w:
+        padded = np.zeros((max(height, crop_h), max(width, crop_w), pixels.shape[2]), dtype=pixels.dtype)
+        top, left = -(-(padded.shape[0] - height) // 2), -(-(padded.shape[1] - width) // 2)
+        padded[top : top + height, left : left + width] = pixels
+        pixels, height, width = padded, padded.shape[0], padded.shape[1]
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return pixels[top : top + crop_h, left : left + crop_w]
+
+
+def preprocess_image(image: ImageInput, pre: ImagePreprocessing) -> np.ndarray:
+    """Decode, resize, centre-crop, rescale and normalise one image as the manifest says: float32 [C, H, W]."""
+    Image = _pil()
+    rgb = open_image(image)
+    if pre.resize not in RESIZERS or pre.resample not in _RESAMPLE:
+        raise BadModelError(
+            f"image preprocessing resize '{pre.resize}' / resample '{pre.resample}' is not supported by this "
+            f"edge-toolkit (resize: {', '.join(RESIZERS)}; resample: {', '.join(_RESAMPLE)}); upgrade edge-toolkit"
+        )
+    height, width = RESIZERS[pre.resize](rgb.width, rgb.height, pre.size)
+    if (width, height) != rgb.size:
+        rgb = rgb.resize(
+            (width, height), resample=Image.Resampling(_RESAMPLE[pre.resample]), reducing_gap=None
+        )
+    pixels = np.asarray(rgb)
+    if pre.crop_size is not None:
+        pixels = _centre_crop(pixels, pre.crop_size)
+    # rescale in float64 then normalise in float32, in the order transformers' image processors do
+    scaled = (pixels.astype(np.float64) * pre.rescale_factor).astype(np.float32)
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    return np.ascontiguousarray(((scaled - mean) / std).transpose(2, 0, 1), dtype=np.float32)
+
+
+def image_list(images: Sequence[ImageInput]) -> Sequence[ImageInput]:
+    if isinstance(images, str | Path | np.ndarray) or type(images).__module__.startswith("PIL"):
+        raise BadInputError("images must be a list; wrap a single image as [image]")
+    return images
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities along the last axis, computed in float64."""
+    values = logits.astype(np.float64)
+    shifted = np.exp(values - values.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    return vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
+
+
+def label_names(manifest: Manifest, count: int) -> tuple[str, ...]:
+    """The manifest's labels, or ``LABEL_0`` ... ``LABEL_{count-1}`` when it has none."""
+    return manifest.labels or tuple(f"LABEL_{i}" for i in range(count))
+
+
+@dataclass(frozen=True)
+class Classification:
+    """A label and its probability, with every label's probability in `scores`."""
+
+    label: str
+    score: float
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+
+def ranked(manifest: Manifest, logits: np.ndarray, top_k: int) -> list[list[Classification]]:
+    """Per row of logits [N, classes], the `top_k` labels by probability, each holding every label's score."""
+    probs = softmax(logits)
+    labels = label_names(manifest, probs.shape[-1])
+    result = []
+    for row in probs:
+        scores = dict(zip(labels, map(float, row), strict=True))
+        order = np.argsort(-row, kind="stable")[:top_k]
+        result.append([Classification(labels[i], float(row[i]), scores) for i in order])
+    return result
+
+
+# --- audio ----------------------------------------------------------------------------------------------
+
+AudioInput = str | Path | np.ndarray  # a PCM WAV file path, or a mono float waveform [samples] in [-1, 1]
+
+_PCM_FULL_SCALE = {2: 2.0**15, 3: 2.0**23, 4: 2.0**31}
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """A PCM WAV file (8, 16, 24 or 32 bit) as a mono float32 waveform in [-1, 1] (channels averaged) and its rate."""
+    import wave  # the standard library's reader: no audio dependency for the runtime
+
+    path = Path(path)
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise BadInputError(f"audio file '{path}' {problem}; pass the path of a PCM WAV file")
+    try:
+        with wave.open(str(path), "rb") as wav:
+            width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
+            frames = wav.readframes(wav.getnframes())
+    # `wave` raises any of these on a malformed or non-PCM header (a bare RuntimeError on some)
+    except (wave.Error, EOFError, RuntimeError, ValueError) as exc:
+        raise BadInputError(
+            f"audio file '{path}' is not a PCM WAV file ({exc or 'malformed header'}); convert it, "
+            "e.g. ffmpeg -i IN -ac 1 -c:a pcm_s16le OUT.wav"
+        ) from None
+    raw = np.frombuffer(frames, dtype=np.uint8)
+    if width == 1:  # 8-bit WAV is unsigned, centred on 128
+        samples = (raw.astype(np.float32) - 128.0) / 128.0
+    else:
+        if width == 3:  # little-endian 24-bit: widen to int32 with the sign carried into the top byte
+            triples = raw.reshape(-1, 3).astype(np.int32)
+            ints = (triples[:, 0] | (triples[:, 1] << 8) | (triples[:, 2] << 16)) << 8 >> 8
+        else:
+            ints = raw.view(f"<i{width}")
+        samples = (ints / _PCM_FULL_SCALE[width]).astype(np.float32)
+    return samples.reshape(-1, channels).mean(axis=1, dtype=np.float32), rate
+
+
+def preprocess_audio(
+    clip: AudioInput, pre: AudioPreprocessing, sampling_rate: int | None = None
+) -> np.ndarray:
+    """A clip as the model takes it: float32 [samples] at the package's rate, normalised as its feature extractor.
+
+    A waveform array is taken to be at `sampling_rate` (default: the package's); a WAV file says its own rate.
+    Nothing is resampled: a clip at another rate is a BadInputError naming both rates.
+    """
+    if isinstance(clip, str | Path):
+        waveform, rate = read_wav(clip)
+        where = f"audio file '{clip}'"
+    elif isinstance(clip, np.ndarray):
+        if clip.ndim != 1 or clip.dtype.kind != "f":
+            raise BadInputError(
+                f"a waveform must be a 1-D float array of samples, got {clip.dtype} {list(clip.shape)}; "
+                "average the channels (.mean(axis=1)) and convert with .astype(np.float32)"
+            )
+        waveform, rate, where = clip.astype(np.float32), sampling_rate or pre.sampling_rate, "waveform"
+    else:
+        raise BadInputError(
+            f"a clip must be a WAV file path or a float waveform array, got {type(clip).__name__}"
+        )
+    if rate != pre.sampling_rate:
+        raise BadInputError(
+            f"{where} is sampled at {rate} Hz but the model takes {pre.sampling_rate} Hz; resample it first "
+            f"(e.g. ffmpeg -i IN -ar {pre.sampling_rate} OUT.wav)"
+        )
+    if waveform.size == 0:
+        raise BadInputError(f"{where} holds no samples")
+    if pre.normalize:
+        # in float32 and in this order, as transformers' Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
+        waveform = (waveform - waveform.mean()) / np.sqrt(waveform.var() + 1e-7)
+    return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+def clip_list(clips: Sequence[AudioInput]) -> Sequence[AudioInput]:
+    if isinstance(clips, str | Path) or (isinstance(clips, np.ndarray) and clips.ndim == 1):
+        raise BadInputError("clips must be a list; wrap a single clip as [clip]")
+    return clips

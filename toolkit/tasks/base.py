@@ -1,0 +1,315 @@
+"""The `Task` and `Pipeline` base classes; `toolkit.tasks` describes what a task owns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Generic, TypeVar, cast
+
+import numpy as np
+
+from toolkit.errors import BadInputError, BadModelError
+from toolkit.manifest import FP32_VARIANT, ModelPackage, TensorSpec
+from toolkit.preprocess import (
+    AudioInput,
+    ImageInput,
+    TextTokenizer,
+    clip_list,
+    image_list,
+    preprocess_audio,
+    preprocess_image,
+)
+from toolkit.providers import ProviderConfig
+from toolkit.runner import Runner
+from toolkit.tasks.modality import AudioModality, ImageModality, Modality, TensorModality, TextModality
+
+__all__ = [
+    "AudioPipeline",
+    "Feeds",
+    "ImagePipeline",
+    "Outputs",
+    "Pipeline",
+    "ServedTensor",
+    "Task",
+    "TextPipeline",
+]
+
+Feeds = dict[str, np.ndarray]
+Outputs = dict[str, np.ndarray]
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+_P = TypeVar("_P", bound="Pipeline[Any]")
+_M = TypeVar("_M", bound=Modality)
+
+
+@dataclass(frozen=True)
+class ServedTensor:
+    """A tensor of a task's server pipeline model: name, KServe v2 datatype, shape (-1: any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+class Task(Generic[_M]):
+    """What one task owns; an instance is bound to one package (and, once a runner exists, its specs).
+
+    Subclasses set the class attributes and override what differs; see `toolkit.tasks` for the contract.
+    """
+
+    name: ClassVar[str] = "features"
+    modality: ClassVar[type[Modality]] = TensorModality
+    # the accuracy metric quantization checks: cosine of `metric_values`, their top-1 agreement, or
+    # max_abs_diff (with the cosine of every raw output against the budget)
+    metric: ClassVar[str] = "max_abs_diff"
+    # the output the task reads (None: the first), and a hint for a package that lacks the section
+    preferred_output: ClassVar[str | None] = None
+    source_hint: ClassVar[str] = ""
+    # what `edge run` passes this task: "text", "image" or "audio" (None: raw --input tensors only)
+    run_input: ClassVar[str | None] = None
+
+    def __init__(self, package: ModelPackage, specs: Sequence[TensorSpec] | None = None) -> None:
+        self.package = package
+        self.manifest = package.manifest
+        self.inputs: tuple[TensorSpec, ...] = tuple(specs or package.manifest.inputs)
+        self.input_names = frozenset(spec.name for spec in self.inputs)
+        self.data = cast(_M, self.modality(package, self.inputs, self.name, self.source_hint))
+
+    @classmethod
+    def accepts(cls, package: ModelPackage) -> bool:
+        """Whether `package` has what this task needs; when not, `task_for` falls back to ``features``."""
+        return cls.modality.accepts(package)
+
+    def output_name(self, outputs: Sequence[TensorSpec]) -> str:
+        """The output this task reads: `preferred_output` when the model has it, else the first."""
+        names = [o.name for o in outputs]
+        preferred = self.preferred_output
+        return preferred if preferred is not None and preferred in names else names[0]
+
+    # -- samples: one generator per modality, seeded by purpose ------------------------------------------
+
+    def samples(self, purpose: str, count: int | None, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
+        """`count` batch-1 feeds for `purpose` (``held-out``, ``calibration``, ``validation``, ``bench``)."""
+        return self.data.samples(purpose, count, exclude_texts)
+
+    def timing_feeds(self, batch: int = 1, seq: int = 128) -> Feeds:
+        """Fixed-shape feeds of `batch` rows for latency measurements."""
+        return self.data.timing_feeds(batch, seq)
+
+    # -- accuracy -------------------------------------------------------------------------------------
+
+    def metric_output(self) -> str:
+        """The output the accuracy metric reads."""
+        return self.output_name(self.manifest.outputs)
+
+    def metric_values(self, outputs: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """What the metric compares, per sample: the metric output itself unless a task says otherwise."""
+        return outputs[self.metric_output()]
+
+    # -- `edge run` -----------------------------------------------------------------------------------
+
+    def run_lines(self, items: Sequence[str], results: Sequence[Any]) -> list[str]:
+        """How `edge run` prints this task's results, one or more lines per input."""
+        return [f"{item}: {result!r}" for item, result in zip(items, results, strict=True)]
+
+    def run_json(self, results: Sequence[Any]) -> dict[str, Any]:
+        """This task's results for `edge run --json` (arrays allowed; the CLI serialises them)."""
+        return {"results": list(results)}
+
+    # -- the server's pipeline model -----------------------------------------------------------------
+
+    def served_outputs(self, outputs: Sequence[TensorSpec]) -> tuple[ServedTensor, ...]:
+        """The outputs of this task's pipeline model on the server (empty: the server serves the raw model only)."""
+        return ()
+
+    def serve(self, outputs: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> Outputs:
+        """The pipeline model's answer for one request's raw outputs."""
+        raise NotImplementedError(f"task '{self.name}' has no server pipeline model")
+
+
+class Pipeline(Generic[_M]):
+    """A `Runner` plus a task: the typed face an application uses. Subclasses add the task's methods.
+
+    `load(path)` builds one from a package of the pipeline's own task (another task is a BadModelError);
+    `close()` or a ``with`` block releases the session.
+    """
+
+    task_class: ClassVar[type[Task[Any]]] = Task
+
+    def __init__(self, package: ModelPackage, runner: Runner, task: Task[_M] | None = None) -> None:
+        self.package = package
+        self.runner = runner
+        self.task: Task[_M] = task or self.task_class(package, runner.inputs)
+
+    @classmethod
+    def load(
+        cls: type[_P],
+        path: str | Path,
+        *,
+        variant: str = FP32_VARIANT,
+        providers: str | Sequence[str] | None = None,
+        threads: int | None = None,
+        strict: bool = False,
+        config: ProviderConfig | None = None,
+    ) -> _P:
+        """This pipeline over the package at `path`, on a `Runner` for `variant`; refuses another task's package."""
+        package = ModelPackage.open(path)
+        wanted = cls.task_class.name
+        if wanted != Task.name and package.manifest.task != wanted:
+            raise BadModelError(
+                f"package '{package.path}' has task '{package.manifest.task}', not '{wanted}'; "
+                f"load it with toolkit.load() or the pipeline for '{package.manifest.task}'"
+            )
+        runner = Runner(package.model_path(variant), providers, threads=threads, strict=strict, config=config)
+        return cls(package, runner)
+
+    def run_items(self, items: Sequence[Any]) -> list[Any]:
+        """The task's results for `items` with its default options (what `edge run` prints)."""
+        raise BadInputError(
+            f"task '{self.task.name}' takes raw feeds only; run it with --input NAME=FILE.npy"
+        )
+
+    def run(self, feeds: Mapping[str, Any]) -> Outputs:
+        """Run the raw model on `feeds`."""
+        return self.runner.run(feeds)
+
+    def close(self) -> None:
+        """Release the onnxruntime session."""
+        self.runner.close()
+
+    def __enter__(self: _P) -> _P:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _map(
+        self,
+        encoded: Sequence[_Item],
+        batch_size: int,
+        collate: Callable[[Sequence[_Item]], Feeds],
+        finish: Callable[[Outputs, Feeds], Sequence[_Result]],
+        *,
+        order: Sequence[int] | None = None,
+        same_batch: Callable[[_Item, _Item], bool] | None = None,
+        outputs: Sequence[str] | None = None,
+    ) -> list[_Result]:
+        """Run encoded items in batches (in `order`, a batch ends at `batch_size` or where `same_batch` says);
+        results come back in the items' own order."""
+        if batch_size < 1:
+            raise BadInputError(f"batch_size must be at least 1, got {batch_size}")
+        sequence = list(order) if order is not None else list(range(len(encoded)))
+        results: list[_Result | None] = [None] * len(encoded)
+        start = 0
+        while start < len(sequence):
+            rows = [sequence[start]]
+            while (
+                start + len(rows) < len(sequence)
+                and len(rows) < batch_size
+                and (same_batch is None or same_batch(encoded[rows[0]], encoded[sequence[start + len(rows)]]))
+            ):
+                rows.append(sequence[start + len(rows)])
+            feeds = collate([encoded[i] for i in rows])
+            for row, result in zip(rows, finish(self.runner.run(feeds, outputs), feeds), strict=True):
+                results[row] = result
+            start += len(rows)
+        return [r for r in results if r is not None]
+
+
+# -- pipelines per modality: how items become batches --------------------------------------------------------
+
+
+class TextPipeline(Pipeline[TextModality]):
+    """Texts tokenized, sorted by length so padding stays small, run in batches, results in the texts' order."""
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        """The package's `TextTokenizer`."""
+        return self.task.data.tokenizer
+
+    def _texts(
+        self, texts: Sequence[str], batch_size: int, finish: Callable[[Outputs, Feeds], Sequence[_Result]]
+    ) -> list[_Result]:
+        data = self.task.data
+        encodings = data.tokenizer.encode(texts)
+        order = np.argsort([-len(ids) for ids, _ in encodings], kind="stable")
+        return self._map(
+            encodings,
+            batch_size,
+            lambda rows: {k: v for k, v in data.tokenizer.pad(rows).items() if k in data.input_names},
+            finish,
+            order=[int(i) for i in order],
+            outputs=[self.task.output_name(self.runner.outputs)],
+        )
+
+
+class ImagePipeline(Pipeline[ImageModality]):
+    """Images decoded and preprocessed as the manifest says; a change of size starts a new batch."""
+
+    def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Images -> pixel values float32 [N, C, H, W] (every image must come out the same size)."""
+        arrays = [self._pixels(image) for image in image_list(images)]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise BadInputError(
+                f"images came out in different sizes {sorted(shapes)}; this package resizes by the shortest edge "
+                "without a crop, so preprocess them one at a time (classify() does)"
+            )
+        return np.stack(arrays) if arrays else np.zeros((0, 3, 1, 1), dtype=np.float32)
+
+    def _pixels(self, image: ImageInput) -> np.ndarray:
+        pixels = preprocess_image(image, self.task.data.pre)
+        shape = self.runner.inputs[0].shape
+        channels = shape[1] if len(shape) == 4 else None
+        if isinstance(channels, int) and pixels.shape[0] != channels:
+            raise BadModelError(
+                f"package '{self.package.path}' takes {channels}-channel images; this pipeline makes RGB ones"
+            )
+        return pixels
+
+    def _images(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int,
+        finish: Callable[[Outputs, Feeds], Sequence[_Result]],
+        outputs: Sequence[str] | None = None,
+    ) -> list[_Result]:
+        pixels = [self._pixels(image) for image in image_list(images)]
+        name = self.task.data.input_name
+        return self._map(
+            pixels,
+            batch_size,
+            lambda batch: {name: np.stack(batch)},
+            finish,
+            same_batch=lambda a, b: a.shape == b.shape,
+            outputs=outputs,
+        )
+
+
+class AudioPipeline(Pipeline[AudioModality]):
+    """Clips one at a time: wav2vec 2.0 base-style models take no attention mask, so zero-padding clips to a
+    common length would change their outputs."""
+
+    def _clips(
+        self,
+        clips: Sequence[AudioInput],
+        sampling_rate: int | None,
+        finish: Callable[[Outputs, Feeds], Sequence[_Result]],
+        outputs: Sequence[str] | None = None,
+    ) -> list[_Result]:
+        data = self.task.data
+        takes_mask = any(spec.name == "attention_mask" for spec in self.runner.inputs)
+
+        def feeds(batch: Sequence[np.ndarray]) -> Feeds:
+            waveform = batch[0][None]
+            if takes_mask:
+                return {data.input_name: waveform, "attention_mask": np.ones(waveform.shape, dtype=np.int64)}
+            return {data.input_name: waveform}
+
+        waveforms = [preprocess_audio(clip, data.pre, sampling_rate) for clip in clip_list(clips)]
+        return self._map(waveforms, 1, feeds, finish, outputs=outputs)

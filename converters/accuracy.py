@@ -117,7 +117,7 @@ class AccuracyReport:
 def _text_feeds(package: ModelPackage, texts: Sequence[str], names: set[str]) -> list[dict[str, np.ndarray]]:
     pre = package.manifest.preprocessing
     assert isinstance(pre, TextPreprocessing)
-    tokenizer = TextTokenizer(package.path / pre.tokenizer, pre.max_length)
+    tokenizer = TextTokenizer(package.asset(pre.tokenizer, "tokenizer"), pre.max_length)
     return [{k: v for k, v in tokenizer([text]).items() if k in names} for text in texts]
 
 
@@ -341,7 +341,7 @@ def latency_feeds(package: ModelPackage, batch: int = 1, seq: int = 128) -> dict
     pre = package.manifest.preprocessing
     names = {spec.name for spec in package.manifest.inputs}
     if isinstance(pre, TextPreprocessing):
-        tokenizer = TextTokenizer(package.path / pre.tokenizer, min(seq, pre.max_length))
+        tokenizer = TextTokenizer(package.asset(pre.tokenizer, "tokenizer"), min(seq, pre.max_length))
         row = tokenizer([" ".join(HELD_OUT_SENTENCES)])
         return {k: np.repeat(v, batch, axis=0) for k, v in row.items() if k in names}
     if isinstance(pre, AudioPreprocessing):

@@ -45,6 +45,7 @@ from toolkit.manifest import (
     SourceInfo,
     TextPreprocessing,
     Variant,
+    resolve_inside,
     tool_versions,
     variant_file_name,
 )
@@ -259,7 +260,9 @@ def _export_hf(
         resolved.model_dir, export_dir, task, resolved.recipe.preprocessing if resolved.recipe else None
     )
     tokenizer = (
-        TextTokenizer(package_dir / preprocessing.tokenizer, preprocessing.max_length)
+        TextTokenizer(
+            resolve_inside(package_dir, preprocessing.tokenizer, "tokenizer"), preprocessing.max_length
+        )
         if isinstance(preprocessing, TextPreprocessing)
         else None
     )

@@ -10,13 +10,14 @@ first image is read; audio pipelines read PCM WAV files with the standard librar
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from toolkit.checks import item_list, text_list
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import (
     FP32_VARIANT,
@@ -82,20 +83,22 @@ class TextTokenizer:
             raise BadModelError(
                 f"tokenizer file '{path}' is missing from the package; re-create it with `edge convert`"
             )
-        self.tokenizer = Tokenizer.from_file(str(path))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot read
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise BadModelError(
+                f"tokenizer file '{path.name}' is not a tokenizers JSON file ({reason}); "
+                "re-create the package with `edge convert`"
+            ) from None
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=max_length)
         self.max_length = max_length
         self.pad_id = _pad_token_id(self.tokenizer, path.parent)
 
-    def encode(self, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    def encode(self, texts: Iterable[str]) -> list[tuple[list[int], list[int]]]:
         """Token ids and type ids for each text, unpadded."""
-        if isinstance(texts, str):
-            raise BadInputError("texts must be a list of strings, got a single string; wrap it as [text]")
-        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-        if bad:
-            raise BadInputError(f"texts must all be strings, got {bad[0]}; convert them with str() first")
-        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch(list(texts))]
+        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch(text_list(texts))]
 
     def pad(self, encodings: Sequence[tuple[list[int], list[int]]]) -> dict[str, np.ndarray]:
         """Pad a batch to its longest member: input_ids, attention_mask, token_type_ids as int64."""
@@ -120,8 +123,14 @@ def _pad_token_id(tokenizer: Any, folder: Path) -> int:
     if padding and "pad_id" in padding:
         return int(padding["pad_id"])
     config = folder / "tokenizer_config.json"
-    if config.is_file():
-        token = json.loads(config.read_text(encoding="utf-8")).get("pad_token")
+    if config.is_file() and not config.is_symlink():
+        try:
+            settings = json.loads(config.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise BadModelError(
+                f"'{config}' is not valid UTF-8 JSON; re-create the package with `edge convert`"
+            ) from None
+        token = settings.get("pad_token") if isinstance(settings, dict) else None
         if isinstance(token, dict):
             token = token.get("content")
         if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
@@ -171,7 +180,7 @@ class _TextPipeline(ModelPipeline):
         super().__init__(package, runner)
         self.preprocessing = _required_preprocessing(package, TextPreprocessing)
         self.tokenizer = TextTokenizer(
-            package.path / self.preprocessing.tokenizer, self.preprocessing.max_length
+            package.asset(self.preprocessing.tokenizer, "tokenizer"), self.preprocessing.max_length
         )
         self._input_names = {spec.name for spec in runner.inputs}
 
@@ -202,8 +211,9 @@ class TextEmbedding(_TextPipeline):
         dim = self.runner.outputs[0].shape[-1]
         return dim if isinstance(dim, int) else -1
 
-    def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Embeddings as float32 [len(texts), dim], in the order of `texts`."""
+    def embed(self, texts: Iterable[str], batch_size: int = 32) -> np.ndarray:
+        """Embeddings as float32 [len(texts), dim], in the order of `texts` (any iterable of strings)."""
+        texts = text_list(texts)
         output = self.preprocessing.output or self.runner.outputs[0].name
         pieces: list[np.ndarray] = []
         rows_in_order: list[np.ndarray] = []
@@ -237,8 +247,9 @@ class TextClassifier(_TextPipeline):
 
     task = "classify"
 
-    def classify(self, texts: Sequence[str], batch_size: int = 32) -> list[Classification]:
-        """One `Classification` per text, in order."""
+    def classify(self, texts: Iterable[str], batch_size: int = 32) -> list[Classification]:
+        """One `Classification` per text, in order (any iterable of strings)."""
+        texts = text_list(texts)
         labels = self.package.manifest.labels
         results: list[Classification | None] = [None] * len(texts)
         for rows, feeds in self._batches(texts, batch_size):
@@ -364,10 +375,8 @@ def preprocess_image(image: ImageInput, pre: ImagePreprocessing) -> np.ndarray:
     return np.ascontiguousarray(((scaled - mean) / std).transpose(2, 0, 1), dtype=np.float32)
 
 
-def _image_list(images: Sequence[ImageInput]) -> Sequence[ImageInput]:
-    if isinstance(images, str | Path | np.ndarray) or type(images).__module__.startswith("PIL"):
-        raise BadInputError("images must be a list; wrap a single image as [image]")
-    return images
+def _image_list(images: Iterable[ImageInput]) -> Sequence[ImageInput]:
+    return item_list(images, "images", (str, Path, np.ndarray))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -551,10 +560,10 @@ class _AudioPipeline(ModelPipeline):
         return self.runner.run(feeds, [self.output_name])[self.output_name]
 
 
-def _clip_list(clips: Sequence[AudioInput]) -> Sequence[AudioInput]:
-    if isinstance(clips, str | Path) or (isinstance(clips, np.ndarray) and clips.ndim == 1):
+def _clip_list(clips: Iterable[AudioInput]) -> Sequence[AudioInput]:
+    if isinstance(clips, np.ndarray) and clips.ndim == 1:
         raise BadInputError("clips must be a list; wrap a single clip as [clip]")
-    return clips
+    return item_list(clips, "clips", (str, Path))
 
 
 class AudioEncoder(_AudioPipeline):

@@ -102,7 +102,7 @@ def _padded_text_feeds(
     """Batch-1 feeds all padded to the longest text: histogram calibrators need every sample the same shape."""
     pre = package.manifest.preprocessing
     assert isinstance(pre, TextPreprocessing)
-    tokenizer = TextTokenizer(package.path / pre.tokenizer, pre.max_length)
+    tokenizer = TextTokenizer(package.asset(pre.tokenizer, "tokenizer"), pre.max_length)
     padded = tokenizer.pad(tokenizer.encode(list(texts)))
     return tuple({k: v[i : i + 1] for k, v in padded.items() if k in names} for i in range(len(texts)))
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.inputs import InputLimits, has_sequence_axis, random_feeds, sequence_axis
-from toolkit.manifest import ImagePreprocessing, Manifest, TensorSpec, TextPreprocessing
+from toolkit.manifest import ImagePreprocessing, Manifest, TensorSpec, TextPreprocessing, resolve_inside
 
 __all__ = [
     "DEFAULT_SEQUENCE",
@@ -78,7 +78,7 @@ def vocab_size_of(folder: Path, manifest: Manifest | None) -> int | None:
     """The vocabulary size from the package's tokenizer (``tokenizer.json``) or ``config.json``; None if neither says."""
     tokenizer_file = folder / "tokenizer.json"
     if manifest is not None and isinstance(manifest.preprocessing, TextPreprocessing):
-        tokenizer_file = folder / manifest.preprocessing.tokenizer
+        tokenizer_file = resolve_inside(folder, manifest.preprocessing.tokenizer, "tokenizer")
     if tokenizer_file.is_file():
         from tokenizers import Tokenizer
 
@@ -140,7 +140,9 @@ def text_feeds(source: InputSource, texts: Sequence[str], batch: int, seq: int |
     from toolkit.pipelines import TextTokenizer
 
     limit = seq if seq is not None else manifest.preprocessing.max_length
-    tokenizer = TextTokenizer(source.folder / manifest.preprocessing.tokenizer, limit)
+    tokenizer = TextTokenizer(
+        resolve_inside(source.folder, manifest.preprocessing.tokenizer, "tokenizer"), limit
+    )
     rows = [texts[i % len(texts)] for i in range(batch)]
     encodings = tokenizer.encode(rows)
     padded = tokenizer.pad(encodings)

@@ -609,7 +609,7 @@ def _package_models(
     pre = manifest.preprocessing
     tokenizer = None
     if isinstance(pre, TextPreprocessing):
-        tokenizer = TextTokenizer(package.path / pre.tokenizer, pre.max_length)
+        tokenizer = TextTokenizer(package.asset(pre.tokenizer, "tokenizer"), pre.max_length)
     models: list[ServedModel] = []
     for variant in variants:
         runner = Runner(

@@ -282,7 +282,19 @@ def _export_hf(
         tokenizer=tokenizer,
         preprocessing=preprocessing,
         labels=labels_of(model, task),
+        value_ranges=_id_ranges(model),
     )
+
+
+def _id_ranges(model: object) -> dict[str, tuple[int, int]]:
+    """The ids an embedding table holds, recorded in the manifest so a server can refuse others (not wrap them)."""
+    config = getattr(model, "config", None)
+    ranges = {}
+    for name, attribute in (("input_ids", "vocab_size"), ("token_type_ids", "type_vocab_size")):
+        size = getattr(config, attribute, None)
+        if isinstance(size, int) and size > 0:
+            ranges[name] = (0, size - 1)
+    return ranges
 
 
 def _hf_input_limits(model: object, preprocessing: object) -> InputLimits:

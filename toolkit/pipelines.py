@@ -95,6 +95,7 @@ class TextTokenizer:
         self.tokenizer.enable_truncation(max_length=max_length)
         self.max_length = max_length
         self.pad_id = _pad_token_id(self.tokenizer, path.parent)
+        self.vocab_size = int(self.tokenizer.get_vocab_size(with_added_tokens=True))
 
     def encode(self, texts: Iterable[str]) -> list[tuple[list[int], list[int]]]:
         """Token ids and type ids for each text, unpadded."""

@@ -146,7 +146,7 @@ def test_a_symlinked_tokenizer_leaving_the_package_is_refused(embed_package: Pat
     shutil.move(package / "tokenizer.json", outside)
     (package / "tokenizer.json").symlink_to(outside)
     with pytest.raises(BadModelError, match=r"tokenizer 'tokenizer\.json' is a link to a path outside"):
-        TextEmbedding.load(package)
+        load(package)
 
 
 def test_resolve_inside_is_the_one_join() -> None:
@@ -195,8 +195,8 @@ def test_a_tokenizer_that_is_not_a_tokenizer_is_a_bad_model(embed_package: Path,
     package = _copy(embed_package, tmp_path / "pkg")
     (package / "tokenizer.json").write_text('{"not": "a tokenizer"}', encoding="utf-8")
     with pytest.raises(BadModelError, match="not a tokenizers JSON file"):
-        TextEmbedding.load(package)
-    _assert_one_line_error(_cli("run", str(package), "hello"), "tokenizer")
+        load(package)
+    _assert_one_line_error(_cli("run", str(package), "--text", "hello"), "tokenizer")
 
 
 _json_values = st.recursive(
@@ -273,7 +273,8 @@ def test_fuzzed_manifest_bytes_are_bad_models(tmp_path_factory: pytest.TempPathF
 
 
 def test_embed_takes_any_iterable_and_checks_types_up_front(embed_package: Path) -> None:
-    model = TextEmbedding.load(embed_package)
+    model = load(embed_package)
+    assert isinstance(model, TextEmbedding)
     texts = ["hello world", "a cat sat on the mat", "edge"]
     expected = model.embed(texts)
     assert expected.shape[0] == 3
@@ -391,7 +392,7 @@ def test_a_killed_quantize_leaves_no_staging_behind(
         left = _staging(package)
         assert left, "SIGKILL leaves its staging folder (nothing can run)"
         rerun = _cli("quantize", str(package), "--method", "dynamic-int8")
-        assert rerun.exit_code == 0, rerun.output
+        assert rerun.exit_code in (0, 1), rerun.output  # 1: the variant missed its accuracy budget (kept)
         assert not any(p.exists() for p in left), "the next run on the same target removed them"
         assert _staging(package) == []
         assert (package / "model.int8.onnx").is_file()
@@ -575,20 +576,29 @@ def test_a_request_over_max_batch_is_split_and_equals_one_run(
 
 
 def test_a_timed_out_request_drops_its_unrun_rows_and_shutdown_does_not_wait(
-    tiny_bert_package: Path, tmp_path: Path
+    minilm_package: Path, tmp_path: Path
 ) -> None:
-    """64 rows in pieces of 1 behind a 30 s batch delay: the 1 s deadline drops all of them; SIGTERM then
-    exits at once because no piece is left to run."""
-    bert = _name(tiny_bert_package)
-    args = ["--max-batch", "1", "--max-delay-ms", "30000", "--timeout-ms", "1000", "--max-queue", "256"]
-    with _running([tiny_bert_package], args, tmp_path) as served:
-        ids = np.full((64, 5), 7, dtype=np.int64)
-        status, body = _post(served, f"/v2/models/{bert}/infer", _ids_request(ids))
+    """64 rows of 256 tokens in pieces of one row (each tens of ms on one thread) and a 0.5 s deadline: the
+    rows not run by then are dropped (the batch count stops growing well short of 64), and SIGTERM exits
+    without running them."""
+    minilm = _name(minilm_package)
+    args = ["--max-batch", "1", "--timeout-ms", "500", "--max-request-tokens", "100000"]
+    with _running([minilm_package], args, tmp_path) as served:
+        ids = np.full((64, 256), 1000, dtype=np.int64)
+        status, body = _post(served, f"/v2/models/{minilm}/infer", _ids_request(ids))
         assert status == 504
-        assert f"model '{bert}' did not answer within 1 s" in body["error"]
-        assert _metric(served, "edge_queue_depth", model=bert) == 0
+        assert f"model '{minilm}' did not answer within 0.5 s" in body["error"]
+        assert _metric(served, "edge_queue_depth", model=minilm) == 0
+
+        def batches() -> float:
+            return _metric(served, "edge_batch_size_count", model=minilm)
+
+        time.sleep(1.0)  # the piece running at the deadline finishes (one row: well under a second)
+        ran = batches()
+        time.sleep(1.0)
+        assert batches() == ran < 64
         served.process.send_signal(signal.SIGTERM)
-        assert served.process.wait(timeout=20) == 0
+        assert served.process.wait(timeout=30) == 0
 
 
 # -- 3 and 8. no 500s for bad input; clean 400s --------------------------------------------------------

@@ -216,9 +216,14 @@ class Manifest:
                 f"{origin} has manifest format {version!r}, this edge-toolkit reads format {FORMAT_VERSION}; "
                 "re-create the package with this version's `edge convert`"
             )
+        _check_layout(data, origin)
         try:
             manifest = _manifest_from_dict(data)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+        except KeyError as exc:
+            raise BadModelError(
+                f"{origin} is missing the field {exc}; re-create it with `edge convert`"
+            ) from None
+        except (TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
             raise BadModelError(
                 f"{origin} is missing or has a malformed field ({type(exc).__name__}: {str(exc)[:200]}); "
                 "re-create it with `edge convert`"
@@ -329,6 +334,31 @@ def _check_str(origin: str, field_name: str, value: Any, *, optional: bool = Fal
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_layout(data: Mapping[str, Any], origin: str) -> None:
+    """The JSON types of the manifest's sections, so a wrong one is named rather than met as a TypeError."""
+    objects = {"source": False, "variants": False, "preprocessing": True, "exporter": True}
+    for key, optional in objects.items():
+        if key in data and not isinstance(data[key], dict) and not (optional and data[key] is None):
+            raise _fail(origin, key, f"must be an object, got {_short(data[key])}")
+    for key in ("inputs", "outputs"):
+        if key in data and not (isinstance(data[key], list) and all(isinstance(t, dict) for t in data[key])):
+            raise _fail(origin, key, "must be a list of tensor objects")
+    for key in ("inputs", "outputs"):
+        for position, tensor in enumerate(data.get(key) or ()):
+            if not isinstance(tensor.get("shape"), list):
+                raise _fail(
+                    origin, f"{key}[{position}].shape", f"must be a list, got {_short(tensor.get('shape'))}"
+                )
+            if tensor.get("value_range") is not None and not isinstance(tensor["value_range"], list):
+                raise _fail(origin, f"{key}[{position}].value_range", "must be [low, high] or null")
+    for name, variant in (data.get("variants") or {}).items():
+        if not isinstance(variant, dict):
+            raise _fail(origin, f"variants.{name}", f"must be an object, got {_short(variant)}")
+    for key in ("labels",):
+        if data.get(key) is not None and not isinstance(data[key], list):
+            raise _fail(origin, key, f"must be a list, got {_short(data[key])}")
 
 
 def check_relative(origin: str, field_name: str, value: Any) -> str:

@@ -367,21 +367,23 @@ def main() -> None:
         "--source", type=Path, default=ROOT, help="the source tree to test (default: this checkout)"
     )
     args = parser.parse_args()
+    package, source = args.package.resolve(), args.source.resolve()
     with tempfile.TemporaryDirectory(prefix="hardening-") as folder:
         work = Path(folder)
+        os.chdir(work)  # `python -c` puts the working directory first on sys.path: keep checkouts off it
         rows = []
         for group, run in (
-            ("cli", lambda: cli_cases(args.source, args.package, work / "cli")),
-            ("api", lambda: api_cases(args.source, args.package)),
-            ("server", lambda: server_cases(args.source, args.package, work)),
-            ("interrupts", lambda: interrupt_cases(args.source, args.package, work / "interrupts")),
+            ("cli", lambda: cli_cases(source, package, work / "cli")),
+            ("api", lambda: api_cases(source, package)),
+            ("server", lambda: server_cases(source, package, work)),
+            ("interrupts", lambda: interrupt_cases(source, package, work / "interrupts")),
         ):
             (work / "cli").mkdir(exist_ok=True)
             (work / "interrupts").mkdir(exist_ok=True)
             for case, answer in run():
                 rows.append((group, case, answer))
                 print(f"{group:<10} {case:<60} {answer}", file=sys.stderr, flush=True)
-    print(f"| group | case | answer ({args.source}) |\n|---|---|---|")
+    print(f"| group | case | answer ({source}) |\n|---|---|---|")
     for group, case, answer in rows:
         print(f"| {group} | {case} | {answer.replace('|', '/')} |")
 

@@ -386,8 +386,8 @@ def _check_tensor(origin: str, where: str, spec: Any) -> None:
         raise _fail(origin, where, "must be an object with name, dtype and shape")
     _check_str(origin, f"{where}.name", spec.name)
     _check_str(origin, f"{where}.dtype", spec.dtype)
-    if not all((isinstance(d, str) and d) or (_is_int(d) and int(d) >= 0) for d in spec.shape):
-        raise _fail(origin, f"{where}.shape", f"must hold sizes >= 0 or dim names, got {_short(spec.shape)}")
+    if not all((isinstance(d, str) and d) or _is_int(d) for d in spec.shape):
+        raise _fail(origin, f"{where}.shape", f"must hold sizes or dim names, got {_short(spec.shape)}")
     if spec.value_range is not None:
         low_high = spec.value_range
         if len(low_high) != 2 or not all(_is_int(v) for v in low_high) or low_high[0] > low_high[1]:

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from toolkit import Runner, TextEmbedding, load
-from toolkit.atomic import remove_stale, staging_directory
+from toolkit.atomic import owner_prefix, remove_stale, staging_directory
 from toolkit.cli import edge
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import MANIFEST_NAME, Manifest, ModelPackage, resolve_inside
@@ -324,25 +324,30 @@ def _dead_pid() -> int:
 def test_stale_staging_of_a_dead_process_is_removed_by_the_next_run(tmp_path: Path) -> None:
     target = tmp_path / "model.int8.onnx"
     dead, alive = _dead_pid(), os.getppid()
-    stale = tmp_path / f".{target.name}.{dead}.abc.staging"
+    stale = tmp_path / f"{owner_prefix(target, dead)}abc.staging"
     (stale / "inner").mkdir(parents=True)
     (stale / "inner" / "big.bin").write_bytes(b"x" * 1000)
-    stale_file = tmp_path / f".{target.name}.{dead}.xyz.tmp"
+    stale_file = tmp_path / f"{owner_prefix(target, dead)}xyz.tmp"
     stale_file.write_bytes(b"partial")
-    live = tmp_path / f".{target.name}.{alive}.def.staging"
+    live = tmp_path / f"{owner_prefix(target, alive)}def.staging"
     live.mkdir()
-    other = tmp_path / f".other.onnx.{dead}.ghi.staging"
+    other = tmp_path / f"{owner_prefix(tmp_path / 'other.onnx', dead)}ghi.staging"
     other.mkdir()
+    # another host's (container's) folder: its pids mean nothing here
+    elsewhere = tmp_path / f".{target.name}.{dead}-0000beef.jkl.staging"
+    elsewhere.mkdir()
     with staging_directory(target) as staging:
-        assert staging.name.startswith(f".{target.name}.{os.getpid()}.")
+        assert staging.name.startswith(owner_prefix(target))
+        assert staging.name.startswith(f".{target.name}.{os.getpid()}-")
         assert not stale.exists()
         assert not stale_file.exists()
         assert live.exists(), "a live process's staging folder is left alone"
         assert other.exists(), "another target's staging folder is left alone"
+        assert elsewhere.exists(), "another host's staging folder is left alone"
     assert not staging.exists()
     # a retired previous target whose replacement never arrived is put back, not deleted
     package = tmp_path / "pkg"
-    retired = tmp_path / f".pkg.{dead}.old1.old"
+    retired = tmp_path / f"{owner_prefix(package, dead)}old1.old"
     (retired / "pkg").mkdir(parents=True)
     (retired / "pkg" / "edge.json").write_text("{}", encoding="utf-8")
     remove_stale(package)

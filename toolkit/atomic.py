@@ -1,7 +1,8 @@
 """Atomic writes: artifacts appear complete under their final name, or not at all.
 
-Temporary files and staging folders sit beside their target, named ``.<target>.<pid>.<random>.tmp`` /
-``.staging`` / ``.old``, where ``pid`` is the process that made them. A run that is killed (SIGKILL, power
+Temporary files and staging folders sit beside their target, named ``.<target>.<pid>-<host>.<random>.tmp``
+/ ``.staging`` / ``.old``, where ``pid`` is the process that made them and ``host`` a short hash of the
+machine's name (so a folder shared by several machines or containers never judges another's pids). A run that is killed (SIGKILL, power
 loss) cannot remove its own; the next run on the same target removes those whose owner process is gone
 (`remove_stale`). Interrupts that Python sees (SIGINT, and SIGTERM in the CLI) unwind through the
 ``finally`` blocks here and leave nothing.
@@ -10,23 +11,37 @@ loss) cannot remove its own; the next run on the same target removes those whose
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "remove_stale", "replace_directory", "staging_directory"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_text",
+    "owner_prefix",
+    "remove_stale",
+    "replace_directory",
+    "staging_directory",
+]
 
 log = logging.getLogger(__name__)
 
 _SUFFIXES = (".tmp", ".staging", ".old")
 
 
-def _prefix(target: Path) -> str:
-    return f".{target.name}.{os.getpid()}."
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def owner_prefix(target: Path, pid: int | None = None) -> str:
+    """The name prefix of `target`'s temporaries made by process `pid` (default: this one) on this host."""
+    return f".{target.name}.{os.getpid() if pid is None else pid}-{_host_tag()}."
 
 
 def _owner_alive(pid: int) -> bool:
@@ -43,9 +58,8 @@ def remove_stale(target: Path) -> list[Path]:
     """Remove the temporary files and folders of `target` left by runs whose process is gone; returns them."""
     if not target.parent.is_dir():
         return []
-    pattern = re.compile(
-        rf"^\.{re.escape(target.name)}\.(\d+)\.[^/]*({'|'.join(map(re.escape, _SUFFIXES))})$"
-    )
+    suffixes = "|".join(map(re.escape, _SUFFIXES))
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)-{_host_tag()}\.[^/]*({suffixes})$")
     removed = []
     for entry in target.parent.iterdir():
         match = pattern.match(entry.name)
@@ -68,7 +82,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; it replaces `target` only if the block succeeds."""
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=owner_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -96,7 +110,7 @@ def staging_directory(target: Path) -> Iterator[Path]:
     """Yield an empty directory beside `target` that is removed when the block ends, however it ends."""
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target)
-    staging = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".staging", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=owner_prefix(target), suffix=".staging", dir=target.parent))
     try:
         yield staging
     finally:
@@ -108,7 +122,7 @@ def replace_directory(staging: Path, target: Path) -> None:
     if not target.exists():
         os.replace(staging, target)
         return
-    retired = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".old", dir=target.parent))
+    retired = Path(tempfile.mkdtemp(prefix=owner_prefix(target), suffix=".old", dir=target.parent))
     os.replace(target, retired / target.name)
     try:
         os.replace(staging, target)

@@ -47,7 +47,7 @@ def item_list(items: Iterable[Any], what: str, single: tuple[type, ...]) -> list
     """`items` (images, clips: any iterable) as a list; one item of a `single` type, or a non-iterable,
     is a BadInputError telling the caller to wrap it."""
     if isinstance(items, single) or type(items).__module__.startswith("PIL"):
-        raise BadInputError(f"{what} must be a list; wrap a single one as [{what[:-1]}]")
+        raise BadInputError(f"{what} must be a list; wrap a single {what[:-1]} as [{what[:-1]}]")
     if not isinstance(items, Iterable) or isinstance(items, str | bytes | Mapping):
         raise BadInputError(f"{what} must be a list (or any iterable), got {_kind(items)}")
     return list(items)

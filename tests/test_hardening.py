@@ -641,6 +641,9 @@ def test_token_ids_outside_the_vocabulary_and_empty_dims_are_400(
         status, body = _post(hardened, path, _ids_request(np.zeros((1, 0), dtype=np.int64)))
         assert status == 400
         assert "empty dimension" in body["error"]
+        status, body = _post(hardened, path, _ids_request(np.zeros((0, 3), dtype=np.int64)))
+        assert status == 400
+        assert "the batch is empty" in body["error"]
 
 
 def test_onnxruntime_failures_reach_the_client_without_paths_or_node_names(

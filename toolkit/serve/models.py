@@ -380,7 +380,7 @@ class RawModel(ServedModel):
                 raise BadInputError(
                     f"{where}: expected shape {list(meta.shape)} (-1: any size), got {list(tensor.shape)}"
                 )
-            if 0 in tensor.shape:
+            if 0 in tensor.shape[1 if self.batched else 0 :]:  # an empty batch has its own message below
                 raise BadInputError(
                     f"{where}: shape {list(tensor.shape)} has an empty dimension; send at least one element per dimension"
                 )

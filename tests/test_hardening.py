@@ -403,6 +403,29 @@ def test_a_killed_quantize_leaves_no_staging_behind(
         assert (package / "model.int8.onnx").is_file()
 
 
+def test_sigterm_during_convert_force_leaves_no_staging(
+    tiny_bert_dir: Path, tiny_bert_package: Path, tmp_path: Path
+) -> None:
+    out = _copy(tiny_bert_package, tmp_path / "out")
+    command = [sys.executable, "-c", "from toolkit.cli import main; main()", "convert", str(tiny_bert_dir)]
+    command += ["-o", str(out), "--force"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def staged() -> list[Path]:
+        return [p for p in tmp_path.iterdir() if p.name.startswith(".out.") and p.name.endswith(".staging")]
+
+    deadline = time.monotonic() + 120
+    while not staged() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert staged(), "convert finished before its staging folder was seen"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr.decode()
+    assert "error: terminated" in stderr.decode()
+    assert staged() == []
+    assert ModelPackage.open(out).manifest.name == _name(tiny_bert_package), "the previous package is intact"
+
+
 # -- the server ------------------------------------------------------------------------------------------
 
 

@@ -225,7 +225,7 @@ class Manifest:
             ) from None
         except (TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
             raise BadModelError(
-                f"{origin} is missing or has a malformed field ({type(exc).__name__}: {str(exc)[:200]}); "
+                f"{origin} is missing or has a malformed field ({type(exc).__name__}: {_one_line(exc)}); "
                 "re-create it with `edge convert`"
             ) from None
         check_manifest(manifest, origin)
@@ -329,6 +329,11 @@ def _check_str(origin: str, field_name: str, value: Any, *, optional: bool = Fal
         return
     if not isinstance(value, str) or not value:
         raise _fail(origin, field_name, f"must be a non-empty string, got {_short(value)}")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's text on one line (Python names a bad keyword argument unescaped), at most 200 chars."""
+    return ascii(" ".join(str(exc).split()))[1:-1][:200]
 
 
 def _short(value: Any) -> str:

@@ -45,6 +45,7 @@ from toolkit.manifest import (
     SourceInfo,
     TextPreprocessing,
     Variant,
+    resolve_inside,
     section_of,
     tool_versions,
     variant_file_name,
@@ -260,7 +261,11 @@ def _export_hf(
         resolved.model_dir, export_dir, task, resolved.recipe.preprocessing if resolved.recipe else None
     )
     text = section_of(preprocessing, TextPreprocessing)
-    tokenizer = TextTokenizer(package_dir / text.tokenizer, text.max_length) if text is not None else None
+    tokenizer = (
+        TextTokenizer(resolve_inside(package_dir, text.tokenizer, "tokenizer"), text.max_length)
+        if text is not None
+        else None
+    )
     output_names = tuple(spec.name for spec in inspect_model(onnx_file).outputs)
     return _Exported(
         onnx_file=onnx_file,
@@ -277,7 +282,19 @@ def _export_hf(
         tokenizer=tokenizer,
         preprocessing=preprocessing,
         labels=labels_of(model, task),
+        value_ranges=_id_ranges(model),
     )
+
+
+def _id_ranges(model: object) -> dict[str, tuple[int, int]]:
+    """The ids an embedding table holds, recorded in the manifest so a server can refuse others (not wrap them)."""
+    config = getattr(model, "config", None)
+    ranges = {}
+    for name, attribute in (("input_ids", "vocab_size"), ("token_type_ids", "type_vocab_size")):
+        size = getattr(config, attribute, None)
+        if isinstance(size, int) and size > 0:
+            ranges[name] = (0, size - 1)
+    return ranges
 
 
 def _hf_input_limits(model: object, preprocessing: Preprocessing | None) -> InputLimits:

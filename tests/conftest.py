@@ -7,11 +7,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from toolkit.runner import Runner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Hypothesis fuzzing (tests/test_hardening.py): 2,000 examples per property in CI (CI=true), 200 locally.
+settings.register_profile("ci", max_examples=2000, derandomize=False, print_blob=True)
+settings.register_profile("dev", max_examples=200)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "dev")
 
 WORDS = [
     "the",

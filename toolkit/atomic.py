@@ -1,22 +1,88 @@
-"""Atomic writes: artifacts appear complete under their final name, or not at all."""
+"""Atomic writes: artifacts appear complete under their final name, or not at all.
+
+Temporary files and staging folders sit beside their target, named ``.<target>.<pid>-<host>.<random>.tmp``
+/ ``.staging`` / ``.old``, where ``pid`` is the process that made them and ``host`` a short hash of the
+machine's name (so a folder shared by several machines or containers never judges another's pids). A run that is killed (SIGKILL, power
+loss) cannot remove its own; the next run on the same target removes those whose owner process is gone
+(`remove_stale`). Interrupts that Python sees (SIGINT, and SIGTERM in the CLI) unwind through the
+``finally`` blocks here and leave nothing.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "replace_directory", "staging_directory"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_text",
+    "owner_prefix",
+    "remove_stale",
+    "replace_directory",
+    "staging_directory",
+]
+
+log = logging.getLogger(__name__)
+
+_SUFFIXES = (".tmp", ".staging", ".old")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def owner_prefix(target: Path, pid: int | None = None) -> str:
+    """The name prefix of `target`'s temporaries made by process `pid` (default: this one) on this host."""
+    return f".{target.name}.{os.getpid() if pid is None else pid}-{_host_tag()}."
+
+
+def _owner_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Remove the temporary files and folders of `target` left by runs whose process is gone; returns them."""
+    if not target.parent.is_dir():
+        return []
+    suffixes = "|".join(map(re.escape, _SUFFIXES))
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)-{_host_tag()}\.[^/]*({suffixes})$")
+    removed = []
+    for entry in target.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match is None or int(match.group(1)) == os.getpid() or _owner_alive(int(match.group(1))):
+            continue
+        if entry.name.endswith(".old") and (entry / target.name).exists() and not target.exists():
+            # killed between retiring the previous target and moving the new one in: put the old one back
+            os.replace(entry / target.name, target)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted run (process %s is gone)", entry, match.group(1))
+        removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; it replaces `target` only if the block succeeds."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=owner_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -43,7 +109,8 @@ def atomic_write_text(target: Path, text: str) -> None:
 def staging_directory(target: Path) -> Iterator[Path]:
     """Yield an empty directory beside `target` that is removed when the block ends, however it ends."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
+    remove_stale(target)
+    staging = Path(tempfile.mkdtemp(prefix=owner_prefix(target), suffix=".staging", dir=target.parent))
     try:
         yield staging
     finally:
@@ -55,7 +122,7 @@ def replace_directory(staging: Path, target: Path) -> None:
     if not target.exists():
         os.replace(staging, target)
         return
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    retired = Path(tempfile.mkdtemp(prefix=owner_prefix(target), suffix=".old", dir=target.parent))
     os.replace(target, retired / target.name)
     try:
         os.replace(staging, target)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, TypeVar
 
 from toolkit.atomic import atomic_write_text
@@ -39,6 +40,9 @@ __all__ = [
     "TextPreprocessing",
     "Validation",
     "Variant",
+    "check_manifest",
+    "check_relative",
+    "resolve_inside",
     "section_of",
     "tool_versions",
     "variant_file_name",
@@ -243,7 +247,7 @@ class Manifest:
         """Parse; `origin` names the file in error messages."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise BadModelError(
                 f"{origin} is not valid JSON ({exc}); re-create the package with `edge convert`"
             ) from None
@@ -255,12 +259,20 @@ class Manifest:
                 f"{origin} has manifest format {version!r}, this edge-toolkit reads format {FORMAT_VERSION}; "
                 "re-create the package with this version's `edge convert`"
             )
+        _check_layout(data, origin)
         try:
-            return _manifest_from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
+            manifest = _manifest_from_dict(data)
+        except KeyError as exc:
             raise BadModelError(
-                f"{origin} is missing or has a malformed field ({exc!r}); re-create it with `edge convert`"
+                f"{origin} is missing the field {exc}; re-create it with `edge convert`"
             ) from None
+        except (TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+            raise BadModelError(
+                f"{origin} is missing or has a malformed field ({type(exc).__name__}: {_one_line(exc)}); "
+                "re-create it with `edge convert`"
+            ) from None
+        check_manifest(manifest, origin)
+        return manifest
 
 
 def _tensor(d: Mapping[str, Any]) -> TensorSpec:
@@ -344,6 +356,198 @@ def _manifest_from_dict(data: Mapping[str, Any]) -> Manifest:
     )
 
 
+# -- checks: a parsed manifest holds what its fields say, and every path it names stays in the package --------
+
+
+def _fail(origin: str, field_name: str, problem: str) -> BadModelError:
+    return BadModelError(f"{origin}: {field_name} {problem}; re-create the package with `edge convert`")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_str(origin: str, field_name: str, value: Any, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value:
+        raise _fail(origin, field_name, f"must be a non-empty string, got {_short(value)}")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's text on one line (Python names a bad keyword argument unescaped), at most 200 chars."""
+    return ascii(" ".join(str(exc).split()))[1:-1][:200]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_layout(data: Mapping[str, Any], origin: str) -> None:
+    """The JSON types of the manifest's sections, so a wrong one is named rather than met as a TypeError."""
+    objects = {"source": False, "variants": False, "preprocessing": True, "exporter": True}
+    for key, optional in objects.items():
+        if key in data and not isinstance(data[key], dict) and not (optional and data[key] is None):
+            raise _fail(origin, key, f"must be an object, got {_short(data[key])}")
+    for key in ("inputs", "outputs"):
+        if key in data and not (isinstance(data[key], list) and all(isinstance(t, dict) for t in data[key])):
+            raise _fail(origin, key, "must be a list of tensor objects")
+    for key in ("inputs", "outputs"):
+        for position, tensor in enumerate(data.get(key) or ()):
+            if not isinstance(tensor.get("shape"), list):
+                raise _fail(
+                    origin, f"{key}[{position}].shape", f"must be a list, got {_short(tensor.get('shape'))}"
+                )
+            if tensor.get("value_range") is not None and not isinstance(tensor["value_range"], list):
+                raise _fail(origin, f"{key}[{position}].value_range", "must be [low, high] or null")
+    for name, variant in (data.get("variants") or {}).items():
+        if not isinstance(variant, dict):
+            raise _fail(origin, f"variants.{name}", f"must be an object, got {_short(variant)}")
+    for key in ("labels",):
+        if data.get(key) is not None and not isinstance(data[key], list):
+            raise _fail(origin, key, f"must be a list, got {_short(data[key])}")
+
+
+def check_relative(origin: str, field_name: str, value: Any) -> str:
+    """`value` as a package-relative file name: a string, not absolute, no ``..``, no drive or backslash."""
+    _check_str(origin, field_name, value)
+    posix, windows = PurePosixPath(value), PureWindowsPath(value)
+    if (
+        posix.is_absolute()
+        or windows.is_absolute()
+        or windows.drive
+        or "\\" in value
+        or "\x00" in value
+        or ".." in posix.parts
+    ):
+        raise _fail(
+            origin,
+            field_name,
+            f"is {_short(value)}: it must be a relative path inside the package (no leading /, no .., no \\)",
+        )
+    return str(value)
+
+
+def _check_tensor(origin: str, where: str, spec: Any) -> None:
+    if not isinstance(spec, TensorSpec):
+        raise _fail(origin, where, "must be an object with name, dtype and shape")
+    _check_str(origin, f"{where}.name", spec.name)
+    _check_str(origin, f"{where}.dtype", spec.dtype)
+    if not all((isinstance(d, str) and d) or _is_int(d) for d in spec.shape):
+        raise _fail(origin, f"{where}.shape", f"must hold sizes or dim names, got {_short(spec.shape)}")
+    if spec.value_range is not None:
+        low_high = spec.value_range
+        if len(low_high) != 2 or not all(_is_int(v) for v in low_high) or low_high[0] > low_high[1]:
+            raise _fail(
+                origin, f"{where}.value_range", f"must be [low, high] integers, got {_short(low_high)}"
+            )
+
+
+def _check_size(origin: str, where: str, size: Any, *, optional: bool = False) -> None:
+    if size is None and optional:
+        return
+    if not isinstance(size, tuple) or len(size) != 2 or not all(_is_int(v) and v >= 1 for v in size):
+        raise _fail(origin, where, f"must be [height, width] of positive integers, got {_short(size)}")
+
+
+def _check_preprocessing(origin: str, pre: Any) -> None:
+    if isinstance(pre, TextPreprocessing):
+        check_relative(origin, "preprocessing.tokenizer", pre.tokenizer)
+        if not _is_int(pre.max_length) or pre.max_length < 1:
+            raise _fail(
+                origin,
+                "preprocessing.max_length",
+                f"must be a positive integer, got {_short(pre.max_length)}",
+            )
+        _check_str(origin, "preprocessing.pooling", pre.pooling, optional=True)
+        _check_str(origin, "preprocessing.output", pre.output, optional=True)
+        if not isinstance(pre.normalize, bool):
+            raise _fail(
+                origin, "preprocessing.normalize", f"must be true or false, got {_short(pre.normalize)}"
+            )
+    elif isinstance(pre, ImagePreprocessing):
+        _check_size(origin, "preprocessing.size", pre.size)
+        _check_size(origin, "preprocessing.crop_size", pre.crop_size, optional=True)
+        channels = len(pre.mean)
+        if channels < 1 or len(pre.std) != channels or not all(map(_is_number, (*pre.mean, *pre.std))):
+            raise _fail(
+                origin, "preprocessing.mean/std", "must be equal-length lists of numbers, one per channel"
+            )
+        if any(s == 0 for s in pre.std) or not _is_number(pre.rescale_factor):
+            raise _fail(origin, "preprocessing.std/rescale_factor", "must be non-zero finite numbers")
+        _check_str(origin, "preprocessing.resize", pre.resize)
+        _check_str(origin, "preprocessing.resample", pre.resample)
+    elif isinstance(pre, AudioPreprocessing):
+        if not _is_int(pre.sampling_rate) or pre.sampling_rate < 1:
+            raise _fail(
+                origin, "preprocessing.sampling_rate", f"must be a positive integer, got {pre.sampling_rate}"
+            )
+    elif pre is not None:
+        raise _fail(origin, "preprocessing", "must be an object with a known kind (text, image, audio)")
+
+
+def check_manifest(manifest: Manifest, origin: str) -> None:
+    """A BadModelError naming the first field of `manifest` that is not what its type says (or leaves the package)."""
+    for field_name in ("name", "task"):
+        _check_str(origin, field_name, getattr(manifest, field_name))
+    for field_name in ("kind", "ref", "sha256"):
+        if not isinstance(getattr(manifest.source, field_name), str):
+            raise _fail(origin, f"source.{field_name}", "must be a string")
+    for kind in ("inputs", "outputs"):
+        specs = getattr(manifest, kind)
+        if not specs:
+            raise _fail(origin, kind, "must be a non-empty list of tensors")
+        for position, spec in enumerate(specs):
+            _check_tensor(origin, f"{kind}[{position}]", spec)
+    if not isinstance(manifest.variants, Mapping) or not manifest.variants:
+        raise _fail(origin, "variants", "must name at least one variant (fp32: model.onnx)")
+    for key, variant in manifest.variants.items():
+        where = f"variants.{key}"
+        if variant.name != key:
+            raise _fail(origin, f"{where}.name", f"is {_short(variant.name)}, not the key {key!r}")
+        check_relative(origin, f"{where}.file", variant.file)
+        _check_str(origin, f"{where}.precision", variant.precision)
+        _check_str(origin, f"{where}.method", variant.method)
+        if variant.size_bytes < 0:
+            raise _fail(origin, f"{where}.size_bytes", f"must be 0 or more, got {variant.size_bytes}")
+        for mapping in ("settings", "tool_versions"):
+            if not isinstance(getattr(variant, mapping), Mapping):
+                raise _fail(origin, f"{where}.{mapping}", "must be an object")
+        for position, result in enumerate((variant.validation, *variant.verifications)):
+            host = result.host if result is not None else None
+            if host is not None and not all(isinstance(v, str) for v in dataclasses.astuple(host)):
+                place = "validation" if position == 0 else f"verifications[{position - 1}]"
+                raise _fail(origin, f"{where}.{place}.host", "must hold strings (cpu, arch, int8_path, ...)")
+    _check_preprocessing(origin, manifest.preprocessing)
+    if manifest.labels is not None and not all(isinstance(label, str) for label in manifest.labels):
+        raise _fail(origin, "labels", "must be a list of strings")
+    if not isinstance(manifest.exporter, Mapping):
+        raise _fail(origin, "exporter", "must be an object")
+
+
+def resolve_inside(package_dir: Path, relative: str, what: str = "file") -> Path:
+    """`package_dir / relative`, refused (BadModelError) when it is absolute, climbs with ``..`` or resolves
+    (through symlinks) to somewhere outside `package_dir`."""
+    name = check_relative(f"package '{package_dir}'", what, relative)
+    root = package_dir.resolve()
+    joined = package_dir / name
+    try:
+        target = joined.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise BadModelError(f"package '{package_dir}': {what} '{name}' cannot be resolved ({exc})") from None
+    if not target.is_relative_to(root):
+        raise BadModelError(
+            f"package '{package_dir}': {what} '{name}' is a link to a path outside the package; "
+            "copy the file into the package instead of linking it"
+        )
+    return joined
+
+
 def variant_file_name(variant: str) -> str:
     """``model.onnx`` for fp32, ``model.<variant>.onnx`` for the others."""
     return "model.onnx" if variant == FP32_VARIANT else f"model.{variant}.onnx"
@@ -397,11 +601,25 @@ class ModelPackage:
             raise BadModelError(
                 f"'{root}' is not a model package (no {MANIFEST_NAME}); create one with `edge convert SOURCE -o {root}`"
             )
-        return cls(root, Manifest.from_json(manifest_path.read_text(encoding="utf-8"), str(manifest_path)))
+        try:
+            text = manifest_path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadModelError(
+                f"{manifest_path} is not UTF-8 text (byte {exc.start}); re-create the package with `edge convert`"
+            ) from None
+        except OSError as exc:
+            raise BadModelError(
+                f"{manifest_path} cannot be read ({exc.strerror}); check its permissions"
+            ) from None
+        return cls(root, Manifest.from_json(text, str(manifest_path)))
+
+    def asset(self, relative: str, what: str = "file") -> Path:
+        """The package file `relative` names, refused when it would lie outside the package (see `resolve_inside`)."""
+        return resolve_inside(self.path, relative, what)
 
     def model_path(self, variant: str = FP32_VARIANT) -> Path:
-        """The ONNX file of `variant`, checked to exist."""
-        file = self.path / self.manifest.variant(variant).file
+        """The ONNX file of `variant`, checked to exist and to lie inside the package."""
+        file = self.asset(self.manifest.variant(variant).file, f"variant '{variant}' file")
         if not file.is_file():
             raise BadModelError(
                 f"package '{self.path}' lists variant '{variant}' but {file.name} is missing; "

@@ -10,13 +10,14 @@ standard library's ``wave``) and `preprocess_audio`. Scores: `softmax`, `l2_norm
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from toolkit.checks import item_list, text_list
 from toolkit.errors import BadInputError, BadModelError, first_line
 from toolkit.manifest import AudioPreprocessing, ImagePreprocessing, Manifest
 
@@ -53,22 +54,24 @@ class TextTokenizer:
             raise BadModelError(
                 f"tokenizer file '{path}' is missing from the package; re-create it with `edge convert`"
             )
-        self.tokenizer = Tokenizer.from_file(str(path))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot read
+            raise BadModelError(
+                f"tokenizer file '{path.name}' is not a tokenizers JSON file ({first_line(exc)}); "
+                "re-create the package with `edge convert`"
+            ) from None
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=max_length)
         self.max_length = max_length
         self.pad_id = _pad_token_id(self.tokenizer, path.parent)
+        self.vocab_size = int(self.tokenizer.get_vocab_size(with_added_tokens=True))
 
-    def encodings(self, texts: Sequence[str]) -> list[Any]:
+    def encodings(self, texts: Iterable[str]) -> list[Any]:
         """The `tokenizers` encodings of `texts` (ids, type ids, character offsets, special-token mask)."""
-        if isinstance(texts, str):
-            raise BadInputError("texts must be a list of strings, got a single string; wrap it as [text]")
-        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-        if bad:
-            raise BadInputError(f"texts must all be strings, got {bad[0]}; convert them with str() first")
-        return list(self.tokenizer.encode_batch(list(texts)))
+        return list(self.tokenizer.encode_batch(text_list(texts)))
 
-    def encode(self, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    def encode(self, texts: Iterable[str]) -> list[tuple[list[int], list[int]]]:
         """Token ids and type ids for each text, unpadded."""
         return [(e.ids, e.type_ids) for e in self.encodings(texts)]
 
@@ -95,8 +98,14 @@ def _pad_token_id(tokenizer: Any, folder: Path) -> int:
     if padding and "pad_id" in padding:
         return int(padding["pad_id"])
     config = folder / "tokenizer_config.json"
-    if config.is_file():
-        token = json.loads(config.read_text(encoding="utf-8")).get("pad_token")
+    if config.is_file() and not config.is_symlink():
+        try:
+            settings = json.loads(config.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise BadModelError(
+                f"'{config}' is not valid UTF-8 JSON; re-create the package with `edge convert`"
+            ) from None
+        token = settings.get("pad_token") if isinstance(settings, dict) else None
         if isinstance(token, dict):
             token = token.get("content")
         if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
@@ -227,10 +236,9 @@ def preprocess_image(image: ImageInput, pre: ImagePreprocessing) -> np.ndarray:
     return np.ascontiguousarray(((scaled - mean) / std).transpose(2, 0, 1), dtype=np.float32)
 
 
-def image_list(images: Sequence[ImageInput]) -> Sequence[ImageInput]:
-    if isinstance(images, str | Path | np.ndarray) or type(images).__module__.startswith("PIL"):
-        raise BadInputError("images must be a list; wrap a single image as [image]")
-    return images
+def image_list(images: Iterable[ImageInput]) -> Sequence[ImageInput]:
+    """`images` as a list, checked up front (a single image is a BadInputError saying to wrap it)."""
+    return item_list(images, "images", (str, Path, np.ndarray))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -344,7 +352,8 @@ def preprocess_audio(
     return np.ascontiguousarray(waveform, dtype=np.float32)
 
 
-def clip_list(clips: Sequence[AudioInput]) -> Sequence[AudioInput]:
-    if isinstance(clips, str | Path) or (isinstance(clips, np.ndarray) and clips.ndim == 1):
+def clip_list(clips: Iterable[AudioInput]) -> Sequence[AudioInput]:
+    """`clips` as a list, checked up front (a single clip is a BadInputError saying to wrap it)."""
+    if isinstance(clips, np.ndarray) and clips.ndim == 1:
         raise BadInputError("clips must be a list; wrap a single clip as [clip]")
-    return clips
+    return item_list(clips, "clips", (str, Path))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from toolkit.checks import feed_array, feed_mapping, output_names
 from toolkit.dtypes import BY_NUMPY, BY_ORT
 from toolkit.errors import BadInputError, BadModelError, first_line
 from toolkit.host import current_host, unvalidated_host_warning
@@ -391,6 +392,7 @@ class Runner:
 
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Convert feeds to arrays and check names, dtypes, ranks and fixed dims; errors name the input."""
+        feeds = feed_mapping(feeds)
         missing = [name for name in self._inputs_by_name if name not in feeds]
         unknown = [name for name in feeds if name not in self._inputs_by_name]
         if unknown:
@@ -406,7 +408,7 @@ class Runner:
         arrays = {}
         for name, value in feeds.items():
             spec = self._inputs_by_name[name]
-            array = np.asarray(value)
+            array = feed_array(name, value)
             got = f"{array.dtype} [{', '.join(str(d) for d in array.shape)}]"
             if array.dtype.name != spec.dtype and not (spec.dtype == "str" and array.dtype.kind in "UO"):
                 raise BadInputError(
@@ -424,8 +426,8 @@ class Runner:
             arrays[name] = array
         return arrays
 
-    def _output_names(self, outputs: Sequence[str] | None) -> list[str]:
-        names = list(outputs) if outputs is not None else [o.name for o in self.outputs]
+    def _output_names(self, outputs: str | Sequence[str] | None) -> list[str]:
+        names = output_names(outputs) or [o.name for o in self.outputs]
         unknown = [n for n in names if n not in {o.name for o in self.outputs}]
         if unknown:
             raise BadInputError(
@@ -434,7 +436,9 @@ class Runner:
             )
         return names
 
-    def run(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, feeds: Mapping[str, Any], outputs: str | Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run the model on checked feeds; returns every (or the named) output by name, as numpy arrays."""
         arrays = self.check_feeds(feeds)
         names = self._output_names(outputs)
@@ -445,7 +449,7 @@ class Runner:
         return dict(zip(names, results, strict=True))
 
     def run_on_device(
-        self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None
+        self, feeds: Mapping[str, Any], outputs: str | Sequence[str] | None = None
     ) -> dict[str, ort.OrtValue]:
         """Run with IO binding and leave the outputs where they were computed (OrtValues on the GPU)."""
         if not self.config.io_binding:

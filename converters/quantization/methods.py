@@ -481,7 +481,7 @@ def open_package(package: str | Path | ModelPackage) -> ModelPackage:
 
 def install_variant(package: ModelPackage, staged: Path, variant: Variant) -> ModelPackage:
     """Rename the staged file into place and record `variant`; if the manifest cannot be written, remove the file."""
-    target = package.path / variant.file
+    target = package.asset(variant.file, f"variant '{variant.name}' file")
     with atomic_path(target) as tmp:
         os.replace(staged, tmp)
     try:

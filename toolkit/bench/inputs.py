@@ -17,7 +17,7 @@ import numpy as np
 
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.inputs import InputLimits, has_sequence_axis, random_feeds, sequence_axis
-from toolkit.manifest import ImagePreprocessing, Manifest, TensorSpec, TextPreprocessing
+from toolkit.manifest import ImagePreprocessing, Manifest, TensorSpec, TextPreprocessing, resolve_inside
 
 __all__ = [
     "DEFAULT_SEQUENCE",
@@ -77,7 +77,9 @@ def _read_json(path: Path) -> dict:
 def vocab_size_of(folder: Path, manifest: Manifest | None) -> int | None:
     """The vocabulary size from the package's tokenizer (``tokenizer.json``) or ``config.json``; None if neither says."""
     text = manifest.section(TextPreprocessing) if manifest is not None else None
-    tokenizer_file = folder / (text.tokenizer if text is not None else "tokenizer.json")
+    tokenizer_file = (
+        resolve_inside(folder, text.tokenizer, "tokenizer") if text is not None else folder / "tokenizer.json"
+    )
     if tokenizer_file.is_file():
         from tokenizers import Tokenizer
 
@@ -138,7 +140,7 @@ def text_feeds(source: InputSource, texts: Sequence[str], batch: int, seq: int |
     from toolkit.preprocess import TextTokenizer
 
     limit = seq if seq is not None else text.max_length
-    tokenizer = TextTokenizer(source.folder / text.tokenizer, limit)
+    tokenizer = TextTokenizer(resolve_inside(source.folder, text.tokenizer, "tokenizer"), limit)
     rows = [texts[i % len(texts)] for i in range(batch)]
     encodings = tokenizer.encode(rows)
     padded = tokenizer.pad(encodings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from toolkit.cli.bench import bench_command
-from toolkit.cli.common import EdgeGroup, common_options
+from toolkit.cli.common import EdgeGroup, common_options, handle_sigterm
 from toolkit.cli.convert import convert_command, models_command
 from toolkit.cli.doctor import doctor_command
 from toolkit.cli.export import export_group
@@ -46,4 +46,5 @@ for command in (
 
 def main() -> None:
     """Console-script entry point."""
+    handle_sigterm()
     edge(prog_name="edge")

@@ -6,7 +6,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import signal
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +26,7 @@ __all__ = [
     "common_options",
     "console",
     "emit_json",
+    "handle_sigterm",
     "progress",
 ]
 
@@ -41,6 +44,8 @@ class _CliLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         click.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+        if record.exc_info:  # attached only when debug logging is on (--debug, -vv)
+            click.echo("".join(traceback.format_exception(*record.exc_info)).rstrip(), err=True)
 
 
 _handler = _CliLogHandler()
@@ -149,9 +154,24 @@ class EdgeGroup(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_USER_ERROR)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            # SIGTERM arrives as `Terminated` (see handle_sigterm): the same unwinding, exit 128 + 15
+            terminated = isinstance(exc, Terminated)
+            click.echo(f"error: {'terminated' if terminated else 'interrupted'}", err=True)
+            ctx.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so it unwinds (staging folders removed) as on Ctrl+C."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise Terminated()
+
+
+def handle_sigterm() -> None:
+    """Make SIGTERM raise `Terminated` in the main thread, so commands clean up as on SIGINT and exit 143."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _jsonable(value: Any) -> Any:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from toolkit.cli.common import common_options, console, progress
 from toolkit.cli.provider_options import provider_options
+from toolkit.errors import BadInputError
 from toolkit.providers import ProviderConfig
+
+# toolkit.serve.access.API_KEY_ENV (not imported: the CLI loads the server's modules only when it serves)
+API_KEY_ENV = "EDGE_API_KEY"
 
 __all__ = ["serve_command"]
 
@@ -114,6 +122,44 @@ def _ready_json(url: str, registry: Any) -> str:
     help="Largest request body accepted (after decompression); 413 above it.",
 )
 @click.option(
+    "--max-request-rows",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Rows (texts, images, batch entries) one request may hold; 413 above it.",
+)
+@click.option(
+    "--max-request-tokens",
+    type=click.IntRange(min=1),
+    default=8192,
+    show_default=True,
+    help="Rows x sequence length one request may hold after tokenizing; 413 above it. Bounds the memory "
+    "one small request can make the server allocate.",
+)
+@click.option(
+    "--body-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Time a request body may take to arrive; 408 after it (a body shorter than its Content-Length).",
+)
+@click.option(
+    "--api-key",
+    envvar=API_KEY_ENV,
+    default=None,
+    help=f"Require 'Authorization: Bearer KEY' on every route but /v2/health/* (401 otherwise); "
+    f"also read from ${API_KEY_ENV}, which keeps the key out of the process list.",
+)
+@click.option(
+    "--ssl-certfile",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Serve HTTPS with this PEM certificate (chain); needs --ssl-keyfile.",
+)
+@click.option(
+    "--ssl-keyfile", type=click.Path(dir_okay=False), default=None, help="The certificate's PEM key."
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Once ready, print the URL and models as one JSON line."
 )
 @click.option(
@@ -169,6 +215,12 @@ def serve_command(
     max_queue: int,
     timeout_ms: float,
     max_body_mb: float,
+    max_request_rows: int,
+    max_request_tokens: int,
+    body_timeout_s: float,
+    api_key: str | None,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
     as_json: bool,
     on_ray: bool,
     address: str | None,
@@ -183,17 +235,30 @@ def serve_command(
     Each package is a model named as in its edge.json, its variants are the model's versions (fp32 the
     default); packages with a text pipeline also serve NAME-text, which takes BYTES text. Requests for
     one model are merged into batches (--max-batch, --max-delay-ms). Errors are JSON {"error": ...}:
-    400 bad request, 404 unknown model, 413 body too large, 503 queue full, 504 timeout. SIGTERM or
-    Ctrl+C stops accepting, lets in-flight requests finish, and exits 0.
+    400 bad request, 401 no or wrong API key, 404 unknown model, 408 body too slow, 413 body, rows or
+    tokens over the limit, 503 queue full, 504 timeout. SIGTERM or Ctrl+C stops accepting, lets in-flight
+    requests finish, and exits 0; a second one answers waiting requests 503 and exits at once.
     """
     from toolkit.serve.models import LoadOptions, ModelRegistry
     from toolkit.serve.options import BatchOptions, ServeOptions
+    from toolkit.serve.server import TLSFiles
 
     options = ServeOptions(
         BatchOptions(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, workers=workers),
         timeout_s=timeout_ms / 1000 if timeout_ms else None,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
+        body_timeout_s=body_timeout_s,
+        max_request_rows=max_request_rows,
+        max_request_tokens=max_request_tokens,
+        api_key=api_key or None,
     )
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise BadInputError("--ssl-certfile and --ssl-keyfile go together; pass both (or neither for HTTP)")
+    tls = TLSFiles(Path(ssl_certfile), Path(ssl_keyfile)) if ssl_certfile and ssl_keyfile else None
+    if on_ray and (tls is not None or options.api_key is not None):
+        raise BadInputError(
+            "--api-key and --ssl-* apply to the built-in server; with --ray, configure them on Ray Serve's proxy"
+        )
     load = LoadOptions(provider_config, threads, variants, spinning=spin)
     if on_ray:
         from toolkit.serve.ray_app import (
@@ -252,6 +317,14 @@ def serve_command(
                 click.echo(line)
 
     graceful = (options.timeout_s or 30.0) + 5.0
-    run = run_server(app, sock, on_ready=ready, graceful_timeout_s=graceful)
+    run = run_server(
+        app, sock, on_ready=ready, on_force=app.state.edge.abort, graceful_timeout_s=graceful, tls=tls
+    )
+    if run.forced:
+        # a second signal: waiting requests were answered 503; do not wait for a model run on a worker thread
+        console.print(f"stopped at once ({run.signal}, twice); waiting requests were answered 503")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signal.Signals[run.signal or "SIGINT"].value)
     if not as_json:
         console.print(f"stopped{f' ({run.signal})' if run.signal else ''}; in-flight requests were answered")

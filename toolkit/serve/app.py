@@ -13,8 +13,16 @@ Endpoints (``[/versions/V]``: also under a version; a version is a variant name,
     GET  /metrics                              Prometheus text format
 
 Every error is ``{"error": "<one line>"}`` with the status of `toolkit.serve.errors.STATUS_CODES`:
-400 malformed request or wrong input, 404 unknown model or version (or path), 413 body over the limit,
-503 queue full or shutting down (with ``Retry-After``), 504 timeout, 500 a bug (logged with traceback).
+400 malformed request or wrong input, 401 missing or wrong API key, 404 unknown model or version (or
+path), 408 body not received in time, 413 body, rows or tokens over the limit, 503 queue full or shutting
+down (with ``Retry-After``), 504 timeout, 500 a bug (logged with its type and message; the traceback with
+``--debug``). A client that disconnects is counted as 499. Rendering an error never raises: messages are
+ASCII-escaped JSON with internal paths cut out (`public_message`).
+
+Hostile clients are bounded: a body must arrive within ``body_timeout_s`` (408), bodies over 256 KB are
+decoded and tokenized on a worker thread (the event loop keeps answering), JSON deeper than the
+interpreter's recursion limit is a 400, and a request may hold at most ``max_request_rows`` rows and
+``max_request_tokens`` tokens (413) before anything is tokenized or run.
 
 `create_app` holds all state in the app it returns (no module globals) and needs nothing from uvicorn,
 so another host (Ray Serve) can mount it; pass ``scheduler=`` to replace dynamic batching.
@@ -22,25 +30,47 @@ so another host (Ray Serve) can mount it; pass ``scheduler=`` to replace dynamic
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from toolkit.errors import BadInputError, EdgeError
+from toolkit.inputs import sequence_axis
+from toolkit.serve.access import require_api_key
 from toolkit.serve.batching import BatchingScheduler, Scheduler
-from toolkit.serve.errors import BodyTooLargeError, ServerClosingError, status_for
+from toolkit.serve.errors import (
+    BodyTimeoutError,
+    BodyTooLargeError,
+    ClientGoneError,
+    InferenceTimeoutError,
+    QueueFullError,
+    ServerClosingError,
+    error_response,
+    json_error,
+    status_for,
+)
 from toolkit.serve.metrics import UNKNOWN_MODEL, ServeMetrics
-from toolkit.serve.models import ModelRegistry, ServedModel
+from toolkit.serve.models import Job, ModelRegistry, ServedModel
 from toolkit.serve.options import ServeOptions
-from toolkit.serve.protocol import HEADER_LENGTH, ResponseOutput, decode_request, encode_response, triton_type
+from toolkit.serve.protocol import (
+    HEADER_LENGTH,
+    InferenceRequest,
+    ResponseOutput,
+    decode_request,
+    encode_response,
+    triton_type,
+)
 
 __all__ = ["EXTENSIONS", "SERVER_NAME", "ServerState", "create_app", "error_response"]
 
@@ -52,6 +82,9 @@ EXTENSIONS = ("binary_tensor_data", "model_configuration")
 # Content-Encoding -> zlib wbits (tritonclient's request_compression_algorithm sends gzip or deflate).
 _DECODINGS = {"gzip": 31, "deflate": 15, "identity": 0}
 
+# Bodies larger than this are decoded and tokenized on a worker thread, not on the event loop.
+OFF_LOOP_BYTES = 256 * 1024
+
 
 @dataclass
 class ServerState:
@@ -62,18 +95,33 @@ class ServerState:
     scheduler: Scheduler
     metrics: ServeMetrics
     closing: bool = False
+    decoder: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="edge-decode")
+    )
+
+    def abort(self) -> None:
+        """A forced shutdown: take no more work and answer every waiting request 503 now."""
+        self.closing = True
+        self.scheduler.abort(
+            ServerClosingError("the server was stopped; send the request to another replica")
+        )
 
 
-def error_response(exc: BaseException) -> JSONResponse:
-    """``{"error": message}`` with the exception's status (and Retry-After on 503)."""
-    status = status_for(exc)
-    message = str(exc) if isinstance(exc, EdgeError) else f"internal error: {type(exc).__name__}: {exc}"
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, at most `limit` bytes after decompression, within `timeout_s`; a larger one is read to its
+    end, then refused; one that stops arriving is a BodyTimeoutError (408), a client gone a ClientGoneError."""
+    try:
+        return await asyncio.wait_for(_receive_body(request, limit), timeout_s)
+    except TimeoutError:
+        raise BodyTimeoutError(
+            f"the request body did not arrive within {timeout_s:.3g} s "
+            f"(Content-Length {request.headers.get('content-length', 'not given')}); send the whole body"
+        ) from None
+    except ClientDisconnect:
+        raise ClientGoneError("the client disconnected while sending the body") from None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, at most `limit` bytes after decompression; a larger one is read to its end, then refused."""
+async def _receive_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     chunks: list[bytes] = []
     size = 0
@@ -174,26 +222,30 @@ def create_app(
         # The host has stopped sending requests (uvicorn drains connections first); finish what is queued.
         state.closing = True
         await state.scheduler.aclose()
+        state.decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title=SERVER_NAME, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.edge = state
 
+    if options.api_key is not None:
+        app.middleware("http")(require_api_key(options.api_key))
+
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail
         if exc.status_code == 404:
             detail = f"no endpoint {request.url.path}; the KServe v2 endpoints are under /v2 (see GET /v2)"
         elif exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
-        return JSONResponse({"error": str(detail)}, status_code=exc.status_code)
+        return json_error(exc.status_code, str(detail))
 
     @app.exception_handler(EdgeError)
-    async def edge_error(_request: Request, exc: EdgeError) -> JSONResponse:
+    async def edge_error(_request: Request, exc: EdgeError) -> Response:
         return error_response(exc)
 
     @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        _log_internal(f"{request.method} {request.url.path}", exc)
         return error_response(exc)
 
     @app.get("/v2/health/live")
@@ -250,11 +302,22 @@ def create_app(
                 raise ServerClosingError("the server is shutting down; send the request to another replica")
             model = registry.get(name, version)
             label = (model.name, model.version)
-            body = await _read_body(request, options.max_body_bytes)
-            decoded = decode_request(body, _header_length(request))
-            job = model.prepare(decoded)
+            body = await _read_body(request, options.max_body_bytes, options.body_timeout_s)
+            header_length = _header_length(request)
+            if len(body) > OFF_LOOP_BYTES:
+                loop = asyncio.get_running_loop()
+                decoded, job = await loop.run_in_executor(
+                    state.decoder, _decode_and_prepare, model, options, body, header_length
+                )
+            else:
+                decoded, job = _decode_and_prepare(model, options, body, header_length)
             timeouts = [t for t in (options.timeout_s, decoded.timeout_s) if t is not None]
-            raw = await state.scheduler.submit(model.engine, job.feeds, job.rows, min(timeouts, default=None))
+            try:
+                raw = await state.scheduler.submit(
+                    model.engine, job.feeds, job.rows, min(timeouts, default=None)
+                )
+            except (QueueFullError, InferenceTimeoutError) as exc:
+                raise type(exc)(f"model '{model.name}' {exc}") from None
             result = job.finish(raw)
             encoded = encode_response(
                 model.name,
@@ -264,10 +327,12 @@ def create_app(
             )
             code = 200
             return Response(encoded.body, headers=encoded.headers())
-        except Exception as exc:  # every failure becomes a JSON error with its status
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error with its status (500s logged)
             code = status_for(exc)
             if code == 500:
-                log.error("inference on model '%s' failed", name, exc_info=exc)
+                _log_internal(f"inference on model {name!r}", exc)
+            elif code == 499:
+                log.info("inference on model %r: %s", name, exc)
             return error_response(exc)
         except BaseException:
             code = 499  # the client went away (the task was cancelled)
@@ -276,3 +341,51 @@ def create_app(
             state.metrics.observe_request(*label, code, time.perf_counter() - started)
 
     return app
+
+
+def _log_internal(what: str, exc: BaseException) -> None:
+    """A 500: its type and message at error level; the traceback too when debug logging is on (--debug)."""
+    log.error(
+        "%s failed: %s: %s",
+        what,
+        type(exc).__name__,
+        exc,
+        exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+    )
+
+
+def _decode_and_prepare(
+    model: ServedModel, options: ServeOptions, body: bytes, header_length: int | None
+) -> tuple[InferenceRequest, Job]:
+    """Decode the body, check the request's size against the limits, and turn it into the model's job."""
+    decoded = decode_request(body, header_length)
+    if model.batched:
+        rows = max((i.shape[0] for i in decoded.inputs if i.shape), default=0)
+        if rows > options.max_request_rows:
+            raise BodyTooLargeError(
+                f"model '{model.name}': the request holds {rows} rows, over the {options.max_request_rows}-row "
+                "limit; split it into several requests (or raise --max-request-rows)"
+            )
+    job = model.prepare(decoded)
+    tokens = _tokens(model, job)
+    if tokens > options.max_request_tokens:
+        raise BodyTooLargeError(
+            f"model '{model.name}': the request holds {tokens} tokens (rows x sequence), over the "
+            f"{options.max_request_tokens}-token limit; send fewer or shorter texts per request "
+            "(or raise --max-request-tokens)"
+        )
+    return decoded, job
+
+
+def _tokens(model: ServedModel, job: Job) -> int:
+    """Rows x sequence of the job's largest integer input that has a sequence axis (0: none has one)."""
+    tokens = 0
+    for spec in model.engine.inputs:
+        array = job.feeds.get(spec.name)
+        if array is None or not spec.dtype.startswith(("int", "uint")):
+            continue
+        axis = sequence_axis(spec)
+        if axis is not None and array.ndim > axis:
+            rows = int(array.shape[0]) if axis > 0 else 1
+            tokens = max(tokens, rows * int(array.shape[axis]))
+    return tokens

@@ -91,6 +91,7 @@ class DynamicBatcher:
         )
         self._collector: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._in_flight: set[_Item] = set()
         self._closing = False
 
     @property
@@ -104,33 +105,62 @@ class DynamicBatcher:
 
     async def submit(self, feeds: Feeds, rows: int, timeout_s: float | None = None) -> Outputs:
         """Queue one request of `rows` rows; its outputs once its batch ran. QueueFullError when full."""
+        (outputs,) = await self.submit_pieces([(feeds, rows)], timeout_s)
+        return outputs
+
+    async def submit_pieces(
+        self, pieces: Sequence[tuple[Feeds, int]], timeout_s: float | None = None
+    ) -> list[Outputs]:
+        """Queue the pieces of one request (each a feeds and its rows) under one deadline; their outputs in order.
+
+        On timeout (or when the client goes away) every piece not yet run is dropped from the queue, so an
+        abandoned request costs at most the batch already running.
+        """
         if self._closing:
             raise ServerClosingError("the server is shutting down; send the request to another replica")
-        if len(self._pending) >= self.options.max_queue:
+        if len(self._pending) + len(pieces) > self.options.max_queue:
             raise QueueFullError(
-                f"model '{self.label[0]}' has {len(self._pending)} requests waiting (the limit, --max-queue); "
+                f"has {len(self._pending)} requests waiting (the limit is {self.options.max_queue}, --max-queue); "
                 "retry shortly or raise --max-queue"
             )
         if self._collector is None:
             self._collector = asyncio.get_running_loop().create_task(self._collect_forever())
-        item = _Item(feeds, rows, asyncio.get_running_loop().create_future())
-        self._pending.append(item)
+        loop = asyncio.get_running_loop()
+        items = [_Item(feeds, rows, loop.create_future()) for feeds, rows in pieces]
+        self._pending.extend(items)
         self._depth_changed()
         self._wake.set()
         try:
-            # wait_for cancels the item's future on timeout (or when the client goes away): the collector
-            # skips cancelled items and a running batch's result for it is dropped.
-            return await asyncio.wait_for(item.future, timeout_s)
+            # wait_for cancels the gather, and with it every piece's future, on timeout (or when the client
+            # goes away): the collector skips cancelled items and a running batch's result for one is dropped.
+            return list(await asyncio.wait_for(asyncio.gather(*(i.future for i in items)), timeout_s))
         except TimeoutError:
             raise InferenceTimeoutError(
-                f"model '{self.label[0]}' did not answer within {timeout_s:.3g} s; "
-                "retry, send fewer rows, or raise --timeout-ms"
+                f"did not answer within {timeout_s:.3g} s; retry, send fewer rows, or raise --timeout-ms"
             ) from None
         finally:
-            if item.future.cancelled():
-                with contextlib.suppress(ValueError):
-                    self._pending.remove(item)
-                    self._depth_changed()
+            dropped = False
+            for item in items:
+                if not item.future.done():
+                    item.future.cancel()
+                if item.future.cancelled():
+                    with contextlib.suppress(ValueError):
+                        self._pending.remove(item)
+                        dropped = True
+            if dropped:
+                self._depth_changed()
+
+    def abort(self, error: BaseException) -> None:
+        """Answer every queued and running request with `error` now (a forced shutdown); take no more."""
+        self._closing = True
+        for item in self._pending:
+            if not item.future.done():
+                item.future.set_exception(error)
+        self._pending.clear()
+        for item in self._in_flight:
+            if not item.future.done():
+                item.future.set_exception(error)
+        self._wake.set()
 
     def _live_rows(self) -> int:
         return sum(item.rows for item in self._pending if not item.future.done())
@@ -192,6 +222,7 @@ class DynamicBatcher:
 
     async def _run(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
+        self._in_flight.update(batch)
         try:
             results: Sequence[Outputs | BaseException] = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._run_many, [item.feeds for item in batch]
@@ -200,6 +231,7 @@ class DynamicBatcher:
             results = [exc] * len(batch)
         finally:
             self._slots.release()
+            self._in_flight.difference_update(batch)
         seconds = time.perf_counter() - started
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
@@ -232,6 +264,9 @@ class Scheduler(Protocol):
     async def aclose(self) -> None:
         """Finish queued and running work, then release threads."""
 
+    def abort(self, error: BaseException) -> None:
+        """Answer every waiting request with `error` at once (a forced shutdown)."""
+
 
 class BatchingScheduler:
     """A `DynamicBatcher` per engine, created on first use (so it binds to the serving event loop)."""
@@ -251,12 +286,27 @@ class BatchingScheduler:
         return self._batchers[key]
 
     async def submit(self, engine: Any, feeds: Feeds, rows: int, timeout_s: float | None) -> Outputs:
-        """Queue the request on the engine's batcher."""
-        return await self.batcher(engine).submit(feeds, rows, timeout_s)
+        """Queue the request on the engine's batcher, split into pieces of at most ``max_batch`` rows when the
+        engine merges requests (so a timed-out request's unrun pieces are dropped, and no run exceeds the batch)."""
+        step = self.options.max_batch
+        batcher = self.batcher(engine)
+        if rows <= step or not getattr(engine, "merge", False):
+            return await batcher.submit(feeds, rows, timeout_s)
+        pieces = [
+            ({name: array[start : start + step] for name, array in feeds.items()}, min(step, rows - start))
+            for start in range(0, rows, step)
+        ]
+        outputs = await batcher.submit_pieces(pieces, timeout_s)
+        return {name: np.concatenate([piece[name] for piece in outputs]) for name in outputs[0]}
 
     async def aclose(self) -> None:
         """Close every batcher (queued requests still run)."""
         await asyncio.gather(*(b.aclose() for b in self._batchers.values()))
+
+    def abort(self, error: BaseException) -> None:
+        """Answer every queued and running request of every batcher with `error`."""
+        for batcher in self._batchers.values():
+            batcher.abort(error)
 
 
 class DirectScheduler:
@@ -272,7 +322,7 @@ class DirectScheduler:
             (result,) = await asyncio.wait_for(call, timeout_s)
         except TimeoutError:
             raise InferenceTimeoutError(
-                f"no answer within {timeout_s:.3g} s; retry or raise the timeout"
+                f"did not answer within {timeout_s:.3g} s; retry or raise the timeout"
             ) from None
         if isinstance(result, BaseException):
             raise result
@@ -281,3 +331,7 @@ class DirectScheduler:
     async def aclose(self) -> None:
         """Wait for running requests and release the threads."""
         self._executor.shutdown(wait=True)
+
+    def abort(self, error: BaseException) -> None:
+        """Drop requests not started yet (those running finish; their callers were answered by the host)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -5,29 +5,50 @@
     EdgeError
      ├── BadInputError                400  malformed JSON, wrong input name / shape / datatype
      │    ├── ModelNotFoundError      404  no such model or version
-     │    └── BodyTooLargeError       413  request body over --max-body-mb
+     │    ├── BodyTooLargeError       413  request body over --max-body-mb, or rows/tokens over
+     │    │                                --max-request-rows / --max-request-tokens
+     │    ├── BodyTimeoutError        408  the body did not arrive within --body-timeout-s
+     │    └── UnauthorizedError       401  --api-key is set and the request has no matching bearer token
      ├── BadModelError                500  the model itself failed (a bug or a broken package)
      ├── QueueFullError               503  the model's queue holds --max-queue requests already
      ├── ServerClosingError           503  the server is shutting down
+     ├── ClientGoneError              499  the client disconnected before its answer (nginx's code; only logged)
      └── InferenceTimeoutError        504  no answer within --timeout-ms (or the request's own timeout)
 
 504 rather than 503 for timeouts so a client can tell "the server is overloaded, retry" (503, answered at
 once) from "the request waited and gave up" (504). `status_for` reads the table, nearest class first.
+
+`public_message` is what a client sees of an error: onnxruntime's source paths and graph node names are
+cut out (they are logged), and the text is made safe to encode whatever the request held.
 """
 
 from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING
 
 from toolkit.errors import BadInputError, BadModelError, EdgeError
 
 __all__ = [
     "STATUS_CODES",
+    "BodyTimeoutError",
     "BodyTooLargeError",
+    "ClientGoneError",
     "InferenceTimeoutError",
     "ModelNotFoundError",
     "QueueFullError",
     "ServerClosingError",
+    "UnauthorizedError",
+    "error_response",
+    "json_error",
+    "public_message",
     "status_for",
 ]
+
+
+if TYPE_CHECKING:
+    from starlette.responses import Response
 
 
 class ModelNotFoundError(BadInputError):
@@ -36,6 +57,18 @@ class ModelNotFoundError(BadInputError):
 
 class BodyTooLargeError(BadInputError):
     """The request body is larger than the server accepts."""
+
+
+class BodyTimeoutError(BadInputError):
+    """The request body did not arrive in time (shorter than its Content-Length, or a stalled upload)."""
+
+
+class UnauthorizedError(BadInputError):
+    """The server requires an API key and the request did not carry the right one."""
+
+
+class ClientGoneError(EdgeError):
+    """The client closed the connection before the server could answer."""
 
 
 class QueueFullError(EdgeError):
@@ -53,6 +86,9 @@ class InferenceTimeoutError(EdgeError):
 STATUS_CODES: dict[type[BaseException], int] = {
     ModelNotFoundError: 404,
     BodyTooLargeError: 413,
+    BodyTimeoutError: 408,
+    UnauthorizedError: 401,
+    ClientGoneError: 499,
     BadInputError: 400,
     QueueFullError: 503,
     ServerClosingError: 503,
@@ -68,3 +104,44 @@ def status_for(exc: BaseException) -> int:
         if cls in STATUS_CODES:
             return STATUS_CODES[cls]
     return 500
+
+
+# onnxruntime's messages carry its build tree's source paths and the graph's node names; neither helps a client.
+_ORT_SOURCE = re.compile(r"\S*/onnxruntime/\S*?\.(?:cc|cpp|h)(?::\d+)?(?: \S+)?")
+_NODE_NAME = re.compile(r"""(?:node\.? ?)?Name:\s*'[^']*'""", re.IGNORECASE)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/])/(?:[\w.+-]+/)+[\w.+-]+")
+_MAX_MESSAGE = 1000
+
+
+def public_message(exc: BaseException) -> str:
+    """The one-line text a client gets for `exc`: no internal paths or node names, always encodable."""
+    try:
+        text = str(exc) if isinstance(exc, EdgeError) else f"internal error: {type(exc).__name__}"
+    except Exception:  # noqa: BLE001 - a __str__ that raises must not turn an error answer into a crash
+        text = f"internal error: {type(exc).__name__}"
+    if isinstance(exc, EdgeError) and not isinstance(exc, ModelNotFoundError):
+        text = _ORT_SOURCE.sub("", text)
+        text = _NODE_NAME.sub("", text)
+        text = _ABSOLUTE_PATH.sub("<path>", text)
+    text = " ".join(text.split())
+    if len(text) > _MAX_MESSAGE:
+        text = text[: _MAX_MESSAGE - 3] + "..."
+    # a lone surrogate (echoed from the request) cannot be UTF-8 encoded: show it escaped instead
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """``{"error": message}`` as ASCII JSON (any string encodes), with `status` and `headers`."""
+    from starlette.responses import Response
+
+    body = json.dumps({"error": message}, ensure_ascii=True).encode("ascii")
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def error_response(exc: BaseException) -> Response:
+    """``{"error": message}`` with the exception's status (Retry-After on 503, WWW-Authenticate on 401)."""
+    status = status_for(exc)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="edge-toolkit"'}
+    return json_error(status, public_message(exc), headers)

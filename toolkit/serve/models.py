@@ -338,9 +338,13 @@ class ServedModel:
 
 
 class RawModel(ServedModel):
-    """The package's ONNX model as it is: the request's tensors are the model's inputs."""
+    """The package's ONNX model as it is: the request's tensors are the model's inputs.
 
-    def __init__(self, engine: Engine) -> None:
+    `value_ranges` holds the inclusive [low, high] each integer input may take (token ids: the embedding
+    table); a value outside is a 400, where onnxruntime would read a negative id from the table's end.
+    """
+
+    def __init__(self, engine: Engine, value_ranges: Mapping[str, tuple[int, int]] | None = None) -> None:
         runner = engine.runner
         super().__init__(
             engine.name,
@@ -348,6 +352,7 @@ class RawModel(ServedModel):
             [_metadata(s.name, s.dtype, s.shape) for s in runner.inputs],
             [_metadata(s.name, s.dtype, s.shape) for s in runner.outputs],
         )
+        self.value_ranges = dict(value_ranges or {})
 
     def prepare(self, request: InferenceRequest) -> Job:
         """Check names, datatypes, ranks, fixed dims and shared dims; the inputs become the feeds."""
@@ -374,6 +379,11 @@ class RawModel(ServedModel):
                 raise BadInputError(
                     f"{where}: expected shape {list(meta.shape)} (-1: any size), got {list(tensor.shape)}"
                 )
+            if 0 in tensor.shape[1 if self.batched else 0 :]:  # an empty batch has its own message below
+                raise BadInputError(
+                    f"{where}: shape {list(tensor.shape)} has an empty dimension; send at least one element per dimension"
+                )
+            _check_range(where, tensor.data, self.value_ranges.get(meta.name))
             feeds[meta.name] = tensor.data
         self.engine.dim_sizes(feeds)
         rows = self.engine.rows(feeds)
@@ -382,6 +392,19 @@ class RawModel(ServedModel):
                 f"model '{self.name}': the batch is empty (first dim 0); send at least one row"
             )
         return Job(feeds, rows, self.requested_outputs(request))
+
+
+def _check_range(where: str, data: np.ndarray, value_range: tuple[int, int] | None) -> None:
+    if value_range is None or data.size == 0 or data.dtype.kind not in "iu":
+        return
+    low, high = value_range
+    smallest, largest = int(data.min()), int(data.max())
+    if smallest < low or largest > high:
+        bad = smallest if smallest < low else largest
+        raise BadInputError(
+            f"{where}: value {bad} is outside the model's range [{low}, {high}] (token ids index a table of "
+            f"{high + 1}); send ids from the model's tokenizer"
+        )
 
 
 def _texts(model: ServedModel, request: InferenceRequest) -> list[str]:
@@ -531,6 +554,10 @@ def _package_models(
     task = task_for(package)
     text = task.data if isinstance(task.data, TextModality) else None
     tokenizer = text.tokenizer if text is not None else None
+    ranges = {spec.name: spec.value_range for spec in manifest.inputs if spec.value_range is not None}
+    if tokenizer is not None:
+        # packages converted before ranges were recorded: the tokenizer's vocabulary bounds the ids
+        ranges.setdefault("input_ids", (0, tokenizer.vocab_size - 1))
     models: list[ServedModel] = []
     for variant in variants:
         runner = Runner(
@@ -551,7 +578,7 @@ def _package_models(
                 "model %s %s has %s: requests run as sent, never merged", manifest.name, variant, coupled[0]
             )
         engine = Engine(manifest.name, variant, runner, pad_values, pad_dims, merge=not coupled)
-        models.append(RawModel(engine))
+        models.append(RawModel(engine, ranges))
         if text is not None and task.served_outputs(runner.outputs):
             models.append(PipelineModel(task, engine))
     return models

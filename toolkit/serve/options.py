@@ -34,14 +34,32 @@ class BatchOptions:
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """Server-wide limits: batching, per-request timeout (None: none) and the request body size limit."""
+    """Server-wide limits: batching, per-request timeout (None: none), the request body size limit, how long
+    a body may take to arrive, rows and tokens one request may hold, and the API key (None: no auth).
+
+    ``max_request_rows`` bounds a request's batch dim; ``max_request_tokens`` bounds rows x sequence after
+    tokenizing (text models) or the largest input's element count (raw models). Both keep what one small
+    request can make the server allocate bounded; over either is a 413.
+    """
 
     batching: BatchOptions = field(default_factory=BatchOptions)
     timeout_s: float | None = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
+    body_timeout_s: float = 30.0
+    max_request_rows: int = 64
+    max_request_tokens: int = 8192
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise BadInputError(f"timeout must be positive (or None for none), got {self.timeout_s}")
-        if self.max_body_bytes < 1:
-            raise BadInputError(f"max_body_bytes must be at least 1, got {self.max_body_bytes}")
+        for name in ("max_body_bytes", "max_request_rows", "max_request_tokens"):
+            if getattr(self, name) < 1:
+                raise BadInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.body_timeout_s <= 0:
+            raise BadInputError(f"body_timeout_s must be positive, got {self.body_timeout_s}")
+        if self.api_key is not None and len(self.api_key) < 16:
+            raise BadInputError(
+                "the API key must be at least 16 characters; make one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )

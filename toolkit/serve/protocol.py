@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,7 +184,13 @@ def _json_tensor(where: str, datatype: str, shape: tuple[int, ...], data: Any) -
         if bad:
             raise BadInputError(f"{where}: BYTES data must be strings in JSON, got {bad[0]}")
         array = np.empty(len(flat), dtype=object)
-        array[:] = [v.encode("utf-8") for v in flat]
+        try:
+            array[:] = [v.encode("utf-8") for v in flat]
+        except UnicodeEncodeError as exc:
+            raise BadInputError(
+                f"{where}: BYTES element holds a lone surrogate ({exc.object[exc.start : exc.end]!a}), "
+                "which is not text; send valid Unicode"
+            ) from None
     else:
         try:
             parsed = np.asarray(data)
@@ -285,6 +292,11 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         hint = "" if header_length is not None else f"; binary tensors need the {HEADER_LENGTH} header"
         raise BadInputError(f"request body is not valid JSON ({exc}){hint}") from None
+    except RecursionError:
+        raise BadInputError(
+            f"request JSON is nested deeper than the server parses (about {sys.getrecursionlimit()} levels); "
+            "send tensors as flat row-major lists"
+        ) from None
     request = _object(request, "the request")
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:

@@ -3,21 +3,28 @@
 On SIGTERM or SIGINT uvicorn stops accepting connections, lets in-flight requests finish (up to
 ``graceful_timeout_s``), then the app's lifespan drains the batch queues. uvicorn re-raises the signal
 once it is done; the handlers installed here only note it, so the process ends with exit code 0 rather
-than dying by the signal. A second Ctrl+C forces the exit.
+than dying by the signal. A second SIGINT or SIGTERM forces the exit: `on_force` answers every waiting
+request (the app's JSON 503), uvicorn stops waiting, and `ServerRun.forced` tells the caller not to wait
+for a model run still on a worker thread either.
+
+With `TLSFiles`, uvicorn serves HTTPS on the same socket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from toolkit.errors import BadInputError
 
-__all__ = ["STOP_SIGNALS", "ServerRun", "bind", "run_server", "url_for"]
+__all__ = ["STOP_SIGNALS", "ServerRun", "TLSFiles", "bind", "run_server", "url_for"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -28,6 +35,32 @@ class ServerRun:
 
     url: str
     signal: str | None
+    forced: bool = False
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A PEM certificate (chain) and its private key: the server speaks HTTPS with them."""
+
+    certfile: Path
+    keyfile: Path
+
+    def __post_init__(self) -> None:
+        for what, path in (("--ssl-certfile", self.certfile), ("--ssl-keyfile", self.keyfile)):
+            if not Path(path).is_file():
+                raise BadInputError(f"{what} '{path}' is not a file; pass a PEM file")
+
+    def context(self) -> ssl.SSLContext:
+        """A server-side TLS context over the two files; a BadInputError when they do not load or match."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(str(self.certfile), str(self.keyfile))
+        except (ssl.SSLError, OSError) as exc:
+            raise BadInputError(
+                f"--ssl-certfile '{self.certfile}' and --ssl-keyfile '{self.keyfile}' do not load as a PEM "
+                f"certificate and its key ({exc}); pass the pair your CA issued"
+            ) from None
+        return context
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -53,10 +86,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_for(sock: socket.socket) -> str:
-    """``http://host:port`` of a bound socket (IPv6 hosts in brackets)."""
+def url_for(sock: socket.socket, scheme: str = "http") -> str:
+    """``http://host:port`` (or `scheme`) of a bound socket (IPv6 hosts in brackets)."""
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def run_server(
@@ -64,19 +97,38 @@ def run_server(
     sock: socket.socket,
     *,
     on_ready: Callable[[str], None] | None = None,
+    on_force: Callable[[], None] | None = None,
     graceful_timeout_s: float = 30.0,
     log_level: str = "warning",
+    tls: TLSFiles | None = None,
 ) -> ServerRun:
-    """Serve `app` on `sock` with uvicorn until SIGTERM/SIGINT; in-flight requests finish first."""
+    """Serve `app` on `sock` with uvicorn until SIGTERM/SIGINT; in-flight requests finish first (a second
+    signal: `on_force`, then exit at once)."""
     import uvicorn
 
-    url = url_for(sock)
+    if tls is not None:
+        tls.context()  # a bad pair is a one-line error here, not a traceback inside uvicorn
+    url = url_for(sock, "https" if tls is not None else "http")
 
     class _Server(uvicorn.Server):
+        loop: asyncio.AbstractEventLoop | None = None
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            self.loop = asyncio.get_running_loop()
             await super().startup(sockets)
             if self.started and not self.should_exit and on_ready is not None:
                 on_ready(url)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.should_exit and not self.force_exit:
+                # the second signal (uvicorn alone forces only on a second SIGINT): answer everyone now,
+                # on the loop (a signal handler must not touch futures mid-iteration)
+                if on_force is not None and self.loop is not None:
+                    self.loop.call_soon_threadsafe(on_force)
+                self.force_exit = True
+                self._captured_signals.append(sig)
+                return
+            super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
         app,
@@ -85,6 +137,8 @@ def run_server(
         lifespan="on",
         timeout_graceful_shutdown=int(graceful_timeout_s),
         log_config=None,  # keep the process's logging setup (the CLI's); uvicorn's loggers propagate to it
+        ssl_certfile=str(tls.certfile) if tls is not None else None,
+        ssl_keyfile=str(tls.keyfile) if tls is not None else None,
     )
     caught: list[int] = []
 
@@ -92,10 +146,11 @@ def run_server(
         caught.append(signum)
 
     previous = {sig: signal.signal(sig, note) for sig in STOP_SIGNALS}
+    server = _Server(config)
     try:
-        _Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
-    return ServerRun(url, signal.Signals(caught[0]).name if caught else None)
+    return ServerRun(url, signal.Signals(caught[0]).name if caught else None, forced=server.force_exit)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import numpy as np
 
+from toolkit.checks import text_list
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import FP32_VARIANT, ModelPackage, TensorSpec
 from toolkit.preprocess import (
@@ -227,16 +228,20 @@ class Pipeline(Generic[_M]):
 class TextPipeline(Pipeline[TextModality]):
     """Texts tokenized, sorted by length so padding stays small, run in batches, results in the texts' order."""
 
+    def __init__(self, package: ModelPackage, runner: Runner, task: Task[TextModality] | None = None) -> None:
+        super().__init__(package, runner, task)
+        _ = self.task.data.tokenizer  # a missing or escaping tokenizer fails at load, not at the first call
+
     @property
     def tokenizer(self) -> TextTokenizer:
         """The package's `TextTokenizer`."""
         return self.task.data.tokenizer
 
     def _texts(
-        self, texts: Sequence[str], batch_size: int, finish: Callable[[Outputs, Feeds], Sequence[_Result]]
+        self, texts: Iterable[str], batch_size: int, finish: Callable[[Outputs, Feeds], Sequence[_Result]]
     ) -> list[_Result]:
         data = self.task.data
-        encodings = data.tokenizer.encode(texts)
+        encodings = data.tokenizer.encode(text_list(texts))
         order = np.argsort([-len(ids) for ids, _ in encodings], kind="stable")
         return self._map(
             encodings,

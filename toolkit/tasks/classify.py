@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -92,7 +92,7 @@ class TextClassifier(TextPipeline):
     task: ClassifyTask
 
     def classify(
-        self, texts: Sequence[str], top_k: int = 1, batch_size: int = 32
+        self, texts: Iterable[str], top_k: int = 1, batch_size: int = 32
     ) -> list[list[Classification]]:
         """For each text, its `top_k` labels by probability (highest first); `scores` holds every label's."""
         check_top_k(top_k)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -83,8 +83,8 @@ class TextEmbedding(TextPipeline):
         dim = self.runner.outputs[0].shape[-1]
         return dim if isinstance(dim, int) else -1
 
-    def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Embeddings as float32 [len(texts), dim], in the order of `texts`."""
+    def embed(self, texts: Iterable[str], batch_size: int = 32) -> np.ndarray:
+        """Embeddings as float32 [len(texts), dim], in the order of `texts` (any iterable of strings)."""
         rows = self._texts(texts, batch_size, lambda out, feeds: list(self.task.finish(out, feeds)))
         if not rows:
             return np.zeros((0, max(self.dimension, 0)), dtype=np.float32)

@@ -186,7 +186,7 @@ class TextModality(_Sectioned[TextPreprocessing]):
     @cached_property
     def tokenizer(self) -> TextTokenizer:
         """The package's tokenizer, read on first use."""
-        return TextTokenizer(self.package.path / self.pre.tokenizer, self.pre.max_length)
+        return TextTokenizer(self.package.asset(self.pre.tokenizer, "tokenizer"), self.pre.max_length)
 
     def feeds(self, texts: Sequence[str]) -> Feeds:
         """`texts` tokenized and padded to their longest, only the inputs the model takes."""
@@ -208,7 +208,9 @@ class TextModality(_Sectioned[TextPreprocessing]):
 
     def timing_feeds(self, batch: int, seq: int) -> Feeds:
         """Real tokens, `seq` long (capped at the model's max length), `batch` identical rows."""
-        tokenizer = TextTokenizer(self.package.path / self.pre.tokenizer, min(seq, self.pre.max_length))
+        tokenizer = TextTokenizer(
+            self.package.asset(self.pre.tokenizer, "tokenizer"), min(seq, self.pre.max_length)
+        )
         row = tokenizer([" ".join(HELD_OUT_SENTENCES)])
         return {k: np.repeat(v, batch, axis=0) for k, v in row.items() if k in self.input_names}
 

@@ -9,12 +9,13 @@ one's end; entities labelled ``O`` are left out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from toolkit.checks import text_list
 from toolkit.preprocess import label_names, softmax
 from toolkit.tasks.base import Feeds, Task, TextPipeline
 from toolkit.tasks.modality import TextModality
@@ -106,8 +107,9 @@ class TokenClassifier(TextPipeline):
     task_class = TokenClassifyTask
     task: TokenClassifyTask
 
-    def tag(self, texts: Sequence[str], batch_size: int = 32) -> list[list[Entity]]:
+    def tag(self, texts: Iterable[str], batch_size: int = 32) -> list[list[Entity]]:
         """For each text, its entities in order of position, with character offsets into the text."""
+        texts = text_list(texts)
         data = self.task.data
         encodings = data.tokenizer.encodings(texts)
         order = np.argsort([-len(e.ids) for e in encodings], kind="stable")

@@ -64,6 +64,7 @@ TASK_MODULES = (
     "token_classify",
     "image_classify",
     "segment",
+    "detect",
     "audio_features",
     "audio_classify",
 )

@@ -66,6 +66,13 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
 @click.option(
     "--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="A raw input tensor (repeatable)."
 )
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE.png",
+    help="detect: draw the detections on the (one) --image and save it here.",
+)
 @click.option("--variant", default="fp32", show_default=True, help="Package variant to run.")
 @provider_options
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
@@ -80,6 +87,7 @@ def run_command(
     images: tuple[str, ...],
     clips: tuple[str, ...],
     inputs: tuple[str, ...],
+    out: str | None,
     variant: str,
     provider_config: ProviderConfig,
     threads: int | None,
@@ -87,6 +95,8 @@ def run_command(
     as_json: bool,
 ) -> None:
     """Run TARGET (a package directory, or an .onnx file with --input) and print the result."""
+    if out is not None and not images:
+        raise BadInputError("--out draws detections on an --image; pass one --image FILE")
     if sum(map(bool, (texts, images, clips, inputs))) != 1:
         raise BadInputError(
             "pass one of --text (a text pipeline), --image FILE (an image package), --audio FILE.wav "
@@ -103,6 +113,9 @@ def run_command(
         pipeline = pipeline_class(package)(package, runner)
         kind, items = ("text", texts) if texts else ("image", images) if images else ("audio", clips)
         call, result = _run_items(pipeline, kind, list(items))
+        if out is not None:
+            _annotate(pipeline, list(items), result.pop("results_for_drawing"), Path(out))
+            result["annotated"] = out
     else:
         with progress(not as_json) as say:
             runner = Runner(target, variant=variant, config=provider_config, threads=threads, progress=say)
@@ -118,6 +131,7 @@ def run_command(
     }
     if repeat:
         result["latency"] = _time(call, repeat)
+    result.pop("results_for_drawing", None)
     lines = result.pop("lines", [])
     if as_json:
         emit_json(result)
@@ -147,12 +161,26 @@ def _run_items(
     results = pipeline.run_items(items)
     result = {"task": task.name, _ITEMS_KEY[kind]: items, **task.run_json(results)}
     result["lines"] = task.run_lines(items, results)
+    result["results_for_drawing"] = results
     return (lambda: pipeline.run_items(items)), result
+
+
+def _annotate(pipeline: Pipeline[Any], items: list[str], results: list[Any], out: Path) -> None:
+    """Draw the task's results on the one input image (tasks with an `annotate` method: detect)."""
+    draw = getattr(pipeline.task, "annotate", None)
+    if draw is None or len(items) != 1:
+        raise BadInputError(
+            f"--out draws the detections of one --image; task '{pipeline.task.name}' with {len(items)} input(s) "
+            "has nothing to draw there"
+        )
+    draw(items[0], results[0], out)
 
 
 def _print(result: dict[str, Any], lines: list[str]) -> None:
     stdout.print(f"{result['model']} on {', '.join(result['providers'])}")
     stdout.print(placement_line(result["node_placement"]))
+    if "annotated" in result:
+        stdout.print(f"drew the detections on {result['annotated']}", markup=False)
     for line in lines:
         stdout.print(line, markup=False)  # paths and labels may hold [brackets]
     for name, array in result.get("outputs", {}).items():

@@ -20,10 +20,12 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from toolkit.atomic import atomic_path
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage, TensorSpec
 from toolkit.preprocess import ImageInput, image_list, label_names, letterbox_geometry, open_image
@@ -54,7 +56,8 @@ SIGMOID_TOP_K: dict[str, int | None] = {
     "conditional_detr": 100,
 }
 YOLO_MAX_DETECTIONS = 300  # Ultralytics' max_det
-YOLO_CLASS_OFFSET = 7680.0  # Ultralytics' max_wh: boxes of different classes never overlap after this shift
+YOLO_CLASS_OFFSET = 7680.0
+_PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))  # Ultralytics' max_wh: boxes of different classes never overlap after this shift
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,26 @@ class DetectTask(Task[ImageModality]):
         return matched, total
 
     # -- edge run ---------------------------------------------------------------------------------------
+
+    def annotate(self, image: ImageInput, found: Sequence[Detection], out: Path) -> None:
+        """Draw `found` on `image` (a box, its label and score per detection) and save it to `out` (atomically)."""
+        from PIL import ImageDraw
+
+        canvas = open_image(image)
+        draw = ImageDraw.Draw(canvas)
+        for detection in found:
+            colour = _PALETTE[detection.label_id % len(_PALETTE)]
+            x0, y0, x1, y1 = detection.box
+            draw.rectangle((x0, y0, x1, y1), outline=colour, width=max(1, round(min(canvas.size) / 200)))
+            caption = f"{detection.label} {detection.score:.2f}"
+            left, top, right, bottom = draw.textbbox((x0, y0), caption)
+            lift = min(bottom - top + 2, y0)
+            draw.rectangle((left, top - lift, right + 2, bottom - lift), fill=colour)
+            draw.text((x0 + 1, y0 - lift), caption, fill=(255, 255, 255))
+        suffix = out.suffix.lower().lstrip(".")
+        kind = {"jpg": "JPEG", "jpeg": "JPEG"}.get(suffix, "PNG")
+        with atomic_path(out) as staged:
+            canvas.save(staged, format=kind)
 
     def run_lines(self, items: Sequence[str], results: Sequence[Any]) -> list[str]:
         """Each file and its detections: score, label, box."""

@@ -304,14 +304,16 @@ def _export_hf(
 
 def _hf_input_limits(model: object, preprocessing: Preprocessing | None) -> InputLimits:
     config = getattr(model, "config", None)
-    vocab = int(getattr(config, "vocab_size", 1000) or 1000)
+    # two-tower models (CLIP, SigLIP) keep each tower's sizes in its own sub-config
+    text_config = getattr(config, "text_config", None) or config
+    vision_config = getattr(config, "vision_config", None) or config
+    vocab = int(getattr(text_config, "vocab_size", 1000) or 1000)
     text = section_of(preprocessing, TextPreprocessing)
-    max_length = (
-        text.max_length if text is not None else int(getattr(config, "max_position_embeddings", 128) or 128)
-    )
-    size = getattr(config, "image_size", 224) or 224
+    positions = int(getattr(text_config, "max_position_embeddings", 128) or 128)
+    max_length = text.max_length if text is not None else positions
+    size = getattr(vision_config, "image_size", 224) or 224
     image = (int(size[0]), int(size[1])) if isinstance(size, list | tuple) else (int(size), int(size))  # YOLOS: [h, w]
-    channels = int(getattr(config, "num_channels", 3) or 3)
+    channels = int(getattr(vision_config, "num_channels", 3) or 3)
     return InputLimits(vocab_size=vocab, max_length=max_length, image_size=image, channels=channels)
 
 

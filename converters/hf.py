@@ -58,6 +58,7 @@ TASKS: dict[str, HfTask] = {
         HfTask("image-classify", "image-classification", "image", has_labels=True),
         HfTask("segment", "semantic-segmentation", "image", has_labels=True),
         HfTask("detect", "object-detection", "image", has_labels=True),
+        HfTask("image-text", "zero-shot-image-classification", "image"),
         HfTask("audio-features", "feature-extraction", "audio"),
         HfTask("audio-classify", "audio-classification", "audio", has_labels=True),
     )
@@ -75,6 +76,8 @@ _ARCHITECTURE_TASKS = (
     ("ForImageClassification", "image-classify"),
     ("ForSemanticSegmentation", "segment"),
     ("ForObjectDetection", "detect"),
+    ("CLIPModel", "image-text"),
+    ("SiglipModel", "image-text"),
     ("Model", "features"),
 )
 # The same for audio models (a feature extractor with a sampling rate beside them): a sequence classifier

@@ -117,13 +117,6 @@ def package_onnx_file(source: Path, options: ConvertOptions, package_dir: Path) 
     where = f"ONNX file '{source}'"
     labels = read_labels(options.labels) if options.labels is not None else None
     layout = layout_of(info.outputs, where) if task == "detect" else None
-    if layout is not None and labels is not None:
-        count = _class_count(layout, info.outputs)
-        if count is not None and count != len(labels):
-            raise BadInputError(
-                f"labels file '{options.labels}' has {len(labels)} names but {where} scores {count} classes; "
-                f"write one name per class, in the model's class order"
-            )
     preprocessing = None
     limits = InputLimits(vocab_size=None)
     if task in _IMAGE_TASKS:
@@ -140,4 +133,20 @@ def package_onnx_file(source: Path, options: ConvertOptions, package_dir: Path) 
     def reference(feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         return dict(zip(names, session.run(names, dict(feeds)), strict=True))
 
+    if layout is not None and labels is not None and preprocessing is not None:
+        count = _class_count(layout, info.outputs)
+        if count is None:  # the file leaves it symbolic: run it once on a blank image to see
+            height, width = preprocessing.size
+            probe = {spec.name: np.zeros((1, 3, height, width), dtype=np.float32)}
+            count = _class_count(layout, _shapes(reference(probe)))
+        if count != len(labels):
+            raise BadInputError(
+                f"labels file '{options.labels}' has {len(labels)} names but {where} scores {count} classes; "
+                f"write one name per class, in the model's class order"
+            )
     return onnx_file, OnnxFile(task, preprocessing, labels, _sha256(source), reference, limits)
+
+
+def _shapes(outputs: Mapping[str, np.ndarray]) -> tuple[TensorSpec, ...]:
+    """Specs with the concrete shapes of one run's outputs."""
+    return tuple(TensorSpec(name, str(value.dtype), tuple(value.shape)) for name, value in outputs.items())

@@ -131,6 +131,16 @@ def _transformers_detections(source: Path, photo: Path, threshold: float) -> lis
     return sorted(detections, key=lambda d: -d.score)
 
 
+def _threshold_between(scores: list[float]) -> float:
+    """A threshold near the median score, midway in a gap between scores (float32 vs float64 cannot flip a side)."""
+    ordered = sorted(scores)
+    middle = len(ordered) // 2
+    for i in sorted(range(len(ordered) - 1), key=lambda i: abs(i - middle)):
+        if ordered[i + 1] - ordered[i] > 1e-3:
+            return (ordered[i] + ordered[i + 1]) / 2
+    raise AssertionError(f"no gap between the scores {ordered}")
+
+
 @pytest.mark.parametrize("kind", ["detr", "yolos", "rt-detr"])
 def test_detect_equals_post_process_object_detection(
     kind: str, detectors: dict[str, tuple[Path, Path]], photos: list[Path]
@@ -138,8 +148,7 @@ def test_detect_equals_post_process_object_detection(
     source, package = detectors[kind]
     with ObjectDetector.load(package, threads=1) as detector:
         everything = detector.detect(photos, threshold=0.0)
-        # the median score: a threshold that keeps some detections and drops others
-        threshold = float(np.median([d.score for found in everything for d in found]))
+        threshold = _threshold_between([d.score for found in everything for d in found])
         ours = detector.detect(photos, threshold=threshold, batch_size=2)
         best = detector.detect(photos, threshold=0.0, top_k=2)
     kept = dropped = 0
@@ -147,8 +156,12 @@ def test_detect_equals_post_process_object_detection(
         want = _transformers_detections(source, photo, threshold)
         assert [d.label for d in got] == [d.label for d in want]
         np.testing.assert_allclose([d.score for d in got], [d.score for d in want], atol=1e-5, rtol=0)
+        # the export's own tolerance (1e-4 on relative boxes; YOLOS interpolates its position embeddings) in pixels
+        size = max(SIZES[photos.index(photo)])
         np.testing.assert_allclose(
-            np.reshape([d.box for d in got], (-1, 4)), np.reshape([d.box for d in want], (-1, 4)), atol=1e-3
+            np.reshape([d.box for d in got], (-1, 4)),
+            np.reshape([d.box for d in want], (-1, 4)),
+            atol=1e-4 * size + 1e-3,
         )
         assert top == every[:2]
         kept, dropped = kept + len(got), dropped + len(every) - len(got)
@@ -315,6 +328,7 @@ def test_quantized_detector_reports_detection_agreement(yolo: tuple[object, Path
 # -- bad input: one-line errors, exit 2 ----------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_bad_inputs_are_one_line_errors(yolo: tuple[object, Path, Path], tmp_path: Path) -> None:
     import torch
 

@@ -65,6 +65,7 @@ TASK_MODULES = (
     "image_classify",
     "segment",
     "detect",
+    "image_text",
     "audio_features",
     "audio_classify",
 )

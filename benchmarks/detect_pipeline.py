@@ -54,7 +54,9 @@ def build_detr(folder: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--source", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("out/bench-detect"))
     parser.add_argument("--images", type=int, default=8)
@@ -102,7 +104,7 @@ def main() -> None:
         started = time.perf_counter()
         reference = theirs_once()
         theirs_s.append((time.perf_counter() - started) / len(files))
-    ids = {name: i for i, name in detector.package.manifest.labels and enumerate(detector.package.manifest.labels) or []}
+    ids = {name: i for i, name in enumerate(detector.package.manifest.labels or ())}
     matched = total = 0
     for got, want in zip(found, reference, strict=True):
         expected = [

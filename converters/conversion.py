@@ -312,7 +312,9 @@ def _hf_input_limits(model: object, preprocessing: Preprocessing | None) -> Inpu
     positions = int(getattr(text_config, "max_position_embeddings", 128) or 128)
     max_length = text.max_length if text is not None else positions
     size = getattr(vision_config, "image_size", 224) or 224
-    image = (int(size[0]), int(size[1])) if isinstance(size, list | tuple) else (int(size), int(size))  # YOLOS: [h, w]
+    image = (
+        (int(size[0]), int(size[1])) if isinstance(size, list | tuple) else (int(size), int(size))
+    )  # YOLOS: [h, w]
     channels = int(getattr(vision_config, "num_channels", 3) or 3)
     return InputLimits(vocab_size=vocab, max_length=max_length, image_size=image, channels=channels)
 

@@ -53,7 +53,9 @@ class OnnxFile:
 def read_labels(path: Path) -> tuple[str, ...]:
     """Class names, one per line (blank lines skipped)."""
     if not path.is_file():
-        raise BadInputError(f"labels file '{path}' does not exist; pass a text file with one class name per line")
+        raise BadInputError(
+            f"labels file '{path}' does not exist; pass a text file with one class name per line"
+        )
     labels = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
     if not labels:
         raise BadInputError(f"labels file '{path}' holds no class names; write one per line")
@@ -82,7 +84,11 @@ def image_preprocessing(
     height, width = (d if isinstance(d, int) else DEFAULT_IMAGE_SIZE for d in dims[2:4])
     if layout == "yolo":
         return ImagePreprocessing(
-            size=(height, width), crop_size=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="letterbox"
+            size=(height, width),
+            crop_size=None,
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            resize="letterbox",
         )
     return ImagePreprocessing(size=(height, width), crop_size=None, mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
 

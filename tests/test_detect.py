@@ -101,7 +101,10 @@ def detectors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
         source = _build(kind, root / kind)
         built[kind] = (source, convert(str(source), root / f"{kind}-pkg").path)
     source = build_offline_model("rt-detr-r18", root / "rt-detr", seed=2)
-    built["rt-detr"] = (source, convert(str(source), root / "rt-detr-pkg", ConvertOptions(recipe="rt-detr-r18")).path)
+    built["rt-detr"] = (
+        source,
+        convert(str(source), root / "rt-detr-pkg", ConvertOptions(recipe="rt-detr-r18")).path,
+    )
     return built
 
 
@@ -165,7 +168,8 @@ def test_detect_equals_post_process_object_detection(
         )
         assert top == every[:2]
         kept, dropped = kept + len(got), dropped + len(every) - len(got)
-    assert kept > 0 and dropped > 0, "the threshold should keep some detections and drop others"
+    assert kept > 0, "the threshold should keep some detections"
+    assert dropped > 0, "the threshold should drop some detections"
     assert isinstance(load(package), ObjectDetector)
 
 
@@ -229,7 +233,9 @@ def yolo(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, Path]:
     return module, onnx_file, root / "pkg"
 
 
-def _reference_yolo(module: object, photo: Path, threshold: float, iou: float) -> list[tuple[int, float, list[float]]]:
+def _reference_yolo(
+    module: object, photo: Path, threshold: float, iou: float
+) -> list[tuple[int, float, list[float]]]:
     """From the definition: letterbox (scale to fit, centre, grey 114), 0..1 pixels, best class per anchor over
     the threshold, greedy NMS within each class, boxes shifted and scaled back and clipped to the image."""
     import torch
@@ -240,7 +246,9 @@ def _reference_yolo(module: object, photo: Path, threshold: float, iou: float) -
     width, height = round(image.width * gain), round(image.height * gain)
     left, top = round((INPUT - width) / 2 - 0.1), round((INPUT - height) / 2 - 0.1)
     canvas = np.full((INPUT, INPUT, 3), 114, dtype=np.uint8)
-    canvas[top : top + height, left : left + width] = np.asarray(image.resize((width, height), Image.BILINEAR))
+    canvas[top : top + height, left : left + width] = np.asarray(
+        image.resize((width, height), Image.BILINEAR)
+    )
     pixels = torch.from_numpy(canvas.astype(np.float32) / 255).permute(2, 0, 1)[None]
     with torch.no_grad():
         rows = module(pixels)[0].T.numpy().astype(np.float64)  # type: ignore[operator]
@@ -249,7 +257,12 @@ def _reference_yolo(module: object, photo: Path, threshold: float, iou: float) -
         mine = rows[(rows[:, 4:].argmax(1) == cls) & (rows[:, 4:].max(1) > threshold)]
         mine = mine[np.argsort(-mine[:, 4 + cls], kind="stable")]
         boxes = np.stack(
-            [mine[:, 0] - mine[:, 2] / 2, mine[:, 1] - mine[:, 3] / 2, mine[:, 0] + mine[:, 2] / 2, mine[:, 1] + mine[:, 3] / 2],
+            [
+                mine[:, 0] - mine[:, 2] / 2,
+                mine[:, 1] - mine[:, 3] / 2,
+                mine[:, 0] + mine[:, 2] / 2,
+                mine[:, 1] + mine[:, 3] / 2,
+            ],
             1,
         )
         alive = list(range(len(mine)))
@@ -265,8 +278,10 @@ def _reference_yolo(module: object, photo: Path, threshold: float, iou: float) -
 def test_yolo_layout_equals_reference_nms(yolo: tuple[object, Path, Path], photos: list[Path]) -> None:
     module, _, package = yolo
     manifest = ModelPackage.open(package).manifest
-    assert manifest.task == "detect" and manifest.labels == LABELS
-    assert manifest.variants["fp32"].validation is not None and manifest.variants["fp32"].validation.passed
+    assert manifest.task == "detect"
+    assert manifest.labels == LABELS
+    assert manifest.variants["fp32"].validation is not None
+    assert manifest.variants["fp32"].validation.passed
     suppressed = 0
     with ObjectDetector.load(package) as detector:
         for photo in photos:
@@ -276,10 +291,14 @@ def test_yolo_layout_equals_reference_nms(yolo: tuple[object, Path, Path], photo
                 assert [(d.label_id, d.label) for d in got] == [(c, LABELS[c]) for c, _, _ in want]
                 np.testing.assert_allclose([d.score for d in got], [s for _, s, _ in want], atol=1e-5)
                 np.testing.assert_allclose(
-                    np.reshape([d.box for d in got], (-1, 4)), np.reshape([b for _, _, b in want], (-1, 4)), atol=1e-2
+                    np.reshape([d.box for d in got], (-1, 4)),
+                    np.reshape([b for _, _, b in want], (-1, 4)),
+                    atol=1e-2,
                 )
             unsuppressed = detector.detect([photo], threshold=0.3, iou_threshold=1.0)[0]
-            suppressed += len(unsuppressed) - len(detector.detect([photo], threshold=0.3, iou_threshold=0.3)[0])
+            suppressed += len(unsuppressed) - len(
+                detector.detect([photo], threshold=0.3, iou_threshold=0.3)[0]
+            )
     assert suppressed > 0, "NMS should have suppressed overlapping boxes"
 
 
@@ -294,25 +313,32 @@ def test_match_detections() -> None:
     assert match_detections([shifted], [a, a]) == 1  # one-to-one
 
 
-def test_edge_run_prints_and_draws(yolo: tuple[object, Path, Path], photos: list[Path], tmp_path: Path) -> None:
+def test_edge_run_prints_and_draws(
+    yolo: tuple[object, Path, Path], photos: list[Path], tmp_path: Path
+) -> None:
     from PIL import Image
 
     _, _, package = yolo
     out = tmp_path / "annotated.png"
-    result = CliRunner().invoke(
-        edge, ["run", str(package), "--image", str(photos[0]), "--out", str(out)]
-    )
+    result = CliRunner().invoke(edge, ["run", str(package), "--image", str(photos[0]), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert f"{photos[0]}: " in result.output and "detection" in result.output
+    assert f"{photos[0]}: " in result.output
+    assert "detection" in result.output
     with Image.open(out) as drawn:
         assert drawn.size == (SIZES[0][1], SIZES[0][0])
-        assert not np.array_equal(np.asarray(drawn.convert("RGB")), np.asarray(Image.open(photos[0]).convert("RGB")))
-    data = json.loads(CliRunner().invoke(edge, ["run", str(package), "--image", str(photos[0]), "--json"]).output)
+        assert not np.array_equal(
+            np.asarray(drawn.convert("RGB")), np.asarray(Image.open(photos[0]).convert("RGB"))
+        )
+    data = json.loads(
+        CliRunner().invoke(edge, ["run", str(package), "--image", str(photos[0]), "--json"]).output
+    )
     found = ObjectDetector.load(package).detect([photos[0]])[0]
     assert [d["label"] for d in data["detections"][0]] == [d.label for d in found]
 
 
-def test_quantized_detector_reports_detection_agreement(yolo: tuple[object, Path, Path], tmp_path: Path) -> None:
+def test_quantized_detector_reports_detection_agreement(
+    yolo: tuple[object, Path, Path], tmp_path: Path
+) -> None:
     import shutil
 
     from converters import quantize
@@ -321,7 +347,8 @@ def test_quantized_detector_reports_detection_agreement(yolo: tuple[object, Path
     copy = tmp_path / "pkg"
     shutil.copytree(package, copy)
     variant = quantize(ModelPackage.open(copy), "dynamic-int8").variant
-    assert variant.validation is not None and variant.validation.metric == "detection_agreement"
+    assert variant.validation is not None
+    assert variant.validation.metric == "detection_agreement"
     assert 0.0 <= variant.validation.value <= 1.0
 
 
@@ -337,16 +364,20 @@ def test_bad_inputs_are_one_line_errors(yolo: tuple[object, Path, Path], tmp_pat
     broken.write_bytes(b"not a png at all")
     runner = CliRunner()
     result = runner.invoke(edge, ["run", str(package), "--image", str(broken)])
-    assert result.exit_code == 2 and "could not be decoded" in result.output
+    assert result.exit_code == 2
+    assert "could not be decoded" in result.output
     with pytest.raises(BadInputError, match="could not be decoded"):
         ObjectDetector.load(package).detect([broken])
 
     wrong = tmp_path / "labels.txt"
     wrong.write_text("cat\ndog\n", encoding="utf-8")
     result = runner.invoke(
-        edge, ["convert", str(onnx_file), "-o", str(tmp_path / "p1"), "--task", "detect", "--labels", str(wrong)]
+        edge,
+        ["convert", str(onnx_file), "-o", str(tmp_path / "p1"), "--task", "detect", "--labels", str(wrong)],
     )
-    assert result.exit_code == 2 and "has 2 names but" in result.output and "scores 3 classes" in result.output
+    assert result.exit_code == 2
+    assert "has 2 names but" in result.output
+    assert "scores 3 classes" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "p1").exists()
 
@@ -360,5 +391,6 @@ def test_bad_inputs_are_one_line_errors(yolo: tuple[object, Path, Path], tmp_pat
         dynamo=False,
     )
     result = runner.invoke(edge, ["convert", str(classifier), "-o", str(tmp_path / "p2"), "--task", "detect"])
-    assert result.exit_code == 2 and "not a detector's" in result.output
+    assert result.exit_code == 2
+    assert "not a detector's" in result.output
     assert len(result.output.strip().splitlines()) == 1

@@ -22,7 +22,9 @@ SIZES = [(40, 60), (32, 32), (90, 50)]
 
 
 @pytest.fixture(scope="module", params=["clip-vit-b32", "siglip-base"])
-def two_towers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path, list[Path]]:
+def two_towers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path, Path, list[Path]]:
     """(recipe, its offline stand-in, the package, photos of SIZES)."""
     from PIL import Image
 
@@ -43,7 +45,9 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray((a * b).sum(axis=1))
 
 
-def _reference(source: Path, photos: list[Path], texts: list[str], siglip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _reference(
+    source: Path, photos: list[Path], texts: list[str], siglip: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """transformers' image features, text features and zero-shot probabilities (images x texts)."""
     import torch
     from PIL import Image
@@ -54,7 +58,12 @@ def _reference(source: Path, photos: list[Path], texts: list[str], siglip: bool)
     tokenizer = AutoTokenizer.from_pretrained(source)
     images = [Image.open(p).convert("RGB") for p in photos]
     padding = "max_length" if siglip else True
-    tokens = tokenizer(texts, padding=padding, max_length=model.config.text_config.max_position_embeddings, return_tensors="pt")
+    tokens = tokenizer(
+        texts,
+        padding=padding,
+        max_length=model.config.text_config.max_position_embeddings,
+        return_tensors="pt",
+    )
     if siglip:
         tokens.pop("attention_mask", None)
     tokens.pop("token_type_ids", None)
@@ -75,7 +84,8 @@ def test_embeddings_equal_transformers_features(two_towers: tuple[str, Path, Pat
         texts = model.embed_texts(TEXTS, batch_size=3)
         shots = model.zero_shot(photos, TEXTS[:3])
     want_images, want_texts, want_probs = _reference(source, photos, TEXTS, siglip)
-    assert images.shape == want_images.shape and texts.shape == want_texts.shape
+    assert images.shape == want_images.shape
+    assert texts.shape == want_texts.shape
     assert _cosines(images, want_images).min() >= 0.9999
     assert _cosines(texts, want_texts).min() >= 0.9999
     np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-5)
@@ -84,7 +94,9 @@ def test_embeddings_equal_transformers_features(two_towers: tuple[str, Path, Pat
     _, _, want_probs = _reference(source, photos, TEXTS[:3], siglip)
     for shot, row in zip(shots, want_probs, strict=True):
         assert [z.label for z in shot] == [TEXTS[i] for i in np.argsort(-row, kind="stable")]
-        np.testing.assert_allclose(sorted((z.score for z in shot), reverse=True), np.sort(row)[::-1], atol=1e-4)
+        np.testing.assert_allclose(
+            sorted((z.score for z in shot), reverse=True), np.sort(row)[::-1], atol=1e-4
+        )
     assert isinstance(load(package), ImageTextEmbedding)
 
 
@@ -93,9 +105,11 @@ def test_edge_run_zero_shot_and_embeddings(two_towers: tuple[str, Path, Path, li
     runner = CliRunner()
     result = runner.invoke(edge, ["run", str(package), "--image", str(photos[0]), "--labels", "a cat,a dog"])
     assert result.exit_code == 0, result.output
-    assert "a cat" in result.output and "a dog" in result.output
+    assert "a cat" in result.output
+    assert "a dog" in result.output
     data = json.loads(runner.invoke(edge, ["run", str(package), "--image", str(photos[0]), "--json"]).output)
     want = ImageTextEmbedding.load(package).embed_images([photos[0]])
     np.testing.assert_allclose(np.asarray(data["embeddings"]), want, atol=1e-6)
     bad = runner.invoke(edge, ["run", str(package), "--text", "hello", "--labels", "a,b"])
-    assert bad.exit_code == 2 and "--labels" in bad.output
+    assert bad.exit_code == 2
+    assert "--labels" in bad.output

@@ -192,7 +192,7 @@ def _shortest_longest_edge_size(width: int, height: int, size: tuple[int, int]) 
     low, high = float(min(height, width)), float(max(height, width))
     if high / low * shortest > longest:
         raw = longest * low / high
-        shortest = int(round(raw))
+        shortest = round(raw)
     if (height <= width and height == shortest) or (width <= height and width == shortest):
         return height, width
     if width < height:
@@ -203,8 +203,8 @@ def _shortest_longest_edge_size(width: int, height: int, size: tuple[int, int]) 
 def letterbox_geometry(width: int, height: int, size: tuple[int, int]) -> tuple[float, int, int, int, int]:
     """Ultralytics' letterbox into `size` (height, width): (gain, resized width, resized height, left, top pad)."""
     gain = min(size[0] / height, size[1] / width)
-    new_w, new_h = int(round(width * gain)), int(round(height * gain))
-    left, top = int(round((size[1] - new_w) / 2 - 0.1)), int(round((size[0] - new_h) / 2 - 0.1))
+    new_w, new_h = round(width * gain), round(height * gain)
+    left, top = round((size[1] - new_w) / 2 - 0.1), round((size[0] - new_h) / 2 - 0.1)
     return gain, new_w, new_h, left, top
 
 

@@ -56,8 +56,8 @@ SIGMOID_TOP_K: dict[str, int | None] = {
     "conditional_detr": 100,
 }
 YOLO_MAX_DETECTIONS = 300  # Ultralytics' max_det
-YOLO_CLASS_OFFSET = 7680.0
-_PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))  # Ultralytics' max_wh: boxes of different classes never overlap after this shift
+YOLO_CLASS_OFFSET = 7680.0  # Ultralytics' max_wh: boxes of different classes never overlap after this shift
+_PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,9 @@ class DetectTask(Task[ImageModality]):
     def sigmoid_top_k(self) -> tuple[bool, int | None]:
         """(whether scores are a sigmoid top-k, and k), from the package's config.json model_type."""
         config = self.package.path / "config.json"
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else None
+        model_type = (
+            json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else None
+        )
         return (model_type in SIGMOID_TOP_K, SIGMOID_TOP_K.get(model_type or ""))
 
     def labels(self, count: int) -> tuple[str, ...]:

@@ -57,7 +57,9 @@ class ImageTextTask(Task[ImageModality]):
     def __init__(self, package: ModelPackage, specs: Sequence[TensorSpec] | None = None) -> None:
         # the image input first, so the image modality (samples, blank images) reads pixel_values, not input_ids
         given = tuple(specs or package.manifest.inputs)
-        super().__init__(package, sorted(given, key=lambda spec: not (len(spec.shape) == 4 and "float" in spec.dtype)))
+        super().__init__(
+            package, sorted(given, key=lambda spec: not (len(spec.shape) == 4 and "float" in spec.dtype))
+        )
 
     @cached_property
     def config(self) -> dict[str, Any]:
@@ -94,7 +96,10 @@ class ImageTextTask(Task[ImageModality]):
 
     def samples(self, purpose: str, count: int | None, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
         """Synthetic images, each beside a one-word text (the graph takes both)."""
-        return [{**feeds, **self.text_feeds(["photo"])} for feeds in super().samples(purpose, count, exclude_texts)]
+        return [
+            {**feeds, **self.text_feeds(["photo"])}
+            for feeds in super().samples(purpose, count, exclude_texts)
+        ]
 
     def timing_feeds(self, batch: int = 1, seq: int = 128) -> Feeds:
         """`batch` images beside one text."""

@@ -394,3 +394,25 @@ def test_bad_inputs_are_one_line_errors(yolo: tuple[object, Path, Path], tmp_pat
     assert result.exit_code == 2
     assert "not a detector's" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_served_image_model_equals_detect(yolo: tuple[object, Path, Path], photos: list[Path]) -> None:
+    """`edge serve`'s ``<name>-image`` model: encoded files in (BYTES), the pipeline's detections out (JSON)."""
+    from toolkit.serve.models import ModelRegistry
+    from toolkit.serve.protocol import InferenceRequest, RequestInput
+
+    _, _, package = yolo
+    registry = ModelRegistry.load([package])
+    model = registry.get(f"{ModelPackage.open(package).manifest.name}-image", None)
+    blobs = np.empty(1, dtype=object)
+    blobs[:] = [photos[1].read_bytes()]
+    job = model.prepare(InferenceRequest((RequestInput("image", "BYTES", (1,), blobs),)))
+    served = job.finish(model.engine.runner.run(job.feeds))["detections"]
+    want = ObjectDetector.load(package).detect([photos[1]])[0]
+    got = json.loads(served[0])
+    assert [d["label"] for d in got] == [d.label for d in want]
+    np.testing.assert_allclose([d["box"] for d in got], [d.box for d in want], atol=1e-4)
+    broken = np.empty(1, dtype=object)
+    broken[:] = [b"not an image"]
+    with pytest.raises(BadInputError, match="could not be decoded"):
+        model.prepare(InferenceRequest((RequestInput("image", "BYTES", (1,), broken),)))

@@ -113,3 +113,18 @@ def test_edge_run_zero_shot_and_embeddings(two_towers: tuple[str, Path, Path, li
     bad = runner.invoke(edge, ["run", str(package), "--text", "hello", "--labels", "a,b"])
     assert bad.exit_code == 2
     assert "--labels" in bad.output
+
+
+def test_served_image_model_gives_the_embeddings(two_towers: tuple[str, Path, Path, list[Path]]) -> None:
+    from toolkit import ModelPackage
+    from toolkit.serve.models import ModelRegistry
+    from toolkit.serve.protocol import InferenceRequest, RequestInput
+
+    _, _, package, photos = two_towers
+    model = ModelRegistry.load([package]).get(f"{ModelPackage.open(package).manifest.name}-image", None)
+    blobs = np.empty(2, dtype=object)
+    blobs[:] = [photos[0].read_bytes(), photos[2].read_bytes()]
+    job = model.prepare(InferenceRequest((RequestInput("image", "BYTES", (2,), blobs),)))
+    served = job.finish(model.engine.runner.run(job.feeds))["embedding"]
+    want = ImageTextEmbedding.load(package).embed_images([photos[0], photos[2]])
+    np.testing.assert_allclose(served, want, atol=1e-5)

@@ -9,6 +9,7 @@ standard library's ``wave``) and `preprocess_audio`. Scores: `softmax`, `l2_norm
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -124,7 +125,9 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str | None) -> np.ndarray:
 
 # --- images ---------------------------------------------------------------------------------------------
 
-ImageInput = str | Path | np.ndarray | Any  # a file path, an RGB uint8 array [H, W, 3], or a PIL image
+ImageInput = (
+    str | Path | bytes | np.ndarray | Any
+)  # a file path, encoded bytes, an RGB uint8 array [H, W, 3], a PIL image
 
 
 def _pil() -> Any:
@@ -153,9 +156,17 @@ def open_image(image: ImageInput) -> PILImage.Image:
                 "convert it with .astype(np.uint8)"
             )
         return Image.fromarray(image).convert("RGB")
+    if isinstance(image, bytes):  # an encoded file's bytes (the server's image pipeline models)
+        try:
+            with Image.open(io.BytesIO(image)) as opened:
+                return opened.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise BadInputError(
+                f"image bytes could not be decoded ({first_line(exc)}); send a JPEG, PNG, BMP, GIF, TIFF or WebP file"
+            ) from None
     if not isinstance(image, str | Path):
         raise BadInputError(
-            f"an image must be a file path, a uint8 array or a PIL image, got {type(image).__name__}"
+            f"an image must be a file path, a uint8 array, a PIL image or encoded bytes, got {type(image).__name__}"
         )
     path = Path(image)
     if not path.is_file():

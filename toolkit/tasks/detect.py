@@ -17,7 +17,7 @@ Results come sorted by score, highest first; ``top_k`` keeps the best k.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,8 +28,15 @@ import numpy as np
 from toolkit.atomic import atomic_path
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage, TensorSpec
-from toolkit.preprocess import ImageInput, image_list, label_names, letterbox_geometry, open_image
-from toolkit.tasks.base import ImagePipeline, Outputs, ServedTensor, Task
+from toolkit.preprocess import (
+    ImageInput,
+    image_list,
+    label_names,
+    letterbox_geometry,
+    open_image,
+    preprocess_image,
+)
+from toolkit.tasks.base import Feeds, ImagePipeline, Outputs, ServedTensor, Task
 from toolkit.tasks.modality import ImageModality
 
 __all__ = [
@@ -292,20 +299,34 @@ class DetectTask(Task[ImageModality]):
             ]
         }
 
-    # -- the server's pipeline model: boxes of the model's input --------------------------------------
+    # -- the server's image pipeline model: encoded images in, detections out -------------------------
 
     def served_outputs(self, outputs: Sequence[TensorSpec]) -> tuple[ServedTensor, ...]:
-        """``detections`` BYTES [N]: per image, its detections as JSON (boxes in the model input's pixels)."""
+        """``detections`` BYTES [N]: per image, its detections at threshold 0.5 as a JSON list."""
         return (ServedTensor("detections", "BYTES", (-1,)),)
 
-    def serve(self, outputs: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> Outputs:
-        """Each image's detections at threshold 0.5 as a JSON document."""
-        pixels = next(iter(feeds.values()))
-        size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
-        found = [self.finish(outputs, row, size, 0.5, None, 0.7) for row in range(pixels.shape[0])]
-        documents = np.empty(len(found), dtype=object)
-        documents[:] = [json.dumps(self.run_json([f])["detections"][0]).encode("utf-8") for f in found]
-        return {"detections": documents}
+    def serve_images(self, images: Sequence[ImageInput]) -> tuple[Feeds, Callable[[Outputs], Outputs]]:
+        """Decoded images -> (one batch of feeds, how the raw outputs become each image's detections JSON)."""
+        opened = [open_image(image) for image in images]
+        pixels = [preprocess_image(image, self.data.pre) for image in opened]
+        if len({p.shape for p in pixels}) > 1:
+            raise BadInputError(
+                "the images of one request came out in different sizes (this model keeps each aspect ratio); "
+                "send one image per request"
+            )
+        sizes = [(image.height, image.width) for image in opened]
+
+        def finish(outputs: Outputs) -> Outputs:
+            documents = np.empty(len(sizes), dtype=object)
+            documents[:] = [
+                json.dumps(
+                    self.run_json([self.finish(outputs, row, size, 0.5, None, 0.7)])["detections"][0]
+                ).encode()
+                for row, size in enumerate(sizes)
+            ]
+            return {"detections": documents}
+
+        return {self.data.input_name: np.stack(pixels)}, finish
 
 
 class ObjectDetector(ImagePipeline):

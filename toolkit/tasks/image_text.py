@@ -25,8 +25,15 @@ import numpy as np
 
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage, TensorSpec
-from toolkit.preprocess import ImageInput, TextTokenizer, image_list, l2_normalize, softmax
-from toolkit.tasks.base import Feeds, ImagePipeline, Outputs, Task
+from toolkit.preprocess import (
+    ImageInput,
+    TextTokenizer,
+    image_list,
+    l2_normalize,
+    preprocess_image,
+    softmax,
+)
+from toolkit.tasks.base import Feeds, ImagePipeline, Outputs, ServedTensor, Task
 from toolkit.tasks.modality import ImageModality
 
 __all__ = ["PIPELINE", "TASK", "ImageTextEmbedding", "ImageTextTask", "ZeroShotLabel"]
@@ -104,6 +111,21 @@ class ImageTextTask(Task[ImageModality]):
     def timing_feeds(self, batch: int = 1, seq: int = 128) -> Feeds:
         """`batch` images beside one text."""
         return {**self.data.timing_feeds(batch, seq), **self.text_feeds(["photo"])}
+
+    def served_outputs(self, outputs: Sequence[TensorSpec]) -> tuple[ServedTensor, ...]:
+        """``embedding`` FP32 [N, dim]: each image's unit-length embedding."""
+        spec = next((o for o in outputs if o.name == "image_embeds"), None)
+        dim = spec.shape[-1] if spec is not None and isinstance(spec.shape[-1], int) else -1
+        return (ServedTensor("embedding", "FP32", (-1, dim)),)
+
+    def serve_images(self, images: Sequence[ImageInput]) -> tuple[Feeds, Callable[[Outputs], Outputs]]:
+        """Decoded images -> (feeds beside a one-word text, how the raw outputs become embeddings)."""
+        pixels = np.stack([preprocess_image(image, self.data.pre) for image in images])
+
+        def finish(outputs: Outputs) -> Outputs:
+            return {"embedding": l2_normalize(outputs["image_embeds"].astype(np.float32))}
+
+        return {self.data.input_name: pixels, **self.text_feeds(["photo"])}, finish
 
     def run_lines(self, items: Sequence[str], results: Sequence[Any]) -> list[str]:
         """Zero-shot: each image's labels by probability; embeddings: each image's dimension and first values."""

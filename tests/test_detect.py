@@ -416,3 +416,39 @@ def test_served_image_model_equals_detect(yolo: tuple[object, Path, Path], photo
     broken[:] = [b"not an image"]
     with pytest.raises(BadInputError, match="could not be decoded"):
         model.prepare(InferenceRequest((RequestInput("image", "BYTES", (1,), broken),)))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx_file_with_a_symbolic_size_takes_it_from_input(tmp_path: Path) -> None:
+    import torch
+
+    class AnySize(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Conv2d(3, 4 + YOLO_CLASSES, kernel_size=8, stride=8)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            raw = self.head(images).flatten(2)
+            return torch.cat([32 * torch.sigmoid(raw[:, :4]), torch.sigmoid(raw[:, 4:])], 1)
+
+    onnx_file = tmp_path / "any-size.onnx"
+    torch.onnx.export(
+        AnySize().eval(),
+        (torch.zeros(1, 3, 32, 32),),
+        str(onnx_file),
+        input_names=["images"],
+        output_names=["output0"],
+        dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 2: "anchors"}},
+        dynamo=False,
+    )
+    sized = convert(
+        str(onnx_file),
+        tmp_path / "sized",
+        ConvertOptions(task="detect", inputs=("images:float32[batch,3,48,48]",)),
+    )
+    pre = sized.manifest.preprocessing
+    assert pre is not None
+    assert (pre.size, pre.resize) == ((48, 48), "letterbox")  # type: ignore[union-attr]
+    assert sized.manifest.variants["fp32"].validation.passed  # type: ignore[union-attr]
+    default = convert(str(onnx_file), tmp_path / "default", ConvertOptions(task="detect")).manifest
+    assert default.preprocessing.size == (640, 640)  # type: ignore[union-attr]

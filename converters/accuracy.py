@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -94,6 +94,8 @@ class AccuracyReport:
         """One line: ``cosine mean 0.9951, min 0.9862 (68 held-out)``."""
         if self.metric == "cosine":
             return f"cosine mean {self.score:.4f}, min {self.worst:.4f} ({self.samples} held-out)"
+        if self.metric == "detection_agreement":
+            return f"detections matched to fp32 {self.score:.1%} ({self.samples} held-out)"
         if self.metric == "top1_agreement":
             return (
                 f"top-1 agreement {self.score:.1%}, max logit diff {self.details.get('max_logit_diff', 0.0):.3g} "
@@ -219,6 +221,30 @@ def _generic_report(
     )
 
 
+def _detection_report(
+    task: Task[Any], reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
+) -> AccuracyReport:
+    """fp32's detections matched by the candidate's (IoU >= 0.5, same label): the detect task's `agreement`."""
+    agreement = cast(Any, task).agreement
+    matched = total = 0
+    pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for (got, want), f in zip(_run_both(reference, candidate, feeds), feeds, strict=True):
+        for name, w in want.items():
+            pairs.setdefault(name, []).append((got[name], w))
+        hit, count = agreement(got, want, f)
+        matched, total = matched + hit, total + count
+    rate = matched / total if total else 1.0
+    return AccuracyReport(
+        metric="detection_agreement",
+        value=rate,
+        score=rate,
+        worst=rate,
+        samples=len(feeds),
+        outputs=_output_checks(pairs),
+        details={"detection_agreement": round(rate, 6), "fp32_detections": float(total)},
+    )
+
+
 ReportFn = Callable[[Task[Any], Reference, Runner, Sequence[Feeds]], AccuracyReport]
 
 # Task.metric -> how the report is made
@@ -226,6 +252,7 @@ _REPORTS: dict[str, ReportFn] = {
     "cosine": _embedding_report,
     "top1_agreement": _classifier_report,
     "max_abs_diff": _generic_report,
+    "detection_agreement": _detection_report,
 }
 
 

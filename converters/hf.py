@@ -57,6 +57,8 @@ TASKS: dict[str, HfTask] = {
         HfTask("token-classify", "token-classification", "text", has_labels=True),
         HfTask("image-classify", "image-classification", "image", has_labels=True),
         HfTask("segment", "semantic-segmentation", "image", has_labels=True),
+        HfTask("detect", "object-detection", "image", has_labels=True),
+        HfTask("image-text", "zero-shot-image-classification", "image"),
         HfTask("audio-features", "feature-extraction", "audio"),
         HfTask("audio-classify", "audio-classification", "audio", has_labels=True),
     )
@@ -73,6 +75,9 @@ _ARCHITECTURE_TASKS = (
     ("ForTokenClassification", "token-classify"),
     ("ForImageClassification", "image-classify"),
     ("ForSemanticSegmentation", "segment"),
+    ("ForObjectDetection", "detect"),
+    ("CLIPModel", "image-text"),
+    ("SiglipModel", "image-text"),
     ("Model", "features"),
 )
 # The same for audio models (a feature extractor with a sampling rate beside them): a sequence classifier
@@ -249,6 +254,8 @@ def _image_preprocessing(model_dir: Path) -> ImagePreprocessing | None:
             resize, target, crop = "shortest_edge", (edge, edge), (shortest, shortest)
         else:
             resize, target, crop = "exact", (shortest, shortest), None
+    elif shortest is not None and isinstance(size, Mapping) and size.get("longest_edge"):
+        resize, target = "shortest_longest_edge", (shortest, int(size["longest_edge"]))  # DETR, YOLOS
     elif shortest is not None:
         resize, target = "shortest_edge", (shortest, shortest)
     normalize = image.get("do_normalize", True)

@@ -56,7 +56,7 @@ __all__ = [
 # How validation builds inputs for a recipe (converters.samples has one generator per kind).
 SAMPLE_KINDS = ("text", "image", "audio", "synthetic")
 # Image resizing conventions the runtime implements (toolkit.pipelines), and the PIL filters it can use.
-RESIZE_MODES = ("exact", "shortest_edge")
+RESIZE_MODES = ("exact", "shortest_edge", "shortest_longest_edge", "letterbox")
 RESAMPLE_MODES = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 _MODULE_FACTORY = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")

@@ -40,6 +40,7 @@ class ResolvedSource:
     model_dir: Path
     recipe: Recipe | None = None
     torch: TorchSource | None = None
+    onnx: Path | None = None  # an existing .onnx file, packaged as it is
 
     @property
     def name(self) -> str:
@@ -48,6 +49,8 @@ class ResolvedSource:
             return self.recipe.name
         if self.torch is not None:
             return self.torch.name
+        if self.onnx is not None:
+            return self.onnx.stem
         return self.ref.rstrip("/").split("/")[-1] if self.kind == "hub" else self.model_dir.resolve().name
 
 
@@ -93,6 +96,15 @@ def _from_recipe(text: str) -> ResolvedSource | None:
     )
 
 
+def _from_onnx(text: str) -> ResolvedSource | None:
+    if not text.strip().lower().endswith(".onnx"):
+        return None
+    path = Path(text.strip()).expanduser()
+    if not path.is_file():
+        raise BadInputError(f"ONNX file '{path}' does not exist; pass the path of an existing .onnx file")
+    return ResolvedSource("onnx", text, path.parent, onnx=path)
+
+
 def _from_torch(text: str) -> ResolvedSource | None:
     source = parse_torch_source(text)
     if source is None:
@@ -108,7 +120,7 @@ def _from_directory(text: str) -> ResolvedSource | None:
     if path.is_file():
         raise BadInputError(
             f"'{text}' is a file; `edge convert` takes a Hugging Face model directory, a recipe name, a hub id, "
-            "pkg.module:factory, path/to/file.py:factory or a .pt2 file"
+            "pkg.module:factory, path/to/file.py:factory, a .pt2 or an .onnx file"
         )
     return ResolvedSource("hf-dir", text, _check_hf_directory(path, text))
 
@@ -162,7 +174,7 @@ def _download_from_hub(repo_id: str, install_hint: str | None) -> Path:
 
 Resolver = Callable[[str], ResolvedSource | None]
 
-RESOLVERS: tuple[Resolver, ...] = (_from_recipe, _from_torch, _from_directory, _from_hub)
+RESOLVERS: tuple[Resolver, ...] = (_from_recipe, _from_onnx, _from_torch, _from_directory, _from_hub)
 
 
 def resolve_source(text: str) -> ResolvedSource:

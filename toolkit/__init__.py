@@ -17,6 +17,8 @@ from toolkit.pipelines import (
     load,
 )
 from toolkit.runner import Runner
+from toolkit.tasks.detect import Detection, ObjectDetector
+from toolkit.tasks.image_text import ImageTextEmbedding, ZeroShotLabel
 from toolkit.tasks.segment import SemanticSegmenter
 from toolkit.tasks.token_classify import TokenClassifier
 
@@ -26,12 +28,15 @@ __all__ = [
     "BadInputError",
     "BadModelError",
     "Classification",
+    "Detection",
     "EdgeError",
     "ExportError",
     "ImageClassifier",
+    "ImageTextEmbedding",
     "Manifest",
     "ModelPackage",
     "ModelPipeline",
+    "ObjectDetector",
     "Pipeline",
     "ProviderUnavailableError",
     "Runner",
@@ -41,6 +46,7 @@ __all__ = [
     "TextEmbedding",
     "TokenClassifier",
     "Variant",
+    "ZeroShotLabel",
     "load",
 ]
 

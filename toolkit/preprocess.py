@@ -9,6 +9,7 @@ standard library's ``wave``) and `preprocess_audio`. Scores: `softmax`, `l2_norm
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from PIL import Image as PILImage
 
 __all__ = [
+    "LETTERBOX_FILL",
     "RESIZERS",
     "AudioInput",
     "Classification",
@@ -34,6 +36,7 @@ __all__ = [
     "image_list",
     "l2_normalize",
     "label_names",
+    "letterbox_geometry",
     "open_image",
     "pool",
     "preprocess_audio",
@@ -131,7 +134,9 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str | None) -> np.ndarray:
 
 # --- images ---------------------------------------------------------------------------------------------
 
-ImageInput = str | Path | np.ndarray | Any  # a file path, an RGB uint8 array [H, W, 3], or a PIL image
+ImageInput = (
+    str | Path | bytes | np.ndarray | Any
+)  # a file path, encoded bytes, an RGB uint8 array [H, W, 3], a PIL image
 
 
 def _pil() -> Any:
@@ -160,9 +165,17 @@ def open_image(image: ImageInput) -> PILImage.Image:
                 "convert it with .astype(np.uint8)"
             )
         return Image.fromarray(image).convert("RGB")
+    if isinstance(image, bytes):  # an encoded file's bytes (the server's image pipeline models)
+        try:
+            with Image.open(io.BytesIO(image)) as opened:
+                return opened.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise BadInputError(
+                f"image bytes could not be decoded ({first_line(exc)}); send a JPEG, PNG, BMP, GIF, TIFF or WebP file"
+            ) from None
     if not isinstance(image, str | Path):
         raise BadInputError(
-            f"an image must be a file path, a uint8 array or a PIL image, got {type(image).__name__}"
+            f"an image must be a file path, a uint8 array, a PIL image or encoded bytes, got {type(image).__name__}"
         )
     path = Path(image)
     if not path.is_file():
@@ -192,10 +205,42 @@ def _shortest_edge_size(width: int, height: int, size: tuple[int, int]) -> tuple
     return (new_long, new_short) if width <= height else (new_short, new_long)
 
 
-# manifest `resize` -> (width, height, size) -> the (height, width) to resize to
+def _shortest_longest_edge_size(width: int, height: int, size: tuple[int, int]) -> tuple[int, int]:
+    # size = (shortest, longest): transformers' DETR/YOLOS get_size_with_aspect_ratio
+    shortest, longest = size
+    raw = None
+    low, high = float(min(height, width)), float(max(height, width))
+    if high / low * shortest > longest:
+        raw = longest * low / high
+        shortest = round(raw)
+    if (height <= width and height == shortest) or (width <= height and width == shortest):
+        return height, width
+    if width < height:
+        return (int(raw * height / width) if raw is not None else int(shortest * height / width)), shortest
+    return shortest, (int(raw * width / height) if raw is not None else int(shortest * width / height))
+
+
+def letterbox_geometry(width: int, height: int, size: tuple[int, int]) -> tuple[float, int, int, int, int]:
+    """Ultralytics' letterbox into `size` (height, width): (gain, resized width, resized height, left, top pad)."""
+    gain = min(size[0] / height, size[1] / width)
+    new_w, new_h = round(width * gain), round(height * gain)
+    left, top = round((size[1] - new_w) / 2 - 0.1), round((size[0] - new_h) / 2 - 0.1)
+    return gain, new_w, new_h, left, top
+
+
+def _letterbox_size(width: int, height: int, size: tuple[int, int]) -> tuple[int, int]:
+    _, new_w, new_h, _, _ = letterbox_geometry(width, height, size)
+    return new_h, new_w
+
+
+LETTERBOX_FILL = 114  # the grey Ultralytics pads letterboxed images with
+
+# manifest `resize` -> (width, height, size) -> the (height, width) to resize to; ``letterbox`` then pads to `size`
 RESIZERS: dict[str, Callable[[int, int, tuple[int, int]], tuple[int, int]]] = {
     "exact": _exact_size,
     "shortest_edge": _shortest_edge_size,
+    "shortest_longest_edge": _shortest_longest_edge_size,
+    "letterbox": _letterbox_size,
 }
 
 
@@ -221,12 +266,18 @@ def preprocess_image(image: ImageInput, pre: ImagePreprocessing) -> np.ndarray:
             f"image preprocessing resize '{pre.resize}' / resample '{pre.resample}' is not supported by this "
             f"edge-toolkit (resize: {', '.join(RESIZERS)}; resample: {', '.join(_RESAMPLE)}); upgrade edge-toolkit"
         )
+    original = rgb.size
     height, width = RESIZERS[pre.resize](rgb.width, rgb.height, pre.size)
     if (width, height) != rgb.size:
         rgb = rgb.resize(
             (width, height), resample=Image.Resampling(_RESAMPLE[pre.resample]), reducing_gap=None
         )
     pixels = np.asarray(rgb)
+    if pre.resize == "letterbox":
+        _, _, _, left, top = letterbox_geometry(original[0], original[1], pre.size)
+        canvas = np.full((*pre.size, 3), LETTERBOX_FILL, dtype=np.uint8)
+        canvas[top : top + pixels.shape[0], left : left + pixels.shape[1]] = pixels
+        pixels = canvas
     if pre.crop_size is not None:
         pixels = _centre_crop(pixels, pre.crop_size)
     # rescale in float64 then normalise in float32, in the order transformers' image processors do

@@ -94,6 +94,12 @@ def render_validation(validation: Validation, title: str) -> Table:
     show_default=True,
     help="torch.onnx exporter for PyTorch sources; auto tries dynamo, then TorchScript if dynamo fails.",
 )
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Class names, one per line, for an .onnx SOURCE (e.g. --task detect of an Ultralytics export).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @common_options
 def convert_command(
@@ -108,6 +114,7 @@ def convert_command(
     trust_remote_code: bool,
     exporter: str,
     recipe: str | None,
+    labels: str | None,
     as_json: bool,
 ) -> None:
     """Export SOURCE to a validated ONNX model package.
@@ -117,7 +124,8 @@ def convert_command(
       a recipe name (`edge models`), a Hugging Face model directory, or a hub id (online);
       pkg.module:factory or path/to/file.py:factory, a callable returning a torch.nn.Module (needs --input);
       model.pt2, a program saved with torch.export.save (--input optional);
-      model.pt, a whole pickled module (needs --trust-remote-code).
+      model.pt, a whole pickled module (needs --trust-remote-code);
+      model.onnx, an existing ONNX file packaged as it is (--task, --labels; --input sizes a symbolic image).
     """
     from converters import ConvertOptions, convert
     from converters.input_specs import parse_input_specs
@@ -132,6 +140,7 @@ def convert_command(
         trust_remote_code=trust_remote_code,
         exporter=exporter,
         recipe=recipe,
+        labels=Path(labels) if labels else None,
     )
     with progress(not as_json) as step:
         package = convert(source, out_dir, options, step)

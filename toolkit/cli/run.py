@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from toolkit.bench.measure import Budget, TimingPlan, latency_stats, time_calls
-from toolkit.cli.common import common_options, emit_json, progress, stdout
+from toolkit.cli.common import CommaList, common_options, emit_json, progress, stdout
 from toolkit.cli.provider_options import placement_line, provider_options
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
@@ -66,6 +66,19 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
 @click.option(
     "--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="A raw input tensor (repeatable)."
 )
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE.png",
+    help="detect: draw the detections on the (one) --image and save it here.",
+)
+@click.option(
+    "--labels",
+    type=CommaList(example="a cat,a dog"),
+    default=None,
+    help="image-text: zero-shot candidate labels for the --image files, comma-separated.",
+)
 @click.option("--variant", default="fp32", show_default=True, help="Package variant to run.")
 @provider_options
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
@@ -80,6 +93,8 @@ def run_command(
     images: tuple[str, ...],
     clips: tuple[str, ...],
     inputs: tuple[str, ...],
+    out: str | None,
+    labels: tuple[str, ...] | None,
     variant: str,
     provider_config: ProviderConfig,
     threads: int | None,
@@ -87,6 +102,10 @@ def run_command(
     as_json: bool,
 ) -> None:
     """Run TARGET (a package directory, or an .onnx file with --input) and print the result."""
+    if labels is not None and not images:
+        raise BadInputError("--labels scores --image files against candidate labels; pass --image FILE")
+    if out is not None and not images:
+        raise BadInputError("--out draws detections on an --image; pass one --image FILE")
     if sum(map(bool, (texts, images, clips, inputs))) != 1:
         raise BadInputError(
             "pass one of --text (a text pipeline), --image FILE (an image package), --audio FILE.wav "
@@ -102,7 +121,10 @@ def run_command(
             )
         pipeline = pipeline_class(package)(package, runner)
         kind, items = ("text", texts) if texts else ("image", images) if images else ("audio", clips)
-        call, result = _run_items(pipeline, kind, list(items))
+        call, result = _run_items(pipeline, kind, list(items), labels)
+        if out is not None:
+            _annotate(pipeline, list(items), result.pop("results_for_drawing"), Path(out))
+            result["annotated"] = out
     else:
         with progress(not as_json) as say:
             runner = Runner(target, variant=variant, config=provider_config, threads=threads, progress=say)
@@ -118,6 +140,7 @@ def run_command(
     }
     if repeat:
         result["latency"] = _time(call, repeat)
+    result.pop("results_for_drawing", None)
     lines = result.pop("lines", [])
     if as_json:
         emit_json(result)
@@ -129,7 +152,7 @@ _ITEMS_KEY = {"text": "texts", "image": "images", "audio": "clips"}
 
 
 def _run_items(
-    pipeline: Pipeline[Any], kind: str, items: list[str]
+    pipeline: Pipeline[Any], kind: str, items: list[str], labels: tuple[str, ...] | None = None
 ) -> tuple[Callable[[], Any], dict[str, Any]]:
     """Run `items` (texts, image files or WAV files) through the pipeline; the task says how to print them."""
     task = pipeline.task
@@ -144,15 +167,37 @@ def _run_items(
         raise BadInputError(
             f"package task '{manifest.task}' has no {kind} pipeline ({takers} have); run it with --input NAME=FILE.npy"
         )
-    results = pipeline.run_items(items)
+    run = lambda: pipeline.run_items(items)  # noqa: E731
+    if labels is not None:
+        zero_shot = getattr(pipeline, "zero_shot", None)
+        if zero_shot is None:
+            raise BadInputError(
+                f"--labels needs an image-text package (CLIP, SigLIP); '{manifest.name}' has task {manifest.task}"
+            )
+        run = lambda: zero_shot(items, list(labels))  # noqa: E731
+    results = run()
     result = {"task": task.name, _ITEMS_KEY[kind]: items, **task.run_json(results)}
     result["lines"] = task.run_lines(items, results)
-    return (lambda: pipeline.run_items(items)), result
+    result["results_for_drawing"] = results
+    return run, result
+
+
+def _annotate(pipeline: Pipeline[Any], items: list[str], results: list[Any], out: Path) -> None:
+    """Draw the task's results on the one input image (tasks with an `annotate` method: detect)."""
+    draw = getattr(pipeline.task, "annotate", None)
+    if draw is None or len(items) != 1:
+        raise BadInputError(
+            f"--out draws the detections of one --image; task '{pipeline.task.name}' with {len(items)} input(s) "
+            "has nothing to draw there"
+        )
+    draw(items[0], results[0], out)
 
 
 def _print(result: dict[str, Any], lines: list[str]) -> None:
     stdout.print(f"{result['model']} on {', '.join(result['providers'])}")
     stdout.print(placement_line(result["node_placement"]))
+    if "annotated" in result:
+        stdout.print(f"drew the detections on {result['annotated']}", markup=False)
     for line in lines:
         stdout.print(line, markup=False)  # paths and labels may hold [brackets]
     for name, array in result.get("outputs", {}).items():

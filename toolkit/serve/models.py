@@ -448,6 +448,37 @@ class PipelineModel(ServedModel):
         return Job(feeds, len(texts), outputs, lambda raw: self.task.serve(raw, feeds))
 
 
+def _images(model: ServedModel, request: InferenceRequest) -> list[bytes]:
+    if len(request.inputs) != 1 or request.inputs[0].name != "image":
+        names = ", ".join(repr(i.name) for i in request.inputs)
+        raise BadInputError(
+            f"model '{model.name}' takes one input 'image' (BYTES [N], encoded files), got {names}"
+        )
+    tensor = request.inputs[0]
+    if tensor.datatype != "BYTES" or tensor.data.size == 0:
+        raise BadInputError("input 'image': send at least one encoded image file (JPEG, PNG, ...) as BYTES")
+    return [bytes(item) for item in tensor.data.reshape(-1)]
+
+
+class ImagePipelineModel(ServedModel):
+    """A ``<name>-image`` model: encoded image files (BYTES) in, decoded and preprocessed on the server, the
+    task's results out (`serve_images` of the detect and image-text tasks: detections JSON, embeddings)."""
+
+    platform = "edge_image_pipeline"
+
+    def __init__(self, task: Task[Any], engine: Engine) -> None:
+        outputs = [_metadata_of(t) for t in task.served_outputs(engine.outputs)]
+        super().__init__(f"{engine.name}-image", engine, [TensorMetadata("image", "BYTES", (-1,))], outputs)
+        self.task = task
+
+    def prepare(self, request: InferenceRequest) -> Job:
+        """Decode and preprocess the images; `finish` applies the task's post-processing."""
+        outputs = self.requested_outputs(request)
+        images = _images(self, request)
+        feeds, finish = self.task.serve_images(images)  # type: ignore[attr-defined]
+        return Job(feeds, len(images), outputs, finish)
+
+
 def _metadata_of(tensor: ServedTensor) -> TensorMetadata:
     return TensorMetadata(tensor.name, tensor.datatype, tensor.shape)
 
@@ -581,4 +612,6 @@ def _package_models(
         models.append(RawModel(engine, ranges))
         if text is not None and task.served_outputs(runner.outputs):
             models.append(PipelineModel(task, engine))
+        if hasattr(task, "serve_images") and task.served_outputs(runner.outputs):
+            models.append(ImagePipelineModel(task, engine))
     return models

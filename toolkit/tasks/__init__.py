@@ -64,6 +64,8 @@ TASK_MODULES = (
     "token_classify",
     "image_classify",
     "segment",
+    "detect",
+    "image_text",
     "audio_features",
     "audio_classify",
 )

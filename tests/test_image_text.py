@@ -1,0 +1,130 @@
+"""image-text: `ImageTextEmbedding` against transformers' CLIP / SigLIP ``get_image_features`` and
+``get_text_features`` (cosine >= 0.9999) and zero-shot probabilities, on the recipes' offline stand-ins."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from converters import ConvertOptions, convert
+from converters.samples import synthetic_photo
+from tests.conftest import build_offline_model
+from toolkit import load
+from toolkit.cli import edge
+from toolkit.tasks.image_text import ImageTextEmbedding
+
+TEXTS = ["a photo of a cat", "the dog", "model", "a quick brown fox jumps over the lazy dog"]
+SIZES = [(40, 60), (32, 32), (90, 50)]
+
+
+@pytest.fixture(scope="module", params=["clip-vit-b32", "siglip-base"])
+def two_towers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path, Path, list[Path]]:
+    """(recipe, its offline stand-in, the package, photos of SIZES)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp(request.param)
+    source = build_offline_model(request.param, root / "hf", seed=7)
+    package = convert(str(source), root / "pkg", ConvertOptions(recipe=request.param)).path
+    rng = np.random.default_rng(3)
+    photos = []
+    for i, (height, width) in enumerate(SIZES):
+        photos.append(root / f"photo{i}.png")
+        Image.fromarray(synthetic_photo(height, width, rng)).save(photos[-1])
+    return request.param, source, package, photos
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.asarray((a * b).sum(axis=1))
+
+
+def _reference(
+    source: Path, photos: list[Path], texts: list[str], siglip: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """transformers' image features, text features and zero-shot probabilities (images x texts)."""
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(source).eval()
+    processor = AutoImageProcessor.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    images = [Image.open(p).convert("RGB") for p in photos]
+    padding = "max_length" if siglip else True
+    tokens = tokenizer(
+        texts,
+        padding=padding,
+        max_length=model.config.text_config.max_position_embeddings,
+        return_tensors="pt",
+    )
+    if siglip:
+        tokens.pop("attention_mask", None)
+    tokens.pop("token_type_ids", None)
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        image_features = model.get_image_features(pixel_values=pixels).numpy()
+        text_features = model.get_text_features(**tokens).numpy()
+        logits = model(pixel_values=pixels, **tokens).logits_per_image
+    probs = torch.sigmoid(logits) if siglip else logits.softmax(dim=-1)
+    return image_features, text_features, probs.numpy()
+
+
+def test_embeddings_equal_transformers_features(two_towers: tuple[str, Path, Path, list[Path]]) -> None:
+    recipe, source, package, photos = two_towers
+    siglip = recipe.startswith("siglip")
+    with ImageTextEmbedding.load(package, threads=1) as model:
+        images = model.embed_images(photos, batch_size=2)
+        texts = model.embed_texts(TEXTS, batch_size=3)
+        shots = model.zero_shot(photos, TEXTS[:3])
+    want_images, want_texts, want_probs = _reference(source, photos, TEXTS, siglip)
+    assert images.shape == want_images.shape
+    assert texts.shape == want_texts.shape
+    assert _cosines(images, want_images).min() >= 0.9999
+    assert _cosines(texts, want_texts).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-5)
+    # the towers are not constant: different images and texts embed differently
+    assert _cosines(images[:1].repeat(len(images), 0), images)[1:].max() < 0.9999
+    _, _, want_probs = _reference(source, photos, TEXTS[:3], siglip)
+    for shot, row in zip(shots, want_probs, strict=True):
+        assert [z.label for z in shot] == [TEXTS[i] for i in np.argsort(-row, kind="stable")]
+        np.testing.assert_allclose(
+            sorted((z.score for z in shot), reverse=True), np.sort(row)[::-1], atol=1e-4
+        )
+    assert isinstance(load(package), ImageTextEmbedding)
+
+
+def test_edge_run_zero_shot_and_embeddings(two_towers: tuple[str, Path, Path, list[Path]]) -> None:
+    _, _, package, photos = two_towers
+    runner = CliRunner()
+    result = runner.invoke(edge, ["run", str(package), "--image", str(photos[0]), "--labels", "a cat,a dog"])
+    assert result.exit_code == 0, result.output
+    assert "a cat" in result.output
+    assert "a dog" in result.output
+    data = json.loads(runner.invoke(edge, ["run", str(package), "--image", str(photos[0]), "--json"]).output)
+    want = ImageTextEmbedding.load(package).embed_images([photos[0]])
+    np.testing.assert_allclose(np.asarray(data["embeddings"]), want, atol=1e-6)
+    bad = runner.invoke(edge, ["run", str(package), "--text", "hello", "--labels", "a,b"])
+    assert bad.exit_code == 2
+    assert "--labels" in bad.output
+
+
+def test_served_image_model_gives_the_embeddings(two_towers: tuple[str, Path, Path, list[Path]]) -> None:
+    from toolkit import ModelPackage
+    from toolkit.serve.models import ModelRegistry
+    from toolkit.serve.protocol import InferenceRequest, RequestInput
+
+    _, _, package, photos = two_towers
+    model = ModelRegistry.load([package]).get(f"{ModelPackage.open(package).manifest.name}-image", None)
+    blobs = np.empty(2, dtype=object)
+    blobs[:] = [photos[0].read_bytes(), photos[2].read_bytes()]
+    job = model.prepare(InferenceRequest((RequestInput("image", "BYTES", (2,), blobs),)))
+    served = job.finish(model.engine.runner.run(job.feeds))["embedding"]
+    want = ImageTextEmbedding.load(package).embed_images([photos[0], photos[2]])
+    np.testing.assert_allclose(served, want, atol=1e-5)

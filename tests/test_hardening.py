@@ -983,3 +983,12 @@ def test_fuzzed_requests_decode_or_are_client_errors(served_models: list[Any]) -
             json.loads(response.body)
 
     decode()
+
+
+@pytest.mark.parametrize(("datatype", "value"), [("FP32", 1e300), ("FP16", 70000.0), ("INT8", 300)])
+def test_json_values_outside_the_datatype_are_400_not_wrapped(datatype: str, value: float) -> None:
+    body = json.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": [2], "data": [1, value]}]})
+    with pytest.raises(BadInputError, match=f"outside the range of {datatype}"):
+        decode_request(body.encode(), None)
+    ok = json.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": [2], "data": [1, 2]}]})
+    assert decode_request(ok.encode(), None).inputs[0].data.tolist() == [1, 2]

@@ -205,6 +205,11 @@ def _json_tensor(where: str, datatype: str, shape: tuple[int, ...], data: Any) -
             info = np.iinfo(dtype)
             if parsed.min() < info.min or parsed.max() > info.max:
                 raise BadInputError(f"{where}: a value is outside the range of {datatype}")
+        if parsed.size and dtype.kind == "f" and parsed.dtype.kind in "iuf":
+            # 1e300 sent as FP32 would silently become inf
+            finite = parsed[np.isfinite(parsed)]
+            if finite.size and np.abs(finite).max() > np.finfo(dtype).max:
+                raise BadInputError(f"{where}: a value is outside the range of {datatype}")
         array = parsed.astype(dtype).reshape(-1)
     if array.size != count:
         raise BadInputError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from converters.samples import synthetic_photo
 from tests.conftest import build_offline_model
 from toolkit import BadInputError, ModelPackage, load
 from toolkit.cli import edge
+from toolkit.manifest import ImagePreprocessing
 from toolkit.tasks.detect import Detection, ObjectDetector, box_iou, match_detections
 
 # (height, width): wider, taller and square, so the aspect-preserving resizes and the letterbox all do work
@@ -33,6 +35,11 @@ def _photos(folder: Path, seed: int = 11) -> list[Path]:
         Image.fromarray(synthetic_photo(height, width, rng)).save(path)
         photos.append(path)
     return photos
+
+
+def _box(values: Any) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in values)
+    return x0, y0, x1, y1
 
 
 def _spread_heads(model: object, scale: float) -> None:
@@ -71,8 +78,8 @@ def _build(kind: str, folder: Path) -> Path:
             num_queries=12,
             **labels,
         )
-        model: object = tf.DetrForObjectDetection(config).eval()
-        processor: object = tf.DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+        model: Any = tf.DetrForObjectDetection(config).eval()
+        processor: Any = tf.DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
     else:
         config = tf.YolosConfig(
             image_size=[64, 96],
@@ -87,8 +94,8 @@ def _build(kind: str, folder: Path) -> Path:
         model = tf.YolosForObjectDetection(config).eval()
         processor = tf.YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
     _spread_heads(model, 2.0)
-    model.save_pretrained(folder)  # type: ignore[attr-defined]
-    processor.save_pretrained(folder)  # type: ignore[attr-defined]
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder
 
 
@@ -128,7 +135,7 @@ def _transformers_detections(source: Path, photo: Path, threshold: float) -> lis
     )
     names = model.config.id2label
     detections = [
-        Detection(names[int(label)], float(score), tuple(float(v) for v in box), int(label))  # type: ignore[arg-type]
+        Detection(names[int(label)], float(score), _box(box), int(label))
         for score, label, box in zip(found["scores"], found["labels"], found["boxes"], strict=True)
     ]
     return sorted(detections, key=lambda d: -d.score)
@@ -179,7 +186,7 @@ INPUT = 64  # the module's square input
 YOLO_CLASSES = 3
 
 
-def _yolo_module() -> object:
+def _yolo_module() -> Any:
     import torch
 
     class TinyYolo(torch.nn.Module):
@@ -215,7 +222,7 @@ def yolo(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, Path]:
     module = _yolo_module()
     onnx_file = root / "tiny-yolo.onnx"
     torch.onnx.export(
-        module,  # type: ignore[arg-type]
+        module,
         (torch.zeros(1, 3, INPUT, INPUT),),
         str(onnx_file),
         input_names=["images"],
@@ -251,7 +258,7 @@ def _reference_yolo(
     )
     pixels = torch.from_numpy(canvas.astype(np.float32) / 255).permute(2, 0, 1)[None]
     with torch.no_grad():
-        rows = module(pixels)[0].T.numpy().astype(np.float64)  # type: ignore[operator]
+        rows = module(pixels)[0].T.numpy().astype(np.float64)
     found = []
     for cls in range(YOLO_CLASSES):
         mine = rows[(rows[:, 4:].argmax(1) == cls) & (rows[:, 4:].max(1) > threshold)]
@@ -446,9 +453,13 @@ def test_onnx_file_with_a_symbolic_size_takes_it_from_input(tmp_path: Path) -> N
         tmp_path / "sized",
         ConvertOptions(task="detect", inputs=("images:float32[batch,3,48,48]",)),
     )
-    pre = sized.manifest.preprocessing
+    pre = sized.manifest.section(ImagePreprocessing)
     assert pre is not None
-    assert (pre.size, pre.resize) == ((48, 48), "letterbox")  # type: ignore[union-attr]
-    assert sized.manifest.variants["fp32"].validation.passed  # type: ignore[union-attr]
+    assert (pre.size, pre.resize) == ((48, 48), "letterbox")
+    validation = sized.manifest.variants["fp32"].validation
+    assert validation is not None
+    assert validation.passed
     default = convert(str(onnx_file), tmp_path / "default", ConvertOptions(task="detect")).manifest
-    assert default.preprocessing.size == (640, 640)  # type: ignore[union-attr]
+    default_pre = default.section(ImagePreprocessing)
+    assert default_pre is not None
+    assert default_pre.size == (640, 640)

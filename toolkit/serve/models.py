@@ -43,6 +43,7 @@ from toolkit.runner import Runner
 from toolkit.serve.errors import ModelNotFoundError
 from toolkit.serve.protocol import InferenceRequest, v2_datatype
 from toolkit.tasks import ServedTensor, Task, task_for
+from toolkit.tasks.base import ServesImages
 from toolkit.tasks.modality import TextModality
 
 __all__ = [
@@ -467,15 +468,17 @@ class ImagePipelineModel(ServedModel):
     platform = "edge_image_pipeline"
 
     def __init__(self, task: Task[Any], engine: Engine) -> None:
+        if not isinstance(task, ServesImages):
+            raise TypeError(f"task '{task.name}' has no serve_images; it cannot be an image model")
         outputs = [_metadata_of(t) for t in task.served_outputs(engine.outputs)]
         super().__init__(f"{engine.name}-image", engine, [TensorMetadata("image", "BYTES", (-1,))], outputs)
-        self.task = task
+        self.serve_images = task.serve_images
 
     def prepare(self, request: InferenceRequest) -> Job:
         """Decode and preprocess the images; `finish` applies the task's post-processing."""
         outputs = self.requested_outputs(request)
         images = _images(self, request)
-        feeds, finish = self.task.serve_images(images)  # type: ignore[attr-defined]
+        feeds, finish = self.serve_images(images)
         return Job(feeds, len(images), outputs, finish)
 
 
@@ -612,6 +615,6 @@ def _package_models(
         models.append(RawModel(engine, ranges))
         if text is not None and task.served_outputs(runner.outputs):
             models.append(PipelineModel(task, engine))
-        if hasattr(task, "serve_images") and task.served_outputs(runner.outputs):
+        if isinstance(task, ServesImages) and task.served_outputs(runner.outputs):
             models.append(ImagePipelineModel(task, engine))
     return models

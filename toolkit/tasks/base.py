@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 import numpy as np
 
@@ -33,12 +33,23 @@ __all__ = [
     "Outputs",
     "Pipeline",
     "ServedTensor",
+    "ServesImages",
     "Task",
     "TextPipeline",
 ]
 
 Feeds = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
+
+
+@runtime_checkable
+class ServesImages(Protocol):
+    """A task the server also offers as ``NAME-image``: encoded image files in, the task's results out."""
+
+    def serve_images(self, images: Sequence[ImageInput]) -> tuple[Feeds, Callable[[Outputs], Outputs]]:
+        """(feeds for the images, the post-processing of the model's outputs)."""
+        ...
+
 
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")

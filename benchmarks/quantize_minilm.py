@@ -173,7 +173,8 @@ def main() -> None:
         acc = c.accuracy
         print(
             f"{c.name:<48} {acc.score if acc else float('nan'):>8.4f} {acc.worst if acc else float('nan'):>8.4f} "
-            f"{c.latency_ms or float('nan'):>7.1f} {c.speedup or float('nan'):>7.2f}x {c.size_bytes / fp32_size:>6.1%} "
+            f"{f'{c.latency_ms:.1f}' if c.latency_ms else '-':>7} {f'{c.speedup:.2f}x' if c.speedup else '-':>8} "
+            f"{c.size_bytes / fp32_size:>6.1%} "
             f"{'yes' if c.portable else 'no':>8}  "
             f"{'meets' if c.meets_budget else (c.error or ('too big' if c.over_size_cap else 'below'))}"
         )

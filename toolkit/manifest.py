@@ -29,6 +29,7 @@ __all__ = [
     "FP32_VARIANT",
     "MANIFEST_NAME",
     "AudioPreprocessing",
+    "GenerationSpec",
     "ImagePreprocessing",
     "Manifest",
     "ModelPackage",
@@ -154,6 +155,43 @@ class AudioPreprocessing:
 Preprocessing = TextPreprocessing | ImagePreprocessing | AudioPreprocessing
 
 
+# --- generation contract (issue 15) ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class GenerationSpec:
+    """What a generator needs beyond the graph: the KV cache layout, the positions, special ids, chat template.
+
+    The decoder takes ``past_key_values.{i}.key`` / ``.value`` and returns ``present.{i}.key`` / ``.value``,
+    each ``[batch, kv_heads, positions, head_dim]`` of `cache_dtype`, for ``i < layers``. `defaults` are the
+    model's ``generation_config.json`` settings (do_sample, temperature, top_k, top_p, repetition_penalty,
+    max_new_tokens) that a caller's arguments override.
+    """
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    cache_dtype: str
+    max_positions: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    bos_token_id: int | None = None
+    chat_template: str | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    past_input: str = "past_key_values.{layer}.{kind}"
+    present_output: str = "present.{layer}.{kind}"
+    position_ids: bool = True
+
+
+def _generation(d: Mapping[str, Any] | None) -> GenerationSpec | None:
+    if d is None:
+        return None
+    return GenerationSpec(
+        **{**d, "eos_token_ids": tuple(int(i) for i in d["eos_token_ids"]), "defaults": d.get("defaults", {})}
+    )
+
+
+# --- end generation contract ----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Manifest:
     """The parsed ``edge.json``."""
@@ -169,6 +207,7 @@ class Manifest:
     labels: tuple[str, ...] | None = None
     exporter: Mapping[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
+    generation: GenerationSpec | None = None  # generators only (issue 15)
 
     def variant(self, name: str) -> Variant:
         """The variant called `name`, or a BadInputError listing the ones that exist."""
@@ -192,6 +231,8 @@ class Manifest:
             name: dataclasses.asdict(self.variants[name])
             for name in sorted(self.variants, key=lambda n: (n != FP32_VARIANT, n))
         }
+        if data["generation"] is None:
+            del data["generation"]  # only generators carry one (issue 15)
         ordered = {"format": data.pop("format"), **data}
         return json.dumps(ordered, indent=2) + "\n"
 
@@ -294,6 +335,7 @@ def _manifest_from_dict(data: Mapping[str, Any]) -> Manifest:
         labels=tuple(labels) if labels is not None else None,
         exporter=data.get("exporter", {}),
         format=int(data["format"]),
+        generation=_generation(data.get("generation")),  # issue 15
     )
 
 

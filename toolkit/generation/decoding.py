@@ -1,0 +1,97 @@
+"""The decoding loop every generator shares: choose, append, stop per row, step the model again.
+
+A model plugs in as a `Stepper`: it has already run the prompt (the caller holds those last-position logits)
+and turns each step's chosen tokens into the next logits. Decoder-only LMs and encoder-decoders (Whisper's
+decoder over its encoder states) differ only there. Rows finish on their own (an eos id, a stop string seen by
+a `RowWatcher`, or the token limit); finished rows are fed the pad id until the whole batch is done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from toolkit.generation.sampling import LogitsChooser
+
+__all__ = ["DecodeStep", "FinishReason", "RowWatcher", "Stepper", "decode"]
+
+FinishReason = str  # "eos" | "stop" | "length"
+
+
+class Stepper(Protocol):
+    """A model that has run its prompt and takes one token per row per step."""
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Feed `tokens` [batch] int64; returns the next logits [batch, vocab]."""
+        ...
+
+
+class RowWatcher(Protocol):
+    """Looks at one row's tokens as they come (a detokenizer with stop strings); `stopped` ends the row."""
+
+    stopped: bool
+
+    def add(self, token: int) -> str:
+        """Take one token; returns the text it settled."""
+        ...
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """One step's outcome: each row's token (pad for rows already done), the text each row settled, and the
+    reasons of rows that finished at this step (None elsewhere)."""
+
+    tokens: np.ndarray
+    pieces: tuple[str, ...]
+    finished: tuple[FinishReason | None, ...]
+    seconds: float
+
+
+def decode(
+    stepper: Stepper,
+    logits: np.ndarray,
+    history: np.ndarray,
+    chooser: LogitsChooser,
+    watchers: Sequence[RowWatcher],
+    eos_ids: Sequence[int],
+    pad_id: int,
+    max_new_tokens: int,
+) -> Iterator[DecodeStep]:
+    """Generate up to `max_new_tokens` per row from the prompt's last `logits` [batch, vocab]; `history`
+    [batch, seen] holds the prompt ids (for the repetition penalty). Yields one `DecodeStep` per token."""
+    batch = logits.shape[0]
+    active = np.ones(batch, dtype=bool)
+    eos = np.asarray(list(eos_ids), dtype=np.int64)
+    started = time.perf_counter()
+    for index in range(max_new_tokens):
+        chosen = np.where(active, chooser(logits, history), pad_id).astype(np.int64)
+        history = np.concatenate([history, chosen[:, None]], axis=1)
+        pieces: list[str] = []
+        finished: list[FinishReason | None] = []
+        for row in range(batch):
+            if not active[row]:
+                pieces.append("")
+                finished.append(None)
+                continue
+            token = int(chosen[row])
+            if token in eos:
+                reason: FinishReason | None = "eos"
+                pieces.append("")
+            else:
+                pieces.append(watchers[row].add(token))
+                reason = "stop" if watchers[row].stopped else None
+            if reason is None and index == max_new_tokens - 1:
+                reason = "length"
+            if reason is not None:
+                active[row] = False
+            finished.append(reason)
+        now = time.perf_counter()
+        yield DecodeStep(chosen, tuple(pieces), tuple(finished), now - started)
+        if not active.any():
+            return
+        started = time.perf_counter()
+        logits = stepper.step(chosen)

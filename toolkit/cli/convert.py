@@ -49,7 +49,7 @@ def render_validation(validation: Validation, title: str) -> Table:
     "--task",
     default=None,
     help="Override the detected task: embed, features, classify, token-classify, image-classify, segment, "
-    "audio-features, audio-classify.",
+    "audio-features, audio-classify, generate (a causal LM with its KV cache).",
 )
 @click.option(
     "--opset", type=click.IntRange(7, 30), default=None, help="ONNX opset (default: the exporter's choice)."

@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from toolkit.cli.common import common_options, emit_json, progress, stdout
+from toolkit.cli.generate import run_prompts
 from toolkit.cli.provider_options import placement_line, provider_options
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
@@ -84,6 +85,13 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
 @click.option(
     "--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="A raw input tensor (repeatable)."
 )
+# --- issue 15: generation (toolkit/cli/generate.py)
+@click.option(
+    "--prompt", "prompts", multiple=True, help="A prompt for a generate package (repeatable: one batch)."
+)
+@click.option("--max-new-tokens", type=int, default=None, help="With --prompt: new tokens at most.")
+@click.option("--temperature", type=float, default=None, help="With --prompt: sample at this temperature.")
+@click.option("--stream", is_flag=True, help="With --prompt: print the text as it is generated.")
 @click.option("--variant", default="fp32", show_default=True, help="Package variant to run.")
 @provider_options
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
@@ -98,6 +106,10 @@ def run_command(
     images: tuple[str, ...],
     clips: tuple[str, ...],
     inputs: tuple[str, ...],
+    prompts: tuple[str, ...],
+    max_new_tokens: int | None,
+    temperature: float | None,
+    stream: bool,
     variant: str,
     provider_config: ProviderConfig,
     threads: int | None,
@@ -105,10 +117,18 @@ def run_command(
     as_json: bool,
 ) -> None:
     """Run TARGET (a package directory, or an .onnx file with --input) and print the result."""
+    if prompts:
+        if texts or images or clips or inputs:
+            raise BadInputError("--prompt generates text; pass it without --text, --image, --audio or --input")
+        settings = {"max_new_tokens": max_new_tokens}
+        if temperature is not None:
+            settings.update(do_sample=True, temperature=temperature)
+        run_prompts(target, list(prompts), variant, provider_config, threads, settings, stream, as_json)
+        return
     if sum(map(bool, (texts, images, clips, inputs))) != 1:
         raise BadInputError(
             "pass one of --text (a text pipeline), --image FILE (an image classifier), --audio FILE.wav "
-            "(an audio package) or --input NAME=FILE.npy"
+            "(an audio package), --prompt (a generate package) or --input NAME=FILE.npy"
         )
     result: dict[str, Any]
     call: Callable[[], Any]

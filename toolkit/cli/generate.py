@@ -1,0 +1,113 @@
+"""`edge run DIR --prompt` and `edge chat DIR`: text generation from a ``generate`` package."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from toolkit.cli.common import common_options, console, emit_json, progress, stdout
+from toolkit.cli.provider_options import provider_options
+from toolkit.errors import BadInputError
+from toolkit.generation import Generation, TextGenerator
+from toolkit.manifest import ModelPackage
+from toolkit.providers import ProviderConfig
+from toolkit.runner import Runner
+
+__all__ = ["chat_command", "run_prompts"]
+
+
+def _generator(target: str, variant: str, config: ProviderConfig, threads: int | None, quiet: bool) -> TextGenerator:
+    package = ModelPackage.open(target)
+    with progress(not quiet) as say:
+        runner = Runner(package.model_path(variant), config=config, threads=threads, progress=say)
+    return TextGenerator(package, runner)
+
+
+def _timing_line(generation: Generation) -> str:
+    t = generation.timings
+    return (
+        f"[{generation.finish_reason}] {t.prompt_tokens} prompt tokens, prefill {t.prefill_ms:.1f} ms, "
+        f"first token {t.first_token_ms:.1f} ms, {t.new_tokens} new tokens at {t.decode_tokens_per_s:.1f} tok/s"
+    )
+
+
+def run_prompts(
+    target: str,
+    prompts: list[str],
+    variant: str,
+    config: ProviderConfig,
+    threads: int | None,
+    settings: dict[str, Any],
+    stream: bool,
+    as_json: bool,
+) -> None:
+    """`edge run DIR --prompt ...`: generate for each prompt (one batch), streamed when asked."""
+    generator = _generator(target, variant, config, threads, as_json)
+    if stream:
+        if as_json or len(prompts) != 1:
+            raise BadInputError("--stream takes one --prompt and no --json; drop one of them")
+        pieces = generator.stream(prompts[0], **settings)
+        for piece in pieces:
+            click.echo(piece, nl=False)
+        click.echo()
+        if pieces.generation is not None:
+            console.print(_timing_line(pieces.generation), markup=False)
+        return
+    results = generator.generate(prompts, **settings)
+    if as_json:
+        emit_json(
+            {
+                "model": str(generator.runner.path),
+                "providers": list(generator.runner.providers),
+                "generations": results,
+            }
+        )
+        return
+    for generation in results:
+        if len(results) > 1:
+            stdout.print(f"--- {generation.prompt!r}", markup=False)
+        click.echo(generation.text)
+        console.print(_timing_line(generation), markup=False)
+
+
+@click.command("chat")
+@click.argument("target", type=click.Path())
+@click.option("--variant", default="fp32", show_default=True, help="Package variant to run.")
+@provider_options
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@click.option("--system", default=None, help="A system message to start the chat with.")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Tokens per reply at most.")
+@click.option("--temperature", type=float, default=None, help="Sample at this temperature (default: greedy).")
+@common_options
+def chat_command(
+    target: str,
+    variant: str,
+    provider_config: ProviderConfig,
+    threads: int | None,
+    system: str | None,
+    max_new_tokens: int,
+    temperature: float | None,
+) -> None:
+    """Chat with a generate package in the terminal: history kept, replies streamed; empty line or EOF ends."""
+    generator = _generator(target, variant, provider_config, threads, False)
+    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    if temperature is not None:
+        settings.update(do_sample=True, temperature=temperature)
+    generator.options(**settings)  # bad settings fail before the first prompt
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    while True:
+        try:
+            text = click.prompt("you", default="", show_default=False, prompt_suffix="> ")
+        except click.Abort:
+            break
+        if not text.strip():
+            break
+        history.append({"role": "user", "content": text})
+        pieces = generator.stream(history, **settings)
+        click.echo("assistant> ", nl=False)
+        for piece in pieces:
+            click.echo(piece, nl=False)
+        click.echo()
+        reply = pieces.generation.text if pieces.generation is not None else ""
+        history.append({"role": "assistant", "content": reply})

@@ -71,7 +71,9 @@ def _token_id(package_dir: Path, config: Mapping[str, Any], key: str) -> int | N
     return int(found) if found is not None else None
 
 
-def generation_spec(package_dir: Path, onnx_inputs: Sequence[TensorSpec], model_config: Any) -> GenerationSpec:
+def generation_spec(
+    package_dir: Path, onnx_inputs: Sequence[TensorSpec], model_config: Any
+) -> GenerationSpec:
     """The generation contract of an exported decoder: cache layout from its graph, positions and special ids
     from the configs, the chat template, and generation_config.json's defaults."""
     pasts = {spec.name: spec for spec in onnx_inputs if spec.name.startswith("past_key_values.")}
@@ -108,7 +110,7 @@ def generation_spec(package_dir: Path, onnx_inputs: Sequence[TensorSpec], model_
         kv_heads=kv_heads,
         head_dim=head_dim,
         cache_dtype=first.dtype,
-        max_positions=int(positions),
+        max_positions=int(positions or 2048),
         eos_token_ids=eos,
         pad_token_id=int(pad),
         bos_token_id=int(bos) if bos is not None else None,
@@ -158,7 +160,9 @@ def validate_decoder(
         )
         empty = np.zeros((batch, spec.kv_heads, 0, spec.head_dim), dtype=spec.cache_dtype)
         feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask}
-        feeds.update({_PAST.format(layer=i, kind=k): empty for i in range(spec.layers) for k in ("key", "value")})
+        feeds.update(
+            {_PAST.format(layer=i, kind=k): empty for i in range(spec.layers) for k in ("key", "value")}
+        )
         new = ids
         past = None
         for step in range(DECODE_STEPS + 1):

@@ -17,7 +17,9 @@ from toolkit.runner import Runner
 __all__ = ["chat_command", "run_prompts"]
 
 
-def _generator(target: str, variant: str, config: ProviderConfig, threads: int | None, quiet: bool) -> TextGenerator:
+def _generator(
+    target: str, variant: str, config: ProviderConfig, threads: int | None, quiet: bool
+) -> TextGenerator:
     package = ModelPackage.open(target)
     with progress(not quiet) as say:
         runner = Runner(package.model_path(variant), config=config, threads=threads, progress=say)

@@ -119,8 +119,10 @@ def run_command(
     """Run TARGET (a package directory, or an .onnx file with --input) and print the result."""
     if prompts:
         if texts or images or clips or inputs:
-            raise BadInputError("--prompt generates text; pass it without --text, --image, --audio or --input")
-        settings = {"max_new_tokens": max_new_tokens}
+            raise BadInputError(
+                "--prompt generates text; pass it without --text, --image, --audio or --input"
+            )
+        settings: dict[str, Any] = {"max_new_tokens": max_new_tokens}
         if temperature is not None:
             settings.update(do_sample=True, temperature=temperature)
         run_prompts(target, list(prompts), variant, provider_config, threads, settings, stream, as_json)

@@ -139,12 +139,12 @@ class TextGenerator:
             if not prompt:
                 raise BadInputError("prompt is empty; pass some text")
             return prompt, self.tokenizer.encode(prompt).ids
-        if isinstance(prompt, Sequence):
-            text = self.apply_chat_template(prompt)
-            return text, self.tokenizer.encode(text, add_special_tokens=False).ids
-        raise BadInputError(
-            f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}"
-        )
+        if not isinstance(prompt, list | tuple):
+            raise BadInputError(
+                f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}"
+            )
+        text = self.apply_chat_template(prompt)
+        return text, self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def _pad(self, encoded: Sequence[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Left-padded ids and mask: each row's last token sits in the last column."""
@@ -170,7 +170,10 @@ class TextGenerator:
     # -- generation ---------------------------------------------------------------------------
 
     def _steps(
-        self, encoded: Sequence[list[int]], options: GenerationOptions, watchers: Sequence[IncrementalDetokenizer]
+        self,
+        encoded: Sequence[list[int]],
+        options: GenerationOptions,
+        watchers: Sequence[IncrementalDetokenizer],
     ) -> Iterator[tuple[DecodeStep, float]]:
         """Prefill the batch, then yield each decode step with the prefill time in ms."""
         input_ids, mask = self._pad(encoded)

@@ -1,0 +1,330 @@
+"""Text generation: tiny random GPT-2, Llama, Qwen2 (GQA, tied embeddings) and Phi-3 with a byte-level BPE
+tokenizer trained here, converted with their KV cache and run by `TextGenerator` against transformers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from toolkit.cli import edge
+from toolkit.errors import BadInputError
+from toolkit.generation import GenerationOptions, IncrementalDetokenizer, TextGenerator
+from toolkit.manifest import ModelPackage
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Edge inference keeps latency low on small devices.",
+    "Ünïcödé text: 東京タワー, café, naïve — and an emoji 🙂🚀.",
+    "A model package holds the graph, its manifest and the tokenizer.",
+]
+PROMPTS = ["The quick brown fox", "Edge", "東京 café 🙂 and the lazy dog"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ bos_token }}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+ARCHITECTURES = ("gpt2", "llama", "qwen2", "phi3")
+
+
+def _tokenizer() -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(CORPUS * 20, trainer)
+    return tokenizer
+
+
+def _model(kind: str, vocab: int) -> Any:
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    ids = {"vocab_size": vocab, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    if kind == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **ids))
+    if kind == "llama":
+        return tf.LlamaForCausalLM(
+            tf.LlamaConfig(num_key_value_heads=2, max_position_embeddings=64, **layers, **ids)
+        )
+    if kind == "qwen2":
+        return tf.Qwen2ForCausalLM(
+            tf.Qwen2Config(
+                num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True, **layers, **ids
+            )
+        )
+    return tf.Phi3ForCausalLM(
+        tf.Phi3Config(
+            num_key_value_heads=4,
+            max_position_embeddings=64,
+            original_max_position_embeddings=64,
+            **layers,
+            **ids,
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def lm_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each architecture saved as a Hugging Face folder with the trained tokenizer and a chat template."""
+    from transformers import PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("lm-sources")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_tokenizer(), bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    folders = {}
+    for kind in ARCHITECTURES:
+        folder = root / kind
+        _model(kind, len(tokenizer)).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders[kind] = folder
+    return folders
+
+
+@pytest.fixture(scope="session")
+def lm_packages(lm_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each source converted once by `converters.convert`."""
+    from converters import convert
+
+    root = tmp_path_factory.mktemp("lm-packages")
+    return {kind: convert(str(src), root / kind).path for kind, src in lm_sources.items()}
+
+
+def _transformers_greedy(source: Path, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, return_token_type_ids=False)
+    with torch.inference_mode():
+        out = model.generate(
+            **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+    rows = []
+    for row in out[:, encoded.input_ids.shape[1] :].tolist():
+        rows.append(row[: row.index(2) + 1] if 2 in row else row)  # transformers pads after a row's eos
+    return rows
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_package_records_generation_contract_and_validates_cached_steps(
+    kind: str, lm_packages: dict[str, Path]
+) -> None:
+    manifest = ModelPackage.open(lm_packages[kind]).manifest
+    spec = manifest.generation
+    assert manifest.task == "generate"
+    assert spec is not None
+    assert (spec.layers, spec.head_dim, spec.cache_dtype) == (2, 8, "float32")
+    assert spec.kv_heads == {"gpt2": 4, "llama": 2, "qwen2": 1, "phi3": 4}[kind]
+    assert (spec.max_positions, spec.eos_token_ids, spec.pad_token_id, spec.bos_token_id) == (64, (2,), 0, 1)
+    assert spec.chat_template == CHAT_TEMPLATE
+    validation = manifest.variants["fp32"].validation
+    assert validation is not None
+    assert validation.passed
+    assert {o.name for o in validation.outputs} == {"logits (prompt)", "logits (cached steps)"}
+    assert any("left-padded" in case for case in validation.cases)
+    assert validation.value < 1e-4
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_greedy_tokens_match_transformers_at_batch_1_and_left_padded_batch_of_3(
+    kind: str, lm_sources: dict[str, Path], lm_packages: dict[str, Path]
+) -> None:
+    generator = TextGenerator.load(lm_packages[kind], "cpu")
+    single = generator.generate(PROMPTS[0], max_new_tokens=12)
+    assert list(single.token_ids) == _transformers_greedy(lm_sources[kind], PROMPTS[:1], 12)[0]
+    batch = generator.generate(PROMPTS, max_new_tokens=12)
+    want = _transformers_greedy(lm_sources[kind], PROMPTS, 12)
+    assert [list(g.token_ids) for g in batch] == want
+    for generation, tokens in zip(batch, want, strict=True):
+        assert generation.finish_reason == ("eos" if tokens[-1] == 2 else "length")
+        assert generation.timings.new_tokens == len(tokens)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_streamed_pieces_concatenate_to_the_full_text(kind: str, lm_packages: dict[str, Path]) -> None:
+    generator = TextGenerator.load(lm_packages[kind], "cpu")
+    for settings in ({"max_new_tokens": 30}, {"max_new_tokens": 30, "do_sample": True, "seed": 5}):
+        stream = generator.stream(PROMPTS[2], **settings)
+        pieces = list(stream)
+        assert stream.generation is not None
+        assert "".join(pieces) == stream.generation.text == generator.generate(PROMPTS[2], **settings).text
+
+
+def test_incremental_detokenizer_never_splits_a_multibyte_character(lm_packages: dict[str, Path]) -> None:
+    generator = TextGenerator.load(lm_packages["llama"], "cpu")
+    text = "東京タワー café 🙂🚀 naïve"
+    ids = generator.tokenizer.encode(text, add_special_tokens=False).ids
+    assert len(ids) > len(text.split())  # the multi-byte characters do span several tokens
+    detok = IncrementalDetokenizer(lambda t: generator.tokenizer.decode(list(t)))
+    pieces = [detok.add(i) for i in ids]
+    pieces.append(detok.finish())
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+
+
+def test_stop_strings_cut_the_text_and_are_held_back_while_undecided() -> None:
+    alphabet = "abc\n"
+    detok = IncrementalDetokenizer(lambda ids: "".join(alphabet[i] for i in ids), stop=("\nb",))
+    pieces = [detok.add(i) for i in (0, 1, 3)]
+    assert pieces == ["a", "b", ""]  # "\n" might begin the stop string
+    assert detok.add(1) == ""
+    assert detok.stopped
+    assert detok.text == "ab"
+    assert detok.finish() == ""
+
+
+def test_seeded_sampling_is_reproducible_and_rows_stop_on_their_own(lm_packages: dict[str, Path]) -> None:
+    generator = TextGenerator.load(lm_packages["gpt2"], "cpu")
+    settings = {
+        "do_sample": True,
+        "temperature": 0.8,
+        "top_k": 50,
+        "top_p": 0.9,
+        "seed": 7,
+        "max_new_tokens": 16,
+    }
+    first = generator.generate(PROMPTS, **settings)
+    again = generator.generate(PROMPTS, **settings)
+    assert [g.token_ids for g in first] == [g.token_ids for g in again]
+    other = generator.generate(PROMPTS, **{**settings, "seed": 8})
+    assert [g.token_ids for g in other] != [g.token_ids for g in first]
+    short = generator.generate(PROMPTS[0], max_new_tokens=3)
+    assert len(short.token_ids) <= 3
+    assert short.finish_reason in ("eos", "length")
+
+
+def test_stop_string_ends_a_row_with_reason_stop(lm_packages: dict[str, Path]) -> None:
+    generator = TextGenerator.load(lm_packages["llama"], "cpu")
+    full = generator.generate(PROMPTS[0], max_new_tokens=20)
+    assert len(full.text) > 3
+    stop = full.text[2:4]
+    cut = generator.generate(PROMPTS[0], max_new_tokens=20, stop=[stop])
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.find(stop)]
+    assert len(cut.token_ids) < len(full.token_ids)
+
+
+def test_chat_messages_render_through_the_template(lm_packages: dict[str, Path]) -> None:
+    generator = TextGenerator.load(lm_packages["qwen2"], "cpu")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert generator.apply_chat_template(messages) == "<s>system: Be brief.\n<s>user: Hi\nassistant:"
+    chat = generator.generate(messages, max_new_tokens=4)
+    assert chat.prompt.endswith("assistant:")
+    plain = generator.generate(chat.prompt, max_new_tokens=4)
+    assert chat.token_ids == plain.token_ids  # the template's text holds its own <s> tokens
+
+
+def test_sandboxed_template_cannot_reach_python(lm_packages: dict[str, Path]) -> None:
+    from toolkit.errors import EdgeError
+    from toolkit.generation import render_chat
+
+    evil = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+    with pytest.raises(EdgeError):
+        render_chat(evil, [{"role": "user", "content": "x"}], {})
+
+
+def test_kv_cache_is_preallocated_and_reused(lm_packages: dict[str, Path]) -> None:
+    from toolkit.generation.decoder import DecoderStepper
+
+    generator = TextGenerator.load(lm_packages["llama"], "cpu")
+    ids = np.array([[5, 6, 7]], dtype=np.int64)
+    stepper = DecoderStepper(generator.runner.session, generator.spec, ids, np.ones_like(ids), capacity=8)
+    buffers = [address for side in stepper.cache._buffers for address, _ in side]
+    for token in (9, 10):
+        stepper.step(np.array([token], dtype=np.int64))
+    assert stepper.cache.length == 5
+    assert [address for side in stepper.cache._buffers for address, _ in side] == buffers
+    # the cache tensors ORT wrote in place equal a plain run's present outputs on the same tokens
+    session = generator.runner.session
+    feeds = {
+        "input_ids": np.array([[5, 6, 7, 9, 10]], dtype=np.int64),
+        "attention_mask": np.ones((1, 5), dtype=np.int64),
+        "position_ids": np.arange(5, dtype=np.int64)[None],
+        **{
+            f"past_key_values.{i}.{k}": np.zeros((1, 2, 0, 8), dtype=np.float32)
+            for i in range(2)
+            for k in ("key", "value")
+        },
+    }
+    present = session.run(["present.1.value"], feeds)[0]
+    np.testing.assert_allclose(stepper.cache.view(1, "value"), present, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens must be an integer of at least 1"),
+        ({"stop": [""]}, "stop must be a non-empty string"),
+        ({"stop": 3}, "stop must be a non-empty string"),
+        ({"temperature": 0}, "temperature must be above 0"),
+        ({"top_p": 1.5}, "top_p must be in (0, 1]"),
+        ({"beams": 2}, "unknown generation option 'beams'"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(
+    settings: dict[str, Any], message: str, lm_packages: dict[str, Path]
+) -> None:
+    generator = TextGenerator.load(lm_packages["gpt2"], "cpu")
+    with pytest.raises(BadInputError, match=None) as caught:
+        generator.generate("hi", **settings)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_prompt_longer_than_the_positions_is_a_one_line_error(lm_packages: dict[str, Path]) -> None:
+    generator = TextGenerator.load(lm_packages["gpt2"], "cpu")
+    with pytest.raises(BadInputError, match="does not fit the model's 64 positions"):
+        generator.generate("the lazy dog " * 60)
+    near = generator.generate("the lazy dog " * 4, max_new_tokens=60)
+    assert near.finish_reason in ("eos", "length")
+    assert near.timings.prompt_tokens + len(near.token_ids) <= 64
+
+
+def test_generation_options_validate_on_their_own() -> None:
+    assert GenerationOptions(stop="x").stop == ("x",)
+    with pytest.raises(BadInputError):
+        GenerationOptions(max_new_tokens=-1)
+
+
+def test_cli_run_prompt_stream_json_and_chat(lm_packages: dict[str, Path]) -> None:
+    package = str(lm_packages["llama"])
+    runner = CliRunner()
+    result = runner.invoke(edge, ["run", package, "--prompt", PROMPTS[0], "--max-new-tokens", "6", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    expected = TextGenerator.load(package, "cpu").generate(PROMPTS[0], max_new_tokens=6)
+    assert data["generations"][0]["token_ids"] == list(expected.token_ids)
+    streamed = runner.invoke(
+        edge, ["run", package, "--prompt", PROMPTS[0], "--max-new-tokens", "6", "--stream"]
+    )
+    assert streamed.exit_code == 0, streamed.output
+    assert expected.text in streamed.output
+    bad = runner.invoke(edge, ["run", package, "--prompt", "x", "--max-new-tokens", "0"])
+    assert bad.exit_code == 2
+    assert "max_new_tokens must be" in bad.output
+    assert "Traceback" not in bad.output
+    chat = runner.invoke(edge, ["chat", package, "--max-new-tokens", "4"], input="hello\nagain\n\n")
+    assert chat.exit_code == 0, chat.output
+    assert chat.output.count("assistant> ") == 2
+
+
+def test_run_prompt_on_a_non_generator_package_is_refused(tiny_bert_package: Path) -> None:
+    result = CliRunner().invoke(edge, ["run", str(tiny_bert_package), "--prompt", "hi"])
+    assert result.exit_code == 2
+    assert "not generate" in result.output

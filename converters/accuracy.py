@@ -24,6 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from converters.corpus import HELD_OUT_SENTENCES
+from converters.generation_accuracy import (
+    generator_held_out_feeds,
+    generator_latency_feeds,
+    next_token_report_values,
+)
 from converters.samples import synthetic_waveform
 from toolkit.errors import BadInputError
 from toolkit.inputs import InputLimits, random_feeds
@@ -103,6 +108,11 @@ class AccuracyReport:
         """One line: ``cosine mean 0.9951, min 0.9862 (68 held-out)``."""
         if self.metric == "cosine":
             return f"cosine mean {self.score:.4f}, min {self.worst:.4f} ({self.samples} held-out)"
+        if self.metric == "next_token_agreement":
+            return (
+                f"next-token agreement {self.score:.1%}, perplexity ratio "
+                f"{self.details.get('perplexity_ratio', 0.0):.4f} ({self.samples} held-out)"
+            )
         if self.metric == "top1_agreement":
             return (
                 f"top-1 agreement {self.score:.1%}, max logit diff {self.details.get('max_logit_diff', 0.0):.3g} "
@@ -167,6 +177,9 @@ def held_out_feeds(
     manifest = package.manifest
     names = {spec.name for spec in manifest.inputs}
     pre = manifest.preprocessing
+    if manifest.generation is not None:  # issue 15: generators read whole sentences, cache empty
+        excluded = set(exclude_texts)
+        return generator_held_out_feeds(package, [t for t in HELD_OUT_SENTENCES if t not in excluded][:count])
     if isinstance(pre, TextPreprocessing):
         excluded = set(exclude_texts)
         texts = [t for t in HELD_OUT_SENTENCES if t not in excluded][:count]
@@ -294,11 +307,32 @@ def _generic_report(
     )
 
 
+def _generator_report(
+    package: ModelPackage, reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
+) -> AccuracyReport:
+    """Next-token top-1 agreement with fp32 over every held-out position, and the perplexity ratio (issue 15)."""
+    wanted = (
+        [reference.run(f, ["logits"]) for f in feeds] if isinstance(reference, Runner) else list(reference)
+    )
+    agreement, worst, details, check = next_token_report_values(wanted, candidate, feeds)
+    return AccuracyReport(
+        metric="next_token_agreement",
+        value=agreement,
+        score=agreement,
+        worst=worst,
+        samples=len(feeds),
+        outputs=(check,),
+        details=details,
+    )
+
+
 ReportFn = Callable[[ModelPackage, Reference, Runner, Sequence[Feeds]], AccuracyReport]
 
 
 def _report_for(package: ModelPackage) -> ReportFn:
     task = package.manifest.task
+    if package.manifest.generation is not None:
+        return _generator_report
     if task == "embed" and isinstance(package.manifest.preprocessing, TextPreprocessing):
         return _embedding_report
     if task in CLASSIFIER_TASKS:
@@ -340,6 +374,8 @@ def latency_feeds(package: ModelPackage, batch: int = 1, seq: int = 128) -> dict
     preprocessing size for images, one second of waveform for audio, synthetic tensors otherwise; `batch` rows."""
     pre = package.manifest.preprocessing
     names = {spec.name for spec in package.manifest.inputs}
+    if package.manifest.generation is not None:  # issue 15: time one decode step over a full cache
+        return generator_latency_feeds(package, batch, seq)
     if isinstance(pre, TextPreprocessing):
         tokenizer = TextTokenizer(package.path / pre.tokenizer, min(seq, pre.max_length))
         row = tokenizer([" ".join(HELD_OUT_SENTENCES)])

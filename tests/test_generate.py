@@ -328,3 +328,44 @@ def test_run_prompt_on_a_non_generator_package_is_refused(tiny_bert_package: Pat
     result = CliRunner().invoke(edge, ["run", str(tiny_bert_package), "--prompt", "hi"])
     assert result.exit_code == 2
     assert "not generate" in result.output
+
+
+@pytest.fixture
+def llama_copy(lm_packages: dict[str, Path], tmp_path: Path) -> Path:
+    """A private copy of the Llama package, for tests that add variants."""
+    import shutil
+
+    return Path(shutil.copytree(lm_packages["llama"], tmp_path / "llama"))
+
+
+def test_int4_and_int8_variants_report_next_token_agreement_and_perplexity(llama_copy: Path) -> None:
+    import onnx
+
+    from converters.quantization import QuantizeOptions, quantize
+
+    for method in ("int4", "dynamic-int8"):
+        result = quantize(llama_copy, method, QuantizeOptions(budget=0.5, block_size=32))
+        assert result.accuracy is not None
+        assert result.accuracy.metric == "next_token_agreement"
+        assert 0.5 <= result.accuracy.score <= 1.0
+        ratio = result.accuracy.details["perplexity_ratio"]
+        assert 0.9 < ratio < 1.1  # a 2-layer model quantized loses almost nothing
+        assert result.accuracy.details["positions"] > 100
+    manifest = ModelPackage.open(llama_copy).manifest
+    int4 = manifest.variants["int4"]
+    assert (int4.settings["block_size"], int4.settings["accuracy_level"]) == (32, 4)
+    graph = onnx.load(str(llama_copy / int4.file)).graph
+    assert sum(n.op_type == "MatMulNBits" for n in graph.node) == int4.settings["quantized_matmuls"] > 0
+    generator = TextGenerator.load(llama_copy, "cpu", variant="int4")
+    assert generator.generate(PROMPTS[0], max_new_tokens=4).timings.new_tokens >= 1
+
+
+def test_auto_quantize_under_a_budget_works_for_a_generator(llama_copy: Path) -> None:
+    from converters.quantization import QuantizeOptions, quantize
+
+    result = quantize(llama_copy, "auto", QuantizeOptions(budget=0.5, latency_runs=3))
+    assert result.variant is not None
+    assert any(c.method == "int4" for c in result.candidates)
+    assert all(c.error is None for c in result.candidates), [c.error for c in result.candidates]
+    assert result.accuracy is not None
+    assert result.accuracy.metric == "next_token_agreement"

@@ -142,6 +142,12 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
     pre = manifest.preprocessing
     limit = options.samples
     data = options.data
+    if data is None and manifest.generation is not None:  # issue 15: prompt passes with an empty cache
+        from converters.generation_accuracy import generator_held_out_feeds
+
+        texts = CALIBRATION_SENTENCES[:limit]
+        feeds = generator_held_out_feeds(package, texts)
+        return CalibrationData(tuple(feeds), "built-in calibration sentences", texts)
     if data is None:
         if isinstance(pre, TextPreprocessing):
             recipe = _recipe_sentences(package)

@@ -146,8 +146,8 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
         from converters.generation_accuracy import generator_held_out_feeds
 
         texts = CALIBRATION_SENTENCES[:limit]
-        feeds = generator_held_out_feeds(package, texts)
-        return CalibrationData(tuple(feeds), "built-in calibration sentences", texts)
+        prompts = generator_held_out_feeds(package, texts)
+        return CalibrationData(tuple(prompts), "built-in calibration sentences", texts)
     if data is None:
         if isinstance(pre, TextPreprocessing):
             recipe = _recipe_sentences(package)

@@ -3,11 +3,12 @@ and chat templates. `TextGenerator` is the face; `decode`, `Stepper` and `KVCach
 generator (Whisper) reuses."""
 
 from toolkit.generation.chat import render_chat
-from toolkit.generation.decoding import DecodeStep, RowWatcher, Stepper, decode
+from toolkit.generation.decoding import DecodeStep, RowPlan, RowWatcher, Stepper, decode
 from toolkit.generation.detokenizer import IncrementalDetokenizer
 from toolkit.generation.generator import (
     GENERATE_TASK,
     Generation,
+    GenerationEvent,
     GenerationTimings,
     TextGenerator,
     TextStream,
@@ -20,11 +21,13 @@ __all__ = [
     "CacheLayout",
     "DecodeStep",
     "Generation",
+    "GenerationEvent",
     "GenerationOptions",
     "GenerationTimings",
     "IncrementalDetokenizer",
     "KVCache",
     "LogitsChooser",
+    "RowPlan",
     "RowWatcher",
     "Stepper",
     "TextGenerator",

@@ -3,7 +3,8 @@
 A model plugs in as a `Stepper`: it has already run the prompt (the caller holds those last-position logits)
 and turns each step's chosen tokens into the next logits. Decoder-only LMs and encoder-decoders (Whisper's
 decoder over its encoder states) differ only there. Rows finish on their own (an eos id, a stop string seen by
-a `RowWatcher`, or the token limit); finished rows are fed the pad id until the whole batch is done.
+a `RowWatcher`, or its own token limit); each row has its own `RowPlan` (sampling, eos ids, limit), so requests
+with different settings share one batch; finished rows are fed the pad id until the whole batch is done.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from toolkit.generation.sampling import LogitsChooser
 
-__all__ = ["DecodeStep", "FinishReason", "RowWatcher", "Stepper", "decode"]
+__all__ = ["DecodeStep", "FinishReason", "RowPlan", "RowWatcher", "Stepper", "decode"]
 
 FinishReason = str  # "eos" | "stop" | "length"
 
@@ -51,24 +52,34 @@ class DecodeStep:
     seconds: float
 
 
+@dataclass(frozen=True)
+class RowPlan:
+    """One row's rules: how it picks tokens, which ids end it, and how many new tokens it may take."""
+
+    chooser: LogitsChooser
+    eos_ids: frozenset[int]
+    max_new_tokens: int
+
+
 def decode(
     stepper: Stepper,
     logits: np.ndarray,
     history: np.ndarray,
-    chooser: LogitsChooser,
+    plans: Sequence[RowPlan],
     watchers: Sequence[RowWatcher],
-    eos_ids: Sequence[int],
     pad_id: int,
-    max_new_tokens: int,
 ) -> Iterator[DecodeStep]:
-    """Generate up to `max_new_tokens` per row from the prompt's last `logits` [batch, vocab]; `history`
+    """Generate from the prompt's last `logits` [batch, vocab] until every row is done; `history`
     [batch, seen] holds the prompt ids (for the repetition penalty). Yields one `DecodeStep` per token."""
     batch = logits.shape[0]
     active = np.ones(batch, dtype=bool)
-    eos = np.asarray(list(eos_ids), dtype=np.int64)
+    longest = max(plan.max_new_tokens for plan in plans)
     started = time.perf_counter()
-    for index in range(max_new_tokens):
-        chosen = np.where(active, chooser(logits, history), pad_id).astype(np.int64)
+    for index in range(longest):
+        chosen = np.full(batch, pad_id, dtype=np.int64)
+        for row, plan in enumerate(plans):
+            if active[row]:
+                chosen[row] = plan.chooser(logits[row : row + 1], history[row : row + 1])[0]
         history = np.concatenate([history, chosen[:, None]], axis=1)
         pieces: list[str] = []
         finished: list[FinishReason | None] = []
@@ -78,13 +89,14 @@ def decode(
                 finished.append(None)
                 continue
             token = int(chosen[row])
-            if token in eos:
-                reason: FinishReason | None = "eos"
+            reason: FinishReason | None = None
+            if token in plans[row].eos_ids:
+                reason = "eos"
                 pieces.append("")
             else:
                 pieces.append(watchers[row].add(token))
                 reason = "stop" if watchers[row].stopped else None
-            if reason is None and index == max_new_tokens - 1:
+            if reason is None and index == plans[row].max_new_tokens - 1:
                 reason = "length"
             if reason is not None:
                 active[row] = False

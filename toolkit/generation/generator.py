@@ -13,14 +13,21 @@ import numpy as np
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.generation.chat import Message, render_chat
 from toolkit.generation.decoder import DecoderStepper
-from toolkit.generation.decoding import DecodeStep, FinishReason, decode
+from toolkit.generation.decoding import FinishReason, RowPlan, decode
 from toolkit.generation.detokenizer import IncrementalDetokenizer
 from toolkit.generation.sampling import GenerationOptions, LogitsChooser, options_from
 from toolkit.manifest import FP32_VARIANT, GenerationSpec, ModelPackage
 from toolkit.providers import PROVIDERS, ProviderConfig
 from toolkit.runner import Runner
 
-__all__ = ["GENERATE_TASK", "Generation", "GenerationTimings", "TextGenerator", "TextStream"]
+__all__ = [
+    "GENERATE_TASK",
+    "Generation",
+    "GenerationEvent",
+    "GenerationTimings",
+    "TextGenerator",
+    "TextStream",
+]
 
 GENERATE_TASK = "generate"
 
@@ -49,6 +56,15 @@ class Generation:
     finish_reason: FinishReason
     prompt: str
     timings: GenerationTimings
+
+
+@dataclass(frozen=True)
+class GenerationEvent:
+    """What one batch row did at a step: `text` it settled (may be empty) and, when it finished, its result."""
+
+    row: int
+    text: str
+    generation: Generation | None
 
 
 class TextStream:
@@ -149,16 +165,9 @@ class TextGenerator:
     def _pad(self, encoded: Sequence[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Left-padded ids and mask: each row's last token sits in the last column."""
         longest = max(len(ids) for ids in encoded)
-        if longest >= self.spec.max_positions:
-            raise BadInputError(
-                f"prompt of {longest} tokens does not fit the model's {self.spec.max_positions} positions "
-                "(one is needed for the first new token); shorten the prompt"
-            )
         ids = np.full((len(encoded), longest), self.spec.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(encoded), longest), dtype=np.int64)
         for row, tokens in enumerate(encoded):
-            if not tokens:
-                raise BadInputError("a prompt encodes to no tokens; pass some text")
             ids[row, longest - len(tokens) :] = tokens
             mask[row, longest - len(tokens) :] = 1
         return ids, mask
@@ -169,50 +178,61 @@ class TextGenerator:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def _steps(
-        self,
-        encoded: Sequence[list[int]],
-        options: GenerationOptions,
-        watchers: Sequence[IncrementalDetokenizer],
-    ) -> Iterator[tuple[DecodeStep, float]]:
-        """Prefill the batch, then yield each decode step with the prefill time in ms."""
-        input_ids, mask = self._pad(encoded)
-        prompt = input_ids.shape[1]
-        capacity = min(self.spec.max_positions, prompt + options.max_new_tokens)
-        started = time.perf_counter()
-        stepper = DecoderStepper(
-            self.runner.session, self.spec, input_ids, mask, capacity, self.device, self.device_id
-        )
-        prefill_ms = (time.perf_counter() - started) * 1e3
-        for step in decode(
-            stepper,
-            stepper.logits,
-            input_ids,
-            LogitsChooser(options),
-            watchers,
-            self.spec.eos_token_ids,
-            self.spec.pad_token_id,
-            capacity - prompt,
-        ):
-            yield step, prefill_ms
+    def check_length(self, ids: Sequence[int]) -> None:
+        """A BadInputError when a prompt of `ids` leaves no position for a new token."""
+        if not ids:
+            raise BadInputError("a prompt encodes to no tokens; pass some text")
+        if len(ids) >= self.spec.max_positions:
+            raise BadInputError(
+                f"prompt of {len(ids)} tokens does not fit the model's {self.spec.max_positions} positions "
+                "(one is needed for the first new token); shorten the prompt"
+            )
 
     def _detokenizer(self, options: GenerationOptions) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(
             lambda ids: self.tokenizer.decode(list(ids), skip_special_tokens=True), options.stop
         )
 
-    def _run(
-        self, prompts: Sequence[Prompt], options: GenerationOptions
-    ) -> Iterator[tuple[int, str, Generation | None]]:
-        """(row, settled text, the row's Generation when it finishes) as the batch decodes."""
+    def run_batch(
+        self, prompts: Sequence[Prompt], options: GenerationOptions | Sequence[GenerationOptions]
+    ) -> Iterator[GenerationEvent]:
+        """Run `prompts` as one left-padded batch, each with its own options (or one for all): events carry
+        each row's settled text as it comes and its `Generation` when the row finishes."""
+        per_row = [options] * len(prompts) if isinstance(options, GenerationOptions) else list(options)
+        if len(per_row) != len(prompts):
+            raise BadInputError(f"{len(prompts)} prompts but {len(per_row)} option sets; pass one per prompt")
         texts, encoded = zip(*(self.encode(p) for p in prompts), strict=True)
-        watchers = [self._detokenizer(options) for _ in prompts]
+        for ids in encoded:
+            self.check_length(ids)
+        input_ids, mask = self._pad(encoded)
+        prompt = input_ids.shape[1]
+        room = self.spec.max_positions - prompt
+        plans = [
+            RowPlan(
+                LogitsChooser(o),
+                frozenset(() if o.ignore_eos else self.spec.eos_token_ids),
+                min(o.max_new_tokens, room),
+            )
+            for o in per_row
+        ]
+        watchers = [self._detokenizer(o) for o in per_row]
+        started = time.perf_counter()
+        stepper = DecoderStepper(
+            self.runner.session,
+            self.spec,
+            input_ids,
+            mask,
+            prompt + max(p.max_new_tokens for p in plans),
+            self.device,
+            self.device_id,
+        )
+        prefill_ms = (time.perf_counter() - started) * 1e3
         tokens: list[list[int]] = [[] for _ in prompts]
         finished: set[int] = set()
-        started = time.perf_counter()
         first_ms = 0.0
         decode_s = 0.0
-        for index, (step, prefill_ms) in enumerate(self._steps(encoded, options, watchers)):
+        steps = decode(stepper, stepper.logits, input_ids, plans, watchers, self.spec.pad_token_id)
+        for index, step in enumerate(steps):
             if index == 0:
                 first_ms = (time.perf_counter() - started) * 1e3
             else:
@@ -225,7 +245,7 @@ class TextGenerator:
                 tokens[row].append(int(token))
                 if reason is None:
                     if piece:
-                        yield row, piece, None
+                        yield GenerationEvent(row, piece, None)
                     continue
                 finished.add(row)
                 timings = GenerationTimings(
@@ -237,7 +257,7 @@ class TextGenerator:
                     total_ms=(time.perf_counter() - started) * 1e3,
                 )
                 generation = Generation(watchers[row].text, tuple(tokens[row]), reason, texts[row], timings)
-                yield row, piece + watchers[row].finish(), generation
+                yield GenerationEvent(row, piece + watchers[row].finish(), generation)
 
     @overload
     def generate(self, prompt: str, **settings: Any) -> Generation: ...
@@ -253,9 +273,9 @@ class TextGenerator:
         options = self.options(**settings)
         batch = _as_batch(prompt)
         results: dict[int, Generation] = {}
-        for row, _piece, done in self._run(batch or [prompt], options):
-            if done is not None:
-                results[row] = done
+        for event in self.run_batch(batch or [prompt], options):
+            if event.generation is not None:
+                results[event.row] = event.generation
         ordered = [results[row] for row in range(len(results))]
         return ordered if batch is not None else ordered[0]
 
@@ -264,7 +284,7 @@ class TextGenerator:
         if _as_batch(prompt) is not None:
             raise BadInputError("stream() takes one prompt or chat; call it once per prompt")
         options = self.options(**settings)
-        return TextStream((piece, done) for _row, piece, done in self._run([prompt], options))
+        return TextStream((e.text, e.generation) for e in self.run_batch([prompt], options))
 
 
 def _as_batch(prompt: Any) -> list[Prompt] | None:

@@ -16,7 +16,8 @@ __all__ = ["GenerationOptions", "LogitsChooser", "options_from"]
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """How to generate: length, greedy or sampled, the sampling filters, stop strings and the seed."""
+    """How to generate: length, greedy or sampled, the sampling filters, stop strings and the seed;
+    `ignore_eos` runs to `max_new_tokens` whatever the model says (benchmarks)."""
 
     max_new_tokens: int = 64
     do_sample: bool = False
@@ -26,6 +27,7 @@ class GenerationOptions:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         stop = self.stop

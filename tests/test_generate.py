@@ -369,3 +369,114 @@ def test_auto_quantize_under_a_budget_works_for_a_generator(llama_copy: Path) ->
     assert all(c.error is None for c in result.candidates), [c.error for c in result.candidates]
     assert result.accuracy is not None
     assert result.accuracy.metric == "next_token_agreement"
+
+
+# -- edge serve: OpenAI-compatible routes, tested with the official openai client ---------------------------
+
+
+@pytest.fixture(scope="module")
+def openai_server(lm_packages: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`edge serve` on the Llama and Qwen2 packages (batches of up to 8 requests), as a subprocess."""
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path_factory.mktemp("openai-serve")
+    out, err = folder / "stdout.txt", folder / "stderr.txt"
+    command = [sys.executable, "-c", "from toolkit.cli import main; main()", "serve"]
+    command += [str(lm_packages["llama"]), str(lm_packages["qwen2"]), "--port", "0", "--threads", "1"]
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 120
+        while "serving on " not in out.read_text(encoding="utf-8"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"edge serve did not start: {err.read_text(encoding='utf-8')}")
+            time.sleep(0.1)
+        yield out.read_text(encoding="utf-8").split("serving on ", 1)[1].split()[0]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _client(url: str) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _names(lm_packages: dict[str, Path]) -> dict[str, str]:
+    return {kind: ModelPackage.open(lm_packages[kind]).manifest.name for kind in ("llama", "qwen2")}
+
+
+def test_openai_client_streams_a_chat_completion(openai_server: str, lm_packages: dict[str, Path]) -> None:
+    client = _client(openai_server)
+    name = _names(lm_packages)["qwen2"]
+    assert name in {m.id for m in client.models.list()}
+    messages = [{"role": "user", "content": "Say something about the lazy dog"}]
+    chunks = list(client.chat.completions.create(model=name, messages=messages, max_tokens=12, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    expected = TextGenerator.load(lm_packages["qwen2"], "cpu").generate(messages, max_new_tokens=12)
+    assert text == expected.text
+    assert finish == [{"eos": "stop", "stop": "stop", "length": "length"}[expected.finish_reason]]
+    whole = client.chat.completions.create(model=name, messages=messages, max_tokens=12)
+    assert whole.choices[0].message.content == expected.text
+    assert whole.usage.completion_tokens == len(expected.token_ids)
+
+
+def test_openai_completions_match_the_generator_and_honour_stop(
+    openai_server: str, lm_packages: dict[str, Path]
+) -> None:
+    client = _client(openai_server)
+    name = _names(lm_packages)["llama"]
+    generator = TextGenerator.load(lm_packages["llama"], "cpu")
+    expected = generator.generate(PROMPTS[0], max_new_tokens=20)
+    got = client.completions.create(model=name, prompt=PROMPTS[0], max_tokens=20, temperature=0)
+    assert got.choices[0].text == expected.text
+    stop = expected.text[2:4]
+    cut = client.completions.create(model=name, prompt=PROMPTS[0], max_tokens=20, stop=[stop], temperature=0)
+    assert cut.choices[0].text == expected.text[: expected.text.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    seeded = [
+        client.completions.create(model=name, prompt="Edge", max_tokens=8, temperature=0.9, seed=11)
+        .choices[0]
+        .text
+        for _ in range(2)
+    ]
+    assert seeded[0] == seeded[1]
+
+
+def test_eight_concurrent_streaming_clients_get_their_own_text(
+    openai_server: str, lm_packages: dict[str, Path]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = _names(lm_packages)["llama"]
+    generator = TextGenerator.load(lm_packages["llama"], "cpu")
+    prompts = [f"prompt {i}: " + "the lazy dog " * (i % 4) + "東京" * (i % 3) for i in range(8)]
+
+    def stream(i: int) -> str:
+        chunks = _client(openai_server).completions.create(
+            model=name, prompt=prompts[i], max_tokens=10 + i, stream=True, temperature=0
+        )
+        return "".join(c.choices[0].text for c in chunks if c.choices)
+
+    with ThreadPoolExecutor(8) as pool:
+        texts = list(pool.map(stream, range(8)))
+    assert texts == [generator.generate(p, max_new_tokens=10 + i).text for i, p in enumerate(prompts)]
+
+
+def test_openai_errors_are_4xx_with_one_line_messages(
+    openai_server: str, lm_packages: dict[str, Path]
+) -> None:
+    import openai
+
+    client = _client(openai_server)
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.completions.create(model="nope", prompt="hi", max_tokens=4)
+    name = _names(lm_packages)["llama"]
+    with pytest.raises(openai.BadRequestError, match="max_new_tokens must be"):
+        client.completions.create(model=name, prompt="hi", max_tokens=0)
+    with pytest.raises(openai.BadRequestError, match="does not fit the model's 64 positions"):
+        client.completions.create(model=name, prompt="the lazy dog " * 60, max_tokens=4)

@@ -234,21 +234,40 @@ def serve_command(
         if not as_json:
             console.print(f"stopped ({stopped}); the Ray Serve application was removed")
         return
+    # --- issue 15: generate packages serve OpenAI-compatible /v1 routes (toolkit/serve/openai_api.py)
+    from toolkit.cli.generate import generator_ready_lines, open_generators
+
     with progress(not as_json) as say:
         say(f"loading {len(packages)} package(s)")
-        registry = ModelRegistry.load(packages, load)
+        generators, tensor_packages = open_generators(packages, provider_config, threads, variants)
+        registry = ModelRegistry.load(tensor_packages, load) if tensor_packages else None
         say("starting the server")
         from toolkit.serve.app import create_app
+        from toolkit.serve.openai_api import GenerationService, create_openai_app, mount_openai
         from toolkit.serve.server import bind, run_server
 
-        app = create_app(registry, options)
+        service = GenerationService(generators, max_batch=max_batch) if generators else None
+        if registry is None:
+            assert service is not None
+            app = create_openai_app(service)
+        else:
+            app = create_app(registry, options)
+            if service is not None:
+                mount_openai(app, service)
     sock = bind(host, port)
 
     def ready(url: str) -> None:
         if as_json:
-            click.echo(_ready_json(url, registry))
+            data = json.loads(_ready_json(url, registry)) if registry else {"url": url, "models": []}
+            data["generators"] = list(generators)
+            click.echo(json.dumps(data))
         else:
-            for line in _ready_lines(url, registry):
+            if registry is not None:
+                for line in _ready_lines(url, registry):
+                    click.echo(line)
+            else:
+                click.echo(f"serving on {url}  (Ctrl+C or SIGTERM stops)")
+            for line in generator_ready_lines(url, generators):
                 click.echo(line)
 
     graceful = (options.timeout_s or 30.0) + 5.0

@@ -1,0 +1,345 @@
+"""OpenAI-compatible text generation (issue 15): ``/v1/completions`` and ``/v1/chat/completions``, streamed as
+server-sent events, over ``generate`` packages.
+
+::
+
+    GET  /v1/models                 the served generators
+    POST /v1/completions            {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed",
+                                     "stream", and the extensions "top_k", "repetition_penalty"}
+    POST /v1/chat/completions       {"model", "messages", ...the same settings; "max_completion_tokens" too}
+
+Each model has one worker thread: requests waiting when it frees up run together as one left-padded batch
+(up to `max_batch`), each row with its own settings, stop strings and limit, and each stream gets its own
+rows' text as it settles. A request that arrives while a batch decodes waits for the next batch (request-level
+batching; rows do not join a running batch). ``temperature`` 0 is greedy; an omitted one takes the model's
+generation_config. Errors are OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from toolkit.errors import BadInputError, EdgeError
+from toolkit.generation import Generation, GenerationEvent, GenerationOptions, TextGenerator
+from toolkit.serve.errors import ModelNotFoundError, status_for
+
+__all__ = ["GenerationService", "create_openai_app", "mount_openai"]
+
+log = logging.getLogger(__name__)
+
+_FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+_DONE = object()
+
+
+@dataclass
+class _Pending:
+    """One request waiting for, or decoding in, a batch; events go to `events` on the server's loop."""
+
+    prompt: Any
+    options: GenerationOptions
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+
+    def emit(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+class _Worker:
+    """A thread that runs one generator's waiting requests as batches."""
+
+    def __init__(self, name: str, generator: TextGenerator, max_batch: int) -> None:
+        self.name = name
+        self.generator = generator
+        self.max_batch = max_batch
+        self.waiting: queue.Queue[_Pending | None] = queue.Queue()
+        self.batches = 0
+        self.thread = threading.Thread(target=self._loop, name=f"generate-{name}", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            first = self.waiting.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    more = self.waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self.waiting.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            self.batches += 1
+            self._run(batch)
+
+    def _run(self, batch: list[_Pending]) -> None:
+        try:
+            events = self.generator.run_batch([p.prompt for p in batch], [p.options for p in batch])
+            for event in events:
+                batch[event.row].emit(event)
+        except Exception as exc:  # every waiting stream gets the error instead of hanging
+            log.error("generation for %s failed", self.name, exc_info=exc)
+            for pending in batch:
+                pending.emit(exc)
+        for pending in batch:
+            pending.emit(_DONE)
+
+    def close(self) -> None:
+        self.waiting.put(None)
+
+
+class GenerationService:
+    """The served generators by name, each with its batching worker."""
+
+    def __init__(self, generators: Mapping[str, TextGenerator], max_batch: int = 8) -> None:
+        if max_batch < 1:
+            raise BadInputError(f"max batch must be at least 1, got {max_batch}")
+        self.workers = {name: _Worker(name, g, max_batch) for name, g in generators.items()}
+
+    def names(self) -> tuple[str, ...]:
+        """The model names clients pass as ``model``."""
+        return tuple(self.workers)
+
+    def worker(self, name: Any) -> _Worker:
+        """The worker of model `name`, or a 404 naming the served ones."""
+        if name not in self.workers:
+            raise ModelNotFoundError(
+                f"model {name!r} is not served here; this server generates with: {', '.join(self.workers)}"
+            )
+        return self.workers[name]
+
+    async def submit(self, name: str, prompt: Any, options: GenerationOptions) -> _Pending:
+        """Check the prompt (one-line 400s happen here, not in the batch) and queue it."""
+        worker = self.worker(name)
+        _text, ids = worker.generator.encode(prompt)
+        worker.generator.check_length(ids)
+        pending = _Pending(prompt, options, asyncio.get_running_loop())
+        worker.waiting.put(pending)
+        return pending
+
+    def close(self) -> None:
+        """Stop the workers after their current batch."""
+        for worker in self.workers.values():
+            worker.close()
+
+
+def _error(exc: BaseException) -> JSONResponse:
+    status = status_for(exc)
+    message = str(exc) if isinstance(exc, EdgeError) else f"internal error: {type(exc).__name__}"
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    code = "model_not_found" if status == 404 else None
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
+
+
+def _number(body: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (kind is int and not isinstance(value, int))
+    ):
+        raise BadInputError(f"'{key}' must be a {kind.__name__}, got {value!r}")
+    return kind(value)
+
+
+def _options(service_worker: _Worker, body: Mapping[str, Any]) -> GenerationOptions:
+    """The request's settings over the model's defaults."""
+    if body.get("n", 1) != 1:
+        raise BadInputError("'n' must be 1 here; send several requests for several completions")
+    settings: dict[str, Any] = {
+        "max_new_tokens": _number(body, "max_completion_tokens", int) or _number(body, "max_tokens", int),
+        "top_p": _number(body, "top_p", float),
+        "top_k": _number(body, "top_k", int),
+        "repetition_penalty": _number(body, "repetition_penalty", float),
+        "seed": _number(body, "seed", int),
+    }
+    temperature = _number(body, "temperature", float)
+    if temperature is not None:
+        if temperature < 0:
+            raise BadInputError(f"'temperature' must be 0 (greedy) or more, got {temperature}")
+        settings["do_sample"] = temperature > 0
+        if temperature > 0:
+            settings["temperature"] = temperature
+    stop = body.get("stop")
+    if stop is not None:
+        settings["stop"] = (stop,) if isinstance(stop, str) else stop
+    return service_worker.generator.options(**settings)
+
+
+def _usage(generation: Generation) -> dict[str, int]:
+    prompt = generation.timings.prompt_tokens
+    completion = len(generation.token_ids)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _events(pending: _Pending) -> AsyncIterator[GenerationEvent]:
+    while True:
+        item = await pending.events.get()
+        if item is _DONE:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _sse(data: Any) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"request body is not JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise BadInputError("request body must be a JSON object")
+    return body
+
+
+def mount_openai(app: FastAPI, service: GenerationService) -> None:
+    """Add the ``/v1`` routes over `service` to `app`."""
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "edge-toolkit"}
+                for name in service.names()
+            ],
+        }
+
+    async def handle(request: Request, chat: bool) -> Response:
+        try:
+            body = await _json_body(request)
+            name = body.get("model")
+            worker = service.worker(name)
+            options = _options(worker, body)
+            if chat:
+                prompt: Any = body.get("messages")
+                if not isinstance(prompt, list):
+                    raise BadInputError('\'messages\' must be a list of {"role", "content"} objects')
+            else:
+                prompt = body.get("prompt")
+                if isinstance(prompt, list) and len(prompt) == 1:
+                    prompt = prompt[0]
+                if not isinstance(prompt, str):
+                    raise BadInputError("'prompt' must be a string (one prompt per request)")
+            pending = await service.submit(str(name), prompt, options)
+        except EdgeError as exc:
+            return _error(exc)
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        kind = "chat.completion" if chat else "text_completion"
+        if body.get("stream"):
+            return StreamingResponse(
+                _stream(
+                    pending,
+                    ident,
+                    created,
+                    str(name),
+                    chat,
+                    bool((body.get("stream_options") or {}).get("include_usage")),
+                ),
+                media_type="text/event-stream",
+            )
+        text: list[str] = []
+        generation: Generation | None = None
+        try:
+            async for event in _events(pending):
+                text.append(event.text)
+                if event.generation is not None:
+                    generation = event.generation
+        except Exception as exc:  # noqa: BLE001 - the worker's error (logged there) in OpenAI's shape
+            return _error(exc)
+        assert generation is not None
+        choice: dict[str, Any] = {"index": 0, "finish_reason": _FINISH[generation.finish_reason]}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": generation.text}
+        else:
+            choice.update(text=generation.text, logprobs=None)
+        return JSONResponse(
+            {
+                "id": ident,
+                "object": kind,
+                "created": created,
+                "model": name,
+                "choices": [choice],
+                "usage": _usage(generation),
+            }
+        )
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await handle(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await handle(request, chat=True)
+
+
+async def _stream(
+    pending: _Pending, ident: str, created: int, name: str, chat: bool, include_usage: bool
+) -> AsyncIterator[str]:
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if text is not None:
+                delta["content"] = text
+            choice["delta"] = delta
+        else:
+            choice.update(text=text or "", logprobs=None)
+        return {"id": ident, "object": kind, "created": created, "model": name, "choices": [choice]}
+
+    if chat:
+        yield _sse(chunk("", None, first=True))
+    try:
+        async for event in _events(pending):
+            if event.text:
+                yield _sse(chunk(event.text, None))
+            if event.generation is not None:
+                yield _sse(chunk(None if chat else "", _FINISH[event.generation.finish_reason]))
+                if include_usage:
+                    yield _sse({**chunk(None, None), "choices": [], "usage": _usage(event.generation)})
+    except Exception as exc:  # noqa: BLE001 - headers are sent: the error (logged by the worker) is an event
+        message = str(exc) if isinstance(exc, EdgeError) else f"internal error: {type(exc).__name__}"
+        yield _sse({"error": {"message": message, "type": "server_error", "code": None}})
+    yield "data: [DONE]\n\n"
+
+
+def create_openai_app(service: GenerationService) -> FastAPI:
+    """A FastAPI app serving only the OpenAI-compatible routes (and a liveness probe)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = FastAPI(title="edge-toolkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, Any]:
+        return {"live": True}
+
+    mount_openai(app, service)
+    return app

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from gpu_support import needs
 
 from toolkit.cli import edge
 from toolkit.errors import BadInputError
@@ -480,3 +481,20 @@ def test_openai_errors_are_4xx_with_one_line_messages(
         client.completions.create(model=name, prompt="hi", max_tokens=0)
     with pytest.raises(openai.BadRequestError, match="does not fit the model's 64 positions"):
         client.completions.create(model=name, prompt="the lazy dog " * 60, max_tokens=4)
+
+
+@needs("cuda")
+def test_cuda_keeps_the_cache_on_the_device_and_matches_cpu(lm_packages: dict[str, Path]) -> None:
+    from toolkit.generation.decoder import DecoderStepper
+
+    cpu = TextGenerator.load(lm_packages["qwen2"], "cpu")
+    gpu = TextGenerator.load(lm_packages["qwen2"], "cuda")
+    assert gpu.runner.providers[0] == "cuda"
+    assert gpu.device == "cuda"
+    assert [g.token_ids for g in gpu.generate(PROMPTS, max_new_tokens=12)] == [
+        g.token_ids for g in cpu.generate(PROMPTS, max_new_tokens=12)
+    ]
+    ids = np.array([[5, 6, 7]], dtype=np.int64)
+    stepper = DecoderStepper(gpu.runner.session, gpu.spec, ids, np.ones_like(ids), 8, "cuda", 0)
+    _, owner = stepper.cache._buffers[0][0]
+    assert owner.device_name().lower() == "cuda"

@@ -2,6 +2,7 @@
 transformers (eager attention) and optimum-onnx's ORTModelForCausalLM, on this CPU.
 
 Run from the repo root:  python benchmarks/generate_decode.py [--out out/generate-bench] [--threads 2]
+    [--genai-python GENAI_VENV/bin/python]   (adds onnxruntime-genai fp32 and int4, see generate_decode_genai.py)
 
 Every backend gets the same prompt ids (batch 1), generates greedily with eos ignored, and is timed the same
 way, interleaved round by round: time to first token = wall time of a 1-token generation; decode tokens/s =
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +72,28 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def _genai_models(args: argparse.Namespace, source: Path) -> dict[str, Path]:
+    """onnxruntime-genai's model builder output for fp32 and int4 (built once into --out)."""
+    models = {}
+    for precision in ("fp32", "int4"):
+        folder = args.out / f"genai-{precision}"
+        if not (folder / "genai_config.json").is_file():
+            command = [str(args.genai_python), "-m", "onnxruntime_genai.models.builder", "-i", str(source)]
+            command += ["-o", str(folder), "-p", precision, "-e", "cpu"]
+            subprocess.run(command, check=True, capture_output=True)
+        models[f"onnxruntime-genai {precision}"] = folder
+    return models
+
+
+def _genai_round(args: argparse.Namespace, folder: Path, ids: list[int]) -> tuple[float, float]:
+    """(TTFT ms, decode tok/s) of one round in the genai venv."""
+    script = Path(__file__).with_name("generate_decode_genai.py")
+    command = [str(args.genai_python), str(script), str(folder), "--ids", ",".join(map(str, ids))]
+    command += ["--new-tokens", str(args.new_tokens), "--threads", str(args.threads), "--rounds", "1"]
+    result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    return float(result["ttft_ms"]), float(result["decode_tokens_per_s"])
+
+
 def main() -> None:
     """Build, convert, quantize, time, print."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,6 +103,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--block-size", type=int, default=32)
+    parser.add_argument(
+        "--genai-python",
+        type=Path,
+        default=None,
+        help="python of a venv with onnxruntime-genai (and the CPU onnxruntime): adds its fp32 and int4 models, "
+        "built from the same Hugging Face folder by its model builder",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -162,8 +193,10 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - a benchmark reports a backend it cannot load and goes on
         print(f"optimum ORTModelForCausalLM: not run ({str(exc).splitlines()[0][:200]})")
 
+    genai = _genai_models(args, source) if args.genai_python else {}
     first: dict[str, list[float]] = {name: [] for name in backends}
     full: dict[str, list[float]] = {name: [] for name in backends}
+    genai_rows: dict[str, list[tuple[float, float]]] = {name: [] for name in genai}
     for run in backends.values():  # warm-up
         run(2)
     for _ in range(args.rounds):
@@ -174,11 +207,15 @@ def main() -> None:
             started = time.perf_counter()
             run(args.new_tokens)
             full[name].append(time.perf_counter() - started)
+        for name, folder in genai.items():  # its own process, one round per call, interleaved with the rest
+            genai_rows[name].append(_genai_round(args, folder, ids))
     rows = {}
     for name in backends:
         ttft = _median(first[name])
         rate = (args.new_tokens - 1) / max(_median(full[name]) - ttft, 1e-9)
         rows[name] = (ttft * 1e3, rate)
+    for name, measured in genai_rows.items():
+        rows[name] = (_median([m[0] for m in measured]), _median([m[1] for m in measured]))
     base_rate = rows["transformers eager"][1]
     print(f"\n{'backend':<30} {'TTFT ms':>9} {'decode tok/s':>13} {'vs eager':>9} {'vs edge fp32':>13}")
     for name, (ttft_ms, rate) in rows.items():

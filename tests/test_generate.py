@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from gpu_support import needs
 
+from converters.recipes import list_recipes
 from toolkit.cli import edge
 from toolkit.errors import BadInputError
 from toolkit.generation import GenerationOptions, IncrementalDetokenizer, TextGenerator
@@ -498,3 +499,48 @@ def test_cuda_keeps_the_cache_on_the_device_and_matches_cpu(lm_packages: dict[st
     stepper = DecoderStepper(gpu.runner.session, gpu.spec, ids, np.ones_like(ids), 8, "cuda", 0)
     _, owner = stepper.cache._buffers[0][0]
     assert owner.device_name().lower() == "cuda"
+
+
+# -- recipes: each generator recipe's [offline] stand-in converts with the recipe and generates --------------
+
+GENERATE_RECIPES = sorted(r.name for r in list_recipes() if r.task == "generate")
+
+
+@pytest.mark.parametrize("name", GENERATE_RECIPES)
+def test_generator_recipe_offline_stand_in_converts_and_matches_transformers(
+    name: str, tmp_path: Path
+) -> None:
+    import torch
+    import transformers
+    from transformers import PreTrainedTokenizerFast
+
+    from converters import ConvertOptions, convert
+    from converters.recipes import load_recipe
+
+    recipe = load_recipe(name)
+    assert recipe.offline is not None
+    source = tmp_path / "hf"
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_tokenizer(), bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = getattr(transformers, recipe.offline.config)(
+        vocab_size=len(tokenizer),
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        **recipe.offline.config_kwargs,
+    )
+    torch.manual_seed(1)
+    getattr(transformers, recipe.offline.model)(config).eval().save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    package = convert(str(source), tmp_path / "package", ConvertOptions(recipe=name))
+    manifest = package.manifest
+    assert (manifest.name, manifest.task, manifest.source.recipe) == (name, "generate", name)
+    validation = manifest.variants["fp32"].validation
+    assert validation is not None
+    assert validation.passed
+    assert validation.threshold == recipe.atol
+    generator = TextGenerator.load(package.path, "cpu")
+    got = [list(g.token_ids) for g in generator.generate(PROMPTS, max_new_tokens=8)]
+    assert got == _transformers_greedy(source, PROMPTS, 8)

@@ -544,3 +544,33 @@ def test_generator_recipe_offline_stand_in_converts_and_matches_transformers(
     generator = TextGenerator.load(package.path, "cpu")
     got = [list(g.token_ids) for g in generator.generate(PROMPTS, max_new_tokens=8)]
     assert got == _transformers_greedy(source, PROMPTS, 8)
+
+
+def test_triton_generate_extension_matches_the_generator(
+    openai_server: str, lm_packages: dict[str, Path]
+) -> None:
+    import urllib.request
+
+    name = _names(lm_packages)["llama"]
+    expected = TextGenerator.load(lm_packages["llama"], "cpu").generate(PROMPTS[1], max_new_tokens=10)
+    body = json.dumps({"text_input": PROMPTS[1], "parameters": {"max_tokens": 10, "temperature": 0}}).encode()
+
+    def post(path: str) -> bytes:
+        request = urllib.request.Request(
+            f"{openai_server}/v2/models/{name}/{path}",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return bytes(response.read())
+
+    whole = json.loads(post("generate"))
+    assert whole["model_name"] == name
+    assert whole["text_output"] == expected.text
+    events = [
+        json.loads(line.removeprefix("data: "))
+        for line in post("generate_stream").decode().splitlines()
+        if line.startswith("data: ")
+    ]
+    assert "".join(e["text_output"] for e in events) == expected.text
+    assert events[-1]["finish_reason"] in ("stop", "length")

@@ -7,6 +7,9 @@ server-sent events, over ``generate`` packages.
     POST /v1/completions            {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed",
                                      "stream", and the extensions "top_k", "repetition_penalty"}
     POST /v1/chat/completions       {"model", "messages", ...the same settings; "max_completion_tokens" too}
+    POST /v2/models/M/generate      Triton's generate extension: {"text_input", "parameters": {"max_tokens",
+    POST /v2/models/M/generate_stream    "temperature", "top_p", "top_k", "stop", "seed", ...}} -> {"model_name",
+                                     "model_version", "text_output"} (server-sent events for generate_stream)
 
 Each model has one worker thread: requests waiting when it frees up run together as one left-padded batch
 (up to `max_batch`), each row with its own settings, stop strings and limit, and each stream gets its own
@@ -285,6 +288,60 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
                 "usage": _usage(generation),
             }
         )
+
+    async def triton_generate(request: Request, name: str, stream: bool) -> Response:
+        try:
+            body = await _json_body(request)
+            worker = service.worker(name)
+            parameters = body.get("parameters") or {}
+            if not isinstance(parameters, dict):
+                raise BadInputError("'parameters' must be a JSON object")
+            options = _options(worker, parameters)
+            prompt = body.get("text_input")
+            if not isinstance(prompt, str):
+                raise BadInputError("'text_input' must be a string")
+            pending = await service.submit(name, prompt, options)
+        except EdgeError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=status_for(exc))
+        version = worker.generator.runner.path.name
+        if stream:
+
+            async def events() -> AsyncIterator[str]:
+                try:
+                    async for event in _events(pending):
+                        if event.text or event.generation is not None:
+                            reply = {"model_name": name, "model_version": version, "text_output": event.text}
+                            if event.generation is not None:
+                                reply["finish_reason"] = _FINISH[event.generation.finish_reason]
+                            yield _sse(reply)
+                except Exception as exc:  # noqa: BLE001 - headers are sent: the error (logged by the worker) is an event
+                    yield _sse({"error": str(exc) if isinstance(exc, EdgeError) else type(exc).__name__})
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        generation: Generation | None = None
+        try:
+            async for event in _events(pending):
+                if event.generation is not None:
+                    generation = event.generation
+        except Exception as exc:  # noqa: BLE001 - the worker's error (logged there) as a JSON error
+            return JSONResponse({"error": str(exc)}, status_code=status_for(exc))
+        assert generation is not None
+        return JSONResponse(
+            {
+                "model_name": name,
+                "model_version": version,
+                "text_output": generation.text,
+                "finish_reason": _FINISH[generation.finish_reason],
+            }
+        )
+
+    @app.post("/v2/models/{name}/generate")
+    async def generate(request: Request, name: str) -> Response:
+        return await triton_generate(request, name, stream=False)
+
+    @app.post("/v2/models/{name}/generate_stream")
+    async def generate_stream(request: Request, name: str) -> Response:
+        return await triton_generate(request, name, stream=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:

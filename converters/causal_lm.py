@@ -37,7 +37,14 @@ from toolkit.manifest import (
     variant_file_name,
 )
 
-__all__ = ["DECODE_STEPS", "VALIDATION_ROWS", "convert_causal_lm", "generation_spec", "validate_decoder"]
+__all__ = [
+    "DECODE_STEPS",
+    "VALIDATION_ROWS",
+    "convert_causal_lm",
+    "generation_spec",
+    "torch_generation_timer",
+    "validate_decoder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -276,3 +283,34 @@ def convert_causal_lm(
         replace_directory(package_dir, out)
     say(f"wrote {out}")
     return ModelPackage.open(out)
+
+
+def torch_generation_timer(model_dir: Path, threads: int | None = None) -> Any:
+    """`edge bench --baseline torch` for a generator: transformers' greedy ``generate`` (eager attention) on the
+    package's source model, as a `toolkit.generation.bench.GenerationTimer`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not (model_dir / "config.json").is_file():
+        raise ExportError(
+            f"the torch baseline needs the source model at '{model_dir}' (the package's source.ref); "
+            "run edge bench where that folder exists, or drop --baseline"
+        )
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    pad = model.generation_config.pad_token_id or 0
+
+    def run(ids: np.ndarray, n: int) -> None:
+        tensor = torch.from_numpy(ids)
+        with torch.inference_mode():
+            model.generate(
+                input_ids=tensor,
+                attention_mask=torch.ones_like(tensor),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+
+    return run

@@ -574,3 +574,39 @@ def test_triton_generate_extension_matches_the_generator(
     ]
     assert "".join(e["text_output"] for e in events) == expected.text
     assert events[-1]["finish_reason"] in ("stop", "length")
+
+
+def test_edge_bench_times_ttft_and_decode_rate_for_each_variant_and_torch(
+    lm_packages: dict[str, Path],
+) -> None:
+    result = CliRunner().invoke(
+        edge,
+        [
+            "bench",
+            str(lm_packages["gpt2"]),
+            "--seq",
+            "8,16",
+            "--batch",
+            "1,2",
+            "--new-tokens",
+            "4",
+            "--iterations",
+            "1",
+            "--baseline",
+            "torch",
+            "--json",
+            "-",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    cells = json.loads(result.output)["cells"]
+    assert {c["backend"] for c in cells} == {"edge fp32", "torch eager"}
+    assert {(c["prompt_tokens"], c["batch"], c["new_tokens"]) for c in cells} == {
+        (p, b, 4) for p in (8, 16) for b in (1, 2)
+    }
+    assert all(c["ttft_ms"] > 0 and c["decode_tokens_per_s"] > 0 for c in cells)
+    too_long = CliRunner().invoke(
+        edge, ["bench", str(lm_packages["gpt2"]), "--seq", "60", "--new-tokens", "8"]
+    )
+    assert too_long.exit_code == 2
+    assert "exceeds the model's 64 positions" in too_long.output

@@ -129,7 +129,19 @@ def _compare(files: tuple[str, str], threshold: str, json_path: str | None, fail
 @click.option(
     "--warmup", default="10", show_default=True, help="Warm-up per cell: runs (10) or seconds (2s)."
 )
-@click.option("--iterations", default="100", show_default=True, help="Timed runs per cell.")
+@click.option(
+    "--iterations",
+    default="100",
+    show_default=True,
+    help="Timed runs per cell (generate packages: whole generations, default 3).",
+)
+@click.option(
+    "--new-tokens",
+    "new_tokens",
+    default="32",
+    show_default=True,
+    help="Generate packages: new tokens per generation, swept, e.g. 32,128.",
+)
 @click.option("--duration", default=None, help="Time each cell for this long instead, e.g. 5s.")
 @click.option(
     "--concurrency", default="1", show_default=True, help="Threads sharing one session, swept, e.g. 1,2,4."
@@ -190,6 +202,7 @@ def bench_command(
     seqs: str | None,
     warmup: str,
     iterations: str,
+    new_tokens: str,
     duration: str | None,
     concurrency: str,
     threads: str | None,
@@ -216,6 +229,27 @@ def bench_command(
         raise BadInputError(
             "missing TARGET: pass a model package directory or an .onnx file (or --compare A.json B.json)"
         )
+    # --- issue 15: a generate package is timed by TTFT and decode tokens/s (toolkit/cli/generate.py)
+    from toolkit.cli.generate import bench_generator, is_generator_package
+
+    if is_generator_package(target):
+        source = click.get_current_context().get_parameter_source("iterations")
+        bench_generator(
+            target,
+            tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else None,
+            tuple(p.strip() for p in providers.split(",") if p.strip()),
+            provider_config,
+            _positive_int(threads, "--threads"),
+            _int_list(batches, "--batch") or (1,),
+            _int_list(seqs, "--seq"),
+            _int_list(new_tokens, "--new-tokens") or (32,),
+            3
+            if source == click.core.ParameterSource.DEFAULT
+            else _positive_int(iterations, "--iterations") or 3,
+            baseline.strip().lower() if baseline else None,
+            json_path,
+        )
+        return
 
     from toolkit.bench import BenchOptions, TimingPlan, parse_budget, plan_bench, run_bench
     from toolkit.bench.compare import report_to_dict, save_report

@@ -12,6 +12,7 @@ from toolkit.generation.generator import (
     GenerationTimings,
     TextGenerator,
     TextStream,
+    TokenPrompt,
 )
 from toolkit.generation.kv_cache import CacheLayout, KVCache
 from toolkit.generation.sampling import GenerationOptions, LogitsChooser, options_from
@@ -32,6 +33,7 @@ __all__ = [
     "Stepper",
     "TextGenerator",
     "TextStream",
+    "TokenPrompt",
     "decode",
     "options_from",
     "render_chat",

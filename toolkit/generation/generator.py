@@ -27,11 +27,20 @@ __all__ = [
     "GenerationTimings",
     "TextGenerator",
     "TextStream",
+    "TokenPrompt",
 ]
 
 GENERATE_TASK = "generate"
 
-Prompt = str | Sequence[Message]
+
+@dataclass(frozen=True)
+class TokenPrompt:
+    """A prompt given as token ids, used as they are (benchmarks, callers with their own tokenizer)."""
+
+    ids: tuple[int, ...]
+
+
+Prompt = str | Sequence[Message] | TokenPrompt
 
 
 @dataclass(frozen=True)
@@ -155,6 +164,8 @@ class TextGenerator:
             if not prompt:
                 raise BadInputError("prompt is empty; pass some text")
             return prompt, self.tokenizer.encode(prompt).ids
+        if isinstance(prompt, TokenPrompt):
+            return self.tokenizer.decode(list(prompt.ids)), list(prompt.ids)
         if not isinstance(prompt, list | tuple):
             raise BadInputError(
                 f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}"
@@ -260,11 +271,13 @@ class TextGenerator:
                 yield GenerationEvent(row, piece + watchers[row].finish(), generation)
 
     @overload
-    def generate(self, prompt: str, **settings: Any) -> Generation: ...
+    def generate(self, prompt: str | TokenPrompt, **settings: Any) -> Generation: ...
     @overload
     def generate(self, prompt: Sequence[Message], **settings: Any) -> Generation: ...
     @overload
-    def generate(self, prompt: Sequence[str], **settings: Any) -> list[Generation]: ...
+    def generate(
+        self, prompt: Sequence[str] | Sequence[TokenPrompt] | Sequence[Sequence[Message]], **settings: Any
+    ) -> list[Generation]: ...
 
     def generate(self, prompt: Any, **settings: Any) -> Generation | list[Generation]:
         """Generate for a prompt, a chat (a list of {"role", "content"}), or a list of those (one left-padded
@@ -289,7 +302,7 @@ class TextGenerator:
 
 def _as_batch(prompt: Any) -> list[Prompt] | None:
     """The prompts of a batch, or None when `prompt` is a single prompt or a single chat."""
-    if isinstance(prompt, str) or not isinstance(prompt, Sequence):
+    if isinstance(prompt, str | TokenPrompt) or not isinstance(prompt, Sequence):
         return None
     if prompt and all(isinstance(p, Mapping) for p in prompt):
         return None

@@ -4,6 +4,7 @@ This package imports neither torch nor transformers; converting models lives in 
 """
 
 from toolkit.errors import BadInputError, BadModelError, EdgeError, ExportError, ProviderUnavailableError
+from toolkit.generation import Generation, TextGenerator  # issue 15
 from toolkit.manifest import Manifest, ModelPackage, TensorSpec, Variant
 from toolkit.pipelines import (
     AudioClassifier,
@@ -25,6 +26,7 @@ __all__ = [
     "Classification",
     "EdgeError",
     "ExportError",
+    "Generation",
     "ImageClassifier",
     "Manifest",
     "ModelPackage",
@@ -34,6 +36,7 @@ __all__ = [
     "TensorSpec",
     "TextClassifier",
     "TextEmbedding",
+    "TextGenerator",
     "Variant",
     "load",
 ]

@@ -37,31 +37,54 @@ class DecoderStepper:
         device: str = "cpu",
         device_id: int = 0,
     ) -> None:
+        self._setup(session, spec, device, device_id)
+        batch, prompt = input_ids.shape
+        self.cache = KVCache(cache_layout(spec), batch, capacity, device, device_id)
+        self._mask = np.zeros((batch, capacity), dtype=np.int64)
+        self._mask[:, :prompt] = attention_mask
+        # logits come back to the host: room for the prompt's positions once, then one per step
+        self._logits = np.empty(batch * prompt * self.vocab, dtype=np.float32)
+        self.logits = self._run(input_ids, self._positions(prompt))
+
+    @classmethod
+    def resume(
+        cls, session: ort.InferenceSession, spec: GenerationSpec, cache: KVCache, mask: np.ndarray
+    ) -> DecoderStepper:
+        """A stepper over a cache that already holds the rows' past (rows regrouped between steps); its
+        `mask` is [batch, capacity] with the first ``cache.length`` columns filled."""
+        self = cls.__new__(cls)
+        self._setup(session, spec, cache.device, cache.device_id)
+        self.cache = cache
+        self._mask = mask
+        self._logits = np.empty(cache.batch * self.vocab, dtype=np.float32)
+        return self
+
+    def _setup(
+        self, session: ort.InferenceSession, spec: GenerationSpec, device: str, device_id: int
+    ) -> None:
         self.session = session
+        self.spec = spec
         names = {i.name for i in session.get_inputs()}
-        layout = cache_layout(spec)
-        missing = [past for past, _ in layout.entries() if past not in names]
+        missing = [past for past, _ in cache_layout(spec).entries() if past not in names]
         if missing or "input_ids" not in names:
             raise BadModelError(
-                f"'{spec}' does not match the graph: input {(missing or ['input_ids'])[0]!r} is missing; "
-                "re-create the package with `edge convert`"
+                f"the package's generation contract does not match its graph: input "
+                f"{(missing or ['input_ids'])[0]!r} is missing; re-create the package with `edge convert`"
             )
         self._position_ids = "position_ids" in names
         self._attention = "attention_mask" in names
-        batch, prompt = input_ids.shape
-        self.cache = KVCache(layout, batch, capacity, device, device_id)
         self.binding = session.io_binding()
         self._device = device
         self._device_id = device_id
-        self._mask = np.zeros((batch, capacity), dtype=np.int64)
-        self._mask[:, :prompt] = attention_mask
         vocab = session.get_outputs()[0].shape[-1]
         if not isinstance(vocab, int):
             raise BadModelError("the decoder's logits have no fixed vocabulary size; re-export the model")
         self.vocab = vocab
-        # logits come back to the host: room for the prompt's positions once, then one per step
-        self._logits = np.empty(batch * prompt * vocab, dtype=np.float32)
-        self.logits = self._run(input_ids, self._positions(prompt))
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The attention mask [batch, capacity]; the first ``cache.length`` columns are in use."""
+        return self._mask
 
     def _positions(self, new: int) -> np.ndarray:
         """Position ids of the last `new` positions, counted over each row's real (unpadded) tokens."""

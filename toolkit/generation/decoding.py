@@ -18,7 +18,7 @@ import numpy as np
 
 from toolkit.generation.sampling import LogitsChooser
 
-__all__ = ["DecodeStep", "FinishReason", "RowPlan", "RowWatcher", "Stepper", "decode"]
+__all__ = ["DecodeStep", "FinishReason", "RowPlan", "RowWatcher", "Stepper", "decode", "settle_token"]
 
 FinishReason = str  # "eos" | "stop" | "length"
 
@@ -61,6 +61,19 @@ class RowPlan:
     max_new_tokens: int
 
 
+def settle_token(
+    plan: RowPlan, watcher: RowWatcher, token: int, index: int
+) -> tuple[str, FinishReason | None]:
+    """A row's `index`-th new token: the text it settles and why the row ends there (eos, a stop string, its
+    limit), if it does."""
+    if token in plan.eos_ids:
+        return "", "eos"
+    piece = watcher.add(token)
+    if watcher.stopped:
+        return piece, "stop"
+    return piece, "length" if index == plan.max_new_tokens - 1 else None
+
+
 def decode(
     stepper: Stepper,
     logits: np.ndarray,
@@ -88,18 +101,10 @@ def decode(
                 pieces.append("")
                 finished.append(None)
                 continue
-            token = int(chosen[row])
-            reason: FinishReason | None = None
-            if token in plans[row].eos_ids:
-                reason = "eos"
-                pieces.append("")
-            else:
-                pieces.append(watchers[row].add(token))
-                reason = "stop" if watchers[row].stopped else None
-            if reason is None and index == plans[row].max_new_tokens - 1:
-                reason = "length"
+            piece, reason = settle_token(plans[row], watchers[row], int(chosen[row]), index)
             if reason is not None:
                 active[row] = False
+            pieces.append(piece)
             finished.append(reason)
         now = time.perf_counter()
         yield DecodeStep(chosen, tuple(pieces), tuple(finished), now - started)

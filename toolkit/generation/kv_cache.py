@@ -11,7 +11,7 @@ Encoder-decoders (Whisper) use the same class for their decoder self-attention c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -104,6 +104,39 @@ class KVCache:
         """After a run: the present becomes the next step's past."""
         self.length += new_tokens
         self._current = 1 - self._current
+
+    @classmethod
+    def assemble(cls, rows: Sequence[tuple[KVCache, int]], length: int, capacity: int) -> KVCache:
+        """A new cache of the given rows (cache, row index) with their positions right-aligned at `length`
+        (shorter rows padded on the left, which their attention masks must hide): rows joining or leaving
+        a running batch. Copies every row once (through the host on CUDA)."""
+        first = rows[0][0]
+        layout = first.layout
+        new = cls(layout, len(rows), capacity, first.device, first.device_id)
+        new.length = length
+        shape = new.shape(length)
+        for entry in range(len(layout.entries())):
+            layer, kind = divmod(entry, 2)
+            name = "value" if kind else "key"
+            host = np.zeros(len(rows) * layout.kv_heads * capacity * layout.head_dim, dtype=layout.dtype)
+            target = host[: int(np.prod(shape))].reshape(shape)
+            sources: dict[int, np.ndarray] = {}
+            for row, (cache, index) in enumerate(rows):
+                if id(cache) not in sources:
+                    sources[id(cache)] = cache.view(layer, name)
+                data = sources[id(cache)][index]
+                target[row, :, length - data.shape[1] :, :] = data
+            new._write(entry, host)
+        return new
+
+    def _write(self, entry: int, host: np.ndarray) -> None:
+        """Fill the current side's buffer `entry` from a host array of its full size."""
+        _, owner = self._buffers[self._current][entry]
+        if isinstance(owner, np.ndarray):
+            owner[:] = host
+        else:
+            assert isinstance(owner, ort.OrtValue)
+            owner.update_inplace(host)
 
     def view(self, layer: int, kind: str) -> np.ndarray:
         """A copy of one cache tensor on the host (for tests and debugging)."""

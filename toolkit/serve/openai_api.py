@@ -11,10 +11,9 @@ server-sent events, over ``generate`` packages.
     POST /v2/models/M/generate_stream    "temperature", "top_p", "top_k", "stop", "seed", ...}} -> {"model_name",
                                      "model_version", "text_output"} (server-sent events for generate_stream)
 
-Each model has one worker thread: requests waiting when it frees up run together as one left-padded batch
-(up to `max_batch`), each row with its own settings, stop strings and limit, and each stream gets its own
-rows' text as it settles. A request that arrives while a batch decodes waits for the next batch (request-level
-batching; rows do not join a running batch). ``temperature`` 0 is greedy; an omitted one takes the model's
+Each model has one worker thread doing step-level batching (`toolkit.generation.continuous`): a request joins
+the running batch at the next step (up to `max_batch` rows) and leaves it when it finishes, each row with its
+own settings, stop strings and limit; each stream gets its own row's text as it settles. ``temperature`` 0 is greedy; an omitted one takes the model's
 generation_config. Errors are OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
 """
 
@@ -22,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import queue
@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from toolkit.errors import BadInputError, EdgeError
 from toolkit.generation import Generation, GenerationEvent, GenerationOptions, TextGenerator
+from toolkit.generation.continuous import ContinuousBatch
 from toolkit.serve.errors import ModelNotFoundError, status_for
 
 __all__ = ["GenerationService", "create_openai_app", "mount_openai"]
@@ -61,46 +62,61 @@ class _Pending:
 
 
 class _Worker:
-    """A thread that runs one generator's waiting requests as batches."""
+    """A thread that decodes one generator's requests with step-level batching: waiting requests join the
+    running batch between steps (up to `max_batch` rows), finished ones leave it."""
 
     def __init__(self, name: str, generator: TextGenerator, max_batch: int) -> None:
         self.name = name
         self.generator = generator
         self.max_batch = max_batch
         self.waiting: queue.Queue[_Pending | None] = queue.Queue()
-        self.batches = 0
+        self.batch = ContinuousBatch(generator)
+        self.largest_batch = 0
         self.thread = threading.Thread(target=self._loop, name=f"generate-{name}", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
-        while True:
-            first = self.waiting.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.max_batch:
+        running: dict[int, _Pending] = {}
+        keys = itertools.count()
+        stopping = False
+        while not (stopping and not running):
+            while not stopping and len(running) < self.max_batch:
                 try:
-                    more = self.waiting.get_nowait()
+                    # block only when nothing is decoding
+                    pending = self.waiting.get(block=not running)
                 except queue.Empty:
                     break
-                if more is None:
-                    self.waiting.put(None)  # stop after this batch
+                if pending is None:
+                    stopping = True
                     break
-                batch.append(more)
-            self.batches += 1
-            self._run(batch)
-
-    def _run(self, batch: list[_Pending]) -> None:
-        try:
-            events = self.generator.run_batch([p.prompt for p in batch], [p.options for p in batch])
+                key = next(keys)
+                try:
+                    self.batch.add(key, pending.prompt, pending.options)
+                except Exception as exc:  # one bad request fails alone; the running rows go on
+                    log.error("generation for %s failed to start", self.name, exc_info=exc)
+                    pending.emit(exc)
+                    pending.emit(_DONE)
+                    continue
+                running[key] = pending
+            self.largest_batch = max(self.largest_batch, len(running))
+            if not running:
+                continue
+            try:
+                events = self.batch.step()
+            except Exception as exc:  # every running stream gets the error instead of hanging
+                log.error("generation for %s failed", self.name, exc_info=exc)
+                for pending in running.values():
+                    pending.emit(exc)
+                    pending.emit(_DONE)
+                running.clear()
+                self.batch = ContinuousBatch(self.generator)
+                continue
             for event in events:
-                batch[event.row].emit(event)
-        except Exception as exc:  # every waiting stream gets the error instead of hanging
-            log.error("generation for %s failed", self.name, exc_info=exc)
-            for pending in batch:
-                pending.emit(exc)
-        for pending in batch:
-            pending.emit(_DONE)
+                pending = running[event.row]
+                pending.emit(event)
+                if event.generation is not None:
+                    pending.emit(_DONE)
+                    del running[event.row]
 
     def close(self) -> None:
         self.waiting.put(None)

@@ -182,6 +182,11 @@ def _options(service_worker: _Worker, body: Mapping[str, Any]) -> GenerationOpti
     """The request's settings over the model's defaults."""
     if body.get("n", 1) != 1:
         raise BadInputError("'n' must be 1 here; send several requests for several completions")
+    for unsupported in ("presence_penalty", "frequency_penalty", "logprobs", "best_of"):
+        if body.get(unsupported):
+            raise BadInputError(
+                f"'{unsupported}' is not supported by this server; drop it (repetition_penalty is)"
+            )
     settings: dict[str, Any] = {
         "max_new_tokens": _number(body, "max_completion_tokens", int) or _number(body, "max_tokens", int),
         "top_p": _number(body, "top_p", float),

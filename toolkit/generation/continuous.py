@@ -25,7 +25,7 @@ from toolkit.generation.generator import (
     TextGenerator,
 )
 from toolkit.generation.kv_cache import KVCache
-from toolkit.generation.sampling import GenerationOptions, LogitsChooser
+from toolkit.generation.sampling import GenerationOptions
 
 __all__ = ["ContinuousBatch"]
 
@@ -68,7 +68,7 @@ class ContinuousBatch:
         started = time.perf_counter()
         text, ids = generator.encode(prompt)
         generator.check_length(ids)
-        limit = min(options.max_new_tokens, spec.max_positions - len(ids))
+        plan = generator.row_plan(options, spec.max_positions - len(ids))
         prompt_ids = np.asarray([ids], dtype=np.int64)
         alone = DecoderStepper(
             generator.runner.session,
@@ -83,18 +83,12 @@ class ContinuousBatch:
             key=key,
             text=text,
             prompt_tokens=len(ids),
-            plan=RowPlan(
-                LogitsChooser(options),
-                frozenset(() if options.ignore_eos else spec.eos_token_ids),
-                limit,
-            ),
-            watcher=IncrementalDetokenizer(
-                lambda t: generator.tokenizer.decode(list(t), skip_special_tokens=True), options.stop
-            ),
+            plan=plan,
+            watcher=generator.detokenizer(options),
             history=list(ids),
             prefill_ms=(time.perf_counter() - started) * 1e3,
             started=started,
-            new=limit,
+            new=plan.max_new_tokens,
         )
         sources = [(self._stepper, i) for i in range(len(self.rows))] if self._stepper else []
         self._regroup([*self.rows, row], [*sources, (alone, 0)])

@@ -199,9 +199,18 @@ class TextGenerator:
                 "(one is needed for the first new token); shorten the prompt"
             )
 
-    def _detokenizer(self, options: GenerationOptions) -> IncrementalDetokenizer:
+    def detokenizer(self, options: GenerationOptions) -> IncrementalDetokenizer:
+        """A row's incremental detokenizer (special tokens dropped) watching `options.stop`."""
         return IncrementalDetokenizer(
             lambda ids: self.tokenizer.decode(list(ids), skip_special_tokens=True), options.stop
+        )
+
+    def row_plan(self, options: GenerationOptions, room: int) -> RowPlan:
+        """A row's rules under `options`, its limit capped at the `room` left in the model's positions."""
+        return RowPlan(
+            LogitsChooser(options),
+            frozenset(() if options.ignore_eos else self.spec.eos_token_ids),
+            min(options.max_new_tokens, room),
         )
 
     def run_batch(
@@ -218,15 +227,8 @@ class TextGenerator:
         input_ids, mask = self._pad(encoded)
         prompt = input_ids.shape[1]
         room = self.spec.max_positions - prompt
-        plans = [
-            RowPlan(
-                LogitsChooser(o),
-                frozenset(() if o.ignore_eos else self.spec.eos_token_ids),
-                min(o.max_new_tokens, room),
-            )
-            for o in per_row
-        ]
-        watchers = [self._detokenizer(o) for o in per_row]
+        plans = [self.row_plan(o, room) for o in per_row]
+        watchers = [self.detokenizer(o) for o in per_row]
         started = time.perf_counter()
         stepper = DecoderStepper(
             self.runner.session,

@@ -641,3 +641,33 @@ def test_rows_joining_and_leaving_a_running_batch_decode_as_if_alone(
     assert [results[i].token_ids for i in range(6)] == [g.token_ids for g in alone]
     assert [texts[i] for i in range(6)] == [g.text for g in alone]
     assert [results[i].finish_reason for i in range(6)] == [g.finish_reason for g in alone]
+
+
+def test_ray_serve_streams_a_chat_completion_from_a_generator(lm_packages: dict[str, Path]) -> None:
+    import socket
+
+    import ray
+    from ray import serve
+
+    from toolkit.serve.models import LoadOptions
+    from toolkit.serve.options import ServeOptions
+    from toolkit.serve.ray_app import RayOptions, deploy_on_ray, ray_application
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    ray_options = RayOptions(replicas=1, num_cpus=0.5, local_cpus=2, port=port)
+    options = ServeOptions()
+    application = ray_application([lm_packages["qwen2"]], LoadOptions(threads=1), options, ray_options)
+    try:
+        url = deploy_on_ray(application, ray_options, options)
+        name = _names(lm_packages)["qwen2"]
+        messages = [{"role": "user", "content": "Hello from Ray"}]
+        chunks = _client(url).chat.completions.create(
+            model=name, messages=messages, max_tokens=8, stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    assert text == TextGenerator.load(lm_packages["qwen2"], "cpu").generate(messages, max_new_tokens=8).text

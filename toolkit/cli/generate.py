@@ -13,18 +13,11 @@ from toolkit.cli.common import _jsonable, common_options, console, emit_json, pr
 from toolkit.cli.provider_options import provider_options
 from toolkit.errors import BadInputError
 from toolkit.generation import GENERATE_TASK, Generation, TextGenerator
-from toolkit.manifest import FP32_VARIANT, MANIFEST_NAME, ModelPackage
+from toolkit.manifest import MANIFEST_NAME, ModelPackage
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 
-__all__ = [
-    "bench_generator",
-    "chat_command",
-    "generator_ready_lines",
-    "is_generator_package",
-    "open_generators",
-    "run_prompts",
-]
+__all__ = ["bench_generator", "chat_command", "generator_ready_lines", "is_generator_package", "run_prompts"]
 
 
 def _generator(
@@ -123,28 +116,6 @@ def chat_command(
         click.echo()
         reply = pieces.generation.text if pieces.generation is not None else ""
         history.append({"role": "assistant", "content": reply})
-
-
-def open_generators(
-    paths: Sequence[str], config: ProviderConfig, threads: int | None, variants: Sequence[str]
-) -> tuple[dict[str, TextGenerator], list[str]]:
-    """`edge serve`: the ``generate`` packages among `paths` as generators by name (the first of `variants`
-    they have, else fp32), and the other paths."""
-    generators: dict[str, TextGenerator] = {}
-    others: list[str] = []
-    for path in paths:
-        package = ModelPackage.open(path)
-        if package.manifest.task != GENERATE_TASK:
-            others.append(path)
-            continue
-        variant = next((v for v in variants if v in package.manifest.variants), FP32_VARIANT)
-        if package.manifest.name in generators:
-            raise BadInputError(
-                f"several packages are named '{package.manifest.name}'; serve one of them, or rename one"
-            )
-        runner = Runner(package.model_path(variant), config=config, threads=threads)
-        generators[package.manifest.name] = TextGenerator(package, runner)
-    return generators, others
 
 
 def generator_ready_lines(url: str, generators: Mapping[str, TextGenerator]) -> list[str]:

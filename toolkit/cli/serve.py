@@ -186,7 +186,7 @@ def serve_command(
     400 bad request, 404 unknown model, 413 body too large, 503 queue full, 504 timeout. SIGTERM or
     Ctrl+C stops accepting, lets in-flight requests finish, and exits 0.
     """
-    from toolkit.serve.models import LoadOptions, ModelRegistry
+    from toolkit.serve.models import LoadOptions
     from toolkit.serve.options import BatchOptions, ServeOptions
 
     options = ServeOptions(
@@ -235,25 +235,15 @@ def serve_command(
             console.print(f"stopped ({stopped}); the Ray Serve application was removed")
         return
     # --- issue 15: generate packages serve OpenAI-compatible /v1 routes (toolkit/serve/openai_api.py)
-    from toolkit.cli.generate import generator_ready_lines, open_generators
+    from toolkit.cli.generate import generator_ready_lines
 
     with progress(not as_json) as say:
         say(f"loading {len(packages)} package(s)")
-        generators, tensor_packages = open_generators(packages, provider_config, threads, variants)
-        registry = ModelRegistry.load(tensor_packages, load) if tensor_packages else None
-        say("starting the server")
-        from toolkit.serve.app import create_app
-        from toolkit.serve.openai_api import GenerationService, create_openai_app, mount_openai
+        from toolkit.serve.openai_api import build_serving_app
         from toolkit.serve.server import bind, run_server
 
-        service = GenerationService(generators, max_batch=max_batch) if generators else None
-        if registry is None:
-            assert service is not None
-            app = create_openai_app(service)
-        else:
-            app = create_app(registry, options)
-            if service is not None:
-                mount_openai(app, service)
+        serving = build_serving_app(packages, load, options)
+        registry, generators, app = serving.registry, serving.generators, serving.app
     sock = bind(host, port)
 
     def ready(url: str) -> None:

@@ -28,19 +28,31 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from toolkit.errors import BadInputError, EdgeError
-from toolkit.generation import Generation, GenerationEvent, GenerationOptions, TextGenerator
+from toolkit.generation import GENERATE_TASK, Generation, GenerationEvent, GenerationOptions, TextGenerator
 from toolkit.generation.continuous import ContinuousBatch
+from toolkit.manifest import FP32_VARIANT, ModelPackage
+from toolkit.runner import Runner
 from toolkit.serve.errors import ModelNotFoundError, status_for
+from toolkit.serve.models import LoadOptions, ModelRegistry
+from toolkit.serve.options import ServeOptions
 
-__all__ = ["GenerationService", "create_openai_app", "mount_openai"]
+__all__ = [
+    "GenerationService",
+    "ServingApp",
+    "build_serving_app",
+    "create_openai_app",
+    "mount_openai",
+    "open_generators",
+]
 
 log = logging.getLogger(__name__)
 
@@ -421,3 +433,52 @@ def create_openai_app(service: GenerationService) -> FastAPI:
 
     mount_openai(app, service)
     return app
+
+
+def open_generators(
+    paths: Sequence[str | Path], load: LoadOptions
+) -> tuple[dict[str, TextGenerator], list[str | Path]]:
+    """The ``generate`` packages among `paths` as generators by name (the first of `load.variants` they have,
+    else fp32), and the other paths."""
+    generators: dict[str, TextGenerator] = {}
+    others: list[str | Path] = []
+    for path in paths:
+        package = ModelPackage.open(path)
+        if package.manifest.task != GENERATE_TASK:
+            others.append(path)
+            continue
+        if package.manifest.name in generators:
+            raise BadInputError(
+                f"several packages are named '{package.manifest.name}'; serve one of them, or rename one"
+            )
+        variant = next((v for v in load.variants if v in package.manifest.variants), FP32_VARIANT)
+        runner = Runner(package.model_path(variant), config=load.config, threads=load.threads)
+        generators[package.manifest.name] = TextGenerator(package, runner)
+    return generators, others
+
+
+@dataclass(frozen=True)
+class ServingApp:
+    """What `edge serve` (and each Ray replica) serves: the app, the tensor models' registry, the generators."""
+
+    app: FastAPI
+    registry: ModelRegistry | None
+    generators: Mapping[str, TextGenerator]
+
+
+def build_serving_app(paths: Sequence[str | Path], load: LoadOptions, options: ServeOptions) -> ServingApp:
+    """Generate packages behind the OpenAI-compatible and Triton generate routes, every other package behind
+    the KServe v2 app (`create_app`); one app for both when both are given."""
+    from toolkit.serve.app import create_app
+
+    generators, others = open_generators(paths, load)
+    registry = ModelRegistry.load(others, load) if others else None
+    service = GenerationService(generators, options.batching.max_batch) if generators else None
+    if registry is None:
+        if service is None:
+            raise BadInputError("no models to serve; pass at least one model package directory")
+        return ServingApp(create_openai_app(service), None, generators)
+    app = create_app(registry, options)
+    if service is not None:
+        mount_openai(app, service)
+    return ServingApp(app, registry, generators)

@@ -122,6 +122,10 @@ def run_command(
             raise BadInputError(
                 "--prompt generates text; pass it without --text, --image, --audio or --input"
             )
+        if repeat:
+            raise BadInputError(
+                "--repeat does not time generation; use `edge bench DIR --new-tokens N` instead"
+            )
         settings: dict[str, Any] = {"max_new_tokens": max_new_tokens}
         if temperature is not None:
             settings.update(do_sample=True, temperature=temperature)
@@ -180,6 +184,7 @@ def _run_text(pipeline: ModelPipeline, texts: list[str]) -> tuple[Callable[[], A
         }
     raise BadInputError(
         f"package task '{pipeline.package.manifest.task}' has no text pipeline; run it with --input NAME=FILE.npy"
+        + (" (or --prompt: it generates)" if pipeline.package.manifest.task == "generate" else "")
     )
 
 

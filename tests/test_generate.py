@@ -671,3 +671,14 @@ def test_ray_serve_streams_a_chat_completion_from_a_generator(lm_packages: dict[
         serve.shutdown()
         ray.shutdown()
     assert text == TextGenerator.load(lm_packages["qwen2"], "cpu").generate(messages, max_new_tokens=8).text
+
+
+def test_causal_lm_without_a_fast_tokenizer_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "hf"
+    _model("llama", 320).save_pretrained(source)
+    out = tmp_path / "package"
+    result = CliRunner().invoke(edge, ["convert", str(source), "-o", str(out)])
+    assert result.exit_code == 2
+    assert "no fast tokenizer (tokenizer.json)" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()

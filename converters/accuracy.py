@@ -7,6 +7,8 @@ The metric is the package's task's (`Task.metric` over `Task.metric_values`, one
   is the mean, the worst sentence is reported too.
 - ``top1_agreement`` (classifiers, token taggers, segmenters): top-1 agreement with fp32 and the largest
   logit difference.
+- ``next_token_agreement`` (generators): next-token top-1 agreement at every position of the held-out
+  sentences, and the perplexity ratio (variant / fp32) on them.
 - ``max_abs_diff`` (anything else): max and mean absolute difference of every output; the budget is checked
   against the per-sample cosine of the raw outputs, so one budget in (0, 1] works for every task.
 
@@ -96,6 +98,11 @@ class AccuracyReport:
             return f"cosine mean {self.score:.4f}, min {self.worst:.4f} ({self.samples} held-out)"
         if self.metric == "detection_agreement":
             return f"detections matched to fp32 {self.score:.1%} ({self.samples} held-out)"
+        if self.metric == "next_token_agreement":
+            return (
+                f"next-token agreement {self.score:.1%}, perplexity ratio "
+                f"{self.details.get('perplexity_ratio', 0.0):.4f} ({self.samples} held-out)"
+            )
         if self.metric == "top1_agreement":
             return (
                 f"top-1 agreement {self.score:.1%}, max logit diff {self.details.get('max_logit_diff', 0.0):.3g} "
@@ -245,6 +252,26 @@ def _detection_report(
     )
 
 
+def _generator_report(
+    task: Task[Any], reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
+) -> AccuracyReport:
+    """Next-token top-1 agreement with fp32 at every held-out position, and the perplexity ratio (generate)."""
+    wanted = (
+        [reference.run(f, ["logits"]) for f in feeds] if isinstance(reference, Runner) else list(reference)
+    )
+    got = [candidate.run(f, ["logits"]) for f in feeds]
+    agreement, worst, details, check = cast(Any, task).next_token_agreement(got, wanted, feeds)
+    return AccuracyReport(
+        metric="next_token_agreement",
+        value=agreement,
+        score=agreement,
+        worst=worst,
+        samples=len(feeds),
+        outputs=(check,),
+        details=details,
+    )
+
+
 ReportFn = Callable[[Task[Any], Reference, Runner, Sequence[Feeds]], AccuracyReport]
 
 # Task.metric -> how the report is made
@@ -253,6 +280,7 @@ _REPORTS: dict[str, ReportFn] = {
     "top1_agreement": _classifier_report,
     "max_abs_diff": _generic_report,
     "detection_agreement": _detection_report,
+    "next_token_agreement": _generator_report,
 }
 
 

@@ -61,6 +61,7 @@ TASKS: dict[str, HfTask] = {
         HfTask("image-text", "zero-shot-image-classification", "image"),
         HfTask("audio-features", "feature-extraction", "audio"),
         HfTask("audio-classify", "audio-classification", "audio", has_labels=True),
+        HfTask("generate", "text-generation-with-past", "text"),  # issue 15: converters/causal_lm.py
     )
 }
 # optimum task name -> ours; where several of ours export as one optimum task, the first listed wins.
@@ -78,6 +79,8 @@ _ARCHITECTURE_TASKS = (
     ("ForObjectDetection", "detect"),
     ("CLIPModel", "image-text"),
     ("SiglipModel", "image-text"),
+    ("ForCausalLM", "generate"),  # issue 15
+    ("LMHeadModel", "generate"),  # GPT-2 and kin (before "Model")
     ("Model", "features"),
 )
 # The same for audio models (a feature extractor with a sampling rate beside them): a sequence classifier
@@ -94,6 +97,7 @@ _SENTENCE_TRANSFORMERS_FILES = (
     "config_sentence_transformers.json",
 )
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+_GENERATION_FILES = ("generation_config.json", "chat_template.jinja")  # issue 15
 _IMAGE_FILES = ("preprocessor_config.json",)
 _POOLING_MODES = {
     "pooling_mode_cls_token": "cls",
@@ -324,7 +328,7 @@ def labels_of(model: Any, task: HfTask) -> tuple[str, ...] | None:
 
 def copy_assets(model_dir: Path, export_dir: Path, package_dir: Path) -> None:
     """Copy preprocessing assets into the package: tokenizer files (as optimum saved them) and configs."""
-    for name in (*_TOKENIZER_FILES, *_IMAGE_FILES, "config.json"):
+    for name in (*_TOKENIZER_FILES, *_IMAGE_FILES, *_GENERATION_FILES, "config.json"):
         found = export_dir / name if (export_dir / name).is_file() else model_dir / name
         if found.is_file():
             shutil.copy2(found, package_dir / name)

@@ -4,6 +4,7 @@ This package imports neither torch nor transformers; converting models lives in 
 """
 
 from toolkit.errors import BadInputError, BadModelError, EdgeError, ExportError, ProviderUnavailableError
+from toolkit.generation import Generation, TextGenerator  # issue 15
 from toolkit.manifest import Manifest, ModelPackage, TensorSpec, Variant
 from toolkit.pipelines import (
     AudioClassifier,
@@ -31,6 +32,7 @@ __all__ = [
     "Detection",
     "EdgeError",
     "ExportError",
+    "Generation",
     "ImageClassifier",
     "ImageTextEmbedding",
     "Manifest",
@@ -44,6 +46,7 @@ __all__ = [
     "TensorSpec",
     "TextClassifier",
     "TextEmbedding",
+    "TextGenerator",
     "TokenClassifier",
     "Variant",
     "ZeroShotLabel",

@@ -30,6 +30,7 @@ __all__ = [
     "FP32_VARIANT",
     "MANIFEST_NAME",
     "AudioPreprocessing",
+    "GenerationSpec",
     "Host",
     "ImagePreprocessing",
     "Manifest",
@@ -197,6 +198,43 @@ def section_of(preprocessing: Preprocessing | None, kind: type[_Section]) -> _Se
     return preprocessing if isinstance(preprocessing, kind) else None
 
 
+# --- generation contract (issue 15) ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class GenerationSpec:
+    """What a generator needs beyond the graph: the KV cache layout, the positions, special ids, chat template.
+
+    The decoder takes ``past_key_values.{i}.key`` / ``.value`` and returns ``present.{i}.key`` / ``.value``,
+    each ``[batch, kv_heads, positions, head_dim]`` of `cache_dtype`, for ``i < layers``. `defaults` are the
+    model's ``generation_config.json`` settings (do_sample, temperature, top_k, top_p, repetition_penalty,
+    max_new_tokens) that a caller's arguments override.
+    """
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    cache_dtype: str
+    max_positions: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    bos_token_id: int | None = None
+    chat_template: str | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    past_input: str = "past_key_values.{layer}.{kind}"
+    present_output: str = "present.{layer}.{kind}"
+    position_ids: bool = True
+
+
+def _generation(d: Mapping[str, Any] | None) -> GenerationSpec | None:
+    if d is None:
+        return None
+    return GenerationSpec(
+        **{**d, "eos_token_ids": tuple(d["eos_token_ids"]), "defaults": d.get("defaults", {})}
+    )
+
+
+# --- end generation contract ----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Manifest:
     """The parsed ``edge.json``."""
@@ -212,6 +250,7 @@ class Manifest:
     labels: tuple[str, ...] | None = None
     exporter: Mapping[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
+    generation: GenerationSpec | None = None  # generators only (issue 15)
 
     def variant(self, name: str) -> Variant:
         """The variant called `name`, or a BadInputError listing the ones that exist."""
@@ -239,6 +278,8 @@ class Manifest:
             name: dataclasses.asdict(self.variants[name])
             for name in sorted(self.variants, key=lambda n: (n != FP32_VARIANT, n))
         }
+        if data["generation"] is None:
+            del data["generation"]  # only generators carry one (issue 15)
         ordered = {"format": data.pop("format"), **data}
         return json.dumps(ordered, indent=2) + "\n"
 
@@ -353,6 +394,7 @@ def _manifest_from_dict(data: Mapping[str, Any]) -> Manifest:
         labels=tuple(labels) if labels is not None else None,
         exporter=data.get("exporter", {}),
         format=int(data["format"]),
+        generation=_generation(data.get("generation")),  # issue 15
     )
 
 
@@ -390,7 +432,13 @@ def _short(value: Any) -> str:
 
 def _check_layout(data: Mapping[str, Any], origin: str) -> None:
     """The JSON types of the manifest's sections, so a wrong one is named rather than met as a TypeError."""
-    objects = {"source": False, "variants": False, "preprocessing": True, "exporter": True}
+    objects = {
+        "source": False,
+        "variants": False,
+        "preprocessing": True,
+        "exporter": True,
+        "generation": True,
+    }
     for key, optional in objects.items():
         if key in data and not isinstance(data[key], dict) and not (optional and data[key] is None):
             raise _fail(origin, key, f"must be an object, got {_short(data[key])}")
@@ -411,6 +459,13 @@ def _check_layout(data: Mapping[str, Any], origin: str) -> None:
     for key in ("labels",):
         if data.get(key) is not None and not isinstance(data[key], list):
             raise _fail(origin, key, f"must be a list, got {_short(data[key])}")
+    generation = data.get("generation")
+    if isinstance(generation, dict) and not isinstance(generation.get("eos_token_ids"), list):
+        raise _fail(
+            origin,
+            "generation.eos_token_ids",
+            f"must be a list, got {_short(generation.get('eos_token_ids'))}",
+        )
 
 
 def check_relative(origin: str, field_name: str, value: Any) -> str:
@@ -528,6 +583,42 @@ def check_manifest(manifest: Manifest, origin: str) -> None:
         raise _fail(origin, "labels", "must be a list of strings")
     if not isinstance(manifest.exporter, Mapping):
         raise _fail(origin, "exporter", "must be an object")
+    _check_generation(origin, manifest.generation)
+
+
+def _check_generation(origin: str, spec: GenerationSpec | None) -> None:
+    """The generation section's fields (issue 15): sizes positive, ids integers, names with their placeholders."""
+    if spec is None:
+        return
+    for name in ("layers", "kv_heads", "head_dim", "max_positions"):
+        value = getattr(spec, name)
+        if not _is_int(value) or value < 1:
+            raise _fail(origin, f"generation.{name}", f"must be a positive integer, got {_short(value)}")
+    _check_str(origin, "generation.cache_dtype", spec.cache_dtype)
+    if not spec.eos_token_ids or not all(_is_int(i) and i >= 0 for i in spec.eos_token_ids):
+        raise _fail(
+            origin,
+            "generation.eos_token_ids",
+            f"must be a non-empty list of token ids, got {_short(spec.eos_token_ids)}",
+        )
+    for name, optional in (("pad_token_id", False), ("bos_token_id", True)):
+        value = getattr(spec, name)
+        if not (value is None and optional) and not (_is_int(value) and value >= 0):
+            raise _fail(origin, f"generation.{name}", f"must be a token id, got {_short(value)}")
+    _check_str(origin, "generation.chat_template", spec.chat_template, optional=True)
+    if not isinstance(spec.defaults, Mapping):
+        raise _fail(origin, "generation.defaults", f"must be an object, got {_short(spec.defaults)}")
+    for name in ("past_input", "present_output"):
+        value = getattr(spec, name)
+        _check_str(origin, f"generation.{name}", value)
+        if "{layer}" not in value or "{kind}" not in value:
+            raise _fail(
+                origin, f"generation.{name}", f"must hold {{layer}} and {{kind}}, got {_short(value)}"
+            )
+    if not isinstance(spec.position_ids, bool):
+        raise _fail(
+            origin, "generation.position_ids", f"must be true or false, got {_short(spec.position_ids)}"
+        )
 
 
 def resolve_inside(package_dir: Path, relative: str, what: str = "file") -> Path:

@@ -149,7 +149,7 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
             source = (
                 f"recipe '{manifest.source.recipe}' samples" if recipe else "built-in calibration sentences"
             )
-            return CalibrationData(tuple(text.text_feeds(texts, padded=True)), source, texts)
+            return CalibrationData(tuple(task.text_samples(texts)), source, texts)
         source, warning = _SYNTHETIC[task.data.kind]
         if warning is not None:
             log.warning(warning, limit)
@@ -169,7 +169,7 @@ def load_calibration(package: ModelPackage, options: CalibrationOptions) -> Cali
         ]
         if not texts:
             raise BadInputError(f"calibration text '{path}' is empty; put one sentence on each line")
-        return CalibrationData(tuple(text.text_feeds(texts, padded=True)), f"text file {path.name}", texts)
+        return CalibrationData(tuple(task.text_samples(texts)), f"text file {path.name}", texts)
     if path.is_file() and path.suffix == ".npz":
         return CalibrationData(tuple(_split_npz(path, names)[:limit]), f"npz file {path.name}")
     if path.is_file():

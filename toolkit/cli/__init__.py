@@ -13,6 +13,7 @@ from toolkit.cli.common import EdgeGroup, common_options, handle_sigterm
 from toolkit.cli.convert import convert_command, models_command
 from toolkit.cli.doctor import doctor_command
 from toolkit.cli.export import export_group
+from toolkit.cli.generate import chat_command
 from toolkit.cli.inspect import info_command
 from toolkit.cli.quantize import quantize_command
 from toolkit.cli.run import run_command
@@ -40,6 +41,7 @@ for command in (
     doctor_command,
     export_group,
     serve_command,
+    chat_command,  # issue 15
 ):
     edge.add_command(command)
 

@@ -34,6 +34,15 @@ def _positive_int(values: tuple[int, ...] | None, option: str) -> int | None:
     return values[0]
 
 
+def _run_count(text: str) -> int:
+    """``--iterations`` as a whole number of runs (generate packages time whole generations)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise BadInputError(
+            f"--iterations takes a run count of at least 1 for a generate package, got '{text}'"
+        )
+    return int(text)
+
+
 def _threshold(text: str) -> float:
     value = text.strip().rstrip("%")
     try:
@@ -134,7 +143,20 @@ def _compare(files: tuple[str, str], threshold: str, json_path: str | None, fail
 @click.option(
     "--warmup", default="10", show_default=True, help="Warm-up per cell: runs (10) or seconds (2s)."
 )
-@click.option("--iterations", default="100", show_default=True, help="Timed runs per cell.")
+@click.option(
+    "--iterations",
+    default="100",
+    show_default=True,
+    help="Timed runs per cell (generate packages: whole generations, default 3).",
+)
+@click.option(
+    "--new-tokens",
+    "new_tokens",
+    type=CommaList(integers=True, example="32,128"),
+    default="32",
+    show_default=True,
+    help="Generate packages: new tokens per generation, swept, e.g. 32,128.",
+)
 @click.option("--duration", default=None, help="Time each cell for this long instead, e.g. 5s.")
 @click.option(
     "--concurrency",
@@ -204,6 +226,7 @@ def bench_command(
     seqs: tuple[int, ...] | None,
     warmup: str,
     iterations: str,
+    new_tokens: tuple[int, ...],
     duration: str | None,
     concurrency: tuple[int, ...],
     threads: tuple[int, ...] | None,
@@ -230,6 +253,25 @@ def bench_command(
         raise BadInputError(
             "missing TARGET: pass a model package directory or an .onnx file (or --compare A.json B.json)"
         )
+    # --- issue 15: a generate package is timed by TTFT and decode tokens/s (toolkit/cli/generate.py)
+    from toolkit.cli.generate import bench_generator, is_generator_package
+
+    if is_generator_package(target):
+        source = click.get_current_context().get_parameter_source("iterations")
+        bench_generator(
+            target,
+            variants or None,
+            tuple(p.strip() for p in providers.split(",") if p.strip()),
+            provider_config,
+            _positive_int(threads, "--threads"),
+            batches or (1,),
+            seqs,
+            new_tokens,
+            3 if source == click.core.ParameterSource.DEFAULT else _run_count(iterations),
+            baseline.strip().lower() if baseline else None,
+            json_path,
+        )
+        return
 
     from toolkit.bench import BenchOptions, TimingPlan, parse_budget, plan_bench, run_bench
     from toolkit.bench.compare import report_to_dict, save_report

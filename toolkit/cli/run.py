@@ -11,6 +11,7 @@ import numpy as np
 
 from toolkit.bench.measure import Budget, TimingPlan, latency_stats, time_calls
 from toolkit.cli.common import CommaList, common_options, emit_json, progress, stdout
+from toolkit.cli.generate import run_prompts
 from toolkit.cli.provider_options import placement_line, provider_options
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
@@ -79,6 +80,12 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
     default=None,
     help="image-text: zero-shot candidate labels for the --image files, comma-separated.",
 )
+@click.option(
+    "--prompt", "prompts", multiple=True, help="A prompt for a generate package (repeatable: one batch)."
+)
+@click.option("--max-new-tokens", type=int, default=None, help="With --prompt: new tokens at most.")
+@click.option("--temperature", type=float, default=None, help="With --prompt: sample at this temperature.")
+@click.option("--stream", is_flag=True, help="With --prompt: print the text as it is generated.")
 @click.option("--variant", default="fp32", show_default=True, help="Package variant to run.")
 @provider_options
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
@@ -95,6 +102,10 @@ def run_command(
     inputs: tuple[str, ...],
     out: str | None,
     labels: tuple[str, ...] | None,
+    prompts: tuple[str, ...],
+    max_new_tokens: int | None,
+    temperature: float | None,
+    stream: bool,
     variant: str,
     provider_config: ProviderConfig,
     threads: int | None,
@@ -106,10 +117,24 @@ def run_command(
         raise BadInputError("--labels scores --image files against candidate labels; pass --image FILE")
     if out is not None and not images:
         raise BadInputError("--out draws detections on an --image; pass one --image FILE")
+    if prompts:
+        if texts or images or clips or inputs:
+            raise BadInputError(
+                "--prompt generates text; pass it without --text, --image, --audio or --input"
+            )
+        if repeat:
+            raise BadInputError(
+                "--repeat does not time generation; use `edge bench DIR --new-tokens N` instead"
+            )
+        settings: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        if temperature is not None:
+            settings.update(do_sample=True, temperature=temperature)
+        run_prompts(target, list(prompts), variant, provider_config, threads, settings, stream, as_json)
+        return
     if sum(map(bool, (texts, images, clips, inputs))) != 1:
         raise BadInputError(
             "pass one of --text (a text pipeline), --image FILE (an image package), --audio FILE.wav "
-            "(an audio package) or --input NAME=FILE.npy"
+            "(an audio package), --prompt (a generate package) or --input NAME=FILE.npy"
         )
     result: dict[str, Any]
     call: Callable[[], Any]
@@ -164,8 +189,9 @@ def _run_items(
                 f"package '{manifest.name}' (task {manifest.task}) takes no waveform: only {takers} packages "
                 "with a wav2vec 2.0-style front end do; run it with --input NAME=FILE.npy"
             )
+        instead = f"--{task.run_input}" if task.run_input is not None else "--input NAME=FILE.npy"
         raise BadInputError(
-            f"package task '{manifest.task}' has no {kind} pipeline ({takers} have); run it with --input NAME=FILE.npy"
+            f"package task '{manifest.task}' has no {kind} pipeline ({takers} have); run it with {instead}"
         )
     run = lambda: pipeline.run_items(items)  # noqa: E731
     if labels is not None:

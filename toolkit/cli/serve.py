@@ -239,7 +239,7 @@ def serve_command(
     tokens over the limit, 503 queue full, 504 timeout. SIGTERM or Ctrl+C stops accepting, lets in-flight
     requests finish, and exits 0; a second one answers waiting requests 503 and exits at once.
     """
-    from toolkit.serve.models import LoadOptions, ModelRegistry
+    from toolkit.serve.models import LoadOptions
     from toolkit.serve.options import BatchOptions, ServeOptions
     from toolkit.serve.server import TLSFiles
 
@@ -299,27 +299,34 @@ def serve_command(
         if not as_json:
             console.print(f"stopped ({stopped}); the Ray Serve application was removed")
         return
+    # --- issue 15: generate packages serve OpenAI-compatible /v1 routes (toolkit/serve/openai_api.py)
+    from toolkit.cli.generate import generator_ready_lines
+
     with progress(not as_json) as say:
         say(f"loading {len(packages)} package(s)")
-        registry = ModelRegistry.load(packages, load)
-        say("starting the server")
-        from toolkit.serve.app import create_app
+        from toolkit.serve.openai_api import build_serving_app
         from toolkit.serve.server import bind, run_server
 
-        app = create_app(registry, options)
+        serving = build_serving_app(packages, load, options)
+        registry, generators, app = serving.registry, serving.generators, serving.app
     sock = bind(host, port)
 
     def ready(url: str) -> None:
         if as_json:
-            click.echo(_ready_json(url, registry))
+            data = json.loads(_ready_json(url, registry)) if registry else {"url": url, "models": []}
+            data["generators"] = list(generators)
+            click.echo(json.dumps(data))
         else:
-            for line in _ready_lines(url, registry):
+            if registry is not None:
+                for line in _ready_lines(url, registry):
+                    click.echo(line)
+            else:
+                click.echo(f"serving on {url}  (Ctrl+C or SIGTERM stops)")
+            for line in generator_ready_lines(url, generators):
                 click.echo(line)
 
     graceful = (options.timeout_s or 30.0) + 5.0
-    run = run_server(
-        app, sock, on_ready=ready, on_force=app.state.edge.abort, graceful_timeout_s=graceful, tls=tls
-    )
+    run = run_server(app, sock, on_ready=ready, on_force=serving.abort, graceful_timeout_s=graceful, tls=tls)
     if run.forced:
         # a second signal: waiting requests were answered 503; do not wait for a model run on a worker thread
         console.print(f"stopped at once ({run.signal}, twice); waiting requests were answered 503")

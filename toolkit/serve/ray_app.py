@@ -111,11 +111,10 @@ def require_ray() -> None:
 
 
 def _build_asgi_app(paths: tuple[str, ...], load: LoadOptions, options: ServeOptions) -> Any:
-    """Runs on each replica: its own registry, sessions and batcher."""
-    from toolkit.serve.app import create_app
-    from toolkit.serve.models import ModelRegistry
+    """Runs on each replica: its own registry, sessions and batcher (and generators, issue 15)."""
+    from toolkit.serve.openai_api import build_serving_app
 
-    return create_app(ModelRegistry.load(paths, load), options)
+    return build_serving_app(paths, load, options).app
 
 
 def ray_application(

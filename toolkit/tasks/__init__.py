@@ -68,6 +68,7 @@ TASK_MODULES = (
     "image_text",
     "audio_features",
     "audio_classify",
+    "generate",
 )
 
 

@@ -107,6 +107,16 @@ class Task(Generic[_M]):
         """`count` batch-1 feeds for `purpose` (``held-out``, ``calibration``, ``validation``, ``bench``)."""
         return self.data.samples(purpose, count, exclude_texts)
 
+    def text_samples(self, texts: Sequence[str]) -> list[Feeds]:
+        """Batch-1 feeds for these sentences (calibration text), padded alike; a text task's only."""
+        data = self.data
+        if not isinstance(data, TextModality):
+            raise BadInputError(
+                f"task '{self.name}' of package '{self.package.path}' takes no text; "
+                f"it reads {data.kind} inputs"
+            )
+        return data.text_feeds(texts, padded=True)
+
     def timing_feeds(self, batch: int = 1, seq: int = 128) -> Feeds:
         """Fixed-shape feeds of `batch` rows for latency measurements."""
         return self.data.timing_feeds(batch, seq)
@@ -169,14 +179,18 @@ class Pipeline(Generic[_M]):
     ) -> _P:
         """This pipeline over the package at `path`, on a `Runner` for `variant`; refuses another task's package."""
         package = ModelPackage.open(path)
-        wanted = cls.task_class.name
+        cls.refuse_other_task(package, cls.task_class.name)
+        runner = Runner(package.model_path(variant), providers, threads=threads, strict=strict, config=config)
+        return cls(package, runner)
+
+    @staticmethod
+    def refuse_other_task(package: ModelPackage, wanted: str) -> None:
+        """A BadModelError when `package`'s task is not `wanted` (``features`` pipelines take any package)."""
         if wanted != Task.name and package.manifest.task != wanted:
             raise BadModelError(
                 f"package '{package.path}' has task '{package.manifest.task}', not '{wanted}'; "
                 f"load it with toolkit.load() or the pipeline for '{package.manifest.task}'"
             )
-        runner = Runner(package.model_path(variant), providers, threads=threads, strict=strict, config=config)
-        return cls(package, runner)
 
     def run_items(self, items: Sequence[Any]) -> list[Any]:
         """The task's results for `items` with its default options (what `edge run` prints)."""

@@ -1,0 +1,72 @@
+"""The onnxruntime-genai leg of `generate_decode.py`, run in its own venv (it needs the CPU onnxruntime package).
+
+Run by `generate_decode.py --genai-python VENV/bin/python`, or alone:
+    VENV/bin/python benchmarks/generate_decode_genai.py MODEL_DIR --ids 1,2,3 --new-tokens 64 --threads 2 --rounds 3
+
+MODEL_DIR is onnxruntime-genai's model builder output (python -m onnxruntime_genai.models.builder -i HF_DIR
+-o MODEL_DIR -p fp32|int4 -e cpu). Timed like the other backends: greedy, eos ignored (min_length), time to
+first token = a 1-token generation, decode tokens/s = (N - 1) / (N-token time - 1-token time), medians of
+--rounds; prints one JSON line {"ttft_ms", "decode_tokens_per_s"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    """Time one genai model and print its JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--ids", required=True, help="prompt token ids, comma-separated")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    import onnxruntime_genai as og
+
+    ids = [int(i) for i in args.ids.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        shutil.copytree(args.model, folder, symlinks=True)
+        config_file = folder / "genai_config.json"
+        config = json.loads(config_file.read_text())
+        options = config["model"]["decoder"]["session_options"]
+        options["intra_op_num_threads"] = args.threads
+        options["inter_op_num_threads"] = 1
+        config_file.write_text(json.dumps(config))
+        model = og.Model(str(folder))
+
+        def run(n: int) -> None:
+            params = og.GeneratorParams(model)
+            params.set_search_options(
+                do_sample=False, max_length=len(ids) + n, min_length=len(ids) + n, batch_size=1
+            )
+            generator = og.Generator(model, params)
+            generator.append_tokens([ids])
+            while not generator.is_done():
+                generator.generate_next_token()
+
+        run(2)
+        first, full = [], []
+        for _ in range(args.rounds):
+            started = time.perf_counter()
+            run(1)
+            first.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            run(args.new_tokens)
+            full.append(time.perf_counter() - started)
+    ttft = statistics.median(first)
+    rate = (args.new_tokens - 1) / max(statistics.median(full) - ttft, 1e-9)
+    print(json.dumps({"ttft_ms": ttft * 1e3, "decode_tokens_per_s": rate}))
+
+
+if __name__ == "__main__":
+    main()

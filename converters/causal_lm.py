@@ -1,0 +1,320 @@
+"""Causal LMs: export through optimum-onnx's ``text-generation-with-past`` (one decoder taking and returning
+its KV cache), validation over the prompt and cached decode steps, and the manifest's generation contract.
+
+Validation feeds the ONNX decoder and the PyTorch model the same tokens: the prompt's logits at every real
+position, then two decode steps each fed its own cache (ONNX: the previous run's ``present.*``), at batch 1 and
+for a left-padded batch of 3, compared by the worst absolute difference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.hf import TASKS, copy_assets, export_hf_model, load_hf_model
+from converters.sources import ResolvedSource, directory_sha256
+from toolkit.atomic import replace_directory, staging_directory
+from toolkit.errors import ExportError
+from toolkit.inspect import inspect_model
+from toolkit.manifest import (
+    FP32_VARIANT,
+    GenerationSpec,
+    Manifest,
+    ModelPackage,
+    OutputCheck,
+    SourceInfo,
+    TensorSpec,
+    TextPreprocessing,
+    Validation,
+    Variant,
+    resolve_inside,
+    tool_versions,
+    variant_file_name,
+)
+
+__all__ = [
+    "DECODE_STEPS",
+    "VALIDATION_ROWS",
+    "convert_causal_lm",
+    "generation_spec",
+    "torch_generation_timer",
+    "validate_decoder",
+]
+
+log = logging.getLogger(__name__)
+
+DECODE_STEPS = 2
+# prompt lengths per validation case: batch 1, then a left-padded batch of 3
+VALIDATION_ROWS: tuple[tuple[int, ...], ...] = ((7,), (7, 4, 2))
+_DEFAULT_KEYS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")
+_PAST = "past_key_values.{layer}.{kind}"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _ids(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    return tuple(int(v) for v in value) if isinstance(value, list | tuple) else (int(value),)
+
+
+def _token_id(package_dir: Path, config: Mapping[str, Any], key: str) -> int | None:
+    """A special token's id from the tokenizer config (its string) looked up in tokenizer.json."""
+    token = config.get(key)
+    if isinstance(token, Mapping):
+        token = token.get("content")
+    if not isinstance(token, str):
+        return None
+    from tokenizers import Tokenizer
+
+    found = Tokenizer.from_file(str(resolve_inside(package_dir, "tokenizer.json", "tokenizer"))).token_to_id(
+        token
+    )
+    return int(found) if found is not None else None
+
+
+def generation_spec(
+    package_dir: Path, onnx_inputs: Sequence[TensorSpec], model_config: Any
+) -> GenerationSpec:
+    """The generation contract of an exported decoder: cache layout from its graph, positions and special ids
+    from the configs, the chat template, and generation_config.json's defaults."""
+    pasts = {spec.name: spec for spec in onnx_inputs if spec.name.startswith("past_key_values.")}
+    first = pasts.get(_PAST.format(layer=0, kind="key"))
+    if first is None or len(first.shape) != 4:
+        raise ExportError(
+            "the exported decoder has no 4-D past_key_values.0.key input; this architecture's cache layout "
+            "is not supported by edge-toolkit's generator"
+        )
+    kv_heads, head_dim = first.shape[1], first.shape[3]
+    if not isinstance(kv_heads, int) or not isinstance(head_dim, int):
+        raise ExportError(f"past_key_values.0.key has symbolic heads or head size ({first.describe()})")
+    generation = _read_json(resolve_inside(package_dir, "generation_config.json", "generation config"))
+    tokenizer_config = _read_json(resolve_inside(package_dir, "tokenizer_config.json", "tokenizer config"))
+    eos = _ids(generation.get("eos_token_id", getattr(model_config, "eos_token_id", None)))
+    if not eos:
+        eos = _ids(_token_id(package_dir, tokenizer_config, "eos_token"))
+    pad = generation.get("pad_token_id", getattr(model_config, "pad_token_id", None))
+    if pad is None:
+        pad = _token_id(package_dir, tokenizer_config, "pad_token")
+    if pad is None:
+        pad = eos[0] if eos else 0
+    bos = generation.get("bos_token_id", getattr(model_config, "bos_token_id", None))
+    template = tokenizer_config.get("chat_template")
+    template_file = resolve_inside(package_dir, "chat_template.jinja", "chat template")
+    if template is None and template_file.is_file():
+        template = template_file.read_text(encoding="utf-8")
+    if isinstance(template, list):  # named templates: take the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    positions = getattr(model_config, "max_position_embeddings", None) or getattr(
+        model_config, "n_positions", 2048
+    )
+    return GenerationSpec(
+        layers=len(pasts) // 2,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        cache_dtype=first.dtype,
+        max_positions=int(positions or 2048),
+        eos_token_ids=eos,
+        pad_token_id=int(pad),
+        bos_token_id=int(bos) if bos is not None else None,
+        chat_template=template,
+        defaults={k: generation[k] for k in _DEFAULT_KEYS if k in generation},
+        position_ids=any(spec.name == "position_ids" for spec in onnx_inputs),
+    )
+
+
+def _left_padded(lengths: Sequence[int], vocab: int, pad: int, rng: np.random.Generator) -> tuple[Any, Any]:
+    longest = max(lengths)
+    ids = np.full((len(lengths), longest), pad, dtype=np.int64)
+    mask = np.zeros((len(lengths), longest), dtype=np.int64)
+    for row, length in enumerate(lengths):
+        ids[row, longest - length :] = rng.integers(0, vocab, size=length)
+        mask[row, longest - length :] = 1
+    return ids, mask
+
+
+def _positions(mask: np.ndarray, new: int) -> np.ndarray:
+    positions = np.cumsum(mask, axis=-1) - 1
+    positions[mask == 0] = 1
+    return np.ascontiguousarray(positions[:, -new:])
+
+
+def validate_decoder(
+    model: Any, onnx_file: Path, spec: GenerationSpec, atol: float, seed: int = 0
+) -> Validation:
+    """The ONNX decoder against `model` (PyTorch) on the prompt and `DECODE_STEPS` cached steps."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+    vocab = int(model.config.vocab_size)
+    rng = np.random.default_rng(seed)
+    worst = {"logits (prompt)": 0.0, "logits (cached steps)": 0.0}
+    means: dict[str, list[float]] = {name: [] for name in worst}
+    cases = []
+    for lengths in VALIDATION_ROWS:
+        ids, mask = _left_padded(lengths, vocab, spec.pad_token_id, rng)
+        batch = len(lengths)
+        cases.append(
+            f"batch {batch}" + (", left-padded" if batch > 1 else "") + f", prompt {max(lengths)}, "
+            f"{DECODE_STEPS} cached steps"
+        )
+        empty = np.zeros((batch, spec.kv_heads, 0, spec.head_dim), dtype=spec.cache_dtype)
+        feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask}
+        feeds.update(
+            {_PAST.format(layer=i, kind=k): empty for i in range(spec.layers) for k in ("key", "value")}
+        )
+        new = ids
+        past = None
+        for step in range(DECODE_STEPS + 1):
+            positions = _positions(mask, new.shape[1])
+            if "position_ids" in names:
+                feeds["position_ids"] = positions
+            feeds = {k: v for k, v in feeds.items() if k in names}
+            got = dict(zip(outputs, session.run(outputs, feeds), strict=True))
+            with torch.inference_mode():
+                out = model(
+                    input_ids=torch.from_numpy(new),
+                    attention_mask=torch.from_numpy(mask),
+                    position_ids=torch.from_numpy(positions),
+                    past_key_values=past,
+                    use_cache=True,
+                )
+            want = out.logits.float().numpy()
+            past = out.past_key_values
+            real = mask[:, -new.shape[1] :].astype(bool)  # padded positions' logits mean nothing
+            diff = np.abs(got["logits"].astype(np.float64) - want)[real]
+            key = "logits (prompt)" if step == 0 else "logits (cached steps)"
+            worst[key] = max(worst[key], float(diff.max()) if diff.size else 0.0)
+            means[key].append(float(diff.mean()) if diff.size else 0.0)
+            new = want[:, -1, :].argmax(-1).astype(np.int64)[:, None]
+            mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+            feeds = {
+                "input_ids": new,
+                "attention_mask": mask,
+                **{
+                    _PAST.format(layer=i, kind=k): got[f"present.{i}.{k}"]
+                    for i in range(spec.layers)
+                    for k in ("key", "value")
+                },
+            }
+    checks = tuple(
+        OutputCheck(name, worst[name], float(np.mean(means[name])), worst[name] <= atol) for name in worst
+    )
+    return Validation(
+        metric="max_abs_diff",
+        value=max(c.max_abs_diff for c in checks),
+        threshold=atol,
+        reference="pytorch",
+        samples=sum(len(rows) for rows in VALIDATION_ROWS),
+        passed=all(c.passed for c in checks),
+        outputs=checks,
+        cases=tuple(cases),
+    )
+
+
+def convert_causal_lm(
+    resolved: ResolvedSource, out: Path, opset: int | None, atol: float, say: Any
+) -> ModelPackage:
+    """Export a causal LM with its KV cache, validate it and write the ``generate`` package to `out`."""
+    task = TASKS["generate"]
+    with staging_directory(out) as staging:
+        package_dir = staging / "package"
+        package_dir.mkdir()
+        export_dir = staging / "export"
+        export_dir.mkdir()
+        say(f"loading {resolved.name} (generate) with PyTorch")
+        model = load_hf_model(resolved.model_dir, task)
+        say("exporting the decoder with its KV cache (optimum-onnx text-generation-with-past)")
+        started = time.perf_counter()
+        exported = export_hf_model(model, task, export_dir, opset)
+        export_seconds = time.perf_counter() - started
+        onnx_file = package_dir / variant_file_name(FP32_VARIANT)
+        exported.replace(onnx_file)
+        copy_assets(resolved.model_dir, export_dir, package_dir)
+        if not resolve_inside(package_dir, "tokenizer.json", "tokenizer").is_file():
+            raise ExportError(
+                f"'{resolved.model_dir}' has no fast tokenizer (tokenizer.json) to package; "
+                "save one with the model's tokenizer"
+            )
+        info = inspect_model(onnx_file)
+        spec = generation_spec(package_dir, info.inputs, model.config)
+        say("validating the decoder against PyTorch (prompt and cached steps)")
+        validation = validate_decoder(model, onnx_file, spec, atol)
+        manifest = Manifest(
+            name=resolved.name,
+            task="generate",
+            source=SourceInfo(
+                kind=resolved.kind,
+                ref=resolved.ref,
+                sha256=directory_sha256(resolved.model_dir),
+                recipe=resolved.recipe.name if resolved.recipe else None,
+            ),
+            inputs=info.inputs,
+            outputs=info.outputs,
+            opset=info.opset,
+            variants={
+                FP32_VARIANT: Variant(
+                    name=FP32_VARIANT,
+                    file=onnx_file.name,
+                    precision="fp32",
+                    method="export",
+                    size_bytes=info.size_bytes,
+                    settings={
+                        "exporter": "optimum-onnx",
+                        "optimum_task": task.optimum_task,
+                        "export_seconds": round(export_seconds, 2),
+                    },
+                    validation=validation,
+                    tool_versions=tool_versions(),
+                )
+            },
+            preprocessing=TextPreprocessing(tokenizer="tokenizer.json", max_length=spec.max_positions),
+            exporter={"name": "optimum-onnx", "task": task.optimum_task},
+            generation=spec,
+        )
+        ModelPackage(package_dir, manifest).save(manifest)
+        replace_directory(package_dir, out)
+    say(f"wrote {out}")
+    return ModelPackage.open(out)
+
+
+def torch_generation_timer(model_dir: Path, threads: int | None = None) -> Any:
+    """`edge bench --baseline torch` for a generator: transformers' greedy ``generate`` (eager attention) on the
+    package's source model, as a `toolkit.generation.bench.GenerationTimer`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not (model_dir / "config.json").is_file():
+        raise ExportError(
+            f"the torch baseline needs the source model at '{model_dir}' (the package's source.ref); "
+            "run edge bench where that folder exists, or drop --baseline"
+        )
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    pad = model.generation_config.pad_token_id or 0
+
+    def run(ids: np.ndarray, n: int) -> None:
+        tensor = torch.from_numpy(ids)
+        with torch.inference_mode():
+            model.generate(
+                input_ids=tensor,
+                attention_mask=torch.ones_like(tensor),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+
+    return run

@@ -1,0 +1,779 @@
+"""Text generation: tiny random GPT-2, Llama, Qwen2 (GQA, tied embeddings) and Phi-3 with a byte-level BPE
+tokenizer trained here, converted with their KV cache and run by `TextGenerator` against transformers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from gpu_support import needs
+
+from converters.recipes import list_recipes
+from toolkit.cli import edge
+from toolkit.errors import BadInputError
+from toolkit.generation import GenerationOptions, IncrementalDetokenizer, TextGenerator
+from toolkit.manifest import ModelPackage
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Edge inference keeps latency low on small devices.",
+    "Ünïcödé text: 東京タワー, café, naïve — and an emoji 🙂🚀.",
+    "A model package holds the graph, its manifest and the tokenizer.",
+]
+PROMPTS = ["The quick brown fox", "Edge", "東京 café 🙂 and the lazy dog"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ bos_token }}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+ARCHITECTURES = ("gpt2", "llama", "qwen2", "phi3")
+
+
+def _tokenizer() -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(CORPUS * 20, trainer)
+    return tokenizer
+
+
+def _model(kind: str, vocab: int) -> Any:
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    ids = {"vocab_size": vocab, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    if kind == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **ids))
+    if kind == "llama":
+        return tf.LlamaForCausalLM(
+            tf.LlamaConfig(num_key_value_heads=2, max_position_embeddings=64, **layers, **ids)
+        )
+    if kind == "qwen2":
+        return tf.Qwen2ForCausalLM(
+            tf.Qwen2Config(
+                num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True, **layers, **ids
+            )
+        )
+    return tf.Phi3ForCausalLM(
+        tf.Phi3Config(
+            num_key_value_heads=4,
+            max_position_embeddings=64,
+            original_max_position_embeddings=64,
+            **layers,
+            **ids,
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def lm_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each architecture saved as a Hugging Face folder with the trained tokenizer and a chat template."""
+    from transformers import PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("lm-sources")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_tokenizer(), bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    folders = {}
+    for kind in ARCHITECTURES:
+        folder = root / kind
+        _model(kind, len(tokenizer)).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders[kind] = folder
+    return folders
+
+
+@pytest.fixture(scope="session")
+def lm_packages(lm_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each source converted once by `converters.convert`."""
+    from converters import convert
+
+    root = tmp_path_factory.mktemp("lm-packages")
+    return {kind: convert(str(src), root / kind).path for kind, src in lm_sources.items()}
+
+
+def _transformers_greedy(source: Path, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, return_token_type_ids=False)
+    with torch.inference_mode():
+        out = model.generate(
+            **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+    rows = []
+    for row in out[:, encoded.input_ids.shape[1] :].tolist():
+        rows.append(row[: row.index(2) + 1] if 2 in row else row)  # transformers pads after a row's eos
+    return rows
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_package_records_generation_contract_and_validates_cached_steps(
+    kind: str, lm_packages: dict[str, Path]
+) -> None:
+    manifest = ModelPackage.open(lm_packages[kind]).manifest
+    spec = manifest.generation
+    assert manifest.task == "generate"
+    assert spec is not None
+    assert (spec.layers, spec.head_dim, spec.cache_dtype) == (2, 8, "float32")
+    assert spec.kv_heads == {"gpt2": 4, "llama": 2, "qwen2": 1, "phi3": 4}[kind]
+    assert (spec.max_positions, spec.eos_token_ids, spec.pad_token_id, spec.bos_token_id) == (64, (2,), 0, 1)
+    assert spec.chat_template == CHAT_TEMPLATE
+    validation = manifest.variants["fp32"].validation
+    assert validation is not None
+    assert validation.passed
+    assert {o.name for o in validation.outputs} == {"logits (prompt)", "logits (cached steps)"}
+    assert any("left-padded" in case for case in validation.cases)
+    assert validation.value < 1e-4
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_greedy_tokens_match_transformers_at_batch_1_and_left_padded_batch_of_3(
+    kind: str, lm_sources: dict[str, Path], lm_packages: dict[str, Path]
+) -> None:
+    generator = TextGenerator.load(lm_packages[kind], "cpu")
+    single = generator.generate(PROMPTS[0], max_new_tokens=12)
+    assert list(single.token_ids) == _transformers_greedy(lm_sources[kind], PROMPTS[:1], 12)[0]
+    batch = generator.generate(PROMPTS, max_new_tokens=12)
+    want = _transformers_greedy(lm_sources[kind], PROMPTS, 12)
+    assert [list(g.token_ids) for g in batch] == want
+    for generation, tokens in zip(batch, want, strict=True):
+        assert generation.finish_reason == ("eos" if tokens[-1] == 2 else "length")
+        assert generation.timings.new_tokens == len(tokens)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_streamed_pieces_concatenate_to_the_full_text(kind: str, lm_packages: dict[str, Path]) -> None:
+    generator = TextGenerator.load(lm_packages[kind], "cpu")
+    for settings in ({"max_new_tokens": 30}, {"max_new_tokens": 30, "do_sample": True, "seed": 5}):
+        stream = generator.stream(PROMPTS[2], **settings)
+        pieces = list(stream)
+        assert stream.generation is not None
+        assert "".join(pieces) == stream.generation.text == generator.generate(PROMPTS[2], **settings).text
+
+
+def test_incremental_detokenizer_never_splits_a_multibyte_character(lm_packages: dict[str, Path]) -> None:
+    generator = TextGenerator.load(lm_packages["llama"], "cpu")
+    text = "東京タワー café 🙂🚀 naïve"
+    ids = generator.tokenizer.encode(text, add_special_tokens=False).ids
+    assert len(ids) > len(text.split())  # the multi-byte characters do span several tokens
+    detok = IncrementalDetokenizer(lambda t: generator.tokenizer.decode(list(t)))
+    pieces = [detok.add(i) for i in ids]
+    pieces.append(detok.finish())
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+
+
+def test_stop_strings_cut_the_text_and_are_held_back_while_undecided() -> None:
+    alphabet = "abc\n"
+    detok = IncrementalDetokenizer(lambda ids: "".join(alphabet[i] for i in ids), stop=("\nb",))
+    pieces = [detok.add(i) for i in (0, 1, 3)]
+    assert pieces == ["a", "b", ""]  # "\n" might begin the stop string
+    assert detok.add(1) == ""
+    assert detok.stopped
+    assert detok.text == "ab"
+    assert detok.finish() == ""
+
+
+def test_seeded_sampling_is_reproducible_and_rows_stop_on_their_own(lm_packages: dict[str, Path]) -> None:
+    generator = TextGenerator.load(lm_packages["gpt2"], "cpu")
+    settings = {
+        "do_sample": True,
+        "temperature": 0.8,
+        "top_k": 50,
+        "top_p": 0.9,
+        "seed": 7,
+        "max_new_tokens": 16,
+    }
+    first = generator.generate(PROMPTS, **settings)
+    again = generator.generate(PROMPTS, **settings)
+    assert [g.token_ids for g in first] == [g.token_ids for g in again]
+    other = generator.generate(PROMPTS, **{**settings, "seed": 8})
+    assert [g.token_ids for g in other] != [g.token_ids for g in first]
+    short = generator.generate(PROMPTS[0], max_new_tokens=3)
+    assert len(short.token_ids) <= 3
+    assert short.finish_reason in ("eos", "length")
+
+
+def test_stop_string_ends_a_row_with_reason_stop(lm_packages: dict[str, Path]) -> None:
+    generator = TextGenerator.load(lm_packages["llama"], "cpu")
+    full = generator.generate(PROMPTS[0], max_new_tokens=20)
+    assert len(full.text) > 3
+    stop = full.text[2:4]
+    cut = generator.generate(PROMPTS[0], max_new_tokens=20, stop=[stop])
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.find(stop)]
+    assert len(cut.token_ids) < len(full.token_ids)
+
+
+def test_chat_messages_render_through_the_template(lm_packages: dict[str, Path]) -> None:
+    generator = TextGenerator.load(lm_packages["qwen2"], "cpu")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert generator.apply_chat_template(messages) == "<s>system: Be brief.\n<s>user: Hi\nassistant:"
+    chat = generator.generate(messages, max_new_tokens=4)
+    assert chat.prompt.endswith("assistant:")
+    plain = generator.generate(chat.prompt, max_new_tokens=4)
+    assert chat.token_ids == plain.token_ids  # the template's text holds its own <s> tokens
+
+
+def test_sandboxed_template_cannot_reach_python(lm_packages: dict[str, Path]) -> None:
+    from toolkit.errors import EdgeError
+    from toolkit.generation import render_chat
+
+    evil = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+    with pytest.raises(EdgeError):
+        render_chat(evil, [{"role": "user", "content": "x"}], {})
+
+
+def test_kv_cache_is_preallocated_and_reused(lm_packages: dict[str, Path]) -> None:
+    from toolkit.generation.decoder import DecoderStepper
+
+    generator = TextGenerator.load(lm_packages["llama"], "cpu")
+    ids = np.array([[5, 6, 7]], dtype=np.int64)
+    stepper = DecoderStepper(generator.runner.session, generator.spec, ids, np.ones_like(ids), capacity=8)
+    buffers = [address for side in stepper.cache._buffers for address, _ in side]
+    for token in (9, 10):
+        stepper.step(np.array([token], dtype=np.int64))
+    assert stepper.cache.length == 5
+    assert [address for side in stepper.cache._buffers for address, _ in side] == buffers
+    # the cache tensors ORT wrote in place equal a plain run's present outputs on the same tokens
+    session = generator.runner.session
+    feeds = {
+        "input_ids": np.array([[5, 6, 7, 9, 10]], dtype=np.int64),
+        "attention_mask": np.ones((1, 5), dtype=np.int64),
+        "position_ids": np.arange(5, dtype=np.int64)[None],
+        **{
+            f"past_key_values.{i}.{k}": np.zeros((1, 2, 0, 8), dtype=np.float32)
+            for i in range(2)
+            for k in ("key", "value")
+        },
+    }
+    present = session.run(["present.1.value"], feeds)[0]
+    np.testing.assert_allclose(stepper.cache.view(1, "value"), present, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens must be an integer of at least 1"),
+        ({"stop": [""]}, "stop must be a non-empty string"),
+        ({"stop": 3}, "stop must be a non-empty string"),
+        ({"temperature": 0}, "temperature must be above 0"),
+        ({"top_p": 1.5}, "top_p must be in (0, 1]"),
+        ({"beams": 2}, "unknown generation option 'beams'"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(
+    settings: dict[str, Any], message: str, lm_packages: dict[str, Path]
+) -> None:
+    generator = TextGenerator.load(lm_packages["gpt2"], "cpu")
+    with pytest.raises(BadInputError, match=None) as caught:
+        generator.generate("hi", **settings)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_prompt_longer_than_the_positions_is_a_one_line_error(lm_packages: dict[str, Path]) -> None:
+    generator = TextGenerator.load(lm_packages["gpt2"], "cpu")
+    with pytest.raises(BadInputError, match="does not fit the model's 64 positions"):
+        generator.generate("the lazy dog " * 60)
+    near = generator.generate("the lazy dog " * 4, max_new_tokens=60)
+    assert near.finish_reason in ("eos", "length")
+    assert near.timings.prompt_tokens + len(near.token_ids) <= 64
+
+
+def test_generation_options_validate_on_their_own() -> None:
+    assert GenerationOptions(stop="x").stop == ("x",)
+    with pytest.raises(BadInputError):
+        GenerationOptions(max_new_tokens=-1)
+
+
+def test_cli_run_prompt_stream_json_and_chat(lm_packages: dict[str, Path]) -> None:
+    package = str(lm_packages["llama"])
+    runner = CliRunner()
+    result = runner.invoke(edge, ["run", package, "--prompt", PROMPTS[0], "--max-new-tokens", "6", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    expected = TextGenerator.load(package, "cpu").generate(PROMPTS[0], max_new_tokens=6)
+    assert data["generations"][0]["token_ids"] == list(expected.token_ids)
+    streamed = runner.invoke(
+        edge, ["run", package, "--prompt", PROMPTS[0], "--max-new-tokens", "6", "--stream"]
+    )
+    assert streamed.exit_code == 0, streamed.output
+    assert expected.text in streamed.output
+    bad = runner.invoke(edge, ["run", package, "--prompt", "x", "--max-new-tokens", "0"])
+    assert bad.exit_code == 2
+    assert "max_new_tokens must be" in bad.output
+    assert "Traceback" not in bad.output
+    chat = runner.invoke(edge, ["chat", package, "--max-new-tokens", "4"], input="hello\nagain\n\n")
+    assert chat.exit_code == 0, chat.output
+    assert chat.output.count("assistant> ") == 2
+
+
+def test_run_prompt_on_a_non_generator_package_is_refused(tiny_bert_package: Path) -> None:
+    result = CliRunner().invoke(edge, ["run", str(tiny_bert_package), "--prompt", "hi"])
+    assert result.exit_code == 2
+    assert "not 'generate'" in result.output
+
+
+@pytest.fixture
+def llama_copy(lm_packages: dict[str, Path], tmp_path: Path) -> Path:
+    """A private copy of the Llama package, for tests that add variants."""
+    import shutil
+
+    return Path(shutil.copytree(lm_packages["llama"], tmp_path / "llama"))
+
+
+def test_int4_and_int8_variants_report_next_token_agreement_and_perplexity(llama_copy: Path) -> None:
+    import onnx
+
+    from converters.quantization import QuantizeOptions, quantize
+
+    for method in ("int4", "dynamic-int8"):
+        result = quantize(llama_copy, method, QuantizeOptions(budget=0.5, block_size=32))
+        assert result.accuracy is not None
+        assert result.accuracy.metric == "next_token_agreement"
+        assert 0.5 <= result.accuracy.score <= 1.0
+        ratio = result.accuracy.details["perplexity_ratio"]
+        assert 0.9 < ratio < 1.1  # a 2-layer model quantized loses almost nothing
+        assert result.accuracy.details["positions"] > 100
+    manifest = ModelPackage.open(llama_copy).manifest
+    int4 = manifest.variants["int4"]
+    assert (int4.settings["block_size"], int4.settings["accuracy_level"]) == (32, 4)
+    graph = onnx.load(str(llama_copy / int4.file)).graph
+    assert sum(n.op_type == "MatMulNBits" for n in graph.node) == int4.settings["quantized_matmuls"] > 0
+    generator = TextGenerator.load(llama_copy, "cpu", variant="int4")
+    assert generator.generate(PROMPTS[0], max_new_tokens=4).timings.new_tokens >= 1
+
+
+def test_auto_quantize_under_a_budget_works_for_a_generator(llama_copy: Path) -> None:
+    from converters.quantization import QuantizeOptions, quantize
+
+    result = quantize(llama_copy, "auto", QuantizeOptions(budget=0.5, latency_runs=3))
+    assert result.variant is not None
+    assert any(c.method == "int4" for c in result.candidates)
+    assert all(c.error is None for c in result.candidates), [c.error for c in result.candidates]
+    assert result.accuracy is not None
+    assert result.accuracy.metric == "next_token_agreement"
+
+
+# -- edge serve: OpenAI-compatible routes, tested with the official openai client ---------------------------
+
+
+@pytest.fixture(scope="module")
+def openai_server(lm_packages: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`edge serve` on the Llama and Qwen2 packages (batches of up to 8 requests), as a subprocess."""
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path_factory.mktemp("openai-serve")
+    out, err = folder / "stdout.txt", folder / "stderr.txt"
+    command = [sys.executable, "-c", "from toolkit.cli import main; main()", "serve"]
+    command += [str(lm_packages["llama"]), str(lm_packages["qwen2"]), "--port", "0", "--threads", "1"]
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 120
+        while "serving on " not in out.read_text(encoding="utf-8"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"edge serve did not start: {err.read_text(encoding='utf-8')}")
+            time.sleep(0.1)
+        yield out.read_text(encoding="utf-8").split("serving on ", 1)[1].split()[0]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _client(url: str) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _names(lm_packages: dict[str, Path]) -> dict[str, str]:
+    return {kind: ModelPackage.open(lm_packages[kind]).manifest.name for kind in ("llama", "qwen2")}
+
+
+def test_openai_client_streams_a_chat_completion(openai_server: str, lm_packages: dict[str, Path]) -> None:
+    client = _client(openai_server)
+    name = _names(lm_packages)["qwen2"]
+    assert name in {m.id for m in client.models.list()}
+    messages = [{"role": "user", "content": "Say something about the lazy dog"}]
+    chunks = list(client.chat.completions.create(model=name, messages=messages, max_tokens=12, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    expected = TextGenerator.load(lm_packages["qwen2"], "cpu").generate(messages, max_new_tokens=12)
+    assert text == expected.text
+    assert finish == [{"eos": "stop", "stop": "stop", "length": "length"}[expected.finish_reason]]
+    whole = client.chat.completions.create(model=name, messages=messages, max_tokens=12)
+    assert whole.choices[0].message.content == expected.text
+    assert whole.usage.completion_tokens == len(expected.token_ids)
+
+
+def test_openai_completions_match_the_generator_and_honour_stop(
+    openai_server: str, lm_packages: dict[str, Path]
+) -> None:
+    client = _client(openai_server)
+    name = _names(lm_packages)["llama"]
+    generator = TextGenerator.load(lm_packages["llama"], "cpu")
+    expected = generator.generate(PROMPTS[0], max_new_tokens=20)
+    got = client.completions.create(model=name, prompt=PROMPTS[0], max_tokens=20, temperature=0)
+    assert got.choices[0].text == expected.text
+    stop = expected.text[2:4]
+    cut = client.completions.create(model=name, prompt=PROMPTS[0], max_tokens=20, stop=[stop], temperature=0)
+    assert cut.choices[0].text == expected.text[: expected.text.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    seeded = [
+        client.completions.create(model=name, prompt="Edge", max_tokens=8, temperature=0.9, seed=11)
+        .choices[0]
+        .text
+        for _ in range(2)
+    ]
+    assert seeded[0] == seeded[1]
+
+
+def test_eight_concurrent_streaming_clients_get_their_own_text(
+    openai_server: str, lm_packages: dict[str, Path]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = _names(lm_packages)["llama"]
+    generator = TextGenerator.load(lm_packages["llama"], "cpu")
+    prompts = [f"prompt {i}: " + "the lazy dog " * (i % 4) + "東京" * (i % 3) for i in range(8)]
+
+    def stream(i: int) -> str:
+        chunks = _client(openai_server).completions.create(
+            model=name, prompt=prompts[i], max_tokens=10 + i, stream=True, temperature=0
+        )
+        return "".join(c.choices[0].text for c in chunks if c.choices)
+
+    with ThreadPoolExecutor(8) as pool:
+        texts = list(pool.map(stream, range(8)))
+    assert texts == [generator.generate(p, max_new_tokens=10 + i).text for i, p in enumerate(prompts)]
+
+
+def test_openai_errors_are_4xx_with_one_line_messages(
+    openai_server: str, lm_packages: dict[str, Path]
+) -> None:
+    import openai
+
+    client = _client(openai_server)
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.completions.create(model="nope", prompt="hi", max_tokens=4)
+    name = _names(lm_packages)["llama"]
+    with pytest.raises(openai.BadRequestError, match="max_new_tokens must be"):
+        client.completions.create(model=name, prompt="hi", max_tokens=0)
+    with pytest.raises(openai.BadRequestError, match="does not fit the model's 64 positions"):
+        client.completions.create(model=name, prompt="the lazy dog " * 60, max_tokens=4)
+
+
+@needs("cuda")
+def test_cuda_keeps_the_cache_on_the_device_and_matches_cpu(lm_packages: dict[str, Path]) -> None:
+    from toolkit.generation.decoder import DecoderStepper
+
+    cpu = TextGenerator.load(lm_packages["qwen2"], "cpu")
+    gpu = TextGenerator.load(lm_packages["qwen2"], "cuda")
+    assert gpu.runner.providers[0] == "cuda"
+    assert gpu.device == "cuda"
+    assert [g.token_ids for g in gpu.generate(PROMPTS, max_new_tokens=12)] == [
+        g.token_ids for g in cpu.generate(PROMPTS, max_new_tokens=12)
+    ]
+    ids = np.array([[5, 6, 7]], dtype=np.int64)
+    stepper = DecoderStepper(gpu.runner.session, gpu.spec, ids, np.ones_like(ids), 8, "cuda", 0)
+    _, owner = stepper.cache._buffers[0][0]
+    assert owner.device_name().lower() == "cuda"
+
+
+# -- recipes: each generator recipe's [offline] stand-in converts with the recipe and generates --------------
+
+GENERATE_RECIPES = sorted(r.name for r in list_recipes() if r.task == "generate")
+
+
+@pytest.mark.parametrize("name", GENERATE_RECIPES)
+def test_generator_recipe_offline_stand_in_converts_and_matches_transformers(
+    name: str, tmp_path: Path
+) -> None:
+    import torch
+    import transformers
+    from transformers import PreTrainedTokenizerFast
+
+    from converters import ConvertOptions, convert
+    from converters.recipes import load_recipe
+
+    recipe = load_recipe(name)
+    assert recipe.offline is not None
+    source = tmp_path / "hf"
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_tokenizer(), bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = getattr(transformers, recipe.offline.config)(
+        vocab_size=len(tokenizer),
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        **recipe.offline.config_kwargs,
+    )
+    torch.manual_seed(1)
+    getattr(transformers, recipe.offline.model)(config).eval().save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    package = convert(str(source), tmp_path / "package", ConvertOptions(recipe=name))
+    manifest = package.manifest
+    assert (manifest.name, manifest.task, manifest.source.recipe) == (name, "generate", name)
+    validation = manifest.variants["fp32"].validation
+    assert validation is not None
+    assert validation.passed
+    assert validation.threshold == recipe.atol
+    generator = TextGenerator.load(package.path, "cpu")
+    got = [list(g.token_ids) for g in generator.generate(PROMPTS, max_new_tokens=8)]
+    assert got == _transformers_greedy(source, PROMPTS, 8)
+
+
+def test_triton_generate_extension_matches_the_generator(
+    openai_server: str, lm_packages: dict[str, Path]
+) -> None:
+    import urllib.request
+
+    name = _names(lm_packages)["llama"]
+    expected = TextGenerator.load(lm_packages["llama"], "cpu").generate(PROMPTS[1], max_new_tokens=10)
+    body = json.dumps({"text_input": PROMPTS[1], "parameters": {"max_tokens": 10, "temperature": 0}}).encode()
+
+    def post(path: str) -> bytes:
+        request = urllib.request.Request(
+            f"{openai_server}/v2/models/{name}/{path}",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return bytes(response.read())
+
+    whole = json.loads(post("generate"))
+    assert whole["model_name"] == name
+    assert whole["text_output"] == expected.text
+    events = [
+        json.loads(line.removeprefix("data: "))
+        for line in post("generate_stream").decode().splitlines()
+        if line.startswith("data: ")
+    ]
+    assert "".join(e["text_output"] for e in events) == expected.text
+    assert events[-1]["finish_reason"] in ("stop", "length")
+
+
+def test_edge_bench_times_ttft_and_decode_rate_for_each_variant_and_torch(
+    lm_packages: dict[str, Path],
+) -> None:
+    result = CliRunner().invoke(
+        edge,
+        [
+            "bench",
+            str(lm_packages["gpt2"]),
+            "--seq",
+            "8,16",
+            "--batch",
+            "1,2",
+            "--new-tokens",
+            "4",
+            "--iterations",
+            "1",
+            "--baseline",
+            "torch",
+            "--json",
+            "-",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    cells = json.loads(result.output)["cells"]
+    assert {c["backend"] for c in cells} == {"edge fp32", "torch eager"}
+    assert {(c["prompt_tokens"], c["batch"], c["new_tokens"]) for c in cells} == {
+        (p, b, 4) for p in (8, 16) for b in (1, 2)
+    }
+    assert all(c["ttft_ms"] > 0 and c["decode_tokens_per_s"] > 0 for c in cells)
+    too_long = CliRunner().invoke(
+        edge, ["bench", str(lm_packages["gpt2"]), "--seq", "60", "--new-tokens", "8"]
+    )
+    assert too_long.exit_code == 2
+    assert "exceeds the model's 64 positions" in too_long.output
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "qwen2"])
+def test_rows_joining_and_leaving_a_running_batch_decode_as_if_alone(
+    kind: str, lm_packages: dict[str, Path]
+) -> None:
+    from toolkit.generation.continuous import ContinuousBatch
+
+    generator = TextGenerator.load(lm_packages[kind], "cpu")
+    prompts = [f"prompt {i}: " + "the lazy dog " * (i % 4) + "東京" * (i % 3) for i in range(6)]
+    options = [generator.options(max_new_tokens=4 + 3 * i) for i in range(6)]
+    options[4] = generator.options(max_new_tokens=12, do_sample=True, top_k=20, seed=3)
+    alone = [generator.generate(p, **vars(o)) for p, o in zip(prompts, options, strict=True)]
+    batch = ContinuousBatch(generator)
+    texts = dict.fromkeys(range(6), "")
+    results = {}
+    joined = steps = largest = 0
+    while joined < len(prompts) or batch.size:
+        if joined < len(prompts) and steps % 2 == 0:  # a new request every other step, mid-decode
+            batch.add(joined, prompts[joined], options[joined])
+            joined += 1
+        largest = max(largest, batch.size)
+        for event in batch.step():
+            texts[event.row] += event.text
+            if event.generation is not None:
+                results[event.row] = event.generation
+        steps += 1
+    assert largest >= 3  # rows really overlapped
+    assert [results[i].token_ids for i in range(6)] == [g.token_ids for g in alone]
+    assert [texts[i] for i in range(6)] == [g.text for g in alone]
+    assert [results[i].finish_reason for i in range(6)] == [g.finish_reason for g in alone]
+
+
+def test_ray_serve_streams_a_chat_completion_from_a_generator(lm_packages: dict[str, Path]) -> None:
+    import socket
+
+    import ray
+    from ray import serve
+
+    from toolkit.serve.models import LoadOptions
+    from toolkit.serve.options import ServeOptions
+    from toolkit.serve.ray_app import RayOptions, deploy_on_ray, ray_application
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    ray_options = RayOptions(replicas=1, num_cpus=0.5, local_cpus=2, port=port)
+    options = ServeOptions()
+    application = ray_application([lm_packages["qwen2"]], LoadOptions(threads=1), options, ray_options)
+    try:
+        url = deploy_on_ray(application, ray_options, options)
+        name = _names(lm_packages)["qwen2"]
+        messages = [{"role": "user", "content": "Hello from Ray"}]
+        chunks = _client(url).chat.completions.create(
+            model=name, messages=messages, max_tokens=8, stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    assert text == TextGenerator.load(lm_packages["qwen2"], "cpu").generate(messages, max_new_tokens=8).text
+
+
+def test_causal_lm_without_a_fast_tokenizer_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "hf"
+    _model("llama", 320).save_pretrained(source)
+    out = tmp_path / "package"
+    result = CliRunner().invoke(edge, ["convert", str(source), "-o", str(out)])
+    assert result.exit_code == 2
+    assert "no fast tokenizer (tokenizer.json)" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_generate_is_a_registered_task_and_its_pipeline_is_the_generator(
+    lm_packages: dict[str, Path], tiny_bert_package: Path
+) -> None:
+    import toolkit
+    from toolkit.errors import BadModelError
+    from toolkit.tasks import pipeline_class, task_for
+
+    package = ModelPackage.open(lm_packages["gpt2"])
+    assert pipeline_class(package) is TextGenerator
+    assert task_for(package).metric == "next_token_agreement"
+    generator = toolkit.load(lm_packages["gpt2"], "cpu")
+    assert isinstance(generator, toolkit.TextGenerator)
+    assert generator.generate(PROMPTS[0], max_new_tokens=3).token_ids == (
+        TextGenerator.load(lm_packages["gpt2"], "cpu").generate(PROMPTS[0], max_new_tokens=3).token_ids
+    )
+    with pytest.raises(BadModelError, match="has task 'features', not 'generate'"):
+        TextGenerator.load(tiny_bert_package, "cpu")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"layers": 0}, "generation.layers"),
+        ({"eos_token_ids": "2"}, "generation.eos_token_ids"),
+        ({"eos_token_ids": [True]}, "generation.eos_token_ids"),
+        ({"pad_token_id": "x"}, "generation.pad_token_id"),
+        ({"chat_template": 3}, "generation.chat_template"),
+        ({"past_input": "past.{layer}"}, "generation.past_input"),
+        ({"defaults": []}, "generation.defaults"),
+        ({"surprise": 1}, "malformed field"),
+    ],
+)
+def test_a_malformed_generation_section_is_a_bad_model_error(
+    change: dict[str, Any], field: str, lm_packages: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from toolkit.errors import BadModelError
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(lm_packages["gpt2"], copy)
+    manifest = json.loads((copy / "edge.json").read_text(encoding="utf-8"))
+    manifest["generation"].update(change)
+    (copy / "edge.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(BadModelError, match=None) as caught:
+        ModelPackage.open(copy)
+    assert field in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_tokenizer_that_escapes_the_package_is_refused(
+    lm_packages: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from toolkit.errors import BadModelError
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(lm_packages["gpt2"], copy)
+    (copy / "tokenizer.json").unlink()
+    (copy / "tokenizer.json").symlink_to(lm_packages["gpt2"] / "tokenizer.json")
+    with pytest.raises(BadModelError, match="outside the package"):
+        TextGenerator.load(copy, "cpu")
+
+
+def test_openai_routes_require_the_api_key_and_keep_the_limits(lm_packages: dict[str, Path]) -> None:
+    from fastapi.testclient import TestClient
+
+    from toolkit.serve.models import LoadOptions
+    from toolkit.serve.openai_api import build_serving_app
+    from toolkit.serve.options import ServeOptions
+
+    key = "k" * 24
+    options = ServeOptions(api_key=key, max_request_tokens=40, max_body_bytes=2048)
+    serving = build_serving_app([lm_packages["gpt2"]], LoadOptions(threads=1), options)
+    name = ModelPackage.open(lm_packages["gpt2"]).manifest.name
+    body = {"model": name, "prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0}
+    with TestClient(serving.app) as client:
+        assert client.get("/v2/health/live").status_code == 200
+        assert client.post("/v1/completions", json=body).status_code == 401
+        assert client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        auth = {"Authorization": f"Bearer {key}"}
+        ok = client.post("/v1/completions", json=body, headers=auth)
+        assert ok.status_code == 200, ok.text
+        expected = TextGenerator.load(lm_packages["gpt2"], "cpu").generate(PROMPTS[0], max_new_tokens=4)
+        assert ok.json()["choices"][0]["text"] == expected.text
+        too_many = client.post("/v1/completions", json={**body, "max_tokens": 40}, headers=auth)
+        assert too_many.status_code == 413
+        assert "40-token limit" in too_many.json()["error"]["message"]
+        big = client.post("/v1/completions", json={**body, "prompt": "x" * 4000}, headers=auth)
+        assert big.status_code == 413
+        triton = client.post(f"/v2/models/{name}/generate", json={"text_input": "hi"})
+        assert triton.status_code == 401

@@ -1,0 +1,159 @@
+"""Step-level (continuous) batching: requests join a running batch between decode steps and leave it when
+they finish, each with its own settings, stop strings and limit.
+
+A joining prompt runs its prefill alone (batch 1), then its cache is merged into the running batch with every
+row right-aligned at the longest row's length (shorter rows padded on the left and masked); a finished row is
+dropped the same way. Regrouping copies each row's cache once per join or leave; every other step is one
+decoder run over the whole batch, as in `decode`. Used by `edge serve`'s generation workers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from toolkit.generation.decoder import DecoderStepper
+from toolkit.generation.decoding import RowPlan, settle_token
+from toolkit.generation.detokenizer import IncrementalDetokenizer
+from toolkit.generation.generator import (
+    Generation,
+    GenerationEvent,
+    GenerationTimings,
+    Prompt,
+    TextGenerator,
+)
+from toolkit.generation.kv_cache import KVCache
+from toolkit.generation.sampling import GenerationOptions
+
+__all__ = ["ContinuousBatch"]
+
+
+@dataclass
+class _Row:
+    key: int
+    text: str
+    prompt_tokens: int
+    plan: RowPlan
+    watcher: IncrementalDetokenizer
+    history: list[int]
+    prefill_ms: float
+    started: float
+    new: int  # positions this row still needs in the cache
+    tokens: list[int] = field(default_factory=list)
+    first_ms: float = 0.0
+    first_at: float = 0.0
+
+
+class ContinuousBatch:
+    """The rows decoding together on one generator; `add` between steps, `step` to advance every row."""
+
+    def __init__(self, generator: TextGenerator) -> None:
+        self.generator = generator
+        self.rows: list[_Row] = []
+        self._stepper: DecoderStepper | None = None
+        self._logits: np.ndarray | None = None  # [rows, vocab]: each row's next-token logits
+        self.regroups = 0
+
+    @property
+    def size(self) -> int:
+        """Rows decoding now."""
+        return len(self.rows)
+
+    def add(self, key: int, prompt: Prompt, options: GenerationOptions) -> None:
+        """Prefill `prompt` alone and merge it into the batch; its events will carry `key` as their row."""
+        generator = self.generator
+        spec = generator.spec
+        started = time.perf_counter()
+        text, ids = generator.encode(prompt)
+        generator.check_length(ids)
+        plan = generator.row_plan(options, spec.max_positions - len(ids))
+        prompt_ids = np.asarray([ids], dtype=np.int64)
+        alone = DecoderStepper(
+            generator.runner.session,
+            spec,
+            prompt_ids,
+            np.ones_like(prompt_ids),
+            len(ids) + 1,
+            generator.device,
+            generator.device_id,
+        )
+        row = _Row(
+            key=key,
+            text=text,
+            prompt_tokens=len(ids),
+            plan=plan,
+            watcher=generator.detokenizer(options),
+            history=list(ids),
+            prefill_ms=(time.perf_counter() - started) * 1e3,
+            started=started,
+            new=plan.max_new_tokens,
+        )
+        sources = [(self._stepper, i) for i in range(len(self.rows))] if self._stepper else []
+        self._regroup([*self.rows, row], [*sources, (alone, 0)])
+        logits = alone.logits
+        self._logits = logits if self._logits is None else np.concatenate([self._logits, logits])
+
+    def _regroup(self, rows: list[_Row], sources: list[tuple[DecoderStepper | None, int]]) -> None:
+        """Rebuild the cache and mask for `rows`, row i taken from `sources[i]` (stepper, row index)."""
+        self.rows = rows
+        self.regroups += 1
+        if not rows:
+            self._stepper = None
+            return
+        lengths = [stepper.cache.length for stepper, _ in sources if stepper is not None]
+        length = max(lengths)
+        capacity = length + max(r.new for r in rows)  # columns; positions count real tokens only
+        parts = [(stepper.cache, index) for stepper, index in sources if stepper is not None]
+        cache = KVCache.assemble(parts, length, capacity)
+        mask = np.zeros((len(rows), capacity), dtype=np.int64)
+        for target, (stepper, index) in enumerate(sources):
+            assert stepper is not None
+            used = stepper.cache.length
+            mask[target, length - used : length] = stepper.mask[index, :used]
+        self._stepper = DecoderStepper.resume(self.generator.runner.session, self.generator.spec, cache, mask)
+
+    def step(self) -> list[GenerationEvent]:
+        """Choose every row's next token, report it, drop finished rows and run the decoder for the rest."""
+        if not self.rows or self._logits is None or self._stepper is None:
+            return []
+        events: list[GenerationEvent] = []
+        chosen: list[int] = []
+        keep: list[int] = []
+        now = time.perf_counter()
+        for index, row in enumerate(self.rows):
+            token = int(row.plan.chooser(self._logits[index : index + 1], np.asarray([row.history]))[0])
+            if not row.tokens:
+                row.first_ms = (now - row.started) * 1e3
+                row.first_at = now
+            row.tokens.append(token)
+            row.history.append(token)
+            row.new -= 1
+            piece, reason = settle_token(row.plan, row.watcher, token, len(row.tokens) - 1)
+            if reason is None:
+                keep.append(index)
+                chosen.append(token)
+                if piece:
+                    events.append(GenerationEvent(row.key, piece, None))
+                continue
+            decode_s = now - row.first_at
+            timings = GenerationTimings(
+                prompt_tokens=row.prompt_tokens,
+                prefill_ms=row.prefill_ms,
+                first_token_ms=row.first_ms,
+                new_tokens=len(row.tokens),
+                decode_tokens_per_s=(len(row.tokens) - 1) / decode_s if decode_s > 0 else 0.0,
+                total_ms=(now - row.started) * 1e3,
+            )
+            generation = Generation(row.watcher.text, tuple(row.tokens), reason, row.text, timings)
+            events.append(GenerationEvent(row.key, piece + row.watcher.finish(), generation))
+        if len(keep) != len(self.rows):
+            stepper = self._stepper
+            self._regroup([self.rows[i] for i in keep], [(stepper, i) for i in keep])
+        if self.rows:
+            assert self._stepper is not None
+            self._logits = self._stepper.step(np.asarray(chosen, dtype=np.int64))
+        else:
+            self._logits = None
+        return events

@@ -1,0 +1,114 @@
+"""The decoding loop every generator shares: choose, append, stop per row, step the model again.
+
+A model plugs in as a `Stepper`: it has already run the prompt (the caller holds those last-position logits)
+and turns each step's chosen tokens into the next logits. Decoder-only LMs and encoder-decoders (Whisper's
+decoder over its encoder states) differ only there. Rows finish on their own (an eos id, a stop string seen by
+a `RowWatcher`, or its own token limit); each row has its own `RowPlan` (sampling, eos ids, limit), so requests
+with different settings share one batch; finished rows are fed the pad id until the whole batch is done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from toolkit.generation.sampling import LogitsChooser
+
+__all__ = ["DecodeStep", "FinishReason", "RowPlan", "RowWatcher", "Stepper", "decode", "settle_token"]
+
+FinishReason = str  # "eos" | "stop" | "length"
+
+
+class Stepper(Protocol):
+    """A model that has run its prompt and takes one token per row per step."""
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Feed `tokens` [batch] int64; returns the next logits [batch, vocab]."""
+        ...
+
+
+class RowWatcher(Protocol):
+    """Looks at one row's tokens as they come (a detokenizer with stop strings); `stopped` ends the row."""
+
+    stopped: bool
+
+    def add(self, token: int) -> str:
+        """Take one token; returns the text it settled."""
+        ...
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """One step's outcome: each row's token (pad for rows already done), the text each row settled, and the
+    reasons of rows that finished at this step (None elsewhere)."""
+
+    tokens: np.ndarray
+    pieces: tuple[str, ...]
+    finished: tuple[FinishReason | None, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """One row's rules: how it picks tokens, which ids end it, and how many new tokens it may take."""
+
+    chooser: LogitsChooser
+    eos_ids: frozenset[int]
+    max_new_tokens: int
+
+
+def settle_token(
+    plan: RowPlan, watcher: RowWatcher, token: int, index: int
+) -> tuple[str, FinishReason | None]:
+    """A row's `index`-th new token: the text it settles and why the row ends there (eos, a stop string, its
+    limit), if it does."""
+    if token in plan.eos_ids:
+        return "", "eos"
+    piece = watcher.add(token)
+    if watcher.stopped:
+        return piece, "stop"
+    return piece, "length" if index == plan.max_new_tokens - 1 else None
+
+
+def decode(
+    stepper: Stepper,
+    logits: np.ndarray,
+    history: np.ndarray,
+    plans: Sequence[RowPlan],
+    watchers: Sequence[RowWatcher],
+    pad_id: int,
+) -> Iterator[DecodeStep]:
+    """Generate from the prompt's last `logits` [batch, vocab] until every row is done; `history`
+    [batch, seen] holds the prompt ids (for the repetition penalty). Yields one `DecodeStep` per token."""
+    batch = logits.shape[0]
+    active = np.ones(batch, dtype=bool)
+    longest = max(plan.max_new_tokens for plan in plans)
+    started = time.perf_counter()
+    for index in range(longest):
+        chosen = np.full(batch, pad_id, dtype=np.int64)
+        for row, plan in enumerate(plans):
+            if active[row]:
+                chosen[row] = plan.chooser(logits[row : row + 1], history[row : row + 1])[0]
+        history = np.concatenate([history, chosen[:, None]], axis=1)
+        pieces: list[str] = []
+        finished: list[FinishReason | None] = []
+        for row in range(batch):
+            if not active[row]:
+                pieces.append("")
+                finished.append(None)
+                continue
+            piece, reason = settle_token(plans[row], watchers[row], int(chosen[row]), index)
+            if reason is not None:
+                active[row] = False
+            pieces.append(piece)
+            finished.append(reason)
+        now = time.perf_counter()
+        yield DecodeStep(chosen, tuple(pieces), tuple(finished), now - started)
+        if not active.any():
+            return
+        started = time.perf_counter()
+        logits = stepper.step(chosen)

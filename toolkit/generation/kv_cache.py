@@ -1,0 +1,149 @@
+"""The KV cache: buffers allocated once per generation, bound to the session with IO binding.
+
+A decoder exported with its past reads ``past[batch, kv_heads, n, head_dim]`` and writes
+``present[batch, kv_heads, n + new, head_dim]``. Each layer's key and value get two flat buffers sized for the
+whole generation: a step reads the past from one and onnxruntime writes the present straight into the other,
+then they swap. Nothing is allocated or copied by us per token; the only copy is the graph's own concat of
+past and new. On CUDA the buffers are device memory, so the cache never crosses to the host.
+
+Encoder-decoders (Whisper) use the same class for their decoder self-attention cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from toolkit.errors import BadInputError
+
+__all__ = ["CacheLayout", "KVCache"]
+
+Namer = Callable[[int, str], str]
+
+
+class CacheLayout:
+    """Layers, heads, head size and dtype of a cache, and how its graph inputs and outputs are named."""
+
+    def __init__(
+        self, layers: int, kv_heads: int, head_dim: int, dtype: str, past_name: Namer, present_name: Namer
+    ) -> None:
+        self.layers = layers
+        self.kv_heads = kv_heads
+        self.head_dim = head_dim
+        self.dtype = np.dtype(dtype)
+        self.past_name = past_name
+        self.present_name = present_name
+
+    def entries(self) -> list[tuple[str, str]]:
+        """(past input, present output) names, layer by layer, key then value."""
+        return [
+            (self.past_name(layer, kind), self.present_name(layer, kind))
+            for layer in range(self.layers)
+            for kind in ("key", "value")
+        ]
+
+
+class KVCache:
+    """Ping-pong cache buffers for `batch` rows of up to `capacity` positions on `device` (cpu or cuda)."""
+
+    def __init__(
+        self, layout: CacheLayout, batch: int, capacity: int, device: str = "cpu", device_id: int = 0
+    ) -> None:
+        if device not in ("cpu", "cuda"):
+            raise BadInputError(f"KV cache device must be cpu or cuda, got {device!r}")
+        self.layout = layout
+        self.batch = batch
+        self.capacity = capacity
+        self.device = device
+        self.device_id = device_id
+        self.length = 0
+        size = batch * layout.kv_heads * capacity * layout.head_dim
+        self._buffers: list[list[tuple[int, object]]] = [
+            [self._allocate(size) for _ in layout.entries()] for _ in range(2)
+        ]
+        self._current = 0
+
+    def _allocate(self, size: int) -> tuple[int, object]:
+        """(address, owner): a numpy array on CPU, an OrtValue in device memory on CUDA."""
+        if self.device == "cpu":
+            array = np.zeros(size, dtype=self.layout.dtype)
+            return array.ctypes.data, array
+        value = ort.OrtValue.ortvalue_from_shape_and_type([size], self.layout.dtype, "cuda", self.device_id)
+        return value.data_ptr(), value
+
+    def shape(self, length: int) -> list[int]:
+        """The cache tensor shape at `length` positions."""
+        return [self.batch, self.layout.kv_heads, length, self.layout.head_dim]
+
+    def bind(self, binding: ort.IOBinding, new_tokens: int) -> None:
+        """Bind the past (current length) as inputs and the present (length + `new_tokens`) as outputs."""
+        if self.length + new_tokens > self.capacity:
+            raise BadInputError(
+                f"KV cache holds {self.capacity} positions, a step needs {self.length + new_tokens}; "
+                "lower max_new_tokens or the prompt length"
+            )
+        past, present = self._buffers[self._current], self._buffers[1 - self._current]
+        for (past_name, present_name), (src, _), (dst, _) in zip(
+            self.layout.entries(), past, present, strict=True
+        ):
+            binding.bind_input(
+                past_name, self.device, self.device_id, self.layout.dtype, self.shape(self.length), src
+            )
+            binding.bind_output(
+                present_name,
+                self.device,
+                self.device_id,
+                self.layout.dtype,
+                self.shape(self.length + new_tokens),
+                dst,
+            )
+
+    def advance(self, new_tokens: int) -> None:
+        """After a run: the present becomes the next step's past."""
+        self.length += new_tokens
+        self._current = 1 - self._current
+
+    @classmethod
+    def assemble(cls, rows: Sequence[tuple[KVCache, int]], length: int, capacity: int) -> KVCache:
+        """A new cache of the given rows (cache, row index) with their positions right-aligned at `length`
+        (shorter rows padded on the left, which their attention masks must hide): rows joining or leaving
+        a running batch. Copies every row once (through the host on CUDA)."""
+        first = rows[0][0]
+        layout = first.layout
+        new = cls(layout, len(rows), capacity, first.device, first.device_id)
+        new.length = length
+        shape = new.shape(length)
+        for entry in range(len(layout.entries())):
+            layer, kind = divmod(entry, 2)
+            name = "value" if kind else "key"
+            host = np.zeros(len(rows) * layout.kv_heads * capacity * layout.head_dim, dtype=layout.dtype)
+            target = host[: int(np.prod(shape))].reshape(shape)
+            sources: dict[int, np.ndarray] = {}
+            for row, (cache, index) in enumerate(rows):
+                if id(cache) not in sources:
+                    sources[id(cache)] = cache.view(layer, name)
+                data = sources[id(cache)][index]
+                target[row, :, length - data.shape[1] :, :] = data
+            new._write(entry, host)
+        return new
+
+    def _write(self, entry: int, host: np.ndarray) -> None:
+        """Fill the current side's buffer `entry` from a host array of its full size."""
+        _, owner = self._buffers[self._current][entry]
+        if isinstance(owner, np.ndarray):
+            owner[:] = host
+        else:
+            assert isinstance(owner, ort.OrtValue)
+            owner.update_inplace(host)
+
+    def view(self, layer: int, kind: str) -> np.ndarray:
+        """A copy of one cache tensor on the host (for tests and debugging)."""
+        index = 2 * layer + (kind == "value")
+        _, owner = self._buffers[self._current][index]
+        count = int(np.prod(self.shape(self.length)))
+        if isinstance(owner, np.ndarray):
+            return owner[:count].reshape(self.shape(self.length)).copy()
+        assert isinstance(owner, ort.OrtValue)
+        return owner.numpy()[:count].reshape(self.shape(self.length))

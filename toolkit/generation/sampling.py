@@ -1,0 +1,127 @@
+"""Generation settings and the next-token choice: greedy, or sampling with temperature, top-k, top-p and a
+repetition penalty, in the order transformers applies them, so greedy decoding matches ``generate``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import BadInputError
+
+__all__ = ["GenerationOptions", "LogitsChooser", "options_from"]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to generate: length, greedy or sampled, the sampling filters, stop strings and the seed;
+    `ignore_eos` runs to `max_new_tokens` whatever the model says (benchmarks)."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        stop = self.stop
+        if isinstance(stop, str):
+            stop = (stop,)
+        if not isinstance(stop, Sequence) or any(not isinstance(s, str) or not s for s in stop):
+            raise BadInputError(
+                f"stop must be a non-empty string or a list of non-empty strings, got {self.stop!r}; "
+                'pass e.g. stop=["\\n\\n"]'
+            )
+        object.__setattr__(self, "stop", tuple(stop))
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise BadInputError(
+                f"max_new_tokens must be an integer of at least 1, got {self.max_new_tokens!r}; pass e.g. 32"
+            )
+        if not self.temperature > 0:
+            raise BadInputError(
+                f"temperature must be above 0, got {self.temperature}; use do_sample=False for greedy decoding"
+            )
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise BadInputError(f"top_k must be an integer of 0 (off) or more, got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise BadInputError(f"top_p must be in (0, 1], got {self.top_p}; 1 turns it off")
+        if not self.repetition_penalty > 0:
+            raise BadInputError(
+                f"repetition_penalty must be above 0, got {self.repetition_penalty}; 1 turns it off"
+            )
+
+
+_NAMES = {f.name for f in fields(GenerationOptions)}
+
+
+def options_from(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> GenerationOptions:
+    """Options from the model's `defaults` (generation_config.json) with the caller's non-None `overrides`."""
+    unknown = sorted(set(overrides) - _NAMES)
+    if unknown:
+        raise BadInputError(f"unknown generation option '{unknown[0]}'; use: {', '.join(sorted(_NAMES))}")
+    base = GenerationOptions(**{k: v for k, v in defaults.items() if k in _NAMES and v is not None})
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class LogitsChooser:
+    """Picks each row's next token from its last-position logits under `options` (seeded for sampling)."""
+
+    def __init__(self, options: GenerationOptions) -> None:
+        self.options = options
+        self.rng = np.random.default_rng(options.seed)
+
+    def __call__(self, logits: np.ndarray, history: np.ndarray) -> np.ndarray:
+        """`logits` [batch, vocab], `history` [batch, seen] token ids (prompt and generated) -> [batch] ids."""
+        scores = logits.astype(np.float32, copy=True)
+        o = self.options
+        if o.repetition_penalty != 1.0:
+            scores = _repetition_penalty(scores, history, o.repetition_penalty)
+        if not o.do_sample:
+            return np.argmax(scores, axis=-1).astype(np.int64)
+        if o.temperature != 1.0:
+            scores = scores / o.temperature
+        if o.top_k:
+            scores = _top_k(scores, o.top_k)
+        if o.top_p < 1.0:
+            scores = _top_p(scores, o.top_p)
+        probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        # inverse-CDF draw per row: one uniform each, reproducible for a seed
+        draws = self.rng.random(probs.shape[0])
+        cdf = np.cumsum(probs, axis=-1)
+        picks = (cdf < draws[:, None] * cdf[:, -1:]).sum(axis=-1)
+        return np.minimum(picks, probs.shape[-1] - 1).astype(np.int64)
+
+
+def _repetition_penalty(scores: np.ndarray, history: np.ndarray, penalty: float) -> np.ndarray:
+    """transformers' RepetitionPenaltyLogitsProcessor: seen tokens' scores divided (or, when negative,
+    multiplied) by `penalty`."""
+    rows = np.arange(scores.shape[0])[:, None]
+    seen = scores[rows, history]
+    scores[rows, history] = np.where(seen < 0, seen * penalty, seen / penalty)
+    return scores
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, scores.shape[-1])
+    kth = np.partition(scores, -k, axis=-1)[:, -k][:, None]
+    return np.where(scores < kth, -np.inf, scores)
+
+
+def _top_p(scores: np.ndarray, top_p: float) -> np.ndarray:
+    """transformers' TopPLogitsWarper: drop the low tail whose mass is at most 1 - top_p (keep at least one)."""
+    order = np.argsort(scores, axis=-1, kind="stable")  # ascending
+    ordered = np.take_along_axis(scores, order, axis=-1)
+    probs = np.exp(ordered - ordered.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    remove = np.cumsum(probs, axis=-1) <= (1 - top_p)
+    remove[:, -1] = False
+    removed = np.zeros_like(remove)
+    np.put_along_axis(removed, order, remove, axis=-1)
+    return np.where(removed, -np.inf, scores)

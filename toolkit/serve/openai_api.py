@@ -1,0 +1,534 @@
+"""OpenAI-compatible text generation (issue 15): ``/v1/completions`` and ``/v1/chat/completions``, streamed as
+server-sent events, over ``generate`` packages.
+
+::
+
+    GET  /v1/models                 the served generators
+    POST /v1/completions            {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed",
+                                     "stream", and the extensions "top_k", "repetition_penalty"}
+    POST /v1/chat/completions       {"model", "messages", ...the same settings; "max_completion_tokens" too}
+    POST /v2/models/M/generate      Triton's generate extension: {"text_input", "parameters": {"max_tokens",
+    POST /v2/models/M/generate_stream    "temperature", "top_p", "top_k", "stop", "seed", ...}} -> {"model_name",
+                                     "model_version", "text_output"} (server-sent events for generate_stream)
+
+Each model has one worker thread doing step-level batching (`toolkit.generation.continuous`): a request joins
+the running batch at the next step (up to `max_batch` rows) and leaves it when it finishes, each row with its
+own settings, stop strings and limit; each stream gets its own row's text as it settles. ``temperature`` 0 is greedy; an omitted one takes the model's
+generation_config. Errors are OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from toolkit.errors import BadInputError, EdgeError
+from toolkit.generation import GENERATE_TASK, Generation, GenerationEvent, GenerationOptions, TextGenerator
+from toolkit.generation.continuous import ContinuousBatch
+from toolkit.manifest import FP32_VARIANT, ModelPackage
+from toolkit.runner import Runner
+from toolkit.serve.access import require_api_key
+from toolkit.serve.app import _read_body
+from toolkit.serve.errors import (
+    BodyTooLargeError,
+    ModelNotFoundError,
+    QueueFullError,
+    ServerClosingError,
+    status_for,
+)
+from toolkit.serve.models import LoadOptions, ModelRegistry
+from toolkit.serve.options import ServeOptions
+
+__all__ = [
+    "GenerationService",
+    "ServingApp",
+    "build_serving_app",
+    "create_openai_app",
+    "mount_openai",
+    "open_generators",
+]
+
+log = logging.getLogger(__name__)
+
+_FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+_DONE = object()
+
+
+@dataclass
+class _Pending:
+    """One request waiting for, or decoding in, a batch; events go to `events` on the server's loop."""
+
+    prompt: Any
+    options: GenerationOptions
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+
+    def emit(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+class _Worker:
+    """A thread that decodes one generator's requests with step-level batching: waiting requests join the
+    running batch between steps (up to `max_batch` rows), finished ones leave it."""
+
+    def __init__(self, name: str, generator: TextGenerator, max_batch: int) -> None:
+        self.name = name
+        self.generator = generator
+        self.max_batch = max_batch
+        self.waiting: queue.Queue[_Pending | None] = queue.Queue()
+        self.batch = ContinuousBatch(generator)
+        self.largest_batch = 0
+        self.thread = threading.Thread(target=self._loop, name=f"generate-{name}", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        running: dict[int, _Pending] = {}
+        keys = itertools.count()
+        stopping = False
+        while not (stopping and not running):
+            while not stopping and len(running) < self.max_batch:
+                try:
+                    # block only when nothing is decoding
+                    pending = self.waiting.get(block=not running)
+                except queue.Empty:
+                    break
+                if pending is None:
+                    stopping = True
+                    break
+                key = next(keys)
+                try:
+                    self.batch.add(key, pending.prompt, pending.options)
+                except Exception as exc:  # one bad request fails alone; the running rows go on
+                    log.error("generation for %s failed to start", self.name, exc_info=exc)
+                    pending.emit(exc)
+                    pending.emit(_DONE)
+                    continue
+                running[key] = pending
+            self.largest_batch = max(self.largest_batch, len(running))
+            if not running:
+                continue
+            try:
+                events = self.batch.step()
+            except Exception as exc:  # every running stream gets the error instead of hanging
+                log.error("generation for %s failed", self.name, exc_info=exc)
+                for pending in running.values():
+                    pending.emit(exc)
+                    pending.emit(_DONE)
+                running.clear()
+                self.batch = ContinuousBatch(self.generator)
+                continue
+            for event in events:
+                pending = running[event.row]
+                pending.emit(event)
+                if event.generation is not None:
+                    pending.emit(_DONE)
+                    del running[event.row]
+
+    def close(self) -> None:
+        self.waiting.put(None)
+
+
+class GenerationService:
+    """The served generators by name, each with its batching worker."""
+
+    def __init__(self, generators: Mapping[str, TextGenerator], options: ServeOptions | None = None) -> None:
+        self.options = options or ServeOptions()
+        batching = self.options.batching
+        self.workers = {name: _Worker(name, g, batching.max_batch) for name, g in generators.items()}
+        self.closing = False
+
+    def names(self) -> tuple[str, ...]:
+        """The model names clients pass as ``model``."""
+        return tuple(self.workers)
+
+    def worker(self, name: Any) -> _Worker:
+        """The worker of model `name`, or a 404 naming the served ones."""
+        if name not in self.workers:
+            raise ModelNotFoundError(
+                f"model {name!r} is not served here; this server generates with: {', '.join(self.workers)}"
+            )
+        return self.workers[name]
+
+    async def submit(self, name: str, prompt: Any, options: GenerationOptions) -> _Pending:
+        """Check the prompt (one-line 400s happen here, not in the batch) and queue it."""
+        worker = self.worker(name)
+        if self.closing:
+            raise ServerClosingError("the server is shutting down; send the request to another replica")
+        _text, ids = worker.generator.encode(prompt)
+        worker.generator.check_length(ids)
+        limit = self.options.max_request_tokens
+        if len(ids) + options.max_new_tokens > limit:
+            raise BodyTooLargeError(
+                f"model '{name}': the prompt's {len(ids)} tokens plus max_tokens {options.max_new_tokens} are over "
+                f"the {limit}-token limit; shorten the prompt, lower max_tokens (or raise --max-request-tokens)"
+            )
+        if worker.waiting.qsize() >= self.options.batching.max_queue:
+            raise QueueFullError(
+                f"model '{name}' has {worker.waiting.qsize()} requests waiting (the limit is "
+                f"{self.options.batching.max_queue}, --max-queue); retry later"
+            )
+        pending = _Pending(prompt, options, asyncio.get_running_loop())
+        worker.waiting.put(pending)
+        return pending
+
+    def close(self) -> None:
+        """Stop the workers after their current batch."""
+        for worker in self.workers.values():
+            worker.close()
+
+    def abort(self) -> None:
+        """A forced shutdown: take no more requests, answer every waiting one 503 now, stop the workers."""
+        self.closing = True
+        for worker in self.workers.values():
+            while True:
+                try:
+                    pending = worker.waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if pending is not None:
+                    pending.emit(
+                        ServerClosingError("the server was stopped; send the request to another replica")
+                    )
+                    pending.emit(_DONE)
+            worker.close()
+
+
+def _error(exc: BaseException) -> JSONResponse:
+    status = status_for(exc)
+    message = str(exc) if isinstance(exc, EdgeError) else f"internal error: {type(exc).__name__}"
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    code = "model_not_found" if status == 404 else None
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
+
+
+def _number(body: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (kind is int and not isinstance(value, int))
+    ):
+        raise BadInputError(f"'{key}' must be a {kind.__name__}, got {value!r}")
+    return kind(value)
+
+
+def _options(service_worker: _Worker, body: Mapping[str, Any]) -> GenerationOptions:
+    """The request's settings over the model's defaults."""
+    if body.get("n", 1) != 1:
+        raise BadInputError("'n' must be 1 here; send several requests for several completions")
+    for unsupported in ("presence_penalty", "frequency_penalty", "logprobs", "best_of"):
+        if body.get(unsupported):
+            raise BadInputError(
+                f"'{unsupported}' is not supported by this server; drop it (repetition_penalty is)"
+            )
+    settings: dict[str, Any] = {
+        "max_new_tokens": _number(body, "max_completion_tokens", int) or _number(body, "max_tokens", int),
+        "top_p": _number(body, "top_p", float),
+        "top_k": _number(body, "top_k", int),
+        "repetition_penalty": _number(body, "repetition_penalty", float),
+        "seed": _number(body, "seed", int),
+    }
+    temperature = _number(body, "temperature", float)
+    if temperature is not None:
+        if temperature < 0:
+            raise BadInputError(f"'temperature' must be 0 (greedy) or more, got {temperature}")
+        settings["do_sample"] = temperature > 0
+        if temperature > 0:
+            settings["temperature"] = temperature
+    stop = body.get("stop")
+    if stop is not None:
+        settings["stop"] = (stop,) if isinstance(stop, str) else stop
+    return service_worker.generator.options(**settings)
+
+
+def _usage(generation: Generation) -> dict[str, int]:
+    prompt = generation.timings.prompt_tokens
+    completion = len(generation.token_ids)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _events(pending: _Pending) -> AsyncIterator[GenerationEvent]:
+    while True:
+        item = await pending.events.get()
+        if item is _DONE:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _sse(data: Any) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _json_body(request: Request, options: ServeOptions) -> dict[str, Any]:
+    raw = await _read_body(request, options.max_body_bytes, options.body_timeout_s)
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"request body is not JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise BadInputError("request body must be a JSON object")
+    return body
+
+
+def mount_openai(app: FastAPI, service: GenerationService) -> None:
+    """Add the ``/v1`` routes over `service` to `app`."""
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "edge-toolkit"}
+                for name in service.names()
+            ],
+        }
+
+    async def handle(request: Request, chat: bool) -> Response:
+        try:
+            body = await _json_body(request, service.options)
+            name = body.get("model")
+            worker = service.worker(name)
+            options = _options(worker, body)
+            if chat:
+                prompt: Any = body.get("messages")
+                if not isinstance(prompt, list):
+                    raise BadInputError('\'messages\' must be a list of {"role", "content"} objects')
+            else:
+                prompt = body.get("prompt")
+                if isinstance(prompt, list) and len(prompt) == 1:
+                    prompt = prompt[0]
+                if not isinstance(prompt, str):
+                    raise BadInputError("'prompt' must be a string (one prompt per request)")
+            pending = await service.submit(str(name), prompt, options)
+        except EdgeError as exc:
+            return _error(exc)
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        kind = "chat.completion" if chat else "text_completion"
+        if body.get("stream"):
+            return StreamingResponse(
+                _stream(
+                    pending,
+                    ident,
+                    created,
+                    str(name),
+                    chat,
+                    bool((body.get("stream_options") or {}).get("include_usage")),
+                ),
+                media_type="text/event-stream",
+            )
+        text: list[str] = []
+        generation: Generation | None = None
+        try:
+            async for event in _events(pending):
+                text.append(event.text)
+                if event.generation is not None:
+                    generation = event.generation
+        except Exception as exc:  # noqa: BLE001 - the worker's error (logged there) in OpenAI's shape
+            return _error(exc)
+        assert generation is not None
+        choice: dict[str, Any] = {"index": 0, "finish_reason": _FINISH[generation.finish_reason]}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": generation.text}
+        else:
+            choice.update(text=generation.text, logprobs=None)
+        return JSONResponse(
+            {
+                "id": ident,
+                "object": kind,
+                "created": created,
+                "model": name,
+                "choices": [choice],
+                "usage": _usage(generation),
+            }
+        )
+
+    async def triton_generate(request: Request, name: str, stream: bool) -> Response:
+        try:
+            body = await _json_body(request, service.options)
+            worker = service.worker(name)
+            parameters = body.get("parameters") or {}
+            if not isinstance(parameters, dict):
+                raise BadInputError("'parameters' must be a JSON object")
+            options = _options(worker, parameters)
+            prompt = body.get("text_input")
+            if not isinstance(prompt, str):
+                raise BadInputError("'text_input' must be a string")
+            pending = await service.submit(name, prompt, options)
+        except EdgeError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=status_for(exc))
+        version = worker.generator.runner.path.name
+        if stream:
+
+            async def events() -> AsyncIterator[str]:
+                try:
+                    async for event in _events(pending):
+                        if event.text or event.generation is not None:
+                            reply = {"model_name": name, "model_version": version, "text_output": event.text}
+                            if event.generation is not None:
+                                reply["finish_reason"] = _FINISH[event.generation.finish_reason]
+                            yield _sse(reply)
+                except Exception as exc:  # noqa: BLE001 - headers are sent: the error (logged by the worker) is an event
+                    yield _sse({"error": str(exc) if isinstance(exc, EdgeError) else type(exc).__name__})
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        generation: Generation | None = None
+        try:
+            async for event in _events(pending):
+                if event.generation is not None:
+                    generation = event.generation
+        except Exception as exc:  # noqa: BLE001 - the worker's error (logged there) as a JSON error
+            return JSONResponse({"error": str(exc)}, status_code=status_for(exc))
+        assert generation is not None
+        return JSONResponse(
+            {
+                "model_name": name,
+                "model_version": version,
+                "text_output": generation.text,
+                "finish_reason": _FINISH[generation.finish_reason],
+            }
+        )
+
+    @app.post("/v2/models/{name}/generate")
+    async def generate(request: Request, name: str) -> Response:
+        return await triton_generate(request, name, stream=False)
+
+    @app.post("/v2/models/{name}/generate_stream")
+    async def generate_stream(request: Request, name: str) -> Response:
+        return await triton_generate(request, name, stream=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await handle(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await handle(request, chat=True)
+
+
+async def _stream(
+    pending: _Pending, ident: str, created: int, name: str, chat: bool, include_usage: bool
+) -> AsyncIterator[str]:
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if text is not None:
+                delta["content"] = text
+            choice["delta"] = delta
+        else:
+            choice.update(text=text or "", logprobs=None)
+        return {"id": ident, "object": kind, "created": created, "model": name, "choices": [choice]}
+
+    if chat:
+        yield _sse(chunk("", None, first=True))
+    try:
+        async for event in _events(pending):
+            if event.text:
+                yield _sse(chunk(event.text, None))
+            if event.generation is not None:
+                yield _sse(chunk(None if chat else "", _FINISH[event.generation.finish_reason]))
+                if include_usage:
+                    yield _sse({**chunk(None, None), "choices": [], "usage": _usage(event.generation)})
+    except Exception as exc:  # noqa: BLE001 - headers are sent: the error (logged by the worker) is an event
+        message = str(exc) if isinstance(exc, EdgeError) else f"internal error: {type(exc).__name__}"
+        yield _sse({"error": {"message": message, "type": "server_error", "code": None}})
+    yield "data: [DONE]\n\n"
+
+
+def create_openai_app(service: GenerationService) -> FastAPI:
+    """A FastAPI app serving only the OpenAI-compatible routes (and a liveness probe), behind the service's
+    API key when it has one."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = FastAPI(title="edge-toolkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if service.options.api_key is not None:
+        app.middleware("http")(require_api_key(service.options.api_key))
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, Any]:
+        return {"live": True}
+
+    mount_openai(app, service)
+    return app
+
+
+def open_generators(
+    paths: Sequence[str | Path], load: LoadOptions
+) -> tuple[dict[str, TextGenerator], list[str | Path]]:
+    """The ``generate`` packages among `paths` as generators by name (the first of `load.variants` they have,
+    else fp32), and the other paths."""
+    generators: dict[str, TextGenerator] = {}
+    others: list[str | Path] = []
+    for path in paths:
+        package = ModelPackage.open(path)
+        if package.manifest.task != GENERATE_TASK:
+            others.append(path)
+            continue
+        if package.manifest.name in generators:
+            raise BadInputError(
+                f"several packages are named '{package.manifest.name}'; serve one of them, or rename one"
+            )
+        variant = next((v for v in load.variants if v in package.manifest.variants), FP32_VARIANT)
+        runner = Runner(package.model_path(variant), config=load.config, threads=load.threads)
+        generators[package.manifest.name] = TextGenerator(package, runner)
+    return generators, others
+
+
+@dataclass(frozen=True)
+class ServingApp:
+    """What `edge serve` (and each Ray replica) serves: the app, the tensor models' registry, the generators."""
+
+    app: FastAPI
+    registry: ModelRegistry | None
+    generators: Mapping[str, TextGenerator]
+    service: GenerationService | None = None
+
+    def abort(self) -> None:
+        """A forced shutdown of everything served: waiting requests are answered 503 now."""
+        if self.registry is not None:
+            self.app.state.edge.abort()
+        if self.service is not None:
+            self.service.abort()
+
+
+def build_serving_app(paths: Sequence[str | Path], load: LoadOptions, options: ServeOptions) -> ServingApp:
+    """Generate packages behind the OpenAI-compatible and Triton generate routes, every other package behind
+    the KServe v2 app (`create_app`); one app for both when both are given."""
+    from toolkit.serve.app import create_app
+
+    generators, others = open_generators(paths, load)
+    registry = ModelRegistry.load(others, load) if others else None
+    service = GenerationService(generators, options) if generators else None
+    if registry is None:
+        if service is None:
+            raise BadInputError("no models to serve; pass at least one model package directory")
+        return ServingApp(create_openai_app(service), None, generators, service)
+    app = create_app(registry, options)
+    if service is not None:
+        mount_openai(app, service)
+    return ServingApp(app, registry, generators, service)

@@ -1,0 +1,217 @@
+"""``generate``: text generation with a causal LM and its KV cache (issue 15).
+
+The task owns the manifest's ``generation`` section, its samples (one prompt pass per sentence with an empty
+cache, for held-out accuracy and calibration; one decode step over a full cache for timing), its accuracy
+metric and how ``edge run --prompt`` prints. The pipeline, `toolkit.generation.TextGenerator`, runs its own
+decoding loop (`toolkit.generation.decode`); it is `PIPELINE` here, imported on first use because it imports
+this module.
+
+The metric (``next_token_agreement``): one prompt pass gives the next-token distribution at every position,
+so each held-out sentence yields as many predictions as it has tokens; agreement counts positions where the
+variant's most likely next token is fp32's, and the perplexity ratio is exp of the mean negative
+log-likelihood of the sentences' actual next tokens, variant over fp32 (1.0 = no loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from toolkit.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
+from toolkit.errors import BadModelError
+from toolkit.manifest import GenerationSpec, ModelPackage, OutputCheck
+from toolkit.tasks.base import Feeds, Task
+from toolkit.tasks.modality import CALIBRATION_SEED, PURPOSE_SEEDS, TextModality
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from toolkit.generation.generator import TextGenerator
+
+__all__ = ["PIPELINE", "TASK", "GenerateTask"]
+
+
+class GenerateTask(Task[TextModality]):
+    """A decoder with past/present KV cache inputs and outputs, and the package's tokenizer."""
+
+    name = "generate"
+    modality = TextModality
+    metric = "next_token_agreement"
+    preferred_output = "logits"
+    source_hint = " from a causal LM directory (a *ForCausalLM model) with its tokenizer.json"
+    run_input = "prompt"
+
+    @classmethod
+    def accepts(cls, package: ModelPackage) -> bool:
+        """A text section and a generation section."""
+        return super().accepts(package) and package.manifest.generation is not None
+
+    @property
+    def spec(self) -> GenerationSpec:
+        """The manifest's generation section (a BadModelError when it has none)."""
+        spec = self.manifest.generation
+        if spec is None:
+            raise BadModelError(
+                f"package '{self.package.path}' has no generation section; re-create it{self.source_hint} "
+                "with `edge convert`"
+            )
+        return spec
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        """The package's tokenizer (``tokenizers``), without padding or truncation."""
+        from tokenizers import Tokenizer
+
+        path = self.package.asset(self.data.pre.tokenizer, "tokenizer")
+        if not path.is_file():
+            raise BadModelError(
+                f"package '{self.package.path}' has no {path.name}; re-create it with `edge convert`"
+            )
+        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
+
+    # -- samples ---------------------------------------------------------------------------------------
+
+    def empty_past(self, batch: int, length: int) -> Feeds:
+        """Zero past key/value feeds of `length` positions for `batch` rows."""
+        spec = self.spec
+        shape = (batch, spec.kv_heads, length, spec.head_dim)
+        return {
+            spec.past_input.format(layer=layer, kind=kind): np.zeros(shape, dtype=spec.cache_dtype)
+            for layer in range(spec.layers)
+            for kind in ("key", "value")
+        }
+
+    def prompt_feeds(self, ids: Sequence[int]) -> Feeds:
+        """One prompt pass over `ids` with an empty cache, batch 1."""
+        length = len(ids)
+        feeds = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, length), dtype=np.int64),
+            **self.empty_past(1, 0),
+        }
+        if self.spec.position_ids:
+            feeds["position_ids"] = np.arange(length, dtype=np.int64)[None]
+        return feeds
+
+    def text_samples(self, texts: Sequence[str]) -> list[Feeds]:
+        """One prompt pass per text (at least 2 tokens, capped at the model's positions)."""
+        feeds = []
+        for text in texts:
+            ids = self.tokenizer.encode(text).ids[: self.spec.max_positions]
+            if len(ids) >= 2:
+                feeds.append(self.prompt_feeds(ids))
+        return feeds
+
+    def samples(self, purpose: str, count: int | None, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
+        """Prompt passes over the held-out sentences (minus `exclude_texts`) or the calibration ones."""
+        if PURPOSE_SEEDS.get(purpose) == CALIBRATION_SEED:
+            return self.text_samples(CALIBRATION_SENTENCES[:count])
+        excluded = set(exclude_texts)
+        return self.text_samples([t for t in HELD_OUT_SENTENCES if t not in excluded][:count])
+
+    def timing_feeds(self, batch: int = 1, seq: int = 128) -> Feeds:
+        """One decode step: a token per row on top of a cache of `seq` - 1 positions (what generation repeats)."""
+        spec = self.spec
+        past = min(seq, spec.max_positions) - 1
+        feeds = {
+            "input_ids": np.full((batch, 1), spec.bos_token_id or 0, dtype=np.int64),
+            "attention_mask": np.ones((batch, past + 1), dtype=np.int64),
+            **self.empty_past(batch, past),
+        }
+        if spec.position_ids:
+            feeds["position_ids"] = np.full((batch, 1), past, dtype=np.int64)
+        return feeds
+
+    # -- accuracy --------------------------------------------------------------------------------------
+
+    def next_token_agreement(
+        self,
+        got: Sequence[Mapping[str, np.ndarray]],
+        wanted: Sequence[Mapping[str, np.ndarray]],
+        feeds: Sequence[Mapping[str, np.ndarray]],
+    ) -> tuple[float, float, dict[str, float], OutputCheck]:
+        """(agreement, worst sentence's agreement, details, logits check) of the variant's prompt-pass outputs
+        `got` against fp32's `wanted` on the prompt `feeds`."""
+        agree = total = 0
+        worst = 1.0
+        nll_ref: list[float] = []
+        nll_var: list[float] = []
+        max_diff = 0.0
+        mean_diffs = []
+        for feed, out, want in zip(feeds, got, wanted, strict=True):
+            variant = np.asarray(out["logits"])[0]
+            ref = np.asarray(want["logits"])[0]
+            same = variant.argmax(-1) == ref.argmax(-1)
+            agree += int(same.sum())
+            total += same.size
+            worst = min(worst, float(same.mean()))
+            targets = feed["input_ids"][0, 1:]
+            positions = np.arange(targets.size)
+            nll_ref.extend(-_log_softmax(ref[:-1])[positions, targets])
+            nll_var.extend(-_log_softmax(variant[:-1])[positions, targets])
+            diff = np.abs(variant.astype(np.float64) - ref)
+            max_diff = max(max_diff, float(diff.max()))
+            mean_diffs.append(float(diff.mean()))
+        agreement = agree / max(total, 1)
+        ppl_ref = float(np.exp(np.mean(nll_ref)))
+        ppl_var = float(np.exp(np.mean(nll_var)))
+        details = {
+            "top1_agreement": round(agreement, 6),
+            "perplexity_fp32": round(ppl_ref, 4),
+            "perplexity_variant": round(ppl_var, 4),
+            "perplexity_ratio": round(ppl_var / ppl_ref, 6),
+            "max_logit_diff": round(max_diff, 6),
+            "positions": float(total),
+        }
+        check = OutputCheck("logits", round(max_diff, 6), round(float(np.mean(mean_diffs)), 6), True)
+        return agreement, worst, details, check
+
+    # -- `edge run --prompt` -------------------------------------------------------------------------
+
+    def run_lines(self, items: Sequence[str], results: Sequence[Any]) -> list[str]:
+        """Each generation's text and a timing line (the prompt first when there are several)."""
+        lines: list[str] = []
+        for generation in results:
+            if len(results) > 1:
+                lines.append(f"--- {generation.prompt!r}")
+            lines.extend((generation.text, self.timing_line(generation)))
+        return lines
+
+    def timing_line(self, generation: Any) -> str:
+        """``[eos] 7 prompt tokens, prefill 3.1 ms, first token 3.4 ms, 6 new tokens at 210.0 tok/s``."""
+        t = generation.timings
+        return (
+            f"[{generation.finish_reason}] {t.prompt_tokens} prompt tokens, prefill {t.prefill_ms:.1f} ms, "
+            f"first token {t.first_token_ms:.1f} ms, {t.new_tokens} new tokens at {t.decode_tokens_per_s:.1f} tok/s"
+        )
+
+    def run_json(self, results: Sequence[Any]) -> dict[str, Any]:
+        """``generations``: one result per prompt."""
+        return {"generations": list(results)}
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return np.asarray(shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)))
+
+
+TASK = GenerateTask
+
+
+def __getattr__(name: str) -> Any:
+    """``PIPELINE`` (`TextGenerator`), imported on first use: its module imports this one."""
+    if name == "PIPELINE":
+        from toolkit.generation.generator import TextGenerator
+
+        return TextGenerator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    PIPELINE = TextGenerator

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from gpu_support import needs
+from serve_process import start_serve
 
 from converters.recipes import list_recipes
 from toolkit.cli import edge
@@ -379,26 +380,12 @@ def test_auto_quantize_under_a_budget_works_for_a_generator(llama_copy: Path) ->
 @pytest.fixture(scope="module")
 def openai_server(lm_packages: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
     """`edge serve` on the Llama and Qwen2 packages (batches of up to 8 requests), as a subprocess."""
-    import subprocess
-    import sys
-    import time
-
-    folder = tmp_path_factory.mktemp("openai-serve")
-    out, err = folder / "stdout.txt", folder / "stderr.txt"
-    command = [sys.executable, "-c", "from toolkit.cli import main; main()", "serve"]
-    command += [str(lm_packages["llama"]), str(lm_packages["qwen2"]), "--port", "0", "--threads", "1"]
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+    packages = [lm_packages["llama"], lm_packages["qwen2"]]
+    served = start_serve(packages, ["--threads", "1"], tmp_path_factory.mktemp("openai-serve"))
     try:
-        deadline = time.monotonic() + 120
-        while "serving on " not in out.read_text(encoding="utf-8"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"edge serve did not start: {err.read_text(encoding='utf-8')}")
-            time.sleep(0.1)
-        yield out.read_text(encoding="utf-8").split("serving on ", 1)[1].split()[0]
+        yield served.url
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        served.stop()
 
 
 def _client(url: str) -> Any:

@@ -25,7 +25,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.serve_process import ServeProcess, start_serve
 from toolkit import Runner, TextEmbedding, load
 from toolkit.atomic import owner_prefix, remove_stale, staging_directory
 from toolkit.cli import edge
@@ -430,27 +430,7 @@ def test_sigterm_during_convert_force_leaves_no_staging(
 # -- the server ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Served:
-    """A running `edge serve` process."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-    context: ssl.SSLContext | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(timeout=10)
+Served = ServeProcess
 
 
 def _start(
@@ -460,22 +440,7 @@ def _start(
     env: dict[str, str] | None = None,
     context: ssl.SSLContext | None = None,
 ) -> Served:
-    folder.mkdir(parents=True, exist_ok=True)
-    out, err = folder / "stdout.txt", folder / "stderr.txt"
-    command = [sys.executable, "-c", "from toolkit.cli import main; main()", "serve"]
-    command += [str(p) for p in packages] + ["--port", "0", "--threads", "1", *args]
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env={**os.environ, **(env or {})})
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        text = out.read_text(encoding="utf-8")
-        if "serving on " in text:
-            return Served(process, text.split("serving on ", 1)[1].split()[0], err, context)
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"edge serve did not start: {err.read_text(encoding='utf-8')}")
+    return start_serve(packages, ["--threads", "1", *args], folder, env, context)
 
 
 @contextlib.contextmanager

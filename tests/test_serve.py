@@ -21,7 +21,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import tritonclient.http as triton
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.serve_process import ServeProcess, start_serve
 from toolkit import Runner
 from toolkit.cli import edge
 from toolkit.manifest import ModelPackage
@@ -60,47 +60,13 @@ SENTENCES = [
 # -- the server subprocess ----------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    """A running `edge serve` process and its base URL."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    @property
-    def address(self) -> str:
-        return self.url.removeprefix("http://")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(timeout=10)
+Server = ServeProcess
 
 
 def _start(packages: Sequence[Path], args: Sequence[str], folder: Path) -> Server:
-    out, err = folder / "stdout.txt", folder / "stderr.txt"
-    command = [sys.executable, "-c", "from toolkit.cli import main; main()", "serve"]
-    command += [str(p) for p in packages] + ["--port", "0", *args]
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        text = out.read_text(encoding="utf-8")
-        if "serving on " in text:
-            url = text.split("serving on ", 1)[1].split()[0]
-            server = Server(process, url, err)
-            assert _get(server, "/v2/health/ready")[0] == 200
-            return server
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"edge serve did not start: {err.read_text(encoding='utf-8')}")
+    server = start_serve(packages, args, folder)
+    assert _get(server, "/v2/health/ready")[0] == 200
+    return server
 
 
 @contextlib.contextmanager

@@ -159,7 +159,7 @@ def convert(
     family = "torch" if resolved.torch is not None else "onnx" if resolved.onnx is not None else "hf"
     _check_options(family, options, source)
     atol = options.atol if options.atol is not None else (resolved.recipe.atol if resolved.recipe else 1e-4)
-    # --- issue 15: a causal LM exports with its KV cache and validates over cached decode steps
+    # --- a causal LM exports with its KV cache and validates over cached decode steps
     if family == "hf" and _generates(resolved, options):
         from converters.causal_lm import convert_causal_lm
 
@@ -240,7 +240,7 @@ def _fits_batch(feeds: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...])
 
 
 def _generates(resolved: ResolvedSource, options: ConvertOptions) -> bool:
-    """Whether the Hugging Face source converts as a generator (issue 15)."""
+    """Whether the Hugging Face source converts as a generator."""
     requested = options.task or (resolved.recipe.task if resolved.recipe else None)
     return detect_task(resolved.model_dir, requested).name == "generate"
 

@@ -61,7 +61,7 @@ TASKS: dict[str, HfTask] = {
         HfTask("image-text", "zero-shot-image-classification", "image"),
         HfTask("audio-features", "feature-extraction", "audio"),
         HfTask("audio-classify", "audio-classification", "audio", has_labels=True),
-        HfTask("generate", "text-generation-with-past", "text"),  # issue 15: converters/causal_lm.py
+        HfTask("generate", "text-generation-with-past", "text"),  # converters/causal_lm.py
     )
 }
 # optimum task name -> ours; where several of ours export as one optimum task, the first listed wins.
@@ -79,7 +79,7 @@ _ARCHITECTURE_TASKS = (
     ("ForObjectDetection", "detect"),
     ("CLIPModel", "image-text"),
     ("SiglipModel", "image-text"),
-    ("ForCausalLM", "generate"),  # issue 15
+    ("ForCausalLM", "generate"),
     ("LMHeadModel", "generate"),  # GPT-2 and kin (before "Model")
     ("Model", "features"),
 )
@@ -97,7 +97,7 @@ _SENTENCE_TRANSFORMERS_FILES = (
     "config_sentence_transformers.json",
 )
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-_GENERATION_FILES = ("generation_config.json", "chat_template.jinja")  # issue 15
+_GENERATION_FILES = ("generation_config.json", "chat_template.jinja")
 _IMAGE_FILES = ("preprocessor_config.json",)
 _POOLING_MODES = {
     "pooling_mode_cls_token": "cls",

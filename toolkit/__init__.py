@@ -4,7 +4,7 @@ This package imports neither torch nor transformers; converting models lives in 
 """
 
 from toolkit.errors import BadInputError, BadModelError, EdgeError, ExportError, ProviderUnavailableError
-from toolkit.generation import Generation, TextGenerator  # issue 15
+from toolkit.generation import Generation, TextGenerator
 from toolkit.manifest import Manifest, ModelPackage, TensorSpec, Variant
 from toolkit.pipelines import (
     AudioClassifier,

@@ -198,7 +198,7 @@ def section_of(preprocessing: Preprocessing | None, kind: type[_Section]) -> _Se
     return preprocessing if isinstance(preprocessing, kind) else None
 
 
-# --- generation contract (issue 15) ---------------------------------------------------------------------
+# --- generation contract ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class GenerationSpec:
     """What a generator needs beyond the graph: the KV cache layout, the positions, special ids, chat template.
@@ -250,7 +250,7 @@ class Manifest:
     labels: tuple[str, ...] | None = None
     exporter: Mapping[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
-    generation: GenerationSpec | None = None  # generators only (issue 15)
+    generation: GenerationSpec | None = None  # generators only
 
     def variant(self, name: str) -> Variant:
         """The variant called `name`, or a BadInputError listing the ones that exist."""
@@ -279,7 +279,7 @@ class Manifest:
             for name in sorted(self.variants, key=lambda n: (n != FP32_VARIANT, n))
         }
         if data["generation"] is None:
-            del data["generation"]  # only generators carry one (issue 15)
+            del data["generation"]  # only generators carry one
         ordered = {"format": data.pop("format"), **data}
         return json.dumps(ordered, indent=2) + "\n"
 
@@ -394,7 +394,7 @@ def _manifest_from_dict(data: Mapping[str, Any]) -> Manifest:
         labels=tuple(labels) if labels is not None else None,
         exporter=data.get("exporter", {}),
         format=int(data["format"]),
-        generation=_generation(data.get("generation")),  # issue 15
+        generation=_generation(data.get("generation")),
     )
 
 
@@ -587,7 +587,7 @@ def check_manifest(manifest: Manifest, origin: str) -> None:
 
 
 def _check_generation(origin: str, spec: GenerationSpec | None) -> None:
-    """The generation section's fields (issue 15): sizes positive, ids integers, names with their placeholders."""
+    """The generation section's fields: sizes positive, ids integers, names with their placeholders."""
     if spec is None:
         return
     for name in ("layers", "kv_heads", "head_dim", "max_positions"):

@@ -240,7 +240,7 @@ def quantize_auto(
                 replace(base, blockwise=(*options.blockwise, "MatMul"), op_types=("Gather",)),
             ),
         ]
-        if package.manifest.generation is not None:  # issue 15: weight-only int4 is the LM candidate
+        if package.manifest.generation is not None:  # weight-only int4 is the LM candidate
             plans.append(_Plan("int4 block 32", "int4", replace(base, block_size=32)))
         candidates: list[Candidate] = []
         staged: dict[str, Path] = {}

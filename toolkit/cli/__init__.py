@@ -41,7 +41,7 @@ for command in (
     doctor_command,
     export_group,
     serve_command,
-    chat_command,  # issue 15
+    chat_command,
 ):
     edge.add_command(command)
 

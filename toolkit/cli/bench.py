@@ -253,7 +253,7 @@ def bench_command(
         raise BadInputError(
             "missing TARGET: pass a model package directory or an .onnx file (or --compare A.json B.json)"
         )
-    # --- issue 15: a generate package is timed by TTFT and decode tokens/s (toolkit/cli/generate.py)
+    # --- a generate package is timed by TTFT and decode tokens/s (toolkit/cli/generate.py)
     from toolkit.cli.generate import bench_generator, is_generator_package
 
     if is_generator_package(target):

@@ -299,7 +299,7 @@ def serve_command(
         if not as_json:
             console.print(f"stopped ({stopped}); the Ray Serve application was removed")
         return
-    # --- issue 15: generate packages serve OpenAI-compatible /v1 routes (toolkit/serve/openai_api.py)
+    # --- generate packages serve OpenAI-compatible /v1 routes (toolkit/serve/openai_api.py)
     from toolkit.cli.generate import generator_ready_lines
 
     with progress(not as_json) as say:

@@ -1,4 +1,4 @@
-"""OpenAI-compatible text generation (issue 15): ``/v1/completions`` and ``/v1/chat/completions``, streamed as
+"""OpenAI-compatible text generation: ``/v1/completions`` and ``/v1/chat/completions``, streamed as
 server-sent events, over ``generate`` packages.
 
 ::

@@ -111,7 +111,7 @@ def require_ray() -> None:
 
 
 def _build_asgi_app(paths: tuple[str, ...], load: LoadOptions, options: ServeOptions) -> Any:
-    """Runs on each replica: its own registry, sessions and batcher (and generators, issue 15)."""
+    """Runs on each replica: its own registry, sessions and batcher (and generators)."""
     from toolkit.serve.openai_api import build_serving_app
 
     return build_serving_app(paths, load, options).app

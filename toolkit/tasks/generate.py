@@ -1,4 +1,4 @@
-"""``generate``: text generation with a causal LM and its KV cache (issue 15).
+"""``generate``: text generation with a causal LM and its KV cache.
 
 The task owns the manifest's ``generation`` section, its samples (one prompt pass per sentence with an empty
 cache, for held-out accuracy and calibration; one decode step over a full cache for timing), its accuracy

@@ -115,7 +115,11 @@ def seq2seq_spec(package_dir: Path, task: str, model: Any, layers: int) -> Seq2S
         begin_suppress_tokens=_ids(generation.get("begin_suppress_tokens")),
         forced_bos_token_id=generation.get("forced_bos_token_id"),
         forced_eos_token_id=generation.get("forced_eos_token_id"),
-        defaults={k: generation[k] for k in _DEFAULT_KEYS if generation.get(k) is not None},
+        # without a max_length of its own, transformers generates its default 20 new tokens after the start
+        defaults={
+            **({} if generation.get("max_length") is not None else {"max_new_tokens": 20}),
+            **{k: generation[k] for k in _DEFAULT_KEYS if generation.get(k) is not None},
+        },
         languages=languages,
         tasks=tasks,
         no_timestamps_token_id=generation.get("no_timestamps_token_id"),

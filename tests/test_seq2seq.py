@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from converters.recipes import list_recipes
 from toolkit.cli import edge
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage
@@ -51,7 +52,9 @@ def _bpe(special: list[str], vocab: int = 300) -> Any:
     return tokenizer
 
 
-def _whisper_source(folder: Path) -> Path:
+def _whisper_source(
+    folder: Path, config_kwargs: dict[str, Any] | None = None, multilingual: bool = True
+) -> Path:
     import torch
     from transformers import (
         GenerationConfig,
@@ -67,18 +70,21 @@ def _whisper_source(folder: Path) -> Path:
     tokenizer.add_special_tokens({"additional_special_tokens": WHISPER_SPECIAL[1:]})
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIAL}
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    sizes = config_kwargs or {
+        "d_model": 32,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "num_mel_bins": 80,
+        "max_source_positions": 1500,
+        "max_target_positions": 64,
+    }
     config = WhisperConfig(
         vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        num_mel_bins=80,
-        max_source_positions=1500,
-        max_target_positions=64,
+        **sizes,
         decoder_start_token_id=sot,
         pad_token_id=eot,
         eos_token_id=eot,
@@ -95,10 +101,12 @@ def _whisper_source(folder: Path) -> Path:
         bos_token_id=eot,
         begin_suppress_tokens=[eot],
         suppress_tokens=[ids["<|startoflm|>"]],
-        lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES},
-        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES} if multilingual else None,
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
+        if multilingual
+        else None,
         no_timestamps_token_id=ids["<|notimestamps|>"],
-        is_multilingual=True,
+        is_multilingual=multilingual,
         max_initial_timestamp_index=50,
         max_length=64,
     )
@@ -108,7 +116,9 @@ def _whisper_source(folder: Path) -> Path:
     return folder
 
 
-def _text_source(kind: str, folder: Path) -> Path:
+def _text_source(
+    kind: str, folder: Path, recipe_model: tuple[str, str, dict[str, Any]] | None = None
+) -> Path:
     import torch
     import transformers as tf
 
@@ -127,7 +137,12 @@ def _text_source(kind: str, folder: Path) -> Path:
     vocab = len(tokenizer)
     torch.manual_seed(0)
     common = {"vocab_size": vocab, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
-    if kind == "t5":
+    if recipe_model is not None:
+        model_name, config_name, kwargs = recipe_model
+        # the toy vocabulary's eos is 1: force that one at the length limit (BART and Marian default to 2 and 0)
+        forced = {"forced_eos_token_id": 1, "forced_bos_token_id": None}
+        model = getattr(tf, model_name)(getattr(tf, config_name)(**{**common, **forced, **kwargs}))
+    elif kind == "t5":
         model = tf.T5ForConditionalGeneration(
             tf.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, **common)
         )
@@ -164,8 +179,9 @@ def _text_source(kind: str, folder: Path) -> Path:
             )
         )
     model.eval()
-    model.generation_config.max_length = 24
-    model.generation_config.no_repeat_ngram_size = 3 if kind == "bart" else 0
+    if recipe_model is None:
+        model.generation_config.max_length = 24
+        model.generation_config.no_repeat_ngram_size = 3 if kind == "bart" else 0
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -239,7 +255,7 @@ def test_packages_record_the_decoder_contract_and_validate(s2s_packages: dict[st
     assert ModelPackage.open(s2s_packages["bart"]).manifest.task == "text2text"
 
 
-def _whisper_reference(source: Path, audio: np.ndarray, beams: int, language: str) -> list[int]:
+def _whisper_reference(source: Path, audio: np.ndarray, beams: int, language: str | None) -> list[int]:
     """transformers' decoding of the short-form prompt Whisper's ``generate`` builds (start, language, task,
     no-timestamps) with the model's suppressed tokens: `GenerationMixin.generate`, which Whisper's own
     ``generate`` calls for one 30 s window."""
@@ -251,12 +267,10 @@ def _whisper_reference(source: Path, audio: np.ndarray, beams: int, language: st
     features = WhisperFeatureExtractor.from_pretrained(source)(
         audio, sampling_rate=16000, return_tensors="pt"
     )
-    prompt = [
-        config.decoder_start_token_id,
-        config.lang_to_id[f"<|{language}|>"],
-        config.task_to_id["transcribe"],
-        config.no_timestamps_token_id,
-    ]
+    prompt = [config.decoder_start_token_id]
+    if language is not None:
+        prompt += [config.lang_to_id[f"<|{language}|>"], config.task_to_id["transcribe"]]
+    prompt.append(config.no_timestamps_token_id)
     with torch.inference_mode():
         out = GenerationMixin.generate(
             model,
@@ -415,3 +429,41 @@ def test_a_malformed_seq2seq_section_is_a_bad_model_error(
     (copy / "edge.json").write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(BadModelError, match=r"seq2seq\.eos_token_ids"):
         ModelPackage.open(copy)
+
+
+SEQ2SEQ_RECIPES = sorted(r.name for r in list_recipes() if r.task in ("transcribe", "text2text"))
+
+
+@pytest.mark.parametrize("name", SEQ2SEQ_RECIPES)
+def test_recipe_offline_stand_in_converts_and_matches_transformers(name: str, tmp_path: Path) -> None:
+    from converters import ConvertOptions, convert
+    from converters.recipes import load_recipe
+    from toolkit import Seq2SeqGenerator, SpeechRecognizer
+
+    recipe = load_recipe(name)
+    assert recipe.offline is not None
+    kwargs = dict(recipe.offline.config_kwargs)
+    source = tmp_path / "hf"
+    if recipe.task == "transcribe":
+        multilingual = not name.endswith(".en")
+        _whisper_source(source, kwargs, multilingual=multilingual)
+    else:
+        _text_source(name, source, (recipe.offline.model, recipe.offline.config, kwargs))
+    package = convert(str(source), tmp_path / "package", ConvertOptions(recipe=name))
+    manifest = package.manifest
+    assert (manifest.name, manifest.task, manifest.source.recipe) == (name, recipe.task, name)
+    validation = manifest.variants["fp32"].validation
+    assert validation is not None
+    assert validation.passed
+    assert validation.threshold == recipe.atol
+    if recipe.task == "transcribe":
+        language = "en" if multilingual else None
+        audio = _speech(1.5)
+        got = SpeechRecognizer.load(package.path, providers="cpu").transcribe(
+            [audio], language=language, max_new_tokens=10
+        )
+        assert list(got[0].token_ids) == _whisper_reference(source, audio, 1, language)[:10]
+    else:
+        beams = int(kwargs.get("num_beams", 1))
+        generator = Seq2SeqGenerator.load(package.path, providers="cpu")
+        assert list(generator.generate([CORPUS[1]])[0].token_ids) == _text_reference(source, CORPUS[1], beams)

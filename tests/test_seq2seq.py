@@ -467,3 +467,33 @@ def test_recipe_offline_stand_in_converts_and_matches_transformers(name: str, tm
         beams = int(kwargs.get("num_beams", 1))
         generator = Seq2SeqGenerator.load(package.path, providers="cpu")
         assert list(generator.generate([CORPUS[1]])[0].token_ids) == _text_reference(source, CORPUS[1], beams)
+
+
+@pytest.mark.parametrize(("kind", "method"), [("whisper", "dynamic-int8"), ("t5", "int4")])
+def test_quantized_encoder_decoders_report_token_agreement(
+    kind: str, method: str, s2s_packages: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    import toolkit
+    from converters import quantize
+
+    copy = tmp_path / kind
+    shutil.copytree(s2s_packages[kind], copy)
+    result = quantize(copy, method)
+    variant = result.variant
+    assert variant is not None
+    assert variant.validation is not None
+    assert variant.validation.metric == "token_agreement"
+    assert 0.0 <= variant.validation.value <= 1.0
+    for name in ("model", "decoder", "decoder_with_past"):
+        assert (copy / f"{name}.{variant.name}.onnx").is_file()
+    checks = {c.name for c in variant.validation.outputs}
+    assert ("wer_vs_fp32" in checks) == (kind == "whisper")
+    pipeline: Any = toolkit.load(copy, "cpu", variant=variant.name)
+    sample = [_speech(1.0)] if kind == "whisper" else [CORPUS[0]]
+    run = pipeline.transcribe if kind == "whisper" else pipeline.generate
+    assert run(sample, max_new_tokens=4)[0].token_ids
+    result = CliRunner().invoke(edge, ["quantize", str(copy), "--method", "static-int8"])
+    assert result.exit_code == 2
+    assert "does not apply to encoder-decoder packages" in result.output

@@ -497,3 +497,12 @@ def test_quantized_encoder_decoders_report_token_agreement(
     result = CliRunner().invoke(edge, ["quantize", str(copy), "--method", "static-int8"])
     assert result.exit_code == 2
     assert "does not apply to encoder-decoder packages" in result.output
+
+
+def test_edge_bench_reports_the_real_time_factor_of_a_speech_package(s2s_packages: dict[str, Path]) -> None:
+    result = CliRunner().invoke(edge, ["bench", str(s2s_packages["whisper"]), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output[: result.output.rindex("]") + 1])
+    assert [row["variant"] for row in rows] == ["fp32"]
+    assert rows[0]["rtf"] > 0
+    assert rows[0]["clip_seconds"] == 10.0

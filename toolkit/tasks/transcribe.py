@@ -28,7 +28,16 @@ from toolkit.tasks.modality import PURPOSE_SEEDS, AudioModality, synthetic_wavef
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["PIPELINE", "TASK", "Segment", "SpeechRecognizer", "TranscribeTask", "Transcript"]
+__all__ = [
+    "PIPELINE",
+    "TASK",
+    "RealTimeFactor",
+    "Segment",
+    "SpeechRecognizer",
+    "TranscribeTask",
+    "Transcript",
+    "real_time_factor",
+]
 
 TIME_PRECISION = 0.02  # seconds per timestamp token
 
@@ -255,6 +264,47 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
     def run_items(self, items: Sequence[Any]) -> list[Any]:
         """Transcripts of the WAV files (`edge run --audio`)."""
         return self.transcribe(items)
+
+
+@dataclass(frozen=True)
+class RealTimeFactor:
+    """Transcription speed: median wall seconds per clip over the clip's length (below 1: faster than real time)."""
+
+    variant: str
+    clip_seconds: float
+    median_seconds: float
+    runs: int
+    new_tokens: int
+
+    @property
+    def rtf(self) -> float:
+        """Median seconds of work per second of audio."""
+        return self.median_seconds / self.clip_seconds
+
+
+def real_time_factor(
+    recognizer: SpeechRecognizer,
+    variant: str,
+    clip_seconds: float = 10.0,
+    runs: int = 3,
+    new_tokens: int = 32,
+) -> RealTimeFactor:
+    """Time `runs` transcriptions (after one warm-up) of a speech-like clip of `clip_seconds`, greedy, English when
+    the model has languages, at most `new_tokens` new tokens."""
+    import time
+
+    rate = recognizer.task.features.sampling_rate
+    clip = (0.1 * synthetic_waveform(int(clip_seconds * rate), rate, np.random.default_rng(7))).astype(
+        np.float32
+    )
+    language = "en" if "en" in recognizer.spec.languages else None
+    recognizer.transcribe([clip], language=language, max_new_tokens=new_tokens, num_beams=1)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        recognizer.transcribe([clip], language=language, max_new_tokens=new_tokens, num_beams=1)
+        times.append(time.perf_counter() - started)
+    return RealTimeFactor(variant, clip_seconds, float(np.median(times)), runs, new_tokens)
 
 
 TASK = TranscribeTask

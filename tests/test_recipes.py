@@ -312,7 +312,7 @@ def test_unknown_recipe_option_lists_the_known(offline_dir: Callable[[str], Path
         edge, ["convert", str(offline_dir("vit")), "--recipe", "vitt", "-o", str(tmp_path / "o")]
     )
     assert result.exit_code == 2
-    assert "unknown recipe 'vitt' (known: bert-ner," in result.output
+    assert "unknown recipe 'vitt' (known: bart-large-cnn, bert-ner," in result.output
     assert load_recipe("vit").source.hub == "google/vit-base-patch16-224"
 
 

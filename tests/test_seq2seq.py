@@ -65,8 +65,9 @@ def _whisper_source(
     )
 
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_bpe(WHISPER_SPECIAL), eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+        tokenizer_object=_bpe(WHISPER_SPECIAL[:-17]), eos_token="<|endoftext|>", pad_token="<|endoftext|>"
     )
+    # <|notimestamps|> and the timestamps come last, as in Whisper's vocabulary (timestamps are its top ids)
     tokenizer.add_special_tokens({"additional_special_tokens": WHISPER_SPECIAL[1:]})
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIAL}
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
@@ -506,3 +507,36 @@ def test_edge_bench_reports_the_real_time_factor_of_a_speech_package(s2s_package
     assert [row["variant"] for row in rows] == ["fp32"]
     assert rows[0]["rtf"] > 0
     assert rows[0]["clip_seconds"] == 10.0
+
+
+def test_timestamp_tokens_split_the_transcript_into_segments(s2s_packages: dict[str, Path]) -> None:
+    from toolkit import SpeechRecognizer
+
+    recognizer = SpeechRecognizer.load(s2s_packages["whisper"], providers="cpu")
+    spec = recognizer.spec
+    assert spec.no_timestamps_token_id is not None
+    begin = spec.no_timestamps_token_id + 1
+    words = recognizer.tokenizer.encode("the quick brown fox").ids
+    ids = [begin, *words[:2], begin + 5, begin + 5, *words[2:], begin + 12, spec.eos_token_ids[0]]
+    segments = recognizer._segments(ids, offset=30.0)
+    assert [(s.start, s.end) for s in segments] == [
+        (30.0, pytest.approx(30.1)),
+        (pytest.approx(30.1), pytest.approx(30.24)),
+    ]
+    assert [s.text for s in segments] == [recognizer._text(words[:2]), recognizer._text(words[2:])]
+    prompt = recognizer._prompt("en", "transcribe", timestamps=True)
+    assert spec.no_timestamps_token_id not in prompt
+    assert prompt[-1] == spec.tasks["transcribe"]
+
+
+def test_edge_run_timestamps_needs_a_speech_package(s2s_packages: dict[str, Path], tmp_path: Path) -> None:
+    clip = _write_wav(tmp_path / "clip.wav", _speech(1.0), 16000)
+    runner = CliRunner()
+    ok = runner.invoke(
+        edge, ["run", str(s2s_packages["whisper"]), "--audio", str(clip), "--timestamps", "--json"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["transcripts"][0]["segments"]
+    bad = runner.invoke(edge, ["run", str(s2s_packages["bart"]), "--text", "hi", "--timestamps"])
+    assert bad.exit_code == 2
+    assert "--timestamps needs a transcribe package" in bad.output

@@ -160,6 +160,14 @@ def convert(
     _check_options(family, options, source)
     atol = options.atol if options.atol is not None else (resolved.recipe.atol if resolved.recipe else 1e-4)
     # --- a causal LM exports with its KV cache and validates over cached decode steps
+    # --- encoder-decoders (Whisper, BART, T5, Marian, mBART) export encoder + decoders
+    if family == "hf" and resolved.model_dir is not None:
+        from converters.seq2seq import convert_seq2seq, seq2seq_task
+
+        requested = options.task or (resolved.recipe.task if resolved.recipe else None)
+        kind = seq2seq_task(resolved.model_dir, requested)
+        if kind is not None:
+            return convert_seq2seq(resolved, out, kind, options.opset, atol, say)
     if family == "hf" and _generates(resolved, options):
         from converters.causal_lm import convert_causal_lm
 

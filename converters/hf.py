@@ -62,6 +62,8 @@ TASKS: dict[str, HfTask] = {
         HfTask("audio-features", "feature-extraction", "audio"),
         HfTask("audio-classify", "audio-classification", "audio", has_labels=True),
         HfTask("generate", "text-generation-with-past", "text"),  # converters/causal_lm.py
+        HfTask("transcribe", "automatic-speech-recognition-with-past", "audio"),  # converters/seq2seq.py
+        HfTask("text2text", "text2text-generation-with-past", "text"),
     )
 }
 # optimum task name -> ours; where several of ours export as one optimum task, the first listed wins.
@@ -152,8 +154,11 @@ def load_hf_model(model_dir: Path, task: HfTask) -> Any:
     return model.eval()
 
 
-def export_hf_model(model: Any, task: HfTask, output_dir: Path, opset: int | None) -> Path:
-    """Export with optimum-onnx into `output_dir`; returns the ONNX file. Validation is ours, not optimum's."""
+def export_hf_model(
+    model: Any, task: HfTask, output_dir: Path, opset: int | None, main_file: str = "model.onnx"
+) -> Path:
+    """Export with optimum-onnx into `output_dir`; returns the ONNX file `main_file` (encoder-decoders write
+    several). Validation is ours, not optimum's."""
     from optimum.exporters.onnx import onnx_export_from_model
 
     optimum_logger = logging.getLogger("optimum")
@@ -176,10 +181,10 @@ def export_hf_model(model: Any, task: HfTask, output_dir: Path, opset: int | Non
         optimum_logger.setLevel(previous_level)
     for warning in caught:
         log.debug("export: %s", warning.message)
-    onnx_file = output_dir / "model.onnx"
+    onnx_file = output_dir / main_file
     if not onnx_file.is_file():
         raise ExportError(
-            f"optimum-onnx wrote no model.onnx for {type(model).__name__}; this architecture may need several ONNX files"
+            f"optimum-onnx wrote no {main_file} for {type(model).__name__}; this architecture may need several ONNX files"
         )
     return onnx_file
 

@@ -21,7 +21,9 @@ from toolkit.runner import Runner
 from toolkit.tasks.detect import Detection, ObjectDetector
 from toolkit.tasks.image_text import ImageTextEmbedding, ZeroShotLabel
 from toolkit.tasks.segment import SemanticSegmenter
+from toolkit.tasks.text2text import Seq2SeqGenerator
 from toolkit.tasks.token_classify import TokenClassifier
+from toolkit.tasks.transcribe import SpeechRecognizer, Transcript
 
 __all__ = [
     "AudioClassifier",
@@ -43,11 +45,14 @@ __all__ = [
     "ProviderUnavailableError",
     "Runner",
     "SemanticSegmenter",
+    "Seq2SeqGenerator",
+    "SpeechRecognizer",
     "TensorSpec",
     "TextClassifier",
     "TextEmbedding",
     "TextGenerator",
     "TokenClassifier",
+    "Transcript",
     "Variant",
     "ZeroShotLabel",
     "load",

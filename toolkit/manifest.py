@@ -36,6 +36,7 @@ __all__ = [
     "Manifest",
     "ModelPackage",
     "OutputCheck",
+    "Seq2SeqSpec",
     "SourceInfo",
     "TensorSpec",
     "TextPreprocessing",
@@ -45,6 +46,7 @@ __all__ = [
     "check_relative",
     "resolve_inside",
     "section_of",
+    "seq2seq_files",
     "tool_versions",
     "variant_file_name",
 ]
@@ -232,6 +234,45 @@ def _generation(d: Mapping[str, Any] | None) -> GenerationSpec | None:
     )
 
 
+@dataclass(frozen=True)
+class Seq2SeqSpec:
+    """An encoder-decoder's decoder contract: the encoder is the variant's file, the decoders are
+    `seq2seq_files`; start tokens, eos/pad ids, target positions, the tokens its generation config suppresses or
+    forces, its defaults (num_beams, max_length, length_penalty, early_stopping, no_repeat_ngram_size,
+    min_length) and, for Whisper, its languages, tasks, no-timestamps token and front end (mel bins, chunk)."""
+
+    layers: int
+    decoder_start_ids: tuple[int, ...]
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    max_target_positions: int
+    suppress_tokens: tuple[int, ...] = ()
+    begin_suppress_tokens: tuple[int, ...] = ()
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    languages: Mapping[str, int] = field(default_factory=dict)
+    tasks: Mapping[str, int] = field(default_factory=dict)
+    no_timestamps_token_id: int | None = None
+    n_mels: int = 0
+    chunk_length: int = 30
+
+
+_SEQ2SEQ_LISTS = ("decoder_start_ids", "eos_token_ids", "suppress_tokens", "begin_suppress_tokens")
+
+
+def _seq2seq(d: Mapping[str, Any] | None) -> Seq2SeqSpec | None:
+    if d is None:
+        return None
+    return Seq2SeqSpec(**{**d, **{k: tuple(d[k]) for k in _SEQ2SEQ_LISTS if k in d}})
+
+
+def seq2seq_files(variant: str = "fp32") -> tuple[str, str, str]:
+    """The encoder, decoder and decoder-with-past files of an encoder-decoder package's `variant`."""
+    encoder = variant_file_name(variant)
+    return encoder, encoder.replace("model", "decoder", 1), encoder.replace("model", "decoder_with_past", 1)
+
+
 # --- end generation contract ----------------------------------------------------------------------------
 
 
@@ -251,6 +292,7 @@ class Manifest:
     exporter: Mapping[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
     generation: GenerationSpec | None = None  # generators only
+    seq2seq: Seq2SeqSpec | None = None  # encoder-decoders only
 
     def variant(self, name: str) -> Variant:
         """The variant called `name`, or a BadInputError listing the ones that exist."""
@@ -278,8 +320,9 @@ class Manifest:
             name: dataclasses.asdict(self.variants[name])
             for name in sorted(self.variants, key=lambda n: (n != FP32_VARIANT, n))
         }
-        if data["generation"] is None:
-            del data["generation"]  # only generators carry one
+        for section in ("generation", "seq2seq"):
+            if data[section] is None:
+                del data[section]  # only generators and encoder-decoders carry one
         ordered = {"format": data.pop("format"), **data}
         return json.dumps(ordered, indent=2) + "\n"
 
@@ -395,6 +438,7 @@ def _manifest_from_dict(data: Mapping[str, Any]) -> Manifest:
         exporter=data.get("exporter", {}),
         format=int(data["format"]),
         generation=_generation(data.get("generation")),
+        seq2seq=_seq2seq(data.get("seq2seq")),
     )
 
 
@@ -438,6 +482,7 @@ def _check_layout(data: Mapping[str, Any], origin: str) -> None:
         "preprocessing": True,
         "exporter": True,
         "generation": True,
+        "seq2seq": True,
     }
     for key, optional in objects.items():
         if key in data and not isinstance(data[key], dict) and not (optional and data[key] is None):
@@ -459,6 +504,11 @@ def _check_layout(data: Mapping[str, Any], origin: str) -> None:
     for key in ("labels",):
         if data.get(key) is not None and not isinstance(data[key], list):
             raise _fail(origin, key, f"must be a list, got {_short(data[key])}")
+    seq2seq = data.get("seq2seq")
+    if isinstance(seq2seq, dict):
+        for key in _SEQ2SEQ_LISTS:
+            if key in seq2seq and not isinstance(seq2seq[key], list):
+                raise _fail(origin, f"seq2seq.{key}", f"must be a list, got {_short(seq2seq[key])}")
     generation = data.get("generation")
     if isinstance(generation, dict) and not isinstance(generation.get("eos_token_ids"), list):
         raise _fail(
@@ -584,6 +634,39 @@ def check_manifest(manifest: Manifest, origin: str) -> None:
     if not isinstance(manifest.exporter, Mapping):
         raise _fail(origin, "exporter", "must be an object")
     _check_generation(origin, manifest.generation)
+    _check_seq2seq(origin, manifest.seq2seq)
+
+
+def _check_seq2seq(origin: str, spec: Seq2SeqSpec | None) -> None:
+    """The seq2seq section's fields."""
+    if spec is None:
+        return
+    for name in ("layers", "max_target_positions", "chunk_length"):
+        value = getattr(spec, name)
+        if not _is_int(value) or value < 1:
+            raise _fail(origin, f"seq2seq.{name}", f"must be a positive integer, got {_short(value)}")
+    if not _is_int(spec.n_mels) or spec.n_mels < 0:
+        raise _fail(origin, "seq2seq.n_mels", f"must be 0 or a positive integer, got {_short(spec.n_mels)}")
+    for name in _SEQ2SEQ_LISTS:
+        ids = getattr(spec, name)
+        if not all(_is_int(i) and i >= 0 for i in ids) or (name in _SEQ2SEQ_LISTS[:2] and not ids):
+            raise _fail(origin, f"seq2seq.{name}", f"must be a list of token ids, got {_short(ids)}")
+    for name, optional in (
+        ("pad_token_id", False),
+        ("forced_bos_token_id", True),
+        ("forced_eos_token_id", True),
+        ("no_timestamps_token_id", True),
+    ):
+        value = getattr(spec, name)
+        if not (value is None and optional) and not (_is_int(value) and value >= 0):
+            raise _fail(origin, f"seq2seq.{name}", f"must be a token id, got {_short(value)}")
+    for name in ("defaults", "languages", "tasks"):
+        if not isinstance(getattr(spec, name), Mapping):
+            raise _fail(origin, f"seq2seq.{name}", "must be an object")
+    for name in ("languages", "tasks"):
+        mapping = getattr(spec, name)
+        if not all(isinstance(k, str) and k and _is_int(v) and v >= 0 for k, v in mapping.items()):
+            raise _fail(origin, f"seq2seq.{name}", "must map names to token ids")
 
 
 def _check_generation(origin: str, spec: GenerationSpec | None) -> None:

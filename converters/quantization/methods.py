@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -536,6 +536,10 @@ def quantize(
     if method != "auto" and method not in METHODS:
         raise BadInputError(f"unknown method '{method}'; use one of {', '.join([*METHODS, 'auto'])}")
     pkg = open_package(package)
+    if pkg.manifest.seq2seq is not None:  # encoder + decoders, measured by token agreement
+        from converters.seq2seq import quantize_seq2seq
+
+        return cast(QuantizeResult, quantize_seq2seq(pkg, method, options, say))
     source = pkg.model_path(FP32_VARIANT)
     if method == "auto":
         from converters.quantization.auto import quantize_auto

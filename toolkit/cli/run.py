@@ -81,6 +81,9 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
     help="image-text: zero-shot candidate labels for the --image files, comma-separated.",
 )
 @click.option(
+    "--timestamps", is_flag=True, help="transcribe: split each --audio transcript into timed segments."
+)
+@click.option(
     "--prompt", "prompts", multiple=True, help="A prompt for a generate package (repeatable: one batch)."
 )
 @click.option("--max-new-tokens", type=int, default=None, help="With --prompt: new tokens at most.")
@@ -102,6 +105,7 @@ def run_command(
     inputs: tuple[str, ...],
     out: str | None,
     labels: tuple[str, ...] | None,
+    timestamps: bool,
     prompts: tuple[str, ...],
     max_new_tokens: int | None,
     temperature: float | None,
@@ -146,7 +150,7 @@ def run_command(
             )
         pipeline = pipeline_class(package)(package, runner)
         kind, items = ("text", texts) if texts else ("image", images) if images else ("audio", clips)
-        call, result = _run_items(pipeline, kind, list(items), labels)
+        call, result = _run_items(pipeline, kind, list(items), labels, timestamps)
         if out is not None:
             _annotate(pipeline, list(items), result.pop("results_for_drawing"), Path(out))
             result["annotated"] = out
@@ -177,7 +181,11 @@ _ITEMS_KEY = {"text": "texts", "image": "images", "audio": "clips"}
 
 
 def _run_items(
-    pipeline: Pipeline[Any], kind: str, items: list[str], labels: tuple[str, ...] | None = None
+    pipeline: Pipeline[Any],
+    kind: str,
+    items: list[str],
+    labels: tuple[str, ...] | None = None,
+    timestamps: bool = False,
 ) -> tuple[Callable[[], Any], dict[str, Any]]:
     """Run `items` (texts, image files or WAV files) through the pipeline; the task says how to print them."""
     task = pipeline.task
@@ -201,6 +209,13 @@ def _run_items(
                 f"--labels needs an image-text package (CLIP, SigLIP); '{manifest.name}' has task {manifest.task}"
             )
         run = lambda: zero_shot(items, list(labels))  # noqa: E731
+    if timestamps:
+        transcribe = getattr(pipeline, "transcribe", None)
+        if transcribe is None:
+            raise BadInputError(
+                f"--timestamps needs a transcribe package (Whisper); '{manifest.name}' has task {manifest.task}"
+            )
+        run = lambda: transcribe(items, timestamps=True)  # noqa: E731
     results = run()
     result = {"task": task.name, _ITEMS_KEY[kind]: items, **task.run_json(results)}
     result["lines"] = task.run_lines(items, results)

@@ -69,6 +69,8 @@ TASK_MODULES = (
     "audio_features",
     "audio_classify",
     "generate",
+    "transcribe",
+    "text2text",
 )
 
 

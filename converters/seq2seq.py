@@ -1,0 +1,443 @@
+"""Encoder-decoder models: Whisper (``transcribe``) and BART, T5, Marian, mBART (``text2text``).
+
+optimum-onnx's ``automatic-speech-recognition-with-past`` / ``text2text-generation-with-past`` export writes an
+encoder, a decoder for the start tokens (which also returns the cross-attention cache) and a decoder with past
+(one token a step). The package keeps them as ``model.onnx`` (the encoder: the manifest's inputs and outputs),
+``decoder.onnx`` and ``decoder_with_past.onnx``. Validation runs the encoder and then the decoder start plus two
+cached greedy steps against PyTorch. The manifest's ``seq2seq`` section records the decoder contract: start
+tokens, eos/pad ids, positions, suppressed and forced tokens, the generation defaults and, for Whisper, its
+languages, tasks and front end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.hf import TASKS, copy_assets, export_hf_model, load_hf_model
+from converters.sources import ResolvedSource, directory_sha256
+from toolkit.atomic import replace_directory, staging_directory
+from toolkit.errors import ExportError
+from toolkit.inspect import inspect_model
+from toolkit.manifest import (
+    FP32_VARIANT,
+    AudioPreprocessing,
+    Manifest,
+    ModelPackage,
+    OutputCheck,
+    Seq2SeqSpec,
+    SourceInfo,
+    TextPreprocessing,
+    Validation,
+    Variant,
+    resolve_inside,
+    seq2seq_files,
+    tool_versions,
+)
+
+__all__ = [
+    "SEQ2SEQ_METHODS",
+    "SPEECH_MODEL_TYPES",
+    "TEXT_MODEL_TYPES",
+    "convert_seq2seq",
+    "quantize_seq2seq",
+    "seq2seq_spec",
+    "seq2seq_task",
+    "token_agreement",
+    "word_error_rate",
+]
+
+SPEECH_MODEL_TYPES = frozenset({"whisper"})
+TEXT_MODEL_TYPES = frozenset({"bart", "mbart", "marian", "t5", "mt5"})
+_EXPORTED = {
+    "encoder_model.onnx": "encoder",
+    "decoder_model.onnx": "decoder",
+    "decoder_with_past_model.onnx": "decoder_with_past",
+}
+_DEFAULT_KEYS = (
+    "num_beams",
+    "max_length",
+    "max_new_tokens",
+    "length_penalty",
+    "early_stopping",
+    "no_repeat_ngram_size",
+    "min_length",
+)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def seq2seq_task(model_dir: Path, requested: str | None) -> str | None:
+    """``transcribe`` or ``text2text`` when the source converts as an encoder-decoder, else None."""
+    if requested is not None:
+        return requested if requested in ("transcribe", "text2text") else None
+    config = _read_json(model_dir / "config.json")
+    kind = config.get("model_type")
+    if kind in SPEECH_MODEL_TYPES:
+        return "transcribe"
+    if config.get("is_encoder_decoder") and kind in TEXT_MODEL_TYPES:
+        return "text2text"
+    return None
+
+
+def _ids(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    return tuple(int(v) for v in value) if isinstance(value, list | tuple) else (int(value),)
+
+
+def seq2seq_spec(package_dir: Path, task: str, model: Any, layers: int) -> Seq2SeqSpec:
+    """The decoder contract of an exported encoder-decoder, from its configs."""
+    config = model.config
+    generation = _read_json(resolve_inside(package_dir, "generation_config.json", "generation config"))
+    if not generation:
+        generation = model.generation_config.to_dict()
+    start = generation.get("decoder_start_token_id", config.decoder_start_token_id)
+    eos = _ids(generation.get("eos_token_id", config.eos_token_id))
+    pad = generation.get("pad_token_id", config.pad_token_id)
+    positions = (
+        getattr(config, "max_target_positions", None)
+        or getattr(config, "max_position_embeddings", None)
+        or 512
+    )
+    languages: dict[str, int] = {}
+    tasks: dict[str, int] = {}
+    if task == "transcribe":
+        languages = {k.strip("<|>"): int(v) for k, v in (generation.get("lang_to_id") or {}).items()}
+        tasks = {k: int(v) for k, v in (generation.get("task_to_id") or {}).items()}
+    pre = _read_json(resolve_inside(package_dir, "preprocessor_config.json", "preprocessor config"))
+    return Seq2SeqSpec(
+        layers=layers,
+        decoder_start_ids=_ids(start),
+        eos_token_ids=eos,
+        pad_token_id=int(pad if pad is not None else eos[0]),
+        max_target_positions=int(positions),
+        suppress_tokens=_ids(generation.get("suppress_tokens")),
+        begin_suppress_tokens=_ids(generation.get("begin_suppress_tokens")),
+        forced_bos_token_id=generation.get("forced_bos_token_id"),
+        forced_eos_token_id=generation.get("forced_eos_token_id"),
+        # without a max_length of its own, transformers generates its default 20 new tokens after the start
+        defaults={
+            **({} if generation.get("max_length") is not None else {"max_new_tokens": 20}),
+            **{k: generation[k] for k in _DEFAULT_KEYS if generation.get(k) is not None},
+        },
+        languages=languages,
+        tasks=tasks,
+        no_timestamps_token_id=generation.get("no_timestamps_token_id"),
+        n_mels=int(pre.get("feature_size", getattr(config, "num_mel_bins", 0)) or 0)
+        if task == "transcribe"
+        else 0,
+        chunk_length=int(pre.get("chunk_length", 30)),
+    )
+
+
+def _encoder_feeds(task: str, model: Any, package_dir: Path, spec: Seq2SeqSpec) -> dict[str, np.ndarray]:
+    if task == "transcribe":
+        from toolkit.speech import LogMelSpec, log_mel
+        from toolkit.tasks.modality import synthetic_waveform
+
+        wave = synthetic_waveform(16000 * 2, 16000, np.random.default_rng(5))
+        features = log_mel(wave, LogMelSpec(n_mels=spec.n_mels, chunk_length=spec.chunk_length))
+        frames = 2 * int(model.config.max_source_positions)
+        return {"input_features": features[None, :, :frames]}
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(resolve_inside(package_dir, "tokenizer.json", "tokenizer")))
+    ids = tokenizer.encode("Edge inference keeps latency low on small devices.").ids
+    return {
+        "input_ids": np.asarray([ids], dtype=np.int64),
+        "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+    }
+
+
+def validate_seq2seq(task: str, model: Any, package_dir: Path, spec: Seq2SeqSpec, atol: float) -> Validation:
+    """Encoder outputs, then the decoder's start and two cached greedy steps, against PyTorch."""
+    import onnxruntime as ort
+    import torch
+
+    from toolkit.seq2seq import DecodingRules, Seq2SeqStepper, log_softmax
+
+    encoder_file, decoder_file, past_file = (package_dir / f for f in seq2seq_files(FP32_VARIANT))
+    feeds = _encoder_feeds(task, model, package_dir, spec)
+    encoder = ort.InferenceSession(str(encoder_file), providers=["CPUExecutionProvider"])
+    states = encoder.run(None, feeds)[0]
+    encoder_stack = model.get_encoder()
+    if getattr(encoder_stack, "is_decoder", True) is False and getattr(
+        encoder_stack.config, "use_cache", False
+    ):
+        encoder_stack.config.use_cache = False  # the export turns the shared flag on; a T5 encoder refuses it
+    with torch.inference_mode():
+        torch_feeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        start = torch.tensor([spec.decoder_start_ids], dtype=torch.int64)
+        want_states = model(
+            **torch_feeds, decoder_input_ids=start, use_cache=False
+        ).encoder_last_hidden_state.numpy()
+    worst: dict[str, float] = {"last_hidden_state": float(np.abs(states - want_states).max())}
+    means: dict[str, float] = {"last_hidden_state": float(np.abs(states - want_states).mean())}
+    prompt = np.asarray([spec.decoder_start_ids], dtype=np.int64)
+    rules = DecodingRules(prompt.shape[1], 10**9, frozenset(spec.eos_token_ids))
+    stepper = Seq2SeqStepper(
+        ort.InferenceSession(str(decoder_file), providers=["CPUExecutionProvider"]),
+        ort.InferenceSession(str(past_file), providers=["CPUExecutionProvider"]),
+        spec,
+        states,
+        feeds.get("attention_mask"),
+        prompt,
+        rules,
+    )
+    got = stepper.logits
+    diffs = []
+    for step in range(3):
+        with torch.inference_mode():
+            output = model(
+                **torch_feeds, decoder_input_ids=torch.from_numpy(stepper.ids), use_cache=False
+            ).logits[:, -1, :]
+        want = log_softmax(output.numpy())
+        diffs.append(np.abs(got - want))
+        if step < 2:
+            got = stepper.step(want.argmax(-1).astype(np.int64))
+    worst["log_probs (start + cached steps)"] = float(max(d.max() for d in diffs))
+    means["log_probs (start + cached steps)"] = float(np.mean([d.mean() for d in diffs]))
+    checks = tuple(
+        OutputCheck(name, round(worst[name], 8), round(means[name], 8), worst[name] <= atol) for name in worst
+    )
+    return Validation(
+        metric="max_abs_diff",
+        value=max(c.max_abs_diff for c in checks),
+        threshold=atol,
+        reference="pytorch",
+        samples=1,
+        passed=all(c.passed for c in checks),
+        outputs=checks,
+        cases=("encoder + decoder start + 2 cached steps",),
+    )
+
+
+def convert_seq2seq(
+    resolved: ResolvedSource, out: Path, task_name: str, opset: int | None, atol: float, say: Any
+) -> ModelPackage:
+    """Export an encoder-decoder (encoder, decoder, decoder with past), validate it, write the package to `out`."""
+    task = TASKS[task_name]
+    with staging_directory(out) as staging:
+        package_dir = staging / "package"
+        package_dir.mkdir()
+        export_dir = staging / "export"
+        export_dir.mkdir()
+        say(f"loading {resolved.name} ({task_name}) with PyTorch")
+        model = load_hf_model(resolved.model_dir, task)
+        say(f"exporting encoder and decoder with its cache (optimum-onnx {task.optimum_task})")
+        started = time.perf_counter()
+        export_hf_model(model, task, export_dir, opset, main_file="encoder_model.onnx")
+        export_seconds = time.perf_counter() - started
+        names = dict(
+            zip(("encoder", "decoder", "decoder_with_past"), seq2seq_files(FP32_VARIANT), strict=True)
+        )
+        for exported, part in _EXPORTED.items():
+            if not (export_dir / exported).is_file():
+                raise ExportError(
+                    f"optimum-onnx wrote no {exported} for {type(model).__name__}; it cannot be packaged"
+                )
+            (export_dir / exported).replace(package_dir / names[part])
+        copy_assets(resolved.model_dir, export_dir, package_dir)
+        if (
+            task_name == "text2text"
+            and not resolve_inside(package_dir, "tokenizer.json", "tokenizer").is_file()
+        ):
+            raise ExportError(
+                f"'{resolved.model_dir}' has no fast tokenizer (tokenizer.json) to package; "
+                "save one with the model's tokenizer (a fast tokenizer)"
+            )
+        info = inspect_model(package_dir / names["encoder"])
+        decoder_info = inspect_model(package_dir / names["decoder_with_past"])
+        layers = sum(1 for o in decoder_info.outputs if o.name.endswith(".decoder.key"))
+        spec = seq2seq_spec(package_dir, task_name, model, layers)
+        say("validating encoder and decoder steps against PyTorch")
+        validation = validate_seq2seq(task_name, model, package_dir, spec, atol)
+        size = sum((package_dir / f).stat().st_size for f in seq2seq_files(FP32_VARIANT))
+        preprocessing: Any = (
+            AudioPreprocessing(sampling_rate=16000, normalize=False)
+            if task_name == "transcribe"
+            else TextPreprocessing(
+                tokenizer="tokenizer.json",
+                max_length=int(getattr(model.config, "max_position_embeddings", 512) or 512),
+            )
+        )
+        manifest = Manifest(
+            name=resolved.name,
+            task=task_name,
+            source=SourceInfo(
+                kind=resolved.kind,
+                ref=resolved.ref,
+                sha256=directory_sha256(resolved.model_dir),
+                recipe=resolved.recipe.name if resolved.recipe else None,
+            ),
+            inputs=info.inputs,
+            outputs=info.outputs,
+            opset=info.opset,
+            variants={
+                FP32_VARIANT: Variant(
+                    name=FP32_VARIANT,
+                    file=names["encoder"],
+                    precision="fp32",
+                    method="export",
+                    size_bytes=size,
+                    settings={
+                        "exporter": "optimum-onnx",
+                        "optimum_task": task.optimum_task,
+                        "export_seconds": round(export_seconds, 2),
+                    },
+                    validation=validation,
+                    tool_versions=tool_versions(),
+                )
+            },
+            preprocessing=preprocessing,
+            exporter={"name": "optimum-onnx", "task": task.optimum_task},
+            seq2seq=spec,
+        )
+        ModelPackage(package_dir, manifest).save(manifest)
+        replace_directory(package_dir, out)
+    say(f"wrote {out}")
+    return ModelPackage.open(out)
+
+
+# -- quantization: every part of the package, measured by token agreement (and WER for speech) ---------------
+
+SEQ2SEQ_METHODS = ("dynamic-int8", "int4")
+
+
+def word_error_rate(hypothesis: str, reference: str) -> float:
+    """Word-level Levenshtein distance over the reference's word count (0.0 when both are empty)."""
+    hyp, ref = hypothesis.split(), reference.split()
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    row = list(range(len(hyp) + 1))
+    for i, word in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, other in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (word != other))
+    return row[len(hyp)] / len(ref)
+
+
+def token_agreement(got: Sequence[Sequence[int]], want: Sequence[Sequence[int]]) -> tuple[float, float]:
+    """(mean, worst) over inputs of the share of fp32's tokens the variant matches at the same position."""
+    shares = [
+        sum(a == b for a, b in zip(g, w, strict=False)) / max(len(w), len(g), 1)
+        for g, w in zip(got, want, strict=True)
+    ]
+    return float(np.mean(shares)), float(min(shares))
+
+
+def _decode_all(
+    package: ModelPackage, variant: str, max_new_tokens: int
+) -> tuple[list[list[int]], list[str]]:
+    """Greedy token ids and texts of the package's `variant` on held-out inputs (speech-like clips or sentences)."""
+    from toolkit.corpus import HELD_OUT_SENTENCES
+    from toolkit.runner import Runner
+    from toolkit.tasks import pipeline_class
+    from toolkit.tasks.modality import synthetic_waveform
+
+    runner = Runner(package.asset(package.manifest.variant(variant).file, "encoder file"), "cpu")
+    pipeline: Any = pipeline_class(package)(package, runner)
+    try:
+        if package.manifest.task == "transcribe":
+            rng = np.random.default_rng(1_000_003)
+            clips = [0.1 * synthetic_waveform(16000 * (1 + i % 3), 16000, rng) for i in range(6)]
+            language = "en" if "en" in pipeline.spec.languages else None
+            results = pipeline.transcribe(
+                clips, language=language, max_new_tokens=max_new_tokens, num_beams=1
+            )
+        else:
+            results = pipeline.generate(
+                list(HELD_OUT_SENTENCES[:8]), max_new_tokens=max_new_tokens, num_beams=1
+            )
+        return [list(r.token_ids) for r in results], [r.text for r in results]
+    finally:
+        pipeline.close()
+
+
+def quantize_seq2seq(package: ModelPackage, method: str, options: Any, say: Any) -> Any:
+    """Quantize the encoder and both decoders with `method` (dynamic-int8 or int4); the variant's accuracy is its
+    greedy tokens' agreement with fp32 on held-out inputs (and, for speech, the word error rate against fp32)."""
+    from converters.quantization.methods import METHODS, QuantizeResult, Workspace
+    from toolkit.errors import BadInputError
+    from toolkit.host import current_host
+
+    if method not in SEQ2SEQ_METHODS:
+        raise BadInputError(
+            f"method '{method}' does not apply to encoder-decoder packages yet; use one of {', '.join(SEQ2SEQ_METHODS)}"
+        )
+    spec = METHODS[method]
+    name = options.name or spec.variant
+    targets = seq2seq_files(name)
+    settings: dict[str, Any] = {}
+    written: list[Path] = []
+    try:
+        for source_name, target_name in zip(seq2seq_files(FP32_VARIANT), targets, strict=True):
+            target = package.asset(target_name, f"variant '{name}' file")
+            with staging_directory(target) as folder:
+                ws = Workspace(package, package.path / source_name, folder, say)
+                staged = folder / "variant.onnx"
+                settings[source_name] = spec.build(ws, options, staged)
+                staged.replace(target)
+                written.append(target)
+        size = sum(p.stat().st_size for p in written)
+        say(f"decoding held-out inputs with fp32 and {name}")
+        want, want_text = _decode_all(package, FP32_VARIANT, 16)
+        staged_manifest = package.manifest.with_variant(
+            Variant(name=name, file=targets[0], precision=spec.precision, method=method, size_bytes=size)
+        )
+        staged_package = ModelPackage(package.path, staged_manifest)
+        got, got_text = _decode_all(staged_package, name, 16)
+        agreement, worst = token_agreement(got, want)
+        checks = [OutputCheck("token_agreement_worst", round(1 - worst, 6), round(1 - agreement, 6), True)]
+        if package.manifest.task == "transcribe":
+            wer = float(np.mean([word_error_rate(g, w) for g, w in zip(got_text, want_text, strict=True)]))
+            checks.append(OutputCheck("wer_vs_fp32", round(wer, 6), round(wer, 6), True))
+        validation = Validation(
+            metric="token_agreement",
+            value=round(agreement, 6),
+            threshold=options.budget,
+            reference="fp32",
+            samples=len(want),
+            passed=agreement >= options.budget,
+            outputs=tuple(checks),
+            cases=("greedy decoding of held-out inputs, 16 new tokens",),
+            host=current_host("cpu"),
+        )
+        variant = Variant(
+            name=name,
+            file=targets[0],
+            precision=spec.precision,
+            method=method,
+            size_bytes=size,
+            settings=settings,
+            validation=validation,
+            tool_versions=tool_versions(),
+        )
+        saved = package.save(package.manifest.with_variant(variant))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    fp32_size = sum((package.path / f).stat().st_size for f in seq2seq_files(FP32_VARIANT))
+    return QuantizeResult(
+        package=saved,
+        method=method,
+        variant=variant,
+        accuracy=None,
+        latency=None,
+        size_ratio=size / fp32_size,
+        budget=options.budget,
+        notes=(f"token agreement with fp32 {agreement:.1%} (worst input {worst:.1%})",),
+        host=current_host("cpu"),
+    )

@@ -1,0 +1,16 @@
+"""Encoder-decoder models: the decoder stepper, decoding rules and beam search (`decoding`), and
+`Seq2SeqPipeline`, the base of `toolkit.SpeechRecognizer` and `toolkit.Seq2SeqGenerator`. Greedy decoding
+reuses the text generator's loop (`toolkit.generation.decode`)."""
+
+from toolkit.seq2seq.decoding import BeamSettings, DecodingRules, Seq2SeqStepper, beam_search, log_softmax
+from toolkit.seq2seq.pipeline import Seq2SeqOutput, Seq2SeqPipeline
+
+__all__ = [
+    "BeamSettings",
+    "DecodingRules",
+    "Seq2SeqOutput",
+    "Seq2SeqPipeline",
+    "Seq2SeqStepper",
+    "beam_search",
+    "log_softmax",
+]

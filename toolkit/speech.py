@@ -1,0 +1,135 @@
+"""Whisper's front end in numpy: clips read and resampled (`load_clip`), cut into 30 s chunks (`chunks`), and each
+chunk's log-mel spectrogram (`log_mel`), equal to transformers' `WhisperFeatureExtractor`.
+
+Resampling is scipy's polyphase filter (`scipy.signal.resample_poly`, the ``speech`` extra), imported only when a
+clip is not at the model's rate.
+
+The clip is zero-padded (or cut) to `chunk_length` seconds, framed with a periodic Hann window (`n_fft`, `hop`,
+centred with reflect padding), its power spectrum projected on a Slaney-normalised mel filter bank (0 to 8 kHz),
+``log10`` of it floored at 1e-10, clamped to 8 below its maximum and scaled as ``(x + 4) / 4``; the last frame is
+dropped, as Whisper does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import BadInputError
+from toolkit.preprocess import AudioInput, read_wav
+
+__all__ = ["LogMelSpec", "chunks", "load_clip", "log_mel", "mel_filters", "resample"]
+
+
+@dataclass(frozen=True)
+class LogMelSpec:
+    """Whisper's front-end settings (its ``preprocessor_config.json``)."""
+
+    n_mels: int = 80
+    sampling_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    chunk_length: int = 30
+
+    @property
+    def n_samples(self) -> int:
+        """Samples in one chunk."""
+        return self.chunk_length * self.sampling_rate
+
+    @property
+    def frames(self) -> int:
+        """Frames in one chunk's spectrogram."""
+        return self.n_samples // self.hop_length
+
+
+def _hz_to_mel(freq: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
+    mels = 3.0 * freq / 200.0
+    log_region = freq >= 1000.0
+    logstep = 27.0 / np.log(6.4)
+    return np.where(log_region, 15.0 + np.log(np.maximum(freq, 1e-10) / 1000.0) * logstep, mels)
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    freq = 200.0 * mels / 3.0
+    logstep = np.log(6.4) / 27.0
+    return np.where(mels >= 15.0, 1000.0 * np.exp(logstep * (mels - 15.0)), freq)
+
+
+@cache
+def mel_filters(n_mels: int, n_fft: int, sampling_rate: int) -> np.ndarray:
+    """The Slaney-normalised triangular mel filter bank [n_fft // 2 + 1, n_mels] over 0 to 8 kHz."""
+    fft_freqs = np.linspace(0, sampling_rate // 2, 1 + n_fft // 2)
+    mel_points = np.linspace(_hz_to_mel(np.array(0.0)), _hz_to_mel(np.array(8000.0)), n_mels + 2)
+    filter_freqs = _mel_to_hz(mel_points)
+    diff = np.diff(filter_freqs)
+    slopes = filter_freqs[None, :] - fft_freqs[:, None]
+    down = -slopes[:, :-2] / diff[:-1]
+    up = slopes[:, 2:] / diff[1:]
+    bank = np.maximum(np.zeros(1), np.minimum(down, up))
+    return bank * (2.0 / (filter_freqs[2 : n_mels + 2] - filter_freqs[:n_mels]))[None, :]
+
+
+def log_mel(waveform: np.ndarray, spec: LogMelSpec) -> np.ndarray:
+    """One chunk's log-mel features float32 [n_mels, frames] of a mono float waveform at `spec.sampling_rate`."""
+    samples = np.zeros(spec.n_samples, dtype=np.float64)
+    clip = np.asarray(waveform, dtype=np.float64)[: spec.n_samples]
+    samples[: clip.size] = clip
+    half = spec.n_fft // 2
+    padded = np.pad(samples, (half, half), mode="reflect")
+    count = 1 + (padded.size - spec.n_fft) // spec.hop_length
+    starts = np.arange(count) * spec.hop_length
+    frames = padded[starts[:, None] + np.arange(spec.n_fft)[None, :]]
+    window = np.hanning(spec.n_fft + 1)[:-1]
+    power = np.abs(np.fft.rfft(frames * window, n=spec.n_fft, axis=-1)) ** 2
+    mel = power @ mel_filters(spec.n_mels, spec.n_fft, spec.sampling_rate)
+    log_spec = np.log10(np.maximum(mel, 1e-10)).T[:, :-1]
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+
+
+def resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """`waveform` at `rate` Hz resampled to `target` Hz (scipy's polyphase resampler), float32."""
+    if rate == target:
+        return np.asarray(waveform, dtype=np.float32)
+    try:
+        from scipy.signal import resample_poly
+    except ImportError:
+        raise BadInputError(
+            f"the clip is sampled at {rate} Hz and the model takes {target} Hz; resampling needs scipy: "
+            "pip install 'edge-toolkit[speech]'"
+        ) from None
+    common = gcd(rate, target)
+    return np.asarray(resample_poly(waveform, target // common, rate // common), dtype=np.float32)
+
+
+def load_clip(clip: AudioInput, rate: int, sampling_rate: int | None = None) -> np.ndarray:
+    """A WAV file (PCM at any rate, channels averaged) or a mono float waveform (at `sampling_rate`, default
+    `rate`) as float32 at `rate` Hz; an empty clip is a BadInputError."""
+    if isinstance(clip, str | Path):
+        waveform, source_rate = read_wav(clip)
+        where = f"audio file '{clip}'"
+    elif isinstance(clip, np.ndarray):
+        if clip.ndim != 1 or clip.dtype.kind != "f":
+            raise BadInputError(
+                f"a waveform must be a 1-D float array of samples, got {clip.dtype} {list(clip.shape)}; "
+                "average the channels (.mean(axis=1)) and convert with .astype(np.float32)"
+            )
+        waveform, source_rate, where = clip, sampling_rate or rate, "waveform"
+    else:
+        raise BadInputError(
+            f"a clip must be a WAV file path or a float waveform array, got {type(clip).__name__}"
+        )
+    if waveform.size == 0:
+        raise BadInputError(f"{where} holds no samples (a zero-length clip); pass some audio")
+    return resample(waveform, source_rate, rate)
+
+
+def chunks(waveform: np.ndarray, spec: LogMelSpec) -> list[np.ndarray]:
+    """The waveform in consecutive `spec.chunk_length`-second pieces (the last one shorter)."""
+    size = spec.n_samples
+    return [waveform[start : start + size] for start in range(0, max(waveform.size, 1), size)]

@@ -1,0 +1,107 @@
+"""``text2text``: translation and summarisation with BART, T5, Marian or mBART:
+`Seq2SeqGenerator.generate(texts, max_new_tokens=None, num_beams=None)`, greedy or beam search, as
+transformers' ``generate`` with the model's generation config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from toolkit.checks import text_list
+from toolkit.errors import BadModelError
+from toolkit.manifest import ModelPackage, Seq2SeqSpec
+from toolkit.seq2seq import Seq2SeqOutput, Seq2SeqPipeline
+from toolkit.tasks.base import Task
+from toolkit.tasks.modality import TextModality
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+__all__ = ["PIPELINE", "TASK", "Seq2SeqGenerator", "Text2TextTask"]
+
+
+class Text2TextTask(Task[TextModality]):
+    """An encoder over the tokenized text; the pipeline runs the decoder."""
+
+    name = "text2text"
+    modality = TextModality
+    metric = "max_abs_diff"
+    preferred_output = "last_hidden_state"
+    source_hint = " from a BART, T5, Marian or mBART model directory with its tokenizer.json"
+    run_input = "text"
+
+    @classmethod
+    def accepts(cls, package: ModelPackage) -> bool:
+        """A text section and a seq2seq section."""
+        return super().accepts(package) and package.manifest.seq2seq is not None
+
+    @property
+    def spec(self) -> Seq2SeqSpec:
+        """The manifest's seq2seq section."""
+        spec = self.manifest.seq2seq
+        if spec is None:
+            raise BadModelError(
+                f"package '{self.package.path}' has no seq2seq section; re-create it with `edge convert`"
+            )
+        return spec
+
+    def run_lines(self, items: Sequence[str], results: Sequence[Any]) -> list[str]:
+        """``'input' -> output`` per text."""
+        return [f"{item[:50]!r} -> {result.text}" for item, result in zip(items, results, strict=True)]
+
+    def run_json(self, results: Sequence[Any]) -> dict[str, Any]:
+        """``generations``: one per text."""
+        return {"generations": list(results)}
+
+
+class Seq2SeqGenerator(Seq2SeqPipeline[TextModality]):
+    """Text to text: `Seq2SeqGenerator.load(path).generate(texts)`."""
+
+    task_class = Text2TextTask
+    task: Text2TextTask
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        """The package's tokenizer (no padding or truncation)."""
+        from tokenizers import Tokenizer
+
+        path = self.package.asset(self.task.data.pre.tokenizer, "tokenizer")
+        if not path.is_file():
+            raise BadModelError(
+                f"package '{self.package.path}' has no {path.name}; re-create it with `edge convert`"
+            )
+        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
+
+    def generate(
+        self, texts: Sequence[str], *, max_new_tokens: int | None = None, num_beams: int | None = None
+    ) -> list[Seq2SeqOutput]:
+        """One output per text: greedy (`num_beams` 1) or beam search; unset settings from the model's config."""
+        results = []
+        for text in text_list(texts):
+            ids = self.tokenizer.encode(text).ids[: self.task.data.pre.max_length]
+            feeds = {
+                "input_ids": np.asarray([ids], dtype=np.int64),
+                "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+            }
+            states = self.runner.run(feeds)[self.task.output_name(self.runner.outputs)]
+            new = self.decode_rows(
+                states, feeds["attention_mask"], self.spec.decoder_start_ids, max_new_tokens, num_beams
+            )[0]
+            results.append(
+                Seq2SeqOutput(str(self.tokenizer.decode(new, skip_special_tokens=True)).strip(), tuple(new))
+            )
+        return results
+
+    def run_items(self, items: Sequence[Any]) -> list[Any]:
+        """Outputs for the texts (`edge run --text`)."""
+        return self.generate(items)
+
+
+TASK = Text2TextTask
+PIPELINE = Seq2SeqGenerator

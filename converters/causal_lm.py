@@ -28,7 +28,6 @@ from toolkit.manifest import (
     Manifest,
     ModelPackage,
     OutputCheck,
-    SourceInfo,
     TensorSpec,
     TextPreprocessing,
     Validation,
@@ -254,12 +253,7 @@ def convert_causal_lm(
         manifest = Manifest(
             name=resolved.name,
             task="generate",
-            source=SourceInfo(
-                kind=resolved.kind,
-                ref=resolved.ref,
-                sha256=directory_sha256(resolved.model_dir),
-                recipe=resolved.recipe.name if resolved.recipe else None,
-            ),
+            source=resolved.source_info(directory_sha256(resolved.model_dir)),
             inputs=info.inputs,
             outputs=info.outputs,
             opset=info.opset,

@@ -42,7 +42,6 @@ from toolkit.manifest import (
     Manifest,
     ModelPackage,
     Preprocessing,
-    SourceInfo,
     TensorSpec,
     TextPreprocessing,
     Variant,
@@ -206,12 +205,7 @@ def convert(
         manifest = Manifest(
             name=resolved.name,
             task=exported.task,
-            source=SourceInfo(
-                kind=resolved.kind,
-                ref=resolved.ref,
-                sha256=exported.sha256,
-                recipe=resolved.recipe.name if resolved.recipe else None,
-            ),
+            source=resolved.source_info(exported.sha256),
             inputs=inputs,
             outputs=info.outputs,
             opset=info.opset,

@@ -31,7 +31,6 @@ from toolkit.manifest import (
     ModelPackage,
     OutputCheck,
     Seq2SeqSpec,
-    SourceInfo,
     TextPreprocessing,
     Validation,
     Variant,
@@ -275,12 +274,7 @@ def convert_seq2seq(
         manifest = Manifest(
             name=resolved.name,
             task=task_name,
-            source=SourceInfo(
-                kind=resolved.kind,
-                ref=resolved.ref,
-                sha256=directory_sha256(resolved.model_dir),
-                recipe=resolved.recipe.name if resolved.recipe else None,
-            ),
+            source=resolved.source_info(directory_sha256(resolved.model_dir)),
             inputs=info.inputs,
             outputs=info.outputs,
             opset=info.opset,

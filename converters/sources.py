@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 from converters.recipes import Recipe, load_recipe
 from converters.torch_sources import TorchSource, parse_torch_source
 from toolkit.errors import BadInputError
+from toolkit.manifest import SourceInfo
 
 __all__ = ["RESOLVERS", "ResolvedSource", "directory_sha256", "resolve_source"]
 
@@ -41,6 +42,10 @@ class ResolvedSource:
     recipe: Recipe | None = None
     torch: TorchSource | None = None
     onnx: Path | None = None  # an existing .onnx file, packaged as it is
+
+    def source_info(self, sha256: str) -> SourceInfo:
+        """What the manifest records of this source, with the content hash `sha256`."""
+        return SourceInfo(self.kind, self.ref, sha256, self.recipe.name if self.recipe else None)
 
     @property
     def name(self) -> str:

@@ -791,6 +791,15 @@ class ModelPackage:
         """The package file `relative` names, refused when it would lie outside the package (see `resolve_inside`)."""
         return resolve_inside(self.path, relative, what)
 
+    def seq2seq_spec(self) -> Seq2SeqSpec:
+        """The encoder-decoder contract (the manifest's seq2seq section); a BadModelError when it has none."""
+        spec = self.manifest.seq2seq
+        if spec is None:
+            raise BadModelError(
+                f"package '{self.path}' has no seq2seq section; re-create it with `edge convert`"
+            )
+        return spec
+
     def model_path(self, variant: str = FP32_VARIANT) -> Path:
         """The ONNX file of `variant`, checked to exist and to lie inside the package."""
         file = self.asset(self.manifest.variant(variant).file, f"variant '{variant}' file")

@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from toolkit.errors import BadInputError, BadModelError
+from toolkit.errors import BadInputError
 from toolkit.generation.decoding import RowPlan, decode
 from toolkit.generation.sampling import GenerationOptions, LogitsChooser
 from toolkit.manifest import ModelPackage, Seq2SeqSpec, seq2seq_files
@@ -45,12 +45,7 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
 
     def __init__(self, package: ModelPackage, runner: Runner, task: Task[_M] | None = None) -> None:
         super().__init__(package, runner, task)
-        spec = package.manifest.seq2seq
-        if spec is None:
-            raise BadModelError(
-                f"package '{package.path}' has no seq2seq section; re-create it with `edge convert`"
-            )
-        self.spec: Seq2SeqSpec = spec
+        self.spec: Seq2SeqSpec = package.seq2seq_spec()
         variant = next(
             (name for name, v in package.manifest.variants.items() if v.file == runner.path.name), "fp32"
         )

@@ -41,12 +41,7 @@ class Text2TextTask(Task[TextModality]):
     @property
     def spec(self) -> Seq2SeqSpec:
         """The manifest's seq2seq section."""
-        spec = self.manifest.seq2seq
-        if spec is None:
-            raise BadModelError(
-                f"package '{self.package.path}' has no seq2seq section; re-create it with `edge convert`"
-            )
-        return spec
+        return self.package.seq2seq_spec()
 
     def run_lines(self, items: Sequence[str], results: Sequence[Any]) -> list[str]:
         """``'input' -> output`` per text."""

@@ -92,12 +92,7 @@ class TranscribeTask(Task[AudioModality]):
     @property
     def spec(self) -> Seq2SeqSpec:
         """The manifest's seq2seq section."""
-        spec = self.manifest.seq2seq
-        if spec is None:
-            raise BadModelError(
-                f"package '{self.package.path}' has no seq2seq section; re-create it with `edge convert`"
-            )
-        return spec
+        return self.package.seq2seq_spec()
 
     @property
     def features(self) -> LogMelSpec:

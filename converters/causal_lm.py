@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.hf import TASKS, copy_assets, export_hf_model, load_hf_model
+from converters.hf import TASKS, copy_assets, export_hf_model, load_hf_model, missing_tokenizer
 from converters.sources import ResolvedSource, directory_sha256
 from toolkit.atomic import replace_directory, staging_directory
 from toolkit.errors import ExportError
@@ -242,10 +242,7 @@ def convert_causal_lm(
         exported.replace(onnx_file)
         copy_assets(resolved.model_dir, export_dir, package_dir)
         if not resolve_inside(package_dir, "tokenizer.json", "tokenizer").is_file():
-            raise ExportError(
-                f"'{resolved.model_dir}' has no fast tokenizer (tokenizer.json) to package; "
-                "save one with the model's tokenizer"
-            )
+            raise missing_tokenizer(resolved.model_dir)
         info = inspect_model(onnx_file)
         spec = generation_spec(package_dir, info.inputs, model.config)
         say("validating the decoder against PyTorch (prompt and cached steps)")
@@ -264,17 +261,13 @@ def convert_causal_lm(
                     precision="fp32",
                     method="export",
                     size_bytes=info.size_bytes,
-                    settings={
-                        "exporter": "optimum-onnx",
-                        "optimum_task": task.optimum_task,
-                        "export_seconds": round(export_seconds, 2),
-                    },
+                    settings=task.export_settings(export_seconds),
                     validation=validation,
                     tool_versions=tool_versions(),
                 )
             },
             preprocessing=TextPreprocessing(tokenizer="tokenizer.json", max_length=spec.max_positions),
-            exporter={"name": "optimum-onnx", "task": task.optimum_task},
+            exporter=task.exporter_record(),
             generation=spec,
         )
         ModelPackage(package_dir, manifest).save(manifest)

@@ -47,6 +47,25 @@ class HfTask:
     modality: str
     has_labels: bool = False
 
+    def export_settings(self, export_seconds: float) -> dict[str, Any]:
+        """What the fp32 variant records of its export through optimum-onnx."""
+        return {
+            "exporter": "optimum-onnx",
+            "optimum_task": self.optimum_task,
+            "export_seconds": round(export_seconds, 2),
+        }
+
+    def exporter_record(self) -> dict[str, str]:
+        """The manifest's ``exporter`` entry for an optimum-onnx export."""
+        return {"name": "optimum-onnx", "task": self.optimum_task}
+
+
+def missing_tokenizer(model_dir: Path) -> ExportError:
+    """The error for a text model whose directory holds no fast tokenizer to package."""
+    return ExportError(
+        f"'{model_dir}' has no fast tokenizer (tokenizer.json) to package; save one with the model's tokenizer"
+    )
+
 
 TASKS: dict[str, HfTask] = {
     task.name: task
@@ -302,9 +321,7 @@ def preprocessing_of(
     if task.modality in ("text", "any"):
         preprocessing = _text_preprocessing(model_dir, export_dir, task)
         if preprocessing is None and task.modality == "text":
-            raise ExportError(
-                f"'{model_dir}' has no fast tokenizer (tokenizer.json) to package; save one with the model's tokenizer"
-            )
+            raise missing_tokenizer(model_dir)
     if preprocessing is None and task.modality in ("image", "any"):
         preprocessing = _image_preprocessing(model_dir)
     if task.modality == "audio":

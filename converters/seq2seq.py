@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.hf import TASKS, copy_assets, export_hf_model, load_hf_model
+from converters.hf import TASKS, copy_assets, export_hf_model, load_hf_model, missing_tokenizer
 from converters.sources import ResolvedSource, directory_sha256
 from toolkit.atomic import replace_directory, staging_directory
 from toolkit.errors import ExportError
@@ -252,10 +252,7 @@ def convert_seq2seq(
             task_name == "text2text"
             and not resolve_inside(package_dir, "tokenizer.json", "tokenizer").is_file()
         ):
-            raise ExportError(
-                f"'{resolved.model_dir}' has no fast tokenizer (tokenizer.json) to package; "
-                "save one with the model's tokenizer (a fast tokenizer)"
-            )
+            raise missing_tokenizer(resolved.model_dir)
         info = inspect_model(package_dir / names["encoder"])
         decoder_info = inspect_model(package_dir / names["decoder_with_past"])
         layers = sum(1 for o in decoder_info.outputs if o.name.endswith(".decoder.key"))
@@ -285,17 +282,13 @@ def convert_seq2seq(
                     precision="fp32",
                     method="export",
                     size_bytes=size,
-                    settings={
-                        "exporter": "optimum-onnx",
-                        "optimum_task": task.optimum_task,
-                        "export_seconds": round(export_seconds, 2),
-                    },
+                    settings=task.export_settings(export_seconds),
                     validation=validation,
                     tool_versions=tool_versions(),
                 )
             },
             preprocessing=preprocessing,
-            exporter={"name": "optimum-onnx", "task": task.optimum_task},
+            exporter=task.exporter_record(),
             seq2seq=spec,
         )
         ModelPackage(package_dir, manifest).save(manifest)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from tests.seq2seq_models import TEXT_KINDS, text_source, whisper_source
 from toolkit.runner import Runner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -270,3 +271,22 @@ def bert_versions(tiny_bert_package: Path, tmp_path_factory: pytest.TempPathFact
 def bert_runner(tiny_bert_package: Path) -> Runner:
     """A one-thread Runner over the tiny BERT package."""
     return Runner(tiny_bert_package, threads=1)
+
+
+@pytest.fixture(scope="session")
+def s2s_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random Whisper, BART, T5 and Marian saved as Hugging Face folders with their tokenizers."""
+    root = tmp_path_factory.mktemp("s2s-sources")
+    sources = {"whisper": whisper_source(root / "whisper")}
+    for kind in TEXT_KINDS:
+        sources[kind] = text_source(kind, root / kind)
+    return sources
+
+
+@pytest.fixture(scope="session")
+def s2s_packages(s2s_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each source converted once."""
+    from converters import convert
+
+    root = tmp_path_factory.mktemp("s2s-packages")
+    return {kind: convert(str(src), root / kind).path for kind, src in s2s_sources.items()}

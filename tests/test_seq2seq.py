@@ -4,7 +4,6 @@ with optimum-onnx and decoded by `SpeechRecognizer` / `Seq2SeqGenerator` against
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -13,218 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from converters.recipes import list_recipes
+from tests.seq2seq_models import CORPUS, LANGUAGES, TEXT_KINDS, speech, text_source, whisper_source, write_wav
 from toolkit.cli import edge
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage
-
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Edge inference keeps latency low on small devices.",
-    "A model package holds the graph, its manifest and the tokenizer.",
-    "Speech becomes text, and text becomes other text.",
-]
-LANGUAGES = ("en", "de", "fr")
-WHISPER_SPECIAL = [
-    "<|endoftext|>",
-    "<|startoftranscript|>",
-    *[f"<|{code}|>" for code in LANGUAGES],
-    "<|translate|>",
-    "<|transcribe|>",
-    "<|startoflm|>",
-    "<|startofprev|>",
-    "<|nospeech|>",
-    "<|notimestamps|>",
-    *[f"<|{i * 0.02:.2f}|>" for i in range(16)],
-]
-TEXT_KINDS = ("bart", "t5", "marian")
-
-
-def _bpe(special: list[str], vocab: int = 300) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(CORPUS * 20, trainer)
-    return tokenizer
-
-
-def _whisper_source(
-    folder: Path, config_kwargs: dict[str, Any] | None = None, multilingual: bool = True
-) -> Path:
-    import torch
-    from transformers import (
-        GenerationConfig,
-        PreTrainedTokenizerFast,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-    )
-
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_bpe(WHISPER_SPECIAL[:-17]), eos_token="<|endoftext|>", pad_token="<|endoftext|>"
-    )
-    # <|notimestamps|> and the timestamps come last, as in Whisper's vocabulary (timestamps are its top ids)
-    tokenizer.add_special_tokens({"additional_special_tokens": WHISPER_SPECIAL[1:]})
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIAL}
-    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
-    sizes = config_kwargs or {
-        "d_model": 32,
-        "encoder_layers": 2,
-        "decoder_layers": 2,
-        "encoder_attention_heads": 4,
-        "decoder_attention_heads": 4,
-        "encoder_ffn_dim": 64,
-        "decoder_ffn_dim": 64,
-        "num_mel_bins": 80,
-        "max_source_positions": 1500,
-        "max_target_positions": 64,
-    }
-    config = WhisperConfig(
-        vocab_size=len(tokenizer),
-        **sizes,
-        decoder_start_token_id=sot,
-        pad_token_id=eot,
-        eos_token_id=eot,
-        bos_token_id=eot,
-        begin_suppress_tokens=[eot],
-        suppress_tokens=[ids["<|startoflm|>"]],
-    )
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=sot,
-        eos_token_id=eot,
-        pad_token_id=eot,
-        bos_token_id=eot,
-        begin_suppress_tokens=[eot],
-        suppress_tokens=[ids["<|startoflm|>"]],
-        lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES} if multilingual else None,
-        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
-        if multilingual
-        else None,
-        no_timestamps_token_id=ids["<|notimestamps|>"],
-        is_multilingual=multilingual,
-        max_initial_timestamp_index=50,
-        max_length=64,
-    )
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
-    return folder
-
-
-def _text_source(
-    kind: str, folder: Path, recipe_model: tuple[str, str, dict[str, Any]] | None = None
-) -> Path:
-    import torch
-    import transformers as tf
-
-    special = ["<pad>", "</s>", "<s>", "<unk>"]
-    tokenizer = tf.PreTrainedTokenizerFast(
-        tokenizer_object=_bpe(special),
-        pad_token="<pad>",
-        eos_token="</s>",
-        bos_token="<s>",
-        unk_token="<unk>",
-    )
-    from tokenizers import processors
-
-    backend = tokenizer.backend_tokenizer
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    vocab = len(tokenizer)
-    torch.manual_seed(0)
-    common = {"vocab_size": vocab, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
-    if recipe_model is not None:
-        model_name, config_name, kwargs = recipe_model
-        # the toy vocabulary's eos is 1: force that one at the length limit (BART and Marian default to 2 and 0)
-        forced = {"forced_eos_token_id": 1, "forced_bos_token_id": None}
-        model = getattr(tf, model_name)(getattr(tf, config_name)(**{**common, **forced, **kwargs}))
-    elif kind == "t5":
-        model = tf.T5ForConditionalGeneration(
-            tf.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, **common)
-        )
-    elif kind == "marian":
-        model = tf.MarianMTModel(
-            tf.MarianConfig(
-                d_model=32,
-                encoder_layers=2,
-                decoder_layers=2,
-                encoder_attention_heads=4,
-                decoder_attention_heads=4,
-                encoder_ffn_dim=64,
-                decoder_ffn_dim=64,
-                max_position_embeddings=64,
-                forced_eos_token_id=1,
-                **common,
-            )
-        )
-    else:
-        model = tf.BartForConditionalGeneration(
-            tf.BartConfig(
-                d_model=32,
-                encoder_layers=2,
-                decoder_layers=2,
-                encoder_attention_heads=4,
-                decoder_attention_heads=4,
-                encoder_ffn_dim=64,
-                decoder_ffn_dim=64,
-                max_position_embeddings=64,
-                forced_bos_token_id=2,
-                forced_eos_token_id=1,
-                bos_token_id=2,
-                **{**common, "decoder_start_token_id": 1},
-            )
-        )
-    model.eval()
-    if recipe_model is None:
-        model.generation_config.max_length = 24
-        model.generation_config.no_repeat_ngram_size = 3 if kind == "bart" else 0
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def s2s_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny random Whisper, BART, T5 and Marian saved as Hugging Face folders with their tokenizers."""
-    root = tmp_path_factory.mktemp("s2s-sources")
-    sources = {"whisper": _whisper_source(root / "whisper")}
-    for kind in TEXT_KINDS:
-        sources[kind] = _text_source(kind, root / kind)
-    return sources
-
-
-@pytest.fixture(scope="session")
-def s2s_packages(s2s_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each source converted once."""
-    from converters import convert
-
-    root = tmp_path_factory.mktemp("s2s-packages")
-    return {kind: convert(str(src), root / kind).path for kind, src in s2s_sources.items()}
-
-
-def _speech(seconds: float, rate: int = 16000, seed: int = 3) -> np.ndarray:
-    from toolkit.tasks.modality import synthetic_waveform
-
-    return (0.1 * synthetic_waveform(int(seconds * rate), rate, np.random.default_rng(seed))).astype(
-        np.float32
-    )
-
-
-def _write_wav(path: Path, samples: np.ndarray, rate: int, channels: int = 1) -> Path:
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
-    if channels > 1:
-        pcm = np.repeat(pcm[:, None], channels, axis=1)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(channels)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(pcm.tobytes())
-    return path
 
 
 def test_log_mel_equals_whisper_feature_extractor() -> None:
@@ -233,7 +24,7 @@ def test_log_mel_equals_whisper_feature_extractor() -> None:
     from toolkit.speech import LogMelSpec, log_mel
 
     for n_mels, seconds in ((80, 3.3), (128, 31.0)):
-        wave_ = _speech(seconds)
+        wave_ = speech(seconds)
         want = WhisperFeatureExtractor(feature_size=n_mels)(wave_, sampling_rate=16000, return_tensors="np")
         got = log_mel(wave_, LogMelSpec(n_mels=n_mels))
         np.testing.assert_allclose(got, want.input_features[0], atol=1e-4)
@@ -292,7 +83,7 @@ def test_whisper_tokens_equal_transformers_greedy_and_beam(
 ) -> None:
     from toolkit import SpeechRecognizer
 
-    audio = _speech(2.0)
+    audio = speech(2.0)
     want = _whisper_reference(s2s_sources["whisper"], audio, beams, "en")
     recognizer = SpeechRecognizer.load(s2s_packages["whisper"], providers="cpu")
     got = recognizer.transcribe([audio], language="en", num_beams=beams, max_new_tokens=20)[0]
@@ -345,9 +136,9 @@ def test_a_44k_stereo_wav_transcribes_like_its_16k_mono_version(
     from toolkit import SpeechRecognizer
     from toolkit.speech import resample
 
-    audio = _speech(2.0)
-    mono = _write_wav(tmp_path / "mono.wav", audio, 16000)
-    stereo = _write_wav(tmp_path / "stereo.wav", resample(audio, 16000, 44100), 44100, channels=2)
+    audio = speech(2.0)
+    mono = write_wav(tmp_path / "mono.wav", audio, 16000)
+    stereo = write_wav(tmp_path / "stereo.wav", resample(audio, 16000, 44100), 44100, channels=2)
     recognizer = SpeechRecognizer.load(s2s_packages["whisper"], providers="cpu")
     a, b = recognizer.transcribe([mono, stereo], language="en", max_new_tokens=8)
     assert a.token_ids == b.token_ids
@@ -360,7 +151,7 @@ def test_long_clips_are_decoded_in_30_second_chunks_and_language_is_detected(
     from toolkit import SpeechRecognizer
 
     recognizer = SpeechRecognizer.load(s2s_packages["whisper"], providers="cpu")
-    long_clip = _speech(65.0)
+    long_clip = speech(65.0)
     result = recognizer.transcribe([long_clip], max_new_tokens=4)[0]
     assert len(result.segments) == 3
     assert result.language in LANGUAGES
@@ -372,9 +163,9 @@ def test_long_clips_are_decoded_in_30_second_chunks_and_language_is_detected(
     ("call", "message"),
     [
         (lambda r, tmp: r.transcribe([np.zeros(0, dtype=np.float32)]), "zero-length clip"),
-        (lambda r, tmp: r.transcribe([_speech(1.0)], language="xx"), "unknown language code 'xx'"),
+        (lambda r, tmp: r.transcribe([speech(1.0)], language="xx"), "unknown language code 'xx'"),
         (lambda r, tmp: r.transcribe([_float_wav(tmp)]), "is not a PCM WAV file"),
-        (lambda r, tmp: r.transcribe([_speech(1.0)], task="summarise"), "unknown task 'summarise'"),
+        (lambda r, tmp: r.transcribe([speech(1.0)], task="summarise"), "unknown task 'summarise'"),
     ],
 )
 def test_bad_speech_input_is_a_one_line_error(
@@ -402,7 +193,7 @@ def _float_wav(tmp: Path) -> Path:
 
 
 def test_edge_run_prints_transcripts_and_text2text(s2s_packages: dict[str, Path], tmp_path: Path) -> None:
-    clip = _write_wav(tmp_path / "clip.wav", _speech(1.5), 16000)
+    clip = write_wav(tmp_path / "clip.wav", speech(1.5), 16000)
     runner = CliRunner()
     result = runner.invoke(edge, ["run", str(s2s_packages["whisper"]), "--audio", str(clip), "--json"])
     assert result.exit_code == 0, result.output
@@ -411,7 +202,7 @@ def test_edge_run_prints_transcripts_and_text2text(s2s_packages: dict[str, Path]
     text = runner.invoke(edge, ["run", str(s2s_packages["bart"]), "--text", CORPUS[0]])
     assert text.exit_code == 0, text.output
     assert "->" in text.output
-    empty = _write_wav(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    empty = write_wav(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
     bad = runner.invoke(edge, ["run", str(s2s_packages["whisper"]), "--audio", str(empty)])
     assert bad.exit_code == 2
     assert "zero-length clip" in bad.output
@@ -447,9 +238,9 @@ def test_recipe_offline_stand_in_converts_and_matches_transformers(name: str, tm
     source = tmp_path / "hf"
     if recipe.task == "transcribe":
         multilingual = not name.endswith(".en")
-        _whisper_source(source, kwargs, multilingual=multilingual)
+        whisper_source(source, kwargs, multilingual=multilingual)
     else:
-        _text_source(name, source, (recipe.offline.model, recipe.offline.config, kwargs))
+        text_source(name, source, (recipe.offline.model, recipe.offline.config, kwargs))
     package = convert(str(source), tmp_path / "package", ConvertOptions(recipe=name))
     manifest = package.manifest
     assert (manifest.name, manifest.task, manifest.source.recipe) == (name, recipe.task, name)
@@ -459,7 +250,7 @@ def test_recipe_offline_stand_in_converts_and_matches_transformers(name: str, tm
     assert validation.threshold == recipe.atol
     if recipe.task == "transcribe":
         language = "en" if multilingual else None
-        audio = _speech(1.5)
+        audio = speech(1.5)
         got = SpeechRecognizer.load(package.path, providers="cpu").transcribe(
             [audio], language=language, max_new_tokens=10
         )
@@ -492,7 +283,7 @@ def test_quantized_encoder_decoders_report_token_agreement(
     checks = {c.name for c in variant.validation.outputs}
     assert ("wer_vs_fp32" in checks) == (kind == "whisper")
     pipeline: Any = toolkit.load(copy, "cpu", variant=variant.name)
-    sample = [_speech(1.0)] if kind == "whisper" else [CORPUS[0]]
+    sample = [speech(1.0)] if kind == "whisper" else [CORPUS[0]]
     run = pipeline.transcribe if kind == "whisper" else pipeline.generate
     assert run(sample, max_new_tokens=4)[0].token_ids
     result = CliRunner().invoke(edge, ["quantize", str(copy), "--method", "static-int8"])
@@ -530,7 +321,7 @@ def test_timestamp_tokens_split_the_transcript_into_segments(s2s_packages: dict[
 
 
 def test_edge_run_timestamps_needs_a_speech_package(s2s_packages: dict[str, Path], tmp_path: Path) -> None:
-    clip = _write_wav(tmp_path / "clip.wav", _speech(1.0), 16000)
+    clip = write_wav(tmp_path / "clip.wav", speech(1.0), 16000)
     runner = CliRunner()
     ok = runner.invoke(
         edge, ["run", str(s2s_packages["whisper"]), "--audio", str(clip), "--timestamps", "--json"]

@@ -1,0 +1,212 @@
+"""Tiny random encoder-decoders for the seq2seq tests: Whisper, BART, T5 and Marian built from configs with BPE
+tokenizers trained here, speech-like clips and WAV files (the fixtures that convert them live in conftest.py)."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CORPUS",
+    "LANGUAGES",
+    "TEXT_KINDS",
+    "WHISPER_SPECIAL",
+    "bpe_tokenizer",
+    "speech",
+    "text_source",
+    "whisper_source",
+    "write_wav",
+]
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Edge inference keeps latency low on small devices.",
+    "A model package holds the graph, its manifest and the tokenizer.",
+    "Speech becomes text, and text becomes other text.",
+]
+LANGUAGES = ("en", "de", "fr")
+WHISPER_SPECIAL = [
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    *[f"<|{code}|>" for code in LANGUAGES],
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nospeech|>",
+    "<|notimestamps|>",
+    *[f"<|{i * 0.02:.2f}|>" for i in range(16)],
+]
+TEXT_KINDS = ("bart", "t5", "marian")
+
+
+def bpe_tokenizer(special: list[str], vocab: int = 300) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(CORPUS * 20, trainer)
+    return tokenizer
+
+
+def whisper_source(
+    folder: Path, config_kwargs: dict[str, Any] | None = None, multilingual: bool = True
+) -> Path:
+    import torch
+    from transformers import (
+        GenerationConfig,
+        PreTrainedTokenizerFast,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe_tokenizer(WHISPER_SPECIAL[:-17]),
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    # <|notimestamps|> and the timestamps come last, as in Whisper's vocabulary (timestamps are its top ids)
+    tokenizer.add_special_tokens({"additional_special_tokens": WHISPER_SPECIAL[1:]})
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIAL}
+    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    sizes = config_kwargs or {
+        "d_model": 32,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "num_mel_bins": 80,
+        "max_source_positions": 1500,
+        "max_target_positions": 64,
+    }
+    config = WhisperConfig(
+        vocab_size=len(tokenizer),
+        **sizes,
+        decoder_start_token_id=sot,
+        pad_token_id=eot,
+        eos_token_id=eot,
+        bos_token_id=eot,
+        begin_suppress_tokens=[eot],
+        suppress_tokens=[ids["<|startoflm|>"]],
+    )
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        begin_suppress_tokens=[eot],
+        suppress_tokens=[ids["<|startoflm|>"]],
+        lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES} if multilingual else None,
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
+        if multilingual
+        else None,
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        is_multilingual=multilingual,
+        max_initial_timestamp_index=50,
+        max_length=64,
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return folder
+
+
+def text_source(kind: str, folder: Path, recipe_model: tuple[str, str, dict[str, Any]] | None = None) -> Path:
+    import torch
+    import transformers as tf
+
+    special = ["<pad>", "</s>", "<s>", "<unk>"]
+    tokenizer = tf.PreTrainedTokenizerFast(
+        tokenizer_object=bpe_tokenizer(special),
+        pad_token="<pad>",
+        eos_token="</s>",
+        bos_token="<s>",
+        unk_token="<unk>",
+    )
+    from tokenizers import processors
+
+    backend = tokenizer.backend_tokenizer
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    vocab = len(tokenizer)
+    torch.manual_seed(0)
+    common = {"vocab_size": vocab, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
+    if recipe_model is not None:
+        model_name, config_name, kwargs = recipe_model
+        # the toy vocabulary's eos is 1: force that one at the length limit (BART and Marian default to 2 and 0)
+        forced = {"forced_eos_token_id": 1, "forced_bos_token_id": None}
+        model = getattr(tf, model_name)(getattr(tf, config_name)(**{**common, **forced, **kwargs}))
+    elif kind == "t5":
+        model = tf.T5ForConditionalGeneration(
+            tf.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, **common)
+        )
+    elif kind == "marian":
+        model = tf.MarianMTModel(
+            tf.MarianConfig(
+                d_model=32,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                max_position_embeddings=64,
+                forced_eos_token_id=1,
+                **common,
+            )
+        )
+    else:
+        model = tf.BartForConditionalGeneration(
+            tf.BartConfig(
+                d_model=32,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                max_position_embeddings=64,
+                forced_bos_token_id=2,
+                forced_eos_token_id=1,
+                bos_token_id=2,
+                **{**common, "decoder_start_token_id": 1},
+            )
+        )
+    model.eval()
+    if recipe_model is None:
+        model.generation_config.max_length = 24
+        model.generation_config.no_repeat_ngram_size = 3 if kind == "bart" else 0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def speech(seconds: float, rate: int = 16000, seed: int = 3) -> np.ndarray:
+    from toolkit.tasks.modality import synthetic_waveform
+
+    return (0.1 * synthetic_waveform(int(seconds * rate), rate, np.random.default_rng(seed))).astype(
+        np.float32
+    )
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int, channels: int = 1) -> Path:
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    if channels > 1:
+        pcm = np.repeat(pcm[:, None], channels, axis=1)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(pcm.tobytes())
+    return path

@@ -193,6 +193,7 @@ def validate_seq2seq(task: str, model: Any, package_dir: Path, spec: Seq2SeqSpec
         feeds.get("attention_mask"),
         prompt,
         rules,
+        capacity=prompt.shape[1] + 2,
     )
     got = stepper.logits
     diffs = []

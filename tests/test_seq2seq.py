@@ -23,8 +23,9 @@ def test_log_mel_equals_whisper_feature_extractor() -> None:
 
     from toolkit.speech import LogMelSpec, log_mel
 
-    for n_mels, seconds in ((80, 3.3), (128, 31.0)):
-        wave_ = speech(seconds)
+    silence = np.zeros(16000, dtype=np.float32)
+    trailing_silence = np.concatenate([speech(1.0), silence])
+    for n_mels, wave_ in ((80, speech(3.3)), (128, speech(31.0)), (80, silence), (80, trailing_silence)):
         want = WhisperFeatureExtractor(feature_size=n_mels)(wave_, sampling_rate=16000, return_tensors="np")
         got = log_mel(wave_, LogMelSpec(n_mels=n_mels))
         np.testing.assert_allclose(got, want.input_features[0], atol=1e-4)
@@ -119,6 +120,45 @@ def test_text2text_tokens_equal_transformers_greedy_and_beam(
         got = generator.generate([text], num_beams=beams)[0]
         assert list(got.token_ids) == want, (kind, beams, text)
         assert len(want) > 1
+
+
+def test_decoder_caches_are_bound_in_place_and_regroup_by_row(s2s_packages: dict[str, Path]) -> None:
+    from toolkit import Seq2SeqGenerator
+    from toolkit.seq2seq import DecodingRules, log_softmax
+
+    generator = Seq2SeqGenerator.load(s2s_packages["bart"])
+    ids = generator.tokenizer.encode(CORPUS[0]).ids
+    mask = np.ones((1, len(ids)), dtype=np.int64)
+    states = generator.runner.run({"input_ids": np.asarray([ids]), "attention_mask": mask})[
+        "last_hidden_state"
+    ]
+    prompt = np.tile(np.asarray(generator.spec.decoder_start_ids), (3, 1))
+    no_rules = DecodingRules(prompt.shape[1], 100, frozenset(generator.spec.eos_token_ids))
+    stepper = generator.stepper(states, mask, prompt, no_rules, 4)  # three rows share one encoder row
+    buffers = [address for side in stepper.cache._buffers for address, _ in side]
+    stepper.step(np.array([5, 6, 7]))
+    before = stepper.cache.view(1, "value")
+    stepper.reorder(np.array([2, 0, 0]))
+    np.testing.assert_array_equal(stepper.cache.view(1, "value"), before[[2, 0, 0]])
+    assert stepper.ids[:, -1].tolist() == [7, 5, 5]
+    scores = stepper.step(np.array([8, 8, 8]))
+    np.testing.assert_array_equal(scores[1], scores[2])
+    assert [address for side in stepper.cache._buffers for address, _ in side] == buffers
+    # the cached steps equal one uncached run of the first decoder over the whole history
+    first = generator.decoders[0].session
+    feeds = {"input_ids": stepper.ids, "encoder_hidden_states": np.repeat(states, 3, axis=0)}
+    if "encoder_attention_mask" in {i.name for i in first.get_inputs()}:
+        feeds["encoder_attention_mask"] = np.repeat(mask, 3, axis=0)
+    plain = first.run(["logits"], feeds)[0][:, -1, :]
+    np.testing.assert_allclose(scores, log_softmax(plain), atol=1e-4)
+    with pytest.raises(BadInputError, match="a reorder keeps 3 rows"):
+        stepper.reorder(np.array([0, 1]))
+    # rows over distinct encoder states: regrouping moves their cross-attention caches too
+    two = np.concatenate([states, 0.5 * states])
+    pair = generator.stepper(two, np.repeat(mask, 2, axis=0), prompt[:2], no_rules, 4)
+    swapped = generator.stepper(two[::-1].copy(), np.repeat(mask, 2, axis=0), prompt[:2], no_rules, 4)
+    pair.reorder(np.array([1, 0]))
+    np.testing.assert_allclose(pair.step(np.array([5, 6])), swapped.step(np.array([5, 6])), atol=1e-5)
 
 
 def test_registry_loads_the_pipelines_and_refuses_other_tasks(s2s_packages: dict[str, Path]) -> None:

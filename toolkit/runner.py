@@ -357,6 +357,11 @@ class Runner:
         """The providers onnxruntime actually uses for this session, by short name, in priority order."""
         return tuple(short_name(p) for p in self.session.get_providers())
 
+    @property
+    def device(self) -> tuple[str, int]:
+        """Where IO-bound tensors of this session live: ("cpu", 0) or ("cuda", device id)."""
+        return self._device, self._device_id
+
     def node_placement(self, feeds: Mapping[str, Any] | None = None) -> dict[str, int]:
         """Nodes per provider (short names, most first), after onnxruntime's graph optimisations; cached.
 

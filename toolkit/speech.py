@@ -82,10 +82,15 @@ def log_mel(waveform: np.ndarray, spec: LogMelSpec) -> np.ndarray:
     half = spec.n_fft // 2
     padded = np.pad(samples, (half, half), mode="reflect")
     count = 1 + (padded.size - spec.n_fft) // spec.hop_length
-    starts = np.arange(count) * spec.hop_length
+    # frames past the clip's last sample see only the zero padding and have zero power: skip their FFTs
+    # (a 10 s clip fills a third of the 30 s window)
+    nonzero = np.flatnonzero(padded)
+    audible = min(count, int(nonzero[-1]) // spec.hop_length + 1) if nonzero.size else 0
+    starts = np.arange(audible) * spec.hop_length
     frames = padded[starts[:, None] + np.arange(spec.n_fft)[None, :]]
     window = np.hanning(spec.n_fft + 1)[:-1]
-    power = np.abs(np.fft.rfft(frames * window, n=spec.n_fft, axis=-1)) ** 2
+    power = np.zeros((count, spec.n_fft // 2 + 1))
+    power[:audible] = np.abs(np.fft.rfft(frames * window, n=spec.n_fft, axis=-1)) ** 2
     mel = power @ mel_filters(spec.n_mels, spec.n_fft, spec.sampling_rate)
     log_spec = np.log10(np.maximum(mel, 1e-10)).T[:, :-1]
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)

@@ -17,7 +17,7 @@ from toolkit.generation.decoding import FinishReason, RowPlan, decode
 from toolkit.generation.detokenizer import IncrementalDetokenizer
 from toolkit.generation.sampling import GenerationOptions, LogitsChooser, options_from
 from toolkit.manifest import FP32_VARIANT, GenerationSpec, ModelPackage
-from toolkit.providers import PROVIDERS, ProviderConfig
+from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 from toolkit.tasks.base import Pipeline
 from toolkit.tasks.generate import GenerateTask
@@ -105,11 +105,7 @@ class TextGenerator(Pipeline[TextModality]):
         super().__init__(package, runner, task)
         self.spec: GenerationSpec = self.task.spec
         self.tokenizer = self.task.tokenizer
-        first = runner.providers[0]
-        self.device = PROVIDERS[first].device if first in PROVIDERS else "cpu"
-        self.device_id = (
-            runner.config.tensorrt.device_id if first == "tensorrt" else runner.config.cuda.device_id
-        )
+        self.device, self.device_id = runner.device
 
     @classmethod
     def load(

@@ -129,6 +129,41 @@ class KVCache:
             new._write(entry, host)
         return new
 
+    def fill(self, values: Sequence[np.ndarray]) -> None:
+        """Start the cache from host tensors [batch, kv_heads, length, head_dim], one per entry (layer by layer,
+        key then value): a prompt's past computed elsewhere (an encoder-decoder's first decoder run)."""
+        length = values[0].shape[2]
+        if length > self.capacity:
+            raise BadInputError(
+                f"KV cache holds {self.capacity} positions, the prompt needs {length}; use a shorter prompt"
+            )
+        self.length = length
+        for entry, value in enumerate(values):
+            self._write_prefix(entry, np.ascontiguousarray(value, dtype=self.layout.dtype))
+
+    def reorder(self, rows: Sequence[int] | np.ndarray) -> None:
+        """Keep rows `rows` (in that order; as many as the cache has) in place: beam search regrouping its beams.
+        On CUDA through the host."""
+        rows = np.asarray(rows)
+        if rows.shape != (self.batch,):
+            raise BadInputError(f"a reorder keeps {self.batch} rows, got {rows.shape[0]}")
+        for entry, (layer, kind) in enumerate(
+            (layer, kind) for layer in range(self.layout.layers) for kind in ("key", "value")
+        ):
+            self._write_prefix(entry, self.view(layer, kind)[rows])
+
+    def _write_prefix(self, entry: int, data: np.ndarray) -> None:
+        """Write `data` (the cache tensor at the current length) to the start of the current side's buffer."""
+        _, owner = self._buffers[self._current][entry]
+        if isinstance(owner, np.ndarray):
+            owner[: data.size] = data.reshape(-1)
+            return
+        host = np.zeros(
+            self.batch * self.layout.kv_heads * self.capacity * self.layout.head_dim, self.layout.dtype
+        )
+        host[: data.size] = data.reshape(-1)
+        self._write(entry, host)
+
     def _write(self, entry: int, host: np.ndarray) -> None:
         """Fill the current side's buffer `entry` from a host array of its full size."""
         _, owner = self._buffers[self._current][entry]

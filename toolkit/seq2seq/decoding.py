@@ -18,9 +18,19 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from toolkit.errors import BadModelError
+from toolkit.generation.kv_cache import CacheLayout, KVCache
 from toolkit.manifest import Seq2SeqSpec
+from toolkit.runner import numpy_dtype
 
-__all__ = ["BeamSettings", "DecodingRules", "Seq2SeqStepper", "beam_search", "log_softmax"]
+__all__ = [
+    "BeamSettings",
+    "DecodingRules",
+    "Seq2SeqStepper",
+    "beam_search",
+    "log_softmax",
+    "self_attention_layout",
+]
 
 _NEG = np.float32(-np.inf)
 
@@ -78,11 +88,36 @@ def _kv(layer: int, part: str, kind: str) -> tuple[str, str]:
     return f"past_key_values.{layer}.{part}.{kind}", f"present.{layer}.{part}.{kind}"
 
 
-class Seq2SeqStepper:
-    """The decoder over one batch's encoder states: `start` runs the decoder prompt, `step` one token per row.
+def self_attention_layout(with_past: ort.InferenceSession, layers: int) -> CacheLayout:
+    """The decoder self-attention cache of a decoder-with-past graph: heads, head size and dtype read from its
+    first past input [batch, heads, past, head_dim]."""
+    past = {i.name: i for i in with_past.get_inputs()}.get(_kv(0, "decoder", "key")[0])
+    if past is None or not all(isinstance(d, int) for d in (past.shape[1], past.shape[3])):
+        raise BadModelError(
+            "the decoder-with-past graph has no fixed-size past_key_values.0.decoder.key input; "
+            "re-create the package with `edge convert`"
+        )
+    return CacheLayout(
+        layers,
+        past.shape[1],
+        past.shape[3],
+        numpy_dtype(past.type),
+        lambda layer, kind: _kv(layer, "decoder", kind)[0],
+        lambda layer, kind: _kv(layer, "decoder", kind)[1],
+    )
 
-    Scores come back as log-probabilities with `rules` applied (transformers' beam search applies its
-    processors after the log-softmax; greedy choice is the same either way). `reorder` regroups the rows (beam search)."""
+
+class Seq2SeqStepper:
+    """The decoder over one batch's encoder states: the first decoder runs the decoder prompt and computes the
+    cross-attention cache once; then the decoder-with-past takes one token per row per step through IO binding,
+    its self-attention cache in `KVCache` ping-pong buffers, the cross-attention cache bound once and the logits
+    written into one host buffer, so no step allocates or copies a cache (on CUDA they stay on the device).
+
+    `encoder_states` has a row per prompt row, or one row that every prompt row shares (the beams of one input:
+    the prompt runs once, its caches are copied to the rows, and regrouping rows never touches the
+    cross-attention cache). Scores come back with `rules` applied: log-probabilities when `log_probs` (beam
+    search; transformers applies its processors after the log-softmax), raw logits otherwise (greedy: the
+    rules only mask or force tokens, so the choice is the same and the softmax is saved)."""
 
     def __init__(
         self,
@@ -93,50 +128,96 @@ class Seq2SeqStepper:
         encoder_mask: np.ndarray | None,
         prompt: np.ndarray,
         rules: DecodingRules,
+        *,
+        capacity: int,
+        log_probs: bool = True,
+        device: tuple[str, int] = ("cpu", 0),
     ) -> None:
         self.with_past = with_past
         self.spec = spec
         self.rules = rules
-        self.mask = encoder_mask
+        self.log_probs = log_probs
         self.ids = np.asarray(prompt, dtype=np.int64)
-        feeds: dict[str, np.ndarray] = {"input_ids": self.ids, "encoder_hidden_states": encoder_states}
-        first_names = {i.name for i in first.get_inputs()}
-        if encoder_mask is not None and "encoder_attention_mask" in first_names:
+        rows = self.ids.shape[0]
+        self._shared = encoder_states.shape[0] == 1 and rows > 1
+        if self._shared and not bool((self.ids == self.ids[:1]).all()):
+            raise ValueError("prompt rows that share one encoder state must be the same prompt")
+        self._device, self._device_id = device
+
+        def expand(value: np.ndarray) -> np.ndarray:
+            return np.repeat(value, rows, axis=0) if self._shared else value
+
+        feeds = {
+            "input_ids": self.ids[:1] if self._shared else self.ids,
+            "encoder_hidden_states": encoder_states,
+        }
+        first_inputs = {i.name for i in first.get_inputs()}
+        if encoder_mask is not None and "encoder_attention_mask" in first_inputs:
             feeds["encoder_attention_mask"] = encoder_mask
-        self._past_names = {i.name for i in with_past.get_inputs()}
-        outputs = [o.name for o in first.get_outputs()]
-        values = dict(zip(outputs, first.run(outputs, feeds), strict=True))
-        self.past = {
-            _kv(layer, part, kind)[0]: values[_kv(layer, part, kind)[1]]
+        binding = first.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        names = [o.name for o in first.get_outputs()]
+        for name in names:
+            binding.bind_output(name, self._device, self._device_id)
+        first.run_with_iobinding(binding)
+        values = dict(zip(names, binding.get_outputs(), strict=True))
+
+        layout = self_attention_layout(with_past, spec.layers)
+        self.cache = KVCache(layout, rows, capacity, self._device, self._device_id)
+        self.cache.fill([expand(values[present].numpy()) for _, present in layout.entries()])
+        self._binding = with_past.io_binding()
+        self._cross = {
+            _kv(layer, "encoder", kind)[0]: values[_kv(layer, "encoder", kind)[1]]
             for layer in range(spec.layers)
-            for part in ("decoder", "encoder")
             for kind in ("key", "value")
         }
-        self.logits = self.rules(self.ids, log_softmax(values["logits"][:, -1, :]))
+        if self._shared:
+            self._cross = {
+                name: self._on_device(expand(value.numpy())) for name, value in self._cross.items()
+            }
+        for name, value in self._cross.items():
+            self._binding.bind_ortvalue_input(name, value)
+        self._mask: np.ndarray | None = None
+        if encoder_mask is not None and "encoder_attention_mask" in {i.name for i in with_past.get_inputs()}:
+            self._mask = np.ascontiguousarray(expand(encoder_mask))
+            self._binding.bind_cpu_input("encoder_attention_mask", self._mask)
+        logits = values["logits"].numpy()[:, -1, :]
+        self._logits = np.empty((rows, 1, logits.shape[-1]), dtype=np.float32)
+        self._binding.bind_output(
+            "logits", "cpu", 0, np.float32, list(self._logits.shape), self._logits.ctypes.data
+        )
+        self._tokens = np.empty((rows, 1), dtype=np.int64)
+        self.logits = self._scores(expand(logits))
+
+    def _on_device(self, host: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(host), self._device, self._device_id)
+
+    def _scores(self, logits: np.ndarray) -> np.ndarray:
+        return self.rules(self.ids, log_softmax(logits) if self.log_probs else logits)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
-        """Feed one token per row; the next logits [rows, vocab] with the rules applied."""
-        tokens = np.asarray(tokens, dtype=np.int64)
-        self.ids = np.concatenate([self.ids, tokens[:, None]], axis=1)
-        feeds = {"input_ids": tokens[:, None], **self.past}
-        if self.mask is not None and "encoder_attention_mask" in self._past_names:
-            feeds["encoder_attention_mask"] = self.mask
-        names = ["logits"] + [
-            _kv(layer, "decoder", kind)[1] for layer in range(self.spec.layers) for kind in ("key", "value")
-        ]
-        values = dict(zip(names, self.with_past.run(names, feeds), strict=True))
-        for layer in range(self.spec.layers):
-            for kind in ("key", "value"):
-                past, present = _kv(layer, "decoder", kind)
-                self.past[past] = values[present]
-        return self.rules(self.ids, log_softmax(values["logits"][:, -1, :]))
+        """Feed one token per row; the next scores [rows, vocab] with the rules applied."""
+        self._tokens[:, 0] = tokens
+        self.ids = np.concatenate([self.ids, self._tokens], axis=1)
+        self._binding.bind_cpu_input("input_ids", self._tokens)
+        self.cache.bind(self._binding, 1)
+        self.with_past.run_with_iobinding(self._binding)
+        self.cache.advance(1)
+        return self._scores(self._logits[:, -1, :])
 
     def reorder(self, rows: np.ndarray) -> None:
-        """Keep rows `rows` (in that order) of the cache, the ids and the encoder mask."""
-        self.past = {name: value[rows] for name, value in self.past.items()}
+        """Keep rows `rows` (in that order) of the caches, the ids and the encoder mask."""
+        self.cache.reorder(rows)
         self.ids = self.ids[rows]
-        if self.mask is not None:
-            self.mask = self.mask[rows]
+        if self._shared:
+            return  # every row attends to the same encoder states
+        for name, value in self._cross.items():
+            self._cross[name] = self._on_device(value.numpy()[rows])
+            self._binding.bind_ortvalue_input(name, self._cross[name])
+        if self._mask is not None:
+            self._mask = np.ascontiguousarray(self._mask[rows])
+            self._binding.bind_cpu_input("encoder_attention_mask", self._mask)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,33 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
     def _setting(self, name: str, value: Any, default: Any) -> Any:
         return value if value is not None else self.spec.defaults.get(name, default)
 
+    def stepper(
+        self,
+        states: np.ndarray,
+        mask: np.ndarray | None,
+        prompt: np.ndarray,
+        rules: DecodingRules,
+        new_tokens: int,
+        *,
+        log_probs: bool = True,
+    ) -> Seq2SeqStepper:
+        """A decoder stepper over encoder `states` (a row per prompt row, or one shared row) that has run the
+        decoder `prompt` [rows, length] and has room for `new_tokens` more."""
+        first, with_past = (r.session for r in self.decoders)
+        prompt = np.asarray(prompt, dtype=np.int64)
+        return Seq2SeqStepper(
+            first,
+            with_past,
+            self.spec,
+            states,
+            mask,
+            prompt,
+            rules,
+            capacity=prompt.shape[1] + new_tokens,
+            log_probs=log_probs,
+            device=self.runner.device,
+        )
+
     def decode_rows(
         self,
         states: np.ndarray,
@@ -101,18 +128,9 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
             min_length=int(spec.defaults.get("min_length", 0) or 0),
             no_repeat_ngram=int(spec.defaults.get("no_repeat_ngram_size", 0) or 0),
         )
-        first, with_past = (r.session for r in self.decoders)
         if beams == 1:
             rows = states.shape[0]
-            stepper = Seq2SeqStepper(
-                first,
-                with_past,
-                spec,
-                states,
-                mask,
-                np.tile(np.asarray(prompt, dtype=np.int64), (rows, 1)),
-                rules,
-            )
+            stepper = self.stepper(states, mask, np.tile(prompt, (rows, 1)), rules, limit, log_probs=False)
             plan = RowPlan(
                 LogitsChooser(GenerationOptions(max_new_tokens=limit)), frozenset(spec.eos_token_ids), limit
             )
@@ -138,17 +156,8 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
         )
         results = []
         for row in range(states.shape[0]):
-            repeated = np.repeat(states[row : row + 1], beams, axis=0)
-            row_mask = np.repeat(mask[row : row + 1], beams, axis=0) if mask is not None else None
-            stepper = Seq2SeqStepper(
-                first,
-                with_past,
-                spec,
-                repeated,
-                row_mask,
-                np.tile(np.asarray(prompt, dtype=np.int64), (beams, 1)),
-                rules,
-            )
+            row_mask = mask[row : row + 1] if mask is not None else None
+            stepper = self.stepper(states[row : row + 1], row_mask, np.tile(prompt, (beams, 1)), rules, limit)
             results.append(beam_search(stepper, limit, spec.eos_token_ids, spec.pad_token_id, settings))
         return results
 

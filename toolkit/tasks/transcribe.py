@@ -19,7 +19,7 @@ import numpy as np
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage, Seq2SeqSpec
 from toolkit.preprocess import AudioInput, clip_list
-from toolkit.seq2seq import Seq2SeqPipeline, Seq2SeqStepper
+from toolkit.seq2seq import Seq2SeqPipeline
 from toolkit.seq2seq.decoding import DecodingRules
 from toolkit.speech import LogMelSpec, chunks, load_clip, log_mel
 from toolkit.tasks.base import Feeds, Task
@@ -161,17 +161,8 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
         """The most likely language code for one chunk's encoder states [1, ...] (None: an English-only model)."""
         if not self.spec.languages:
             return None
-        first, with_past = (r.session for r in self.decoders)
         rules = DecodingRules(1, 10**9, frozenset(self.spec.eos_token_ids))
-        stepper = Seq2SeqStepper(
-            first,
-            with_past,
-            self.spec,
-            states,
-            None,
-            np.asarray([self.spec.decoder_start_ids[:1]], dtype=np.int64),
-            rules,
-        )
+        stepper = self.stepper(states, None, np.asarray([self.spec.decoder_start_ids[:1]]), rules, 0)
         codes = sorted(self.spec.languages)
         scores = stepper.logits[0, [self.spec.languages[c] for c in codes]]
         return codes[int(np.argmax(scores))]

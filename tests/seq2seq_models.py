@@ -40,7 +40,7 @@ WHISPER_SPECIAL = [
     "<|notimestamps|>",
     *[f"<|{i * 0.02:.2f}|>" for i in range(16)],
 ]
-TEXT_KINDS = ("bart", "t5", "marian")
+TEXT_KINDS = ("bart", "t5", "marian", "mbart")
 
 
 def bpe_tokenizer(special: list[str], vocab: int = 300) -> Any:
@@ -150,6 +150,23 @@ def text_source(kind: str, folder: Path, recipe_model: tuple[str, str, dict[str,
     elif kind == "t5":
         model = tf.T5ForConditionalGeneration(
             tf.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, **common)
+        )
+    elif kind == "mbart":
+        # mBART starts decoding from eos and forces a target-language token first (here "<s>", id 2)
+        model = tf.MBartForConditionalGeneration(
+            tf.MBartConfig(
+                d_model=32,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                max_position_embeddings=64,
+                forced_bos_token_id=2,
+                forced_eos_token_id=1,
+                **{**common, "decoder_start_token_id": 1},
+            )
         )
     elif kind == "marian":
         model = tf.MarianMTModel(

@@ -92,14 +92,14 @@ def test_whisper_tokens_equal_transformers_greedy_and_beam(
     assert got.language == "en"
 
 
-def _text_reference(source: Path, text: str, beams: int) -> list[int]:
+def _text_reference(source: Path, text: str, beams: int, **settings: Any) -> list[int]:
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     model = AutoModelForSeq2SeqLM.from_pretrained(source).eval()
     encoded = AutoTokenizer.from_pretrained(source)([text], return_tensors="pt", return_token_type_ids=False)
     with torch.inference_mode():
-        out = model.generate(**encoded, num_beams=beams, do_sample=False)
+        out = model.generate(**encoded, num_beams=beams, do_sample=False, **settings)
     row = out[0].tolist()[1:]  # drop the decoder start token
     pad = model.generation_config.pad_token_id
     while row and row[-1] == pad:
@@ -120,6 +120,74 @@ def test_text2text_tokens_equal_transformers_greedy_and_beam(
         got = generator.generate([text], num_beams=beams)[0]
         assert list(got.token_ids) == want, (kind, beams, text)
         assert len(want) > 1
+
+
+@pytest.fixture(scope="module")
+def early_eos_bart(
+    s2s_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """The tiny BART with its eos logit raised, so beams finish at different lengths and the length penalty
+    decides between them (the plain random model never picks eos): its source and package."""
+    import shutil
+
+    from transformers import BartForConditionalGeneration
+
+    from converters import convert
+
+    root = tmp_path_factory.mktemp("early-eos-bart")
+    model = BartForConditionalGeneration.from_pretrained(s2s_sources["bart"])
+    model.final_logits_bias[0, model.config.eos_token_id] = 0.3
+    model.save_pretrained(root / "source")
+    for file in s2s_sources["bart"].iterdir():
+        if "token" in file.name:
+            shutil.copy(file, root / "source" / file.name)
+    return root / "source", convert(str(root / "source"), root / "package").path
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"length_penalty": 3.0},
+        {"length_penalty": 3.0, "early_stopping": True},
+        {"length_penalty": 3.0, "early_stopping": "never", "no_repeat_ngram_size": 2, "min_length": 6},
+    ],
+)
+def test_generate_settings_override_the_config_as_in_transformers(
+    settings: dict[str, Any], early_eos_bart: tuple[Path, Path]
+) -> None:
+    from toolkit import Seq2SeqGenerator
+
+    source, package = early_eos_bart
+    generator = Seq2SeqGenerator.load(package, providers="cpu")
+    for beams in (1, 4):
+        got = generator.generate([CORPUS[2]], num_beams=beams, **settings)[0]
+        assert list(got.token_ids) == _text_reference(source, CORPUS[2], beams, **settings)
+    # the settings take effect: 4 beams with the config's length penalty (1.0) end elsewhere
+    assert (
+        generator.generate([CORPUS[2]], num_beams=4)[0]
+        != generator.generate([CORPUS[2]], num_beams=4, **settings)[0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"length_penalty": float("nan")}, "length_penalty must be a finite number"),
+        ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be an integer of at least 0"),
+        ({"min_length": 2.5}, "min_length must be an integer of at least 0"),
+        ({"early_stopping": "soon"}, 'early_stopping must be true, false or "never"'),
+        ({"num_beams": 0}, "num_beams must be an integer of at least 1"),
+    ],
+)
+def test_bad_generate_settings_are_one_line_errors(
+    settings: dict[str, Any], message: str, s2s_packages: dict[str, Path]
+) -> None:
+    from toolkit import Seq2SeqGenerator
+
+    generator = Seq2SeqGenerator.load(s2s_packages["bart"], providers="cpu")
+    with pytest.raises(BadInputError, match=message) as error:
+        generator.generate([CORPUS[0]], **settings)
+    assert "\n" not in str(error.value)
 
 
 def test_decoder_caches_are_bound_in_place_and_regroup_by_row(s2s_packages: dict[str, Path]) -> None:

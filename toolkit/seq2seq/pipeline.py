@@ -3,7 +3,7 @@ decoding both encoder-decoder tasks share: greedy through `toolkit.generation.de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -29,6 +29,31 @@ class Seq2SeqOutput:
 
     text: str
     token_ids: tuple[int, ...]
+
+
+_COUNTS = ("no_repeat_ngram_size", "min_length")
+
+
+def _checked(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The given (not None) decoding overrides, each checked; a bad one is a BadInputError."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    for name, value in given.items():
+        if name in _COUNTS:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            want = "an integer of at least 0"
+        elif name == "length_penalty":
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+            want = "a finite number"
+        elif name == "early_stopping":
+            ok = isinstance(value, bool) or value == "never"
+            want = 'true, false or "never"'
+        else:
+            raise BadInputError(
+                f"unknown decoding setting '{name}'; use {', '.join((*_COUNTS, 'length_penalty', 'early_stopping'))}"
+            )
+        if not ok:
+            raise BadInputError(f"{name} must be {want}, got {value!r}")
+    return given
 
 
 class _Silent:
@@ -97,11 +122,14 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
         prompt: Sequence[int],
         max_new_tokens: int | None,
         num_beams: int | None,
-        extra_suppress: Sequence[int] = (),
+        overrides: Mapping[str, Any] | None = None,
     ) -> list[list[int]]:
-        """New token ids per row of the encoder `states` [rows, ...], each decoded from `prompt`."""
-        beams = int(self._setting("num_beams", num_beams, 1))
+        """New token ids per row of the encoder `states` [rows, ...], each decoded from `prompt`; `overrides`
+        replace the generation config's `length_penalty`, `early_stopping`, `no_repeat_ngram_size` and
+        `min_length` (None values are ignored)."""
+        beams = self._setting("num_beams", num_beams, 1)
         limit = self._setting("max_new_tokens", max_new_tokens, None)
+        settings = {**self.spec.defaults, **_checked(overrides or {})}
         room = self.spec.max_target_positions - len(prompt)
         if limit is None:
             max_length = self.spec.defaults.get("max_length")
@@ -121,12 +149,12 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
             prompt_length=len(prompt),
             max_length=len(prompt) + limit,
             eos_ids=frozenset(spec.eos_token_ids),
-            suppress=tuple(spec.suppress_tokens) + tuple(extra_suppress),
+            suppress=tuple(spec.suppress_tokens),
             begin_suppress=spec.begin_suppress_tokens,
             forced_bos=spec.forced_bos_token_id,
             forced_eos=spec.forced_eos_token_id,
-            min_length=int(spec.defaults.get("min_length", 0) or 0),
-            no_repeat_ngram=int(spec.defaults.get("no_repeat_ngram_size", 0) or 0),
+            min_length=int(settings.get("min_length", 0) or 0),
+            no_repeat_ngram=int(settings.get("no_repeat_ngram_size", 0) or 0),
         )
         if beams == 1:
             rows = states.shape[0]
@@ -149,16 +177,14 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
                         out[row].append(int(step.tokens[row]))
                         done[row] = step.finished[row] is not None
             return out
-        settings = BeamSettings(
-            beams,
-            float(spec.defaults.get("length_penalty", 1.0)),
-            spec.defaults.get("early_stopping", False),
+        beam_settings = BeamSettings(
+            beams, float(settings.get("length_penalty", 1.0)), settings.get("early_stopping", False)
         )
         results = []
         for row in range(states.shape[0]):
             row_mask = mask[row : row + 1] if mask is not None else None
             stepper = self.stepper(states[row : row + 1], row_mask, np.tile(prompt, (beams, 1)), rules, limit)
-            results.append(beam_search(stepper, limit, spec.eos_token_ids, spec.pad_token_id, settings))
+            results.append(beam_search(stepper, limit, spec.eos_token_ids, spec.pad_token_id, beam_settings))
         return results
 
     def close(self) -> None:

@@ -74,9 +74,24 @@ class Seq2SeqGenerator(Seq2SeqPipeline[TextModality]):
         return tokenizer
 
     def generate(
-        self, texts: Sequence[str], *, max_new_tokens: int | None = None, num_beams: int | None = None
+        self,
+        texts: Sequence[str],
+        *,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        length_penalty: float | None = None,
+        early_stopping: bool | str | None = None,
+        no_repeat_ngram_size: int | None = None,
+        min_length: int | None = None,
     ) -> list[Seq2SeqOutput]:
-        """One output per text: greedy (`num_beams` 1) or beam search; unset settings from the model's config."""
+        """One output per text: greedy (`num_beams` 1) or beam search, as transformers' ``generate`` with the
+        same arguments; unset settings come from the model's generation config."""
+        overrides = {
+            "length_penalty": length_penalty,
+            "early_stopping": early_stopping,
+            "no_repeat_ngram_size": no_repeat_ngram_size,
+            "min_length": min_length,
+        }
         results = []
         for text in text_list(texts):
             ids = self.tokenizer.encode(text).ids[: self.task.data.pre.max_length]
@@ -86,7 +101,12 @@ class Seq2SeqGenerator(Seq2SeqPipeline[TextModality]):
             }
             states = self.runner.run(feeds)[self.task.output_name(self.runner.outputs)]
             new = self.decode_rows(
-                states, feeds["attention_mask"], self.spec.decoder_start_ids, max_new_tokens, num_beams
+                states,
+                feeds["attention_mask"],
+                self.spec.decoder_start_ids,
+                max_new_tokens,
+                num_beams,
+                overrides,
             )[0]
             results.append(
                 Seq2SeqOutput(str(self.tokenizer.decode(new, skip_special_tokens=True)).strip(), tuple(new))

@@ -408,6 +408,20 @@ def test_edge_bench_reports_the_real_time_factor_of_a_speech_package(s2s_package
     assert rows[0]["clip_seconds"] == 10.0
 
 
+def test_edge_bench_times_whole_generations_of_a_text2text_package(
+    s2s_packages: dict[str, Path], tmp_path: Path
+) -> None:
+    report = tmp_path / "bench.json"
+    result = CliRunner().invoke(edge, ["bench", str(s2s_packages["t5"]), "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "fp32: 32 new tokens in" in result.output
+    rows = json.loads(report.read_text())
+    # eos is held back, so every run makes the full 32 tokens: tokens/s is that count over the median time
+    assert rows[0]["new_tokens"] == 32
+    assert rows[0]["tokens_per_s"] == pytest.approx(32 / rows[0]["median_seconds"])
+    assert rows[0]["input_tokens"] > 20
+
+
 def test_timestamp_tokens_split_the_transcript_into_segments(s2s_packages: dict[str, Path]) -> None:
     from toolkit import SpeechRecognizer
 

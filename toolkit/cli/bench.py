@@ -43,45 +43,53 @@ def _run_count(text: str) -> int:
     return int(text)
 
 
-def _bench_speech(
+def _bench_seq2seq(
     target: str,
     variants: tuple[str, ...] | None,
     config: ProviderConfig,
     threads: int | None,
     json_path: str | None,
 ) -> bool:
-    """`edge bench` on a ``transcribe`` package: the real-time factor of each variant; False for other targets."""
-    from pathlib import Path
-
+    """`edge bench` on an encoder-decoder package (encoder and decoding together: the real-time factor of
+    speech, tokens/s of text-to-text), per variant; False for other targets."""
+    from toolkit.atomic import atomic_write_text
+    from toolkit.cli.common import _jsonable
     from toolkit.manifest import MANIFEST_NAME, ModelPackage
-    from toolkit.tasks.transcribe import SpeechRecognizer, real_time_factor
+    from toolkit.seq2seq import Seq2SeqPipeline
+    from toolkit.tasks import pipeline_class
 
     if not (Path(target) / MANIFEST_NAME).is_file():
         return False
     package = ModelPackage.open(target)
-    if package.manifest.task != SpeechRecognizer.task_class.name:
+    pipeline = pipeline_class(package)
+    if not issubclass(pipeline, Seq2SeqPipeline):
         return False
     rows = []
     for variant in variants or tuple(package.manifest.variants):
-        recognizer = SpeechRecognizer.load(target, variant=variant, config=config, threads=threads)
-        with recognizer:
-            rows.append(real_time_factor(recognizer, variant))
+        with pipeline.load(target, variant=variant, config=config, threads=threads) as loaded:
+            rows.append(loaded.speed(variant))
     if json_path is not None:
-        import json as json_module
-
-        from toolkit.cli.common import _jsonable
-
-        text = json_module.dumps([{**_jsonable(r), "rtf": r.rtf} for r in rows], indent=2)
+        # a row's fields and its derived figures (rtf, tokens_per_s: properties)
+        text = json.dumps(
+            [
+                {
+                    **_jsonable(row),
+                    **{
+                        name: getattr(row, name)
+                        for name, member in vars(type(row)).items()
+                        if isinstance(member, property)
+                    },
+                }
+                for row in rows
+            ],
+            indent=2,
+        )
         if json_path == "-":
             click.echo(text)
         else:
-            Path(json_path).write_text(text + "\n", encoding="utf-8")
+            atomic_write_text(Path(json_path), text + "\n")
     for row in rows:
-        stdout.print(
-            f"{row.variant}: real-time factor {row.rtf:.4f} ({row.median_seconds:.3f} s for a {row.clip_seconds:.0f} s "
-            f"clip, {row.new_tokens} new tokens at most, median of {row.runs})",
-            markup=False,
-        )
+        stdout.print(row.line(), markup=False)
     return True
 
 
@@ -295,8 +303,8 @@ def bench_command(
         raise BadInputError(
             "missing TARGET: pass a model package directory or an .onnx file (or --compare A.json B.json)"
         )
-    # --- a speech recognition package is timed by its real-time factor, per variant
-    if _bench_speech(target, variants, provider_config, _positive_int(threads, "--threads"), json_path):
+    # --- an encoder-decoder package is timed whole (real-time factor of speech, tokens/s of text-to-text)
+    if _bench_seq2seq(target, variants, provider_config, _positive_int(threads, "--threads"), json_path):
         return
     # --- a generate package is timed by TTFT and decode tokens/s (toolkit/cli/generate.py)
     from toolkit.cli.generate import bench_generator, is_generator_package

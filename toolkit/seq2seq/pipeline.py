@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from toolkit.seq2seq.decoding import BeamSettings, DecodingRules, Seq2SeqStepper
 from toolkit.tasks.base import Pipeline, Task
 from toolkit.tasks.modality import Modality
 
-__all__ = ["Seq2SeqOutput", "Seq2SeqPipeline"]
+__all__ = ["Seq2SeqOutput", "Seq2SeqPipeline", "SpeedRow"]
 
 _M = TypeVar("_M", bound=Modality)
 
@@ -54,6 +54,19 @@ def _checked(overrides: Mapping[str, Any]) -> dict[str, Any]:
         if not ok:
             raise BadInputError(f"{name} must be {want}, got {value!r}")
     return given
+
+
+class SpeedRow(Protocol):
+    """One variant's speed as `edge bench` prints it (a frozen dataclass, so it also goes to JSON)."""
+
+    @property
+    def variant(self) -> str:
+        """The variant timed."""
+        ...
+
+    def line(self) -> str:
+        """The printed line."""
+        ...
 
 
 class _Silent:
@@ -186,6 +199,10 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
             stepper = self.stepper(states[row : row + 1], row_mask, np.tile(prompt, (beams, 1)), rules, limit)
             results.append(beam_search(stepper, limit, spec.eos_token_ids, spec.pad_token_id, beam_settings))
         return results
+
+    def speed(self, variant: str, runs: int = 3) -> SpeedRow:
+        """This pipeline's speed on a sample input, after one warm-up (`edge bench`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no speed benchmark")
 
     def close(self) -> None:
         """Release the encoder and decoder sessions."""

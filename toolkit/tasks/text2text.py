@@ -5,12 +5,14 @@ transformers' ``generate`` with the model's generation config."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from toolkit.checks import text_list
+from toolkit.corpus import HELD_OUT_SENTENCES
 from toolkit.errors import BadModelError
 from toolkit.manifest import ModelPackage, Seq2SeqSpec
 from toolkit.seq2seq import Seq2SeqOutput, Seq2SeqPipeline
@@ -20,7 +22,7 @@ from toolkit.tasks.modality import TextModality
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["PIPELINE", "TASK", "Seq2SeqGenerator", "Text2TextTask"]
+__all__ = ["PIPELINE", "TASK", "GenerationSpeed", "Seq2SeqGenerator", "Text2TextTask"]
 
 
 class Text2TextTask(Task[TextModality]):
@@ -50,6 +52,30 @@ class Text2TextTask(Task[TextModality]):
     def run_json(self, results: Sequence[Any]) -> dict[str, Any]:
         """``generations``: one per text."""
         return {"generations": list(results)}
+
+
+@dataclass(frozen=True)
+class GenerationSpeed:
+    """Text-to-text speed: median wall seconds of one greedy generation of `new_tokens` from `input_tokens`."""
+
+    variant: str
+    input_tokens: int
+    new_tokens: int
+    median_seconds: float
+    runs: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        """New tokens per second, encoder included."""
+        return self.new_tokens / self.median_seconds
+
+    def line(self) -> str:
+        """``fp32: 32 new tokens in 41.2 ms (776.7 tokens/s, ...)``."""
+        return (
+            f"{self.variant}: {self.new_tokens} new tokens in {self.median_seconds * 1000:.1f} ms "
+            f"({self.tokens_per_s:.1f} tokens/s, greedy, {self.input_tokens}-token input, encoder included, "
+            f"median of {self.runs})"
+        )
 
 
 class Seq2SeqGenerator(Seq2SeqPipeline[TextModality]):
@@ -116,6 +142,30 @@ class Seq2SeqGenerator(Seq2SeqPipeline[TextModality]):
     def run_items(self, items: Sequence[Any]) -> list[Any]:
         """Outputs for the texts (`edge run --text`)."""
         return self.generate(items)
+
+    def speed(self, variant: str, runs: int = 3, new_tokens: int = 32) -> GenerationSpeed:
+        """Median time of a greedy generation of `new_tokens` (eos held back until then) from the held-out
+        sentences as one input, after one warm-up (`edge bench`)."""
+        import time
+
+        text = " ".join(HELD_OUT_SENTENCES[:4])
+        first = len(self.spec.decoder_start_ids)
+
+        # min_length counts the decoder prompt too (as in transformers): eos stays out until new_tokens are made
+        def run() -> int:
+            outputs = self.generate(
+                [text], max_new_tokens=new_tokens, num_beams=1, min_length=first + new_tokens
+            )
+            return len(outputs[0].token_ids)
+
+        made = run()
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - started)
+        inputs = min(len(self.tokenizer.encode(text).ids), self.task.data.pre.max_length)
+        return GenerationSpeed(variant, inputs, made, float(np.median(times)), runs)
 
 
 TASK = Text2TextTask

@@ -251,6 +251,10 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
         """Transcripts of the WAV files (`edge run --audio`)."""
         return self.transcribe(items)
 
+    def speed(self, variant: str, runs: int = 3) -> RealTimeFactor:
+        """The real-time factor on a 10 s speech-like clip (`edge bench`)."""
+        return real_time_factor(self, variant, runs=runs)
+
 
 @dataclass(frozen=True)
 class RealTimeFactor:
@@ -266,6 +270,13 @@ class RealTimeFactor:
     def rtf(self) -> float:
         """Median seconds of work per second of audio."""
         return self.median_seconds / self.clip_seconds
+
+    def line(self) -> str:
+        """``fp32: real-time factor 0.0465 (0.465 s for a 10 s clip, ...)``."""
+        return (
+            f"{self.variant}: real-time factor {self.rtf:.4f} ({self.median_seconds:.3f} s for a "
+            f"{self.clip_seconds:.0f} s clip, {self.new_tokens} new tokens at most, median of {self.runs})"
+        )
 
 
 def real_time_factor(

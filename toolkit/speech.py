@@ -18,6 +18,7 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from toolkit.errors import BadInputError
 from toolkit.preprocess import AudioInput, read_wav
@@ -76,22 +77,25 @@ def mel_filters(n_mels: int, n_fft: int, sampling_rate: int) -> np.ndarray:
 
 def log_mel(waveform: np.ndarray, spec: LogMelSpec) -> np.ndarray:
     """One chunk's log-mel features float32 [n_mels, frames] of a mono float waveform at `spec.sampling_rate`."""
-    samples = np.zeros(spec.n_samples, dtype=np.float64)
     clip = np.asarray(waveform, dtype=np.float64)[: spec.n_samples]
-    samples[: clip.size] = clip
     half = spec.n_fft // 2
+    count = spec.n_samples // spec.hop_length + 1
+    # frames past the clip's last sample see only zero padding and have zero power: skip their FFTs (a 10 s
+    # clip fills a third of the 30 s window); a clip reaching the end reflects back into the last frames
+    audible = count
+    if clip.size < spec.n_samples - half:
+        nonzero = np.flatnonzero(clip)
+        audible = min(count, (int(nonzero[-1]) + half) // spec.hop_length + 1) if nonzero.size else 0
+    samples = np.zeros(spec.n_samples, dtype=np.float64)
+    samples[: clip.size] = clip
     padded = np.pad(samples, (half, half), mode="reflect")
-    count = 1 + (padded.size - spec.n_fft) // spec.hop_length
-    # frames past the clip's last sample see only the zero padding and have zero power: skip their FFTs
-    # (a 10 s clip fills a third of the 30 s window)
-    nonzero = np.flatnonzero(padded)
-    audible = min(count, int(nonzero[-1]) // spec.hop_length + 1) if nonzero.size else 0
-    starts = np.arange(audible) * spec.hop_length
-    frames = padded[starts[:, None] + np.arange(spec.n_fft)[None, :]]
+    frames = sliding_window_view(padded, spec.n_fft)[: audible * spec.hop_length : spec.hop_length]
     window = np.hanning(spec.n_fft + 1)[:-1]
-    power = np.zeros((count, spec.n_fft // 2 + 1))
-    power[:audible] = np.abs(np.fft.rfft(frames * window, n=spec.n_fft, axis=-1)) ** 2
-    mel = power @ mel_filters(spec.n_mels, spec.n_fft, spec.sampling_rate)
+    spectrum = np.fft.rfft(frames * window, n=spec.n_fft, axis=-1)
+    mel = np.zeros((count, spec.n_mels))
+    mel[:audible] = (spectrum.real**2 + spectrum.imag**2) @ mel_filters(
+        spec.n_mels, spec.n_fft, spec.sampling_rate
+    )
     log_spec = np.log10(np.maximum(mel, 1e-10)).T[:, :-1]
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     return ((log_spec + 4.0) / 4.0).astype(np.float32)

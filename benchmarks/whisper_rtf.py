@@ -1,6 +1,7 @@
 """Speech recognition benchmark: real-time factor of a whisper-tiny-shaped random model (d_model 384, 4 + 4
-layers, 6 heads, 51865 tokens, 80 mel bins) on this CPU, for edge fp32, edge int8 (dynamic), transformers
-(eager) and optimum-onnx's ORTModelForSpeechSeq2Seq.
+layers, 6 heads, 51865 tokens, 80 mel bins) on this CPU, for edge fp32, edge int8 (dynamic), transformers in
+PyTorch eager mode (with its eager attention, and with sdpa attention, its default) and optimum-onnx's
+ORTModelForSpeechSeq2Seq.
 
 Run from the repo root:  python benchmarks/whisper_rtf.py [--out out/whisper-bench] [--seconds 10]
     [--new-tokens 32] [--rounds 3] [--threads 2]
@@ -43,6 +44,10 @@ CONFIG = {
     "pad_token_id": EOT,
     "bos_token_id": EOT,
 }
+
+
+EAGER = "transformers, eager attention"
+SDPA = "transformers, sdpa attention (its default)"
 
 
 def _build(folder: Path) -> int:
@@ -98,6 +103,7 @@ def main() -> None:
 
     from converters import ConvertOptions, convert, quantize
     from toolkit import SpeechRecognizer
+    from toolkit.host import current_host
     from toolkit.tasks.modality import synthetic_waveform
 
     torch.set_num_threads(args.threads)
@@ -140,11 +146,14 @@ def main() -> None:
 
         return run
 
-    torch_model = WhisperForConditionalGeneration.from_pretrained(source, attn_implementation="eager").eval()
+    def torch_model(attention: str) -> object:
+        return WhisperForConditionalGeneration.from_pretrained(source, attn_implementation=attention).eval()
+
     backends: dict[str, Callable[[], list[int]]] = {
         "edge fp32": edge("fp32"),
         "edge int8": edge("int8"),
-        "transformers eager": hf_generate(torch_model),
+        EAGER: hf_generate(torch_model("eager")),
+        SDPA: hf_generate(torch_model("sdpa")),
     }
     try:
         import onnxruntime as ort
@@ -166,14 +175,17 @@ def main() -> None:
             started = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - started)
-    base = statistics.median(times["transformers eager"])
+    eager, sdpa = statistics.median(times[EAGER]), statistics.median(times[SDPA])
     print(
-        f"\n{args.seconds:.0f} s clip, {n} new tokens, greedy, {args.threads} threads, median of {args.rounds} rounds"
+        f"\n{args.seconds:.0f} s clip, {n} new tokens, greedy, {args.threads} threads, median of {args.rounds} "
+        f"rounds, on {current_host().describe()}"
     )
-    print(f"{'backend':34} {'seconds':>8} {'RTF':>7} {'vs transformers':>16}")
+    print(f"{'backend':42} {'seconds':>8} {'RTF':>7} {'vs eager':>9} {'vs sdpa':>8}")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:34} {median:8.3f} {median / args.seconds:7.4f} {base / median:15.2f}x")
+        print(
+            f"{name:42} {median:8.3f} {median / args.seconds:7.4f} {eager / median:8.2f}x {sdpa / median:7.2f}x"
+        )
 
 
 if __name__ == "__main__":

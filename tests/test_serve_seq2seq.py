@@ -3,11 +3,13 @@ for text-to-text packages, on one server subprocess behind an API key, checked a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
+import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,10 @@ from tests.serve_process import ServeProcess, start_serve
 from toolkit.cli import edge
 from toolkit.errors import BadInputError
 from toolkit.preprocess import read_wav
-from toolkit.serve.errors import ServerClosingError
+from toolkit.serve.batching import BatchingScheduler
+from toolkit.serve.errors import QueueFullError, ServerClosingError
 from toolkit.serve.models import ModelRegistry
+from toolkit.serve.options import BatchOptions
 from toolkit.serve.protocol import decode_request, decode_response, encode_request
 from toolkit.serve.seq2seq import PAD_ID, DecodeWork, SpeechModel
 from toolkit.tasks.text2text import Seq2SeqGenerator
@@ -330,6 +334,46 @@ def test_a_request_past_its_deadline_is_504_and_the_server_goes_on(served: Serve
 
 
 # -- in process: cancellation, WAV bytes in the library, Triton ----------------------------------------------
+
+
+def test_decode_requests_run_one_per_run_under_the_queue_limit(s2s_packages: dict[str, Path]) -> None:
+    """The scheduler gives a decoding model one request per run (no request waits for a batch-mate's decode)
+    and refuses one past --max-queue; the decode itself is held on a gate here so the queue state is certain."""
+    model = ModelRegistry.load([s2s_packages["t5"]]).get("t5-text")
+    engine = model.engine
+    gate = threading.Event()
+    runs: list[int] = []
+
+    def held(stopped: Callable[[], bool]) -> dict[str, np.ndarray]:
+        runs.append(1)
+        gate.wait(60)
+        return {"text": _bytes([b"done"])}
+
+    batches: list[tuple[int, int]] = []
+
+    class Observer:
+        def on_batch(self, label: tuple[str, str], rows: int, requests: int, seconds: float) -> None:
+            batches.append((rows, requests))
+
+        def on_depth(self, label: tuple[str, str], depth: int) -> None:
+            pass
+
+    async def scenario() -> None:
+        scheduler = BatchingScheduler(BatchOptions(max_batch=32, max_delay_ms=200, max_queue=1), Observer())
+        first = asyncio.create_task(scheduler.submit(engine, DecodeWork({}, held), 1, None))
+        while not runs:
+            await asyncio.sleep(0.01)
+        second = asyncio.create_task(scheduler.submit(engine, DecodeWork({}, held), 1, None))
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFullError, match="the limit is 1"):
+            await scheduler.submit(engine, DecodeWork({}, held), 1, None)
+        gate.set()
+        for task in (first, second):
+            assert _strings((await task)["text"]) == ["done"]
+        await scheduler.aclose()
+
+    asyncio.run(scenario())
+    assert batches == [(1, 1), (1, 1)]
 
 
 def test_an_abandoned_decode_stops_before_its_next_clip(s2s_packages: dict[str, Path], wavs: dict[str, Path]) -> None:  # fmt: skip

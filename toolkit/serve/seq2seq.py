@@ -302,7 +302,12 @@ class TextDecodingModel(DecodingModel):
         outputs = self.requested_outputs(request)
         texts = request_texts(self, request)
         limit = self.generator.task.data.pre.max_length
-        longest = max(min(len(e.ids), limit) for e in self.generator.tokenizer.encode_batch(texts))
+        lengths = [min(len(e.ids), limit) for e in self.generator.tokenizer.encode_batch(texts)]
+        if 0 in lengths:
+            raise BadInputError(
+                f"input 'text' element {lengths.index(0)} holds no tokens (an empty text); send some text"
+            )
+        longest = max(lengths)
         generator = self.generator
 
         def run(stopped: Callable[[], bool]) -> Outputs:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import struct
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,13 @@ from toolkit.tasks.transcribe import SpeechRecognizer, Transcript
 
 API_KEY = "seq2seq-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A server's base URL (a `ServeProcess` has one too): what the request helpers need."""
+
+    url: str
 
 
 # -- the server and its clients ------------------------------------------------------------------------------
@@ -67,7 +76,7 @@ def recognizer(s2s_packages: dict[str, Path]) -> Iterator[SpeechRecognizer]:
         yield pipeline
 
 
-def _call(server: ServeProcess, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+def _call(server: ServeProcess | Endpoint, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
     request = urllib.request.Request(server.url + path, data=body, method=method, headers=dict(headers or {}))
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
@@ -90,7 +99,7 @@ def _body(
 
 
 def _infer(
-    server: ServeProcess,
+    server: ServeProcess | Endpoint,
     model: str,
     inputs: Mapping[str, np.ndarray],
     parameters: Mapping[str, Any] | None = None,
@@ -131,7 +140,7 @@ def _segments(transcript: Transcript) -> list[dict[str, Any]]:
     return [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in transcript.segments]
 
 
-def _error(server: ServeProcess, model: str, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any] | None = None, outputs: Sequence[str] | None = None) -> str:  # fmt: skip
+def _error(server: ServeProcess | Endpoint, model: str, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any] | None = None, outputs: Sequence[str] | None = None) -> str:  # fmt: skip
     status, message = _infer(server, model, inputs, parameters, outputs)
     assert status == 400, (status, message)
     assert isinstance(message, str)
@@ -274,7 +283,7 @@ def test_bad_audio_and_parameters_are_one_line_400s(served: ServeProcess, wavs: 
     message = _error(served, "whisper-audio", _audio(wavs["mono"]), {"task": "sing"})
     assert "unknown task 'sing'" in message
     assert "transcribe, translate" in message
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"timestamps": "yes"}, "parameter 'timestamps' must be true or false"),
         ({"num_beams": 0}, "parameter 'num_beams' must be an integer of at least 1"),
         ({"max_new_tokens": 2.5}, "parameter 'max_new_tokens' must be an integer of at least 1"),
@@ -297,12 +306,12 @@ def test_bad_text_is_a_one_line_400_and_limits_are_413(served: ServeProcess) -> 
     assert "model 'bart-text' takes one input 'text'" in message
     message = _error(served, "t5-text", _texts("hi"), {"num_beams": -1})
     assert "parameter 'num_beams' must be an integer of at least 1" in message
-    status, message = _infer(served, "t5-text", _texts(*["word " * 300] * 4))
+    status, answer = _infer(served, "t5-text", _texts(*["word " * 300] * 4))
     assert status == 413
-    assert "over the 256-token limit" in str(message)
-    status, message = _infer(served, "bart-text", _texts(*["a"] * 9))
+    assert "over the 256-token limit" in str(answer)
+    status, answer = _infer(served, "bart-text", _texts(*["a"] * 9))
     assert status == 413
-    assert "9 rows, over the 8-row limit" in str(message)
+    assert "9 rows, over the 8-row limit" in str(answer)
 
 
 def test_the_api_key_is_required_and_metrics_count_the_decoding_models(
@@ -422,3 +431,42 @@ def test_triton_export_refuses_an_encoder_decoder_in_one_line(s2s_packages: dict
     assert "is an encoder-decoder (task 'transcribe')" in lines[0]
     assert "edge serve" in lines[0]
     assert not (tmp_path / "repo").exists()
+
+
+def test_ray_serve_serves_the_decoding_models(
+    s2s_packages: dict[str, Path], recognizer: SpeechRecognizer, wavs: dict[str, Path]
+) -> None:
+    """`edge serve --ray` builds the same app on each replica: both decoding models answer as the library does."""
+    import ray
+    from ray import serve
+
+    from toolkit.serve.models import LoadOptions
+    from toolkit.serve.options import ServeOptions
+    from toolkit.serve.ray_app import RayOptions, deploy_on_ray, ray_application
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    ray_options = RayOptions(replicas=1, num_cpus=0.5, local_cpus=2, port=port)
+    options = ServeOptions(api_key=API_KEY)
+    application = ray_application(
+        [s2s_packages["whisper"], s2s_packages["t5"]], LoadOptions(threads=1), options, ray_options
+    )
+    try:
+        url = deploy_on_ray(application, ray_options, options)
+        proxy = Endpoint(url)
+        status, outputs = _infer(proxy, "whisper-audio", _audio(wavs["stereo"]), {"num_beams": 2})
+        assert status == 200
+        assert isinstance(outputs, dict)
+        (expected,) = recognizer.transcribe([wavs["stereo"]], num_beams=2)
+        assert _ids(outputs["token_ids"]) == [expected.token_ids]
+        with Seq2SeqGenerator.load(s2s_packages["t5"], threads=1) as generator:
+            (generated,) = generator.generate([CORPUS[1]])
+        status, outputs = _infer(proxy, "t5-text", _texts(CORPUS[1]))
+        assert status == 200
+        assert isinstance(outputs, dict)
+        assert _ids(outputs["token_ids"]) == [generated.token_ids]
+        assert "not a PCM WAV" in _error(proxy, "whisper-audio", {"audio": _bytes([b"nope"])})
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -60,6 +60,7 @@ __all__ = [
     "RawModel",
     "ServedModel",
     "TensorMetadata",
+    "bytes_input",
     "request_texts",
 ]
 
@@ -445,22 +446,29 @@ def _check_range(where: str, data: np.ndarray, value_range: tuple[int, int] | No
         )
 
 
-def request_texts(model: ServedModel, request: InferenceRequest) -> list[str]:
-    """The request's one input ``text`` (BYTES [N] or [N, 1], UTF-8) as strings; anything else is a BadInputError."""
-    if len(request.inputs) != 1 or request.inputs[0].name != "text":
+def bytes_input(model: ServedModel, request: InferenceRequest, name: str, what: str) -> np.ndarray:
+    """The request's one BYTES input `name` (shape [N] or [N, 1]) flattened to [N]; `what` says what its
+    elements are in the error messages."""
+    if len(request.inputs) != 1 or request.inputs[0].name != name:
         names = ", ".join(repr(i.name) for i in request.inputs)
-        raise BadInputError(f"model '{model.name}' takes one input 'text' (BYTES [N]), got {names}")
+        raise BadInputError(f"model '{model.name}' takes one input '{name}' (BYTES [N], {what}), got {names}")
     tensor = request.inputs[0]
     if tensor.datatype != "BYTES":
         raise BadInputError(
-            f"input 'text': expected datatype BYTES, got {tensor.datatype}; send the texts as BYTES"
+            f"input '{name}': expected datatype BYTES, got {tensor.datatype}; send {what} as BYTES"
         )
     if not (len(tensor.shape) == 1 or (len(tensor.shape) == 2 and tensor.shape[1] == 1)):
-        raise BadInputError(f"input 'text': expected shape [N] or [N, 1], got {list(tensor.shape)}")
+        raise BadInputError(f"input '{name}': expected shape [N] or [N, 1], got {list(tensor.shape)}")
     if tensor.data.size == 0:
-        raise BadInputError("input 'text' is empty; send at least one text")
+        raise BadInputError(f"input '{name}' is empty; send at least one element ({what})")
+    return tensor.data.reshape(-1)
+
+
+def request_texts(model: ServedModel, request: InferenceRequest) -> list[str]:
+    """The request's one input ``text`` (BYTES [N] or [N, 1], UTF-8) as strings; anything else is a BadInputError."""
+    data = bytes_input(model, request, "text", "UTF-8 texts")
     try:
-        return [item.decode("utf-8") for item in tensor.data.reshape(-1)]
+        return [item.decode("utf-8") for item in data]
     except UnicodeDecodeError:
         raise BadInputError("input 'text': an element is not valid UTF-8; send UTF-8 text") from None
 

@@ -37,7 +37,7 @@ from toolkit.preprocess import read_wav
 from toolkit.runner import Runner
 from toolkit.seq2seq import Seq2SeqPipeline
 from toolkit.serve.errors import ServerClosingError
-from toolkit.serve.models import Job, ServedModel, TensorMetadata, request_texts
+from toolkit.serve.models import Job, ServedModel, TensorMetadata, bytes_input, request_texts
 from toolkit.serve.protocol import InferenceRequest
 from toolkit.tasks.text2text import Seq2SeqGenerator
 from toolkit.tasks.transcribe import SpeechRecognizer, Transcript
@@ -154,23 +154,6 @@ def _bool_parameter(parameters: Mapping[str, Any], key: str) -> bool:
     return value
 
 
-def _one_input(model: ServedModel, request: InferenceRequest, name: str, what: str) -> np.ndarray:
-    """The request's one BYTES input `name`, shape [N] or [N, 1], flattened; anything else is a BadInputError."""
-    if len(request.inputs) != 1 or request.inputs[0].name != name:
-        names = ", ".join(repr(i.name) for i in request.inputs)
-        raise BadInputError(f"model '{model.name}' takes one input '{name}' (BYTES [N], {what}), got {names}")
-    tensor = request.inputs[0]
-    if tensor.datatype != "BYTES":
-        raise BadInputError(
-            f"input '{name}': expected datatype BYTES, got {tensor.datatype}; send {what} as BYTES"
-        )
-    if not (len(tensor.shape) == 1 or (len(tensor.shape) == 2 and tensor.shape[1] == 1)):
-        raise BadInputError(f"input '{name}': expected shape [N] or [N, 1], got {list(tensor.shape)}")
-    if tensor.data.size == 0:
-        raise BadInputError(f"input '{name}' is empty; send at least one element ({what})")
-    return tensor.data.reshape(-1)
-
-
 class DecodingModel(ServedModel):
     """A served model that decodes: `prepare` checks the request and returns a `Job` whose feeds are `DecodeWork`."""
 
@@ -181,7 +164,14 @@ class DecodingModel(ServedModel):
         """The first dim of every input and output counts the request's clips or texts (its rows)."""
         return True
 
-    def _job(self, inputs: Mapping[str, np.ndarray], rows: int, outputs: tuple[str, ...], run: Callable[[Callable[[], bool]], Outputs], tokens: int = 0) -> Job:  # fmt: skip
+    def _job(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        rows: int,
+        outputs: tuple[str, ...],
+        run: Callable[[Callable[[], bool]], Outputs],
+        tokens: int | None = None,
+    ) -> Job:
         work = DecodeWork(inputs, run)
         return Job(work, rows, outputs, tokens=tokens, cancel=work.cancel)
 
@@ -221,7 +211,7 @@ class SpeechModel(DecodingModel):
                     "output 'segments' needs the request parameter timestamps=true; set it or drop the output"
                 )
             outputs = tuple(n for n in outputs if n != "segments")
-        data = _one_input(self, request, "audio", "each element a WAV file's bytes")
+        data = bytes_input(self, request, "audio", "WAV files' bytes")
         clips = []
         for index, item in enumerate(data):
             where = f"input 'audio' element {index}"

@@ -332,30 +332,57 @@ def ranked(manifest: Manifest, logits: np.ndarray, top_k: int) -> list[list[Clas
 
 # --- audio ----------------------------------------------------------------------------------------------
 
-AudioInput = str | Path | np.ndarray  # a PCM WAV file path, or a mono float waveform [samples] in [-1, 1]
+AudioInput = str | Path | bytes | np.ndarray
+"""A clip: a PCM WAV file's path or its bytes, or a mono float waveform [samples] in [-1, 1]."""
 
 _PCM_FULL_SCALE = {2: 2.0**15, 3: 2.0**23, 4: 2.0**31}
+# WAV format tags `wave` refuses, by what they hold (the fix is the same: convert to PCM)
+_WAV_FORMATS = {
+    3: "32/64-bit float samples",
+    6: "A-law samples",
+    7: "mu-law samples",
+    0xFFFE: "an extensible header",
+}
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """A PCM WAV file (8, 16, 24 or 32 bit) as a mono float32 waveform in [-1, 1] (channels averaged) and its rate."""
+def read_wav(source: str | Path | bytes, name: str | None = None) -> tuple[np.ndarray, int]:
+    """A PCM WAV file (8, 16, 24 or 32 bit; a path or the file's bytes) as a mono float32 waveform in [-1, 1]
+    (channels averaged) and its rate; `name` is what error messages call it."""
+    import io
     import wave  # the standard library's reader: no audio dependency for the runtime
 
-    path = Path(path)
-    if not path.is_file():
-        problem = "is not a file" if path.exists() else "does not exist"
-        raise BadInputError(f"audio file '{path}' {problem}; pass the path of a PCM WAV file")
+    if isinstance(source, bytes):
+        where = name or f"audio data ({len(source)} bytes)"
+        stream: io.BytesIO | str = io.BytesIO(source)
+    else:
+        path = Path(source)
+        where = name or f"audio file '{path}'"
+        if not path.is_file():
+            problem = "is not a file" if path.exists() else "does not exist"
+            raise BadInputError(f"{where} {problem}; pass the path of a PCM WAV file")
+        stream = str(path)
     try:
-        with wave.open(str(path), "rb") as wav:
+        with wave.open(stream, "rb") as wav:
             width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
             frames = wav.readframes(wav.getnframes())
     # `wave` raises any of these on a malformed or non-PCM header (a bare RuntimeError on some)
     except (wave.Error, EOFError, RuntimeError, ValueError) as exc:
+        reason = str(exc) or "malformed header"
+        if reason.startswith("unknown format: "):
+            tag = reason.rsplit(" ", 1)[-1]
+            reason = f"it holds {_WAV_FORMATS.get(int(tag), f'format {tag}') if tag.isdigit() else reason}"
         raise BadInputError(
-            f"audio file '{path}' is not a PCM WAV file ({exc or 'malformed header'}); convert it, "
-            "e.g. ffmpeg -i IN -ac 1 -c:a pcm_s16le OUT.wav"
+            f"{where} is not a PCM WAV file ({reason}); convert it, e.g. ffmpeg -i IN -ac 1 -c:a pcm_s16le OUT.wav"
         ) from None
-    raw = np.frombuffer(frames, dtype=np.uint8)
+    if width not in (1, *_PCM_FULL_SCALE) or channels < 1:
+        raise BadInputError(
+            f"{where} has {width * 8}-bit samples in {channels} channels; send 8, 16, 24 or 32-bit PCM, "
+            "e.g. ffmpeg -i IN -ac 1 -c:a pcm_s16le OUT.wav"
+        )
+    frame = width * channels
+    raw = np.frombuffer(
+        frames[: len(frames) // frame * frame], dtype=np.uint8
+    )  # a truncated last frame dropped
     if width == 1:  # 8-bit WAV is unsigned, centred on 128
         samples = (raw.astype(np.float32) - 128.0) / 128.0
     else:
@@ -376,9 +403,9 @@ def preprocess_audio(
     A waveform array is taken to be at `sampling_rate` (default: the package's); a WAV file says its own rate.
     Nothing is resampled: a clip at another rate is a BadInputError naming both rates.
     """
-    if isinstance(clip, str | Path):
+    if isinstance(clip, str | Path | bytes):
         waveform, rate = read_wav(clip)
-        where = f"audio file '{clip}'"
+        where = f"audio file '{clip}'" if not isinstance(clip, bytes) else "audio data"
     elif isinstance(clip, np.ndarray):
         if clip.ndim != 1 or clip.dtype.kind != "f":
             raise BadInputError(
@@ -388,7 +415,7 @@ def preprocess_audio(
         waveform, rate, where = clip.astype(np.float32), sampling_rate or pre.sampling_rate, "waveform"
     else:
         raise BadInputError(
-            f"a clip must be a WAV file path or a float waveform array, got {type(clip).__name__}"
+            f"a clip must be a WAV file path, its bytes or a float waveform array, got {type(clip).__name__}"
         )
     if rate != pre.sampling_rate:
         raise BadInputError(
@@ -407,4 +434,4 @@ def clip_list(clips: Iterable[AudioInput]) -> Sequence[AudioInput]:
     """`clips` as a list, checked up front (a single clip is a BadInputError saying to wrap it)."""
     if isinstance(clips, np.ndarray) and clips.ndim == 1:
         raise BadInputError("clips must be a list; wrap a single clip as [clip]")
-    return item_list(clips, "clips", (str, Path))
+    return item_list(clips, "clips", (str, Path, bytes))

@@ -117,11 +117,11 @@ def resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 def load_clip(clip: AudioInput, rate: int, sampling_rate: int | None = None) -> np.ndarray:
-    """A WAV file (PCM at any rate, channels averaged) or a mono float waveform (at `sampling_rate`, default
+    """A WAV file or its bytes (PCM at any rate, channels averaged) or a mono float waveform (at `sampling_rate`, default
     `rate`) as float32 at `rate` Hz; an empty clip is a BadInputError."""
-    if isinstance(clip, str | Path):
+    if isinstance(clip, str | Path | bytes):
         waveform, source_rate = read_wav(clip)
-        where = f"audio file '{clip}'"
+        where = f"audio file '{clip}'" if not isinstance(clip, bytes) else "audio data"
     elif isinstance(clip, np.ndarray):
         if clip.ndim != 1 or clip.dtype.kind != "f":
             raise BadInputError(
@@ -131,7 +131,7 @@ def load_clip(clip: AudioInput, rate: int, sampling_rate: int | None = None) -> 
         waveform, source_rate, where = clip, sampling_rate or rate, "waveform"
     else:
         raise BadInputError(
-            f"a clip must be a WAV file path or a float waveform array, got {type(clip).__name__}"
+            f"a clip must be a WAV file path, its bytes or a float waveform array, got {type(clip).__name__}"
         )
     if waveform.size == 0:
         raise BadInputError(f"{where} holds no samples (a zero-length clip); pass some audio")

@@ -16,6 +16,9 @@ default 1) and Triton's default version policy (latest 1) serves it.
 The ``config.pbtxt`` is rendered here from frozen dataclasses; nothing from tritonclient is needed at
 runtime (the tests parse every file with Triton's own ``ModelConfig`` protobuf schema). I/O comes from
 each ONNX file's own graph, not the manifest, because that is what Triton's onnxruntime backend checks.
+
+Encoder-decoder packages (``transcribe``, ``text2text``) are refused: their decoding loop runs in the toolkit,
+so a repository would hold an encoder Triton cannot decode with; ``edge serve`` serves them.
 """
 
 from __future__ import annotations
@@ -437,6 +440,12 @@ def export_triton_repository(
     _check_options(options)
     package = ModelPackage.open(package_dir)
     manifest = package.manifest
+    if manifest.seq2seq is not None:
+        raise BadInputError(
+            f"package '{package.path}' is an encoder-decoder (task '{manifest.task}'): Triton's onnxruntime backend "
+            f"would serve its encoder alone, without the decoding loop; serve it with `edge serve {package.path}`, "
+            "which decodes"
+        )
     repo = Path(repo_dir)
     _check_repository(repo, package.path, force)
     variants = options.variants if options.variants is not None else tuple(manifest.variants)

@@ -318,6 +318,8 @@ def create_app(
                 )
             except (QueueFullError, InferenceTimeoutError) as exc:
                 raise type(exc)(f"model '{model.name}' {exc}") from None
+            finally:
+                job.cancel()  # answered or abandoned: a decode still running stops at its next clip or text
             result = job.finish(raw)
             encoded = encode_response(
                 model.name,
@@ -378,7 +380,10 @@ def _decode_and_prepare(
 
 
 def _tokens(model: ServedModel, job: Job) -> int:
-    """Rows x sequence of the job's largest integer input that has a sequence axis (0: none has one)."""
+    """The job's own count, else rows x sequence of its largest integer input that has a sequence axis (0: none
+    has one)."""
+    if job.tokens is not None:
+        return job.tokens
     tokens = 0
     for spec in model.engine.inputs:
         array = job.feeds.get(spec.name)

@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -277,11 +277,15 @@ class BatchingScheduler:
         self._batchers: dict[int, DynamicBatcher] = {}
 
     def batcher(self, engine: _Engine) -> DynamicBatcher:
-        """The engine's batcher."""
+        """The engine's batcher; an engine whose ``requests_per_run`` is 1 (a decoder: seconds per request)
+        gets one request per run, sent at once, so no request waits for a batch-mate's work."""
         key = id(engine)
         if key not in self._batchers:
+            options = self.options
+            if getattr(engine, "requests_per_run", None) == 1:
+                options = replace(options, max_batch=1, max_delay_ms=0.0)
             self._batchers[key] = DynamicBatcher(
-                engine.run_many, self.options, label=engine.label, observer=self._observer
+                engine.run_many, options, label=engine.label, observer=self._observer
             )
         return self._batchers[key]
 

@@ -8,7 +8,8 @@
 ``edge_batch_duration_seconds{model,version}``     time a batch spent on its worker thread (histogram)
 ``edge_queue_depth{model,version}``                requests waiting for a batch (gauge)
 
-A raw model and its ``-text`` model share an engine, so batch and queue series carry the raw model's name.
+A raw model and its ``-text`` model share an engine, so batch and queue series carry the raw model's name;
+the decoding models of encoder-decoders (``-audio``, text-to-text ``-text``) have their own engine and name.
 Requests for models that do not exist are counted under model ``(unknown)``, keeping label values bounded.
 """
 

@@ -8,7 +8,9 @@ Names and versions
     pipeline model (`Task.served_outputs`: ``embed``, ``classify``) also serves ``<name>-text``: BYTES
     ``text`` [N] in, tokenized on the server, and the task's results out (``embedding`` FP32 [N, dim];
     ``label`` BYTES [N] and ``probabilities`` FP32 [N, labels]), post-processed by the task exactly as its
-    pipeline does. It shares the raw model's session and queue, so both batch together.
+    pipeline does. It shares the raw model's session and queue, so both batch together. Encoder-decoder
+    packages (``transcribe``, ``text2text``) serve a decoding model beside the raw encoder:
+    `toolkit.serve.seq2seq` (``<name>-audio``, ``<name>-text``).
 
 Batching (`Engine`)
     Requests are concatenated along axis 0, when every input and output has the same symbolic first
@@ -31,13 +33,13 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from toolkit.errors import BadInputError, EdgeError
 from toolkit.inspect import op_types
-from toolkit.manifest import FP32_VARIANT, ModelPackage
+from toolkit.manifest import FP32_VARIANT, ModelPackage, TensorSpec
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 from toolkit.serve.errors import ModelNotFoundError
@@ -52,11 +54,14 @@ __all__ = [
     "Engine",
     "Job",
     "LoadOptions",
+    "ModelEngine",
     "ModelRegistry",
     "PipelineModel",
     "RawModel",
     "ServedModel",
     "TensorMetadata",
+    "bytes_input",
+    "request_texts",
 ]
 
 log = logging.getLogger(__name__)
@@ -287,17 +292,44 @@ class Engine:
         return [r if r is not None else RuntimeError("request was not run") for r in results]
 
 
+class ModelEngine(Protocol):
+    """What a served model runs on, as the app and the scheduler see it: an ONNX `Engine`, or a decoding
+    pipeline (`toolkit.serve.seq2seq.DecodeEngine`)."""
+
+    name: str
+    version: str
+    runner: Runner
+    batch_dim: str | None
+    merge: bool
+    inputs: tuple[TensorSpec, ...]
+
+    @property
+    def label(self) -> tuple[str, str]:
+        """(model, version), for metrics and thread names."""
+        ...
+
+    def run_many(self, jobs: Sequence[Feeds]) -> list[Outputs | BaseException]:
+        """Per request, outputs or the error."""
+        ...
+
+
 # -- served models -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Job:
-    """A request turned into feeds for the engine, and how to turn the engine's outputs into the answer."""
+    """A request turned into feeds for the engine, and how to turn the engine's outputs into the answer.
+
+    `tokens` is what counts against ``max_request_tokens`` when the feeds do not show it (None: count the
+    feeds); `cancel` is called once the request is answered or abandoned (a decode in flight stops early).
+    """
 
     feeds: Feeds
     rows: int
     outputs: tuple[str, ...]
     finish: Callable[[Outputs], Outputs] = field(default=lambda outputs: outputs)
+    tokens: int | None = None
+    cancel: Callable[[], None] = field(default=lambda: None)
 
 
 class ServedModel:
@@ -306,7 +338,11 @@ class ServedModel:
     platform = "onnxruntime_onnx"
 
     def __init__(
-        self, name: str, engine: Engine, inputs: Sequence[TensorMetadata], outputs: Sequence[TensorMetadata]
+        self,
+        name: str,
+        engine: ModelEngine,
+        inputs: Sequence[TensorMetadata],
+        outputs: Sequence[TensorMetadata],
     ) -> None:
         self.name = name
         self.version = engine.version
@@ -344,6 +380,8 @@ class RawModel(ServedModel):
     `value_ranges` holds the inclusive [low, high] each integer input may take (token ids: the embedding
     table); a value outside is a 400, where onnxruntime would read a negative id from the table's end.
     """
+
+    engine: Engine
 
     def __init__(self, engine: Engine, value_ranges: Mapping[str, tuple[int, int]] | None = None) -> None:
         runner = engine.runner
@@ -408,21 +446,29 @@ def _check_range(where: str, data: np.ndarray, value_range: tuple[int, int] | No
         )
 
 
-def _texts(model: ServedModel, request: InferenceRequest) -> list[str]:
-    if len(request.inputs) != 1 or request.inputs[0].name != "text":
+def bytes_input(model: ServedModel, request: InferenceRequest, name: str, what: str) -> np.ndarray:
+    """The request's one BYTES input `name` (shape [N] or [N, 1]) flattened to [N]; `what` says what its
+    elements are in the error messages."""
+    if len(request.inputs) != 1 or request.inputs[0].name != name:
         names = ", ".join(repr(i.name) for i in request.inputs)
-        raise BadInputError(f"model '{model.name}' takes one input 'text' (BYTES [N]), got {names}")
+        raise BadInputError(f"model '{model.name}' takes one input '{name}' (BYTES [N], {what}), got {names}")
     tensor = request.inputs[0]
     if tensor.datatype != "BYTES":
         raise BadInputError(
-            f"input 'text': expected datatype BYTES, got {tensor.datatype}; send the texts as BYTES"
+            f"input '{name}': expected datatype BYTES, got {tensor.datatype}; send {what} as BYTES"
         )
     if not (len(tensor.shape) == 1 or (len(tensor.shape) == 2 and tensor.shape[1] == 1)):
-        raise BadInputError(f"input 'text': expected shape [N] or [N, 1], got {list(tensor.shape)}")
+        raise BadInputError(f"input '{name}': expected shape [N] or [N, 1], got {list(tensor.shape)}")
     if tensor.data.size == 0:
-        raise BadInputError("input 'text' is empty; send at least one text")
+        raise BadInputError(f"input '{name}' is empty; send at least one element ({what})")
+    return tensor.data.reshape(-1)
+
+
+def request_texts(model: ServedModel, request: InferenceRequest) -> list[str]:
+    """The request's one input ``text`` (BYTES [N] or [N, 1], UTF-8) as strings; anything else is a BadInputError."""
+    data = bytes_input(model, request, "text", "UTF-8 texts")
     try:
-        return [item.decode("utf-8") for item in tensor.data.reshape(-1)]
+        return [item.decode("utf-8") for item in data]
     except UnicodeDecodeError:
         raise BadInputError("input 'text': an element is not valid UTF-8; send UTF-8 text") from None
 
@@ -435,6 +481,7 @@ class PipelineModel(ServedModel):
     """
 
     platform = "edge_text_pipeline"
+    engine: Engine
 
     def __init__(self, task: Task[TextModality], engine: Engine) -> None:
         outputs = [_metadata_of(t) for t in task.served_outputs(engine.outputs)]
@@ -444,7 +491,7 @@ class PipelineModel(ServedModel):
     def prepare(self, request: InferenceRequest) -> Job:
         """Tokenize the texts (padded to their own longest); `finish` applies the task's post-processing."""
         outputs = self.requested_outputs(request)
-        texts = _texts(self, request)
+        texts = request_texts(self, request)
         feeds = self.task.data.feeds(texts)
         return Job(feeds, len(texts), outputs, lambda raw: self.task.serve(raw, feeds))
 
@@ -573,9 +620,9 @@ class ModelRegistry:
             for version in self.versions(name):
                 yield self._models[name][version]
 
-    def engines(self) -> tuple[Engine, ...]:
+    def engines(self) -> tuple[ModelEngine, ...]:
         """Every distinct engine (a raw model and its text model share one)."""
-        unique: dict[int, Engine] = {}
+        unique: dict[int, ModelEngine] = {}
         for model in self:
             unique.setdefault(id(model.engine), model.engine)
         return tuple(unique.values())
@@ -584,6 +631,8 @@ class ModelRegistry:
 def _package_models(
     package: ModelPackage, variants: Sequence[str], options: LoadOptions
 ) -> list[ServedModel]:
+    from toolkit.serve.seq2seq import decoding_models  # it builds on this module's classes
+
     manifest = package.manifest
     task = task_for(package)
     text = task.data if isinstance(task.data, TextModality) else None
@@ -617,4 +666,5 @@ def _package_models(
             models.append(PipelineModel(task, engine))
         if isinstance(task, ServesImages) and task.served_outputs(runner.outputs):
             models.append(ImagePipelineModel(task, engine))
+        models.extend(decoding_models(package, variant, runner))
     return models

@@ -28,8 +28,8 @@ What a task owns
 
 Multi-step tasks (text generation, encoder-decoders) fit the same registry: the Task keeps the manifest
 section, samples and metric, and its module's pipeline class runs its own loop over one or several runners
-(nothing forces a single prepare -> run -> finish pass); `serve` may stay unimplemented until the server
-has a streaming model.
+(nothing forces a single prepare -> run -> finish pass); `serve` may stay unimplemented: the server runs their
+pipelines itself (text generation: `toolkit.serve.openai_api`; encoder-decoders: `toolkit.serve.seq2seq`).
 """
 
 from __future__ import annotations

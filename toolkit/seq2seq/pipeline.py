@@ -15,6 +15,7 @@ from toolkit.generation.sampling import GenerationOptions, LogitsChooser
 from toolkit.manifest import ModelPackage, Seq2SeqSpec, seq2seq_files
 from toolkit.runner import Runner
 from toolkit.seq2seq.decoding import BeamSettings, DecodingRules, Seq2SeqStepper, beam_search
+from toolkit.seq2seq.timestamps import TimestampRule
 from toolkit.tasks.base import Pipeline, Task
 from toolkit.tasks.modality import Modality
 
@@ -71,8 +72,10 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
         max_new_tokens: int | None,
         num_beams: int | None,
         extra_suppress: Sequence[int] = (),
+        timestamps: TimestampRule | None = None,
     ) -> list[list[int]]:
-        """New token ids per row of the encoder `states` [rows, ...], each decoded from `prompt`."""
+        """New token ids per row of the encoder `states` [rows, ...], each decoded from `prompt` (with Whisper's
+        timestamp rule when `timestamps` is given)."""
         beams = int(self._setting("num_beams", num_beams, 1))
         limit = self._setting("max_new_tokens", max_new_tokens, None)
         room = self.spec.max_target_positions - len(prompt)
@@ -100,6 +103,7 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
             forced_eos=spec.forced_eos_token_id,
             min_length=int(spec.defaults.get("min_length", 0) or 0),
             no_repeat_ngram=int(spec.defaults.get("no_repeat_ngram_size", 0) or 0),
+            timestamps=timestamps,
         )
         first, with_past = (r.session for r in self.decoders)
         if beams == 1:

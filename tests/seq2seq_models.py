@@ -132,10 +132,15 @@ def whisper_source(
         bos_token_id=eot,
         begin_suppress_tokens=[eot],
         suppress_tokens=[ids["<|startoflm|>"]],
-        lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES} if multilingual else None,
-        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
-        if multilingual
-        else None,
+        # an English-only Whisper has no language or task maps at all (transformers reads their presence)
+        **(
+            {
+                "lang_to_id": {f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES},
+                "task_to_id": {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+            }
+            if multilingual
+            else {}
+        ),
         no_timestamps_token_id=ids["<|notimestamps|>"],
         is_multilingual=multilingual,
         max_initial_timestamp_index=50,

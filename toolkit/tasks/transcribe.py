@@ -7,10 +7,10 @@ becomes log-mel features (`toolkit.speech`), is encoded, and decoded from Whispe
 step picks the most likely language token. The windows are merged as the pipeline's ``_decode_asr`` does
 (`toolkit.seq2seq.timestamps.merge_windows`): text tokens by their longest common sequence in the overlaps.
 
-With ``timestamps=True`` the prompt leaves out ``<|notimestamps|>``, Whisper's timestamp rule constrains decoding
-(`TimestampRule`), and a window is decoded as Whisper's ``generate(..., return_timestamps=True)`` does: when a
-decode stops after a timestamp pair without a closing lone timestamp, decoding resumes from that timestamp's
-frame. The timestamps split the text into segments (seconds from the clip's start).
+A window is decoded as Whisper's ``generate`` does, with or without timestamps: when a decode stops after a
+timestamp pair without a closing lone timestamp, the tail is dropped and decoding resumes from that timestamp's
+frame. With ``timestamps=True`` the prompt leaves out ``<|notimestamps|>``, Whisper's timestamp rule constrains
+decoding (`TimestampRule`), and the timestamps split the text into segments (seconds from the clip's start).
 """
 
 from __future__ import annotations

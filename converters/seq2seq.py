@@ -133,6 +133,8 @@ def seq2seq_spec(package_dir: Path, task: str, model: Any, layers: int) -> Seq2S
         languages=languages,
         tasks=tasks,
         no_timestamps_token_id=generation.get("no_timestamps_token_id"),
+        # transformers' WhisperTimeStampLogitsProcessor reads it with getattr(..., None): absent means no limit
+        max_initial_timestamp_index=generation.get("max_initial_timestamp_index"),
         n_mels=int(pre.get("feature_size", getattr(config, "num_mel_bins", 0)) or 0)
         if task == "transcribe"
         else 0,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.seq2seq_models import TEXT_KINDS, text_source, whisper_source
+from tests.seq2seq_models import TEXT_KINDS, WHISPER_SIZES, text_source, whisper_source
 from toolkit.runner import Runner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -290,3 +290,20 @@ def s2s_packages(s2s_sources: dict[str, Path], tmp_path_factory: pytest.TempPath
 
     root = tmp_path_factory.mktemp("s2s-packages")
     return {kind: convert(str(src), root / kind).path for kind, src in s2s_sources.items()}
+
+
+@pytest.fixture(scope="session")
+def whisper_ts_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Whisper with Whisper's 1501 timestamp tokens and a WhisperTokenizerFast (what transformers'
+    timestamp decoding and ASR pipeline need); weights drawn wider (init_std 0.5) so its output follows the audio."""
+    return whisper_source(
+        tmp_path_factory.mktemp("whisper-ts") / "hf", {**WHISPER_SIZES, "init_std": 0.5}, timestamps=1501
+    )
+
+
+@pytest.fixture(scope="session")
+def whisper_ts_package(whisper_ts_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`whisper_ts_source` converted once."""
+    from converters import convert
+
+    return convert(str(whisper_ts_source), tmp_path_factory.mktemp("whisper-ts-package") / "pkg").path

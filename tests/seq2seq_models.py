@@ -13,6 +13,7 @@ __all__ = [
     "CORPUS",
     "LANGUAGES",
     "TEXT_KINDS",
+    "WHISPER_SIZES",
     "WHISPER_SPECIAL",
     "bpe_tokenizer",
     "speech",
@@ -41,6 +42,18 @@ WHISPER_SPECIAL = [
     *[f"<|{i * 0.02:.2f}|>" for i in range(16)],
 ]
 TEXT_KINDS = ("bart", "t5", "marian", "mbart")
+WHISPER_SIZES: dict[str, Any] = {
+    "d_model": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+    "num_mel_bins": 80,
+    "max_source_positions": 1500,
+    "max_target_positions": 64,
+}
 
 
 def bpe_tokenizer(special: list[str], vocab: int = 300) -> Any:
@@ -57,38 +70,49 @@ def bpe_tokenizer(special: list[str], vocab: int = 300) -> Any:
 
 
 def whisper_source(
-    folder: Path, config_kwargs: dict[str, Any] | None = None, multilingual: bool = True
+    folder: Path,
+    config_kwargs: dict[str, Any] | None = None,
+    multilingual: bool = True,
+    timestamps: int | None = None,
 ) -> Path:
+    """A tiny random Whisper saved with its tokenizer and feature extractor. `timestamps` None: 16 timestamp
+    tokens, special like the other control tokens (a generic fast tokenizer); a count (Whisper's real 1501):
+    that many plain added tokens after ``<|notimestamps|>`` and a ``WhisperTokenizerFast``, the layout
+    transformers' timestamp decoding (``_decode_asr``, ``output_offsets``) and ASR pipeline expect."""
     import torch
     from transformers import (
+        AddedToken,
         GenerationConfig,
         PreTrainedTokenizerFast,
         WhisperConfig,
         WhisperFeatureExtractor,
         WhisperForConditionalGeneration,
+        WhisperTokenizerFast,
     )
 
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe_tokenizer(WHISPER_SPECIAL[:-17]),
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-    )
-    # <|notimestamps|> and the timestamps come last, as in Whisper's vocabulary (timestamps are its top ids)
-    tokenizer.add_special_tokens({"additional_special_tokens": WHISPER_SPECIAL[1:]})
+    if timestamps is None:
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=bpe_tokenizer(WHISPER_SPECIAL[:-17]),
+            eos_token="<|endoftext|>",
+            pad_token="<|endoftext|>",
+        )
+        # <|notimestamps|> and the timestamps come last, as in Whisper's vocabulary (timestamps are its top ids)
+        tokenizer.add_special_tokens({"additional_special_tokens": WHISPER_SPECIAL[1:]})
+    else:
+        tokenizer = WhisperTokenizerFast(
+            tokenizer_object=bpe_tokenizer(WHISPER_SPECIAL[:-17]),
+            unk_token="<|endoftext|>",
+            bos_token="<|endoftext|>",
+            eos_token="<|endoftext|>",
+            pad_token="<|endoftext|>",
+        )
+        tokenizer.add_special_tokens({"additional_special_tokens": WHISPER_SPECIAL[1:-16]})
+        tokenizer.add_tokens(
+            [AddedToken(f"<|{i * 0.02:.2f}|>", special=False, normalized=False) for i in range(timestamps)]
+        )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIAL}
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
-    sizes = config_kwargs or {
-        "d_model": 32,
-        "encoder_layers": 2,
-        "decoder_layers": 2,
-        "encoder_attention_heads": 4,
-        "decoder_attention_heads": 4,
-        "encoder_ffn_dim": 64,
-        "decoder_ffn_dim": 64,
-        "num_mel_bins": 80,
-        "max_source_positions": 1500,
-        "max_target_positions": 64,
-    }
+    sizes = config_kwargs or WHISPER_SIZES
     config = WhisperConfig(
         vocab_size=len(tokenizer),
         **sizes,
@@ -108,10 +132,15 @@ def whisper_source(
         bos_token_id=eot,
         begin_suppress_tokens=[eot],
         suppress_tokens=[ids["<|startoflm|>"]],
-        lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES} if multilingual else None,
-        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
-        if multilingual
-        else None,
+        # an English-only Whisper has no language or task maps at all (transformers reads their presence)
+        **(
+            {
+                "lang_to_id": {f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES},
+                "task_to_id": {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+            }
+            if multilingual
+            else {}
+        ),
         no_timestamps_token_id=ids["<|notimestamps|>"],
         is_multilingual=multilingual,
         max_initial_timestamp_index=50,

@@ -137,7 +137,10 @@ def _ids(array: np.ndarray) -> list[tuple[int, ...]]:
 
 
 def _segments(transcript: Transcript) -> list[dict[str, Any]]:
-    return [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in transcript.segments]
+    def seconds(value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+
+    return [{"start": seconds(s.start), "end": seconds(s.end), "text": s.text} for s in transcript.segments]
 
 
 def _error(server: ServeProcess | Endpoint, model: str, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any] | None = None, outputs: Sequence[str] | None = None) -> str:  # fmt: skip

@@ -239,7 +239,10 @@ class Seq2SeqSpec:
     """An encoder-decoder's decoder contract: the encoder is the variant's file, the decoders are
     `seq2seq_files`; start tokens, eos/pad ids, target positions, the tokens its generation config suppresses or
     forces, its defaults (num_beams, max_length, length_penalty, early_stopping, no_repeat_ngram_size,
-    min_length) and, for Whisper, its languages, tasks, no-timestamps token and front end (mel bins, chunk)."""
+    min_length) and, for Whisper, its languages, tasks, no-timestamps token (the timestamp tokens follow it), the
+    highest timestamp index its first timestamp may take (``max_initial_timestamp_index``; None: no limit, absent
+    from packages made before it was recorded: 50, the value of OpenAI's Whisper checkpoints) and front end (mel
+    bins, chunk)."""
 
     layers: int
     decoder_start_ids: tuple[int, ...]
@@ -254,6 +257,7 @@ class Seq2SeqSpec:
     languages: Mapping[str, int] = field(default_factory=dict)
     tasks: Mapping[str, int] = field(default_factory=dict)
     no_timestamps_token_id: int | None = None
+    max_initial_timestamp_index: int | None = 50
     n_mels: int = 0
     chunk_length: int = 30
 
@@ -660,6 +664,13 @@ def _check_seq2seq(origin: str, spec: Seq2SeqSpec | None) -> None:
         value = getattr(spec, name)
         if not (value is None and optional) and not (_is_int(value) and value >= 0):
             raise _fail(origin, f"seq2seq.{name}", f"must be a token id, got {_short(value)}")
+    initial = spec.max_initial_timestamp_index
+    if initial is not None and not (_is_int(initial) and initial >= 0):
+        raise _fail(
+            origin,
+            "seq2seq.max_initial_timestamp_index",
+            f"must be null or an index >= 0, got {_short(initial)}",
+        )
     for name in ("defaults", "languages", "tasks"):
         if not isinstance(getattr(spec, name), Mapping):
             raise _fail(origin, f"seq2seq.{name}", "must be an object")

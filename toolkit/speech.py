@@ -1,5 +1,5 @@
-"""Whisper's front end in numpy: clips read and resampled (`load_clip`), cut into 30 s chunks (`chunks`), and each
-chunk's log-mel spectrogram (`log_mel`), equal to transformers' `WhisperFeatureExtractor`.
+"""Whisper's front end in numpy: clips read and resampled (`load_clip`), cut into overlapping 30 s windows
+(`windows`), and each window's log-mel spectrogram (`log_mel`), equal to transformers' `WhisperFeatureExtractor`.
 
 Resampling is scipy's polyphase filter (`scipy.signal.resample_poly`, the ``speech`` extra), imported only when a
 clip is not at the model's rate.
@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from toolkit.errors import BadInputError
 from toolkit.preprocess import AudioInput, read_wav
 
-__all__ = ["LogMelSpec", "chunks", "load_clip", "log_mel", "mel_filters", "resample"]
+__all__ = ["LogMelSpec", "Window", "load_clip", "log_mel", "mel_filters", "resample", "windows"]
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,40 @@ def load_clip(clip: AudioInput, rate: int, sampling_rate: int | None = None) -> 
     return resample(waveform, source_rate, rate)
 
 
-def chunks(waveform: np.ndarray, spec: LogMelSpec) -> list[np.ndarray]:
-    """The waveform in consecutive `spec.chunk_length`-second pieces (the last one shorter)."""
+@dataclass(frozen=True)
+class Window:
+    """One window of a clip for the model: its samples and how many of them it shares with the window before
+    (`stride_left`) and after (`stride_right`)."""
+
+    samples: np.ndarray
+    stride_left: int
+    stride_right: int
+
+
+def windows(waveform: np.ndarray, spec: LogMelSpec, stride_s: float | None = None) -> list[Window]:
+    """The waveform in `spec.chunk_length`-second windows overlapping by `stride_s` seconds on each side (default
+    a sixth of the window, 5 s of 30: transformers' ASR pipeline with ``chunk_length_s``, its ``chunk_iter``); a
+    clip no longer than one window is one window."""
+    stride_s = spec.chunk_length / 6 if stride_s is None else stride_s
     size = spec.n_samples
-    return [waveform[start : start + size] for start in range(0, max(waveform.size, 1), size)]
+    valid = (
+        isinstance(stride_s, int | float)
+        and not isinstance(stride_s, bool)
+        and 0 <= stride_s < spec.chunk_length
+    )
+    stride = round(stride_s * spec.sampling_rate) if valid else size
+    if 2 * stride >= size:
+        raise BadInputError(
+            f"stride {stride_s!r} s: windows of {spec.chunk_length} s need a stride of at least 0 and under "
+            f"{spec.chunk_length / 2:g} s on each side; pass a smaller stride (default {spec.chunk_length / 6:g})"
+        )
+    out = []
+    for start in range(0, waveform.size, size - 2 * stride):
+        piece = waveform[start : start + size]
+        last = start + size >= waveform.size
+        left = 0 if start == 0 else stride
+        if piece.size > left:
+            out.append(Window(piece, left, 0 if last else stride))
+        if last:
+            break
+    return out

@@ -84,6 +84,13 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
     "--timestamps", is_flag=True, help="transcribe: split each --audio transcript into timed segments."
 )
 @click.option(
+    "--stride",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="transcribe: seconds each 30 s window of a longer clip overlaps its neighbours on each side [default: 5].",
+)
+@click.option(
     "--prompt", "prompts", multiple=True, help="A prompt for a generate package (repeatable: one batch)."
 )
 @click.option("--max-new-tokens", type=int, default=None, help="With --prompt: new tokens at most.")
@@ -106,6 +113,7 @@ def run_command(
     out: str | None,
     labels: tuple[str, ...] | None,
     timestamps: bool,
+    stride: float | None,
     prompts: tuple[str, ...],
     max_new_tokens: int | None,
     temperature: float | None,
@@ -150,7 +158,7 @@ def run_command(
             )
         pipeline = pipeline_class(package)(package, runner)
         kind, items = ("text", texts) if texts else ("image", images) if images else ("audio", clips)
-        call, result = _run_items(pipeline, kind, list(items), labels, timestamps)
+        call, result = _run_items(pipeline, kind, list(items), labels, timestamps, stride)
         if out is not None:
             _annotate(pipeline, list(items), result.pop("results_for_drawing"), Path(out))
             result["annotated"] = out
@@ -186,6 +194,7 @@ def _run_items(
     items: list[str],
     labels: tuple[str, ...] | None = None,
     timestamps: bool = False,
+    stride: float | None = None,
 ) -> tuple[Callable[[], Any], dict[str, Any]]:
     """Run `items` (texts, image files or WAV files) through the pipeline; the task says how to print them."""
     task = pipeline.task
@@ -209,13 +218,14 @@ def _run_items(
                 f"--labels needs an image-text package (CLIP, SigLIP); '{manifest.name}' has task {manifest.task}"
             )
         run = lambda: zero_shot(items, list(labels))  # noqa: E731
-    if timestamps:
+    if timestamps or stride is not None:
         transcribe = getattr(pipeline, "transcribe", None)
         if transcribe is None:
+            flag = "--timestamps" if timestamps else "--stride"
             raise BadInputError(
-                f"--timestamps needs a transcribe package (Whisper); '{manifest.name}' has task {manifest.task}"
+                f"{flag} needs a transcribe package (Whisper); '{manifest.name}' has task {manifest.task}"
             )
-        run = lambda: transcribe(items, timestamps=True)  # noqa: E731
+        run = lambda: transcribe(items, timestamps=timestamps, stride_s=stride)  # noqa: E731
     results = run()
     result = {"task": task.name, _ITEMS_KEY[kind]: items, **task.run_json(results)}
     result["lines"] = task.run_lines(items, results)

@@ -1,9 +1,11 @@
 """Encoder-decoder models: the decoder stepper, decoding rules and beam search (`decoding`), and
 `Seq2SeqPipeline`, the base of `toolkit.SpeechRecognizer` and `toolkit.Seq2SeqGenerator`. Greedy decoding
-reuses the text generator's loop (`toolkit.generation.decode`)."""
+reuses the text generator's loop (`toolkit.generation.decode`); Whisper's timestamp rule and window merging live in
+`timestamps`."""
 
 from toolkit.seq2seq.decoding import BeamSettings, DecodingRules, Seq2SeqStepper, beam_search, log_softmax
 from toolkit.seq2seq.pipeline import Seq2SeqOutput, Seq2SeqPipeline
+from toolkit.seq2seq.timestamps import TimestampRule
 
 __all__ = [
     "BeamSettings",
@@ -11,6 +13,7 @@ __all__ = [
     "Seq2SeqOutput",
     "Seq2SeqPipeline",
     "Seq2SeqStepper",
+    "TimestampRule",
     "beam_search",
     "log_softmax",
 ]

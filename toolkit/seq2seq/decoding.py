@@ -7,7 +7,7 @@ Greedy decoding runs through the loop every generator shares (`toolkit.generatio
 ``max(2, 1 + eos ids) x beams`` candidates a step, finished hypotheses scored by ``sum log p / length **
 length_penalty``, and its early-stop heuristic. `DecodingRules` are the logits processors the models'
 generation configs ask for (no-repeat n-grams, minimum length, forced first/last token, suppressed tokens), in
-transformers' order.
+transformers' order, then Whisper's timestamp rule when asked for (`toolkit.seq2seq.timestamps`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from toolkit.errors import BadModelError
 from toolkit.generation.kv_cache import CacheLayout, KVCache
 from toolkit.manifest import Seq2SeqSpec
 from toolkit.runner import numpy_dtype
+from toolkit.seq2seq.timestamps import TimestampRule
 
 __all__ = [
     "BeamSettings",
@@ -56,6 +57,7 @@ class DecodingRules:
     forced_eos: int | None = None
     min_length: int = 0
     no_repeat_ngram: int = 0
+    timestamps: TimestampRule | None = None  # Whisper with timestamps: applied last, as transformers does
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """`scores` with the rules applied (a new array)."""
@@ -81,6 +83,8 @@ class DecodingRules:
             scores[:, list(self.suppress)] = _NEG
         if self.begin_suppress and length == self.prompt_length:
             scores[:, list(self.begin_suppress)] = _NEG
+        if self.timestamps is not None:
+            scores = self.timestamps(ids, scores)
         return scores
 
 

@@ -15,6 +15,7 @@ from toolkit.generation.sampling import GenerationOptions, LogitsChooser
 from toolkit.manifest import ModelPackage, Seq2SeqSpec, seq2seq_files
 from toolkit.runner import Runner
 from toolkit.seq2seq.decoding import BeamSettings, DecodingRules, Seq2SeqStepper, beam_search
+from toolkit.seq2seq.timestamps import TimestampRule
 from toolkit.tasks.base import Pipeline, Task
 from toolkit.tasks.modality import Modality
 
@@ -136,10 +137,11 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
         max_new_tokens: int | None,
         num_beams: int | None,
         overrides: Mapping[str, Any] | None = None,
+        timestamps: TimestampRule | None = None,
     ) -> list[list[int]]:
-        """New token ids per row of the encoder `states` [rows, ...], each decoded from `prompt`; `overrides`
-        replace the generation config's `length_penalty`, `early_stopping`, `no_repeat_ngram_size` and
-        `min_length` (None values are ignored)."""
+        """New token ids per row of the encoder `states` [rows, ...], each decoded from `prompt` (with Whisper's
+        timestamp rule when `timestamps` is given); `overrides` replace the generation config's `length_penalty`,
+        `early_stopping`, `no_repeat_ngram_size` and `min_length` (None values are ignored)."""
         beams = self._setting("num_beams", num_beams, 1)
         limit = self._setting("max_new_tokens", max_new_tokens, None)
         settings = {**self.spec.defaults, **_checked(overrides or {})}
@@ -168,6 +170,7 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
             forced_eos=spec.forced_eos_token_id,
             min_length=int(settings.get("min_length", 0) or 0),
             no_repeat_ngram=int(settings.get("no_repeat_ngram_size", 0) or 0),
+            timestamps=timestamps,
         )
         if beams == 1:
             rows = states.shape[0]

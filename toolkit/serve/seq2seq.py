@@ -246,9 +246,14 @@ class SpeechModel(DecodingModel):
         return self._job({"audio": data}, len(clips), outputs, run)
 
 
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def _segments_json(transcript: Transcript) -> str:
+    """One clip's segments as JSON: start and end in seconds, null where the model left a segment open."""
     return json.dumps(
-        [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in transcript.segments],
+        [{"start": _seconds(s.start), "end": _seconds(s.end), "text": s.text} for s in transcript.segments],
         ensure_ascii=False,
     )
 

@@ -1,10 +1,16 @@
 """``transcribe``: speech recognition with Whisper: `SpeechRecognizer.transcribe(clips, ...)`.
 
-Clips (WAV at any rate, or float waveforms) are resampled to 16 kHz, cut into 30 s chunks, turned into log-mel
-features (`toolkit.speech`), encoded, and decoded from Whisper's prompt ``<|startoftranscript|> <|lang|>
-<|task|> [<|notimestamps|>]``. Without a language the first decoder step picks the most likely language token.
-With ``timestamps=True`` the prompt leaves out ``<|notimestamps|>`` and the timestamp tokens the model emits
-split the text into segments (seconds from the clip's start).
+Clips (WAV at any rate, or float waveforms) are resampled to 16 kHz and cut into 30 s windows that overlap by
+`stride_s` seconds on each side (default 5 s, transformers' ASR pipeline with ``chunk_length_s=30``); each window
+becomes log-mel features (`toolkit.speech`), is encoded, and decoded from Whisper's prompt
+``<|startoftranscript|> <|lang|> <|task|> [<|notimestamps|>]``. Without a language each window's first decoder
+step picks the most likely language token. The windows are merged as the pipeline's ``_decode_asr`` does
+(`toolkit.seq2seq.timestamps.merge_windows`): text tokens by their longest common sequence in the overlaps.
+
+A window is decoded as Whisper's ``generate`` does, with or without timestamps: when a decode stops after a
+timestamp pair without a closing lone timestamp, the tail is dropped and decoding resumes from that timestamp's
+frame. With ``timestamps=True`` the prompt leaves out ``<|notimestamps|>``, Whisper's timestamp rule constrains
+decoding (`TimestampRule`), and the timestamps split the text into segments (seconds from the clip's start).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from toolkit.manifest import ModelPackage, Seq2SeqSpec
 from toolkit.preprocess import AudioInput, clip_list
 from toolkit.seq2seq import Seq2SeqPipeline
 from toolkit.seq2seq.decoding import DecodingRules
-from toolkit.speech import LogMelSpec, chunks, load_clip, log_mel
+from toolkit.seq2seq.timestamps import TimestampRule, WindowOutput, merge_windows, window_tokens
+from toolkit.speech import LogMelSpec, load_clip, log_mel, windows
 from toolkit.tasks.base import Feeds, Task
 from toolkit.tasks.modality import PURPOSE_SEEDS, AudioModality, synthetic_waveform
 
@@ -39,22 +46,24 @@ __all__ = [
     "real_time_factor",
 ]
 
-TIME_PRECISION = 0.02  # seconds per timestamp token
+TIME_PRECISION = 0.02  # seconds per timestamp token (Whisper: a 30 s window over 1500 encoder positions)
 
 
 @dataclass(frozen=True)
 class Segment:
-    """A piece of the transcript between two timestamps (seconds from the clip's start)."""
+    """A piece of the transcript between two timestamps (seconds from the clip's start); None where the model
+    gave none (a segment it did not close, as transformers' pipeline reports it)."""
 
-    start: float
-    end: float
+    start: float | None
+    end: float | None
     text: str
 
 
 @dataclass(frozen=True)
 class Transcript:
-    """One clip's text, its language code, the new token ids of every chunk, segments (with timestamps) and the
-    clip's length in seconds."""
+    """One clip's text, its language code (of its first window), the new token ids of every window (those
+    Whisper's ``generate`` returns: eos dropped, every seek within the window), its segments (with timestamps
+    only; empty otherwise) and the clip's length in seconds."""
 
     text: str
     language: str | None
@@ -127,13 +136,18 @@ class TranscribeTask(Task[AudioModality]):
             lines.append(
                 f"{item} [{transcript.language or '?'}, {transcript.seconds:.1f} s]: {transcript.text}"
             )
-            if len(transcript.segments) > 1 or any(s.end > 0 for s in transcript.segments):
-                lines.extend(f"  [{s.start:6.2f} -> {s.end:6.2f}] {s.text}" for s in transcript.segments)
+            lines.extend(
+                f"  [{_seconds(s.start)} -> {_seconds(s.end)}] {s.text}" for s in transcript.segments
+            )
         return lines
 
     def run_json(self, results: Sequence[Any]) -> dict[str, Any]:
         """``transcripts``: one per clip."""
         return {"transcripts": list(results)}
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:6.2f}" if value is not None else "     ?"
 
 
 class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
@@ -158,7 +172,7 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
         return self.spec.languages[code]
 
     def detect_language(self, states: np.ndarray) -> str | None:
-        """The most likely language code for one chunk's encoder states [1, ...] (None: an English-only model)."""
+        """The most likely language code for one window's encoder states [1, ...] (None: an English-only model)."""
         if not self.spec.languages:
             return None
         rules = DecodingRules(1, 10**9, frozenset(self.spec.eos_token_ids))
@@ -182,27 +196,72 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
             prompt.append(spec.no_timestamps_token_id)
         return prompt
 
-    def _segments(self, ids: Sequence[int], offset: float) -> list[Segment]:
-        begin = self.spec.no_timestamps_token_id + 1 if self.spec.no_timestamps_token_id is not None else None
-        text_ids: list[int] = []
-        segments: list[Segment] = []
-        start = None
-        for token in ids:
-            if begin is not None and token >= begin:
-                stamp = offset + (token - begin) * TIME_PRECISION
-                if start is None:
-                    start = stamp
-                else:
-                    segments.append(Segment(start, stamp, self._text(text_ids)))
-                    start, text_ids = None, []
-            elif token not in self.spec.eos_token_ids:
-                text_ids.append(token)
-        if text_ids:
-            segments.append(Segment(start if start is not None else offset, offset, self._text(text_ids)))
-        return segments
+    @cached_property
+    def _special_ids(self) -> frozenset[int]:
+        """The tokenizer's special tokens (control tokens, eos) and the eos ids."""
+        added = self.tokenizer.get_added_tokens_decoder()
+        return frozenset(i for i, token in added.items() if token.special) | frozenset(
+            self.spec.eos_token_ids
+        )
 
-    def _text(self, ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True)).strip()
+    def _timestamp_begin(self) -> int:
+        if self.spec.no_timestamps_token_id is None:
+            raise BadModelError(
+                f"package '{self.package.path}' records no <|notimestamps|> token, so no timestamp tokens; "
+                "transcribe without timestamps or re-convert a Whisper model with `edge convert`"
+            )
+        return self.spec.no_timestamps_token_id + 1
+
+    def _text(self, ids: Sequence[int], strip: bool = True) -> str:
+        """The text of `ids` (timestamp and special tokens left out)."""
+        begin = self.spec.no_timestamps_token_id
+        kept = [t for t in ids if begin is None or t <= begin]
+        text = str(self.tokenizer.decode(kept, skip_special_tokens=True))
+        return text.strip() if strip else text
+
+    def _encode(self, mel: np.ndarray) -> np.ndarray:
+        return self.runner.run({"input_features": mel[None]})[self.task.output_name(self.runner.outputs)]
+
+    def _decode_window(
+        self,
+        mel: np.ndarray,
+        states: np.ndarray,
+        prompt: list[int],
+        timestamps: bool,
+        max_new_tokens: int | None,
+        num_beams: int | None,
+    ) -> list[int]:
+        """One window's new tokens as Whisper's ``generate`` returns them (eos dropped): decode (with the timestamp
+        rule when asked), keep up to the last timestamp pair unless the decode ended on a lone timestamp, and then
+        seek to that pair (the mel frames from it, zero-padded) and decode again, until the window is done."""
+        spec = self.spec
+        begin = self._timestamp_begin() if timestamps or spec.no_timestamps_token_id is not None else None
+        rule = (
+            TimestampRule(begin - 1, spec.eos_token_ids[0], len(prompt), spec.max_initial_timestamp_index)
+            if timestamps and begin is not None
+            else None
+        )
+        features = self.task.features
+        per_token = round(TIME_PRECISION * features.sampling_rate / features.hop_length)
+        frames = mel.shape[-1]
+        kept: list[int] = []
+        seek = 0
+        while seek < frames:
+            span = frames - seek
+            if seek:
+                piece = np.zeros_like(mel)
+                piece[:, :span] = mel[:, seek:]
+                states = self._encode(piece)
+            ids = self.decode_rows(states, None, prompt, max_new_tokens, num_beams, timestamps=rule)[0]
+            if ids and ids[-1] == spec.eos_token_ids[0]:
+                ids = ids[:-1]
+            if begin is None:
+                return ids
+            tokens, advance = window_tokens(ids, begin, span, per_token)
+            kept.extend(tokens)
+            # a later timestamp pair is never <|0.00|> (the rule forbids it), so `advance` is positive
+            seek += advance if advance > 0 else span
+        return kept
 
     def transcribe(
         self,
@@ -211,40 +270,61 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
         language: str | None = None,
         task: str = "transcribe",
         timestamps: bool = False,
+        stride_s: float | None = None,
         sampling_rate: int | None = None,
         max_new_tokens: int | None = None,
         num_beams: int | None = None,
     ) -> list[Transcript]:
-        """One `Transcript` per clip; `language` None detects it per clip (from its first chunk)."""
+        """One `Transcript` per clip; `language` None detects it per window; `stride_s`: seconds each 30 s window
+        shares with its neighbours on each side (default 5)."""
         if language is not None:
             self._language_id(language)
         features = self.task.features
+        rate = features.sampling_rate
+        # transformers reads ids past <|notimestamps|> as timestamps with or without them (none: no timestamps)
+        begin = (
+            self._timestamp_begin()
+            if timestamps or self.spec.no_timestamps_token_id is not None
+            else self.tokenizer.get_vocab_size()
+        )
+        codes = {token: code for code, token in self.spec.languages.items()}
         results = []
         for clip in clip_list(clips):
-            waveform = load_clip(clip, features.sampling_rate, sampling_rate)
-            pieces = chunks(waveform, features)
-            detected = language
+            waveform = load_clip(clip, rate, sampling_rate)
             token_ids: list[int] = []
-            segments: list[Segment] = []
-            for index, piece in enumerate(pieces):
-                feeds = {"input_features": log_mel(piece, features)[None]}
-                states = self.runner.run(feeds)[self.task.output_name(self.runner.outputs)]
-                if detected is None and index == 0:
-                    detected = self.detect_language(states)
-                ids = self.decode_rows(
-                    states, None, self._prompt(detected, task, timestamps), max_new_tokens, num_beams
-                )[0]
+            outputs: list[WindowOutput] = []
+            first_language: str | None = None
+            for index, window in enumerate(windows(waveform, features, stride_s)):
+                mel = log_mel(window.samples, features)
+                states = self._encode(mel)
+                detected = language if language is not None else self.detect_language(states)
+                if index == 0:
+                    first_language = detected
+                prompt = self._prompt(detected, task, timestamps)
+                ids = self._decode_window(mel, states, prompt, timestamps, max_new_tokens, num_beams)
                 token_ids.extend(ids)
-                offset = index * features.chunk_length
-                segments.extend(
-                    self._segments(ids, offset) if timestamps else [Segment(offset, 0.0, self._text(ids))]
+                outputs.append(
+                    WindowOutput(
+                        tuple(ids),
+                        window.samples.size / rate,
+                        window.stride_left / rate,
+                        window.stride_right / rate,
+                    )
                 )
-            text = " ".join(s.text for s in segments if s.text)
-            results.append(
-                Transcript(
-                    text, detected, tuple(token_ids), tuple(segments), waveform.size / features.sampling_rate
-                )
+            pieces = merge_windows(
+                outputs,
+                timestamps=timestamps,
+                timestamp_begin=begin,
+                special_ids=self._special_ids,
+                languages=codes,
+                time_precision=TIME_PRECISION,
+                segment_size=round(features.chunk_length / TIME_PRECISION),
             )
+            text = "".join(self._text(p.tokens, strip=False) for p in pieces).strip()
+            segments = (
+                tuple(Segment(p.start, p.end, self._text(p.tokens)) for p in pieces) if timestamps else ()
+            )
+            results.append(Transcript(text, first_language, tuple(token_ids), segments, waveform.size / rate))
         return results
 
     def run_items(self, items: Sequence[Any]) -> list[Any]:

@@ -277,7 +277,7 @@ def bert_runner(tiny_bert_package: Path) -> Runner:
 def s2s_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random Whisper, BART, T5 and Marian saved as Hugging Face folders with their tokenizers."""
     root = tmp_path_factory.mktemp("s2s-sources")
-    sources = {"whisper": whisper_source(root / "whisper")}
+    sources = {"whisper": whisper_source(root / "whisper", WHISPER_SIZES, timestamps=1501)}
     for kind in TEXT_KINDS:
         sources[kind] = text_source(kind, root / kind)
     return sources

@@ -187,7 +187,11 @@ def test_metadata_lists_the_decoding_models_beside_the_raw_encoders(served: Serv
         # the raw encoder stays served as it was
         assert [i["name"] for i in get(f"/v2/models/{kind}")["inputs"]] == ["input_ids", "attention_mask"]
     assert get("/v2/models/whisper")["inputs"][0]["name"] == "input_features"
-    assert get("/v2/models/whisper-audio/config")["input"][0]["data_type"] == "TYPE_STRING"
+    config = get("/v2/models/whisper-audio/config")
+    assert config["input"][0]["data_type"] == "TYPE_STRING"
+    # each decode request runs alone: no dynamic batching advertised (the raw encoder batches)
+    assert "dynamic_batching" not in config
+    assert "dynamic_batching" in get("/v2/models/whisper/config")
     names = {
         entry["name"] for entry in json.loads(_call(served, "POST", "/v2/repository/index", b"", AUTH)[2])
     }

@@ -189,7 +189,7 @@ def _model_config(state: ServerState, model: ServedModel) -> dict[str, Any]:
         "input": [tensor(t) for t in model.inputs],
         "output": [tensor(t) for t in model.outputs],
     }
-    if batched and max_batch > 1:
+    if batched and max_batch > 1 and model.engine.requests_per_run is None:
         delay_us = int(state.options.batching.max_delay_ms * 1000)
         config["dynamic_batching"] = {"max_queue_delay_microseconds": delay_us}
     return config

@@ -57,6 +57,11 @@ class _Engine(Protocol):
     @property
     def label(self) -> tuple[str, str]: ...
 
+    @property
+    def requests_per_run(self) -> int | None:
+        """1: each request runs alone (a decoder: seconds per request); None: requests batch freely."""
+        ...
+
     def run_many(self, jobs: Sequence[Feeds]) -> list[Outputs | BaseException]: ...
 
 
@@ -282,7 +287,7 @@ class BatchingScheduler:
         key = id(engine)
         if key not in self._batchers:
             options = self.options
-            if getattr(engine, "requests_per_run", None) == 1:
+            if engine.requests_per_run == 1:
                 options = replace(options, max_batch=1, max_delay_ms=0.0)
             self._batchers[key] = DynamicBatcher(
                 engine.run_many, options, label=engine.label, observer=self._observer

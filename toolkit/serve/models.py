@@ -112,6 +112,8 @@ class _Slot:
 class Engine:
     """One `Runner` and how requests merge for it: concatenated on the batch dim, padded where safe."""
 
+    requests_per_run: int | None = None  # requests batch freely
+
     def __init__(
         self,
         name: str,
@@ -302,6 +304,7 @@ class ModelEngine(Protocol):
     batch_dim: str | None
     merge: bool
     inputs: tuple[TensorSpec, ...]
+    requests_per_run: int | None
 
     @property
     def label(self) -> tuple[str, str]:

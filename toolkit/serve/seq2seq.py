@@ -96,7 +96,7 @@ class DecodeEngine:
 
     merge = False
     batch_dim: str | None = None
-    requests_per_run = 1
+    requests_per_run: int | None = 1
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
 

@@ -56,6 +56,19 @@ WHISPER_SIZES: dict[str, Any] = {
 }
 
 
+# BART, mBART and Marian share these sizes (d_model 32, 2 + 2 layers)
+BART_SIZES: dict[str, Any] = {
+    "d_model": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+    "max_position_embeddings": 64,
+}
+
+
 def bpe_tokenizer(special: list[str], vocab: int = 300) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -184,14 +197,7 @@ def text_source(kind: str, folder: Path, recipe_model: tuple[str, str, dict[str,
         # mBART starts decoding from eos and forces a target-language token first (here "<s>", id 2)
         model = tf.MBartForConditionalGeneration(
             tf.MBartConfig(
-                d_model=32,
-                encoder_layers=2,
-                decoder_layers=2,
-                encoder_attention_heads=4,
-                decoder_attention_heads=4,
-                encoder_ffn_dim=64,
-                decoder_ffn_dim=64,
-                max_position_embeddings=64,
+                **BART_SIZES,
                 forced_bos_token_id=2,
                 forced_eos_token_id=1,
                 **{**common, "decoder_start_token_id": 1},
@@ -200,14 +206,7 @@ def text_source(kind: str, folder: Path, recipe_model: tuple[str, str, dict[str,
     elif kind == "marian":
         model = tf.MarianMTModel(
             tf.MarianConfig(
-                d_model=32,
-                encoder_layers=2,
-                decoder_layers=2,
-                encoder_attention_heads=4,
-                decoder_attention_heads=4,
-                encoder_ffn_dim=64,
-                decoder_ffn_dim=64,
-                max_position_embeddings=64,
+                **BART_SIZES,
                 forced_eos_token_id=1,
                 **common,
             )
@@ -215,14 +214,7 @@ def text_source(kind: str, folder: Path, recipe_model: tuple[str, str, dict[str,
     else:
         model = tf.BartForConditionalGeneration(
             tf.BartConfig(
-                d_model=32,
-                encoder_layers=2,
-                decoder_layers=2,
-                encoder_attention_heads=4,
-                decoder_attention_heads=4,
-                encoder_ffn_dim=64,
-                decoder_ffn_dim=64,
-                max_position_embeddings=64,
+                **BART_SIZES,
                 forced_bos_token_id=2,
                 forced_eos_token_id=1,
                 bos_token_id=2,

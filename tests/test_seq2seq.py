@@ -431,13 +431,17 @@ def test_timestamp_tokens_split_the_transcript_into_segments(s2s_packages: dict[
     begin = spec.no_timestamps_token_id + 1
     words = recognizer.tokenizer.encode("the quick brown fox").ids
     ids = [begin, *words[:2], begin + 5, begin + 5, *words[2:], begin + 12]
-    pieces = merge_windows(
-        [WindowOutput(tuple(ids), 20.0, 0.0, 0.0)],
-        timestamps=True,
-        timestamp_begin=begin,
-        special_ids=frozenset(spec.eos_token_ids),
-        languages={},
-    )
+
+    def merge(windows: list[WindowOutput]) -> list[Any]:
+        return merge_windows(
+            windows,
+            timestamps=True,
+            timestamp_begin=begin,
+            special_ids=frozenset(spec.eos_token_ids),
+            languages={},
+        )
+
+    pieces = merge([WindowOutput(tuple(ids), 20.0, 0.0, 0.0)])
     assert [(p.start, p.end, list(p.tokens)) for p in pieces] == [
         (0.0, 0.1, words[:2]),
         (0.1, 0.24, words[2:]),
@@ -446,13 +450,7 @@ def test_timestamp_tokens_split_the_transcript_into_segments(s2s_packages: dict[
     # right stride, so that segment stays open, the second window's first timestamp (inside its left stride) is
     # skipped, and the segment closes on the second window's end timestamp, 20 s + 6.2 s
     second = [begin + 300, *words[:1], begin + 310]
-    pieces = merge_windows(
-        [WindowOutput(tuple(ids), 30.0, 0.0, 5.0), WindowOutput(tuple(second), 20.0, 5.0, 0.0)],
-        timestamps=True,
-        timestamp_begin=begin,
-        special_ids=frozenset(spec.eos_token_ids),
-        languages={},
-    )
+    pieces = merge([WindowOutput(tuple(ids), 30.0, 0.0, 5.0), WindowOutput(tuple(second), 20.0, 5.0, 0.0)])
     assert [(p.start, p.end, list(p.tokens)) for p in pieces] == [
         (0.0, 0.1, words[:2]),
         (0.1, 26.2, words[2:] + words[:1]),

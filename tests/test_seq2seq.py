@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from gpu_support import needs
 
 from converters.recipes import list_recipes
 from tests.seq2seq_models import CORPUS, LANGUAGES, TEXT_KINDS, speech, text_source, whisper_source, write_wav
@@ -471,3 +472,34 @@ def test_edge_run_timestamps_needs_a_speech_package(
     bad = runner.invoke(edge, ["run", str(s2s_packages["bart"]), "--text", "hi", "--timestamps"])
     assert bad.exit_code == 2
     assert "--timestamps needs a transcribe package" in bad.output
+
+
+@needs("cuda")
+def test_cuda_keeps_both_decoder_caches_on_the_device_and_matches_cpu(s2s_packages: dict[str, Path]) -> None:
+    from toolkit import Seq2SeqGenerator, SpeechRecognizer
+    from toolkit.seq2seq import DecodingRules
+
+    cpu = SpeechRecognizer.load(s2s_packages["whisper"], providers="cpu")
+    gpu = SpeechRecognizer.load(s2s_packages["whisper"], providers="cuda")
+    assert gpu.runner.device == ("cuda", 0)
+    clip = speech(2.0)
+    for beams in (1, 4):
+        assert gpu.transcribe([clip], language="en", num_beams=beams)[0].token_ids == (
+            cpu.transcribe([clip], language="en", num_beams=beams)[0].token_ids
+        )
+    text_cpu = Seq2SeqGenerator.load(s2s_packages["bart"], providers="cpu")
+    text_gpu = Seq2SeqGenerator.load(s2s_packages["bart"], providers="cuda")
+    for beams in (1, 4):
+        assert text_gpu.generate(CORPUS[:1], num_beams=beams)[0].token_ids == (
+            text_cpu.generate(CORPUS[:1], num_beams=beams)[0].token_ids
+        )
+    ids = text_gpu.tokenizer.encode(CORPUS[0]).ids
+    mask = np.ones((1, len(ids)), dtype=np.int64)
+    states = text_gpu.runner.run({"input_ids": np.asarray([ids]), "attention_mask": mask})[
+        "last_hidden_state"
+    ]
+    rules = DecodingRules(1, 100, frozenset(text_gpu.spec.eos_token_ids))
+    stepper = text_gpu.stepper(states, mask, np.asarray([text_gpu.spec.decoder_start_ids]), rules, 4)
+    _, owner = stepper.cache._buffers[0][0]
+    assert owner.device_name().lower() == "cuda"
+    assert all(value.device_name().lower() == "cuda" for value in stepper._cross.values())

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from converters.attention_fusion import attention_heads, fuse_attention
 from converters.hf import TASKS, copy_assets, export_hf_model, load_hf_model, missing_tokenizer
 from converters.sources import ResolvedSource, directory_sha256
 from toolkit.atomic import replace_directory, staging_directory
@@ -251,6 +252,10 @@ def convert_seq2seq(
                 )
             (export_dir / exported).replace(package_dir / names[part])
         copy_assets(resolved.model_dir, export_dir, package_dir)
+        heads = attention_heads(model.config)
+        fused = fuse_attention(package_dir / names["encoder"], heads) if heads else 0
+        if fused:
+            say(f"fused {fused} encoder self-attention blocks into MultiHeadAttention")
         if (
             task_name == "text2text"
             and not resolve_inside(package_dir, "tokenizer.json", "tokenizer").is_file()
@@ -285,7 +290,7 @@ def convert_seq2seq(
                     precision="fp32",
                     method="export",
                     size_bytes=size,
-                    settings=task.export_settings(export_seconds),
+                    settings={**task.export_settings(export_seconds), "fused_attention": fused},
                     validation=validation,
                     tool_versions=tool_versions(),
                 )

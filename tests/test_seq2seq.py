@@ -49,6 +49,76 @@ def test_packages_record_the_decoder_contract_and_validate(s2s_packages: dict[st
     assert ModelPackage.open(s2s_packages["bart"]).manifest.task == "text2text"
 
 
+def _attention_graph(path: Path, masked: bool) -> Path:
+    """Self-attention over x [1, 50, 32] as the torch exporter writes it (4 heads of 8): reshapes, transposes,
+    MatMul(q * s1, k^T * s2), Softmax (after a mask Add when `masked`), MatMul(p, v), heads merged back."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {n: numpy_helper.from_array(rng.normal(size=(32, 32)).astype(np.float32), n) for n in "QKV"}
+    consts = [
+        numpy_helper.from_array(np.array([1, 50, 4, 8], dtype=np.int64), "heads"),
+        numpy_helper.from_array(np.array([1, 50, 32], dtype=np.int64), "merged"),
+        numpy_helper.from_array(np.array(8**-0.25, dtype=np.float32), "s"),
+        numpy_helper.from_array(np.triu(np.full((50, 50), -1e4, dtype=np.float32), 1), "mask"),
+    ]
+    node = helper.make_node
+    nodes = [node("MatMul", ["x", n], [n.lower()]) for n in "QKV"]
+    nodes += [
+        node("Reshape", ["q", "heads"], ["q4"]),
+        node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),
+        node("Mul", ["qt", "s"], ["qs"]),
+        node("Reshape", ["k", "heads"], ["k4"]),
+        node("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+        node("Mul", ["kt", "s"], ["ks"]),
+        node("Reshape", ["v", "heads"], ["v4"]),
+        node("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
+        node("MatMul", ["qs", "ks"], ["scores"]),
+        *([node("Add", ["scores", "mask"], ["masked"])] if masked else []),
+        node("Softmax", ["masked" if masked else "scores"], ["p"], axis=-1),
+        node("MatMul", ["p", "vt"], ["o"]),
+        node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+        node("Reshape", ["ot", "merged"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 50, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 50, 32])],
+        [*weights.values(), *consts],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    return path
+
+
+def test_unmasked_encoder_attention_is_fused_into_multi_head_attention(
+    s2s_packages: dict[str, Path], tmp_path: Path
+) -> None:
+    import onnxruntime as ort
+
+    from converters.attention_fusion import fuse_attention
+    from toolkit.inspect import op_types
+
+    x = np.random.default_rng(1).normal(size=(1, 50, 32)).astype(np.float32)
+    for masked in (False, True):
+        path = _attention_graph(tmp_path / f"attention-{masked}.onnx", masked)
+        want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert fuse_attention(path, 4) == (0 if masked else 1)
+        assert ("MultiHeadAttention" in op_types(path)) != masked
+        assert ("Softmax" in op_types(path)) == masked
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    # the converter fuses the Whisper encoder's (one per layer) and records it; BART and T5 mask theirs
+    whisper = ModelPackage.open(s2s_packages["whisper"]).manifest.variants["fp32"]
+    assert whisper.settings["fused_attention"] == 2
+    assert "MultiHeadAttention" in op_types(s2s_packages["whisper"] / "model.onnx")
+    for kind in ("bart", "t5"):
+        assert (
+            ModelPackage.open(s2s_packages[kind]).manifest.variants["fp32"].settings["fused_attention"] == 0
+        )
+
+
 def _whisper_reference(
     source: Path, audio: np.ndarray, beams: int, language: str | None, max_new_tokens: int = 20
 ) -> list[int]:

@@ -75,6 +75,19 @@ def mel_filters(n_mels: int, n_fft: int, sampling_rate: int) -> np.ndarray:
     return bank * (2.0 / (filter_freqs[2 : n_mels + 2] - filter_freqs[:n_mels]))[None, :]
 
 
+@cache
+def _sparse_filters(n_mels: int, n_fft: int, sampling_rate: int) -> tuple[np.ndarray, ...]:
+    """The mel filter bank's nonzeros: FFT bin and weight of each, filter by filter, the filters that have any,
+    and where each of those starts."""
+    bank = mel_filters(n_mels, n_fft, sampling_rate)
+    bins = [np.flatnonzero(bank[:, m]) for m in range(n_mels)]
+    filled = [m for m in range(n_mels) if bins[m].size]
+    rows = np.concatenate([bins[m] for m in filled])
+    weights = np.concatenate([bank[bins[m], m] for m in filled])
+    starts = np.cumsum([0] + [bins[m].size for m in filled[:-1]])
+    return rows, weights, np.asarray(filled), starts
+
+
 def log_mel(waveform: np.ndarray, spec: LogMelSpec) -> np.ndarray:
     """One chunk's log-mel features float32 [n_mels, frames] of a mono float waveform at `spec.sampling_rate`."""
     clip = np.asarray(waveform, dtype=np.float64)[: spec.n_samples]
@@ -92,10 +105,12 @@ def log_mel(waveform: np.ndarray, spec: LogMelSpec) -> np.ndarray:
     frames = sliding_window_view(padded, spec.n_fft)[: audible * spec.hop_length : spec.hop_length]
     window = np.hanning(spec.n_fft + 1)[:-1]
     spectrum = np.fft.rfft(frames * window, n=spec.n_fft, axis=-1)
+    power = spectrum.real**2 + spectrum.imag**2
+    # the filter bank is sparse (each FFT bin feeds at most two filters): gather and sum instead of a matmul,
+    # which would also wake OpenBLAS's threads, and they spin on the cores the encoder runs on next
+    rows, weights, filled, starts = _sparse_filters(spec.n_mels, spec.n_fft, spec.sampling_rate)
     mel = np.zeros((count, spec.n_mels))
-    mel[:audible] = (spectrum.real**2 + spectrum.imag**2) @ mel_filters(
-        spec.n_mels, spec.n_fft, spec.sampling_rate
-    )
+    mel[:audible, filled] = np.add.reduceat(power[:, rows] * weights, starts, axis=1)
     log_spec = np.log10(np.maximum(mel, 1e-10)).T[:, :-1]
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     return ((log_spec + 4.0) / 4.0).astype(np.float32)

@@ -408,6 +408,14 @@ def test_an_abandoned_decode_stops_before_its_next_clip(s2s_packages: dict[str, 
     (abandoned,) = model.engine.run_many([job.feeds])
     assert isinstance(abandoned, ServerClosingError)
     assert "abandoned" in str(abandoned)
+    # an unknown language or task is refused while the request is prepared, before it waits in the queue
+    for parameters, message in (
+        ({"language": "xx"}, "unknown language code 'xx'"),
+        ({"task": "sing"}, "unknown task"),
+    ):
+        body, headers = _body(_audio(wavs["mono"]), parameters, None)
+        with pytest.raises(BadInputError, match=message):
+            model.prepare(decode_request(body, int(headers["Inference-Header-Content-Length"])))
 
 
 def test_read_wav_and_transcribe_take_a_files_bytes(

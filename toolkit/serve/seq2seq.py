@@ -204,6 +204,7 @@ class SpeechModel(DecodingModel):
         timestamps = _bool_parameter(parameters, "timestamps")
         max_new_tokens = _int_parameter(parameters, "max_new_tokens")
         num_beams = _int_parameter(parameters, "num_beams")
+        self.recognizer.check_options(language, task)  # a 400 before the request waits in the queue
         outputs = self.requested_outputs(request)
         if "segments" in outputs and not timestamps:
             if any(o.name == "segments" for o in request.outputs):

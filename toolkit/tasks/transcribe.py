@@ -181,6 +181,10 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
         scores = stepper.logits[0, [self.spec.languages[c] for c in codes]]
         return codes[int(np.argmax(scores))]
 
+    def check_options(self, language: str | None, task: str) -> None:
+        """A BadInputError now, before any audio is decoded, for an unknown language code or task."""
+        self._prompt(language, task, timestamps=False)
+
     def _prompt(self, language: str | None, task: str, timestamps: bool) -> list[int]:
         spec = self.spec
         prompt = list(spec.decoder_start_ids[:1])

@@ -257,8 +257,12 @@ def test_text2text_equals_generate_greedy_and_with_four_beams(
         greedy = generator.generate(CORPUS)
         beams = generator.generate(CORPUS, num_beams=4)
         short = generator.generate(CORPUS, max_new_tokens=3)
+        settings = {"num_beams": 4, "no_repeat_ngram_size": 1, "length_penalty": 2.0, "early_stopping": True}
+        tuned = generator.generate(CORPUS, **settings)
     assert [g.token_ids for g in greedy] != [b.token_ids for b in beams]
-    for parameters, expected in (({}, greedy), ({"num_beams": 4}, beams), ({"max_new_tokens": 3}, short)):
+    assert [t.token_ids for t in tuned] != [b.token_ids for b in beams]
+    cases = (({}, greedy), ({"num_beams": 4}, beams), ({"max_new_tokens": 3}, short), (settings, tuned))
+    for parameters, expected in cases:
         status, outputs = _infer(served, f"{kind}-text", _texts(*CORPUS), parameters)
         assert status == 200, outputs
         assert isinstance(outputs, dict)
@@ -314,6 +318,8 @@ def test_bad_text_is_a_one_line_400_and_limits_are_413(served: ServeProcess) -> 
     assert "model 'bart-text' takes one input 'text'" in message
     message = _error(served, "t5-text", _texts("hi"), {"num_beams": -1})
     assert "parameter 'num_beams' must be an integer of at least 1" in message
+    message = _error(served, "t5-text", _texts("hi"), {"length_penalty": "long"})
+    assert message == "length_penalty must be a finite number, got 'long'"
     status, answer = _infer(served, "t5-text", _texts(*["word " * 300] * 4))
     assert status == 413
     assert "over the 256-token limit" in str(answer)

@@ -19,7 +19,7 @@ from toolkit.seq2seq.timestamps import TimestampRule
 from toolkit.tasks.base import Pipeline, Task
 from toolkit.tasks.modality import Modality
 
-__all__ = ["Seq2SeqOutput", "Seq2SeqPipeline", "SpeedRow"]
+__all__ = ["DECODING_SETTINGS", "Seq2SeqOutput", "Seq2SeqPipeline", "SpeedRow", "checked_settings"]
 
 _M = TypeVar("_M", bound=Modality)
 
@@ -33,9 +33,10 @@ class Seq2SeqOutput:
 
 
 _COUNTS = ("no_repeat_ngram_size", "min_length")
+DECODING_SETTINGS = (*_COUNTS, "length_penalty", "early_stopping")  # what `generate` takes over the config
 
 
-def _checked(overrides: Mapping[str, Any]) -> dict[str, Any]:
+def checked_settings(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The given (not None) decoding overrides, each checked; a bad one is a BadInputError."""
     given = {name: value for name, value in overrides.items() if value is not None}
     for name, value in given.items():
@@ -49,9 +50,7 @@ def _checked(overrides: Mapping[str, Any]) -> dict[str, Any]:
             ok = isinstance(value, bool) or value == "never"
             want = 'true, false or "never"'
         else:
-            raise BadInputError(
-                f"unknown decoding setting '{name}'; use {', '.join((*_COUNTS, 'length_penalty', 'early_stopping'))}"
-            )
+            raise BadInputError(f"unknown decoding setting '{name}'; use {', '.join(DECODING_SETTINGS)}")
         if not ok:
             raise BadInputError(f"{name} must be {want}, got {value!r}")
     return given
@@ -144,7 +143,7 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
         `early_stopping`, `no_repeat_ngram_size` and `min_length` (None values are ignored)."""
         beams = self._setting("num_beams", num_beams, 1)
         limit = self._setting("max_new_tokens", max_new_tokens, None)
-        settings = {**self.spec.defaults, **_checked(overrides or {})}
+        settings = {**self.spec.defaults, **checked_settings(overrides or {})}
         room = self.spec.max_target_positions - len(prompt)
         if limit is None:
             max_length = self.spec.defaults.get("max_length")

@@ -10,7 +10,8 @@ Models (one table, `DECODING_MODELS`, keyed by task)
                     ``task`` (``transcribe`` / ``translate``), ``timestamps`` (bool), ``max_new_tokens``,
                     ``num_beams``.
     ``text2text``   ``<name>-text``: ``text`` BYTES [N] (UTF-8) -> ``text`` BYTES [N] and ``token_ids`` INT64 [N, T]
-                    (-1 padded); parameters ``max_new_tokens``, ``num_beams``.
+                    (-1 padded); parameters ``max_new_tokens``, ``num_beams``, ``length_penalty``,
+                    ``early_stopping``, ``no_repeat_ngram_size``, ``min_length`` (as `Seq2SeqGenerator.generate`).
 The raw encoder stays served under ``<name>`` (its states, for clients that decode themselves).
 
 Scheduling
@@ -36,6 +37,7 @@ from toolkit.manifest import ModelPackage, TensorSpec
 from toolkit.preprocess import read_wav
 from toolkit.runner import Runner
 from toolkit.seq2seq import Seq2SeqPipeline
+from toolkit.seq2seq.pipeline import DECODING_SETTINGS, checked_settings
 from toolkit.serve.errors import ServerClosingError
 from toolkit.serve.models import Job, ServedModel, TensorMetadata, bytes_input, request_texts
 from toolkit.serve.protocol import InferenceRequest
@@ -295,6 +297,7 @@ class TextDecodingModel(DecodingModel):
         parameters = request.parameters
         max_new_tokens = _int_parameter(parameters, "max_new_tokens")
         num_beams = _int_parameter(parameters, "num_beams")
+        settings = checked_settings({name: parameters.get(name) for name in DECODING_SETTINGS})
         outputs = self.requested_outputs(request)
         texts = request_texts(self, request)
         limit = self.generator.task.data.pre.max_length
@@ -311,7 +314,9 @@ class TextDecodingModel(DecodingModel):
             for text in texts:
                 if stopped():
                     raise _abandoned(self.name)
-                (output,) = generator.generate([text], max_new_tokens=max_new_tokens, num_beams=num_beams)
+                (output,) = generator.generate(
+                    [text], max_new_tokens=max_new_tokens, num_beams=num_beams, **settings
+                )
                 generated.append(output)
             return {
                 "text": _bytes([g.text for g in generated]),

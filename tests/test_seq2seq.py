@@ -541,7 +541,40 @@ def test_edge_run_timestamps_needs_a_speech_package(
     assert json.loads(ok.output)["transcripts"][0]["segments"]
     bad = runner.invoke(edge, ["run", str(s2s_packages["bart"]), "--text", "hi", "--timestamps"])
     assert bad.exit_code == 2
-    assert "--timestamps needs a transcribe package" in bad.output
+    assert "--timestamps applies to transcribe packages; 'bart' has task text2text" in bad.output
+
+
+def test_edge_run_passes_decoding_flags_to_the_pipeline(
+    s2s_packages: dict[str, Path], tmp_path: Path
+) -> None:
+    from toolkit import Seq2SeqGenerator, SpeechRecognizer
+
+    clip = write_wav(tmp_path / "clip.wav", speech(1.0), 16000)
+    runner = CliRunner()
+    args = ["--language", "de", "--translate", "--num-beams", "4", "--max-new-tokens", "5", "--json"]
+    result = runner.invoke(edge, ["run", str(s2s_packages["whisper"]), "--audio", str(clip), *args])
+    assert result.exit_code == 0, result.output
+    (served,) = json.loads(result.output)["transcripts"]
+    with SpeechRecognizer.load(s2s_packages["whisper"]) as recognizer:
+        want = recognizer.transcribe([clip], language="de", task="translate", num_beams=4, max_new_tokens=5)[
+            0
+        ]
+    assert served["language"] == "de"
+    assert served["token_ids"] == list(want.token_ids)
+    result = runner.invoke(
+        edge,
+        ["run", str(s2s_packages["t5"]), "--text", CORPUS[0], "--num-beams", "4", "--max-new-tokens", "3"],
+    )
+    assert result.exit_code == 0, result.output
+    with Seq2SeqGenerator.load(s2s_packages["t5"]) as generator:
+        text = generator.generate([CORPUS[0]], num_beams=4, max_new_tokens=3)[0].text
+    assert f"-> {text}" in result.output
+    refused = runner.invoke(edge, ["run", str(s2s_packages["t5"]), "--text", "hi", "--language", "en"])
+    assert refused.exit_code == 2
+    assert "--language applies to transcribe packages; 't5' has task text2text" in refused.output
+    bad = runner.invoke(edge, ["run", str(s2s_packages["whisper"]), "--audio", str(clip), "--language", "xx"])
+    assert bad.exit_code == 2
+    assert "unknown language code 'xx'" in bad.output
 
 
 @needs("cuda")

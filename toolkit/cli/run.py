@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,8 @@ from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
-from toolkit.tasks import Pipeline, pipeline_class, tasks
+from toolkit.seq2seq import Seq2SeqPipeline
+from toolkit.tasks import Pipeline, pipeline_class, pipelines, tasks
 
 __all__ = ["run_command"]
 
@@ -91,9 +92,29 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
     help="transcribe: seconds each 30 s window of a longer clip overlaps its neighbours on each side [default: 5].",
 )
 @click.option(
+    "--language",
+    default=None,
+    metavar="CODE",
+    help="transcribe: the clips' language code, e.g. en [default: detected per 30 s window].",
+)
+@click.option(
+    "--translate", is_flag=True, help="transcribe: translate the speech to English (Whisper's task)."
+)
+@click.option(
+    "--num-beams",
+    type=int,
+    default=None,
+    help="transcribe, text2text: beam search with this many beams [default: the model's config].",
+)
+@click.option(
     "--prompt", "prompts", multiple=True, help="A prompt for a generate package (repeatable: one batch)."
 )
-@click.option("--max-new-tokens", type=int, default=None, help="With --prompt: new tokens at most.")
+@click.option(
+    "--max-new-tokens",
+    type=int,
+    default=None,
+    help="With --prompt, or for transcribe and text2text packages: new tokens at most.",
+)
 @click.option("--temperature", type=float, default=None, help="With --prompt: sample at this temperature.")
 @click.option("--stream", is_flag=True, help="With --prompt: print the text as it is generated.")
 @click.option("--variant", default="fp32", show_default=True, help="Package variant to run.")
@@ -114,6 +135,9 @@ def run_command(
     labels: tuple[str, ...] | None,
     timestamps: bool,
     stride: float | None,
+    language: str | None,
+    translate: bool,
+    num_beams: int | None,
     prompts: tuple[str, ...],
     max_new_tokens: int | None,
     temperature: float | None,
@@ -158,7 +182,16 @@ def run_command(
             )
         pipeline = pipeline_class(package)(package, runner)
         kind, items = ("text", texts) if texts else ("image", images) if images else ("audio", clips)
-        call, result = _run_items(pipeline, kind, list(items), labels, timestamps, stride)
+        decoding = {
+            "timestamps": timestamps or None,
+            "stride_s": stride,
+            "language": language,
+            "task": "translate" if translate else None,
+            "num_beams": num_beams,
+            "max_new_tokens": max_new_tokens,
+        }
+        options = {name: value for name, value in decoding.items() if value is not None}
+        call, result = _run_items(pipeline, kind, list(items), labels, options)
         if out is not None:
             _annotate(pipeline, list(items), result.pop("results_for_drawing"), Path(out))
             result["annotated"] = out
@@ -186,6 +219,15 @@ def run_command(
 
 
 _ITEMS_KEY = {"text": "texts", "image": "images", "audio": "clips"}
+# the `edge run` flag behind each decoding option, for errors
+_FLAGS = {
+    "timestamps": "--timestamps",
+    "stride_s": "--stride",
+    "language": "--language",
+    "task": "--translate",
+    "num_beams": "--num-beams",
+    "max_new_tokens": "--max-new-tokens",
+}
 
 
 def _run_items(
@@ -193,10 +235,10 @@ def _run_items(
     kind: str,
     items: list[str],
     labels: tuple[str, ...] | None = None,
-    timestamps: bool = False,
-    stride: float | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[Callable[[], Any], dict[str, Any]]:
-    """Run `items` (texts, image files or WAV files) through the pipeline; the task says how to print them."""
+    """Run `items` (texts, image files or WAV files) through the pipeline, with an encoder-decoder's decoding
+    `options` (`Seq2SeqPipeline.run_options`); the task says how to print them."""
     task = pipeline.task
     manifest = pipeline.package.manifest
     if task.run_input != kind:
@@ -218,14 +260,22 @@ def _run_items(
                 f"--labels needs an image-text package (CLIP, SigLIP); '{manifest.name}' has task {manifest.task}"
             )
         run = lambda: zero_shot(items, list(labels))  # noqa: E731
-    if timestamps or stride is not None:
-        transcribe = getattr(pipeline, "transcribe", None)
-        if transcribe is None:
-            flag = "--timestamps" if timestamps else "--stride"
+    if options:
+        accepted = pipeline.run_options if isinstance(pipeline, Seq2SeqPipeline) else frozenset()
+        refused = [name for name in options if name not in accepted]
+        if refused:
+            accepting = [
+                task_name
+                for task_name, cls in pipelines().items()
+                if issubclass(cls, Seq2SeqPipeline) and refused[0] in cls.run_options
+            ]
             raise BadInputError(
-                f"{flag} needs a transcribe package (Whisper); '{manifest.name}' has task {manifest.task}"
+                f"{_FLAGS[refused[0]]} applies to {' and '.join(accepting)} packages; '{manifest.name}' has task "
+                f"{manifest.task}"
             )
-        run = lambda: transcribe(items, timestamps=timestamps, stride_s=stride)  # noqa: E731
+        assert isinstance(pipeline, Seq2SeqPipeline)
+        decoder = pipeline
+        run = lambda: decoder.run_with(items, options)  # noqa: E731
     results = run()
     result = {"task": task.name, _ITEMS_KEY[kind]: items, **task.run_json(results)}
     result["lines"] = task.run_lines(items, results)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -201,6 +201,13 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
             stepper = self.stepper(states[row : row + 1], row_mask, np.tile(prompt, (beams, 1)), rules, limit)
             results.append(beam_search(stepper, limit, spec.eos_token_ids, spec.pad_token_id, beam_settings))
         return results
+
+    run_options: ClassVar[frozenset[str]] = frozenset({"max_new_tokens", "num_beams"})
+    """The keyword options `run_with` takes (what `edge run` flags may set)."""
+
+    def run_with(self, items: Sequence[Any], options: Mapping[str, Any]) -> list[Any]:
+        """`run_items` with `options` (a subset of `run_options`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no run options")
 
     def speed(self, variant: str, runs: int = 3) -> SpeedRow:
         """This pipeline's speed on a sample input, after one warm-up (`edge bench`)."""

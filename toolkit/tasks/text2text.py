@@ -4,7 +4,7 @@ transformers' ``generate`` with the model's generation config."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -142,6 +142,10 @@ class Seq2SeqGenerator(Seq2SeqPipeline[TextModality]):
     def run_items(self, items: Sequence[Any]) -> list[Any]:
         """Outputs for the texts (`edge run --text`)."""
         return self.generate(items)
+
+    def run_with(self, items: Sequence[Any], options: Mapping[str, Any]) -> list[Any]:
+        """Outputs for the texts with `generate`'s keyword options (`edge run --text --num-beams 4`)."""
+        return self.generate(items, **options)
 
     def speed(self, variant: str, runs: int = 3, new_tokens: int = 32) -> GenerationSpeed:
         """Median time of a greedy generation of `new_tokens` (eos held back until then) from the held-out

@@ -15,7 +15,7 @@ decoding (`TimestampRule`), and the timestamps split the text into segments (sec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -331,9 +331,15 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
             results.append(Transcript(text, first_language, tuple(token_ids), segments, waveform.size / rate))
         return results
 
+    run_options = frozenset({"language", "task", "timestamps", "stride_s", "max_new_tokens", "num_beams"})
+
     def run_items(self, items: Sequence[Any]) -> list[Any]:
         """Transcripts of the WAV files (`edge run --audio`)."""
         return self.transcribe(items)
+
+    def run_with(self, items: Sequence[Any], options: Mapping[str, Any]) -> list[Any]:
+        """Transcripts of the WAV files with `transcribe`'s keyword options (`edge run --audio --language ...`)."""
+        return self.transcribe(items, **options)
 
     def speed(self, variant: str, runs: int = 3) -> RealTimeFactor:
         """The real-time factor on a 10 s speech-like clip (`edge bench`)."""

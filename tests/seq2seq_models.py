@@ -42,7 +42,8 @@ WHISPER_SPECIAL = [
     *[f"<|{i * 0.02:.2f}|>" for i in range(16)],
 ]
 TEXT_KINDS = ("bart", "t5", "marian", "mbart")
-WHISPER_SIZES: dict[str, Any] = {
+# the encoder-decoder layout every tiny model shares (d_model 32, 2 + 2 layers of 4 heads)
+_TINY_LAYERS: dict[str, Any] = {
     "d_model": 32,
     "encoder_layers": 2,
     "decoder_layers": 2,
@@ -50,23 +51,14 @@ WHISPER_SIZES: dict[str, Any] = {
     "decoder_attention_heads": 4,
     "encoder_ffn_dim": 64,
     "decoder_ffn_dim": 64,
+}
+WHISPER_SIZES: dict[str, Any] = {
+    **_TINY_LAYERS,
     "num_mel_bins": 80,
     "max_source_positions": 1500,
     "max_target_positions": 64,
 }
-
-
-# BART, mBART and Marian share these sizes (d_model 32, 2 + 2 layers)
-BART_SIZES: dict[str, Any] = {
-    "d_model": 32,
-    "encoder_layers": 2,
-    "decoder_layers": 2,
-    "encoder_attention_heads": 4,
-    "decoder_attention_heads": 4,
-    "encoder_ffn_dim": 64,
-    "decoder_ffn_dim": 64,
-    "max_position_embeddings": 64,
-}
+BART_SIZES: dict[str, Any] = {**_TINY_LAYERS, "max_position_embeddings": 64}  # BART, mBART and Marian
 
 
 def bpe_tokenizer(special: list[str], vocab: int = 300) -> Any:

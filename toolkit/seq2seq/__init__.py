@@ -4,7 +4,7 @@ reuses the text generator's loop (`toolkit.generation.decode`); Whisper's timest
 `timestamps`."""
 
 from toolkit.seq2seq.decoding import BeamSettings, DecodingRules, Seq2SeqStepper, beam_search, log_softmax
-from toolkit.seq2seq.pipeline import Seq2SeqOutput, Seq2SeqPipeline
+from toolkit.seq2seq.pipeline import Seq2SeqOutput, Seq2SeqPipeline, Seq2SeqTask
 from toolkit.seq2seq.timestamps import TimestampRule
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Seq2SeqOutput",
     "Seq2SeqPipeline",
     "Seq2SeqStepper",
+    "Seq2SeqTask",
     "TimestampRule",
     "beam_search",
     "log_softmax",

@@ -19,7 +19,14 @@ from toolkit.seq2seq.timestamps import TimestampRule
 from toolkit.tasks.base import Pipeline, Task
 from toolkit.tasks.modality import Modality
 
-__all__ = ["DECODING_SETTINGS", "Seq2SeqOutput", "Seq2SeqPipeline", "SpeedRow", "checked_settings"]
+__all__ = [
+    "DECODING_SETTINGS",
+    "Seq2SeqOutput",
+    "Seq2SeqPipeline",
+    "Seq2SeqTask",
+    "SpeedRow",
+    "checked_settings",
+]
 
 _M = TypeVar("_M", bound=Modality)
 
@@ -54,6 +61,24 @@ def checked_settings(overrides: Mapping[str, Any]) -> dict[str, Any]:
         if not ok:
             raise BadInputError(f"{name} must be {want}, got {value!r}")
     return given
+
+
+class Seq2SeqTask(Task[_M], Generic[_M]):
+    """What every encoder-decoder task shares: its package has a ``seq2seq`` section (the decoder contract), its
+    graph is the encoder (validated on its states) and its pipeline runs the decoder."""
+
+    metric = "max_abs_diff"
+    preferred_output = "last_hidden_state"
+
+    @classmethod
+    def accepts(cls, package: ModelPackage) -> bool:
+        """The modality's section and a seq2seq section."""
+        return super().accepts(package) and package.manifest.seq2seq is not None
+
+    @property
+    def spec(self) -> Seq2SeqSpec:
+        """The manifest's seq2seq section."""
+        return self.package.seq2seq_spec()
 
 
 class SpeedRow(Protocol):

@@ -14,9 +14,7 @@ import numpy as np
 from toolkit.checks import text_list
 from toolkit.corpus import HELD_OUT_SENTENCES
 from toolkit.errors import BadModelError
-from toolkit.manifest import ModelPackage, Seq2SeqSpec
-from toolkit.seq2seq import Seq2SeqOutput, Seq2SeqPipeline
-from toolkit.tasks.base import Task
+from toolkit.seq2seq import Seq2SeqOutput, Seq2SeqPipeline, Seq2SeqTask
 from toolkit.tasks.modality import TextModality
 
 if TYPE_CHECKING:
@@ -25,25 +23,13 @@ if TYPE_CHECKING:
 __all__ = ["PIPELINE", "TASK", "GenerationSpeed", "Seq2SeqGenerator", "Text2TextTask"]
 
 
-class Text2TextTask(Task[TextModality]):
+class Text2TextTask(Seq2SeqTask[TextModality]):
     """An encoder over the tokenized text; the pipeline runs the decoder."""
 
     name = "text2text"
     modality = TextModality
-    metric = "max_abs_diff"
-    preferred_output = "last_hidden_state"
     source_hint = " from a BART, T5, Marian or mBART model directory with its tokenizer.json"
     run_input = "text"
-
-    @classmethod
-    def accepts(cls, package: ModelPackage) -> bool:
-        """A text section and a seq2seq section."""
-        return super().accepts(package) and package.manifest.seq2seq is not None
-
-    @property
-    def spec(self) -> Seq2SeqSpec:
-        """The manifest's seq2seq section."""
-        return self.package.seq2seq_spec()
 
     def run_lines(self, items: Sequence[str], results: Sequence[Any]) -> list[str]:
         """``'input' -> output`` per text."""

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolkit.errors import BadInputError, BadModelError
-from toolkit.manifest import ModelPackage, Seq2SeqSpec
+from toolkit.manifest import ModelPackage
 from toolkit.preprocess import AudioInput, clip_list
-from toolkit.seq2seq import Seq2SeqPipeline
+from toolkit.seq2seq import Seq2SeqPipeline, Seq2SeqTask
 from toolkit.seq2seq.decoding import DecodingRules
 from toolkit.seq2seq.timestamps import TimestampRule, WindowOutput, merge_windows, window_tokens
 from toolkit.speech import LogMelSpec, load_clip, log_mel, windows
-from toolkit.tasks.base import Feeds, Task
+from toolkit.tasks.base import Feeds
 from toolkit.tasks.modality import PURPOSE_SEEDS, AudioModality, synthetic_waveform
 
 if TYPE_CHECKING:
@@ -83,25 +83,13 @@ def _tokenizer(package: ModelPackage) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
-class TranscribeTask(Task[AudioModality]):
+class TranscribeTask(Seq2SeqTask[AudioModality]):
     """Whisper: log-mel features in, the encoder's states out; the pipeline runs the decoder."""
 
     name = "transcribe"
     modality = AudioModality
-    metric = "max_abs_diff"
-    preferred_output = "last_hidden_state"
     source_hint = " from a Whisper model directory"
     run_input = "audio"
-
-    @classmethod
-    def accepts(cls, package: ModelPackage) -> bool:
-        """An audio section and a seq2seq section."""
-        return super().accepts(package) and package.manifest.seq2seq is not None
-
-    @property
-    def spec(self) -> Seq2SeqSpec:
-        """The manifest's seq2seq section."""
-        return self.package.seq2seq_spec()
 
     @property
     def features(self) -> LogMelSpec:

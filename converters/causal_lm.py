@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from converters.hf import TASKS, copy_assets, export_hf_model, load_hf_model, missing_tokenizer
+from converters.hf import TASKS, copy_assets, load_and_export, missing_tokenizer
 from converters.sources import ResolvedSource, directory_sha256
 from toolkit.atomic import replace_directory, staging_directory
 from toolkit.errors import ExportError
@@ -231,13 +230,9 @@ def convert_causal_lm(
         package_dir = staging / "package"
         package_dir.mkdir()
         export_dir = staging / "export"
-        export_dir.mkdir()
-        say(f"loading {resolved.name} (generate) with PyTorch")
-        model = load_hf_model(resolved.model_dir, task)
-        say("exporting the decoder with its KV cache (optimum-onnx text-generation-with-past)")
-        started = time.perf_counter()
-        exported = export_hf_model(model, task, export_dir, opset)
-        export_seconds = time.perf_counter() - started
+        model, exported, export_seconds = load_and_export(
+            resolved.model_dir, resolved.name, task, export_dir, opset, say
+        )
         onnx_file = package_dir / variant_file_name(FP32_VARIANT)
         exported.replace(onnx_file)
         copy_assets(resolved.model_dir, export_dir, package_dir)

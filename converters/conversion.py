@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,9 +20,8 @@ import numpy as np
 from converters.hf import (
     copy_assets,
     detect_task,
-    export_hf_model,
     labels_of,
-    load_hf_model,
+    load_and_export,
     preprocessing_of,
     run_reference,
 )
@@ -281,13 +279,9 @@ def _export_hf(
         resolved.model_dir, options.task or (resolved.recipe.task if resolved.recipe else None)
     )
     export_dir = staging / "export"
-    export_dir.mkdir()
-    say(f"loading {resolved.name} ({task.name}) with PyTorch")
-    model = load_hf_model(resolved.model_dir, task)
-    say("exporting to ONNX with optimum-onnx")
-    started = time.perf_counter()
-    exported = export_hf_model(model, task, export_dir, options.opset)
-    export_seconds = time.perf_counter() - started
+    model, exported, export_seconds = load_and_export(
+        resolved.model_dir, resolved.name, task, export_dir, options.opset, say
+    )
 
     onnx_file = package_dir / variant_file_name(FP32_VARIANT)
     exported.replace(onnx_file)

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ __all__ = [
     "detect_task",
     "export_hf_model",
     "labels_of",
+    "load_and_export",
     "load_hf_model",
     "preprocessing_of",
     "run_reference",
@@ -171,6 +173,26 @@ def load_hf_model(model_dir: Path, task: HfTask) -> Any:
             f"could not load '{model_dir}' as a {task.optimum_task} model ({first_line(exc, 300)}); check --task or the model files"
         ) from None
     return model.eval()
+
+
+def load_and_export(
+    model_dir: Path,
+    name: str,
+    task: HfTask,
+    export_dir: Path,
+    opset: int | None,
+    say: Callable[[str], None],
+    main_file: str = "model.onnx",
+) -> tuple[Any, Path, float]:
+    """Load the model at `model_dir` with PyTorch and export it through optimum-onnx into `export_dir` (made
+    here): the PyTorch model, the exported `main_file` and the export's seconds."""
+    export_dir.mkdir()
+    say(f"loading {name} ({task.name}) with PyTorch")
+    model = load_hf_model(model_dir, task)
+    say(f"exporting to ONNX with optimum-onnx ({task.optimum_task})")
+    started = time.perf_counter()
+    exported = export_hf_model(model, task, export_dir, opset, main_file)
+    return model, exported, time.perf_counter() - started
 
 
 def export_hf_model(

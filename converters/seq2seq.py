@@ -12,7 +12,6 @@ languages, tasks and front end.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from converters.attention_fusion import attention_heads, fuse_attention
-from converters.hf import TASKS, copy_assets, export_hf_model, load_hf_model, missing_tokenizer
+from converters.hf import TASKS, copy_assets, load_and_export, missing_tokenizer
 from converters.sources import ResolvedSource, directory_sha256
 from toolkit.atomic import replace_directory, staging_directory
 from toolkit.errors import ExportError
@@ -235,13 +234,9 @@ def convert_seq2seq(
         package_dir = staging / "package"
         package_dir.mkdir()
         export_dir = staging / "export"
-        export_dir.mkdir()
-        say(f"loading {resolved.name} ({task_name}) with PyTorch")
-        model = load_hf_model(resolved.model_dir, task)
-        say(f"exporting encoder and decoder with its cache (optimum-onnx {task.optimum_task})")
-        started = time.perf_counter()
-        export_hf_model(model, task, export_dir, opset, main_file="encoder_model.onnx")
-        export_seconds = time.perf_counter() - started
+        model, _, export_seconds = load_and_export(
+            resolved.model_dir, resolved.name, task, export_dir, opset, say, main_file="encoder_model.onnx"
+        )
         names = dict(
             zip(("encoder", "decoder", "decoder_with_past"), seq2seq_files(FP32_VARIANT), strict=True)
         )

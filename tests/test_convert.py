@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import converters.conversion
+import converters.hf
 from toolkit import ModelPackage, Runner, TextClassifier
 from toolkit.cli import edge
 from toolkit.errors import ExportError
@@ -123,13 +124,13 @@ def test_existing_package_needs_force(tiny_bert_dir: Path, tmp_path: Path) -> No
 def test_failed_or_interrupted_export_leaves_nothing(
     tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException
 ) -> None:
-    real_export = converters.conversion.export_hf_model
+    real_export = converters.hf.export_hf_model
 
-    def export_then_fail(model: Any, task: Any, output_dir: Path, opset: int) -> None:
-        real_export(model, task, output_dir, opset)  # a complete model.onnx exists in staging at this point
+    def export_then_fail(model: Any, task: Any, output_dir: Path, opset: int, main_file: str) -> None:
+        real_export(model, task, output_dir, opset, main_file)  # a complete model.onnx exists in staging now
         raise failure
 
-    monkeypatch.setattr(converters.conversion, "export_hf_model", export_then_fail)
+    monkeypatch.setattr(converters.hf, "export_hf_model", export_then_fail)
     out = tmp_path / "pkg"
     result = CliRunner().invoke(edge, ["convert", str(tiny_bert_dir), "-o", str(out)])
     assert result.exit_code != 0

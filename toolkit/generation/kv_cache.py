@@ -118,15 +118,14 @@ class KVCache:
         for entry in range(len(layout.entries())):
             layer, kind = divmod(entry, 2)
             name = "value" if kind else "key"
-            host = np.zeros(len(rows) * layout.kv_heads * capacity * layout.head_dim, dtype=layout.dtype)
-            target = host[: int(np.prod(shape))].reshape(shape)
+            target = np.zeros(shape, dtype=layout.dtype)
             sources: dict[int, np.ndarray] = {}
             for row, (cache, index) in enumerate(rows):
                 if id(cache) not in sources:
                     sources[id(cache)] = cache.view(layer, name)
                 data = sources[id(cache)][index]
                 target[row, :, length - data.shape[1] :, :] = data
-            new._write(entry, host)
+            new._write_prefix(entry, target)
         return new
 
     def fill(self, values: Sequence[np.ndarray]) -> None:
@@ -147,10 +146,9 @@ class KVCache:
         rows = np.asarray(rows)
         if rows.shape != (self.batch,):
             raise BadInputError(f"a reorder keeps {self.batch} rows, got {rows.shape[0]}")
-        for entry, (layer, kind) in enumerate(
-            (layer, kind) for layer in range(self.layout.layers) for kind in ("key", "value")
-        ):
-            self._write_prefix(entry, self.view(layer, kind)[rows])
+        for entry in range(len(self.layout.entries())):
+            layer, kind = divmod(entry, 2)
+            self._write_prefix(entry, self.view(layer, "value" if kind else "key")[rows])
 
     def _write_prefix(self, entry: int, data: np.ndarray) -> None:
         """Write `data` (the cache tensor at the current length) to the start of the current side's buffer."""

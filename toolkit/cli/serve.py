@@ -137,6 +137,13 @@ def _ready_json(url: str, registry: Any) -> str:
     "one small request can make the server allocate.",
 )
 @click.option(
+    "--truncate/--no-truncate",
+    default=True,
+    show_default=True,
+    help="/v1/embeddings: cut an input longer than the model's positions to them (as sentence-transformers "
+    "does, listed in usage.truncated_inputs); --no-truncate answers it 400.",
+)
+@click.option(
     "--body-timeout-s",
     type=click.FloatRange(min=0, min_open=True),
     default=30.0,
@@ -217,6 +224,7 @@ def serve_command(
     max_body_mb: float,
     max_request_rows: int,
     max_request_tokens: int,
+    truncate: bool,
     body_timeout_s: float,
     api_key: str | None,
     ssl_certfile: str | None,
@@ -250,6 +258,7 @@ def serve_command(
         body_timeout_s=body_timeout_s,
         max_request_rows=max_request_rows,
         max_request_tokens=max_request_tokens,
+        truncate=truncate,
         api_key=api_key or None,
     )
     if (ssl_certfile is None) != (ssl_keyfile is None):

@@ -42,6 +42,7 @@ __all__ = [
     "UnauthorizedError",
     "error_response",
     "json_error",
+    "openai_error",
     "public_message",
     "status_for",
 ]
@@ -138,10 +139,28 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
+def _headers(status: int) -> dict[str, str] | None:
+    if status == 503:
+        return {"Retry-After": "1"}
+    if status == 401:
+        return {"WWW-Authenticate": 'Bearer realm="edge-toolkit"'}
+    return None
+
+
 def error_response(exc: BaseException) -> Response:
     """``{"error": message}`` with the exception's status (Retry-After on 503, WWW-Authenticate on 401)."""
     status = status_for(exc)
-    headers = {"Retry-After": "1"} if status == 503 else None
-    if status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="edge-toolkit"'}
-    return json_error(status, public_message(exc), headers)
+    return json_error(status, public_message(exc), _headers(status))
+
+
+def openai_error(exc: BaseException) -> Response:
+    """OpenAI's error shape, ``{"error": {"message", "type", "code"}}``, with the exception's status and
+    headers as `error_response` gives them."""
+    from starlette.responses import Response
+
+    status = status_for(exc)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    code = "model_not_found" if status == 404 else None
+    error = {"message": public_message(exc), "type": kind, "code": code}
+    body = json.dumps({"error": error}, ensure_ascii=True).encode("ascii")
+    return Response(body, status_code=status, media_type="application/json", headers=_headers(status))

@@ -43,11 +43,13 @@ from toolkit.manifest import FP32_VARIANT, ModelPackage
 from toolkit.runner import Runner
 from toolkit.serve.access import require_api_key
 from toolkit.serve.app import _read_body
+from toolkit.serve.embeddings_api import embedding_models, mount_embeddings
 from toolkit.serve.errors import (
     BodyTooLargeError,
     ModelNotFoundError,
     QueueFullError,
     ServerClosingError,
+    openai_error,
     status_for,
 )
 from toolkit.serve.models import LoadOptions, ModelRegistry
@@ -58,6 +60,7 @@ __all__ = [
     "ServingApp",
     "build_serving_app",
     "create_openai_app",
+    "mount_model_list",
     "mount_openai",
     "open_generators",
 ]
@@ -207,14 +210,6 @@ class GenerationService:
             worker.close()
 
 
-def _error(exc: BaseException) -> JSONResponse:
-    status = status_for(exc)
-    message = str(exc) if isinstance(exc, EdgeError) else f"internal error: {type(exc).__name__}"
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    code = "model_not_found" if status == 404 else None
-    return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
-
-
 def _number(body: Mapping[str, Any], key: str, kind: type) -> Any:
     value = body.get(key)
     if value is None:
@@ -288,18 +283,21 @@ async def _json_body(request: Request, options: ServeOptions) -> dict[str, Any]:
     return body
 
 
-def mount_openai(app: FastAPI, service: GenerationService) -> None:
-    """Add the ``/v1`` routes over `service` to `app`."""
+def mount_model_list(app: FastAPI, names: Sequence[str]) -> None:
+    """Add ``GET /v1/models``: every model the ``/v1`` routes answer to (generators and embedders)."""
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {
             "object": "list",
             "data": [
-                {"id": name, "object": "model", "created": 0, "owned_by": "edge-toolkit"}
-                for name in service.names()
+                {"id": name, "object": "model", "created": 0, "owned_by": "edge-toolkit"} for name in names
             ],
         }
+
+
+def mount_openai(app: FastAPI, service: GenerationService) -> None:
+    """Add the generation routes over `service` to `app` (``/v1/models`` is `mount_model_list`'s)."""
 
     async def handle(request: Request, chat: bool) -> Response:
         try:
@@ -319,7 +317,7 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
                     raise BadInputError("'prompt' must be a string (one prompt per request)")
             pending = await service.submit(str(name), prompt, options)
         except EdgeError as exc:
-            return _error(exc)
+            return openai_error(exc)
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         kind = "chat.completion" if chat else "text_completion"
@@ -343,7 +341,7 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
                 if event.generation is not None:
                     generation = event.generation
         except Exception as exc:  # noqa: BLE001 - the worker's error (logged there) in OpenAI's shape
-            return _error(exc)
+            return openai_error(exc)
         assert generation is not None
         choice: dict[str, Any] = {"index": 0, "finish_reason": _FINISH[generation.finish_reason]}
         if chat:
@@ -474,6 +472,7 @@ def create_openai_app(service: GenerationService) -> FastAPI:
         return {"live": True}
 
     mount_openai(app, service)
+    mount_model_list(app, service.names())
     return app
 
 
@@ -518,7 +517,7 @@ class ServingApp:
 
 def build_serving_app(paths: Sequence[str | Path], load: LoadOptions, options: ServeOptions) -> ServingApp:
     """Generate packages behind the OpenAI-compatible and Triton generate routes, every other package behind
-    the KServe v2 app (`create_app`); one app for both when both are given."""
+    the KServe v2 app (`create_app`), embedders also behind ``/v1/embeddings``; one app for all."""
     from toolkit.serve.app import create_app
 
     generators, others = open_generators(paths, load)
@@ -529,6 +528,11 @@ def build_serving_app(paths: Sequence[str | Path], load: LoadOptions, options: S
             raise BadInputError("no models to serve; pass at least one model package directory")
         return ServingApp(create_openai_app(service), None, generators, service)
     app = create_app(registry, options)
+    embedders = embedding_models(list(registry))
+    if embedders:
+        mount_embeddings(app, embedders)
     if service is not None:
         mount_openai(app, service)
+    if service is not None or embedders:
+        mount_model_list(app, [*generators, *embedders])
     return ServingApp(app, registry, generators, service)

@@ -39,7 +39,8 @@ class ServeOptions:
 
     ``max_request_rows`` bounds a request's batch dim; ``max_request_tokens`` bounds rows x sequence after
     tokenizing (text models) or the largest input's element count (raw models). Both keep what one small
-    request can make the server allocate bounded; over either is a 413.
+    request can make the server allocate bounded; over either is a 413. ``truncate`` cuts an embedding
+    input longer than the model's positions to them (sentence-transformers' behaviour); False refuses it (400).
     """
 
     batching: BatchOptions = field(default_factory=BatchOptions)
@@ -48,6 +49,7 @@ class ServeOptions:
     body_timeout_s: float = 30.0
     max_request_rows: int = 64
     max_request_tokens: int = 8192
+    truncate: bool = True
     api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

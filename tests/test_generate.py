@@ -4,6 +4,7 @@ tokenizer trained here, converted with their KV cache and run by `TextGenerator`
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -764,3 +765,108 @@ def test_openai_routes_require_the_api_key_and_keep_the_limits(lm_packages: dict
         assert big.status_code == 413
         triton = client.post(f"/v2/models/{name}/generate", json={"text_input": "hi"})
         assert triton.status_code == 401
+
+
+# -- issue 21: careless and hostile clients on the generation routes ---------------------------------------
+
+
+def _raw_post(url: str, data: bytes) -> tuple[int, str, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers.get("Content-Type", ""), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("Content-Type", ""), json.loads(error.read())
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        ({"model": []}, "'model'"),
+        ({"seed": -1}, "seed"),
+        ({"stream_options": "yes", "stream": True}, "'stream_options'"),
+        ({"stream": "false"}, "'stream'"),
+        ({"stream": True, "stream_options": {"include_usage": "yes"}}, "'stream_options.include_usage'"),
+        ({"prompt": "a\ud800b"}, "lone surrogate"),
+        ({"messages": [{"role": 5, "content": "hi"}]}, "'role' must be a string"),
+        ({"messages": [{"role": "user", "content": "a\udfffb"}]}, "lone surrogate"),
+        ({"messages": [{"role": "user", "content": ["part"]}]}, "'content' must be a string"),
+        ({"stop": ["x" * 40] * 10_000}, "at most 16 strings"),
+        ({"stop": ["y" * 300]}, "at most 256 characters"),
+        ({"temperature": "hot"}, "'temperature'"),
+    ],
+)
+def test_careless_openai_bodies_get_400s_naming_the_field(
+    openai_server: str, lm_packages: dict[str, Path], fields: dict[str, Any], names: str
+) -> None:
+    """Issue 21 row 2 and 12: wrong types and ranges are 400s naming the field, never a 500."""
+    name = _names(lm_packages)["llama"]
+    chat = "messages" in fields
+    body = {"model": name, "max_tokens": 4, **({} if chat else {"prompt": "hello"}), **fields}
+    route = "chat/completions" if chat else "completions"
+    status, kind, answer = _raw_post(f"{openai_server}/v1/{route}", json.dumps(body).encode())
+    assert status == 400, answer
+    assert kind.startswith("application/json")
+    assert names in answer["error"]["message"]
+    assert answer["error"]["type"] == "invalid_request_error"
+    triton = {
+        "text_input": body.get("prompt", "hello"),
+        "parameters": {k: v for k, v in fields.items() if k in ("seed", "stop", "temperature")},
+    }
+    if triton["parameters"] or "prompt" in fields:
+        status, _kind, answer = _raw_post(
+            f"{openai_server}/v2/models/{name}/generate", json.dumps(triton).encode()
+        )
+        assert status == 400, answer
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(
+    openai_server: str, lm_packages: dict[str, Path], literal: str
+) -> None:
+    """Issue 21 row 15: Python's json reads NaN and Infinity; the server refuses them instead of sampling."""
+    name = _names(lm_packages)["llama"]
+    raw = f'{{"model": "{name}", "prompt": "hi", "max_tokens": 2, "temperature": {literal}}}'.encode()
+    status, _kind, answer = _raw_post(f"{openai_server}/v1/completions", raw)
+    assert status == 400, answer
+    assert literal.lstrip("-") in answer["error"]["message"]
+    triton = f'{{"text_input": "hi", "parameters": {{"temperature": {literal}}}}}'.encode()
+    status, _kind, answer = _raw_post(f"{openai_server}/v2/models/{name}/generate", triton)
+    assert status == 400, answer
+
+
+def test_a_vanishing_temperature_decodes_greedily(openai_server: str, lm_packages: dict[str, Path]) -> None:
+    """Issue 21 row 11: temperature 1e-300 gives greedy's tokens (it used to give NaN probabilities, id 0)."""
+    name = _names(lm_packages)["llama"]
+    client = _client(openai_server)
+    greedy = client.completions.create(model=name, prompt=PROMPTS[0], max_tokens=8, temperature=0)
+    tiny = client.completions.create(model=name, prompt=PROMPTS[0], max_tokens=8, temperature=1e-300, seed=3)
+    assert tiny.choices[0].text == greedy.choices[0].text
+    expected = TextGenerator.load(lm_packages["llama"], "cpu").generate(PROMPTS[0], max_new_tokens=8)
+    assert greedy.choices[0].text == expected.text
+
+
+def test_a_generate_only_server_has_health_metrics_and_json_errors(
+    openai_server: str, lm_packages: dict[str, Path]
+) -> None:
+    """Issue 21 row 3: readiness and /metrics on a server of generate packages alone, /v1 counted there."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{openai_server}/v2/health/ready", timeout=30) as response:
+        assert json.loads(response.read()) == {"ready": True}
+    name = _names(lm_packages)["qwen2"]
+    _client(openai_server).completions.create(model=name, prompt="hi", max_tokens=2)
+    status, kind, answer = _raw_post(f"{openai_server}/v1/nowhere", b"{}")
+    assert status == 404
+    assert kind.startswith("application/json")
+    assert "/v1/nowhere" in answer["error"]["message"]
+    with urllib.request.urlopen(f"{openai_server}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    counted = re.findall(
+        rf'^edge_requests_total\{{code="200",model="{re.escape(name)}",version=""\}} (\S+)$', text, re.M
+    )
+    assert counted, text[:2000]
+    assert float(counted[0]) >= 1

@@ -59,11 +59,16 @@ def render_chat(
         )
     if isinstance(messages, str | bytes) or not messages:
         raise BadInputError('messages must be a non-empty list like [{"role": "user", "content": "Hi"}]')
-    for message in messages:
+    for index, message in enumerate(messages):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
             raise BadInputError(
-                f'each message needs "role" and "content", got {message!r}; e.g. {{"role": "user", "content": "Hi"}}'
+                f'message {index} needs "role" and "content"; e.g. {{"role": "user", "content": "Hi"}}'
             )
+        for key in ("role", "content"):
+            if not isinstance(message[key], str):
+                raise BadInputError(
+                    f"message {index}: '{key}' must be a string, got {type(message[key]).__name__}"
+                )
     import jinja2
 
     try:

@@ -28,13 +28,14 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from toolkit.errors import BadInputError, EdgeError
 from toolkit.generation import GENERATE_TASK, Generation, GenerationEvent, GenerationOptions, TextGenerator
@@ -42,7 +43,7 @@ from toolkit.generation.continuous import ContinuousBatch
 from toolkit.manifest import FP32_VARIANT, ModelPackage
 from toolkit.runner import Runner
 from toolkit.serve.access import require_api_key
-from toolkit.serve.app import _read_body
+from toolkit.serve.app import _log_internal, _read_body
 from toolkit.serve.embeddings_api import embedding_models, mount_embeddings
 from toolkit.serve.errors import (
     BodyTooLargeError,
@@ -52,8 +53,10 @@ from toolkit.serve.errors import (
     openai_error,
     status_for,
 )
+from toolkit.serve.metrics import UNKNOWN_MODEL, ServeMetrics
 from toolkit.serve.models import LoadOptions, ModelRegistry
 from toolkit.serve.options import ServeOptions
+from toolkit.serve.protocol import decode_json_object
 
 __all__ = [
     "GenerationService",
@@ -153,6 +156,7 @@ class GenerationService:
         batching = self.options.batching
         self.workers = {name: _Worker(name, g, batching.max_batch) for name, g in generators.items()}
         self.closing = False
+        self.metrics = ServeMetrics()
 
     def names(self) -> tuple[str, ...]:
         """The model names clients pass as ``model``."""
@@ -160,6 +164,8 @@ class GenerationService:
 
     def worker(self, name: Any) -> _Worker:
         """The worker of model `name`, or a 404 naming the served ones."""
+        if not isinstance(name, str):
+            raise BadInputError(f"'model' must be a string naming a served model: {', '.join(self.workers)}")
         if name not in self.workers:
             raise ModelNotFoundError(
                 f"model {name!r} is not served here; this server generates with: {', '.join(self.workers)}"
@@ -252,6 +258,29 @@ def _options(service_worker: _Worker, body: Mapping[str, Any]) -> GenerationOpti
     return service_worker.generator.options(**settings)
 
 
+def _flag(body: Mapping[str, Any], key: str, where: str = "") -> bool:
+    value = body.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadInputError(f"'{where}{key}' must be true or false, got a {type(value).__name__}")
+    return value
+
+
+def _streams(body: Mapping[str, Any]) -> bool:
+    """The request's ``stream``, checked (a string "false" would otherwise read as true)."""
+    return _flag(body, "stream")
+
+
+def _include_usage(body: Mapping[str, Any]) -> bool:
+    stream_options = body.get("stream_options")
+    if stream_options is None:
+        return False
+    if not isinstance(stream_options, dict):
+        raise BadInputError("'stream_options' must be an object like {\"include_usage\": true}")
+    return _flag(stream_options, "include_usage", "stream_options.")
+
+
 def _usage(generation: Generation) -> dict[str, int]:
     prompt = generation.timings.prompt_tokens
     completion = len(generation.token_ids)
@@ -273,14 +302,7 @@ def _sse(data: Any) -> str:
 
 
 async def _json_body(request: Request, options: ServeOptions) -> dict[str, Any]:
-    raw = await _read_body(request, options.max_body_bytes, options.body_timeout_s)
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"request body is not JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise BadInputError("request body must be a JSON object")
-    return body
+    return decode_json_object(await _read_body(request, options.max_body_bytes, options.body_timeout_s))
 
 
 def mount_model_list(app: FastAPI, names: Sequence[str]) -> None:
@@ -302,9 +324,10 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
     async def handle(request: Request, chat: bool) -> Response:
         try:
             body = await _json_body(request, service.options)
-            name = body.get("model")
+            name = request.state.model = body.get("model")
             worker = service.worker(name)
             options = _options(worker, body)
+            stream, include_usage = _streams(body), _include_usage(body)
             if chat:
                 prompt: Any = body.get("messages")
                 if not isinstance(prompt, list):
@@ -321,7 +344,7 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         kind = "chat.completion" if chat else "text_completion"
-        if body.get("stream"):
+        if stream:
             return StreamingResponse(
                 _stream(
                     pending,
@@ -329,7 +352,7 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
                     created,
                     str(name),
                     chat,
-                    bool((body.get("stream_options") or {}).get("include_usage")),
+                    include_usage,
                 ),
                 media_type="text/event-stream",
             )
@@ -405,21 +428,40 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
             }
         )
 
+    async def counted(request: Request, answer: Awaitable[Response]) -> Response:
+        """`answer`, counted in ``/metrics`` under the model the request named (``request.state.model``, set
+        once the body is read; a stream is counted when its headers go out)."""
+        started = time.perf_counter()
+        code = 500
+        try:
+            response = await answer
+            code = response.status_code
+            return response
+        except BaseException:
+            code = 499  # the client went away (the task was cancelled)
+            raise
+        finally:
+            model = getattr(request.state, "model", None)
+            label = model if isinstance(model, str) and model in service.workers else UNKNOWN_MODEL
+            service.metrics.observe_request(label, "", code, time.perf_counter() - started)
+
     @app.post("/v2/models/{name}/generate")
     async def generate(request: Request, name: str) -> Response:
-        return await triton_generate(request, name, stream=False)
+        request.state.model = name
+        return await counted(request, triton_generate(request, name, stream=False))
 
     @app.post("/v2/models/{name}/generate_stream")
     async def generate_stream(request: Request, name: str) -> Response:
-        return await triton_generate(request, name, stream=True)
+        request.state.model = name
+        return await counted(request, triton_generate(request, name, stream=True))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await handle(request, chat=False)
+        return await counted(request, handle(request, chat=False))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await handle(request, chat=True)
+        return await counted(request, handle(request, chat=True))
 
 
 async def _stream(
@@ -467,9 +509,33 @@ def create_openai_app(service: GenerationService) -> FastAPI:
     if service.options.api_key is not None:
         app.middleware("http")(require_api_key(service.options.api_key))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = f"no endpoint {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+        return JSONResponse(
+            {"error": {"message": detail, "type": "invalid_request_error", "code": None}},
+            status_code=exc.status_code,
+        )
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        _log_internal(f"{request.method} {request.url.path}", exc)
+        return openai_error(exc)
+
     @app.get("/v2/health/live")
     async def live() -> dict[str, Any]:
         return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        if service.closing:
+            return JSONResponse({"ready": False, "error": "the server is shutting down"}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = service.metrics.render()
+        return Response(body, media_type=content_type)
 
     mount_openai(app, service)
     mount_model_list(app, service.names())
@@ -527,7 +593,7 @@ def build_serving_app(paths: Sequence[str | Path], load: LoadOptions, options: S
         if service is None:
             raise BadInputError("no models to serve; pass at least one model package directory")
         return ServingApp(create_openai_app(service), None, generators, service)
-    app = create_app(registry, options)
+    app = create_app(registry, options, metrics=service.metrics if service is not None else None)
     embedders = embedding_models(list(registry))
     if embedders:
         mount_embeddings(app, embedders)

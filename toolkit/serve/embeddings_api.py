@@ -45,6 +45,7 @@ from toolkit.serve.errors import (
 from toolkit.serve.metrics import UNKNOWN_MODEL
 from toolkit.serve.models import PipelineModel, ServedModel
 from toolkit.serve.options import ServeOptions
+from toolkit.serve.protocol import decode_json_object
 from toolkit.tasks.embed import EmbedTask
 
 __all__ = ["EmbeddingBatch", "embedding_models", "mount_embeddings", "parse_embedding_request"]
@@ -72,16 +73,9 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _text(value: str, where: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadInputError(f"'{where}' holds a lone surrogate; send valid Unicode text") from None
-    return value
-
-
 def parse_embedding_request(body: Mapping[str, Any]) -> EmbeddingRequest:
-    """The request's fields checked for type and range; a wrong one is a BadInputError naming it."""
+    """The request's fields checked for type and range (its strings already valid Unicode: `decode_json_object`);
+    a wrong one is a BadInputError naming it."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadInputError("'model' must be the name of a served embedding model (see GET /v1/models)")
@@ -101,10 +95,10 @@ def parse_embedding_request(body: Mapping[str, Any]) -> EmbeddingRequest:
     texts: tuple[str, ...] | None = None
     token_ids: tuple[tuple[int, ...], ...] | None = None
     if isinstance(data, str):
-        texts = (_text(data, "input"),)
+        texts = (data,)
     elif isinstance(data, list) and data:
         if all(isinstance(item, str) for item in data):
-            texts = tuple(_text(item, f"input[{i}]") for i, item in enumerate(data))
+            texts = tuple(data)
         elif all(_is_int(item) for item in data):
             token_ids = (tuple(data),)
         elif all(isinstance(item, list) for item in data):
@@ -217,13 +211,7 @@ def mount_embeddings(app: FastAPI, models: Mapping[str, EmbeddingModel]) -> None
     options = state.options
 
     def prepare(body: bytes) -> tuple[EmbeddingRequest, EmbeddingModel, EmbeddingBatch]:
-        try:
-            parsed = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise BadInputError(f"request body is not JSON ({type(exc).__name__})") from None
-        if not isinstance(parsed, dict):
-            raise BadInputError("request body must be a JSON object")
-        request = parse_embedding_request(parsed)
+        request = parse_embedding_request(decode_json_object(body))
         model = models.get(request.model)
         if model is None:
             raise ModelNotFoundError(

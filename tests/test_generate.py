@@ -242,31 +242,63 @@ def test_sandboxed_template_cannot_reach_python(lm_packages: dict[str, Path]) ->
         render_chat(evil, [{"role": "user", "content": "x"}], {})
 
 
-def test_kv_cache_is_preallocated_and_reused(lm_packages: dict[str, Path]) -> None:
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "phi3"])
+def test_kv_cache_is_preallocated_and_reused(kind: str, lm_packages: dict[str, Path]) -> None:
     from toolkit.generation.decoder import DecoderStepper
 
-    generator = TextGenerator.load(lm_packages["llama"], "cpu")
+    generator = TextGenerator.load(lm_packages[kind], "cpu")
     ids = np.array([[5, 6, 7]], dtype=np.int64)
     stepper = DecoderStepper(generator.runner.session, generator.spec, ids, np.ones_like(ids), capacity=8)
-    buffers = [address for side in stepper.cache._buffers for address, _ in side]
+    buffers = stepper.cache.addresses()
+    # the in-place graph has one buffer per entry (past and present bound to it), optimum's graph two
+    assert len(buffers) == (1 if generator.spec.in_place else 2) * 2 * generator.spec.layers
     for token in (9, 10):
         stepper.step(np.array([token], dtype=np.int64))
+        assert stepper.cache.addresses() == buffers  # same memory, same size: nothing grew or moved
     assert stepper.cache.length == 5
-    assert [address for side in stepper.cache._buffers for address, _ in side] == buffers
     # the cache tensors ORT wrote in place equal a plain run's present outputs on the same tokens
-    session = generator.runner.session
-    feeds = {
-        "input_ids": np.array([[5, 6, 7, 9, 10]], dtype=np.int64),
-        "attention_mask": np.ones((1, 5), dtype=np.int64),
-        "position_ids": np.arange(5, dtype=np.int64)[None],
-        **{
-            f"past_key_values.{i}.{k}": np.zeros((1, 2, 0, 8), dtype=np.float32)
-            for i in range(2)
-            for k in ("key", "value")
-        },
-    }
-    present = session.run(["present.1.value"], feeds)[0]
+    feeds = generator.task.prompt_feeds([5, 6, 7, 9, 10])
+    present = generator.runner.session.run(["present.1.value"], feeds)[0]
     np.testing.assert_allclose(stepper.cache.view(1, "value"), present, atol=1e-5)
+
+
+def test_llama_layout_models_get_the_in_place_graph_and_others_optimums(lm_packages: dict[str, Path]) -> None:
+    import onnx
+
+    graphs = {kind: ModelPackage.open(path).manifest.generation.graph for kind, path in lm_packages.items()}
+    assert graphs == {"gpt2": "optimum", "llama": "gqa-inplace", "qwen2": "gqa-inplace", "phi3": "optimum"}
+    package = ModelPackage.open(lm_packages["qwen2"])
+    ops = [n.op_type for n in onnx.load(str(package.path / package.manifest.variant("fp32").file)).graph.node]
+    assert ops.count("GroupQueryAttention") == 2
+    assert ops.count("Concat") == 1  # the attention bias's shape; no cache concat
+    assert "SkipSimplifiedLayerNormalization" in ops
+    assert package.manifest.exporter == {"name": "edge-toolkit", "graph": "gqa-inplace"}
+
+
+@pytest.fixture(scope="session")
+def optimum_llama(lm_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama through optimum-onnx's graph, as packages made before the in-place graph hold it."""
+    from converters import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("optimum-llama") / "llama"
+    return convert(str(lm_sources["llama"]), out, ConvertOptions(decoder_graph="optimum")).path
+
+
+def test_optimum_graph_packages_still_load_and_decode_unchanged(
+    optimum_llama: Path, lm_packages: dict[str, Path], lm_sources: dict[str, Path]
+) -> None:
+    manifest = json.loads((optimum_llama / "edge.json").read_text())
+    assert manifest["generation"]["graph"] == "optimum"
+    del manifest["generation"]["graph"]  # as written before the field existed
+    (optimum_llama / "edge.json").write_text(json.dumps(manifest))
+    prompts = ["hello world", "the cat"]
+    old = TextGenerator.load(optimum_llama, "cpu")
+    assert not old.spec.in_place
+    new = TextGenerator.load(lm_packages["llama"], "cpu")
+    expected = _transformers_greedy(lm_sources["llama"], prompts, 6)
+    for generator in (old, new):
+        got = [list(g.token_ids) for g in generator.generate(prompts, max_new_tokens=6)]
+        assert got == expected
 
 
 @pytest.mark.parametrize(

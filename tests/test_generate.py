@@ -395,6 +395,36 @@ def test_int4_and_int8_variants_report_next_token_agreement_and_perplexity(llama
     assert generator.generate(PROMPTS[0], max_new_tokens=4).timings.new_tokens >= 1
 
 
+def test_int4_picks_block_size_and_accuracy_level_by_measurement(llama_copy: Path) -> None:
+    import onnx
+
+    from converters.quantization import QuantizeOptions, quantize
+
+    result = quantize(llama_copy, "int4", QuantizeOptions(budget=0.5, latency_runs=5))
+    settings = ModelPackage.open(llama_copy).manifest.variants["int4"].settings
+    tried = {(c["block_size"], c["accuracy_level"]) for c in settings["candidates"]}
+    assert {block for block, _ in tried} == {32, 64, 128}
+    assert {level for _, level in tried} == {1, 4}  # the best block is tried at the other level too
+    picked = (settings["block_size"], settings["accuracy_level"])
+    assert picked in tried
+    fitting = [c for c in settings["candidates"] if c["meets_budget"]]
+    assert all(c["score"] >= 0.5 for c in fitting)
+    if fitting:  # the pick is within the tie of the fastest fitting candidate
+        fastest = min(c["latency_ms"] for c in fitting)
+        mine = next(c for c in settings["candidates"] if (c["block_size"], c["accuracy_level"]) == picked)
+        assert mine["meets_budget"]
+        assert mine["latency_ms"] <= fastest * 1.03 + 1e-9
+    graph = onnx.load(str(llama_copy / ModelPackage.open(llama_copy).manifest.variants["int4"].file)).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert {a.i for n in nbits for a in n.attribute if a.name == "block_size"} == {picked[0]}
+    assert {a.i for n in nbits for a in n.attribute if a.name == "accuracy_level"} == {picked[1]}
+    # every linear, the LM head included, is int4: qkv, o, gate, up, down in each of 2 layers, and the head
+    assert len(nbits) == 2 * 5 + 1
+    assert "logits" in {n.output[0] for n in nbits}
+    assert not [n for n in graph.node if n.op_type == "MatMul"]
+    assert result.accuracy is not None
+
+
 def test_auto_quantize_under_a_budget_works_for_a_generator(llama_copy: Path) -> None:
     from converters.quantization import QuantizeOptions, quantize
 

@@ -257,7 +257,7 @@ def validate_in_place_decoder(
         stepper = DecoderStepper(session, spec, ids, mask, ids.shape[1] + DECODE_STEPS)
         got = stepper.logits
         new, past = ids, None
-        for step in range(DECODE_STEPS + 1):
+        for step in range(DECODE_STEPS + 1):  # PyTorch with each row's real positions
             with torch.inference_mode():
                 out = model(
                     input_ids=torch.from_numpy(new),
@@ -293,27 +293,32 @@ def validate_in_place_decoder(
 
 def _export_decoder(
     model: Any, task: Any, decoder_graph: str, export_dir: Path, onnx_file: Path, opset: int | None, say: Any
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, tuple[float, ...], dict[str, Any]]:
     """Export `model`'s decoder to `onnx_file`: our in-place graph where it is asked for and supported, else
-    optimum-onnx's; returns the graph's name and the variant's export settings."""
+    optimum-onnx's; returns the graph's name, the rotary frequencies it applies inside (none for optimum's) and
+    the variant's export settings."""
     started = time.perf_counter()
     reason = (
         supports_gqa(model.config) if decoder_graph != OPTIMUM_GRAPH else "asked for with --decoder-graph"
     )
     if reason is None:
         say("writing the decoder graph (GroupQueryAttention, KV buffer updated in place)")
-        export_gqa_decoder(model, onnx_file)
+        shapes = export_gqa_decoder(model, onnx_file)
         seconds = round(time.perf_counter() - started, 2)
-        return GQA_INPLACE_GRAPH, {
-            "exporter": "edge-toolkit",
-            "graph": GQA_INPLACE_GRAPH,
-            "export_seconds": seconds,
-        }
+        return (
+            GQA_INPLACE_GRAPH,
+            shapes["rotary_inv_freq"],
+            {
+                "exporter": "edge-toolkit",
+                "graph": GQA_INPLACE_GRAPH,
+                "export_seconds": seconds,
+            },
+        )
     log.info("decoder graph: optimum-onnx's export (%s)", reason)
     say(f"exporting to ONNX with optimum-onnx ({task.optimum_task}): {reason}")
     exported = export_hf_model(model, task, export_dir, opset)
     exported.replace(onnx_file)
-    return OPTIMUM_GRAPH, task.export_settings(time.perf_counter() - started)
+    return OPTIMUM_GRAPH, (), task.export_settings(time.perf_counter() - started)
 
 
 def convert_causal_lm(
@@ -335,12 +340,16 @@ def convert_causal_lm(
         say(f"loading {resolved.name} ({task.name}) with PyTorch")
         model = load_hf_model(resolved.model_dir, task)
         onnx_file = package_dir / variant_file_name(FP32_VARIANT)
-        graph, settings = _export_decoder(model, task, decoder_graph, export_dir, onnx_file, opset, say)
+        graph, inv_freq, settings = _export_decoder(
+            model, task, decoder_graph, export_dir, onnx_file, opset, say
+        )
         copy_assets(resolved.model_dir, export_dir, package_dir)
         if not resolve_inside(package_dir, "tokenizer.json", "tokenizer").is_file():
             raise missing_tokenizer(resolved.model_dir)
         info = inspect_model(onnx_file)
-        spec = replace(generation_spec(package_dir, info.inputs, model.config), graph=graph)
+        spec = replace(
+            generation_spec(package_dir, info.inputs, model.config), graph=graph, rotary_inv_freq=inv_freq
+        )
         say("validating the decoder against PyTorch (prompt and cached steps)")
         validate = validate_in_place_decoder if spec.in_place else validate_decoder
         validation = validate(model, onnx_file, spec, atol)

@@ -9,8 +9,11 @@ at ``total_sequence_length - new`` and copies nothing else), the output MatMul, 
 only on the last ``num_logits_to_keep`` positions (1 while generating).
 
 Rows are left-padded as everywhere in edge-toolkit: every row writes the same cache positions, and the attention
-mask becomes GroupQueryAttention's additive bias so padded positions get no weight; position ids come in as an
-input (counted over each row's real tokens) and drive the fused rotary.
+mask becomes GroupQueryAttention's additive bias so padded positions get no weight. The fused rotary rotates each
+position by its cache column (GroupQueryAttention takes no per-row positions once decoding); a rotary embedding
+only sees differences of positions, so a row's left padding changes nothing, and a row moved to other columns
+(step-level batching regrouping rows) has its keys rotated by the shift (`KVCache.assemble`, from the
+``rotary_inv_freq`` the package records).
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ def supports_gqa(config: Any) -> str | None:
         window = int(config.sliding_window)
         if window < int(config.max_position_embeddings):
             return f"sliding-window attention ({window} positions) is not built into the GQA graph yet"
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or int(config.hidden_size) // heads)
+    if head_dim % 16:
+        return f"head size {head_dim} is not a multiple of 16 (onnxruntime's fused rotary needs one)"
+    rope = getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type", "default")) not in ("default", "linear", "llama3"):
+        return f"rope scaling {rope.get('rope_type', rope.get('type'))} is not built into the GQA graph yet"
     if getattr(config, "hidden_act", "silu") != "silu":
         return f"activation {config.hidden_act} is not built into the GQA graph yet"
     return None
@@ -144,7 +154,6 @@ def _decoder_graph(model: Any, dtype: np.dtype) -> tuple[_Graph, dict[str, Any]]
     cos, sin = _rotary_tables(model, positions, head_dim)
     cos_cache = graph.weight("cos_cache", cos)
     sin_cache = graph.weight("sin_cache", sin)
-    qkv_sizes = graph.const([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
 
     hidden_states = graph.one(
         "Gather",
@@ -176,30 +185,18 @@ def _decoder_graph(model: Any, dtype: np.dtype) -> tuple[_Graph, dict[str, Any]]
                 ]
             )
             qkv = graph.one("Add", [qkv, graph.weight(f"{prefix}.attn.qkv_proj.bias", qkv_bias)])
-        # rotary outside the attention op: GroupQueryAttention's own rotary ignores position_ids once decoding,
-        # which left-padded rows need (their positions trail the cache column by their padding)
-        query, key, value = graph.op("Split", [qkv, qkv_sizes], 3, axis=-1)
-        query = graph.one(
-            "RotaryEmbedding", [query, "position_ids", cos_cache, sin_cache], "com.microsoft", num_heads=heads
-        )
-        key = graph.one(
-            "RotaryEmbedding",
-            [key, "position_ids", cos_cache, sin_cache],
-            "com.microsoft",
-            num_heads=kv_heads,
-        )
         attended = graph.op(
             "GroupQueryAttention",
             [
-                query,
-                key,
-                value,
+                qkv,  # packed q, k, v: GroupQueryAttention splits them and applies the rotary itself
+                "",
+                "",
                 f"past_key_values.{index}.key",
                 f"past_key_values.{index}.value",
                 seqlens_k,
                 total,
-                "",
-                "",
+                cos_cache,
+                sin_cache,
                 "",
                 bias,
             ],
@@ -207,6 +204,8 @@ def _decoder_graph(model: Any, dtype: np.dtype) -> tuple[_Graph, dict[str, Any]]
             domain="com.microsoft",
             num_heads=heads,
             kv_num_heads=kv_heads,
+            do_rotary=1,
+            rotary_interleaved=0,
         )
         pending = _linear(graph, attended[0], attention.o_proj, f"{prefix}.attn.o_proj")
         normed, residual = _norm(
@@ -228,7 +227,13 @@ def _decoder_graph(model: Any, dtype: np.dtype) -> tuple[_Graph, dict[str, Any]]
     last = graph.one("Slice", [normed, keep, graph.const([np.iinfo(np.int64).max]), graph.const([1])])
     head = model.lm_head.weight.detach().float().numpy().T
     graph.op("MatMul", [last, graph.weight("lm_head.weight", head)], ["logits"])
-    shapes = {"layers": layers, "kv_heads": kv_heads, "head_dim": head_dim, "vocab": int(config.vocab_size)}
+    shapes = {
+        "layers": layers,
+        "kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "vocab": int(config.vocab_size),
+        "rotary_inv_freq": tuple(float(f) for f in inner.rotary_emb.inv_freq.float().numpy()),
+    }
     return graph, shapes
 
 
@@ -254,7 +259,8 @@ def _onnx_type(dtype: np.dtype) -> int:
 
 
 def export_gqa_decoder(model: Any, out: Path, dtype: str = "float32") -> dict[str, Any]:
-    """Write `model`'s in-place GQA decoder graph to `out`; returns its layers, kv heads, head size and vocab."""
+    """Write `model`'s in-place GQA decoder graph to `out`; returns its layers, kv heads, head size, vocab and
+    rotary frequencies."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -265,7 +271,6 @@ def export_gqa_decoder(model: Any, out: Path, dtype: str = "float32") -> dict[st
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
-        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence"]),
         helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, []),
     ]
     outputs = [helper.make_tensor_value_info("logits", elem, ["batch", "kept", shapes["vocab"]])]

@@ -59,12 +59,17 @@ def _model(kind: str, vocab: int) -> Any:
         return tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **ids))
     if kind == "llama":
         return tf.LlamaForCausalLM(
-            tf.LlamaConfig(num_key_value_heads=2, max_position_embeddings=64, **layers, **ids)
+            # head size 16: onnxruntime's fused rotary (in the in-place graph) needs a multiple of 16
+            tf.LlamaConfig(num_key_value_heads=2, max_position_embeddings=64, head_dim=16, **layers, **ids)
         )
     if kind == "qwen2":
         return tf.Qwen2ForCausalLM(
             tf.Qwen2Config(
-                num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True, **layers, **ids
+                num_key_value_heads=1,
+                max_position_embeddings=64,
+                tie_word_embeddings=True,
+                **{**layers, "num_attention_heads": 2},  # head size 16
+                **ids,
             )
         )
     return tf.Phi3ForCausalLM(
@@ -132,7 +137,10 @@ def test_package_records_generation_contract_and_validates_cached_steps(
     spec = manifest.generation
     assert manifest.task == "generate"
     assert spec is not None
-    assert (spec.layers, spec.head_dim, spec.cache_dtype) == (2, 8, "float32")
+    head_dim = 16 if kind in ("llama", "qwen2") else 8
+    assert (spec.layers, spec.head_dim, spec.cache_dtype) == (2, head_dim, "float32")
+    # the in-place graph rotates inside by cache column and records its frequencies for moving keys
+    assert len(spec.rotary_inv_freq) == (head_dim // 2 if spec.in_place else 0)
     assert spec.kv_heads == {"gpt2": 4, "llama": 2, "qwen2": 1, "phi3": 4}[kind]
     assert (spec.max_positions, spec.eos_token_ids, spec.pad_token_id, spec.bos_token_id) == (64, (2,), 0, 1)
     assert spec.chat_template == CHAT_TEMPLATE

@@ -219,7 +219,9 @@ class GenerationSpec:
     each ``[batch, kv_heads, positions, head_dim]`` of `cache_dtype`, for ``i < layers``. `defaults` are the
     model's ``generation_config.json`` settings (do_sample, temperature, top_k, top_p, repetition_penalty,
     max_new_tokens) that a caller's arguments override. `graph` says which decoder graph the package holds
-    (`DECODER_GRAPHS`; packages made before it was recorded hold optimum's).
+    (`DECODER_GRAPHS`; packages made before it was recorded hold optimum's); `rotary_inv_freq`, the frequencies
+    of the rotary embedding a graph applies by cache column (the in-place graph), lets the cache re-rotate keys
+    it moves to other columns.
     """
 
     layers: int
@@ -236,6 +238,7 @@ class GenerationSpec:
     present_output: str = "present.{layer}.{kind}"
     position_ids: bool = True
     graph: str = OPTIMUM_GRAPH
+    rotary_inv_freq: tuple[float, ...] = ()
 
     @property
     def in_place(self) -> bool:
@@ -248,7 +251,12 @@ def _generation(d: Mapping[str, Any] | None) -> GenerationSpec | None:
     if d is None:
         return None
     return GenerationSpec(
-        **{**d, "eos_token_ids": tuple(d["eos_token_ids"]), "defaults": d.get("defaults", {})}
+        **{
+            **d,
+            "eos_token_ids": tuple(d["eos_token_ids"]),
+            "defaults": d.get("defaults", {}),
+            "rotary_inv_freq": tuple(d.get("rotary_inv_freq", ())),
+        }
     )
 
 
@@ -731,6 +739,8 @@ def _check_generation(origin: str, spec: GenerationSpec | None) -> None:
         raise _fail(
             origin, "generation.position_ids", f"must be true or false, got {_short(spec.position_ids)}"
         )
+    if not all(isinstance(f, int | float) and not isinstance(f, bool) for f in spec.rotary_inv_freq):
+        raise _fail(origin, "generation.rotary_inv_freq", "must be a list of numbers")
     if spec.graph not in DECODER_GRAPHS:
         raise _fail(
             origin,

@@ -25,6 +25,7 @@ def cache_layout(spec: GenerationSpec) -> CacheLayout:
         lambda layer, kind: spec.past_input.format(layer=layer, kind=kind),
         lambda layer, kind: spec.present_output.format(layer=layer, kind=kind),
         spec.in_place,
+        spec.rotary_inv_freq,
     )
 
 

@@ -39,8 +39,11 @@ class CacheLayout:
         past_name: Namer,
         present_name: Namer,
         in_place: bool = False,
+        rotary_inv_freq: Sequence[float] = (),
     ) -> None:
         self.in_place = in_place
+        # keys rotated by cache column inside the graph: moving them by d columns rotates them by d more
+        self.rotary_inv_freq = np.asarray(rotary_inv_freq, dtype=np.float64)
         self.layers = layers
         self.kv_heads = kv_heads
         self.head_dim = head_dim
@@ -141,10 +144,11 @@ class KVCache:
         self._current = (self._current + 1) % len(self._buffers)
 
     @classmethod
-    def assemble(cls, rows: Sequence[tuple[KVCache, int]], length: int, capacity: int) -> KVCache:
-        """A new cache of the given rows (cache, row index) with their positions right-aligned at `length`
-        (shorter rows padded on the left, which their attention masks must hide): rows joining or leaving
-        a running batch. Copies every row once (through the host on CUDA)."""
+    def assemble(cls, rows: Sequence[tuple[KVCache, int, int]], length: int, capacity: int) -> KVCache:
+        """A new cache of the given rows (cache, row index, first column kept) with each row's kept columns
+        right-aligned at `length` (shorter rows padded on the left, which their attention masks must hide): rows
+        joining or leaving a running batch. Keys of a graph that rotates by column are rotated by the columns they
+        move. Copies every row once (through the host on CUDA)."""
         first = rows[0][0]
         layout = first.layout
         new = cls(layout, len(rows), capacity, first.device, first.device_id)
@@ -155,11 +159,14 @@ class KVCache:
             name = "value" if kind else "key"
             target = np.zeros(shape, dtype=layout.dtype)
             sources: dict[int, np.ndarray] = {}
-            for row, (cache, index) in enumerate(rows):
+            for row, (cache, index, start) in enumerate(rows):
                 if id(cache) not in sources:
                     sources[id(cache)] = cache.view(layer, name)
-                data = sources[id(cache)][index]
-                target[row, :, length - data.shape[1] :, :] = data
+                data = sources[id(cache)][index][:, start:]
+                offset = length - data.shape[1]
+                if name == "key" and layout.rotary_inv_freq.size and offset != start:
+                    data = _rotate(data, offset - start, layout.rotary_inv_freq)
+                target[row, :, offset:, :] = data
             new._write_prefix(entry, target)
         return new
 
@@ -224,3 +231,16 @@ class KVCache:
             return flat.reshape(self.shape(self.capacity))[:, :, : self.length].copy()
         count = int(np.prod(self.shape(self.length)))
         return flat[:count].reshape(self.shape(self.length)).copy()
+
+
+def _rotate(keys: np.ndarray, shift: int, inv_freq: np.ndarray) -> np.ndarray:
+    """`keys` [heads, positions, head_dim] (rotary applied to halves, not interleaved) rotated `shift` positions
+    further: a rotation by angle p composed with one by angle shift is the rotation by p + shift."""
+    angle = shift * inv_freq
+    cos, sin = np.cos(angle), np.sin(angle)
+    half = inv_freq.size
+    x1, x2 = keys[..., :half].astype(np.float64), keys[..., half : 2 * half].astype(np.float64)
+    out = keys.copy()
+    out[..., :half] = x1 * cos - x2 * sin
+    out[..., half : 2 * half] = x2 * cos + x1 * sin
+    return out

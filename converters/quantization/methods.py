@@ -426,6 +426,9 @@ def fp16(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str, Any]:
     }
 
 
+DEFAULT_INT4_BLOCK = 32
+
+
 def _int4_file(ws: Workspace, options: QuantizeOptions, block: int, level: int, out: Path) -> None:
     """Every MatMul with constant weights (the LM head included) as MatMulNBits, 4-bit symmetric blocks."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -450,10 +453,14 @@ def _int4_file(ws: Workspace, options: QuantizeOptions, block: int, level: int, 
 
 @register("int4", "int4", "int4", "4-bit weight-only MatMul (MatMulNBits), for transformers")
 def int4(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str, Any]:
-    """Weight-only 4-bit MatMul (MatMulNBits, symmetric, blockwise); block size and accuracy level (4: int8
-    compute, 1: fp32) chosen by measurement when `options.block_size` is None (`int4_search`), else that block at
-    level 4."""
+    """Weight-only 4-bit MatMul (MatMulNBits, symmetric, blockwise); for a generator with `options.block_size`
+    None, block size and accuracy level (4: int8 compute, 1: fp32) chosen by measurement (`int4_search`), else
+    that block (default `DEFAULT_INT4_BLOCK`) at level 4."""
     search: dict[str, Any] = {}
+    # the search scores whole-model outputs: decoder-only generators; other models (an encoder-decoder's
+    # several files) keep block 32 unless told otherwise
+    if options.block_size is None and ws.package.manifest.generation is None:
+        options = replace(options, block_size=DEFAULT_INT4_BLOCK)
     if options.block_size is None:
         from converters.quantization.int4_search import search_int4
 

@@ -23,6 +23,14 @@ import time
 from pathlib import Path
 
 
+def _peak_rss_mb() -> float:
+    """Peak resident set (VmHWM, not inherited across exec as ru_maxrss is); generate_decode.py measures alike."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     """Time one genai model and print its JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,7 +87,7 @@ def main() -> None:
                 "ttft_ms": ttft * 1e3,
                 "ttft_512_ms": statistics.median(long_first) * 1e3,
                 "decode_tokens_per_s": rate,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": _peak_rss_mb(),
             }
         )
     )

@@ -254,12 +254,11 @@ def _quality(args: argparse.Namespace) -> None:
         print(_train_model(source, args.train_seconds, max(args.threads_list)))
     if not (package_dir / "edge.json").is_file():
         convert(str(source), package_dir, ConvertOptions(force=True))
-    variants = ModelPackage.open(package_dir).manifest.variants
-    if "int4" not in variants:
-        quantize(package_dir, "int4", QuantizeOptions(budget=0.9))
-    if "dynamic-int8" not in ModelPackage.open(package_dir).manifest.variants:
-        quantize(package_dir, "dynamic-int8", QuantizeOptions(budget=0.9))
+    for method in ("int4", "dynamic-int8"):
+        if method not in {v.method for v in ModelPackage.open(package_dir).manifest.variants.values()}:
+            quantize(package_dir, method, QuantizeOptions(budget=0.9))
     package = ModelPackage.open(package_dir)
+    by_method = {v.method: v.name for v in package.manifest.variants.values()}
     task = GenerateTask(package)
     _, held_text = _corpus()
     ids = task.tokenizer.encode(held_text).ids
@@ -282,9 +281,10 @@ def _quality(args: argparse.Namespace) -> None:
     )
     print(f"{'variant':<14} {'agreement':>10} {'ppl ratio':>10} {'target':>22} {'size MB':>8}")
     targets = {"int4": (0.90, 1.05), "dynamic-int8": (0.97, 1.02)}
-    for name in ("int4", "dynamic-int8"):
+    for method in ("int4", "dynamic-int8"):
+        name = by_method[method]
         agreement, _, details, _ = task.next_token_agreement(outputs[name], outputs["fp32"], feeds)
-        want = targets[name]
+        want = targets[method]
         met = agreement >= want[0] and details["perplexity_ratio"] <= want[1]
         settings = package.manifest.variants[name].settings
         extra = (

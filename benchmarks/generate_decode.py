@@ -156,8 +156,16 @@ def _timed(run: Any, ids: list[int], long_ids: list[int], new_tokens: int) -> di
         "ttft_ms": first * 1e3,
         "ttft_512_ms": long_first * 1e3,
         "decode_tokens_per_s": (new_tokens - 1) / max(full - first, 1e-9),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM: ru_maxrss carries the parent's peak across exec on Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _edge_worker(args: argparse.Namespace) -> None:
@@ -356,8 +364,9 @@ def main() -> None:
         print(f"onnxruntime-genai {version[1]} (its venv's onnxruntime {version[0]})")
     print(f"model: random Llama layout, {json.dumps(CONFIG)}; edge graph {manifest.generation.graph}")
     int4_settings = manifest.variants["int4"].settings
+    how = "picked by measurement" if "candidates" in int4_settings else "as given"
     print(
-        f"edge int4: block {int4_settings['block_size']}, accuracy level {int4_settings['accuracy_level']} (picked by measurement)"
+        f"edge int4: block {int4_settings['block_size']}, accuracy level {int4_settings['accuracy_level']} ({how})"
     )
     fp32_check = manifest.variants["fp32"].validation
     assert fp32_check is not None

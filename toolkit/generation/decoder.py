@@ -92,6 +92,7 @@ class DecoderStepper:
             np.float16 if "float16" in session.get_outputs()[0].type else np.float32
         )
         self._keep_last = np.ones((), dtype=np.int64)
+        self._bound = False
 
     @property
     def mask(self) -> np.ndarray:
@@ -116,15 +117,20 @@ class DecoderStepper:
             )
         if self._position_ids:
             binding.bind_cpu_input("position_ids", positions)
-        self.cache.bind(binding, new)
-        kept = new
-        if self.spec.in_place:
-            binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep_last)
-            kept = 1
+        kept = 1 if self.spec.in_place else new
         logits = self._logits[: batch * kept * self.vocab]
-        binding.bind_output(
-            "logits", "cpu", 0, self._logits_dtype, [batch, kept, self.vocab], logits.ctypes.data
-        )
+        # the in-place graph's cache, kept-logits count and logits buffer never change address or shape: bound
+        # once (rebinding ~50 names costs more per token than some of the graph's kernels)
+        if not (self.spec.in_place and self._bound):
+            self.cache.bind(binding, new)
+            if self.spec.in_place:
+                binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep_last)
+            binding.bind_output(
+                "logits", "cpu", 0, self._logits_dtype, [batch, kept, self.vocab], logits.ctypes.data
+            )
+            self._bound = True
+        else:
+            self.cache.check_room(new)
         self.session.run_with_iobinding(binding)
         self.cache.advance(new)
         return logits.reshape(batch, kept, self.vocab)[:, -1, :].astype(np.float32)

@@ -103,11 +103,7 @@ class KVCache:
 
     def bind(self, binding: ort.IOBinding, new_tokens: int) -> None:
         """Bind the past (current length) as inputs and the present (length + `new_tokens`) as outputs."""
-        if self.length + new_tokens > self.capacity:
-            raise BadInputError(
-                f"KV cache holds {self.capacity} positions, a step needs {self.length + new_tokens}; "
-                "lower max_new_tokens or the prompt length"
-            )
+        self.check_room(new_tokens)
         if self.layout.in_place:
             for (past_name, present_name), (address, _) in zip(
                 self.layout.entries(), self._buffers[0], strict=True
@@ -136,6 +132,14 @@ class KVCache:
                 self.layout.dtype,
                 self.shape(self.length + new_tokens),
                 dst,
+            )
+
+    def check_room(self, new_tokens: int) -> None:
+        """A BadInputError when a step of `new_tokens` would not fit the capacity."""
+        if self.length + new_tokens > self.capacity:
+            raise BadInputError(
+                f"KV cache holds {self.capacity} positions, a step needs {self.length + new_tokens}; "
+                "lower max_new_tokens or the prompt length"
             )
 
     def advance(self, new_tokens: int) -> None:

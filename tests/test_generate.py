@@ -283,6 +283,27 @@ def test_llama_layout_models_get_the_in_place_graph_and_others_optimums(lm_packa
     assert package.manifest.exporter == {"name": "edge-toolkit", "graph": "gqa-inplace"}
 
 
+def test_in_place_validation_fails_when_the_graph_and_pytorch_disagree(
+    lm_sources: dict[str, Path], lm_packages: dict[str, Path]
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from converters.causal_lm import validate_in_place_decoder
+
+    package = ModelPackage.open(lm_packages["llama"])
+    spec = package.manifest.generation
+    onnx_file = package.path / package.manifest.variant("fp32").file
+    model = AutoModelForCausalLM.from_pretrained(lm_sources["llama"]).eval()
+    assert validate_in_place_decoder(model, onnx_file, spec, 1e-4).passed
+    with torch.no_grad():  # one key projection off: the logits move
+        model.model.layers[-1].self_attn.k_proj.weight.mul_(1.5)
+    validation = validate_in_place_decoder(model, onnx_file, spec, 1e-4)
+    assert not validation.passed
+    assert validation.outputs[1].name == "logits (cached steps)"
+    assert not validation.outputs[1].passed
+
+
 @pytest.fixture(scope="session")
 def optimum_llama(lm_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama through optimum-onnx's graph, as packages made before the in-place graph hold it."""

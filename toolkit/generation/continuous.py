@@ -102,16 +102,20 @@ class ContinuousBatch:
         if not rows:
             self._stepper = None
             return
-        lengths = [stepper.cache.length for stepper, _ in sources if stepper is not None]
-        length = max(lengths)
+        # each row keeps its columns from its first real token: columns padded in every row are dropped, so
+        # a long-running batch does not grow past the positions its rows use
+        parts = []
+        for stepper, index in sources:
+            assert stepper is not None
+            parts.append((stepper.cache, index, int(np.argmax(stepper.mask[index, : stepper.cache.length]))))
+        length = max(cache.length - start for cache, _, start in parts)
         capacity = length + max(r.new for r in rows)  # columns; positions count real tokens only
-        parts = [(stepper.cache, index) for stepper, index in sources if stepper is not None]
         cache = KVCache.assemble(parts, length, capacity)
         mask = np.zeros((len(rows), capacity), dtype=np.int64)
-        for target, (stepper, index) in enumerate(sources):
+        for target, ((stepper, index), (_, _, start)) in enumerate(zip(sources, parts, strict=True)):
             assert stepper is not None
             used = stepper.cache.length
-            mask[target, length - used : length] = stepper.mask[index, :used]
+            mask[target, length - (used - start) : length] = stepper.mask[index, start:used]
         self._stepper = DecoderStepper.resume(self.generator.runner.session, self.generator.spec, cache, mask)
 
     def step(self) -> list[GenerationEvent]:

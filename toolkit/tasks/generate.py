@@ -22,6 +22,7 @@ import numpy as np
 
 from toolkit.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
 from toolkit.errors import BadModelError
+from toolkit.generation.decoder import LOGITS_TO_KEEP
 from toolkit.manifest import GenerationSpec, ModelPackage, OutputCheck
 from toolkit.tasks.base import Feeds, Task
 from toolkit.tasks.modality import CALIBRATION_SEED, PURPOSE_SEEDS, TextModality
@@ -97,6 +98,8 @@ class GenerateTask(Task[TextModality]):
         }
         if self.spec.position_ids:
             feeds["position_ids"] = np.arange(length, dtype=np.int64)[None]
+        if self.spec.in_place:  # logits at every position: the accuracy metric scores each one
+            feeds[LOGITS_TO_KEEP] = np.asarray(length, dtype=np.int64)
         return feeds
 
     def text_samples(self, texts: Sequence[str]) -> list[Feeds]:
@@ -126,6 +129,8 @@ class GenerateTask(Task[TextModality]):
         }
         if spec.position_ids:
             feeds["position_ids"] = np.full((batch, 1), past, dtype=np.int64)
+        if spec.in_place:
+            feeds[LOGITS_TO_KEEP] = np.ones((), dtype=np.int64)
         return feeds
 
     # -- accuracy --------------------------------------------------------------------------------------

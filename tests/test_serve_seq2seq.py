@@ -300,9 +300,16 @@ def test_bad_audio_and_parameters_are_one_line_400s(served: ServeProcess, wavs: 
         ({"num_beams": 0}, "parameter 'num_beams' must be an integer of at least 1"),
         ({"max_new_tokens": 2.5}, "parameter 'max_new_tokens' must be an integer of at least 1"),
         ({"language": 7}, "parameter 'language' must be a string"),
+        ({"num_beams": 5000}, "parameter 'num_beams' is 5000, over this server's limit of 16"),
+        ({"max_new_tokens": 10**9}, "parameter 'max_new_tokens' is 1000000000, over this server's limit of"),
     ]
     for parameters, fragment in cases:
         assert fragment in _error(served, "whisper-audio", _audio(wavs["mono"]), parameters)
+    for rate in (0, 1, 1_000_003):  # issue 21 row 7: the header's rate, refused before anything is read
+        wav = bytearray(good)
+        wav[24:28] = rate.to_bytes(4, "little")
+        message = _error(served, "whisper-audio", {"audio": _bytes([bytes(wav)])})
+        assert f"at {rate} Hz, outside the 1000-384000 Hz" in message
     message = _error(served, "whisper-audio", _audio(wavs["mono"]), outputs=["segments"])
     assert "output 'segments' needs the request parameter timestamps=true" in message
     message = _error(served, "whisper-audio", _texts("hello"))
@@ -318,6 +325,8 @@ def test_bad_text_is_a_one_line_400_and_limits_are_413(served: ServeProcess) -> 
     assert "model 'bart-text' takes one input 'text'" in message
     message = _error(served, "t5-text", _texts("hi"), {"num_beams": -1})
     assert "parameter 'num_beams' must be an integer of at least 1" in message
+    message = _error(served, "t5-text", _texts("hi"), {"num_beams": 17})
+    assert "over this server's limit of 16" in message
     message = _error(served, "t5-text", _texts("hi"), {"length_penalty": "long"})
     assert message == "length_penalty must be a finite number, got 'long'"
     status, answer = _infer(served, "t5-text", _texts(*["word " * 300] * 4))

@@ -131,13 +131,31 @@ def _abandoned(name: str) -> ServerClosingError:
     return ServerClosingError(f"model '{name}': the request was abandoned (timeout or client gone)")
 
 
-def _int_parameter(parameters: Mapping[str, Any], key: str) -> int | None:
+def _int_parameter(parameters: Mapping[str, Any], key: str, most: int | None = None) -> int | None:
     value = parameters.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BadInputError(f"parameter '{key}' must be an integer of at least 1, got {value!r}")
+    if most is not None and value > most:
+        raise BadInputError(
+            f"parameter '{key}' is {value}, over this server's limit of {most}; ask for {most} or fewer"
+        )
     return value
+
+
+# Every beam is a decoder row with its own cache: one request's beams are bounded as its rows are.
+MAX_NUM_BEAMS = 16
+
+
+def _decoding_parameters(
+    parameters: Mapping[str, Any], pipeline: Seq2SeqPipeline[Any]
+) -> tuple[int | None, int | None]:
+    """The request's (max_new_tokens, num_beams), each bounded: the decoder's positions, `MAX_NUM_BEAMS`."""
+    return (
+        _int_parameter(parameters, "max_new_tokens", pipeline.spec.max_target_positions),
+        _int_parameter(parameters, "num_beams", MAX_NUM_BEAMS),
+    )
 
 
 def _str_parameter(parameters: Mapping[str, Any], key: str, example: str) -> str | None:
@@ -204,8 +222,7 @@ class SpeechModel(DecodingModel):
         language = _str_parameter(parameters, "language", "en")
         task = _str_parameter(parameters, "task", "transcribe") or "transcribe"
         timestamps = _bool_parameter(parameters, "timestamps")
-        max_new_tokens = _int_parameter(parameters, "max_new_tokens")
-        num_beams = _int_parameter(parameters, "num_beams")
+        max_new_tokens, num_beams = _decoding_parameters(parameters, self.recognizer)
         self.recognizer.check_options(language, task)  # a 400 before the request waits in the queue
         outputs = self.requested_outputs(request)
         if "segments" in outputs and not timestamps:
@@ -295,8 +312,7 @@ class TextDecodingModel(DecodingModel):
     def prepare(self, request: InferenceRequest) -> Job:
         """Check the texts (UTF-8) and parameters; the job's tokens (rows x longest) count against the limit."""
         parameters = request.parameters
-        max_new_tokens = _int_parameter(parameters, "max_new_tokens")
-        num_beams = _int_parameter(parameters, "num_beams")
+        max_new_tokens, num_beams = _decoding_parameters(parameters, self.generator)
         settings = checked_settings({name: parameters.get(name) for name in DECODING_SETTINGS})
         outputs = self.requested_outputs(request)
         texts = request_texts(self, request)

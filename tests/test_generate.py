@@ -961,3 +961,76 @@ def test_a_generate_only_server_has_health_metrics_and_json_errors(
     )
     assert counted, text[:2000]
     assert float(counted[0]) >= 1
+
+
+@pytest.fixture(scope="module")
+def long_llama_package(lm_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with 4096 positions (rotary: the weights are the same), so a row can run 2000 tokens."""
+    import shutil
+
+    from converters import convert
+
+    folder = Path(shutil.copytree(lm_sources["llama"], tmp_path_factory.mktemp("long") / "llama-long"))
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = 4096
+    (folder / "config.json").write_text(json.dumps(config))
+    return convert(str(folder), tmp_path_factory.mktemp("long-pkg") / "llama-long").path
+
+
+def _abandon_after_chunks(address: str, name: str, chunks: int) -> int:
+    """Open a streamed completion of 2000 tokens, read `chunks` events, hang up; the events read."""
+    import http.client
+
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    body = {"model": name, "prompt": "hello", "max_tokens": 2000, "stream": True, "temperature": 0}
+    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200
+    seen = 0
+    while seen < chunks:
+        line = response.fp.readline()
+        if line.startswith(b"data: "):
+            seen += 1
+    connection.close()  # the client leaves mid-stream
+    return seen
+
+
+def test_abandoned_streams_leave_the_batch_at_the_next_step(
+    long_llama_package: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Issue 21 row 1: 32 streams of 2000 tokens whose clients leave after 3 chunks free their rows at once;
+    a short request then gets the worker to itself, and /metrics counts the abandoned rows."""
+    import time
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    served = start_serve(
+        [long_llama_package], ["--threads", "1", "--max-batch", "32"], tmp_path_factory.mktemp("abandon")
+    )
+    try:
+        name = ModelPackage.open(long_llama_package).manifest.name
+        address = served.url.split("://", 1)[1]
+        with ThreadPoolExecutor(32) as pool:
+            assert list(pool.map(lambda _: _abandon_after_chunks(address, name, 3), range(32))) == [3] * 32
+
+        def abandoned() -> float:
+            with urllib.request.urlopen(f"{served.url}/metrics", timeout=30) as response:
+                text = response.read().decode()
+            found = re.findall(
+                rf'^edge_abandoned_rows_total\{{model="{re.escape(name)}"\}} (\S+)$', text, re.M
+            )
+            return float(found[0]) if found else 0.0
+
+        deadline = time.monotonic() + 30
+        while abandoned() < 32 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert abandoned() == 32
+        client = _client(served.url)
+        started = time.perf_counter()
+        reply = client.completions.create(model=name, prompt="hello", max_tokens=8, temperature=0)
+        elapsed = time.perf_counter() - started
+        assert reply.usage.completion_tokens == 8
+        assert elapsed < 1.0, f"a short request waited {elapsed:.2f} s behind abandoned rows"
+    finally:
+        served.stop()

@@ -118,6 +118,16 @@ class ContinuousBatch:
             mask[target, length - (used - start) : length] = stepper.mask[index, start:used]
         self._stepper = DecoderStepper.resume(self.generator.runner.session, self.generator.spec, cache, mask)
 
+    def drop(self, keys: set[int]) -> None:
+        """Take the rows of `keys` out of the batch now (their clients left): their cache columns and logits
+        are freed at once, and the other rows decode on as if those had never joined."""
+        keep = [i for i, row in enumerate(self.rows) if row.key not in keys]
+        if len(keep) == len(self.rows):
+            return
+        stepper = self._stepper
+        self._regroup([self.rows[i] for i in keep], [(stepper, i) for i in keep])
+        self._logits = self._logits[keep] if self._logits is not None and keep else None
+
     def step(self) -> list[GenerationEvent]:
         """Choose every row's next token, report it, drop finished rows and run the decoder for the rest."""
         if not self.rows or self._logits is None or self._stepper is None:

@@ -54,6 +54,10 @@ class ServeMetrics:
             "edge_batch_duration_seconds", "Time a batch spent running on its worker thread.", labels,
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.abandoned_rows = Counter(
+            "edge_abandoned_rows", "Generation requests dropped before their end because their client left.",
+            ("model",), registry=self.registry,
+        )  # fmt: skip
         self.queue_depth = Gauge(
             "edge_queue_depth", "Requests waiting for a batch.", labels, registry=self.registry
         )
@@ -64,6 +68,10 @@ class ServeMetrics:
         if code != 200:
             self.errors.labels(model, version, str(code)).inc()
         self.latency.labels(model, version).observe(seconds)
+
+    def observe_abandoned(self, model: str, rows: int) -> None:
+        """Count generation rows dropped from (or before) their batch because their clients left."""
+        self.abandoned_rows.labels(model).inc(rows)
 
     def on_batch(self, label: tuple[str, str], rows: int, requests: int, seconds: float) -> None:
         """Record one batch run."""

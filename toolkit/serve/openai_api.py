@@ -82,6 +82,7 @@ class _Pending:
     options: GenerationOptions
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    abandoned: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
@@ -91,10 +92,11 @@ class _Worker:
     """A thread that decodes one generator's requests with step-level batching: waiting requests join the
     running batch between steps (up to `max_batch` rows), finished ones leave it."""
 
-    def __init__(self, name: str, generator: TextGenerator, max_batch: int) -> None:
+    def __init__(self, name: str, generator: TextGenerator, max_batch: int, metrics: ServeMetrics) -> None:
         self.name = name
         self.generator = generator
         self.max_batch = max_batch
+        self.metrics = metrics
         self.waiting: queue.Queue[_Pending | None] = queue.Queue()
         self.batch = ContinuousBatch(generator)
         self.largest_batch = 0
@@ -115,6 +117,9 @@ class _Worker:
                 if pending is None:
                     stopping = True
                     break
+                if pending.abandoned.is_set():  # its client left while it waited
+                    self.metrics.observe_abandoned(self.name, 1)
+                    continue
                 key = next(keys)
                 try:
                     self.batch.add(key, pending.prompt, pending.options)
@@ -125,6 +130,12 @@ class _Worker:
                     continue
                 running[key] = pending
             self.largest_batch = max(self.largest_batch, len(running))
+            gone = {key for key, pending in running.items() if pending.abandoned.is_set()}
+            if gone:  # their clients left: free their slots and cache now, not at max_tokens
+                self.batch.drop(gone)
+                for key in gone:
+                    del running[key]
+                self.metrics.observe_abandoned(self.name, len(gone))
             if not running:
                 continue
             try:
@@ -154,9 +165,11 @@ class GenerationService:
     def __init__(self, generators: Mapping[str, TextGenerator], options: ServeOptions | None = None) -> None:
         self.options = options or ServeOptions()
         batching = self.options.batching
-        self.workers = {name: _Worker(name, g, batching.max_batch) for name, g in generators.items()}
-        self.closing = False
         self.metrics = ServeMetrics()
+        self.workers = {
+            name: _Worker(name, g, batching.max_batch, self.metrics) for name, g in generators.items()
+        }
+        self.closing = False
 
     def names(self) -> tuple[str, ...]:
         """The model names clients pass as ``model``."""
@@ -288,13 +301,18 @@ def _usage(generation: Generation) -> dict[str, int]:
 
 
 async def _events(pending: _Pending) -> AsyncIterator[GenerationEvent]:
-    while True:
-        item = await pending.events.get()
-        if item is _DONE:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    """The request's events until its generation ends; a consumer that stops early (the client left, its task
+    was cancelled) marks the row abandoned, and the worker drops it at its next step."""
+    try:
+        while True:
+            item = await pending.events.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        pending.abandoned.set()
 
 
 def _sse(data: Any) -> str:
@@ -409,6 +427,8 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
                             yield _sse(reply)
                 except Exception as exc:  # noqa: BLE001 - headers are sent: the error (logged by the worker) is an event
                     yield _sse({"error": str(exc) if isinstance(exc, EdgeError) else type(exc).__name__})
+                finally:  # as in _stream: a client that left frees its row at the next step
+                    pending.abandoned.set()
 
             return StreamingResponse(events(), media_type="text/event-stream")
         generation: Generation | None = None
@@ -493,6 +513,8 @@ async def _stream(
     except Exception as exc:  # noqa: BLE001 - headers are sent: the error (logged by the worker) is an event
         message = str(exc) if isinstance(exc, EdgeError) else f"internal error: {type(exc).__name__}"
         yield _sse({"error": {"message": message, "type": "server_error", "code": None}})
+    finally:  # closed while suspended at a yield (the client left): the row must not wait for the GC
+        pending.abandoned.set()
     yield "data: [DONE]\n\n"
 
 

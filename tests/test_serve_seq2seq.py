@@ -24,6 +24,7 @@ from tests.serve_process import ServeProcess, start_serve
 from toolkit.cli import edge
 from toolkit.errors import BadInputError
 from toolkit.preprocess import read_wav
+from toolkit.seq2seq.decoding import Seq2SeqStepper
 from toolkit.serve.batching import BatchingScheduler
 from toolkit.serve.errors import QueueFullError, ServerClosingError
 from toolkit.serve.models import ModelRegistry
@@ -392,13 +393,13 @@ def test_decode_requests_run_one_per_run_under_the_queue_limit(s2s_packages: dic
 
     async def scenario() -> None:
         scheduler = BatchingScheduler(BatchOptions(max_batch=32, max_delay_ms=200, max_queue=1), Observer())
-        first = asyncio.create_task(scheduler.submit(engine, DecodeWork({}, held), 1, None))
+        first = asyncio.create_task(scheduler.submit(engine, DecodeWork("held", {}, held), 1, None))
         while not runs:
             await asyncio.sleep(0.01)
-        second = asyncio.create_task(scheduler.submit(engine, DecodeWork({}, held), 1, None))
+        second = asyncio.create_task(scheduler.submit(engine, DecodeWork("held", {}, held), 1, None))
         await asyncio.sleep(0.05)
         with pytest.raises(QueueFullError, match="the limit is 1"):
-            await scheduler.submit(engine, DecodeWork({}, held), 1, None)
+            await scheduler.submit(engine, DecodeWork("held", {}, held), 1, None)
         gate.set()
         for task in (first, second):
             assert _strings((await task)["text"]) == ["done"]
@@ -406,6 +407,33 @@ def test_decode_requests_run_one_per_run_under_the_queue_limit(s2s_packages: dic
 
     asyncio.run(scenario())
     assert batches == [(1, 1), (1, 1)]
+
+
+def test_an_abandoned_decode_stops_at_its_next_decoder_step(s2s_packages: dict[str, Path], wavs: dict[str, Path]) -> None:  # fmt: skip
+    """Issue 21 row 9: a request cancelled in the middle of one clip's beam search stops at the next step."""
+    registry = ModelRegistry.load([s2s_packages["whisper"]])
+    model = registry.get("whisper-audio")
+    assert isinstance(model, SpeechModel)
+    body, headers = _body(_audio(wavs["mono"]), {"num_beams": 4, "max_new_tokens": 40}, None)
+    job = model.prepare(decode_request(body, int(headers["Inference-Header-Content-Length"])))
+    assert isinstance(job.feeds, DecodeWork)
+    steps = 0
+    original = Seq2SeqStepper.step
+
+    def counting(self: Seq2SeqStepper, tokens: np.ndarray) -> np.ndarray:
+        nonlocal steps
+        steps += 1
+        if steps == 3:
+            job.cancel()  # the client leaves while the decoder runs
+        return original(self, tokens)
+
+    Seq2SeqStepper.step = counting  # type: ignore[method-assign]
+    try:
+        (abandoned,) = model.engine.run_many([job.feeds])
+    finally:
+        Seq2SeqStepper.step = original  # type: ignore[method-assign]
+    assert isinstance(abandoned, ServerClosingError)
+    assert steps == 3  # the step that saw the cancel ran no decoder; 40 tokens x 4 beams would run ~40 steps
 
 
 def test_an_abandoned_decode_stops_before_its_next_clip(s2s_packages: dict[str, Path], wavs: dict[str, Path]) -> None:  # fmt: skip

@@ -19,7 +19,7 @@ Scheduling
     queue limit (503), request timeout (504), metrics (under the served model's own name) and shutdown. Each
     request runs alone on the batcher's worker thread (`requests_per_run`: decoding is seconds of work, and a
     request must not wait for its batch-mates' decodes); `--workers` decodes run at once. A request abandoned
-    by its client or its deadline stops at its next clip or text (`DecodeWork.cancel`), so a timed-out decode
+    by its client or its deadline stops at its next decoder step (`DecodeWork.cancel`), so a timed-out decode
     does not keep a worker, or a graceful shutdown, waiting for the rest of it.
 """
 
@@ -37,6 +37,7 @@ from toolkit.manifest import ModelPackage, TensorSpec
 from toolkit.preprocess import read_wav
 from toolkit.runner import Runner
 from toolkit.seq2seq import Seq2SeqPipeline
+from toolkit.seq2seq.decoding import checked_steps
 from toolkit.seq2seq.pipeline import DECODING_SETTINGS, checked_settings
 from toolkit.serve.errors import ServerClosingError
 from toolkit.serve.models import Job, ServedModel, TensorMetadata, bytes_input, request_texts
@@ -64,12 +65,13 @@ class DecodeWork(Mapping[str, np.ndarray]):
     """One request's decoded inputs as the scheduler carries them, and the call that answers it.
 
     `run` is called on a worker thread; it receives `stopped`, which turns true once the request is abandoned
-    (`cancel`), and checks it between clips or texts.
+    (`cancel`), and checks it between clips or texts; every decoder step checks it too (`checked_steps`).
     """
 
     def __init__(
-        self, inputs: Mapping[str, np.ndarray], run: Callable[[Callable[[], bool]], Outputs]
+        self, name: str, inputs: Mapping[str, np.ndarray], run: Callable[[Callable[[], bool]], Outputs]
     ) -> None:
+        self.name = name
         self._inputs = dict(inputs)
         self._run = run
         self._cancelled = threading.Event()
@@ -84,12 +86,17 @@ class DecodeWork(Mapping[str, np.ndarray]):
         return len(self._inputs)
 
     def cancel(self) -> None:
-        """The client or its deadline gave up: stop at the next clip or text."""
+        """The client or its deadline gave up: stop at the next decoder step."""
         self._cancelled.set()
+
+    def _check(self) -> None:
+        if self._cancelled.is_set():
+            raise _abandoned(self.name)
 
     def run(self) -> Outputs:
         """The request's outputs (a ServerClosingError when it was abandoned part-way)."""
-        return self._run(self._cancelled.is_set)
+        with checked_steps(self._check):
+            return self._run(self._cancelled.is_set)
 
 
 class DecodeEngine:
@@ -192,7 +199,7 @@ class DecodingModel(ServedModel):
         run: Callable[[Callable[[], bool]], Outputs],
         tokens: int | None = None,
     ) -> Job:
-        work = DecodeWork(inputs, run)
+        work = DecodeWork(self.name, inputs, run)
         return Job(work, rows, outputs, tokens=tokens, cancel=work.cancel)
 
 

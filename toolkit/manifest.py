@@ -361,9 +361,9 @@ class Manifest:
         """Parse; `origin` names the file in error messages."""
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an integer of over 4,300 digits
             raise BadModelError(
-                f"{origin} is not valid JSON ({exc}); re-create the package with `edge convert`"
+                f"{origin} is not valid JSON ({_one_line(exc)}); re-create the package with `edge convert`"
             ) from None
         if not isinstance(data, dict):
             raise BadModelError(f"{origin} is not an edge-toolkit manifest; re-create it with `edge convert`")
@@ -665,6 +665,18 @@ def check_manifest(manifest: Manifest, origin: str) -> None:
         raise _fail(origin, "exporter", "must be an object")
     _check_generation(origin, manifest.generation)
     _check_seq2seq(origin, manifest.seq2seq)
+    text = section_of(manifest.preprocessing, TextPreprocessing)
+    if (
+        manifest.generation is not None
+        and text is not None
+        and manifest.generation.max_positions > text.max_length
+    ):
+        raise _fail(
+            origin,
+            "generation.max_positions",
+            f"is {manifest.generation.max_positions}, beyond the model's {text.max_length} positions "
+            "(preprocessing.max_length)",
+        )
 
 
 def _check_seq2seq(origin: str, spec: Seq2SeqSpec | None) -> None:

@@ -46,28 +46,34 @@ __all__ = [
     "preprocess_audio",
     "preprocess_image",
     "ranked",
+    "read_tokenizer",
     "read_wav",
     "softmax",
 ]
+
+
+def read_tokenizer(path: Path) -> Any:
+    """The `tokenizers` tokenizer in the package file `path`; a missing or unreadable file is a BadModelError."""
+    from tokenizers import Tokenizer  # a few hundred ms; only text packages pay it
+
+    if not path.is_file():
+        raise BadModelError(
+            f"tokenizer file '{path}' is missing from the package; re-create it with `edge convert`"
+        )
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot read
+        raise BadModelError(
+            f"tokenizer file '{path.name}' is not a tokenizers JSON file ({first_line(exc, 200)}); "
+            "re-create the package with `edge convert`"
+        ) from None
 
 
 class TextTokenizer:
     """A `tokenizers` tokenizer set up as the package says: truncation to the model's max length, no fixed padding."""
 
     def __init__(self, path: Path, max_length: int) -> None:
-        from tokenizers import Tokenizer  # a few hundred ms; only text packages pay it
-
-        if not path.is_file():
-            raise BadModelError(
-                f"tokenizer file '{path}' is missing from the package; re-create it with `edge convert`"
-            )
-        try:
-            self.tokenizer = Tokenizer.from_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot read
-            raise BadModelError(
-                f"tokenizer file '{path.name}' is not a tokenizers JSON file ({first_line(exc)}); "
-                "re-create the package with `edge convert`"
-            ) from None
+        self.tokenizer = read_tokenizer(path)
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=max_length)
         self.max_length = max_length

@@ -105,6 +105,7 @@ class TextGenerator(Pipeline[TextModality]):
         super().__init__(package, runner, task)
         self.spec: GenerationSpec = self.task.spec
         self.tokenizer = self.task.tokenizer
+        self.task.check_graph(runner.inputs, runner.outputs)
         self.device, self.device_id = runner.device
 
     @classmethod

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from toolkit.errors import BadInputError
+from toolkit.errors import BadInputError, BadModelError
 from toolkit.generation.decoding import RowPlan, decode
 from toolkit.generation.sampling import GenerationOptions, LogitsChooser
 from toolkit.manifest import ModelPackage, Seq2SeqSpec, seq2seq_files
@@ -122,6 +122,32 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
             )
             for name in (first, with_past)
         )
+        self._check_token_ids()
+        self.tokenizer  # noqa: B018 - read at load: a broken tokenizer.json fails here, not at the first request
+
+    @property
+    def tokenizer(self) -> Any:
+        """The package's `tokenizers` tokenizer (each task reads its own)."""
+        raise NotImplementedError
+
+    def _check_token_ids(self) -> None:
+        """A BadModelError when a token id of the seq2seq section lies outside the decoder's vocabulary (its logits'
+        last dim)."""
+        logits = next((t for t in self.decoders[0].outputs if t.name == "logits"), None)
+        vocab = logits.shape[-1] if logits is not None and logits.shape else None
+        if not isinstance(vocab, int):
+            return
+        spec = self.spec
+        singles = ("pad_token_id", "forced_bos_token_id", "forced_eos_token_id", "no_timestamps_token_id")
+        fields = {name: (getattr(spec, name),) for name in singles}
+        fields.update({name: getattr(spec, name) for name in ("decoder_start_ids", "eos_token_ids")})
+        for name, values in fields.items():
+            bad = next((v for v in values if v is not None and v >= vocab), None)
+            if bad is not None:
+                raise BadModelError(
+                    f"package '{self.package.path}': seq2seq.{name} holds {bad}, outside the decoder's vocabulary "
+                    f"of {vocab}; re-create the package with `edge convert`"
+                )
 
     def _setting(self, name: str, value: Any, default: Any) -> Any:
         return value if value is not None else self.spec.defaults.get(name, default)

@@ -529,3 +529,40 @@ def test_ray_serve_serves_the_decoding_models(
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+# -- the server's decoding limits and a deadline mid-beam-search (issue 21 rows 8 and 9) -------------------
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def test_decoding_limits_are_server_options_and_a_deadline_stops_200_beams_at_a_step(s2s_packages: dict[str, Path], wavs: dict[str, Path], tmp_path: Path) -> None:  # fmt: skip
+    """--max-beam-width and --max-new-tokens bound what a request may ask for (400 naming the option); 200 beams over
+    a 2 s clip decode for seconds, so past its 1 s deadline the request is a 504 and the worker stops at its next
+    decoder step: the requests after it are answered within their own 5 s deadline (Triton's ``timeout``
+    parameter is in microseconds)."""
+    args = ["--threads", "1", "--max-beam-width", "256", "--max-new-tokens", "32"]
+    server = start_serve([s2s_packages["whisper"]], args, tmp_path / "serve", env={"EDGE_API_KEY": API_KEY})
+    try:
+        before = _rss_mb(server.process.pid)
+        message = _error(server, "whisper-audio", _audio(wavs["mono"]), {"num_beams": 5000})
+        assert message == (
+            "parameter 'num_beams' is 5000, over this server's limit of 256; ask for 256 or fewer "
+            "(or raise --max-beam-width)"
+        )
+        message = _error(server, "whisper-audio", _audio(wavs["mono"]), {"max_new_tokens": 33})
+        assert message.endswith("limit of 32; ask for 32 or fewer (or raise --max-new-tokens)")
+        assert _rss_mb(server.process.pid) - before < 300
+        assert _infer(server, "whisper-audio", _audio(wavs["mono"]), {"max_new_tokens": 32})[0] == 200
+        status, message = _infer(server, "whisper-audio", _audio(wavs["mono"]), {"num_beams": 200, "timeout": 1_000_000})  # fmt: skip
+        assert status == 504, message
+        for _ in range(3):
+            answer = _infer(server, "whisper-audio", _audio(wavs["mono"]), {"timeout": 5_000_000})
+            assert answer[0] == 200, answer
+        assert "Traceback" not in server.log.read_text(encoding="utf-8")
+    finally:
+        assert server.stop() == 0

@@ -166,12 +166,12 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_ASPECT_RATIO = 50
 
 
-def _decode(opened: PILImage.Image, where: str) -> PILImage.Image:
+def _decode(opened: PILImage.Image, where: str, max_pixels: int) -> PILImage.Image:
     """`opened` (header read, pixels not yet) decoded as RGB, after its size is checked."""
     width, height = opened.size
-    if width < 1 or height < 1 or width * height > MAX_IMAGE_PIXELS:
+    if width < 1 or height < 1 or width * height > max_pixels:
         raise BadInputError(
-            f"{where} is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit (or empty); "
+            f"{where} is {width}x{height} pixels, over the {max_pixels:,}-pixel limit (or empty); "
             "scale it down before sending it"
         )
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
@@ -182,11 +182,15 @@ def _decode(opened: PILImage.Image, where: str) -> PILImage.Image:
     return opened.convert("RGB")
 
 
-def open_image(image: ImageInput) -> PILImage.Image:
-    """An RGB PIL image from a path, a uint8 array [H, W, 3] (or [H, W]) or a PIL image; bad input is a BadInputError."""
+def open_image(
+    image: ImageInput, max_pixels: int = MAX_IMAGE_PIXELS, name: str = "the image"
+) -> PILImage.Image:
+    """An RGB PIL image from a path, encoded bytes (`name` in errors), a uint8 array [H, W, 3] (or [H, W]) or a PIL
+    image; an encoded image declaring over `max_pixels` pixels is refused from its header; bad input is a
+    BadInputError."""
     Image = _pil()
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
+    if isinstance(image, Image.Image):  # an RGB image as it is: a copy of a large one would double its memory
+        return image if image.mode == "RGB" else image.convert("RGB")
     if isinstance(image, np.ndarray):
         if (
             image.dtype != np.uint8
@@ -201,7 +205,7 @@ def open_image(image: ImageInput) -> PILImage.Image:
     if isinstance(image, bytes):  # an encoded file's bytes (the server's image pipeline models)
         try:
             with Image.open(io.BytesIO(image)) as opened:
-                return _decode(opened, "the image")
+                return _decode(opened, name, max_pixels)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise BadInputError(
                 f"image bytes could not be decoded ({first_line(exc)}); send a JPEG, PNG, BMP, GIF, TIFF or WebP file"
@@ -216,7 +220,7 @@ def open_image(image: ImageInput) -> PILImage.Image:
         raise BadInputError(f"image '{path}' {problem}; pass the path of a JPEG, PNG or other image file")
     try:
         with Image.open(path) as opened:
-            return _decode(opened, f"image '{path}'")
+            return _decode(opened, f"image '{path}'", max_pixels)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInputError(
             f"image '{path}' could not be decoded ({first_line(exc)}); pass a JPEG, PNG, BMP, GIF, TIFF or WebP file"

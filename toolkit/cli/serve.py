@@ -14,7 +14,9 @@ import click
 from toolkit.cli.common import common_options, console, progress
 from toolkit.cli.provider_options import provider_options
 from toolkit.errors import BadInputError
+from toolkit.preprocess import MAX_IMAGE_PIXELS
 from toolkit.providers import ProviderConfig
+from toolkit.seq2seq import DecodeLimits
 
 # toolkit.serve.access.API_KEY_ENV (not imported: the CLI loads the server's modules only when it serves)
 API_KEY_ENV = "EDGE_API_KEY"
@@ -144,6 +146,28 @@ def _ready_json(url: str, registry: Any) -> str:
     "does, listed in usage.truncated_inputs); --no-truncate answers it 400.",
 )
 @click.option(
+    "--max-image-pixels",
+    type=click.IntRange(min=1),
+    default=MAX_IMAGE_PIXELS,
+    show_default=True,
+    help="Pixels (width x height) an image sent to a NAME-image model may declare, checked from its header "
+    "before it is decoded; 400 above it.",
+)
+@click.option(
+    "--max-beam-width",
+    type=click.IntRange(min=1),
+    default=DecodeLimits.max_beam_width,
+    show_default=True,
+    help="Largest num_beams a request to an encoder-decoder (NAME-audio, NAME-text) may ask for; 400 above it.",
+)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Largest max_new_tokens a request to an encoder-decoder may ask for; 400 above it. "
+    "Default: the decoder's positions.",
+)
+@click.option(
     "--body-timeout-s",
     type=click.FloatRange(min=0, min_open=True),
     default=30.0,
@@ -224,6 +248,9 @@ def serve_command(
     max_body_mb: float,
     max_request_rows: int,
     max_request_tokens: int,
+    max_image_pixels: int,
+    max_beam_width: int,
+    max_new_tokens: int | None,
     truncate: bool,
     body_timeout_s: float,
     api_key: str | None,
@@ -268,7 +295,14 @@ def serve_command(
         raise BadInputError(
             "--api-key and --ssl-* apply to the built-in server; with --ray, configure them on Ray Serve's proxy"
         )
-    load = LoadOptions(provider_config, threads, variants, spinning=spin)
+    load = LoadOptions(
+        provider_config,
+        threads,
+        variants,
+        spinning=spin,
+        max_image_pixels=max_image_pixels,
+        decode_limits=DecodeLimits(max_beam_width=max_beam_width, max_new_tokens=max_new_tokens),
+    )
     if on_ray:
         from toolkit.serve.ray_app import (
             RayOptions,

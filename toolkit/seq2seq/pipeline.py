@@ -21,6 +21,7 @@ from toolkit.tasks.modality import Modality
 
 __all__ = [
     "DECODING_SETTINGS",
+    "DecodeLimits",
     "Seq2SeqOutput",
     "Seq2SeqPipeline",
     "Seq2SeqTask",
@@ -37,6 +38,26 @@ class Seq2SeqOutput:
 
     text: str
     token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one request to a served encoder-decoder (``NAME-audio``, ``NAME-text``) may ask for; over either is a
+    400 (``edge serve --max-beam-width``, ``--max-new-tokens``).
+
+    ``max_beam_width`` bounds its ``num_beams`` (TensorRT-LLM's and Triton's name: every beam is a decoder row with
+    its own cache, so beams multiply a decode's memory and time); ``max_new_tokens`` bounds its ``max_new_tokens``
+    (None: the decoder's own positions, which bound it in any case).
+    """
+
+    max_beam_width: int = 16
+    max_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_beam_width", "max_new_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BadInputError(f"{name} must be at least 1, got {value}")
 
 
 _COUNTS = ("no_repeat_ngram_size", "min_length")

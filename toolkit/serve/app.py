@@ -106,10 +106,10 @@ class ServerState:
         if self.closing:
             raise ServerClosingError("the server is shutting down; send the request to another replica")
 
-    async def decode(self, size: int, work: Callable[..., _T], *args: Any) -> _T:
-        """`work(*args)`: on a worker thread for bodies over `OFF_LOOP_BYTES` (the event loop keeps answering
-        health checks and other clients), inline for small ones."""
-        if size > OFF_LOOP_BYTES:
+    async def decode(self, size: int, work: Callable[..., _T], *args: Any, off_loop: bool = False) -> _T:
+        """`work(*args)`: on a worker thread for bodies over `OFF_LOOP_BYTES` or when `off_loop` (media to decode;
+        the event loop keeps answering health checks and other clients), inline for small ones."""
+        if off_loop or size > OFF_LOOP_BYTES:
             return await asyncio.get_running_loop().run_in_executor(self.decoder, work, *args)
         return work(*args)
 
@@ -317,7 +317,13 @@ def create_app(
             label = (model.name, model.version)
             body = await _read_body(request, options.max_body_bytes, options.body_timeout_s)
             decoded, job = await state.decode(
-                len(body), _decode_and_prepare, model, options, body, _header_length(request)
+                len(body),
+                _decode_and_prepare,
+                model,
+                options,
+                body,
+                _header_length(request),
+                off_loop=model.prepare_off_loop,
             )
             timeouts = [t for t in (options.timeout_s, decoded.timeout_s) if t is not None]
             try:

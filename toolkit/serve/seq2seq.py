@@ -36,7 +36,7 @@ from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage, TensorSpec
 from toolkit.preprocess import read_wav
 from toolkit.runner import Runner
-from toolkit.seq2seq import Seq2SeqPipeline
+from toolkit.seq2seq import DecodeLimits, Seq2SeqPipeline
 from toolkit.seq2seq.decoding import checked_steps
 from toolkit.seq2seq.pipeline import DECODING_SETTINGS, checked_settings
 from toolkit.serve.errors import ServerClosingError
@@ -109,10 +109,13 @@ class DecodeEngine:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
 
-    def __init__(self, name: str, version: str, pipeline: Seq2SeqPipeline[Any]) -> None:
+    def __init__(
+        self, name: str, version: str, pipeline: Seq2SeqPipeline[Any], limits: DecodeLimits | None = None
+    ) -> None:
         self.name = name
         self.version = version
         self.pipeline = pipeline
+        self.limits = limits or DecodeLimits()
         self.runner: Runner = pipeline.runner
 
     @property
@@ -138,7 +141,9 @@ def _abandoned(name: str) -> ServerClosingError:
     return ServerClosingError(f"model '{name}': the request was abandoned (timeout or client gone)")
 
 
-def _int_parameter(parameters: Mapping[str, Any], key: str, most: int | None = None) -> int | None:
+def _int_parameter(
+    parameters: Mapping[str, Any], key: str, most: int | None = None, option: str = ""
+) -> int | None:
     value = parameters.get(key)
     if value is None:
         return None
@@ -147,21 +152,23 @@ def _int_parameter(parameters: Mapping[str, Any], key: str, most: int | None = N
     if most is not None and value > most:
         raise BadInputError(
             f"parameter '{key}' is {value}, over this server's limit of {most}; ask for {most} or fewer"
+            + (f" (or raise {option})" if option else "")
         )
     return value
 
 
-# Every beam is a decoder row with its own cache: one request's beams are bounded as its rows are.
-MAX_NUM_BEAMS = 16
-
-
 def _decoding_parameters(
-    parameters: Mapping[str, Any], pipeline: Seq2SeqPipeline[Any]
+    parameters: Mapping[str, Any], engine: DecodeEngine
 ) -> tuple[int | None, int | None]:
-    """The request's (max_new_tokens, num_beams), each bounded: the decoder's positions, `MAX_NUM_BEAMS`."""
+    """The request's (max_new_tokens, num_beams), each bounded: the server's `DecodeLimits` (a max_new_tokens limit
+    never above the decoder's positions)."""
+    positions = engine.pipeline.spec.max_target_positions
+    limits = engine.limits
+    new_tokens = positions if limits.max_new_tokens is None else min(limits.max_new_tokens, positions)
+    option = "--max-new-tokens" if new_tokens < positions else ""
     return (
-        _int_parameter(parameters, "max_new_tokens", pipeline.spec.max_target_positions),
-        _int_parameter(parameters, "num_beams", MAX_NUM_BEAMS),
+        _int_parameter(parameters, "max_new_tokens", new_tokens, option),
+        _int_parameter(parameters, "num_beams", limits.max_beam_width, "--max-beam-width"),
     )
 
 
@@ -185,6 +192,7 @@ class DecodingModel(ServedModel):
     """A served model that decodes: `prepare` checks the request and returns a `Job` whose feeds are `DecodeWork`."""
 
     engine: DecodeEngine
+    prepare_off_loop = True  # reads WAV files or tokenizes texts
 
     @property
     def batched(self) -> bool:
@@ -229,7 +237,7 @@ class SpeechModel(DecodingModel):
         language = _str_parameter(parameters, "language", "en")
         task = _str_parameter(parameters, "task", "transcribe") or "transcribe"
         timestamps = _bool_parameter(parameters, "timestamps")
-        max_new_tokens, num_beams = _decoding_parameters(parameters, self.recognizer)
+        max_new_tokens, num_beams = _decoding_parameters(parameters, self.engine)
         self.recognizer.check_options(language, task)  # a 400 before the request waits in the queue
         outputs = self.requested_outputs(request)
         if "segments" in outputs and not timestamps:
@@ -319,7 +327,7 @@ class TextDecodingModel(DecodingModel):
     def prepare(self, request: InferenceRequest) -> Job:
         """Check the texts (UTF-8) and parameters; the job's tokens (rows x longest) count against the limit."""
         parameters = request.parameters
-        max_new_tokens, num_beams = _decoding_parameters(parameters, self.generator)
+        max_new_tokens, num_beams = _decoding_parameters(parameters, self.engine)
         settings = checked_settings({name: parameters.get(name) for name in DECODING_SETTINGS})
         outputs = self.requested_outputs(request)
         texts = request_texts(self, request)
@@ -356,9 +364,11 @@ DECODING_MODELS: dict[str, type[SpeechModel] | type[TextDecodingModel]] = {
 }
 
 
-def decoding_models(package: ModelPackage, variant: str, runner: Runner) -> list[ServedModel]:
-    """The package's decoding model for `variant` over the encoder's `runner` (none when its task does not
-    decode)."""
+def decoding_models(
+    package: ModelPackage, variant: str, runner: Runner, limits: DecodeLimits | None = None
+) -> list[ServedModel]:
+    """The package's decoding model for `variant` over the encoder's `runner`, its requests held to `limits` (none
+    when its task does not decode)."""
     model_class = DECODING_MODELS.get(package.manifest.task)
     if model_class is None or package.manifest.seq2seq is None:
         return []
@@ -368,4 +378,4 @@ def decoding_models(package: ModelPackage, variant: str, runner: Runner) -> list
     if not isinstance(pipeline, Seq2SeqPipeline):
         raise TypeError(f"task '{package.manifest.task}' has no decoding pipeline")
     name = f"{package.manifest.name}-{model_class.suffix}"
-    return [model_class(DecodeEngine(name, variant, pipeline))]
+    return [model_class(DecodeEngine(name, variant, pipeline, limits))]

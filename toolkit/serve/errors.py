@@ -19,7 +19,8 @@
 once) from "the request waited and gave up" (504). `status_for` reads the table, nearest class first.
 
 `public_message` is what a client sees of an error: onnxruntime's source paths and graph node names are
-cut out (they are logged), and the text is made safe to encode whatever the request held.
+cut out (they are logged), as are object addresses (``<_io.BytesIO object at 0x...>``), and the text is made
+safe to encode whatever the request held.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def status_for(exc: BaseException) -> int:
 _ORT_SOURCE = re.compile(r"\S*/onnxruntime/\S*?\.(?:cc|cpp|h)(?::\d+)?(?: \S+)?")
 _NODE_NAME = re.compile(r"""(?:node\.? ?)?Name:\s*'[^']*'""", re.IGNORECASE)
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/])/(?:[\w.+-]+/)+[\w.+-]+")
+_OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
 _MAX_MESSAGE = 1000
 
 
@@ -124,7 +126,7 @@ def public_message(exc: BaseException) -> str:
         text = _ORT_SOURCE.sub("", text)
         text = _NODE_NAME.sub("", text)
         text = _ABSOLUTE_PATH.sub("<path>", text)
-    text = " ".join(text.split())
+    text = _OBJECT_REPR.sub(r"<\1>", " ".join(text.split()))  # an address says nothing to a client
     if len(text) > _MAX_MESSAGE:
         text = text[: _MAX_MESSAGE - 3] + "..."
     # a lone surrogate (echoed from the request) cannot be UTF-8 encoded: show it escaped instead

@@ -317,7 +317,8 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
         elif isinstance(value, dict):
             for key, item in value.items():
                 _check_text(key, where)
-                pending.append((item, f"'{key}'" if where == "the request" else f"{where}.{key}"))
+                name = json.dumps(key, ensure_ascii=True)[1:-1][:40]  # a key is client text: escaped, cut
+                pending.append((item, f"'{name}'" if where == "the request" else f"{where}.{name}"))
         elif isinstance(value, list):
             pending.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
     return parsed

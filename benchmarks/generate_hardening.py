@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from hardening_cases import _Server
+from hardening_cases import _env, _Server
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = "from toolkit.cli import main; main()"
@@ -45,12 +45,22 @@ RSS_CAP_MB = 2048
 NAME = "long-llama"
 
 
-def build_package(folder: Path) -> Path:
-    """The tiny random Llama of the tests (2,048 positions, eos logit 0), converted."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from long_llama import build_long_llama
-
-    return build_long_llama(folder, NAME)
+def build_package(source: Path, folder: Path) -> Path:
+    """The tiny random Llama of the tests (2,048 positions, eos logit 0), converted by `source`'s converters
+    (a package the tree under test can read)."""
+    script = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); from pathlib import Path; "
+        f"from long_llama import build_long_llama; print(build_long_llama(Path({str(folder)!r}), {NAME!r}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_env(source),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def hostile_copy(package: Path, folder: Path) -> Path:
@@ -473,7 +483,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="generate-hardening-") as folder:
         work = Path(folder)
         os.chdir(work)  # `python -c` puts the working directory first on sys.path: keep checkouts off it
-        package = build_package(work / "build")
+        package = build_package(source, work / "build")
         if args.soak:
             soak(source, package, work, args.soak)
             return

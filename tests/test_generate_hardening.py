@@ -234,10 +234,12 @@ def test_bad_chat_messages_are_400_naming_the_field(
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_numbers_are_400(served: ServeProcess, long_llama: Path, constant: str) -> None:
+    rss = _rss_mb(served)
     raw = f'{{"model": "{_name(long_llama)}", "prompt": "hi", "temperature": {constant}}}'.encode()
     status, answer = _call(served, "/v1/completions", raw=raw)
     assert status == 400, answer
     assert constant.lstrip("-") in answer["error"]["message"]
+    assert _rss_mb(served) - rss < RSS_GROWTH_MB
 
 
 def test_error_messages_carry_no_object_addresses() -> None:
@@ -300,13 +302,17 @@ def test_an_8mb_prompt_is_refused_before_tokenizing(served: ServeProcess, long_l
 
 
 def test_a_vanishing_temperature_is_greedy(served: ServeProcess, long_llama: Path) -> None:
+    import numpy as np
+
+    rss = _rss_mb(served)
     body = {"model": _name(long_llama), "prompt": "The quick brown fox", "max_tokens": 16}
     greedy = _call(served, "/v1/completions", {**body, "temperature": 0})[1]["choices"][0]["text"]
     tiny = _call(served, "/v1/completions", {**body, "temperature": 1e-300, "seed": 3})[1]["choices"][0][
         "text"
     ]
     assert tiny == greedy
-    logits = __import__("numpy").asarray([[0.5, 3.0, -1.0, 2.9]], dtype="float32")
+    assert _rss_mb(served) - rss < RSS_GROWTH_MB
+    logits = np.asarray([[0.5, 3.0, -1.0, 2.9]], dtype="float32")
     chooser = LogitsChooser(GenerationOptions(do_sample=True, temperature=1e-300, seed=0))
     assert chooser(logits, logits[:, :0].astype("int64")).tolist() == [1]
 
@@ -315,6 +321,7 @@ def test_a_vanishing_temperature_is_greedy(served: ServeProcess, long_llama: Pat
 
 
 def test_stop_strings_are_bounded_in_count_and_length(served: ServeProcess, long_llama: Path) -> None:
+    rss = _rss_mb(served)
     body = {"model": _name(long_llama), "prompt": "hi", "max_tokens": 4}
     status, answer = _call(served, "/v1/completions", {**body, "stop": ["x" * 40] * 10_000})
     assert status == 400
@@ -324,6 +331,7 @@ def test_stop_strings_are_bounded_in_count_and_length(served: ServeProcess, long
     assert "(longest 257)" in answer["error"]["message"]
     status, answer = _call(served, "/v1/completions", {**body, "stop": ["z" * 256] * 16})
     assert status == 200, answer
+    assert _rss_mb(served) - rss < RSS_GROWTH_MB
 
 
 # -- row 14: chat templates on a budget --------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""Decode benchmark: edge (its in-place GroupQueryAttention graph, fp32 and int4) against onnxruntime-genai
-(fp32 and int4, its model builder's graph from the same Hugging Face folder) on a ~100M-parameter random
-Llama-layout model, at 1 and 2 threads; then int4/int8 quality on a small Llama trained here.
+"""Decode benchmark: edge (its in-place GroupQueryAttention graph, fp32 and int4) against edge on optimum-onnx's
+graph (the export it replaced) and onnxruntime-genai (fp32 and int4, its model builder's graph from the same
+Hugging Face folder) on a ~100M-parameter random Llama-layout model, at 1 and 2 threads; then int4/int8 quality
+on a small Llama trained here.
 
 Run from the repo root:  python benchmarks/generate_decode.py [--out out/generate-bench]
     [--genai-python GENAI_VENV/bin/python]   (adds onnxruntime-genai, see generate_decode_genai.py)
+    [--edge-python GENAI_VENV/bin/python]    (adds edge's in-place graph on that venv's onnxruntime)
+    [--skip-optimum]                         (leaves out edge on optimum's graph)
     [--threads 1,2] [--rounds 2] [--train-seconds 180]
 
 Every backend runs in its own fresh process (so peak RSS is its own), gets the same prompt ids, generates
@@ -199,7 +202,10 @@ def _edge_worker(args: argparse.Namespace) -> None:
 
 
 def _worker(command: list[str]) -> dict[str, float]:
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    # this checkout's toolkit, whichever interpreter runs the worker
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
@@ -323,6 +329,15 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=180)
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--genai-python", type=Path, default=None)
+    parser.add_argument(
+        "--edge-python",
+        type=Path,
+        default=None,
+        help="also time edge's in-place graph under this interpreter (e.g. genai's venv: same onnxruntime)",
+    )
+    parser.add_argument(
+        "--skip-optimum", action="store_true", help="leave out edge on optimum-onnx's graph (the old default)"
+    )
     # worker mode: one edge variant, in its own process
     parser.add_argument("--worker-package", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="fp32", help=argparse.SUPPRESS)
@@ -352,6 +367,15 @@ def main() -> None:
         quantize(package_dir, "int4", QuantizeOptions(budget=0.5))
     manifest = ModelPackage.open(package_dir).manifest
     assert manifest.generation is not None
+    int4_settings = manifest.variants["int4"].settings
+    # the same folder through optimum-onnx's graph, its int4 at the block the in-place graph's search picked
+    optimum_dir = args.out / "package-optimum"
+    if not args.skip_optimum:
+        if not (optimum_dir / "edge.json").is_file():
+            convert(str(source), optimum_dir, ConvertOptions(force=True, decoder_graph="optimum"))
+        if "int4" not in ModelPackage.open(optimum_dir).manifest.variants:
+            block = int(int4_settings["block_size"])
+            quantize(optimum_dir, "int4", QuantizeOptions(budget=0.5, block_size=block))
     host = current_host("cpu")
     print(
         f"CPU: {host.cpu} ({host.int8_path}), {os.cpu_count()} cores, {platform.machine()}; edge onnxruntime {ort.__version__}"
@@ -370,7 +394,6 @@ def main() -> None:
         ).stdout.split()
         print(f"onnxruntime-genai {version[1]} (its venv's onnxruntime {version[0]})")
     print(f"model: random Llama layout, {json.dumps(CONFIG)}; edge graph {manifest.generation.graph}")
-    int4_settings = manifest.variants["int4"].settings
     how = "picked by measurement" if "candidates" in int4_settings else "as given"
     print(
         f"edge int4: block {int4_settings['block_size']}, accuracy level {int4_settings['accuracy_level']} ({how})"
@@ -387,32 +410,53 @@ def main() -> None:
     common = ["--ids", ",".join(map(str, ids)), "--long-ids", ",".join(map(str, long_ids))]
     common += ["--new-tokens", str(args.new_tokens)]
     bandwidth = _read_bandwidth()
+    script = Path(__file__).resolve()
+    # edge backends: name -> (interpreter, package, variant); "edge" alone is the in-place graph on this venv
+    edge_backends = {f"edge {v}": (Path(sys.executable), package_dir, v) for v in ("fp32", "int4")}
+    if args.edge_python:
+        edge_version = subprocess.run(
+            [str(args.edge_python), "-c", "import onnxruntime as o; print(o.__version__)"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        for v in ("fp32", "int4"):
+            edge_backends[f"edge {v} (ort {edge_version})"] = (args.edge_python, package_dir, v)
+    if not args.skip_optimum:
+        optimum = ModelPackage.open(optimum_dir).manifest
+        for v in ("fp32", "int4"):
+            edge_backends[f"edge optimum-graph {v}"] = (Path(sys.executable), optimum_dir, v)
+        print(
+            f"edge optimum-graph: optimum-onnx's export of the same folder, int4 block "
+            f"{optimum.variants['int4'].settings['block_size']}, level {optimum.variants['int4'].settings['accuracy_level']}"
+        )
     weights = {
-        "edge fp32": _bytes_per_token(package_dir / manifest.variants["fp32"].file),
-        "edge int4": _bytes_per_token(package_dir / manifest.variants["int4"].file),
+        **{
+            name: _bytes_per_token(package / ModelPackage.open(package).manifest.variants[v].file)
+            for name, (_, package, v) in edge_backends.items()
+        },
         **{name: _bytes_per_token(folder / "model.onnx") for name, folder in genai.items()},
     }
     print(
         f"prompt {len(ids)} tokens (TTFT also for {len(long_ids)}), {args.new_tokens} new, greedy, eos ignored; "
         f"medians of {args.rounds} rounds, each backend in its own process; read bandwidth {bandwidth / 1e9:.1f} GB/s"
     )
-    script = Path(__file__).resolve()
     genai_script = script.with_name("generate_decode_genai.py")
     for threads in args.threads_list:
         commands = {
-            f"edge {v}": [
-                sys.executable,
+            name: [
+                str(python),
                 str(script),
                 "--worker-package",
-                str(package_dir),
+                str(package),
                 "--variant",
                 v,
                 "--threads",
                 str(threads),
                 *common,
-                *(["--batch", "8"] if v == "int4" else []),
+                *(["--batch", "8"] if name == "edge int4" else []),
             ]
-            for v in ("fp32", "int4")
+            for name, (python, package, v) in edge_backends.items()
         }
         for name, folder in genai.items():
             commands[name] = [

@@ -282,6 +282,11 @@ def test_llama_layout_models_get_the_in_place_graph_and_others_optimums(lm_packa
     assert ops.count("Concat") == 1  # the attention bias's shape; no cache concat
     assert "SkipSimplifiedLayerNormalization" in ops
     assert package.manifest.exporter == {"name": "edge-toolkit", "graph": "gqa-inplace"}
+    # the weights in external data (onnxruntime maps them; the parsed protobuf holds none), counted in the size
+    fp32_file = package.path / package.manifest.variant("fp32").file
+    weights = fp32_file.with_name(fp32_file.name + ".data")
+    assert weights.stat().st_size > 10 * fp32_file.stat().st_size
+    assert package.manifest.variant("fp32").size_bytes == fp32_file.stat().st_size + weights.stat().st_size
 
 
 def test_in_place_validation_fails_when_the_graph_and_pytorch_disagree(

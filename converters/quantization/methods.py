@@ -31,6 +31,7 @@ from converters.quantization.calibration import CalibrationOptions, FeedReader, 
 from toolkit.atomic import atomic_path, staging_directory
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.host import current_host
+from toolkit.inspect import model_size
 from toolkit.manifest import FP32_VARIANT, Host, ModelPackage, Variant, tool_versions, variant_file_name
 from toolkit.runner import Runner
 
@@ -154,8 +155,13 @@ def _short(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
+# a model whose weights fit one protobuf: its variants can be written as single files
+SINGLE_FILE_LIMIT = 1_800_000_000
+
+
 def load_source_model(path: Path) -> onnx.ModelProto:
-    """The fp32 model, checked to be readable, under 2 GB (no external data) and not already quantized."""
+    """The fp32 model, checked to be readable, under 2 GB (external data only below that) and not already
+    quantized."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, OSError, RuntimeError) as exc:
@@ -164,10 +170,10 @@ def load_source_model(path: Path) -> onnx.ModelProto:
         ) from None
     if not model.graph.node:
         raise BadModelError(f"'{path}' has an empty graph; re-create the package with `edge convert`")
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+    if model_size(path) > SINGLE_FILE_LIMIT:
         raise BadModelError(
-            f"'{path}' keeps its weights in external data (a model over 2 GB); edge quantize writes single-file "
-            "variants only, so quantize it with onnxruntime.quantization and use_external_data_format=True"
+            f"'{path}' with its external data is over {SINGLE_FILE_LIMIT / 1e9:.1f} GB; edge quantize writes "
+            "single-file variants only, so quantize it with onnxruntime.quantization and use_external_data_format=True"
         )
     quantized = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
     if quantized:

@@ -156,6 +156,25 @@ def _positions(mask: np.ndarray, new: int) -> np.ndarray:
     return np.ascontiguousarray(positions[:, -new:])
 
 
+def _decoder_validation(
+    worst: dict[str, float], means: dict[str, list[float]], atol: float, cases: list[str]
+) -> Validation:
+    """The validation record of a decoder check: each output's worst and mean difference against `atol`."""
+    checks = tuple(
+        OutputCheck(name, worst[name], float(np.mean(means[name])), worst[name] <= atol) for name in worst
+    )
+    return Validation(
+        metric="max_abs_diff",
+        value=max(c.max_abs_diff for c in checks),
+        threshold=atol,
+        reference="pytorch",
+        samples=sum(len(rows) for rows in VALIDATION_ROWS),
+        passed=all(c.passed for c in checks),
+        outputs=checks,
+        cases=tuple(cases),
+    )
+
+
 def validate_decoder(
     model: Any, onnx_file: Path, spec: GenerationSpec, atol: float, seed: int = 0
 ) -> Validation:
@@ -217,19 +236,7 @@ def validate_decoder(
                     for k in ("key", "value")
                 },
             }
-    checks = tuple(
-        OutputCheck(name, worst[name], float(np.mean(means[name])), worst[name] <= atol) for name in worst
-    )
-    return Validation(
-        metric="max_abs_diff",
-        value=max(c.max_abs_diff for c in checks),
-        threshold=atol,
-        reference="pytorch",
-        samples=sum(len(rows) for rows in VALIDATION_ROWS),
-        passed=all(c.passed for c in checks),
-        outputs=checks,
-        cases=tuple(cases),
-    )
+    return _decoder_validation(worst, means, atol, cases)
 
 
 def validate_in_place_decoder(
@@ -276,19 +283,7 @@ def validate_in_place_decoder(
                 new = want.argmax(-1).astype(np.int64)[:, None]
                 mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
                 got = stepper.step(new[:, 0])
-    checks = tuple(
-        OutputCheck(name, worst[name], float(np.mean(means[name])), worst[name] <= atol) for name in worst
-    )
-    return Validation(
-        metric="max_abs_diff",
-        value=max(c.max_abs_diff for c in checks),
-        threshold=atol,
-        reference="pytorch",
-        samples=sum(len(rows) for rows in VALIDATION_ROWS),
-        passed=all(c.passed for c in checks),
-        outputs=checks,
-        cases=tuple(cases),
-    )
+    return _decoder_validation(worst, means, atol, cases)
 
 
 def _export_decoder(

@@ -192,6 +192,8 @@ _BAD_FIELDS = [
     ({"top_p": 0}, "top_p"),
     ({"stop": [1, 2]}, "stop"),
     ({"n": 3}, "'n'"),
+    ({"stream": True, "stream_options": {"include_usage": "yes"}}, "'stream_options.include_usage'"),
+    ({"stop": ["y" * 300]}, "at most 256 characters"),
 ]
 
 
@@ -206,7 +208,13 @@ def test_wrong_types_and_ranges_are_400_naming_the_field(
     assert field in answer["error"]["message"]
     assert answer["error"]["type"] == "invalid_request_error"
     triton = {"text_input": body["prompt"], "parameters": {k: v for k, v in body.items() if k != "prompt"}}
-    if field not in ("'model'", "'prompt'", "'stream'", "'stream_options'"):  # not Triton parameters
+    if field not in (  # not Triton parameters
+        "'model'",
+        "'prompt'",
+        "'stream'",
+        "'stream_options'",
+        "'stream_options.include_usage'",
+    ):
         field = field.strip("'")
         status, answer = _call(
             served, f"/v2/models/{_name(long_llama)}/generate", raw=json.dumps(triton).encode()
@@ -221,6 +229,7 @@ def test_wrong_types_and_ranges_are_400_naming_the_field(
     [
         ({"role": 5, "content": "hi"}, "'role' must be a string"),
         ({"role": "user", "content": "a\udfffb"}, "content"),
+        ({"role": "user", "content": ["part"]}, "'content' must be a string"),
     ],
 )
 def test_bad_chat_messages_are_400_naming_the_field(
@@ -239,6 +248,9 @@ def test_non_finite_numbers_are_400(served: ServeProcess, long_llama: Path, cons
     status, answer = _call(served, "/v1/completions", raw=raw)
     assert status == 400, answer
     assert constant.lstrip("-") in answer["error"]["message"]
+    triton = f'{{"text_input": "hi", "parameters": {{"temperature": {constant}}}}}'.encode()
+    status, answer = _call(served, f"/v2/models/{_name(long_llama)}/generate", raw=triton)
+    assert status == 400, answer
     assert _rss_mb(served) - rss < RSS_GROWTH_MB
 
 

@@ -1,5 +1,6 @@
-"""Issue 21 rows 5-7: images and WAVs whose headers declare absurd sizes or rates are refused from the header,
-before anything is decoded or resampled; `edge run` says so in one line with exit code 2."""
+"""Issue 21 rows 5-7 in the library: images and WAVs whose headers declare absurd sizes or rates are refused
+from the header, before anything is decoded or resampled (the served and `edge run` sides: test_detect.py,
+test_serve_seq2seq.py)."""
 
 from __future__ import annotations
 
@@ -7,24 +8,14 @@ import io
 import resource
 import struct
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from test_detect import _png
 
-from toolkit.cli import edge
 from toolkit.errors import BadInputError
 from toolkit.preprocess import MAX_IMAGE_PIXELS, open_image, read_wav
 from toolkit.speech import load_clip
-
-
-def _png(width: int, height: int, mode: str = "1") -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new(mode, (width, height)).save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
 
 
 def _wav(rate: int, seconds: float = 0.01) -> bytes:
@@ -78,14 +69,3 @@ def test_a_waveform_at_rate_zero_is_refused_not_read_as_the_default() -> None:
     waveform, rate = read_wav(_wav(16000))
     assert rate == 16000
     assert waveform.dtype == np.float32
-
-
-def test_edge_run_refuses_a_degenerate_image_in_one_line(tiny_vit_package: Path, tmp_path: Path) -> None:
-    image = tmp_path / "strip.png"
-    image.write_bytes(_png(3000, 2, "RGB"))
-    result = CliRunner().invoke(edge, ["run", str(tiny_vit_package), "--image", str(image)])
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1
-    assert lines[0].startswith("error: ")
-    assert "3000x2 pixels" in lines[0]

@@ -191,7 +191,7 @@ _BAD_FIELDS = [
     ({"max_tokens": 2.5}, "'max_tokens'"),
     ({"top_p": 0}, "top_p"),
     ({"stop": [1, 2]}, "stop"),
-    ({"n": 3}, "'n'"),
+    ({"n": 99}, "'n'"),
     ({"stream": True, "stream_options": {"include_usage": "yes"}}, "'stream_options.include_usage'"),
     ({"stop": ["y" * 300]}, "at most 256 characters"),
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_generate import CHAT_TEMPLATE, _model, _tokenizer
+from test_generate import CHAT_TEMPLATE, _tokenizer
 
 from toolkit.errors import BadInputError
 from toolkit.generation import Generation, GenerationOptions, TextGenerator
@@ -38,6 +38,28 @@ PERSON = {
 }
 
 
+def _llama(vocab: int) -> Any:
+    """test_generate's tiny Llama with 1024 positions: room for a prompt listing tools and a whole JSON answer."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return tf.LlamaForCausalLM(config)
+
+
 @pytest.fixture(scope="session")
 def llama_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random Llama of test_generate with a chat template that renders tools, converted once."""
@@ -50,7 +72,7 @@ def llama_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tokenizer_object=_tokenizer(), bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
     tokenizer.chat_template = TOOLS_TEMPLATE
-    _model("llama", len(tokenizer)).save_pretrained(root / "source")
+    _llama(len(tokenizer)).save_pretrained(root / "source")
     tokenizer.save_pretrained(root / "source")
     return convert(str(root / "source"), root / "package").path
 
@@ -79,7 +101,7 @@ def test_json_schema_holds_every_sampled_answer(generator: TextGenerator) -> Non
     with pytest.raises(json.JSONDecodeError):  # the random model alone writes noise, not JSON
         json.loads(free.text)
     for seed in range(10):
-        result = generator.generate("Edge", json_schema=PERSON, max_new_tokens=80, do_sample=True, seed=seed)
+        result = generator.generate("Edge", json_schema=PERSON, max_new_tokens=150, do_sample=True, seed=seed)
         assert result.finish_reason == "eos", result
         jsonschema.validate(json.loads(result.text), PERSON)
 
@@ -206,3 +228,238 @@ def test_toolkit_imports_without_llguidance_and_names_the_extra(llama_package: P
         "3",
         "constrained decoding needs llguidance, which is not installed; pip install 'edge-toolkit[grammar]' (llguidance)",
     ]
+
+
+# -- the OpenAI routes, through the official client against a real `edge serve` ------------------------------
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 8},
+        "unit": {"enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+    "required": ["city", "unit", "days"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Weather", "parameters": WEATHER},
+    },
+    {"type": "function", "function": {"name": "ping", "parameters": {"type": "object", "properties": {}}}},
+]
+CHAT = [{"role": "user", "content": "Edge inference"}]
+
+
+@pytest.fixture(scope="module")
+def served(llama_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from serve_process import start_serve
+
+    process = start_serve(
+        [llama_package], ["--threads", "1", "--max-n", "4"], tmp_path_factory.mktemp("serve")
+    )
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def client(served: Any) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _name(llama_package: Path) -> str:
+    from toolkit.manifest import ModelPackage
+
+    return ModelPackage.open(llama_package).manifest.name
+
+
+def test_parse_with_a_pydantic_model_on_every_seed(client: Any, llama_package: Path) -> None:
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Person(BaseModel):
+        name: str = Field(max_length=6)
+        age: int = Field(ge=0, le=120)
+        member: bool
+        level: Literal["low", "mid", "high"]
+
+    for seed in range(20):
+        completion = client.chat.completions.parse(
+            model=_name(llama_package),
+            messages=CHAT,
+            response_format=Person,
+            seed=seed,
+            temperature=1.0,
+            max_completion_tokens=150,
+        )
+        assert isinstance(completion.choices[0].message.parsed, Person), completion
+    plain = client.chat.completions.create(
+        model=_name(llama_package), messages=CHAT, response_format={"type": "json_object"}, max_tokens=10
+    )
+    assert plain.choices[0].message.content.startswith("{")
+
+
+def test_named_and_required_tool_choice_give_calls_that_validate(client: Any, llama_package: Path) -> None:
+    name = _name(llama_package)
+    for seed in range(5):
+        named = client.chat.completions.create(
+            model=name,
+            messages=CHAT,
+            tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            seed=seed,
+            temperature=1.0,
+            max_tokens=60,
+        )
+        choice = named.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.content is None
+        [call] = choice.message.tool_calls
+        assert call.function.name == "get_weather"
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+    required = client.chat.completions.create(
+        model=name, messages=CHAT, tools=TOOLS, tool_choice="required", max_tokens=120
+    )
+    calls = required.choices[0].message.tool_calls
+    assert calls, required
+    for call in calls:
+        schema = WEATHER if call.function.name == "get_weather" else TOOLS[1]["function"]["parameters"]
+        jsonschema.validate(json.loads(call.function.arguments), schema)
+    free = client.chat.completions.create(model=name, messages=CHAT, tools=TOOLS, max_tokens=8)
+    assert free.choices[0].message.tool_calls is None  # "auto": the random model's noise is no call
+    assert free.choices[0].finish_reason == "length"
+
+
+def test_tools_reach_the_chat_template(generator: TextGenerator) -> None:
+    text, _ = generator.encode(CHAT, tools=TOOLS)
+    assert text.startswith('<s>tools: [{"type": "function", "function": {"name": "get_weather"')
+
+
+def test_logprobs_match_the_library_streamed_or_not(
+    client: Any, generator: TextGenerator, llama_package: Path
+) -> None:
+    name = _name(llama_package)
+    settings = {"model": name, "seed": 5, "temperature": 1.0, "max_tokens": 8}
+    whole = client.chat.completions.create(messages=CHAT, logprobs=True, top_logprobs=3, **settings)
+    library = generator.generate(CHAT, max_new_tokens=8, do_sample=True, temperature=1.0, seed=5)
+    _, prompt = generator.encode(CHAT)
+    entries = whole.choices[0].logprobs.content
+    assert len(entries) == len(library.token_ids)
+    for index, (entry, token) in enumerate(zip(entries, library.token_ids, strict=True)):
+        expected = _log_softmax(_logits(generator, prompt + list(library.token_ids[:index])))
+        assert entry.token == generator.tokenizer.decode([token], skip_special_tokens=False)
+        assert abs(entry.logprob - expected[token]) < 1e-4
+        best = np.argsort(-expected, kind="stable")[:3]
+        assert [
+            abs(t.logprob - expected[b]) < 1e-4 for t, b in zip(entry.top_logprobs, best, strict=True)
+        ] == [True] * 3
+    streamed = client.chat.completions.create(
+        messages=CHAT, logprobs=True, top_logprobs=3, stream=True, **settings
+    )
+    pieces = [e for chunk in streamed for c in chunk.choices if c.logprobs for e in c.logprobs.content]
+    assert [(e.token, round(e.logprob, 6)) for e in pieces] == [
+        (e.token, round(e.logprob, 6)) for e in entries
+    ]
+    text = client.completions.create(prompt="Edge", logprobs=2, **settings).choices[0]
+    alone = generator.generate("Edge", max_new_tokens=8, do_sample=True, temperature=1.0, seed=5)
+    _, ids = generator.encode("Edge")
+    assert len(text.logprobs.token_logprobs) == len(alone.token_ids)
+    for index, token in enumerate(alone.token_ids):
+        expected = _log_softmax(_logits(generator, ids + list(alone.token_ids[:index])))
+        assert abs(text.logprobs.token_logprobs[index] - expected[token]) < 1e-4
+        # the legacy shape maps token text to logprob: two byte tokens decoding to U+FFFD alone share a key
+        best = np.sort(expected)[::-1][:2]
+        for value in text.logprobs.top_logprobs[index].values():
+            assert np.abs(best - value).min() < 1e-4
+
+
+def test_n_choices_equal_single_requests_with_their_seeds(client: Any, llama_package: Path) -> None:
+    settings = {"model": _name(llama_package), "messages": CHAT, "temperature": 1.0, "max_tokens": 12}
+    together = client.chat.completions.create(n=4, seed=11, **settings)
+    assert [c.index for c in together.choices] == [0, 1, 2, 3]
+    texts = [c.message.content for c in together.choices]
+    assert len(set(texts)) > 1  # sampled rows differ
+    completion_tokens = 0
+    for index, text in enumerate(texts):
+        alone = client.chat.completions.create(seed=11 + index, **settings)
+        assert alone.choices[0].message.content == text, index
+        completion_tokens += alone.usage.completion_tokens
+    assert together.usage.completion_tokens == completion_tokens
+    assert together.usage.prompt_tokens == alone.usage.prompt_tokens  # one prompt, prefilled once
+    streamed = client.chat.completions.create(n=4, seed=11, stream=True, **settings)
+    by_choice = ["", "", "", ""]
+    for chunk in streamed:
+        for choice in chunk.choices:
+            by_choice[choice.index] += choice.delta.content or ""
+    assert by_choice == texts
+
+
+def test_penalties_over_the_api_follow_openai(
+    client: Any, generator: TextGenerator, llama_package: Path
+) -> None:
+    _, prompt = generator.encode("Edge")
+    reference = _reference_penalized(generator, prompt, 30, 0.5, 1.0)
+    if 2 in reference:  # the eos id ends the reply
+        reference = reference[: reference.index(2)]
+    answer = client.completions.create(
+        model=_name(llama_package),
+        prompt="Edge",
+        temperature=0,
+        max_tokens=30,
+        presence_penalty=0.5,
+        frequency_penalty=1.0,
+    )
+    assert answer.choices[0].text == generator.tokenizer.decode(reference, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"n": 5}, "'n' must be an integer from 1 to 4 (--max-n)"),
+        ({"logprobs": True, "top_logprobs": 21}, "'top_logprobs' must be an integer from 0 to 20"),
+        ({"top_logprobs": 2}, "'top_logprobs' needs 'logprobs': true"),
+        ({"response_format": {"type": "xml"}}, "'response_format' must be"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": 3}}}, "schema"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "nope"}},
+                }
+            },
+            "json_schema is not valid",
+        ),
+        ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "'tools[0].function.name'"),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "'tool_choice' names 'nope'",
+        ),
+        ({"tool_choice": "required"}, "'tool_choice' needs 'tools'"),
+        ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "send one"),
+        ({"logit_bias": {"5": 10}}, "'logit_bias' is not supported"),
+        ({"functions": [{"name": "f"}]}, "'functions' is not supported"),
+        ({"presence_penalty": 3}, "presence_penalty must be in [-2, 2]"),
+    ],
+)
+def test_unsupported_or_wrong_fields_are_400_naming_them(
+    served: Any, llama_package: Path, change: dict[str, Any], field: str
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    body = {"model": _name(llama_package), "messages": CHAT, "max_tokens": 4, **change}
+    request = urllib.request.Request(
+        f"{served.url}/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=60)
+    assert caught.value.code == 400
+    message = json.loads(caught.value.read())["error"]["message"]
+    assert field in message
+    assert "\n" not in message

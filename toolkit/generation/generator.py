@@ -144,8 +144,10 @@ class TextGenerator(Pipeline[TextModality]):
         messages: Sequence[Message],
         add_generation_prompt: bool = True,
         budget: TemplateBudget | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
-        """The prompt text the model's chat template makes of `messages` (rendered within `budget`)."""
+        """The prompt text the model's chat template makes of `messages` (rendered within `budget`, with the
+        functions of `tools` when given)."""
         return render_chat(
             self.spec.chat_template,
             messages,
@@ -156,11 +158,17 @@ class TextGenerator(Pipeline[TextModality]):
             },
             add_generation_prompt,
             budget,
+            tools,
         )
 
-    def encode(self, prompt: Prompt, budget: TemplateBudget | None = None) -> tuple[str, list[int]]:
+    def encode(
+        self,
+        prompt: Prompt,
+        budget: TemplateBudget | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> tuple[str, list[int]]:
         """The prompt text and its ids: a string as the tokenizer encodes it (special tokens added), messages
-        through the chat template (whose text already holds them; rendered within `budget`)."""
+        through the chat template (whose text already holds them; rendered within `budget`, with `tools`)."""
         if isinstance(prompt, str):
             if not prompt:
                 raise BadInputError("prompt is empty; pass some text")
@@ -171,7 +179,7 @@ class TextGenerator(Pipeline[TextModality]):
             raise BadInputError(
                 f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}"
             )
-        text = self.apply_chat_template(prompt, budget=budget)
+        text = self.apply_chat_template(prompt, budget=budget, tools=tools)
         return text, self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def _pad(self, encoded: Sequence[list[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -230,6 +230,45 @@ def test_toolkit_imports_without_llguidance_and_names_the_extra(llama_package: P
     ]
 
 
+def test_cli_run_and_chat_take_a_json_schema_file(llama_package: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from toolkit.cli import edge
+
+    schema = tmp_path / "person.json"
+    schema.write_text(json.dumps(PERSON), encoding="utf-8")
+    runner = CliRunner()
+    for seed_prompt in ("Edge", "The quick brown fox"):
+        result = runner.invoke(
+            edge,
+            [
+                *("run", str(llama_package), "--prompt", seed_prompt, "--json-schema", str(schema), "--json"),
+                *("--max-new-tokens", "150", "--temperature", "1.0"),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        jsonschema.validate(json.loads(json.loads(result.output)["generations"][0]["text"]), PERSON)
+    chat = runner.invoke(
+        edge,
+        ["chat", str(llama_package), "--json-schema", str(schema), "--max-new-tokens", "150"],
+        input="hello\nagain\n\n",
+    )
+    assert chat.exit_code == 0, chat.output
+    replies = [line.split("assistant> ", 1)[1] for line in chat.output.splitlines() if "assistant> " in line]
+    assert len(replies) == 2
+    for reply in replies:
+        jsonschema.validate(json.loads(reply), PERSON)
+    (tmp_path / "list.json").write_text("[1]", encoding="utf-8")
+    for command in (["run", str(llama_package), "--prompt", "x"], ["chat", str(llama_package)]):
+        bad = runner.invoke(edge, [*command, "--json-schema", str(tmp_path / "list.json")])
+        assert bad.exit_code == 2
+        assert "error: --json-schema" in bad.output
+        assert "not a JSON Schema object" in bad.output
+    alone = runner.invoke(edge, ["run", str(llama_package), "--text", "x", "--json-schema", str(schema)])
+    assert alone.exit_code == 2
+    assert "pass it with --prompt" in alone.output
+
+
 # -- the OpenAI routes, through the official client against a real `edge serve` ------------------------------
 
 WEATHER = {

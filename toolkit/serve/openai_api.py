@@ -5,15 +5,20 @@ server-sent events, over ``generate`` packages.
 
     GET  /v1/models                 the served generators
     POST /v1/completions            {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed",
-                                     "stream", and the extensions "top_k", "repetition_penalty"}
-    POST /v1/chat/completions       {"model", "messages", ...the same settings; "max_completion_tokens" too}
+                                     "stream", "n", "logprobs" (k alternatives), "presence_penalty",
+                                     "frequency_penalty", "response_format", and the extensions "top_k",
+                                     "repetition_penalty"}
+    POST /v1/chat/completions       {"model", "messages", ...the same settings; "max_completion_tokens",
+                                     "logprobs": true with "top_logprobs", "tools" and "tool_choice" too}
     POST /v2/models/M/generate      Triton's generate extension: {"text_input", "parameters": {"max_tokens",
     POST /v2/models/M/generate_stream    "temperature", "top_p", "top_k", "stop", "seed", ...}} -> {"model_name",
                                      "model_version", "text_output"} (server-sent events for generate_stream)
 
 Each model has one worker thread doing step-level batching (`toolkit.generation.continuous`): a request joins
 the running batch at the next step (up to `max_batch` rows) and leaves it when it finishes, each row with its
-own settings, stop strings and limit; each stream gets its own row's text as it settles. ``temperature`` 0 is greedy; an omitted one takes the model's
+own settings, stop strings, limit and grammar (``response_format``, a required or named ``tool_choice``:
+`toolkit.generation.grammar`); each stream gets its own row's text as it settles. ``n`` choices are ``n`` rows
+of one request, prefilled once, choice i seeded ``seed + i``. ``temperature`` 0 is greedy; an omitted one takes the model's
 generation_config. Errors are OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
 
 A prompt over `PROMPT_BYTES_PER_TOKEN` UTF-8 bytes per ``--max-request-tokens`` token is refused (413) before

@@ -2,6 +2,9 @@
 needs torch and triton, which `toolkit` must not depend on) on a byte-level BPE of ~32k tokens trained here.
 
 Run from the repo root:  python benchmarks/grammar_engines.py [--vocab 32000] [--rounds 3]
+with both engines importable, e.g. kept apart from the project's venv:
+    pip install --no-deps --target /tmp/engines llguidance==1.9.1 outlines-core==0.2.14
+    PYTHONPATH=$PWD:/tmp/engines python benchmarks/grammar_engines.py
 
 For one JSON schema: the time to compile it for the vocabulary (once per request), and the time per token of
 the token mask along a valid answer (the tokenizer's own tokens of a JSON instance), medians over --rounds.
@@ -13,7 +16,9 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +50,6 @@ INSTANCE = {
 def _texts() -> list[str]:
     """English (pydoc's topics) and code (the standard library's sources): enough text for ~32k merges."""
     import sysconfig
-    from pathlib import Path
     from pydoc_data.topics import topics
 
     sources = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
@@ -53,18 +57,11 @@ def _texts() -> list[str]:
 
 
 def _tokenizer(vocab: int) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """generate_decode.py's byte-level BPE, trained here on `_texts` to `vocab` tokens (``tokenizers``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from generate_decode import _tokenizer as byte_level_bpe  # a sibling script, found through the path above
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(_texts(), trainer)
-    return tokenizer
+    return byte_level_bpe(_texts(), vocab, vocab).backend_tokenizer
 
 
 def _llguidance(tokenizer_json: str, ids: list[int], vocab: int) -> tuple[float, float]:

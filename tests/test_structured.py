@@ -370,6 +370,15 @@ def test_named_and_required_tool_choice_give_calls_that_validate(client: Any, ll
     for call in calls:
         schema = WEATHER if call.function.name == "get_weather" else TOOLS[1]["function"]["parameters"]
         jsonschema.validate(json.loads(call.function.arguments), schema)
+    single = client.chat.completions.create(
+        model=name,
+        messages=CHAT,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=120,
+    )
+    assert len(single.choices[0].message.tool_calls) == 1
     free = client.chat.completions.create(model=name, messages=CHAT, tools=TOOLS, max_tokens=8)
     assert free.choices[0].message.tool_calls is None  # "auto": the random model's noise is no call
     assert free.choices[0].finish_reason == "length"
@@ -502,3 +511,54 @@ def test_unsupported_or_wrong_fields_are_400_naming_them(
     message = json.loads(caught.value.read())["error"]["message"]
     assert field in message
     assert "\n" not in message
+
+
+def test_streamed_tool_calls_and_concurrent_mixed_requests(client: Any, llama_package: Path) -> None:
+    """A streamed named call parses; schema, tool and free requests sent at once (sharing the server's running
+    batch) each answer exactly what they answer alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = _name(llama_package)
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    stream = client.chat.completions.create(
+        model=name,
+        messages=CHAT,
+        tools=TOOLS,
+        tool_choice=named,
+        stream=True,
+        max_tokens=60,
+        seed=2,
+        temperature=1,
+    )
+    arguments, names, reasons = "", [], []
+    for chunk in stream:
+        for choice in chunk.choices:
+            reasons.append(choice.finish_reason)
+            for call in choice.delta.tool_calls or []:
+                names.append(call.function.name)
+                arguments += call.function.arguments or ""
+    assert names == ["get_weather"]
+    assert reasons[-1] == "tool_calls"
+    jsonschema.validate(json.loads(arguments), WEATHER)
+
+    person = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    requests: list[dict[str, Any]] = [
+        {"response_format": person, "seed": 1, "max_tokens": 150},
+        {"seed": 2, "max_tokens": 30},
+        {"tools": TOOLS, "tool_choice": named, "seed": 3, "max_tokens": 60},
+        {"response_format": {"type": "json_object"}, "seed": 4, "max_tokens": 20, "n": 2},
+    ]
+
+    def ask(settings: dict[str, Any]) -> list[Any]:
+        answer = client.chat.completions.create(model=name, messages=CHAT, temperature=1.0, **settings)
+        return [
+            (c.message.content, c.message.tool_calls and c.message.tool_calls[0].function.arguments)
+            for c in answer.choices
+        ]
+
+    alone = [ask(r) for r in requests]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(ask, requests * 2))
+    assert together == alone * 2
+    jsonschema.validate(json.loads(alone[0][0][0]), PERSON)
+    jsonschema.validate(json.loads(alone[2][0][1]), WEATHER)

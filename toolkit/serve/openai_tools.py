@@ -6,7 +6,8 @@ and the reply read back as ``tool_calls``.
 reply that is a call (a JSON object ``{"name", "arguments"|"parameters"}``, a list of them, or Hermes/Qwen's
 ``<tool_call>...</tool_call>`` blocks naming a given function) as ``tool_calls`` and any other reply as text;
 a named function holds the reply to that function's parameters schema (the reply is the arguments) and
-``"required"`` holds it to a list of calls of the given functions, as vLLM does, so their arguments always parse.
+``"required"`` holds it to a list of calls of the given functions (one when ``parallel_tool_calls`` is false),
+as vLLM does, so their arguments always parse.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class ToolRequest:
     tools: tuple[Mapping[str, Any], ...]
     choice: str
     named: bool = False
+    parallel: bool = True
 
     @property
     def constraint(self) -> OutputConstraint | None:
@@ -156,10 +158,13 @@ def tool_request(body: Mapping[str, Any]) -> ToolRequest | None:
     names = [t["function"]["name"] for t in functions]
     if len(set(names)) != len(names):
         raise BadInputError("'tools' names a function twice; give each function a distinct name")
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise BadInputError("'parallel_tool_calls' must be true or false")
     if choice is None:
-        return ToolRequest(functions, "auto")
+        return ToolRequest(functions, "auto", parallel=parallel)
     if choice in ("none", "auto", "required"):
-        return ToolRequest(functions, choice)
+        return ToolRequest(functions, choice, parallel=parallel)
     named = choice.get("function") if isinstance(choice, dict) and choice.get("type") == "function" else None
     name = named.get("name") if isinstance(named, dict) else None
     if not isinstance(name, str):

@@ -141,8 +141,9 @@ class _Pending:
 
 class _Worker:
     """A thread that decodes one generator's requests with step-level batching: waiting requests join the
-    running batch between steps (up to `max_batch` rows), finished ones leave it, and so do rows whose client
-    left or whose deadline passed; `cut` ends every row (a shutdown past its grace period)."""
+    running batch between steps (up to `max_batch` rows; a request's ``n`` rows join together, so the batch
+    may pass it by ``n - 1``), finished ones leave it, and so do rows whose client left or whose deadline
+    passed; `cut` ends every row (a shutdown past its grace period)."""
 
     def __init__(self, name: str, generator: TextGenerator, max_batch: int, metrics: ServeMetrics) -> None:
         self.name = name

@@ -127,16 +127,17 @@ class _Pending:
         self.emit(_DONE)
 
     def expired(self) -> bool:
-        """Whether the deadline has passed (the request is then answered 504)."""
-        if self.deadline is None or time.monotonic() <= self.deadline:
-            return False
+        """Whether the deadline has passed (the worker then counts it and answers it with `time_out`)."""
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def time_out(self) -> None:
+        """Answer 504: the deadline passed."""
         self.fail(
             InferenceTimeoutError(
                 "no answer within --timeout-ms; ask for fewer tokens, stream the answer (streams have no "
                 "deadline) or raise --timeout-ms"
             )
         )
-        return True
 
 
 class _Worker:
@@ -175,7 +176,8 @@ class _Worker:
                     self.metrics.observe_abandoned(self.name, 1)
                     continue
                 if pending.expired():  # waited past its deadline: never prefilled
-                    self.metrics.observe_timed_out(self.name, 1)
+                    self.metrics.observe_timed_out(self.name, 1)  # counted before the client hears of it
+                    pending.time_out()
                     continue
                 rows = {next(keys): options for options in pending.options}
                 try:
@@ -202,6 +204,8 @@ class _Worker:
                     del running[key]
                 self.metrics.observe_abandoned(self.name, len(gone))
                 self.metrics.observe_timed_out(self.name, len(late))
+                for i in late:
+                    requests[i].time_out()
             if not running:
                 continue
             try:

@@ -415,6 +415,15 @@ def test_logprobs_match_the_library_streamed_or_not(
         (e.token, round(e.logprob, 6)) for e in entries
     ]
     text = client.completions.create(prompt="Edge", logprobs=2, **settings).choices[0]
+    chunks = [
+        c
+        for chunk in client.completions.create(prompt="Edge", logprobs=2, stream=True, **settings)
+        for c in chunk.choices
+    ]
+    streamed_tokens = [t for c in chunks if c.logprobs for t in c.logprobs.tokens]
+    assert streamed_tokens == text.logprobs.tokens
+    assert [o for c in chunks if c.logprobs for o in c.logprobs.text_offset] == text.logprobs.text_offset
+    assert "".join(c.text for c in chunks) == text.text
     alone = generator.generate("Edge", max_new_tokens=8, do_sample=True, temperature=1.0, seed=5)
     _, ids = generator.encode("Edge")
     assert len(text.logprobs.token_logprobs) == len(alone.token_ids)

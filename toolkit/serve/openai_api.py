@@ -506,9 +506,12 @@ def _request(service: GenerationService, worker: _Worker, body: Mapping[str, Any
 
 
 class _TokenTexts:
-    """Log-probabilities in OpenAI's shapes, each token as the text the tokenizer decodes it to alone."""
+    """Log-probabilities in OpenAI's shapes, each token as the text the tokenizer decodes it to alone (a byte
+    of a longer character decodes to U+FFFD)."""
 
-    def __init__(self, generator: TextGenerator) -> None:
+    def __init__(self, generator: TextGenerator, options: GenerationOptions) -> None:
+        self._generator = generator
+        self._options = options  # its stop strings hold text back as the stream's rows did
         self._tokenizer = generator.tokenizer
 
     def _text(self, token: int) -> str:
@@ -528,16 +531,23 @@ class _TokenTexts:
             "refusal": None,
         }
 
-    def completion(self, entries: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any]:
-        """The completions route's ``logprobs``: tokens, token_logprobs, top_logprobs, text_offset."""
-        tokens = [self._text(e.token) for e in entries]
-        if not tokens:
-            return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    def completion(self, entries: Sequence[TokenLogprob], offset: int | None = None) -> dict[str, Any]:
+        """The completions route's ``logprobs``: tokens, token_logprobs, top_logprobs and text_offset, each
+        token's offset being how much of the text had settled before it: `offset` for the one token of a
+        stream's event, replayed through a detokenizer for a whole answer."""
+        if offset is None:
+            watcher = self._generator.detokenizer(self._options)
+            offsets, settled = [], 0
+            for entry in entries:
+                offsets.append(settled)
+                settled += len(watcher.add(entry.token))
+        else:
+            offsets = [offset] * len(entries)
         return {
-            "tokens": tokens,
+            "tokens": [self._text(e.token) for e in entries],
             "token_logprobs": [e.logprob for e in entries],
             "top_logprobs": [{self._text(t): lp for t, lp in e.top} for e in entries],
-            "text_offset": list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=offset)),
+            "text_offset": offsets,
         }
 
 
@@ -662,7 +672,7 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
             str(name),
             chat,
             asked,
-            _TokenTexts(worker.generator),
+            _TokenTexts(worker.generator, asked.choices[0]),
         )
         if asked.stream:
             return StreamingResponse(_stream(pending, reply), media_type="text/event-stream")
@@ -784,7 +794,7 @@ class _Reply:
     request: _Request
     texts: _TokenTexts
 
-    def _logprobs(self, entries: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any] | None:
+    def _logprobs(self, entries: Sequence[TokenLogprob], offset: int | None = None) -> dict[str, Any] | None:
         if self.request.choices[0].top_logprobs is None:
             return None
         return self.texts.chat(entries) if self.chat else self.texts.completion(entries, offset)

@@ -465,6 +465,7 @@ _JSON = st.recursive(
 _KEYS = [
     "model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
     "repetition_penalty", "seed", "stop", "stream", "stream_options", "n", "presence_penalty", "logprobs",
+    "top_logprobs", "frequency_penalty", "response_format", "tools", "tool_choice", "parallel_tool_calls",
 ]  # fmt: skip
 _MESSAGE = st.fixed_dictionaries(
     {"role": st.sampled_from(["user", "assistant"]) | _JSON_SCALARS, "content": _JSON_SCALARS | _JSON}

@@ -167,6 +167,35 @@ def test_mixed_rows_in_one_batch_decode_as_alone(generator: TextGenerator) -> No
         assert finished[row] == _alone(generator, prompt, options).token_ids, row
 
 
+def test_n_rows_of_one_prompt_share_one_prefill(
+    generator: TextGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`add_rows` prefills a prompt once for several rows (one prefill run, one regroup), each row decoding as
+    a request of its own with its seed would."""
+    from toolkit.generation.decoder import DecoderStepper
+
+    prefills = 0
+    original = DecoderStepper.__init__
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> None:  # a prefill (resume() regroups without one)
+        nonlocal prefills
+        prefills += 1
+        original(self, *args, **kwargs)
+
+    rows = {key: GenerationOptions(max_new_tokens=10, do_sample=True, seed=20 + key) for key in range(4)}
+    batch = ContinuousBatch(generator)
+    with monkeypatch.context() as patch:
+        patch.setattr(DecoderStepper, "__init__", counted)
+        batch.add_rows(rows, "Edge inference")
+    assert (prefills, batch.regroups, batch.size) == (1, 1, 4)
+    finished: dict[int, tuple[int, ...]] = {}
+    while batch.size:
+        finished.update({e.row: e.generation.token_ids for e in batch.step() if e.generation is not None})
+    assert len(set(finished.values())) > 1
+    for key, options in rows.items():
+        assert finished[key] == _alone(generator, "Edge inference", options).token_ids
+
+
 def _alone(generator: TextGenerator, prompt: str, options: GenerationOptions) -> Generation:
     return next(e.generation for e in generator.run_batch([prompt], options) if e.generation is not None)
 

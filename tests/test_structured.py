@@ -573,7 +573,7 @@ def test_streamed_tool_calls_and_concurrent_mixed_requests(client: Any, llama_pa
         for choice in chunk.choices:
             reasons.append(choice.finish_reason)
             for call in choice.delta.tool_calls or []:
-                names.append(call.function.name)
+                names += [call.function.name] if call.function.name else []
                 arguments += call.function.arguments or ""
     assert names == ["get_weather"]
     assert reasons[-1] == "tool_calls"

@@ -855,11 +855,16 @@ class _Reply:
 
 
 async def _stream(pending: _Pending, reply: _Reply) -> AsyncIterator[str]:
-    """The request's server-sent events: each choice's text as it settles (a reply read for tool calls whole,
-    at its end), its log-probabilities beside it, a last event per choice with its finish_reason, the usage
-    when asked, then ``[DONE]``."""
+    """The request's server-sent events: each choice's text as it settles (a named tool's arguments as
+    ``tool_calls`` deltas; a reply ``auto`` or ``required`` reads for calls whole, at its end), its
+    log-probabilities beside it, a last event per choice with its finish_reason, the usage when asked, then
+    ``[DONE]``."""
     n = len(reply.request.choices)
-    buffered = reply.request.tools is not None  # calls are known once the reply is whole
+    tools = reply.request.tools
+    named = tools is not None and tools.named
+    buffered = (
+        tools is not None and not named and tools.choice != "none"
+    )  # calls known once the reply is whole
     offsets = [0] * n
     if reply.chat:
         yield _sse(
@@ -870,14 +875,22 @@ async def _stream(pending: _Pending, reply: _Reply) -> AsyncIterator[str]:
                 ]
             )
         )
+    if tools is not None and named:  # the call is known from the start: its arguments stream as they come
+        headers = [{"index": 0, **ToolCall(tools.choice, "").openai()} for _ in range(n)]  # an id each
+        yield _sse(
+            reply.chunk(
+                [{**reply.delta(i, None, None), "delta": {"tool_calls": [headers[i]]}} for i in range(n)]
+            )
+        )
     finished: list[Generation] = []
     try:
         async for choice, event in _events(pending):
             generation = event.generation
             if (event.text or event.logprobs) and not buffered:
-                yield _sse(
-                    reply.chunk([reply.delta(choice, event.text, None, event.logprobs, offsets[choice])])
-                )
+                delta = reply.delta(choice, event.text, None, event.logprobs, offsets[choice])
+                if named:
+                    delta["delta"] = {"tool_calls": [{"index": 0, "function": {"arguments": event.text}}]}
+                yield _sse(reply.chunk([delta]))
                 offsets[choice] += len(event.text)
             if generation is None:
                 continue

@@ -191,7 +191,7 @@ _BAD_FIELDS = [
     ({"max_tokens": 2.5}, "'max_tokens'"),
     ({"top_p": 0}, "top_p"),
     ({"stop": [1, 2]}, "stop"),
-    ({"n": 3}, "'n'"),
+    ({"n": 99}, "'n'"),
     ({"stream": True, "stream_options": {"include_usage": "yes"}}, "'stream_options.include_usage'"),
     ({"stop": ["y" * 300]}, "at most 256 characters"),
 ]
@@ -465,6 +465,7 @@ _JSON = st.recursive(
 _KEYS = [
     "model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
     "repetition_penalty", "seed", "stop", "stream", "stream_options", "n", "presence_penalty", "logprobs",
+    "top_logprobs", "frequency_penalty", "response_format", "tools", "tool_choice", "parallel_tool_calls",
 ]  # fmt: skip
 _MESSAGE = st.fixed_dictionaries(
     {"role": st.sampled_from(["user", "assistant"]) | _JSON_SCALARS, "content": _JSON_SCALARS | _JSON}

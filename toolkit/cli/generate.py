@@ -17,7 +17,34 @@ from toolkit.manifest import MANIFEST_NAME, ModelPackage
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 
-__all__ = ["bench_generator", "chat_command", "generator_ready_lines", "is_generator_package", "run_prompts"]
+__all__ = [
+    "JSON_SCHEMA_HELP",
+    "bench_generator",
+    "chat_command",
+    "generator_ready_lines",
+    "is_generator_package",
+    "read_json_schema",
+    "run_prompts",
+]
+
+JSON_SCHEMA_HELP = (
+    "A JSON Schema file the text must match (constrained decoding; needs edge-toolkit[grammar])."
+)
+
+
+def read_json_schema(path: str) -> dict[str, Any]:
+    """The JSON Schema object in the file at `path` (`--json-schema`)."""
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BadInputError(
+            f"--json-schema {path}: cannot read it as JSON ({exc}); pass a JSON Schema file"
+        ) from exc
+    if not isinstance(schema, dict):
+        raise BadInputError(
+            f"--json-schema {path}: holds a {type(schema).__name__}, not a JSON Schema object"
+        )
+    return schema
 
 
 def _generator(
@@ -74,6 +101,9 @@ def run_prompts(
 @click.option("--system", default=None, help="A system message to start the chat with.")
 @click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Tokens per reply at most.")
 @click.option("--temperature", type=float, default=None, help="Sample at this temperature (default: greedy).")
+@click.option(
+    "--json-schema", "json_schema", type=click.Path(dir_okay=False), default=None, help=JSON_SCHEMA_HELP
+)
 @common_options
 def chat_command(
     target: str,
@@ -83,13 +113,19 @@ def chat_command(
     system: str | None,
     max_new_tokens: int,
     temperature: float | None,
+    json_schema: str | None,
 ) -> None:
-    """Chat with a generate package in the terminal: history kept, replies streamed; empty line or EOF ends."""
+    """Chat with a generate package in the terminal: history kept, replies streamed (each one a JSON document
+    matching --json-schema when given); empty line or EOF ends."""
     generator = _generator(target, variant, provider_config, threads, False)
     settings: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    if json_schema is not None:
+        settings["json_schema"] = read_json_schema(json_schema)
     if temperature is not None:
         settings.update(do_sample=True, temperature=temperature)
-    generator.options(**settings)  # bad settings fail before the first prompt
+    options = generator.options(**settings)  # bad settings (and a schema that does not compile) fail now
+    if options.constraint is not None:
+        generator.grammars.row(options.constraint)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     while True:
         try:

@@ -11,7 +11,7 @@ import numpy as np
 
 from toolkit.bench.measure import Budget, TimingPlan, latency_stats, time_calls
 from toolkit.cli.common import CommaList, common_options, emit_json, progress, stdout
-from toolkit.cli.generate import run_prompts
+from toolkit.cli.generate import JSON_SCHEMA_HELP, read_json_schema, run_prompts
 from toolkit.cli.provider_options import placement_line, provider_options
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
@@ -117,6 +117,13 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
 )
 @click.option("--temperature", type=float, default=None, help="With --prompt: sample at this temperature.")
 @click.option("--stream", is_flag=True, help="With --prompt: print the text as it is generated.")
+@click.option(
+    "--json-schema",
+    "json_schema",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"With --prompt: {JSON_SCHEMA_HELP}",
+)
 @click.option("--variant", default="fp32", show_default=True, help="Package variant to run.")
 @provider_options
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
@@ -142,6 +149,7 @@ def run_command(
     max_new_tokens: int | None,
     temperature: float | None,
     stream: bool,
+    json_schema: str | None,
     variant: str,
     provider_config: ProviderConfig,
     threads: int | None,
@@ -153,6 +161,8 @@ def run_command(
         raise BadInputError("--labels scores --image files against candidate labels; pass --image FILE")
     if out is not None and not images:
         raise BadInputError("--out draws detections on an --image; pass one --image FILE")
+    if json_schema is not None and not prompts:
+        raise BadInputError("--json-schema constrains generated text; pass it with --prompt")
     if prompts:
         if texts or images or clips or inputs:
             raise BadInputError(
@@ -163,6 +173,8 @@ def run_command(
                 "--repeat does not time generation; use `edge bench DIR --new-tokens N` instead"
             )
         settings: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        if json_schema is not None:
+            settings["json_schema"] = read_json_schema(json_schema)
         if temperature is not None:
             settings.update(do_sample=True, temperature=temperature)
         run_prompts(target, list(prompts), variant, provider_config, threads, settings, stream, as_json)

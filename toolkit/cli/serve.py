@@ -17,6 +17,7 @@ from toolkit.errors import BadInputError
 from toolkit.preprocess import MAX_IMAGE_PIXELS
 from toolkit.providers import ProviderConfig
 from toolkit.seq2seq import DecodeLimits
+from toolkit.serve.options import ServeOptions
 
 # toolkit.serve.access.API_KEY_ENV (not imported: the CLI loads the server's modules only when it serves)
 API_KEY_ENV = "EDGE_API_KEY"
@@ -161,6 +162,14 @@ def _ready_json(url: str, registry: Any) -> str:
     help="Largest num_beams a request to an encoder-decoder (NAME-audio, NAME-text) may ask for; 400 above it.",
 )
 @click.option(
+    "--max-n",
+    type=click.IntRange(min=1),
+    default=ServeOptions.max_n,
+    show_default=True,
+    help="Largest OpenAI 'n' (completions of one prompt, sharing its prefill) a generation request may ask "
+    "for; 400 above it.",
+)
+@click.option(
     "--max-new-tokens",
     type=click.IntRange(min=1),
     default=None,
@@ -257,6 +266,7 @@ def serve_command(
     max_request_tokens: int,
     max_image_pixels: int,
     max_beam_width: int,
+    max_n: int,
     max_new_tokens: int | None,
     truncate: bool,
     body_timeout_s: float,
@@ -284,7 +294,7 @@ def serve_command(
     exit code is 128+signal; a second signal answers waiting requests 503 and exits at once.
     """
     from toolkit.serve.models import LoadOptions
-    from toolkit.serve.options import BatchOptions, ServeOptions
+    from toolkit.serve.options import BatchOptions
     from toolkit.serve.server import TLSFiles
 
     options = ServeOptions(
@@ -297,6 +307,7 @@ def serve_command(
         truncate=truncate,
         api_key=api_key or None,
         shutdown_timeout_s=shutdown_timeout_s,
+        max_n=max_n,
     )
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise BadInputError("--ssl-certfile and --ssl-keyfile go together; pass both (or neither for HTTP)")

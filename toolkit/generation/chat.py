@@ -168,9 +168,12 @@ def render_chat(
     special_tokens: Mapping[str, str | None],
     add_generation_prompt: bool = True,
     budget: TemplateBudget | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """The prompt text for `messages` ({"role", "content"} mappings) under the model's chat `template`,
-    rendered within `budget` (default `TemplateBudget()`)."""
+    rendered within `budget` (default `TemplateBudget()`); `tools` (OpenAI's function list) reach the template
+    as its ``tools`` variable, as transformers passes them. An assistant message that made ``tool_calls`` may
+    have no content."""
     if template is None:
         raise BadInputError(
             "this model has no chat template (tokenizer_config.json has no chat_template); pass a plain prompt"
@@ -183,6 +186,8 @@ def render_chat(
                 f'message {index} needs "role" and "content"; e.g. {{"role": "user", "content": "Hi"}}'
             )
         for key in ("role", "content"):
+            if key == "content" and message[key] is None and isinstance(message.get("tool_calls"), list):
+                continue
             if not isinstance(message[key], str):
                 raise BadInputError(
                     f"message {index}: '{key}' must be a string, got {type(message[key]).__name__}"
@@ -196,6 +201,7 @@ def render_chat(
         for piece in compiled.generate(
             messages=[dict(m) for m in messages],
             add_generation_prompt=add_generation_prompt,
+            **({"tools": [dict(t) for t in tools]} if tools else {}),
             **{k: v for k, v in special_tokens.items() if v is not None},
         ):
             size += len(piece)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from toolkit.generation.decoder import DecoderStepper
-from toolkit.generation.decoding import RowPlan, settle_token
+from toolkit.generation.decoding import RowPlan, TokenLogprob, choose_token, settle_token
 from toolkit.generation.detokenizer import IncrementalDetokenizer
 from toolkit.generation.generator import (
     Generation,
@@ -42,6 +42,7 @@ class _Row:
     started: float
     new: int  # positions this row still needs in the cache
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     first_ms: float = 0.0
     first_at: float = 0.0
 
@@ -63,12 +64,19 @@ class ContinuousBatch:
 
     def add(self, key: int, prompt: Prompt, options: GenerationOptions) -> None:
         """Prefill `prompt` alone and merge it into the batch; its events will carry `key` as their row."""
+        self.add_rows({key: options}, prompt)
+
+    def add_rows(self, rows: dict[int, GenerationOptions], prompt: Prompt) -> None:
+        """Prefill `prompt` once and merge one row per key of `rows` into the batch, each with its options
+        (OpenAI's ``n``: several completions of one prompt share its prefill)."""
         generator = self.generator
         spec = generator.spec
         started = time.perf_counter()
         text, ids = generator.encode(prompt)
         generator.check_length(ids)
-        plan = generator.row_plan(options, spec.max_positions - len(ids))
+        plans = {
+            key: generator.row_plan(options, spec.max_positions - len(ids)) for key, options in rows.items()
+        }
         prompt_ids = np.asarray([ids], dtype=np.int64)
         alone = DecoderStepper(
             generator.runner.session,
@@ -79,20 +87,24 @@ class ContinuousBatch:
             generator.device,
             generator.device_id,
         )
-        row = _Row(
-            key=key,
-            text=text,
-            prompt_tokens=len(ids),
-            plan=plan,
-            watcher=generator.detokenizer(options),
-            history=list(ids),
-            prefill_ms=(time.perf_counter() - started) * 1e3,
-            started=started,
-            new=plan.max_new_tokens,
-        )
+        prefill_ms = (time.perf_counter() - started) * 1e3
+        joining = [
+            _Row(
+                key=key,
+                text=text,
+                prompt_tokens=len(ids),
+                plan=plan,
+                watcher=generator.detokenizer(rows[key]),
+                history=list(ids),
+                prefill_ms=prefill_ms,
+                started=started,
+                new=plan.max_new_tokens,
+            )
+            for key, plan in plans.items()
+        ]
         sources = [(self._stepper, i) for i in range(len(self.rows))] if self._stepper else []
-        self._regroup([*self.rows, row], [*sources, (alone, 0)])
-        logits = alone.logits
+        self._regroup([*self.rows, *joining], [*sources, *[(alone, 0)] * len(joining)])
+        logits = np.repeat(alone.logits, len(joining), axis=0)
         self._logits = logits if self._logits is None else np.concatenate([self._logits, logits])
 
     def _regroup(self, rows: list[_Row], sources: list[tuple[DecoderStepper | None, int]]) -> None:
@@ -137,7 +149,11 @@ class ContinuousBatch:
         keep: list[int] = []
         now = time.perf_counter()
         for index, row in enumerate(self.rows):
-            token = int(row.plan.chooser(self._logits[index : index + 1], np.asarray([row.history]))[0])
+            token, logprob = choose_token(
+                row.plan, self._logits[index : index + 1], np.asarray([row.history])
+            )
+            chosen_logprob = (logprob,) if logprob is not None else ()
+            row.logprobs.extend(chosen_logprob)
             if not row.tokens:
                 row.first_ms = (now - row.started) * 1e3
                 row.first_at = now
@@ -148,8 +164,8 @@ class ContinuousBatch:
             if reason is None:
                 keep.append(index)
                 chosen.append(token)
-                if piece:
-                    events.append(GenerationEvent(row.key, piece, None))
+                if piece or chosen_logprob:
+                    events.append(GenerationEvent(row.key, piece, None, chosen_logprob))
                 continue
             decode_s = now - row.first_at
             timings = GenerationTimings(
@@ -160,8 +176,10 @@ class ContinuousBatch:
                 decode_tokens_per_s=(len(row.tokens) - 1) / decode_s if decode_s > 0 else 0.0,
                 total_ms=(now - row.started) * 1e3,
             )
-            generation = Generation(row.watcher.text, tuple(row.tokens), reason, row.text, timings)
-            events.append(GenerationEvent(row.key, piece + row.watcher.finish(), generation))
+            generation = Generation(
+                row.watcher.text, tuple(row.tokens), reason, row.text, timings, tuple(row.logprobs)
+            )
+            events.append(GenerationEvent(row.key, piece + row.watcher.finish(), generation, chosen_logprob))
         if len(keep) != len(self.rows):
             stepper = self._stepper
             self._regroup([self.rows[i] for i in keep], [(stepper, i) for i in keep])

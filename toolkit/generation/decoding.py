@@ -16,9 +16,21 @@ from typing import Protocol
 
 import numpy as np
 
+from toolkit.generation.grammar import RowGrammar
 from toolkit.generation.sampling import LogitsChooser
 
-__all__ = ["DecodeStep", "FinishReason", "RowPlan", "RowWatcher", "Stepper", "decode", "settle_token"]
+__all__ = [
+    "DecodeStep",
+    "FinishReason",
+    "RowPlan",
+    "RowWatcher",
+    "Stepper",
+    "TokenLogprob",
+    "choose_token",
+    "decode",
+    "settle_token",
+    "token_logprob",
+]
 
 FinishReason = str  # "eos" | "stop" | "length"
 
@@ -42,23 +54,62 @@ class RowWatcher(Protocol):
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A chosen token's log-probability under the model (log_softmax of its raw logits, before penalties,
+    temperature or a grammar's mask) and the `top` most likely tokens with theirs, most likely first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class DecodeStep:
-    """One step's outcome: each row's token (pad for rows already done), the text each row settled, and the
-    reasons of rows that finished at this step (None elsewhere)."""
+    """One step's outcome: each row's token (pad for rows already done), the text each row settled, the
+    reasons of rows that finished at this step (None elsewhere) and, for rows that asked, the token's
+    log-probability."""
 
     tokens: np.ndarray
     pieces: tuple[str, ...]
     finished: tuple[FinishReason | None, ...]
     seconds: float
+    logprobs: tuple[TokenLogprob | None, ...] = ()
 
 
 @dataclass(frozen=True)
 class RowPlan:
-    """One row's rules: how it picks tokens, which ids end it, and how many new tokens it may take."""
+    """One row's rules: how it picks tokens, which ids end it, how many new tokens it may take, the grammar
+    its text must follow (None: free) and how many top log-probabilities to report per token (None: none)."""
 
     chooser: LogitsChooser
     eos_ids: frozenset[int]
     max_new_tokens: int
+    grammar: RowGrammar | None = None
+    top_logprobs: int | None = None
+
+
+def token_logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """`token`'s log-probability under `logits` [vocab] and the `top` likeliest tokens' (float64 log_softmax)."""
+    shifted = logits.astype(np.float64) - float(np.max(logits))
+    logprobs = shifted - np.log(np.exp(shifted).sum())
+    best: tuple[tuple[int, float], ...] = ()
+    if top:
+        ids = np.argpartition(-logprobs, top - 1)[:top]
+        ids = ids[np.argsort(-logprobs[ids], kind="stable")]
+        best = tuple((int(i), float(logprobs[i])) for i in ids)
+    return TokenLogprob(token, float(logprobs[token]), best)
+
+
+def choose_token(plan: RowPlan, logits: np.ndarray, history: np.ndarray) -> tuple[int, TokenLogprob | None]:
+    """A row's next token from its `logits` [1, vocab] and `history` [1, seen]: masked by its grammar, chosen
+    by its chooser, with its log-probability when the row asked for them."""
+    scores = logits if plan.grammar is None else plan.grammar.mask(logits)
+    token = int(plan.chooser(scores, history)[0])
+    if plan.grammar is not None:
+        plan.grammar.advance(token)
+    if plan.top_logprobs is None:
+        return token, None
+    return token, token_logprob(logits[0], token, plan.top_logprobs)
 
 
 def settle_token(
@@ -90,9 +141,10 @@ def decode(
     started = time.perf_counter()
     for index in range(longest):
         chosen = np.full(batch, pad_id, dtype=np.int64)
+        logprobs: list[TokenLogprob | None] = [None] * batch
         for row, plan in enumerate(plans):
             if active[row]:
-                chosen[row] = plan.chooser(logits[row : row + 1], history[row : row + 1])[0]
+                chosen[row], logprobs[row] = choose_token(plan, logits[row : row + 1], history[row : row + 1])
         history = np.concatenate([history, chosen[:, None]], axis=1)
         pieces: list[str] = []
         finished: list[FinishReason | None] = []
@@ -107,7 +159,7 @@ def decode(
             pieces.append(piece)
             finished.append(reason)
         now = time.perf_counter()
-        yield DecodeStep(chosen, tuple(pieces), tuple(finished), now - started)
+        yield DecodeStep(chosen, tuple(pieces), tuple(finished), now - started, tuple(logprobs))
         if not active.any():
             return
         started = time.perf_counter()

@@ -13,8 +13,9 @@ import numpy as np
 from toolkit.errors import BadInputError
 from toolkit.generation.chat import Message, TemplateBudget, render_chat
 from toolkit.generation.decoder import DecoderStepper
-from toolkit.generation.decoding import FinishReason, RowPlan, decode
+from toolkit.generation.decoding import FinishReason, RowPlan, TokenLogprob, decode
 from toolkit.generation.detokenizer import IncrementalDetokenizer
+from toolkit.generation.grammar import GrammarEngine, constraint_from
 from toolkit.generation.sampling import GenerationOptions, LogitsChooser, options_from
 from toolkit.manifest import FP32_VARIANT, GenerationSpec, ModelPackage
 from toolkit.providers import ProviderConfig
@@ -61,22 +62,26 @@ class GenerationTimings:
 @dataclass(frozen=True)
 class Generation:
     """One row's result: the text (stop strings cut, special tokens dropped), the new token ids (an eos
-    included), why it ended (``eos``, ``stop`` or ``length``) and timings shared by its batch."""
+    included), why it ended (``eos``, ``stop`` or ``length``), timings shared by its batch and, when asked
+    for (``top_logprobs``), each new token's log-probability."""
 
     text: str
     token_ids: tuple[int, ...]
     finish_reason: FinishReason
     prompt: str
     timings: GenerationTimings
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class GenerationEvent:
-    """What one batch row did at a step: `text` it settled (may be empty) and, when it finished, its result."""
+    """What one batch row did at a step: `text` it settled (may be empty), the step's token log-probability
+    when asked for, and, when it finished, its result."""
 
     row: int
     text: str
     generation: Generation | None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class TextStream:
@@ -107,6 +112,7 @@ class TextGenerator(Pipeline[TextModality]):
         self.tokenizer = self.task.tokenizer
         self.task.check_graph(runner.inputs, runner.outputs)
         self.device, self.device_id = runner.device
+        self.grammars = GrammarEngine(self.tokenizer.to_str, self.spec.eos_token_ids)
 
     @classmethod
     def load(
@@ -138,8 +144,10 @@ class TextGenerator(Pipeline[TextModality]):
         messages: Sequence[Message],
         add_generation_prompt: bool = True,
         budget: TemplateBudget | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
-        """The prompt text the model's chat template makes of `messages` (rendered within `budget`)."""
+        """The prompt text the model's chat template makes of `messages` (rendered within `budget`, with the
+        functions of `tools` when given)."""
         return render_chat(
             self.spec.chat_template,
             messages,
@@ -150,11 +158,17 @@ class TextGenerator(Pipeline[TextModality]):
             },
             add_generation_prompt,
             budget,
+            tools,
         )
 
-    def encode(self, prompt: Prompt, budget: TemplateBudget | None = None) -> tuple[str, list[int]]:
+    def encode(
+        self,
+        prompt: Prompt,
+        budget: TemplateBudget | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> tuple[str, list[int]]:
         """The prompt text and its ids: a string as the tokenizer encodes it (special tokens added), messages
-        through the chat template (whose text already holds them; rendered within `budget`)."""
+        through the chat template (whose text already holds them; rendered within `budget`, with `tools`)."""
         if isinstance(prompt, str):
             if not prompt:
                 raise BadInputError("prompt is empty; pass some text")
@@ -165,7 +179,7 @@ class TextGenerator(Pipeline[TextModality]):
             raise BadInputError(
                 f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}"
             )
-        text = self.apply_chat_template(prompt, budget=budget)
+        text = self.apply_chat_template(prompt, budget=budget, tools=tools)
         return text, self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def _pad(self, encoded: Sequence[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -179,8 +193,15 @@ class TextGenerator(Pipeline[TextModality]):
         return ids, mask
 
     def options(self, **overrides: Any) -> GenerationOptions:
-        """The model's default settings with `overrides` (None means keep the default)."""
-        return options_from(self.spec.defaults, overrides)
+        """The model's default settings with `overrides` (None means keep the default); json_schema,
+        json_object, regex or grammar (Lark) become the options' `constraint`."""
+        constraint = constraint_from(
+            overrides.pop("json_schema", None),
+            bool(overrides.pop("json_object", False)),
+            overrides.pop("regex", None),
+            overrides.pop("grammar", None),
+        )
+        return options_from(self.spec.defaults, {**overrides, "constraint": constraint})
 
     # -- generation ---------------------------------------------------------------------------
 
@@ -206,6 +227,8 @@ class TextGenerator(Pipeline[TextModality]):
             LogitsChooser(options),
             frozenset(() if options.ignore_eos else self.spec.eos_token_ids),
             min(options.max_new_tokens, room),
+            self.grammars.row(options.constraint) if options.constraint is not None else None,
+            options.top_logprobs,
         )
 
     def run_batch(
@@ -236,6 +259,7 @@ class TextGenerator(Pipeline[TextModality]):
         )
         prefill_ms = (time.perf_counter() - started) * 1e3
         tokens: list[list[int]] = [[] for _ in prompts]
+        logprobs: list[list[TokenLogprob]] = [[] for _ in prompts]
         finished: set[int] = set()
         first_ms = 0.0
         decode_s = 0.0
@@ -245,15 +269,17 @@ class TextGenerator(Pipeline[TextModality]):
                 first_ms = (time.perf_counter() - started) * 1e3
             else:
                 decode_s += step.seconds
-            for row, (token, piece, reason) in enumerate(
-                zip(step.tokens, step.pieces, step.finished, strict=True)
+            for row, (token, piece, reason, logprob) in enumerate(
+                zip(step.tokens, step.pieces, step.finished, step.logprobs, strict=True)
             ):
                 if row in finished:
                     continue
                 tokens[row].append(int(token))
+                chosen = (logprob,) if logprob is not None else ()
+                logprobs[row].extend(chosen)
                 if reason is None:
-                    if piece:
-                        yield GenerationEvent(row, piece, None)
+                    if piece or chosen:
+                        yield GenerationEvent(row, piece, None, chosen)
                     continue
                 finished.add(row)
                 timings = GenerationTimings(
@@ -264,8 +290,10 @@ class TextGenerator(Pipeline[TextModality]):
                     decode_tokens_per_s=(index / decode_s) if decode_s > 0 else 0.0,
                     total_ms=(time.perf_counter() - started) * 1e3,
                 )
-                generation = Generation(watchers[row].text, tuple(tokens[row]), reason, texts[row], timings)
-                yield GenerationEvent(row, piece + watchers[row].finish(), generation)
+                generation = Generation(
+                    watchers[row].text, tuple(tokens[row]), reason, texts[row], timings, tuple(logprobs[row])
+                )
+                yield GenerationEvent(row, piece + watchers[row].finish(), generation, chosen)
 
     @overload
     def generate(self, prompt: str | TokenPrompt, **settings: Any) -> Generation: ...
@@ -279,7 +307,9 @@ class TextGenerator(Pipeline[TextModality]):
     def generate(self, prompt: Any, **settings: Any) -> Generation | list[Generation]:
         """Generate for a prompt, a chat (a list of {"role", "content"}), or a list of those (one left-padded
         batch, each row stopping on its own). Settings: max_new_tokens, do_sample, temperature, top_k, top_p,
-        repetition_penalty, stop, seed; unset ones come from the model's generation_config."""
+        repetition_penalty, presence_penalty, frequency_penalty, stop, seed, top_logprobs; unset ones come from
+        the model's generation_config. One of json_schema (a dict or JSON text), json_object=True, regex or
+        grammar (Lark) holds the text to it (needs llguidance)."""
         options = self.options(**settings)
         batch = _as_batch(prompt)
         results: dict[int, Generation] = {}

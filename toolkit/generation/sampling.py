@@ -1,5 +1,6 @@
 """Generation settings and the next-token choice: greedy, or sampling with temperature, top-k, top-p and a
-repetition penalty, in the order transformers applies them, so greedy decoding matches ``generate``."""
+repetition penalty, in the order transformers applies them, so greedy decoding matches ``generate``; OpenAI's
+presence and frequency penalties are subtracted from the logits before all of them."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import BadInputError
+from toolkit.generation.grammar import OutputConstraint
 
 __all__ = [
     "GREEDY_BELOW",
     "MAX_STOP_CHARS",
     "MAX_STOP_STRINGS",
+    "MAX_TOP_LOGPROBS",
     "GenerationOptions",
     "LogitsChooser",
     "options_from",
@@ -27,12 +30,15 @@ GREEDY_BELOW = 1e-5
 # Every row checks its stop strings at every step: bounded, so one request cannot slow its batch-mates.
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """How to generate: length, greedy or sampled, the sampling filters, stop strings and the seed;
-    `ignore_eos` runs to `max_new_tokens` whatever the model says (benchmarks)."""
+    """How to generate: length, greedy or sampled, the sampling filters and penalties, stop strings and the
+    seed; `ignore_eos` runs to `max_new_tokens` whatever the model says (benchmarks); `constraint` holds the
+    text to a grammar; `top_logprobs` asks for each token's log-probability and that many alternatives (None:
+    no log-probabilities)."""
 
     max_new_tokens: int = 64
     do_sample: bool = False
@@ -43,6 +49,10 @@ class GenerationOptions:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    constraint: OutputConstraint | None = None
+    top_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         stop = self.stop
@@ -59,7 +69,7 @@ class GenerationOptions:
                 f"stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS} characters, got "
                 f"{len(self.stop)} (longest {max(len(s) for s in self.stop)}); send fewer, shorter ones"
             )
-        for name in ("temperature", "top_p", "repetition_penalty"):
+        for name in ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise BadInputError(f"{name} must be a finite number, got {value!r}")
@@ -79,6 +89,17 @@ class GenerationOptions:
             raise BadInputError(f"top_k must be an integer of 0 (off) or more, got {self.top_k!r}")
         if not 0 < self.top_p <= 1:
             raise BadInputError(f"top_p must be in (0, 1], got {self.top_p}; 1 turns it off")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise BadInputError(f"{name} must be in [-2, 2] (OpenAI's range), got {getattr(self, name)}")
+        if self.top_logprobs is not None and (
+            isinstance(self.top_logprobs, bool)
+            or not isinstance(self.top_logprobs, int)
+            or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS
+        ):
+            raise BadInputError(
+                f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}"
+            )
         if not self.repetition_penalty > 0:
             raise BadInputError(
                 f"repetition_penalty must be above 0, got {self.repetition_penalty}; 1 turns it off"
@@ -98,14 +119,29 @@ def options_from(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> G
 
 
 class LogitsChooser:
-    """Picks each row's next token from its last-position logits under `options` (seeded for sampling)."""
+    """Picks each row's next token from its last-position logits under `options` (seeded for sampling); it
+    counts the tokens it picked for the presence and frequency penalties."""
 
     def __init__(self, options: GenerationOptions) -> None:
         self.options = options
         self.rng = np.random.default_rng(options.seed)
+        self._counts: np.ndarray | None = None  # [batch, vocab]: how often each row picked each token
 
     def __call__(self, logits: np.ndarray, history: np.ndarray) -> np.ndarray:
         """`logits` [batch, vocab], `history` [batch, seen] token ids (prompt and generated) -> [batch] ids."""
+        o = self.options
+        if not (o.presence_penalty or o.frequency_penalty):
+            return self._choose(logits, history)
+        if self._counts is None:
+            self._counts = np.zeros(logits.shape, dtype=np.float32)
+        # OpenAI: mu[j] - c[j] * frequency_penalty - (c[j] > 0) * presence_penalty, c[j] counting the tokens
+        # generated so far (not the prompt's)
+        penalty = self._counts * o.frequency_penalty + (self._counts > 0) * np.float32(o.presence_penalty)
+        chosen = self._choose(logits.astype(np.float32) - penalty, history)
+        self._counts[np.arange(len(chosen)), chosen] += 1
+        return chosen
+
+    def _choose(self, logits: np.ndarray, history: np.ndarray) -> np.ndarray:
         scores = logits.astype(np.float32, copy=True)
         o = self.options
         if o.repetition_penalty != 1.0:

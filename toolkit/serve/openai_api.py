@@ -5,15 +5,20 @@ server-sent events, over ``generate`` packages.
 
     GET  /v1/models                 the served generators
     POST /v1/completions            {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed",
-                                     "stream", and the extensions "top_k", "repetition_penalty"}
-    POST /v1/chat/completions       {"model", "messages", ...the same settings; "max_completion_tokens" too}
+                                     "stream", "n", "logprobs" (k alternatives), "presence_penalty",
+                                     "frequency_penalty", "response_format", and the extensions "top_k",
+                                     "repetition_penalty"}
+    POST /v1/chat/completions       {"model", "messages", ...the same settings; "max_completion_tokens",
+                                     "logprobs": true with "top_logprobs", "tools" and "tool_choice" too}
     POST /v2/models/M/generate      Triton's generate extension: {"text_input", "parameters": {"max_tokens",
     POST /v2/models/M/generate_stream    "temperature", "top_p", "top_k", "stop", "seed", ...}} -> {"model_name",
                                      "model_version", "text_output"} (server-sent events for generate_stream)
 
 Each model has one worker thread doing step-level batching (`toolkit.generation.continuous`): a request joins
 the running batch at the next step (up to `max_batch` rows) and leaves it when it finishes, each row with its
-own settings, stop strings and limit; each stream gets its own row's text as it settles. ``temperature`` 0 is greedy; an omitted one takes the model's
+own settings, stop strings, limit and grammar (``response_format``, a required or named ``tool_choice``:
+`toolkit.generation.grammar`); each stream gets its own row's text as it settles. ``n`` choices are ``n`` rows
+of one request, prefilled once, choice i seeded ``seed + i``. ``temperature`` 0 is greedy; an omitted one takes the model's
 generation_config. Errors are OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
 
 A prompt over `PROMPT_BYTES_PER_TOKEN` UTF-8 bytes per ``--max-request-tokens`` token is refused (413) before
@@ -38,7 +43,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +55,10 @@ from toolkit.errors import BadInputError, EdgeError
 from toolkit.generation import GENERATE_TASK, Generation, GenerationEvent, GenerationOptions, TextGenerator
 from toolkit.generation.chat import TemplateBudget
 from toolkit.generation.continuous import ContinuousBatch
+from toolkit.generation.decoding import TokenLogprob
 from toolkit.generation.generator import Prompt, TokenPrompt
+from toolkit.generation.grammar import OutputConstraint, constraint_from
+from toolkit.generation.sampling import MAX_TOP_LOGPROBS
 from toolkit.manifest import FP32_VARIANT, ModelPackage
 from toolkit.runner import Runner
 from toolkit.serve.access import require_api_key
@@ -69,6 +77,7 @@ from toolkit.serve.errors import (
 )
 from toolkit.serve.metrics import UNKNOWN_MODEL, ServeMetrics
 from toolkit.serve.models import LoadOptions, ModelRegistry
+from toolkit.serve.openai_tools import ToolCall, ToolRequest, tool_request
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import decode_json_object
 
@@ -94,16 +103,17 @@ _DONE = object()
 
 @dataclass
 class _Pending:
-    """One request waiting for, or decoding in, a batch; events go to `events` on the server's loop. Its row
-    ends at the next step once `abandoned` is set (the client left) or `deadline` (monotonic seconds; None:
-    none) passes."""
+    """One request waiting for, or decoding in, a batch: one row per choice (OpenAI's ``n``), each with its
+    options; `(choice, event)` pairs go to `events` on the server's loop. Its rows end at the next step once
+    `abandoned` is set (the client left) or `deadline` (monotonic seconds; None: none) passes."""
 
     prompt: Any
-    options: GenerationOptions
+    options: tuple[GenerationOptions, ...]
     loop: asyncio.AbstractEventLoop
     deadline: float | None = None
     events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     abandoned: threading.Event = field(default_factory=threading.Event)
+    running: int = 0  # its rows still decoding (the worker's count)
 
     def emit(self, item: Any) -> None:
         try:
@@ -111,24 +121,30 @@ class _Pending:
         except RuntimeError:  # the loop is closed: the server has stopped and nobody waits for this row
             self.abandoned.set()
 
+    def fail(self, exc: BaseException) -> None:
+        """End the request with `exc` (its answer or its stream's last event)."""
+        self.emit(exc)
+        self.emit(_DONE)
+
     def expired(self) -> bool:
-        """Whether the deadline has passed (the request is then answered 504)."""
-        if self.deadline is None or time.monotonic() <= self.deadline:
-            return False
-        self.emit(
+        """Whether the deadline has passed (the worker then counts it and answers it with `time_out`)."""
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def time_out(self) -> None:
+        """Answer 504: the deadline passed."""
+        self.fail(
             InferenceTimeoutError(
                 "no answer within --timeout-ms; ask for fewer tokens, stream the answer (streams have no "
                 "deadline) or raise --timeout-ms"
             )
         )
-        self.emit(_DONE)
-        return True
 
 
 class _Worker:
     """A thread that decodes one generator's requests with step-level batching: waiting requests join the
-    running batch between steps (up to `max_batch` rows), finished ones leave it, and so do rows whose client
-    left or whose deadline passed; `cut` ends every row (a shutdown past its grace period)."""
+    running batch between steps (up to `max_batch` rows; a request's ``n`` rows join together, so the batch
+    may pass it by ``n - 1``), finished ones leave it, and so do rows whose client left or whose deadline
+    passed; `cut` ends every row (a shutdown past its grace period)."""
 
     def __init__(self, name: str, generator: TextGenerator, max_batch: int, metrics: ServeMetrics) -> None:
         self.name = name
@@ -143,7 +159,7 @@ class _Worker:
         self.thread.start()
 
     def _loop(self) -> None:
-        running: dict[int, _Pending] = {}
+        running: dict[int, tuple[_Pending, int]] = {}  # row key -> its request and choice index
         keys = itertools.count()
         stopping = False
         while not (stopping and not running):
@@ -160,50 +176,55 @@ class _Worker:
                     self.metrics.observe_abandoned(self.name, 1)
                     continue
                 if pending.expired():  # waited past its deadline: never prefilled
-                    self.metrics.observe_timed_out(self.name, 1)
+                    self.metrics.observe_timed_out(self.name, 1)  # counted before the client hears of it
+                    pending.time_out()
                     continue
-                key = next(keys)
+                rows = {next(keys): options for options in pending.options}
                 try:
-                    self.batch.add(key, pending.prompt, pending.options)
+                    self.batch.add_rows(rows, pending.prompt)
                 except Exception as exc:  # one bad request fails alone; the running rows go on
                     log.error("generation for %s failed to start", self.name, exc_info=exc)
-                    pending.emit(exc)
-                    pending.emit(_DONE)
+                    pending.fail(exc)
                     continue
-                running[key] = pending
+                pending.running = len(rows)
+                running.update({key: (pending, choice) for choice, key in enumerate(rows)})
             self.largest_batch = max(self.largest_batch, len(running))
+            requests = {id(p): p for p, _ in running.values()}
             if self.cut and running:
-                for pending in running.values():
-                    pending.emit(ServerClosingError("the server stopped before this request finished"))
-                    pending.emit(_DONE)
+                for pending in requests.values():
+                    pending.fail(ServerClosingError("the server stopped before this request finished"))
                 running.clear()
                 self.batch = ContinuousBatch(self.generator)
-            gone = {key for key, pending in running.items() if pending.abandoned.is_set()}
-            late = {key for key, pending in running.items() if key not in gone and pending.expired()}
+            gone = {i for i, pending in requests.items() if pending.abandoned.is_set()}
+            late = {i for i, pending in requests.items() if i not in gone and pending.expired()}
             if gone or late:  # free their slots and cache now, not at max_tokens
-                self.batch.drop(gone | late)
-                for key in gone | late:
+                ended = {key for key, (pending, _) in running.items() if id(pending) in gone | late}
+                self.batch.drop(ended)
+                for key in ended:
                     del running[key]
                 self.metrics.observe_abandoned(self.name, len(gone))
                 self.metrics.observe_timed_out(self.name, len(late))
+                for i in late:
+                    requests[i].time_out()
             if not running:
                 continue
             try:
                 events = self.batch.step()
             except Exception as exc:  # every running stream gets the error instead of hanging
                 log.error("generation for %s failed", self.name, exc_info=exc)
-                for pending in running.values():
-                    pending.emit(exc)
-                    pending.emit(_DONE)
+                for pending in {id(p): p for p, _ in running.values()}.values():
+                    pending.fail(exc)
                 running.clear()
                 self.batch = ContinuousBatch(self.generator)
                 continue
             for event in events:
-                pending = running[event.row]
-                pending.emit(event)
+                pending, choice = running[event.row]
+                pending.emit((choice, event))
                 if event.generation is not None:
-                    pending.emit(_DONE)
                     del running[event.row]
+                    pending.running -= 1
+                    if not pending.running:
+                        pending.emit(_DONE)
 
     def close(self) -> None:
         self.waiting.put(None)
@@ -252,26 +273,44 @@ class GenerationService:
             )
 
     @staticmethod
-    def _encode(generator: TextGenerator, prompt: Prompt) -> list[int]:
-        _text, ids = generator.encode(prompt, TemplateBudget())
+    def _encode(
+        generator: TextGenerator,
+        prompt: Prompt,
+        tools: Sequence[Mapping[str, Any]] | None,
+        first: GenerationOptions,
+    ) -> list[int]:
+        _text, ids = generator.encode(prompt, TemplateBudget(), tools)
         generator.check_length(ids)
+        if first.constraint is not None:  # compiled here once, so a bad schema is a 400 before it queues
+            generator.grammars.row(first.constraint)
         return ids
 
     async def submit(
-        self, name: str, prompt: Any, options: GenerationOptions, stream: bool = False
+        self,
+        name: str,
+        prompt: Any,
+        options: GenerationOptions | Sequence[GenerationOptions],
+        stream: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> _Pending:
         """Check the prompt's size, tokenize it off the loop (one-line 400s and 413s happen here, not in the
-        batch) and queue it; a request that does not stream gets the server's deadline (--timeout-ms)."""
+        batch) and queue it, one row per options (the choices of OpenAI's ``n``, sharing one prefill); a
+        request that does not stream gets the server's deadline (--timeout-ms)."""
+        choices = (options,) if isinstance(options, GenerationOptions) else tuple(options)
         worker = self.worker(name)
         if self.closing:
             raise ServerClosingError("the server is shutting down; send the request to another replica")
         self._check_size(prompt)
         loop = asyncio.get_running_loop()
-        ids = await loop.run_in_executor(self.encoder, self._encode, worker.generator, prompt)
+        ids = await loop.run_in_executor(
+            self.encoder, self._encode, worker.generator, prompt, tools, choices[0]
+        )
         limit = self.options.max_request_tokens
-        if len(ids) + options.max_new_tokens > limit:
+        longest = max(o.max_new_tokens for o in choices)
+        if len(choices) * (len(ids) + longest) > limit:
+            rows = f"{len(choices)} choices of " if len(choices) > 1 else ""
             raise BodyTooLargeError(
-                f"model '{name}': the prompt's {len(ids)} tokens plus max_tokens {options.max_new_tokens} are over "
+                f"model '{name}': {rows}the prompt's {len(ids)} tokens plus max_tokens {longest} are over "
                 f"the {limit}-token limit; shorten the prompt, lower max_tokens (or raise --max-request-tokens)"
             )
         if worker.waiting.qsize() >= self.options.batching.max_queue:
@@ -281,7 +320,7 @@ class GenerationService:
             )
         timeout = self.options.timeout_s
         deadline = time.monotonic() + timeout if timeout is not None and not stream else None
-        pending = _Pending(TokenPrompt(tuple(ids)), options, loop, deadline)
+        pending = _Pending(TokenPrompt(tuple(ids)), choices, loop, deadline)
         worker.waiting.put(pending)
         return pending
 
@@ -303,10 +342,9 @@ class GenerationService:
                 except queue.Empty:
                     break
                 if pending is not None:
-                    pending.emit(
+                    pending.fail(
                         ServerClosingError("the server was stopped; send the request to another replica")
                     )
-                    pending.emit(_DONE)
             worker.cut = True
             worker.close()
 
@@ -324,20 +362,31 @@ def _number(body: Mapping[str, Any], key: str, kind: type) -> Any:
     return kind(value)
 
 
+# fields of OpenAI's requests this server does not act on, with the values that ask for nothing (accepted)
+_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "logit_bias": (None, {}),
+    "best_of": (None, 1),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "web_search_options": (None,),
+}
+
+
 def _options(service_worker: _Worker, body: Mapping[str, Any]) -> GenerationOptions:
     """The request's settings over the model's defaults."""
-    if body.get("n", 1) != 1:
-        raise BadInputError("'n' must be 1 here; send several requests for several completions")
-    for unsupported in ("presence_penalty", "frequency_penalty", "logprobs", "best_of"):
-        if body.get(unsupported):
-            raise BadInputError(
-                f"'{unsupported}' is not supported by this server; drop it (repetition_penalty is)"
-            )
+    for key, off in _UNSUPPORTED.items():
+        if body.get(key) not in off:
+            raise BadInputError(f"'{key}' is not supported by this server; drop it")
     settings: dict[str, Any] = {
         "max_new_tokens": _number(body, "max_completion_tokens", int) or _number(body, "max_tokens", int),
         "top_p": _number(body, "top_p", float),
         "top_k": _number(body, "top_k", int),
         "repetition_penalty": _number(body, "repetition_penalty", float),
+        "presence_penalty": _number(body, "presence_penalty", float),
+        "frequency_penalty": _number(body, "frequency_penalty", float),
         "seed": _number(body, "seed", int),
     }
     temperature = _number(body, "temperature", float)
@@ -351,6 +400,155 @@ def _options(service_worker: _Worker, body: Mapping[str, Any]) -> GenerationOpti
     if stop is not None:
         settings["stop"] = (stop,) if isinstance(stop, str) else stop
     return service_worker.generator.options(**settings)
+
+
+def _choice_count(body: Mapping[str, Any], limit: int, hint: str) -> int:
+    """OpenAI's ``n``: how many completions of the prompt to make (1 to `limit`)."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
+        raise BadInputError(f"'n' must be an integer from 1 to {limit} ({hint}), got {n!r}")
+    return n
+
+
+def _per_choice(options: GenerationOptions, n: int) -> tuple[GenerationOptions, ...]:
+    """One row's options per choice: choice i gets seed + i, so it equals a single request with that seed."""
+    if options.seed is None:
+        return (options,) * n
+    return tuple(replace(options, seed=(options.seed + i) % 2**64) for i in range(n))
+
+
+def _top_logprobs(body: Mapping[str, Any], chat: bool) -> int | None:
+    """How many alternatives each token's log-probability comes with (None: no log-probabilities): chat's
+    ``logprobs: true`` with ``top_logprobs``, the completions route's ``logprobs`` number."""
+    if chat:
+        top = _number(body, "top_logprobs", int)
+        if not _flag(body, "logprobs"):
+            if top is not None:
+                raise BadInputError("'top_logprobs' needs 'logprobs': true")
+            return None
+        top, key = top or 0, "top_logprobs"
+    else:
+        top, key = _number(body, "logprobs", int), "logprobs"
+        if top is None:
+            return None
+    if not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise BadInputError(f"'{key}' must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {top}")
+    return top
+
+
+_FORMAT_HINT = (
+    '{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name": ..., '
+    '"schema": {...}}}'
+)
+
+
+def _response_format(body: Mapping[str, Any]) -> OutputConstraint | None:
+    """The grammar OpenAI's ``response_format`` holds the reply to (a json_schema is always held to, strict
+    or not)."""
+    format_ = body.get("response_format")
+    if format_ is None:
+        return None
+    kind = format_.get("type") if isinstance(format_, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputConstraint("json_object")
+    spec = format_.get("json_schema") if kind == "json_schema" and isinstance(format_, dict) else None
+    if not isinstance(spec, dict):
+        raise BadInputError(f"'response_format' must be {_FORMAT_HINT}")
+    schema = spec.get("schema", {"type": "object"})
+    if not isinstance(schema, dict):
+        raise BadInputError("'response_format.json_schema.schema' must be a JSON Schema object")
+    if not isinstance(spec.get("strict", False), bool | None):
+        raise BadInputError("'response_format.json_schema.strict' must be true or false")
+    return constraint_from(json_schema=schema)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """An OpenAI generation request, checked: its prompt, one options per choice, how it answers."""
+
+    prompt: Any
+    choices: tuple[GenerationOptions, ...]
+    stream: bool
+    include_usage: bool
+    tools: ToolRequest | None
+
+
+def _request(service: GenerationService, worker: _Worker, body: Mapping[str, Any], chat: bool) -> _Request:
+    """The request `body` of a chat (`chat`) or completions route, every field checked (one-line 400s)."""
+    options = _options(worker, body)
+    constraint = _response_format(body)
+    tools = tool_request(body) if chat else None
+    if not chat and body.get("tools") is not None:
+        raise BadInputError("'tools' are for /v1/chat/completions; send messages there")
+    if tools is not None and tools.constraint is not None:
+        if constraint is not None:
+            raise BadInputError(
+                "'response_format' and a required or named 'tool_choice' both constrain the reply; send one"
+            )
+        constraint = tools.constraint
+    options = replace(options, constraint=constraint, top_logprobs=_top_logprobs(body, chat))
+    n = _choice_count(body, service.options.max_n, "--max-n")
+    if chat:
+        prompt: Any = body.get("messages")
+        if not isinstance(prompt, list):
+            raise BadInputError('\'messages\' must be a list of {"role", "content"} objects')
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise BadInputError("'prompt' must be a string (one prompt per request)")
+    return _Request(prompt, _per_choice(options, n), _streams(body), _include_usage(body), tools)
+
+
+class _TokenTexts:
+    """Log-probabilities in OpenAI's shapes, each token as the text the tokenizer decodes it to alone (a byte
+    of a longer character decodes to U+FFFD)."""
+
+    def __init__(self, generator: TextGenerator, options: GenerationOptions) -> None:
+        self._generator = generator
+        self._options = options  # its stop strings hold text back as the stream's rows did
+        self._tokenizer = generator.tokenizer
+
+    def _text(self, token: int) -> str:
+        return str(self._tokenizer.decode([token], skip_special_tokens=False))
+
+    def _entry(self, token: int, logprob: float) -> dict[str, Any]:
+        text = self._text(token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    def chat(self, entries: Sequence[TokenLogprob]) -> dict[str, Any]:
+        """Chat's ``logprobs``: {"content": [{"token", "logprob", "bytes", "top_logprobs"}]}."""
+        return {
+            "content": [
+                {**self._entry(e.token, e.logprob), "top_logprobs": [self._entry(t, lp) for t, lp in e.top]}
+                for e in entries
+            ],
+            "refusal": None,
+        }
+
+    def completion(self, entries: Sequence[TokenLogprob], offset: int | None = None) -> dict[str, Any]:
+        """The completions route's ``logprobs``: tokens, token_logprobs, top_logprobs and text_offset, each
+        token's offset being how much of the text had settled before it: `offset` for the one token of a
+        stream's event, replayed through a detokenizer for a whole answer."""
+        if offset is None:
+            watcher = self._generator.detokenizer(self._options)
+            offsets, settled = [], 0
+            for entry in entries:
+                offsets.append(settled)
+                settled += len(watcher.add(entry.token))
+        else:
+            offsets = [offset] * len(entries)
+        return {
+            "tokens": [self._text(e.token) for e in entries],
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{self._text(t): lp for t, lp in e.top} for e in entries],
+            "text_offset": offsets,
+        }
 
 
 def _flag(body: Mapping[str, Any], key: str, where: str = "") -> bool:
@@ -376,15 +574,16 @@ def _include_usage(body: Mapping[str, Any]) -> bool:
     return _flag(stream_options, "include_usage", "stream_options.")
 
 
-def _usage(generation: Generation) -> dict[str, int]:
-    prompt = generation.timings.prompt_tokens
-    completion = len(generation.token_ids)
+def _usage(generations: Sequence[Generation]) -> dict[str, int]:
+    prompt = generations[0].timings.prompt_tokens if generations else 0
+    completion = sum(len(g.token_ids) for g in generations)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def _events(pending: _Pending) -> AsyncIterator[GenerationEvent]:
-    """The request's events until its generation ends; a consumer that stops early (the client left, its task
-    was cancelled) marks the row abandoned, and the worker drops it at its next step."""
+async def _events(pending: _Pending) -> AsyncIterator[tuple[int, GenerationEvent]]:
+    """The request's (choice, event) pairs until every choice has ended; a consumer that stops early (the
+    client left, its task was cancelled) marks the request abandoned, and the worker drops its rows at its
+    next step."""
     try:
         while True:
             item = await pending.events.get()
@@ -408,11 +607,15 @@ async def _json_body(request: Request, options: ServeOptions) -> dict[str, Any]:
     return decode_json_object(raw)
 
 
-async def _generation(pending: _Pending) -> Generation:
-    async for event in _events(pending):
+async def _generations(pending: _Pending) -> list[Generation]:
+    """Every choice's finished generation, in choice order."""
+    done: dict[int, Generation] = {}
+    async for choice, event in _events(pending):
         if event.generation is not None:
-            return event.generation
-    raise ServerClosingError("the generation ended without a result; retry")
+            done[choice] = event.generation
+    if len(done) != len(pending.options):
+        raise ServerClosingError("the generation ended without a result; retry")
+    return [done[choice] for choice in range(len(done))]
 
 
 async def _disconnected(request: Request) -> None:
@@ -421,10 +624,10 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _collect(request: Request, pending: _Pending) -> Generation:
-    """The finished generation of a request that does not stream; a client that disconnects first ends its
-    row at the next step (ClientGoneError, answered to nobody)."""
-    result = asyncio.ensure_future(_generation(pending))
+async def _collect(request: Request, pending: _Pending) -> list[Generation]:
+    """The finished generations (one per choice) of a request that does not stream; a client that disconnects
+    first ends its rows at the next step (ClientGoneError, answered to nobody)."""
+    result = asyncio.ensure_future(_generations(pending))
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -458,53 +661,33 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
             body = await _json_body(request, service.options)
             name = request.state.model = body.get("model")
             worker = service.worker(name)
-            options = _options(worker, body)
-            stream, include_usage = _streams(body), _include_usage(body)
-            if chat:
-                prompt: Any = body.get("messages")
-                if not isinstance(prompt, list):
-                    raise BadInputError('\'messages\' must be a list of {"role", "content"} objects')
-            else:
-                prompt = body.get("prompt")
-                if isinstance(prompt, list) and len(prompt) == 1:
-                    prompt = prompt[0]
-                if not isinstance(prompt, str):
-                    raise BadInputError("'prompt' must be a string (one prompt per request)")
-            pending = await service.submit(str(name), prompt, options, stream)
+            asked = _request(service, worker, body, chat)
+            tools = asked.tools.tools if asked.tools is not None else None
+            pending = await service.submit(str(name), asked.prompt, asked.choices, asked.stream, tools)
         except EdgeError as exc:
             return openai_error(exc)
-        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        kind = "chat.completion" if chat else "text_completion"
-        if stream:
-            return StreamingResponse(
-                _stream(
-                    pending,
-                    ident,
-                    created,
-                    str(name),
-                    chat,
-                    include_usage,
-                ),
-                media_type="text/event-stream",
-            )
+        reply = _Reply(
+            f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+            int(time.time()),
+            str(name),
+            chat,
+            asked,
+            _TokenTexts(worker.generator, asked.choices[0]),
+        )
+        if asked.stream:
+            return StreamingResponse(_stream(pending, reply), media_type="text/event-stream")
         try:
-            generation = await _collect(request, pending)
+            generations = await _collect(request, pending)
         except Exception as exc:  # noqa: BLE001 - the worker's error (logged there) in OpenAI's shape
             return openai_error(exc)
-        choice: dict[str, Any] = {"index": 0, "finish_reason": _FINISH[generation.finish_reason]}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": generation.text}
-        else:
-            choice.update(text=generation.text, logprobs=None)
         return JSONResponse(
             {
-                "id": ident,
-                "object": kind,
-                "created": created,
+                "id": reply.ident,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": reply.created,
                 "model": name,
-                "choices": [choice],
-                "usage": _usage(generation),
+                "choices": [reply.choice(i, g) for i, g in enumerate(generations)],
+                "usage": _usage(generations),
             }
         )
 
@@ -516,6 +699,7 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
             if not isinstance(parameters, dict):
                 raise BadInputError("'parameters' must be a JSON object")
             options = _options(worker, parameters)
+            _choice_count(parameters, 1, "the Triton generate route answers one text")
             prompt = body.get("text_input")
             if not isinstance(prompt, str):
                 raise BadInputError("'text_input' must be a string")
@@ -527,7 +711,7 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
 
             async def events() -> AsyncIterator[str]:
                 try:
-                    async for event in _events(pending):
+                    async for _choice, event in _events(pending):
                         if event.text or event.generation is not None:
                             reply = {"model_name": name, "model_version": version, "text_output": event.text}
                             if event.generation is not None:
@@ -551,7 +735,7 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
 
             return StreamingResponse(events(), media_type="text/event-stream")
         try:
-            generation = await _collect(request, pending)
+            [generation] = await _collect(request, pending)
         except Exception as exc:  # noqa: BLE001 - the worker's error (logged there) as a JSON error
             return error_response(exc)
         return JSONResponse(
@@ -599,34 +783,134 @@ def mount_openai(app: FastAPI, service: GenerationService) -> None:
         return await counted(request, handle(request, chat=True))
 
 
-async def _stream(
-    pending: _Pending, ident: str, created: int, name: str, chat: bool, include_usage: bool
-) -> AsyncIterator[str]:
-    kind = "chat.completion.chunk" if chat else "text_completion"
+@dataclass(frozen=True)
+class _Reply:
+    """How one OpenAI request is answered: its id, route, choices' rendering (text or tool calls, log-probs)."""
 
-    def chunk(text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
-        if chat:
-            delta: dict[str, Any] = {"role": "assistant"} if first else {}
-            if text is not None:
-                delta["content"] = text
-            choice["delta"] = delta
+    ident: str
+    created: int
+    model: str
+    chat: bool
+    request: _Request
+    texts: _TokenTexts
+
+    def _logprobs(self, entries: Sequence[TokenLogprob], offset: int | None = None) -> dict[str, Any] | None:
+        if self.request.choices[0].top_logprobs is None:
+            return None
+        return self.texts.chat(entries) if self.chat else self.texts.completion(entries, offset)
+
+    def _calls(self, generation: Generation) -> list[ToolCall]:
+        tools = self.request.tools
+        return tools.calls(generation.text) if tools is not None else []
+
+    def finish_reason(self, generation: Generation) -> str:
+        """OpenAI's finish_reason: ``tool_calls`` when the reply is calls, else stop or length."""
+        return "tool_calls" if self._calls(generation) else _FINISH[generation.finish_reason]
+
+    def message(self, generation: Generation) -> dict[str, Any]:
+        """The assistant's message: its text, or its tool calls."""
+        calls = self._calls(generation)
+        if calls:
+            return {"role": "assistant", "content": None, "tool_calls": [c.openai() for c in calls]}
+        return {"role": "assistant", "content": generation.text}
+
+    def choice(self, index: int, generation: Generation) -> dict[str, Any]:
+        """A whole answer's choice `index`."""
+        choice: dict[str, Any] = {"index": index, "finish_reason": self.finish_reason(generation)}
+        logprobs = self._logprobs(generation.logprobs)
+        if self.chat:
+            choice.update(message=self.message(generation), logprobs=logprobs)
         else:
-            choice.update(text=text or "", logprobs=None)
-        return {"id": ident, "object": kind, "created": created, "model": name, "choices": [choice]}
+            choice.update(text=generation.text, logprobs=logprobs)
+        return choice
 
-    if chat:
-        yield _sse(chunk("", None, first=True))
+    def chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        """A stream's event."""
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return {
+            "id": self.ident,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+    def delta(
+        self,
+        index: int,
+        text: str | None,
+        finish: str | None,
+        entries: Sequence[TokenLogprob] = (),
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """A stream's choice `index`: its new `text` (None: none), why it ended (None: it goes on), its tokens'
+        log-probabilities."""
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish}
+        logprobs = self._logprobs(entries, offset) if entries else None
+        if self.chat:
+            choice.update(delta={} if text is None else {"content": text}, logprobs=logprobs)
+        else:
+            choice.update(text=text or "", logprobs=logprobs)
+        return choice
+
+
+async def _stream(pending: _Pending, reply: _Reply) -> AsyncIterator[str]:
+    """The request's server-sent events: each choice's text as it settles (a named tool's arguments as
+    ``tool_calls`` deltas; a reply ``auto`` or ``required`` reads for calls whole, at its end), its
+    log-probabilities beside it, a last event per choice with its finish_reason, the usage when asked, then
+    ``[DONE]``."""
+    n = len(reply.request.choices)
+    tools = reply.request.tools
+    named = tools is not None and tools.named
+    buffered = (
+        tools is not None and not named and tools.choice != "none"
+    )  # calls known once the reply is whole
+    offsets = [0] * n
+    if reply.chat:
+        yield _sse(
+            reply.chunk(
+                [
+                    {**reply.delta(i, "", None), "delta": {"role": "assistant", "content": ""}}
+                    for i in range(n)
+                ]
+            )
+        )
+    if tools is not None and named:  # the call is known from the start: its arguments stream as they come
+        headers = [{"index": 0, **ToolCall(tools.choice, "").openai()} for _ in range(n)]  # an id each
+        yield _sse(
+            reply.chunk(
+                [{**reply.delta(i, None, None), "delta": {"tool_calls": [headers[i]]}} for i in range(n)]
+            )
+        )
+    finished: list[Generation] = []
     try:
-        async for event in _events(pending):
-            if event.text:
-                yield _sse(chunk(event.text, None))
-            if event.generation is not None:
-                yield _sse(chunk(None if chat else "", _FINISH[event.generation.finish_reason]))
-                if include_usage:
-                    yield _sse({**chunk(None, None), "choices": [], "usage": _usage(event.generation)})
+        async for choice, event in _events(pending):
+            generation = event.generation
+            if (event.text or event.logprobs) and not buffered:
+                delta = reply.delta(choice, event.text, None, event.logprobs, offsets[choice])
+                if named:
+                    delta["delta"] = {"tool_calls": [{"index": 0, "function": {"arguments": event.text}}]}
+                yield _sse(reply.chunk([delta]))
+                offsets[choice] += len(event.text)
+            if generation is None:
+                continue
+            finished.append(generation)
+            if buffered and reply.chat:
+                answer = reply.message(generation)
+                delta = reply.delta(choice, answer["content"], None, generation.logprobs)
+                if answer["content"] is None:
+                    calls = [{"index": i, **call} for i, call in enumerate(answer["tool_calls"])]
+                    delta["delta"] = {"tool_calls": calls}
+                yield _sse(reply.chunk([delta]))
+            yield _sse(
+                reply.chunk(
+                    [reply.delta(choice, None if reply.chat else "", reply.finish_reason(generation))]
+                )
+            )
+        if reply.request.include_usage:
+            yield _sse({**reply.chunk([]), "usage": _usage(finished)})
     except ServerClosingError:  # cut by a shutdown past its grace period: the stream still ends properly
-        yield _sse(chunk(None if chat else "", ABORTED))
+        yield _sse(reply.chunk([reply.delta(i, None if reply.chat else "", ABORTED) for i in range(n)]))
     except Exception as exc:  # noqa: BLE001 - headers are sent: the error (logged by the worker) is an event
         message = str(exc) if isinstance(exc, EdgeError) else f"internal error: {type(exc).__name__}"
         yield _sse({"error": {"message": message, "type": "server_error", "code": None}})

@@ -41,6 +41,7 @@ class ServeOptions:
     tokenizing (text models) or the largest input's element count (raw models). Both keep what one small
     request can make the server allocate bounded; over either is a 413. ``truncate`` cuts an embedding
     input longer than the model's positions to them (sentence-transformers' behaviour); False refuses it (400).
+    ``max_n`` bounds OpenAI's ``n``, the completions one generation request may ask for (400 above it).
     """
 
     batching: BatchOptions = field(default_factory=BatchOptions)
@@ -52,6 +53,7 @@ class ServeOptions:
     truncate: bool = True
     api_key: str | None = field(default=None, repr=False)
     shutdown_timeout_s: float | None = None
+    max_n: int = 8
 
     @property
     def grace_s(self) -> float:
@@ -64,7 +66,7 @@ class ServeOptions:
     def __post_init__(self) -> None:
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise BadInputError(f"timeout must be positive (or None for none), got {self.timeout_s}")
-        for name in ("max_body_bytes", "max_request_rows", "max_request_tokens"):
+        for name in ("max_body_bytes", "max_request_rows", "max_request_tokens", "max_n"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.shutdown_timeout_s is not None and self.shutdown_timeout_s < 0:

@@ -18,6 +18,8 @@ import numpy as np
 
 from converters.hf import TASKS, copy_assets, load_and_export, missing_tokenizer
 from converters.sources import ResolvedSource, directory_sha256
+from converters.validate import OutputTally, validation_of
+from toolkit.agreement import Tolerance
 from toolkit.atomic import replace_directory, staging_directory
 from toolkit.errors import ExportError
 from toolkit.inspect import inspect_model
@@ -26,7 +28,6 @@ from toolkit.manifest import (
     GenerationSpec,
     Manifest,
     ModelPackage,
-    OutputCheck,
     TensorSpec,
     TextPreprocessing,
     Validation,
@@ -35,6 +36,7 @@ from toolkit.manifest import (
     tool_versions,
     variant_file_name,
 )
+from toolkit.tasks import tasks
 
 __all__ = [
     "DECODE_STEPS",
@@ -146,7 +148,7 @@ def _positions(mask: np.ndarray, new: int) -> np.ndarray:
 
 
 def validate_decoder(
-    model: Any, onnx_file: Path, spec: GenerationSpec, atol: float, seed: int = 0
+    model: Any, onnx_file: Path, spec: GenerationSpec, tolerance: Tolerance, seed: int = 0
 ) -> Validation:
     """The ONNX decoder against `model` (PyTorch) on the prompt and `DECODE_STEPS` cached steps."""
     import onnxruntime as ort
@@ -157,8 +159,10 @@ def validate_decoder(
     outputs = [o.name for o in session.get_outputs()]
     vocab = int(model.config.vocab_size)
     rng = np.random.default_rng(seed)
-    worst = {"logits (prompt)": 0.0, "logits (cached steps)": 0.0}
-    means: dict[str, list[float]] = {name: [] for name in worst}
+    tallies = {
+        name: OutputTally(name, tolerance, tasks()["generate"].meaning["logits"])
+        for name in ("logits (prompt)", "logits (cached steps)")
+    }
     cases = []
     for lengths in VALIDATION_ROWS:
         ids, mask = _left_padded(lengths, vocab, spec.pad_token_id, rng)
@@ -191,10 +195,9 @@ def validate_decoder(
             want = out.logits.float().numpy()
             past = out.past_key_values
             real = mask[:, -new.shape[1] :].astype(bool)  # padded positions' logits mean nothing
-            diff = np.abs(got["logits"].astype(np.float64) - want)[real]
-            key = "logits (prompt)" if step == 0 else "logits (cached steps)"
-            worst[key] = max(worst[key], float(diff.max()) if diff.size else 0.0)
-            means[key].append(float(diff.mean()) if diff.size else 0.0)
+            tallies["logits (prompt)" if step == 0 else "logits (cached steps)"].add(
+                got["logits"][real], want[real]
+            )
             new = want[:, -1, :].argmax(-1).astype(np.int64)[:, None]
             mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
             feeds = {
@@ -206,23 +209,16 @@ def validate_decoder(
                     for k in ("key", "value")
                 },
             }
-    checks = tuple(
-        OutputCheck(name, worst[name], float(np.mean(means[name])), worst[name] <= atol) for name in worst
-    )
-    return Validation(
-        metric="max_abs_diff",
-        value=max(c.max_abs_diff for c in checks),
-        threshold=atol,
-        reference="pytorch",
-        samples=sum(len(rows) for rows in VALIDATION_ROWS),
-        passed=all(c.passed for c in checks),
-        outputs=checks,
-        cases=tuple(cases),
+    return validation_of(
+        [tally.check() for tally in tallies.values()],
+        tolerance,
+        sum(len(rows) for rows in VALIDATION_ROWS),
+        cases,
     )
 
 
 def convert_causal_lm(
-    resolved: ResolvedSource, out: Path, opset: int | None, atol: float, say: Any
+    resolved: ResolvedSource, out: Path, opset: int | None, tolerance: Tolerance, say: Any
 ) -> ModelPackage:
     """Export a causal LM with its KV cache, validate it and write the ``generate`` package to `out`."""
     task = TASKS["generate"]
@@ -241,7 +237,7 @@ def convert_causal_lm(
         info = inspect_model(onnx_file)
         spec = generation_spec(package_dir, info.inputs, model.config)
         say("validating the decoder against PyTorch (prompt and cached steps)")
-        validation = validate_decoder(model, onnx_file, spec, atol)
+        validation = validate_decoder(model, onnx_file, spec, tolerance)
         manifest = Manifest(
             name=resolved.name,
             task="generate",

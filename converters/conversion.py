@@ -30,6 +30,7 @@ from converters.recipes import Recipe, load_recipe
 from converters.samples import sample_cases
 from converters.sources import ResolvedSource, directory_sha256, resolve_source
 from converters.validate import InputLimits, compare_with_reference
+from toolkit.agreement import Tolerance
 from toolkit.atomic import replace_directory, staging_directory
 from toolkit.errors import BadInputError
 from toolkit.inputs import is_batch_dim, is_sequence_dim, sequence_axis
@@ -50,6 +51,7 @@ from toolkit.manifest import (
 )
 from toolkit.preprocess import TextTokenizer
 from toolkit.runner import Runner
+from toolkit.tasks import tasks
 
 __all__ = ["EXPORTER_CHOICES", "ConvertOptions", "convert"]
 
@@ -64,7 +66,8 @@ TORCH_DEFAULT_TASK = "features"
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """How to export and validate. `atol=None` takes the recipe's tolerance, else 1e-4.
+    """How to export and validate. `atol` and `rtol` are the ``allclose`` tolerances of validation (None: the
+    recipe's, else `toolkit.agreement`'s defaults).
 
     For PyTorch sources: `inputs` describes forward's inputs (strings are parsed as ``name:dtype[dims]:lo..hi``),
     `weights` a .safetensors/.pt state dict to load, `trust_remote_code` allows unpickling arbitrary objects,
@@ -77,6 +80,7 @@ class ConvertOptions:
     task: str | None = None
     opset: int | None = None
     atol: float | None = None
+    rtol: float | None = None
     force: bool = False
     inputs: tuple[InputSpec, ...] = ()
     weights: Path | None = None
@@ -145,8 +149,9 @@ def convert(
     say = progress or (lambda message: log.info(message))
     out = Path(out_dir)
     _check_output_dir(out, options.force)
-    if options.atol is not None and options.atol < 0:
-        raise BadInputError(f"--atol must be zero or positive, got {options.atol}")
+    for flag, value in (("--atol", options.atol), ("--rtol", options.rtol)):
+        if value is not None and not value >= 0:
+            raise BadInputError(f"{flag} must be zero or positive, got {value}")
 
     say(f"resolving {source}")
     resolved = resolve_source(source)
@@ -155,7 +160,7 @@ def convert(
         resolved = replace(resolved, recipe=recipe)
     family = "torch" if resolved.torch is not None else "onnx" if resolved.onnx is not None else "hf"
     _check_options(family, options, source)
-    atol = options.atol if options.atol is not None else (resolved.recipe.atol if resolved.recipe else 1e-4)
+    tolerance = _tolerance(options, resolved.recipe)
     # --- a causal LM exports with its KV cache and validates over cached decode steps
     # --- encoder-decoders (Whisper, BART, T5, Marian, mBART) export encoder + decoders
     if family == "hf" and resolved.model_dir is not None:
@@ -164,11 +169,11 @@ def convert(
         requested = options.task or (resolved.recipe.task if resolved.recipe else None)
         kind = seq2seq_task(resolved.model_dir, requested)
         if kind is not None:
-            return convert_seq2seq(resolved, out, kind, options.opset, atol, say)
+            return convert_seq2seq(resolved, out, kind, options.opset, tolerance, say)
     if family == "hf" and _generates(resolved, options):
         from converters.causal_lm import convert_causal_lm
 
-        return convert_causal_lm(resolved, out, options.opset, atol, say)
+        return convert_causal_lm(resolved, out, options.opset, tolerance, say)
 
     with staging_directory(out) as staging:
         package_dir = staging / "package"
@@ -197,8 +202,9 @@ def convert(
                 )
                 if _fits_batch(case.feeds, inputs)
             ],
-            atol,
+            tolerance,
             exported.reference_name,
+            tasks()[exported.task].meaning if exported.task in tasks() else None,
         )
         manifest = Manifest(
             name=resolved.name,
@@ -228,6 +234,15 @@ def convert(
         replace_directory(package_dir, out)
     say(f"wrote {out}")
     return ModelPackage.open(out)
+
+
+def _tolerance(options: ConvertOptions, recipe: Recipe | None) -> Tolerance:
+    """The options' tolerances, else the recipe's, else the defaults."""
+    defaults = Tolerance(recipe.atol, recipe.rtol) if recipe is not None else Tolerance()
+    return Tolerance(
+        options.atol if options.atol is not None else defaults.atol,
+        options.rtol if options.rtol is not None else defaults.rtol,
+    )
 
 
 def _fits_batch(feeds: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...]) -> bool:

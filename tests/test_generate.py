@@ -14,6 +14,7 @@ from gpu_support import needs
 from serve_process import start_serve
 
 from converters.recipes import list_recipes
+from tests.conftest import print_decisions
 from toolkit.cli import edge
 from toolkit.errors import BadInputError
 from toolkit.generation import GenerationOptions, IncrementalDetokenizer, TextGenerator
@@ -527,7 +528,8 @@ def test_generator_recipe_offline_stand_in_converts_and_matches_transformers(
     validation = manifest.variants["fp32"].validation
     assert validation is not None
     assert validation.passed
-    assert validation.threshold == recipe.atol
+    assert (validation.atol, validation.rtol) == (recipe.atol, recipe.rtol)
+    print_decisions(name, validation)
     generator = TextGenerator.load(package.path, "cpu")
     got = [list(g.token_ids) for g in generator.generate(PROMPTS, max_new_tokens=8)]
     assert got == _transformers_greedy(source, PROMPTS, 8)

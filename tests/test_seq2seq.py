@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from gpu_support import needs
 
 from converters.recipes import list_recipes
+from tests.conftest import print_decisions
 from tests.seq2seq_models import CORPUS, LANGUAGES, TEXT_KINDS, speech, text_source, whisper_source, write_wav
 from toolkit.cli import edge
 from toolkit.errors import BadInputError, BadModelError
@@ -425,7 +426,8 @@ def test_recipe_offline_stand_in_converts_and_matches_transformers(name: str, tm
     validation = manifest.variants["fp32"].validation
     assert validation is not None
     assert validation.passed
-    assert validation.threshold == recipe.atol
+    assert (validation.atol, validation.rtol) == (recipe.atol, recipe.rtol)
+    print_decisions(name, validation)
     if recipe.task == "transcribe":
         language = "en" if multilingual else None
         audio = speech(1.5)

@@ -36,6 +36,7 @@ __all__ = [
     "Manifest",
     "ModelPackage",
     "OutputCheck",
+    "RuleCheck",
     "Seq2SeqSpec",
     "SourceInfo",
     "TensorSpec",
@@ -83,13 +84,33 @@ class SourceInfo:
 
 
 @dataclass(frozen=True)
+class RuleCheck:
+    """One rule's verdict on one output: what it measured (`value`, e.g. the worst cosine), its `limit`, and
+    `ratio`, the error over the error the rule allows (at most 1 passes; the largest ratio decides)."""
+
+    rule: str
+    value: float
+    limit: float
+    ratio: float
+
+    @property
+    def passed(self) -> bool:
+        """Whether the output is within this rule."""
+        return self.ratio <= 1.0
+
+
+@dataclass(frozen=True)
 class OutputCheck:
-    """One output's comparison against the reference: worst absolute difference over all cases."""
+    """One output's comparison against the reference: worst and mean absolute difference over all cases, every
+    rule applied (`rules`) and the one that decided (`decided_by`: the first failing, else the nearest its
+    limit). Packages made before the rules carry the differences only."""
 
     name: str
     max_abs_diff: float
     mean_abs_diff: float
     passed: bool
+    rules: tuple[RuleCheck, ...] = ()
+    decided_by: str = "max_abs_diff"
 
 
 @dataclass(frozen=True)
@@ -121,6 +142,9 @@ class Validation:
     outputs: tuple[OutputCheck, ...] = ()
     cases: tuple[str, ...] = ()
     host: Host | None = None
+    # the ``allclose`` rule's tolerances (value: the worst ratio of any output's deciding rule, threshold 1)
+    atol: float | None = None
+    rtol: float | None = None
 
 
 @dataclass(frozen=True)
@@ -383,10 +407,21 @@ def _validation(d: Mapping[str, Any] | None) -> Validation | None:
         reference=d["reference"],
         samples=int(d["samples"]),
         passed=bool(d["passed"]),
-        outputs=tuple(OutputCheck(**o) for o in d.get("outputs", ())),
+        outputs=tuple(_output_check(o) for o in d.get("outputs", ())),
         cases=tuple(d.get("cases", ())),
         host=Host(**d["host"]) if d.get("host") is not None else None,
+        atol=_optional_float(d.get("atol")),
+        rtol=_optional_float(d.get("rtol")),
     )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _output_check(d: Mapping[str, Any]) -> OutputCheck:
+    rules = tuple(RuleCheck(**r) for r in d.get("rules", ()))
+    return OutputCheck(**{**d, "rules": rules})
 
 
 def _preprocessing(d: Mapping[str, Any] | None) -> Preprocessing | None:

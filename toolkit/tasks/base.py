@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast, runtime_chec
 
 import numpy as np
 
+from toolkit.agreement import Meaning
 from toolkit.checks import text_list
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import FP32_VARIANT, ModelPackage, TensorSpec
@@ -79,6 +80,8 @@ class Task(Generic[_M]):
     metric: ClassVar[str] = "max_abs_diff"
     # the output the task reads (None: the first), and a hint for a package that lacks the section
     preferred_output: ClassVar[str | None] = None
+    # per output name, the checks of what the output means that validation adds to ``allclose``
+    meaning: ClassVar[Meaning] = {}
     source_hint: ClassVar[str] = ""
     # what `edge run` passes this task: "text", "image" or "audio" (None: raw --input tensors only)
     run_input: ClassVar[str | None] = None

@@ -21,10 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from toolkit.agreement import TOP1, TOP5, Meaning, MeaningRule, Tolerance
 from toolkit.atomic import atomic_path
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage, TensorSpec
@@ -110,6 +111,20 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(inter / np.clip(area_a[:, None] + area_b[None, :] - inter, 1e-12, None))
 
 
+def _worst_box_iou(actual: np.ndarray, expected: np.ndarray, tolerance: Tolerance) -> float:
+    """The lowest IoU between matching boxes (centre x, centre y, width, height on the last axis)."""
+    got, want = _corners(actual.reshape(-1, 4)), _corners(expected.reshape(-1, 4))
+    if not len(want):
+        return 1.0
+    ious = [float(box_iou(got[i : i + 1], want[i : i + 1])[0, 0]) for i in range(len(want))]
+    # two degenerate (zero-area) boxes in the same place agree
+    same = np.all(np.isclose(got, want, atol=tolerance.atol, rtol=tolerance.rtol), axis=-1)
+    return float(np.where(same, 1.0, ious).min())
+
+
+BOX_IOU = MeaningRule("box_iou", 0.99, _worst_box_iou)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy non-maximum suppression (torchvision's ``nms``): indices kept, highest score first."""
     order = np.argsort(-scores, kind="stable")
@@ -147,6 +162,7 @@ class DetectTask(Task[ImageModality]):
     modality = ImageModality
     metric = "detection_agreement"
     preferred_output = "logits"
+    meaning: ClassVar[Meaning] = {"logits": (TOP1, TOP5), "pred_boxes": (BOX_IOU,)}
     source_hint = " from a directory with a preprocessor_config.json, or an .onnx file with --task detect"
     run_input = "image"
 

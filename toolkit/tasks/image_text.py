@@ -19,10 +19,11 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from toolkit.agreement import COSINE, TOP1, Meaning
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage, TensorSpec
 from toolkit.preprocess import (
@@ -58,6 +59,12 @@ class ImageTextTask(Task[ImageModality]):
     modality = ImageModality
     metric = "cosine"
     preferred_output = "image_embeds"
+    meaning: ClassVar[Meaning] = {
+        "text_embeds": (COSINE,),
+        "image_embeds": (COSINE,),
+        "logits_per_image": (TOP1,),
+        "logits_per_text": (TOP1,),
+    }
     source_hint = " from a CLIP or SigLIP directory with a preprocessor_config.json and tokenizer.json"
     run_input = "image"
 

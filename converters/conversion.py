@@ -186,7 +186,10 @@ def convert(
             replace(spec, value_range=exported.value_ranges.get(spec.name, spec.value_range))
             for spec in info.inputs
         )
+        task_class = tasks().get(exported.task)
+        subgraph_files = _cut_subgraphs(exported.onnx_file, task_class.subgraphs if task_class else {})
         runner = Runner(exported.onnx_file, "cpu")
+        subgraphs = {name: Runner(path, "cpu") for name, path in subgraph_files.items()}
         validation = compare_with_reference(
             runner,
             exported.reference,
@@ -204,7 +207,8 @@ def convert(
             ],
             tolerance,
             exported.reference_name,
-            tasks()[exported.task].meaning if exported.task in tasks() else None,
+            task_class.meaning if task_class else None,
+            subgraphs,
         )
         manifest = Manifest(
             name=resolved.name,
@@ -223,17 +227,41 @@ def convert(
                     settings=exported.settings,
                     validation=validation,
                     tool_versions=tool_versions(),
+                    subgraphs={name: path.name for name, path in subgraph_files.items()},
                 )
             },
             preprocessing=exported.preprocessing,
             labels=exported.labels,
             exporter=exported.exporter,
         )
-        del runner
+        del runner, subgraphs
         ModelPackage(package_dir, manifest).save(manifest)
         replace_directory(package_dir, out)
     say(f"wrote {out}")
     return ModelPackage.open(out)
+
+
+def _cut_subgraphs(
+    onnx_file: Path, wanted: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]
+) -> dict[str, Path]:
+    """Each of the task's subgraphs the export has the outputs of, cut from it into ``NAME.onnx`` beside it."""
+    import onnx
+    import onnx.utils
+
+    if not wanted:
+        return {}
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    inputs = {i.name for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    cut = {}
+    for name, (needs, gives) in wanted.items():
+        if set(gives) <= outputs:
+            path = onnx_file.with_name(f"{name}.onnx")
+            onnx.utils.extract_model(
+                str(onnx_file), str(path), [i for i in needs if i in inputs], list(gives)
+            )
+            cut[name] = path
+    return cut
 
 
 def _tolerance(options: ConvertOptions, recipe: Recipe | None) -> Tolerance:

@@ -166,17 +166,27 @@ def compare_with_reference(
     tolerance: Tolerance,
     reference_name: str = "pytorch",
     meaning: Mapping[str, Sequence[MeaningRule]] | None = None,
+    subgraphs: Mapping[str, Runner] | None = None,
 ) -> Validation:
     """Run every case through the ONNX runner and `reference`; judge each output by ``allclose`` and the
-    `meaning` rules its task names for it."""
+    `meaning` rules its task names for it. Each of `subgraphs` (graphs cut from the runner's) runs on its own
+    inputs of every case, its outputs judged against the same reference as ``OUTPUT (NAME)``."""
     tallies: dict[str, OutputTally] = {}
+
+    def judge(label: str, name: str, actual: np.ndarray, expected: np.ndarray) -> None:
+        if label not in tallies:
+            tallies[label] = OutputTally(label, tolerance, (meaning or {}).get(name, ()))
+        tallies[label].add(actual, expected)
+
     for case in cases:
         got = runner.run(case.feeds)
         want = reference(case.feeds)
         for name, expected in want.items():
-            if name not in tallies:
-                tallies[name] = OutputTally(name, tolerance, (meaning or {}).get(name, ()))
-            tallies[name].add(got[name], expected)
+            judge(name, name, got[name], expected)
+        for part, sub in (subgraphs or {}).items():
+            inputs = {spec.name for spec in sub.inputs}
+            for name, actual in sub.run({k: v for k, v in case.feeds.items() if k in inputs}).items():
+                judge(f"{name} ({part})", name, actual, want[name])
     return validation_of(
         [tally.check() for tally in tallies.values()],
         tolerance,

@@ -15,6 +15,8 @@ from converters.samples import synthetic_photo
 from tests.conftest import build_offline_model
 from toolkit import load
 from toolkit.cli import edge
+from toolkit.inspect import inspect_model
+from toolkit.manifest import ModelPackage
 from toolkit.tasks.image_text import ImageTextEmbedding
 
 TEXTS = ["a photo of a cat", "the dog", "model", "a quick brown fox jumps over the lazy dog"]
@@ -98,6 +100,42 @@ def test_embeddings_equal_transformers_features(two_towers: tuple[str, Path, Pat
             sorted((z.score for z in shot), reverse=True), np.sort(row)[::-1], atol=1e-4
         )
     assert isinstance(load(package), ImageTextEmbedding)
+
+
+def test_each_tower_is_its_own_graph_and_old_packages_keep_working(
+    two_towers: tuple[str, Path, Path, list[Path]], tmp_path: Path
+) -> None:
+    import shutil
+
+    _, _, package, photos = two_towers
+    manifest = ModelPackage.open(package).manifest
+    fp32 = manifest.variant("fp32")
+    assert fp32.subgraphs == {"text_tower": "text_tower.onnx", "image_tower": "image_tower.onnx"}
+    towers = {name: inspect_model(package / file) for name, file in fp32.subgraphs.items()}
+    assert "pixel_values" not in {i.name for i in towers["text_tower"].inputs}
+    assert [o.name for o in towers["text_tower"].outputs] == ["text_embeds"]
+    assert [i.name for i in towers["image_tower"].inputs] == ["pixel_values"]
+    assert [o.name for o in towers["image_tower"].outputs] == ["image_embeds"]
+    # each tower is validated against PyTorch like the joint graph
+    validated = {check.name for check in fp32.validation.outputs} if fp32.validation else set()
+    assert {"text_embeds (text_tower)", "image_embeds (image_tower)"} <= validated
+    # a package from before the split (no subgraphs in edge.json, no tower files) runs the joint graph
+    old = tmp_path / "old"
+    shutil.copytree(package, old)
+    for file in fp32.subgraphs.values():
+        (old / file).unlink()
+    record = json.loads((old / "edge.json").read_text())
+    del record["variants"]["fp32"]["subgraphs"]
+    (old / "edge.json").write_text(json.dumps(record))
+    with (
+        ImageTextEmbedding.load(package, threads=1) as new_model,
+        ImageTextEmbedding.load(old, threads=1) as old_model,
+    ):
+        assert new_model.tower("text_tower") is not None
+        assert old_model.tower("text_tower") is None
+        assert old_model.tower("image_tower") is None
+        np.testing.assert_allclose(new_model.embed_texts(TEXTS), old_model.embed_texts(TEXTS), atol=1e-6)
+        np.testing.assert_allclose(new_model.embed_images(photos), old_model.embed_images(photos), atol=1e-6)
 
 
 def test_edge_run_zero_shot_and_embeddings(two_towers: tuple[str, Path, Path, list[Path]]) -> None:

@@ -152,7 +152,9 @@ class Variant:
     """One ONNX file of the package with how it was made and how accurate it is.
 
     `validation` is the measurement made with the file; `verifications` are re-measurements on other hosts
-    (`edge verify --update`), one per host int8 path and provider, the newest kept.
+    (`edge verify --update`), one per host int8 path and provider, the newest kept. `subgraphs` are files cut
+    from this one that compute some outputs from some inputs only (`Task.subgraphs`: CLIP's text tower), by
+    name; a pipeline runs one where it needs no more (validated with the file).
     """
 
     name: str
@@ -164,6 +166,7 @@ class Variant:
     validation: Validation | None = None
     tool_versions: Mapping[str, str] = field(default_factory=dict)
     verifications: tuple[Validation, ...] = ()
+    subgraphs: Mapping[str, str] = field(default_factory=dict)
 
     def with_verification(self, result: Validation) -> Variant:
         """A copy with `result` recorded, replacing an earlier one from a host of the same int8 path and provider."""
@@ -460,6 +463,7 @@ def _manifest_from_dict(data: Mapping[str, Any]) -> Manifest:
             verifications=tuple(
                 result for r in v.get("verifications", ()) if (result := _validation(r)) is not None
             ),
+            subgraphs=v.get("subgraphs", {}),
         )
         for name, v in data["variants"].items()
     }
@@ -655,6 +659,10 @@ def check_manifest(manifest: Manifest, origin: str) -> None:
         if variant.name != key:
             raise _fail(origin, f"{where}.name", f"is {_short(variant.name)}, not the key {key!r}")
         check_relative(origin, f"{where}.file", variant.file)
+        if not isinstance(variant.subgraphs, Mapping):
+            raise _fail(origin, f"{where}.subgraphs", "must be an object of file names")
+        for part, file in variant.subgraphs.items():
+            check_relative(origin, f"{where}.subgraphs.{part}", file)
         _check_str(origin, f"{where}.precision", variant.precision)
         _check_str(origin, f"{where}.method", variant.method)
         if variant.size_bytes < 0:

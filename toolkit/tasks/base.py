@@ -82,6 +82,9 @@ class Task(Generic[_M]):
     preferred_output: ClassVar[str | None] = None
     # per output name, the checks of what the output means that validation adds to ``allclose``
     meaning: ClassVar[Meaning] = {}
+    # graphs cut from the export beside it, by name: (inputs, outputs); a pipeline runs one where it needs no
+    # more (inputs the export lacks are left out; a subgraph whose outputs it lacks is not cut)
+    subgraphs: ClassVar[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
     source_hint: ClassVar[str] = ""
     # what `edge run` passes this task: "text", "image" or "audio" (None: raw --input tensors only)
     run_input: ClassVar[str | None] = None
@@ -227,9 +230,10 @@ class Pipeline(Generic[_M]):
         order: Sequence[int] | None = None,
         same_batch: Callable[[_Item, _Item], bool] | None = None,
         outputs: Sequence[str] | None = None,
+        runner: Runner | None = None,
     ) -> list[_Result]:
-        """Run encoded items in batches (in `order`, a batch ends at `batch_size` or where `same_batch` says);
-        results come back in the items' own order."""
+        """Run encoded items in batches (in `order`, a batch ends at `batch_size` or where `same_batch` says) on
+        `runner` (default: the pipeline's); results come back in the items' own order."""
         if batch_size < 1:
             raise BadInputError(f"batch_size must be at least 1, got {batch_size}")
         sequence = list(order) if order is not None else list(range(len(encoded)))
@@ -244,7 +248,8 @@ class Pipeline(Generic[_M]):
             ):
                 rows.append(sequence[start + len(rows)])
             feeds = collate([encoded[i] for i in rows])
-            for row, result in zip(rows, finish(self.runner.run(feeds, outputs), feeds), strict=True):
+            ran = (runner or self.runner).run(feeds, outputs)
+            for row, result in zip(rows, finish(ran, feeds), strict=True):
                 results[row] = result
             start += len(rows)
         return [r for r in results if r is not None]

@@ -166,3 +166,65 @@ def test_served_image_model_gives_the_embeddings(two_towers: tuple[str, Path, Pa
     served = job.finish(model.engine.runner.run(job.feeds))["embedding"]
     want = ImageTextEmbedding.load(package).embed_images([photos[0], photos[2]])
     np.testing.assert_allclose(served, want, atol=1e-5)
+
+
+def _sentencepiece_siglip(folder: Path) -> Path:
+    """The SigLIP stand-in with a SentencePiece tokenizer (``SiglipTokenizer``, a unigram model trained here) and
+    no tokenizer.json, as SigLIP checkpoints ship."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import SiglipTokenizer
+
+    source = build_offline_model("siglip-base", folder, seed=7)
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        (source / name).unlink(missing_ok=True)
+    corpus = [*TEXTS, *SIGLIP_TEXTS, "images and texts in one embedding space", "zero shot labels for photos"]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus * 20),
+        model_writer=model,
+        vocab_size=120,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+    )
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    SiglipTokenizer(vocab_file=str(folder / "spiece.model")).save_pretrained(source)
+    return source
+
+
+SIGLIP_TEXTS = [
+    "A Photo of a CAT!",
+    "the dog's bone, (really)",
+    "two   spaces  here",
+    "model",
+    "Zero-shot: yes?",
+]
+
+
+def test_a_sentencepiece_siglip_converts_with_a_tokenizer_json_that_equals_the_slow_one(
+    tmp_path: Path,
+) -> None:
+    from transformers import AutoTokenizer
+
+    source = _sentencepiece_siglip(tmp_path / "hf")
+    assert not (source / "tokenizer.json").exists()
+    package = convert(str(source), tmp_path / "pkg", ConvertOptions(recipe="siglip-base")).path
+    assert (package / "tokenizer.json").is_file()
+    slow = AutoTokenizer.from_pretrained(source)
+    assert type(slow).__name__ == "SiglipTokenizer"
+    with ImageTextEmbedding.load(package, threads=1) as model:
+        got = [ids for ids, _ in model.task.tokenizer.encode(SIGLIP_TEXTS)]
+        texts = model.embed_texts(SIGLIP_TEXTS)
+    assert got == slow(SIGLIP_TEXTS)["input_ids"]
+    assert len({tuple(ids) for ids in got}) == len(SIGLIP_TEXTS)
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(synthetic_photo(32, 32, np.random.default_rng(0))).save(photo)
+    _, want, _ = _reference(source, [photo], SIGLIP_TEXTS, siglip=True)
+    assert _cosines(texts, want).min() >= 0.9999

@@ -47,8 +47,9 @@ Outputs = dict[str, np.ndarray]
 class ServesImages(Protocol):
     """A task the server also offers as ``NAME-image``: encoded image files in, the task's results out."""
 
-    def serve_images(self, images: Sequence[ImageInput]) -> tuple[Feeds, Callable[[Outputs], Outputs]]:
-        """(feeds for the images, the post-processing of the model's outputs)."""
+    def serve_images(self, images: Sequence[ImageInput]) -> tuple[list[Feeds], Callable[[Outputs], Outputs]]:
+        """(the runs for the images: one feeds per image size; the post-processing of the runs' outputs,
+        concatenated along the batch in the runs' order)."""
         ...
 
 

@@ -321,28 +321,28 @@ class DetectTask(Task[ImageModality]):
         """``detections`` BYTES [N]: per image, its detections at threshold 0.5 as a JSON list."""
         return (ServedTensor("detections", "BYTES", (-1,)),)
 
-    def serve_images(self, images: Sequence[ImageInput]) -> tuple[Feeds, Callable[[Outputs], Outputs]]:
-        """Decoded images -> (one batch of feeds, how the raw outputs become each image's detections JSON)."""
+    def serve_images(self, images: Sequence[ImageInput]) -> tuple[list[Feeds], Callable[[Outputs], Outputs]]:
+        """Decoded images -> (one run per preprocessed size: a DETR-style model keeps each aspect ratio, so
+        images of different sizes run apart; how the runs' outputs become each image's detections JSON)."""
         opened = [open_image(image) for image in images]
         pixels = [preprocess_image(image, self.data.pre) for image in opened]
-        if len({p.shape for p in pixels}) > 1:
-            raise BadInputError(
-                "the images of one request came out in different sizes (this model keeps each aspect ratio); "
-                "send one image per request"
-            )
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, array in enumerate(pixels):
+            by_shape.setdefault(array.shape, []).append(index)
+        order = [index for members in by_shape.values() for index in members]  # image of each output row
         sizes = [(image.height, image.width) for image in opened]
 
         def finish(outputs: Outputs) -> Outputs:
             documents = np.empty(len(sizes), dtype=object)
-            documents[:] = [
-                json.dumps(
-                    self.run_json([self.finish(outputs, row, size, 0.5, None, 0.7)])["detections"][0]
-                ).encode()
-                for row, size in enumerate(sizes)
-            ]
+            for row, index in enumerate(order):
+                found = self.finish(outputs, row, sizes[index], 0.5, None, 0.7)
+                documents[index] = json.dumps(self.run_json([found])["detections"][0]).encode()
             return {"detections": documents}
 
-        return {self.data.input_name: np.stack(pixels)}, finish
+        runs = [
+            {self.data.input_name: np.stack([pixels[i] for i in members])} for members in by_shape.values()
+        ]
+        return runs, finish
 
 
 class ObjectDetector(ImagePipeline):

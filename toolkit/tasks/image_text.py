@@ -134,14 +134,14 @@ class ImageTextTask(Task[ImageModality]):
         dim = spec.shape[-1] if spec is not None and isinstance(spec.shape[-1], int) else -1
         return (ServedTensor("embedding", "FP32", (-1, dim)),)
 
-    def serve_images(self, images: Sequence[ImageInput]) -> tuple[Feeds, Callable[[Outputs], Outputs]]:
+    def serve_images(self, images: Sequence[ImageInput]) -> tuple[list[Feeds], Callable[[Outputs], Outputs]]:
         """Decoded images -> (feeds beside a one-word text, how the raw outputs become embeddings)."""
         pixels = np.stack([preprocess_image(image, self.data.pre) for image in images])
 
         def finish(outputs: Outputs) -> Outputs:
             return {"embedding": l2_normalize(outputs["image_embeds"].astype(np.float32))}
 
-        return {self.data.input_name: pixels, **self.text_feeds(["photo"])}, finish
+        return [{self.data.input_name: pixels, **self.text_feeds(["photo"])}], finish
 
     def run_lines(self, items: Sequence[str], results: Sequence[Any]) -> list[str]:
         """Zero-shot: each image's labels by probability; embeddings: each image's dimension and first values."""

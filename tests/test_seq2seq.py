@@ -161,6 +161,44 @@ def test_whisper_tokens_equal_transformers_greedy_and_beam(
     assert got.language == "en"
 
 
+def test_whisper_text_equals_transformers_decode_when_the_config_cleans_up_spaces(
+    whisper_ts_source: Path, whisper_ts_package: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from toolkit import SpeechRecognizer
+
+    copies = []
+    for original, name in ((whisper_ts_source, "hf"), (whisper_ts_package, "pkg")):
+        copy = tmp_path / name
+        shutil.copytree(original, copy)
+        config = json.loads((copy / "tokenizer_config.json").read_text())
+        (copy / "tokenizer_config.json").write_text(
+            json.dumps({**config, "clean_up_tokenization_spaces": True})
+        )
+        copies.append(copy)
+    source, package = copies
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    assert tokenizer.clean_up_tokenization_spaces
+    ids = tokenizer("The dog , it 's quick . Is n't it ? Yes !", add_special_tokens=False).input_ids
+    want = tokenizer.decode(ids, skip_special_tokens=True)
+    assert want != tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    with SpeechRecognizer.load(package, providers="cpu") as recognizer:
+        assert recognizer._text(ids) == want.strip()
+        audio = speech(2.0)
+        got = recognizer.transcribe([audio], language="en", max_new_tokens=20)[0]
+    reference = _whisper_reference(source, audio, 1, "en")
+    assert list(got.token_ids) == reference
+    assert got.text == tokenizer.decode(reference, skip_special_tokens=True).strip()
+    with SpeechRecognizer.load(whisper_ts_package, providers="cpu") as plain:  # the setting off: no clean-up
+        assert (
+            plain._text(ids)
+            == tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
+        )
+
+
 def _text_reference(source: Path, text: str, beams: int, **settings: Any) -> list[int]:
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer

@@ -32,7 +32,7 @@ def render_validation(validation: Validation, title: str) -> Table:
     for check in validation.outputs:
         verdict = "[green]pass[/]" if check.passed else "[red]FAIL[/]"
         rules = (
-            "\n".join(f"{r.rule} {r.value:.3g} / {r.limit:.3g} = {r.ratio:.2f}" for r in check.rules)
+            "\n".join(f"{r.rule} {r.value:.4g} / {r.limit:.4g} = {r.ratio:.2f}" for r in check.rules)
             or f"max abs diff <= {validation.threshold:.3g}"
         )
         table.add_row(
@@ -64,7 +64,7 @@ def validation_failure(validation: Validation) -> str:
     for check in failed:
         rule = next(r for r in check.rules if r.rule == check.decided_by)
         measure = "diff" if rule.rule == "allclose" else rule.rule
-        parts.append(f"'{check.name}' fails {rule.rule} ({measure} {rule.value:.3g}, limit {rule.limit:.3g})")
+        parts.append(f"'{check.name}' fails {rule.rule} ({measure} {rule.value:.4g}, limit {rule.limit:.4g})")
     return "; ".join(parts)
 
 

@@ -316,5 +316,5 @@ def print_decisions(name: str, validation: Validation) -> None:
         rule = next(r for r in check.rules if r.rule == check.decided_by)
         print(
             f"\nDECISION {name} | {check.name} | {rule.rule} {rule.value:.4g} / limit {rule.limit:.4g} | "
-            f"ratio {rule.ratio:.3f} | max abs diff {check.max_abs_diff:.3g}"
+            f"ratio {rule.ratio:.3g} | max abs diff {check.max_abs_diff:.3g}"
         )

@@ -1,18 +1,21 @@
 """The onnxruntime-genai leg of `generate_decode.py`, run in its own venv (it needs the CPU onnxruntime package).
 
 Run by `generate_decode.py --genai-python VENV/bin/python`, or alone:
-    VENV/bin/python benchmarks/generate_decode_genai.py MODEL_DIR --ids 1,2,3 --new-tokens 64 --threads 2 --rounds 3
+    VENV/bin/python benchmarks/generate_decode_genai.py MODEL_DIR --ids 1,2,3 [--long-ids 1,2,...] --new-tokens 64
+        --threads 2 --rounds 3
 
 MODEL_DIR is onnxruntime-genai's model builder output (python -m onnxruntime_genai.models.builder -i HF_DIR
 -o MODEL_DIR -p fp32|int4 -e cpu). Timed like the other backends: greedy, eos ignored (min_length), time to
 first token = a 1-token generation, decode tokens/s = (N - 1) / (N-token time - 1-token time), medians of
---rounds; prints one JSON line {"ttft_ms", "decode_tokens_per_s"}.
+--rounds; TTFT of the --long-ids prompt too; prints one JSON line {"ttft_ms", "ttft_512_ms",
+"decode_tokens_per_s", "peak_rss_mb"} (peak RSS of this process: the model and its generation).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import tempfile
@@ -20,11 +23,20 @@ import time
 from pathlib import Path
 
 
+def _peak_rss_mb() -> float:
+    """Peak resident set (VmHWM, not inherited across exec as ru_maxrss is); generate_decode.py measures alike."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     """Time one genai model and print its JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--ids", required=True, help="prompt token ids, comma-separated")
+    parser.add_argument("--long-ids", default="", help="a longer prompt for a second TTFT (default: --ids)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
@@ -33,6 +45,7 @@ def main() -> None:
     import onnxruntime_genai as og
 
     ids = [int(i) for i in args.ids.split(",")]
+    long_ids = [int(i) for i in (args.long_ids or args.ids).split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         shutil.copytree(args.model, folder, symlinks=True)
@@ -44,18 +57,18 @@ def main() -> None:
         config_file.write_text(json.dumps(config))
         model = og.Model(str(folder))
 
-        def run(n: int) -> None:
+        def run(n: int, prompt: list[int] = ids) -> None:
             params = og.GeneratorParams(model)
             params.set_search_options(
-                do_sample=False, max_length=len(ids) + n, min_length=len(ids) + n, batch_size=1
+                do_sample=False, max_length=len(prompt) + n, min_length=len(prompt) + n, batch_size=1
             )
             generator = og.Generator(model, params)
-            generator.append_tokens([ids])
+            generator.append_tokens([prompt])
             while not generator.is_done():
                 generator.generate_next_token()
 
         run(2)
-        first, full = [], []
+        first, full, long_first = [], [], []
         for _ in range(args.rounds):
             started = time.perf_counter()
             run(1)
@@ -63,9 +76,21 @@ def main() -> None:
             started = time.perf_counter()
             run(args.new_tokens)
             full.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            run(1, long_ids)
+            long_first.append(time.perf_counter() - started)
     ttft = statistics.median(first)
     rate = (args.new_tokens - 1) / max(statistics.median(full) - ttft, 1e-9)
-    print(json.dumps({"ttft_ms": ttft * 1e3, "decode_tokens_per_s": rate}))
+    print(
+        json.dumps(
+            {
+                "ttft_ms": ttft * 1e3,
+                "ttft_512_ms": statistics.median(long_first) * 1e3,
+                "decode_tokens_per_s": rate,
+                "peak_rss_mb": _peak_rss_mb(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

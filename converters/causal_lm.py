@@ -1,22 +1,30 @@
 """Causal LMs: export through optimum-onnx's ``text-generation-with-past`` (one decoder taking and returning
 its KV cache), validation over the prompt and cached decode steps, and the manifest's generation contract.
 
-Validation feeds the ONNX decoder and the PyTorch model the same tokens: the prompt's logits at every real
-position, then two decode steps each fed its own cache (ONNX: the previous run's ``present.*``), at batch 1 and
-for a left-padded batch of 3, compared by the worst absolute difference.
+Where the architecture allows (Llama, Qwen2, Mistral: `converters.gqa_decoder`), the decoder is edge-toolkit's own
+graph (GroupQueryAttention over one KV buffer written in place, logits for the last position only); other
+architectures, or ``decoder_graph="optimum"``, get optimum-onnx's export.
+
+Validation feeds the ONNX decoder and the PyTorch model the same tokens: the prompt's logits (optimum's graph: at
+every real position; the in-place graph: at the last, through the generator's own `DecoderStepper` and its
+cache), then two decode steps each fed its own cache, at batch 1 and for a left-padded batch of 3, judged by
+``allclose`` (`toolkit.agreement.Tolerance`) and top-1/top-5 agreement over the vocabulary.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from converters.hf import TASKS, copy_assets, load_and_export, missing_tokenizer
+from converters.gqa_decoder import export_gqa_decoder, supports_gqa
+from converters.hf import TASKS, copy_assets, export_hf_model, load_hf_model, missing_tokenizer
 from converters.sources import ResolvedSource, directory_sha256
 from converters.validate import OutputTally, validation_of
 from toolkit.agreement import Tolerance
@@ -25,6 +33,8 @@ from toolkit.errors import ExportError
 from toolkit.inspect import inspect_model
 from toolkit.manifest import (
     FP32_VARIANT,
+    GQA_INPLACE_GRAPH,
+    OPTIMUM_GRAPH,
     GenerationSpec,
     Manifest,
     ModelPackage,
@@ -45,6 +55,7 @@ __all__ = [
     "generation_spec",
     "torch_generation_timer",
     "validate_decoder",
+    "validate_in_place_decoder",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,6 +158,26 @@ def _positions(mask: np.ndarray, new: int) -> np.ndarray:
     return np.ascontiguousarray(positions[:, -new:])
 
 
+def _logit_tallies(tolerance: Tolerance) -> dict[str, OutputTally]:
+    """The decoder checks' outputs, each judged by ``allclose`` and the generate task's top-1/top-5 agreement."""
+    meaning = tasks()["generate"].meaning["logits"]
+    return {
+        name: OutputTally(name, tolerance, meaning) for name in ("logits (prompt)", "logits (cached steps)")
+    }
+
+
+def _decoder_validation(
+    tallies: Mapping[str, OutputTally], tolerance: Tolerance, cases: list[str]
+) -> Validation:
+    """The validation record of a decoder check (optimum's graph or the in-place one) from its tallies."""
+    return validation_of(
+        [tally.check() for tally in tallies.values()],
+        tolerance,
+        sum(len(rows) for rows in VALIDATION_ROWS),
+        cases,
+    )
+
+
 def validate_decoder(
     model: Any, onnx_file: Path, spec: GenerationSpec, tolerance: Tolerance, seed: int = 0
 ) -> Validation:
@@ -159,10 +190,7 @@ def validate_decoder(
     outputs = [o.name for o in session.get_outputs()]
     vocab = int(model.config.vocab_size)
     rng = np.random.default_rng(seed)
-    tallies = {
-        name: OutputTally(name, tolerance, tasks()["generate"].meaning["logits"])
-        for name in ("logits (prompt)", "logits (cached steps)")
-    }
+    tallies = _logit_tallies(tolerance)
     cases = []
     for lengths in VALIDATION_ROWS:
         ids, mask = _left_padded(lengths, vocab, spec.pad_token_id, rng)
@@ -209,35 +237,114 @@ def validate_decoder(
                     for k in ("key", "value")
                 },
             }
-    return validation_of(
-        [tally.check() for tally in tallies.values()],
-        tolerance,
-        sum(len(rows) for rows in VALIDATION_ROWS),
-        cases,
+    return _decoder_validation(tallies, tolerance, cases)
+
+
+def validate_in_place_decoder(
+    model: Any, onnx_file: Path, spec: GenerationSpec, tolerance: Tolerance, seed: int = 0
+) -> Validation:
+    """The in-place ONNX decoder, run by the generator's `DecoderStepper` (its cache bound in place), against
+    `model` (PyTorch): the last prompt position's logits, then `DECODE_STEPS` cached steps."""
+    import onnxruntime as ort
+    import torch
+
+    from toolkit.generation.decoder import DecoderStepper
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    tallies = _logit_tallies(tolerance)
+    cases = []
+    for lengths in VALIDATION_ROWS:
+        ids, mask = _left_padded(lengths, int(model.config.vocab_size), spec.pad_token_id, rng)
+        batch = len(lengths)
+        cases.append(
+            f"batch {batch}" + (", left-padded" if batch > 1 else "") + f", prompt {max(lengths)} (last "
+            f"position), {DECODE_STEPS} cached steps, KV buffer in place"
+        )
+        stepper = DecoderStepper(session, spec, ids, mask, ids.shape[1] + DECODE_STEPS)
+        got = stepper.logits
+        new, past = ids, None
+        for step in range(DECODE_STEPS + 1):  # PyTorch with each row's real positions
+            with torch.inference_mode():
+                out = model(
+                    input_ids=torch.from_numpy(new),
+                    attention_mask=torch.from_numpy(mask),
+                    position_ids=torch.from_numpy(_positions(mask, new.shape[1])),
+                    past_key_values=past,
+                    use_cache=True,
+                )
+            want = out.logits[:, -1, :].float().numpy()
+            past = out.past_key_values
+            tallies["logits (prompt)" if step == 0 else "logits (cached steps)"].add(got, want)
+            if step < DECODE_STEPS:
+                new = want.argmax(-1).astype(np.int64)[:, None]
+                mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+                got = stepper.step(new[:, 0])
+    return _decoder_validation(tallies, tolerance, cases)
+
+
+def _export_decoder(
+    model: Any, task: Any, decoder_graph: str, export_dir: Path, onnx_file: Path, opset: int | None, say: Any
+) -> tuple[str, tuple[float, ...], dict[str, Any]]:
+    """Export `model`'s decoder to `onnx_file`: our in-place graph where it is asked for and supported, else
+    optimum-onnx's; returns the graph's name, the rotary frequencies it applies inside (none for optimum's) and
+    the variant's export settings."""
+    started = time.perf_counter()
+    reason = (
+        supports_gqa(model.config) if decoder_graph != OPTIMUM_GRAPH else "asked for with --decoder-graph"
     )
+    if reason is None:
+        say("writing the decoder graph (GroupQueryAttention, KV buffer updated in place)")
+        shapes = export_gqa_decoder(model, onnx_file)
+        seconds = round(time.perf_counter() - started, 2)
+        return (
+            GQA_INPLACE_GRAPH,
+            shapes["rotary_inv_freq"],
+            {
+                "exporter": "edge-toolkit",
+                "graph": GQA_INPLACE_GRAPH,
+                "export_seconds": seconds,
+            },
+        )
+    log.info("decoder graph: optimum-onnx's export (%s)", reason)
+    say(f"exporting to ONNX with optimum-onnx ({task.optimum_task}): {reason}")
+    exported = export_hf_model(model, task, export_dir, opset)
+    exported.replace(onnx_file)
+    return OPTIMUM_GRAPH, (), task.export_settings(time.perf_counter() - started)
 
 
 def convert_causal_lm(
-    resolved: ResolvedSource, out: Path, opset: int | None, tolerance: Tolerance, say: Any
+    resolved: ResolvedSource,
+    out: Path,
+    opset: int | None,
+    tolerance: Tolerance,
+    say: Any,
+    decoder_graph: str = "auto",
 ) -> ModelPackage:
-    """Export a causal LM with its KV cache, validate it and write the ``generate`` package to `out`."""
+    """Export a causal LM with its KV cache, validate it and write the ``generate`` package to `out`;
+    `decoder_graph`: ``auto`` (our in-place graph where the architecture has one) or ``optimum``."""
     task = TASKS["generate"]
     with staging_directory(out) as staging:
         package_dir = staging / "package"
         package_dir.mkdir()
         export_dir = staging / "export"
-        model, exported, export_seconds = load_and_export(
-            resolved.model_dir, resolved.name, task, export_dir, opset, say
-        )
+        export_dir.mkdir()
+        say(f"loading {resolved.name} ({task.name}) with PyTorch")
+        model = load_hf_model(resolved.model_dir, task)
         onnx_file = package_dir / variant_file_name(FP32_VARIANT)
-        exported.replace(onnx_file)
+        graph, inv_freq, settings = _export_decoder(
+            model, task, decoder_graph, export_dir, onnx_file, opset, say
+        )
         copy_assets(resolved.model_dir, export_dir, package_dir)
         if not resolve_inside(package_dir, "tokenizer.json", "tokenizer").is_file():
             raise missing_tokenizer(resolved.model_dir)
         info = inspect_model(onnx_file)
-        spec = generation_spec(package_dir, info.inputs, model.config)
+        spec = replace(
+            generation_spec(package_dir, info.inputs, model.config), graph=graph, rotary_inv_freq=inv_freq
+        )
         say("validating the decoder against PyTorch (prompt and cached steps)")
-        validation = validate_decoder(model, onnx_file, spec, tolerance)
+        validate = validate_in_place_decoder if spec.in_place else validate_decoder
+        validation = validate(model, onnx_file, spec, tolerance)
         manifest = Manifest(
             name=resolved.name,
             task="generate",
@@ -252,13 +359,15 @@ def convert_causal_lm(
                     precision="fp32",
                     method="export",
                     size_bytes=info.size_bytes,
-                    settings=task.export_settings(export_seconds),
+                    settings=settings,
                     validation=validation,
                     tool_versions=tool_versions(),
                 )
             },
             preprocessing=TextPreprocessing(tokenizer="tokenizer.json", max_length=spec.max_positions),
-            exporter=task.exporter_record(),
+            exporter=task.exporter_record()
+            if graph == OPTIMUM_GRAPH
+            else {"name": "edge-toolkit", "graph": graph},
             generation=spec,
         )
         ModelPackage(package_dir, manifest).save(manifest)

@@ -73,6 +73,8 @@ class ConvertOptions:
     `weights` a .safetensors/.pt state dict to load, `trust_remote_code` allows unpickling arbitrary objects,
     `exporter` forces ``dynamo`` or ``torchscript`` (``auto``: dynamo, then TorchScript if it fails).
     `labels` (an .onnx source): a text file of class names, one per line.
+    `decoder_graph` (causal LMs): ``auto`` writes edge-toolkit's in-place GroupQueryAttention decoder where the
+    architecture has one (Llama, Qwen2, Mistral), else optimum-onnx's export; ``optimum`` always takes optimum's.
     `recipe` (a name or a `Recipe`) converts any source with that recipe's task, inputs, preprocessing, samples and
     tolerance, e.g. a local checkpoint of a catalogue model.
     """
@@ -88,6 +90,7 @@ class ConvertOptions:
     exporter: str = "auto"
     recipe: str | Recipe | None = None
     labels: Path | None = None
+    decoder_graph: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", parse_input_specs(self.inputs))
@@ -173,7 +176,7 @@ def convert(
     if family == "hf" and _generates(resolved, options):
         from converters.causal_lm import convert_causal_lm
 
-        return convert_causal_lm(resolved, out, options.opset, tolerance, say)
+        return convert_causal_lm(resolved, out, options.opset, tolerance, say, options.decoder_graph)
 
     with staging_directory(out) as staging:
         package_dir = staging / "package"

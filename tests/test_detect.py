@@ -5,6 +5,7 @@ with `edge convert model.onnx --task detect --labels`, against a reference NMS w
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -500,3 +501,117 @@ def test_onnx_file_with_a_symbolic_size_takes_it_from_input(tmp_path: Path) -> N
     default_pre = default.section(ImagePreprocessing)
     assert default_pre is not None
     assert default_pre.size == (640, 640)
+
+
+# -- hostile images against a real `edge serve` and `edge` (issue 21, rows 5 and 6) -------------------------
+
+
+def _png(width: int, height: int, mode: str = "1") -> bytes:
+    """A blank PNG: a 12000x12000 1-bit one is 17 KB and would decode to 432 MB of RGB."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _infer_images(url: str, model: str, images: list[bytes]) -> tuple[int, str]:
+    """POST the images as one binary v2 request: (status, the error line or the detections JSON)."""
+    import urllib.error
+    import urllib.request
+
+    from toolkit.serve.protocol import encode_request
+
+    blobs = np.empty(len(images), dtype=object)
+    blobs[:] = images
+    encoded = encode_request({"image": blobs}, binary=True)
+    request = urllib.request.Request(
+        f"{url}/v2/models/{model}/infer", data=encoded.body, method="POST", headers=encoded.headers()
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())["error"]
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def test_served_images_are_bounded_from_the_header_and_decoded_off_the_loop(
+    yolo: tuple[object, Path, Path], tmp_path: Path
+) -> None:
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.serve_process import start_serve
+
+    _, _, package = yolo
+    model = f"{ModelPackage.open(package).manifest.name}-image"
+    server = start_serve([package], ["--threads", "1"], tmp_path / "serve")
+    try:
+        assert _infer_images(server.url, model, [_png(64, 48, "RGB")])[0] == 200
+        before = _rss_mb(server.process.pid)
+        bomb = _png(12_000, 12_000)
+        assert len(bomb) < 20_000
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: _infer_images(server.url, model, [bomb]), range(4)))
+        for status, message in answers:
+            assert status == 400, message
+            assert message.startswith("input 'image' element 0 is 12000x12000 pixels, over the 40,000,000-pixel limit")  # fmt: skip
+        assert _rss_mb(server.process.pid) - before < 300
+        # a 1-pixel-high strip would letterbox to zero rows: a 400 naming the shape, not a 500
+        status, message = _infer_images(server.url, model, [_png(1, 20_000, "RGB")])
+        assert status == 400, message
+        assert message.startswith("input 'image' element 0 is 1x20000 pixels, a side over 50 times the other")
+        # a large image under the limit decodes on a worker thread: the health check is answered meanwhile
+        large = _png(6_000, 6_000)
+        order: list[str] = []
+        with ThreadPoolExecutor(2) as pool:
+            big = pool.submit(
+                lambda: (_infer_images(server.url, model, [large, large]), order.append("image"))[0]
+            )
+            time.sleep(0.15)
+            with urllib.request.urlopen(f"{server.url}/v2/health/live", timeout=60) as live:
+                assert live.status == 200
+            order.append("live")
+            assert big.result(timeout=120)[0] == 200
+        assert order[0] == "live"
+        assert "Traceback" not in server.log.read_text(encoding="utf-8")
+    finally:
+        assert server.stop() == 0
+
+
+def test_max_image_pixels_is_a_server_option(yolo: tuple[object, Path, Path], tmp_path: Path) -> None:
+    from tests.serve_process import start_serve
+
+    _, _, package = yolo
+    model = f"{ModelPackage.open(package).manifest.name}-image"
+    server = start_serve([package], ["--threads", "1", "--max-image-pixels", "10000"], tmp_path / "serve")
+    try:
+        status, message = _infer_images(server.url, model, [_png(64, 48, "RGB"), _png(101, 100, "RGB")])
+        assert status == 400
+        assert message.startswith("input 'image' element 1 is 101x100 pixels, over the 10,000-pixel limit")
+        assert _infer_images(server.url, model, [_png(100, 100, "RGB")])[0] == 200
+    finally:
+        assert server.stop() == 0
+
+
+def test_edge_run_of_a_degenerate_image_is_one_line_exit_2(yolo: tuple[object, Path, Path], tmp_path: Path) -> None:  # fmt: skip
+    import subprocess
+    import sys
+
+    _, _, package = yolo
+    strip = tmp_path / "strip.png"
+    strip.write_bytes(_png(3000, 2, "RGB"))
+    command = [sys.executable, "-c", "from toolkit.cli import main; main()", "run", str(package)]
+    result = subprocess.run([*command, "--image", str(strip)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    output = (result.stdout + result.stderr).strip()
+    assert len(output.splitlines()) == 1, output
+    assert output.startswith(f"error: image '{strip}' is 3000x2 pixels, a side over 50 times the other")

@@ -15,6 +15,7 @@ from serve_process import start_serve
 
 from converters.recipes import list_recipes
 from tests.conftest import print_decisions
+from toolkit.agreement import Tolerance
 from toolkit.cli import edge
 from toolkit.errors import BadInputError
 from toolkit.generation import GenerationOptions, IncrementalDetokenizer, TextGenerator
@@ -60,12 +61,17 @@ def _model(kind: str, vocab: int) -> Any:
         return tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **ids))
     if kind == "llama":
         return tf.LlamaForCausalLM(
-            tf.LlamaConfig(num_key_value_heads=2, max_position_embeddings=64, **layers, **ids)
+            # head size 16: onnxruntime's fused rotary (in the in-place graph) needs a multiple of 16
+            tf.LlamaConfig(num_key_value_heads=2, max_position_embeddings=64, head_dim=16, **layers, **ids)
         )
     if kind == "qwen2":
         return tf.Qwen2ForCausalLM(
             tf.Qwen2Config(
-                num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True, **layers, **ids
+                num_key_value_heads=1,
+                max_position_embeddings=64,
+                tie_word_embeddings=True,
+                **{**layers, "num_attention_heads": 2},  # head size 16
+                **ids,
             )
         )
     return tf.Phi3ForCausalLM(
@@ -133,7 +139,10 @@ def test_package_records_generation_contract_and_validates_cached_steps(
     spec = manifest.generation
     assert manifest.task == "generate"
     assert spec is not None
-    assert (spec.layers, spec.head_dim, spec.cache_dtype) == (2, 8, "float32")
+    head_dim = 16 if kind in ("llama", "qwen2") else 8
+    assert (spec.layers, spec.head_dim, spec.cache_dtype) == (2, head_dim, "float32")
+    # the in-place graph rotates inside by cache column and records its frequencies for moving keys
+    assert len(spec.rotary_inv_freq) == (head_dim // 2 if spec.in_place else 0)
     assert spec.kv_heads == {"gpt2": 4, "llama": 2, "qwen2": 1, "phi3": 4}[kind]
     assert (spec.max_positions, spec.eos_token_ids, spec.pad_token_id, spec.bos_token_id) == (64, (2,), 0, 1)
     assert spec.chat_template == CHAT_TEMPLATE
@@ -243,31 +252,89 @@ def test_sandboxed_template_cannot_reach_python(lm_packages: dict[str, Path]) ->
         render_chat(evil, [{"role": "user", "content": "x"}], {})
 
 
-def test_kv_cache_is_preallocated_and_reused(lm_packages: dict[str, Path]) -> None:
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "phi3"])
+def test_kv_cache_is_preallocated_and_reused(kind: str, lm_packages: dict[str, Path]) -> None:
     from toolkit.generation.decoder import DecoderStepper
 
-    generator = TextGenerator.load(lm_packages["llama"], "cpu")
+    generator = TextGenerator.load(lm_packages[kind], "cpu")
     ids = np.array([[5, 6, 7]], dtype=np.int64)
     stepper = DecoderStepper(generator.runner.session, generator.spec, ids, np.ones_like(ids), capacity=8)
-    buffers = [address for side in stepper.cache._buffers for address, _ in side]
+    buffers = stepper.cache.addresses()
+    # the in-place graph has one buffer per entry (past and present bound to it), optimum's graph two
+    assert len(buffers) == (1 if generator.spec.in_place else 2) * 2 * generator.spec.layers
     for token in (9, 10):
         stepper.step(np.array([token], dtype=np.int64))
+        assert stepper.cache.addresses() == buffers  # same memory, same size: nothing grew or moved
     assert stepper.cache.length == 5
-    assert [address for side in stepper.cache._buffers for address, _ in side] == buffers
     # the cache tensors ORT wrote in place equal a plain run's present outputs on the same tokens
-    session = generator.runner.session
-    feeds = {
-        "input_ids": np.array([[5, 6, 7, 9, 10]], dtype=np.int64),
-        "attention_mask": np.ones((1, 5), dtype=np.int64),
-        "position_ids": np.arange(5, dtype=np.int64)[None],
-        **{
-            f"past_key_values.{i}.{k}": np.zeros((1, 2, 0, 8), dtype=np.float32)
-            for i in range(2)
-            for k in ("key", "value")
-        },
-    }
-    present = session.run(["present.1.value"], feeds)[0]
+    feeds = generator.task.prompt_feeds([5, 6, 7, 9, 10])
+    present = generator.runner.session.run(["present.1.value"], feeds)[0]
     np.testing.assert_allclose(stepper.cache.view(1, "value"), present, atol=1e-5)
+
+
+def test_llama_layout_models_get_the_in_place_graph_and_others_optimums(lm_packages: dict[str, Path]) -> None:
+    import onnx
+
+    graphs = {kind: ModelPackage.open(path).manifest.generation.graph for kind, path in lm_packages.items()}
+    assert graphs == {"gpt2": "optimum", "llama": "gqa-inplace", "qwen2": "gqa-inplace", "phi3": "optimum"}
+    package = ModelPackage.open(lm_packages["qwen2"])
+    ops = [n.op_type for n in onnx.load(str(package.path / package.manifest.variant("fp32").file)).graph.node]
+    assert ops.count("GroupQueryAttention") == 2
+    assert ops.count("Concat") == 1  # the attention bias's shape; no cache concat
+    assert "SkipSimplifiedLayerNormalization" in ops
+    assert package.manifest.exporter == {"name": "edge-toolkit", "graph": "gqa-inplace"}
+    # the weights in external data (onnxruntime maps them; the parsed protobuf holds none), counted in the size
+    fp32_file = package.path / package.manifest.variant("fp32").file
+    weights = fp32_file.with_name(fp32_file.name + ".data")
+    assert weights.stat().st_size > 10 * fp32_file.stat().st_size
+    assert package.manifest.variant("fp32").size_bytes == fp32_file.stat().st_size + weights.stat().st_size
+
+
+def test_in_place_validation_fails_when_the_graph_and_pytorch_disagree(
+    lm_sources: dict[str, Path], lm_packages: dict[str, Path]
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from converters.causal_lm import validate_in_place_decoder
+
+    package = ModelPackage.open(lm_packages["llama"])
+    spec = package.manifest.generation
+    onnx_file = package.path / package.manifest.variant("fp32").file
+    model = AutoModelForCausalLM.from_pretrained(lm_sources["llama"]).eval()
+    assert validate_in_place_decoder(model, onnx_file, spec, Tolerance()).passed
+    with torch.no_grad():  # one key projection off: the logits move
+        model.model.layers[-1].self_attn.k_proj.weight.mul_(1.5)
+    validation = validate_in_place_decoder(model, onnx_file, spec, Tolerance())
+    assert not validation.passed
+    assert validation.outputs[1].name == "logits (cached steps)"
+    assert not validation.outputs[1].passed
+
+
+@pytest.fixture(scope="session")
+def optimum_llama(lm_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama through optimum-onnx's graph, as packages made before the in-place graph hold it."""
+    from converters import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("optimum-llama") / "llama"
+    return convert(str(lm_sources["llama"]), out, ConvertOptions(decoder_graph="optimum")).path
+
+
+def test_optimum_graph_packages_still_load_and_decode_unchanged(
+    optimum_llama: Path, lm_packages: dict[str, Path], lm_sources: dict[str, Path]
+) -> None:
+    manifest = json.loads((optimum_llama / "edge.json").read_text())
+    assert manifest["generation"]["graph"] == "optimum"
+    del manifest["generation"]["graph"]  # as written before the field existed
+    (optimum_llama / "edge.json").write_text(json.dumps(manifest))
+    prompts = ["hello world", "the cat"]
+    old = TextGenerator.load(optimum_llama, "cpu")
+    assert not old.spec.in_place
+    new = TextGenerator.load(lm_packages["llama"], "cpu")
+    expected = _transformers_greedy(lm_sources["llama"], prompts, 6)
+    for generator in (old, new):
+        got = [list(g.token_ids) for g in generator.generate(prompts, max_new_tokens=6)]
+        assert got == expected
 
 
 @pytest.mark.parametrize(
@@ -362,6 +429,36 @@ def test_int4_and_int8_variants_report_next_token_agreement_and_perplexity(llama
     assert sum(n.op_type == "MatMulNBits" for n in graph.node) == int4.settings["quantized_matmuls"] > 0
     generator = TextGenerator.load(llama_copy, "cpu", variant="int4")
     assert generator.generate(PROMPTS[0], max_new_tokens=4).timings.new_tokens >= 1
+
+
+def test_int4_picks_block_size_and_accuracy_level_by_measurement(llama_copy: Path) -> None:
+    import onnx
+
+    from converters.quantization import QuantizeOptions, quantize
+
+    result = quantize(llama_copy, "int4", QuantizeOptions(budget=0.5, latency_runs=5))
+    settings = ModelPackage.open(llama_copy).manifest.variants["int4"].settings
+    tried = {(c["block_size"], c["accuracy_level"]) for c in settings["candidates"]}
+    assert {block for block, _ in tried} == {32, 64, 128}
+    assert {level for _, level in tried} == {1, 4}  # the best block is tried at the other level too
+    picked = (settings["block_size"], settings["accuracy_level"])
+    assert picked in tried
+    fitting = [c for c in settings["candidates"] if c["meets_budget"]]
+    assert all(c["score"] >= 0.5 for c in fitting)
+    if fitting:  # the pick is within the tie of the fastest fitting candidate
+        fastest = min(c["latency_ms"] for c in fitting)
+        mine = next(c for c in settings["candidates"] if (c["block_size"], c["accuracy_level"]) == picked)
+        assert mine["meets_budget"]
+        assert mine["latency_ms"] <= fastest * 1.03 + 1e-9
+    graph = onnx.load(str(llama_copy / ModelPackage.open(llama_copy).manifest.variants["int4"].file)).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert {a.i for n in nbits for a in n.attribute if a.name == "block_size"} == {picked[0]}
+    assert {a.i for n in nbits for a in n.attribute if a.name == "accuracy_level"} == {picked[1]}
+    # every linear, the LM head included, is int4: qkv, o, gate, up, down in each of 2 layers, and the head
+    assert len(nbits) == 2 * 5 + 1
+    assert "logits" in {n.output[0] for n in nbits}
+    assert not [n for n in graph.node if n.op_type == "MatMul"]
+    assert result.accuracy is not None
 
 
 def test_auto_quantize_under_a_budget_works_for_a_generator(llama_copy: Path) -> None:

@@ -24,6 +24,7 @@ from tests.serve_process import ServeProcess, start_serve
 from toolkit.cli import edge
 from toolkit.errors import BadInputError
 from toolkit.preprocess import read_wav
+from toolkit.seq2seq.decoding import Seq2SeqStepper
 from toolkit.serve.batching import BatchingScheduler
 from toolkit.serve.errors import QueueFullError, ServerClosingError
 from toolkit.serve.models import ModelRegistry
@@ -300,9 +301,16 @@ def test_bad_audio_and_parameters_are_one_line_400s(served: ServeProcess, wavs: 
         ({"num_beams": 0}, "parameter 'num_beams' must be an integer of at least 1"),
         ({"max_new_tokens": 2.5}, "parameter 'max_new_tokens' must be an integer of at least 1"),
         ({"language": 7}, "parameter 'language' must be a string"),
+        ({"num_beams": 5000}, "parameter 'num_beams' is 5000, over this server's limit of 16"),
+        ({"max_new_tokens": 10**9}, "parameter 'max_new_tokens' is 1000000000, over this server's limit of"),
     ]
     for parameters, fragment in cases:
         assert fragment in _error(served, "whisper-audio", _audio(wavs["mono"]), parameters)
+    for rate in (0, 1, 1_000_003):  # issue 21 row 7: the header's rate, refused before anything is read
+        wav = bytearray(good)
+        wav[24:28] = rate.to_bytes(4, "little")
+        message = _error(served, "whisper-audio", {"audio": _bytes([bytes(wav)])})
+        assert f"at {rate} Hz, outside the 1000-384000 Hz" in message
     message = _error(served, "whisper-audio", _audio(wavs["mono"]), outputs=["segments"])
     assert "output 'segments' needs the request parameter timestamps=true" in message
     message = _error(served, "whisper-audio", _texts("hello"))
@@ -318,6 +326,8 @@ def test_bad_text_is_a_one_line_400_and_limits_are_413(served: ServeProcess) -> 
     assert "model 'bart-text' takes one input 'text'" in message
     message = _error(served, "t5-text", _texts("hi"), {"num_beams": -1})
     assert "parameter 'num_beams' must be an integer of at least 1" in message
+    message = _error(served, "t5-text", _texts("hi"), {"num_beams": 17})
+    assert "over this server's limit of 16" in message
     message = _error(served, "t5-text", _texts("hi"), {"length_penalty": "long"})
     assert message == "length_penalty must be a finite number, got 'long'"
     status, answer = _infer(served, "t5-text", _texts(*["word " * 300] * 4))
@@ -383,13 +393,13 @@ def test_decode_requests_run_one_per_run_under_the_queue_limit(s2s_packages: dic
 
     async def scenario() -> None:
         scheduler = BatchingScheduler(BatchOptions(max_batch=32, max_delay_ms=200, max_queue=1), Observer())
-        first = asyncio.create_task(scheduler.submit(engine, DecodeWork({}, held), 1, None))
+        first = asyncio.create_task(scheduler.submit(engine, DecodeWork("held", {}, held), 1, None))
         while not runs:
             await asyncio.sleep(0.01)
-        second = asyncio.create_task(scheduler.submit(engine, DecodeWork({}, held), 1, None))
+        second = asyncio.create_task(scheduler.submit(engine, DecodeWork("held", {}, held), 1, None))
         await asyncio.sleep(0.05)
         with pytest.raises(QueueFullError, match="the limit is 1"):
-            await scheduler.submit(engine, DecodeWork({}, held), 1, None)
+            await scheduler.submit(engine, DecodeWork("held", {}, held), 1, None)
         gate.set()
         for task in (first, second):
             assert _strings((await task)["text"]) == ["done"]
@@ -397,6 +407,33 @@ def test_decode_requests_run_one_per_run_under_the_queue_limit(s2s_packages: dic
 
     asyncio.run(scenario())
     assert batches == [(1, 1), (1, 1)]
+
+
+def test_an_abandoned_decode_stops_at_its_next_decoder_step(s2s_packages: dict[str, Path], wavs: dict[str, Path]) -> None:  # fmt: skip
+    """Issue 21 row 9: a request cancelled in the middle of one clip's beam search stops at the next step."""
+    registry = ModelRegistry.load([s2s_packages["whisper"]])
+    model = registry.get("whisper-audio")
+    assert isinstance(model, SpeechModel)
+    body, headers = _body(_audio(wavs["mono"]), {"num_beams": 4, "max_new_tokens": 40}, None)
+    job = model.prepare(decode_request(body, int(headers["Inference-Header-Content-Length"])))
+    assert isinstance(job.feeds, DecodeWork)
+    steps = 0
+    original = Seq2SeqStepper.step
+
+    def counting(self: Seq2SeqStepper, tokens: np.ndarray) -> np.ndarray:
+        nonlocal steps
+        steps += 1
+        if steps == 3:
+            job.cancel()  # the client leaves while the decoder runs
+        return original(self, tokens)
+
+    Seq2SeqStepper.step = counting  # type: ignore[method-assign]
+    try:
+        (abandoned,) = model.engine.run_many([job.feeds])
+    finally:
+        Seq2SeqStepper.step = original  # type: ignore[method-assign]
+    assert isinstance(abandoned, ServerClosingError)
+    assert steps == 3  # the step that saw the cancel ran no decoder; 40 tokens x 4 beams would run ~40 steps
 
 
 def test_an_abandoned_decode_stops_before_its_next_clip(s2s_packages: dict[str, Path], wavs: dict[str, Path]) -> None:  # fmt: skip
@@ -492,3 +529,40 @@ def test_ray_serve_serves_the_decoding_models(
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+# -- the server's decoding limits and a deadline mid-beam-search (issue 21 rows 8 and 9) -------------------
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def test_decoding_limits_are_server_options_and_a_deadline_stops_200_beams_at_a_step(s2s_packages: dict[str, Path], wavs: dict[str, Path], tmp_path: Path) -> None:  # fmt: skip
+    """--max-beam-width and --max-new-tokens bound what a request may ask for (400 naming the option); 200 beams over
+    a 2 s clip decode for seconds, so past its 1 s deadline the request is a 504 and the worker stops at its next
+    decoder step: the requests after it are answered within their own 5 s deadline (Triton's ``timeout``
+    parameter is in microseconds)."""
+    args = ["--threads", "1", "--max-beam-width", "256", "--max-new-tokens", "32"]
+    server = start_serve([s2s_packages["whisper"]], args, tmp_path / "serve", env={"EDGE_API_KEY": API_KEY})
+    try:
+        before = _rss_mb(server.process.pid)
+        message = _error(server, "whisper-audio", _audio(wavs["mono"]), {"num_beams": 5000})
+        assert message == (
+            "parameter 'num_beams' is 5000, over this server's limit of 256; ask for 256 or fewer "
+            "(or raise --max-beam-width)"
+        )
+        message = _error(server, "whisper-audio", _audio(wavs["mono"]), {"max_new_tokens": 33})
+        assert message.endswith("limit of 32; ask for 32 or fewer (or raise --max-new-tokens)")
+        assert _rss_mb(server.process.pid) - before < 300
+        assert _infer(server, "whisper-audio", _audio(wavs["mono"]), {"max_new_tokens": 32})[0] == 200
+        status, message = _infer(server, "whisper-audio", _audio(wavs["mono"]), {"num_beams": 200, "timeout": 1_000_000})  # fmt: skip
+        assert status == 504, message
+        for _ in range(3):
+            answer = _infer(server, "whisper-audio", _audio(wavs["mono"]), {"timeout": 5_000_000})
+            assert answer[0] == 200, answer
+        assert "Traceback" not in server.log.read_text(encoding="utf-8")
+    finally:
+        assert server.stop() == 0

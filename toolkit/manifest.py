@@ -26,9 +26,12 @@ from toolkit.atomic import atomic_write_text
 from toolkit.errors import BadInputError, BadModelError
 
 __all__ = [
+    "DECODER_GRAPHS",
     "FORMAT_VERSION",
     "FP32_VARIANT",
+    "GQA_INPLACE_GRAPH",
     "MANIFEST_NAME",
+    "OPTIMUM_GRAPH",
     "AudioPreprocessing",
     "GenerationSpec",
     "Host",
@@ -228,6 +231,13 @@ def section_of(preprocessing: Preprocessing | None, kind: type[_Section]) -> _Se
 
 
 # --- generation contract ---------------------------------------------------------------------
+# the decoder graphs a generate package may hold: optimum-onnx's export (past in, a longer present out) and
+# edge-toolkit's own (converters/gqa_decoder.py: GroupQueryAttention over one in-place buffer)
+OPTIMUM_GRAPH = "optimum"
+GQA_INPLACE_GRAPH = "gqa-inplace"
+DECODER_GRAPHS = (OPTIMUM_GRAPH, GQA_INPLACE_GRAPH)
+
+
 @dataclass(frozen=True)
 class GenerationSpec:
     """What a generator needs beyond the graph: the KV cache layout, the positions, special ids, chat template.
@@ -235,7 +245,10 @@ class GenerationSpec:
     The decoder takes ``past_key_values.{i}.key`` / ``.value`` and returns ``present.{i}.key`` / ``.value``,
     each ``[batch, kv_heads, positions, head_dim]`` of `cache_dtype`, for ``i < layers``. `defaults` are the
     model's ``generation_config.json`` settings (do_sample, temperature, top_k, top_p, repetition_penalty,
-    max_new_tokens) that a caller's arguments override.
+    max_new_tokens) that a caller's arguments override. `graph` says which decoder graph the package holds
+    (`DECODER_GRAPHS`; packages made before it was recorded hold optimum's); `rotary_inv_freq`, the frequencies
+    of the rotary embedding a graph applies by cache column (the in-place graph), lets the cache re-rotate keys
+    it moves to other columns.
     """
 
     layers: int
@@ -251,13 +264,26 @@ class GenerationSpec:
     past_input: str = "past_key_values.{layer}.{kind}"
     present_output: str = "present.{layer}.{kind}"
     position_ids: bool = True
+    graph: str = OPTIMUM_GRAPH
+    rotary_inv_freq: tuple[float, ...] = ()
+
+    @property
+    def in_place(self) -> bool:
+        """The decoder writes new positions into its past buffer (past and present bound to one buffer of the
+        full capacity) and takes ``num_logits_to_keep``; else it returns a present one position longer."""
+        return self.graph == GQA_INPLACE_GRAPH
 
 
 def _generation(d: Mapping[str, Any] | None) -> GenerationSpec | None:
     if d is None:
         return None
     return GenerationSpec(
-        **{**d, "eos_token_ids": tuple(d["eos_token_ids"]), "defaults": d.get("defaults", {})}
+        **{
+            **d,
+            "eos_token_ids": tuple(d["eos_token_ids"]),
+            "defaults": d.get("defaults", {}),
+            "rotary_inv_freq": tuple(d.get("rotary_inv_freq", ())),
+        }
     )
 
 
@@ -362,9 +388,9 @@ class Manifest:
         """Parse; `origin` names the file in error messages."""
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an integer of over 4,300 digits
             raise BadModelError(
-                f"{origin} is not valid JSON ({exc}); re-create the package with `edge convert`"
+                f"{origin} is not valid JSON ({_one_line(exc)}); re-create the package with `edge convert`"
             ) from None
         if not isinstance(data, dict):
             raise BadModelError(f"{origin} is not an edge-toolkit manifest; re-create it with `edge convert`")
@@ -682,6 +708,18 @@ def check_manifest(manifest: Manifest, origin: str) -> None:
         raise _fail(origin, "exporter", "must be an object")
     _check_generation(origin, manifest.generation)
     _check_seq2seq(origin, manifest.seq2seq)
+    text = section_of(manifest.preprocessing, TextPreprocessing)
+    if (
+        manifest.generation is not None
+        and text is not None
+        and manifest.generation.max_positions > text.max_length
+    ):
+        raise _fail(
+            origin,
+            "generation.max_positions",
+            f"is {manifest.generation.max_positions}, beyond the model's {text.max_length} positions "
+            "(preprocessing.max_length)",
+        )
 
 
 def _check_seq2seq(origin: str, spec: Seq2SeqSpec | None) -> None:
@@ -755,6 +793,14 @@ def _check_generation(origin: str, spec: GenerationSpec | None) -> None:
     if not isinstance(spec.position_ids, bool):
         raise _fail(
             origin, "generation.position_ids", f"must be true or false, got {_short(spec.position_ids)}"
+        )
+    if not all(isinstance(f, int | float) and not isinstance(f, bool) for f in spec.rotary_inv_freq):
+        raise _fail(origin, "generation.rotary_inv_freq", "must be a list of numbers")
+    if spec.graph not in DECODER_GRAPHS:
+        raise _fail(
+            origin,
+            "generation.graph",
+            f"must be one of {', '.join(DECODER_GRAPHS)}, got {_short(spec.graph)}",
         )
 
 

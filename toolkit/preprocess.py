@@ -27,11 +27,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LETTERBOX_FILL",
+    "MAX_ASPECT_RATIO",
+    "MAX_IMAGE_PIXELS",
     "RESIZERS",
+    "SAMPLE_RATES",
     "AudioInput",
     "Classification",
     "ImageInput",
     "TextTokenizer",
+    "check_sample_rate",
     "clean_up_tokenization",
     "cleans_up_spaces",
     "clip_list",
@@ -44,28 +48,34 @@ __all__ = [
     "preprocess_audio",
     "preprocess_image",
     "ranked",
+    "read_tokenizer",
     "read_wav",
     "softmax",
 ]
+
+
+def read_tokenizer(path: Path) -> Any:
+    """The `tokenizers` tokenizer in the package file `path`; a missing or unreadable file is a BadModelError."""
+    from tokenizers import Tokenizer  # a few hundred ms; only text packages pay it
+
+    if not path.is_file():
+        raise BadModelError(
+            f"tokenizer file '{path}' is missing from the package; re-create it with `edge convert`"
+        )
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot read
+        raise BadModelError(
+            f"tokenizer file '{path.name}' is not a tokenizers JSON file ({first_line(exc, 200)}); "
+            "re-create the package with `edge convert`"
+        ) from None
 
 
 class TextTokenizer:
     """A `tokenizers` tokenizer set up as the package says: truncation to the model's max length, no fixed padding."""
 
     def __init__(self, path: Path, max_length: int) -> None:
-        from tokenizers import Tokenizer  # a few hundred ms; only text packages pay it
-
-        if not path.is_file():
-            raise BadModelError(
-                f"tokenizer file '{path}' is missing from the package; re-create it with `edge convert`"
-            )
-        try:
-            self.tokenizer = Tokenizer.from_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot read
-            raise BadModelError(
-                f"tokenizer file '{path.name}' is not a tokenizers JSON file ({first_line(exc)}); "
-                "re-create the package with `edge convert`"
-            ) from None
+        self.tokenizer = read_tokenizer(path)
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=max_length)
         self.max_length = max_length
@@ -180,11 +190,38 @@ def _pil() -> Any:
     return Image
 
 
-def open_image(image: ImageInput) -> PILImage.Image:
-    """An RGB PIL image from a path, a uint8 array [H, W, 3] (or [H, W]) or a PIL image; bad input is a BadInputError."""
+# An encoded image is checked from its header before it is decoded: a 17 KB 1-bit PNG can declare
+# 12000x12000 pixels (over 400 MB as RGB), which Pillow's own bomb check (89 M pixels) lets through.
+MAX_IMAGE_PIXELS = 40_000_000
+# Resizing keeps the aspect ratio: a 1x20000 image scaled to a 224-pixel short side would be 4.5 M pixels wide.
+MAX_ASPECT_RATIO = 50
+
+
+def _decode(opened: PILImage.Image, where: str, max_pixels: int) -> PILImage.Image:
+    """`opened` (header read, pixels not yet) decoded as RGB, after its size is checked."""
+    width, height = opened.size
+    if width < 1 or height < 1 or width * height > max_pixels:
+        raise BadInputError(
+            f"{where} is {width}x{height} pixels, over the {max_pixels:,}-pixel limit (or empty); "
+            "scale it down before sending it"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise BadInputError(
+            f"{where} is {width}x{height} pixels, a side over {MAX_ASPECT_RATIO} times the other; crop it to the "
+            "part to look at"
+        )
+    return opened.convert("RGB")
+
+
+def open_image(
+    image: ImageInput, max_pixels: int = MAX_IMAGE_PIXELS, name: str = "the image"
+) -> PILImage.Image:
+    """An RGB PIL image from a path, encoded bytes (`name` in errors), a uint8 array [H, W, 3] (or [H, W]) or a PIL
+    image; an encoded image declaring over `max_pixels` pixels is refused from its header; bad input is a
+    BadInputError."""
     Image = _pil()
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
+    if isinstance(image, Image.Image):  # an RGB image as it is: a copy of a large one would double its memory
+        return image if image.mode == "RGB" else image.convert("RGB")
     if isinstance(image, np.ndarray):
         if (
             image.dtype != np.uint8
@@ -199,7 +236,7 @@ def open_image(image: ImageInput) -> PILImage.Image:
     if isinstance(image, bytes):  # an encoded file's bytes (the server's image pipeline models)
         try:
             with Image.open(io.BytesIO(image)) as opened:
-                return opened.convert("RGB")
+                return _decode(opened, name, max_pixels)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise BadInputError(
                 f"image bytes could not be decoded ({first_line(exc)}); send a JPEG, PNG, BMP, GIF, TIFF or WebP file"
@@ -214,7 +251,7 @@ def open_image(image: ImageInput) -> PILImage.Image:
         raise BadInputError(f"image '{path}' {problem}; pass the path of a JPEG, PNG or other image file")
     try:
         with Image.open(path) as opened:
-            return opened.convert("RGB")
+            return _decode(opened, f"image '{path}'", max_pixels)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInputError(
             f"image '{path}' could not be decoded ({first_line(exc)}); pass a JPEG, PNG, BMP, GIF, TIFF or WebP file"
@@ -376,6 +413,22 @@ _WAV_FORMATS = {
 }
 
 
+# Sample rates a clip may declare: below 1 kHz nothing is speech, above 384 kHz no audio interface records; a
+# rate outside makes resampling allocate (or loop) in proportion to a number the client chose.
+SAMPLE_RATES = (1_000, 384_000)
+
+
+def check_sample_rate(rate: Any, where: str) -> int:
+    """`rate` when it is an integer within `SAMPLE_RATES`, else a BadInputError naming `where`."""
+    low, high = SAMPLE_RATES
+    if isinstance(rate, bool) or not isinstance(rate, int | np.integer) or not low <= rate <= high:
+        raise BadInputError(
+            f"{where} is at {rate} Hz, outside the {low}-{high} Hz this toolkit reads; resample it, "
+            "e.g. ffmpeg -i IN -ar 16000 OUT.wav"
+        )
+    return int(rate)
+
+
 def read_wav(source: str | Path | bytes, name: str | None = None) -> tuple[np.ndarray, int]:
     """A PCM WAV file (8, 16, 24 or 32 bit; a path or the file's bytes) as a mono float32 waveform in [-1, 1]
     (channels averaged) and its rate; `name` is what error messages call it."""
@@ -395,6 +448,7 @@ def read_wav(source: str | Path | bytes, name: str | None = None) -> tuple[np.nd
     try:
         with wave.open(stream, "rb") as wav:
             width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
+            check_sample_rate(rate, where)  # before reading the frames
             frames = wav.readframes(wav.getnframes())
     # `wave` raises any of these on a malformed or non-PCM header (a bare RuntimeError on some)
     except (wave.Error, EOFError, RuntimeError, ValueError) as exc:
@@ -443,7 +497,8 @@ def preprocess_audio(
                 f"a waveform must be a 1-D float array of samples, got {clip.dtype} {list(clip.shape)}; "
                 "average the channels (.mean(axis=1)) and convert with .astype(np.float32)"
             )
-        waveform, rate, where = clip.astype(np.float32), sampling_rate or pre.sampling_rate, "waveform"
+        given = pre.sampling_rate if sampling_rate is None else sampling_rate
+        waveform, rate, where = clip.astype(np.float32), check_sample_rate(given, "waveform"), "waveform"
     else:
         raise BadInputError(
             f"a clip must be a WAV file path, its bytes or a float waveform array, got {type(clip).__name__}"

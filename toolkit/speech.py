@@ -21,7 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from toolkit.errors import BadInputError
-from toolkit.preprocess import AudioInput, read_wav
+from toolkit.preprocess import AudioInput, check_sample_rate, read_wav
 
 __all__ = ["LogMelSpec", "Window", "load_clip", "log_mel", "mel_filters", "resample", "windows"]
 
@@ -143,7 +143,8 @@ def load_clip(clip: AudioInput, rate: int, sampling_rate: int | None = None) -> 
                 f"a waveform must be a 1-D float array of samples, got {clip.dtype} {list(clip.shape)}; "
                 "average the channels (.mean(axis=1)) and convert with .astype(np.float32)"
             )
-        waveform, source_rate, where = clip, sampling_rate or rate, "waveform"
+        given = rate if sampling_rate is None else sampling_rate
+        waveform, source_rate, where = clip, check_sample_rate(given, "waveform"), "waveform"
     else:
         raise BadInputError(
             f"a clip must be a WAV file path, its bytes or a float waveform array, got {type(clip).__name__}"

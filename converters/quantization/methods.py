@@ -31,6 +31,7 @@ from converters.quantization.calibration import CalibrationOptions, FeedReader, 
 from toolkit.atomic import atomic_path, staging_directory
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.host import current_host
+from toolkit.inspect import model_size
 from toolkit.manifest import FP32_VARIANT, Host, ModelPackage, Variant, tool_versions, variant_file_name
 from toolkit.runner import Runner
 
@@ -82,7 +83,8 @@ class QuantizeOptions:
     op_types: tuple[str, ...] | None = None
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     symmetric_activations: bool = False
-    block_size: int = 32
+    block_size: int | None = None
+    """int4: None picks block size and accuracy level by measurement (`int4_search`)."""
     fp16_op_block_list: tuple[str, ...] = ()
     budget: float = 0.99
     max_size: float | None = None
@@ -153,8 +155,13 @@ def _short(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
+# a model whose weights fit one protobuf: its variants can be written as single files
+SINGLE_FILE_LIMIT = 1_800_000_000
+
+
 def load_source_model(path: Path) -> onnx.ModelProto:
-    """The fp32 model, checked to be readable, under 2 GB (no external data) and not already quantized."""
+    """The fp32 model, checked to be readable, under 2 GB (external data only below that) and not already
+    quantized."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, OSError, RuntimeError) as exc:
@@ -163,10 +170,10 @@ def load_source_model(path: Path) -> onnx.ModelProto:
         ) from None
     if not model.graph.node:
         raise BadModelError(f"'{path}' has an empty graph; re-create the package with `edge convert`")
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+    if model_size(path) > SINGLE_FILE_LIMIT:
         raise BadModelError(
-            f"'{path}' keeps its weights in external data (a model over 2 GB); edge quantize writes single-file "
-            "variants only, so quantize it with onnxruntime.quantization and use_external_data_format=True"
+            f"'{path}' with its external data is over {SINGLE_FILE_LIMIT / 1e9:.1f} GB; edge quantize writes "
+            "single-file variants only, so quantize it with onnxruntime.quantization and use_external_data_format=True"
         )
     quantized = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
     if quantized:
@@ -425,30 +432,65 @@ def fp16(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str, Any]:
     }
 
 
-@register("int4", "int4", "int4", "4-bit weight-only MatMul (MatMulNBits), for transformers")
-def int4(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str, Any]:
-    """Weight-only 4-bit MatMul (MatMulNBits, symmetric, blockwise); compute in int8 on CPU (accuracy level 4)."""
+DEFAULT_INT4_BLOCK = 32
+
+
+def _int4_file(ws: Workspace, options: QuantizeOptions, block: int, level: int, out: Path) -> None:
+    """Every MatMul with constant weights (the LM head included) as MatMulNBits, 4-bit symmetric blocks."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    if options.block_size < 16 or options.block_size & (options.block_size - 1):
-        raise BadInputError(f"--block-size must be a power of two, at least 16; got {options.block_size}")
-    nodes = ws.node_names(options.exclude, ws.source)
-    ws.say(f"quantizing: int4 weight-only, block size {options.block_size}")
+    ws.say(f"quantizing: int4 weight-only, block size {block}, accuracy level {level}")
     try:
         with routed_ort_logging():
             quantizer = MatMulNBitsQuantizer(
                 onnx.load(str(ws.source)),
                 bits=4,
-                block_size=options.block_size,
+                block_size=block,
                 is_symmetric=True,
-                accuracy_level=4,
-                nodes_to_exclude=nodes,
+                accuracy_level=level,
+                nodes_to_exclude=ws.node_names(options.exclude, ws.source),
                 op_types_to_quantize=("MatMul",),
             )
             quantizer.process()
             quantizer.model.save_model_to_file(str(out), False)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises assorted errors; reported as one line
         raise _quantizer_failure("int4", exc) from None
+
+
+@register("int4", "int4", "int4", "4-bit weight-only MatMul (MatMulNBits), for transformers")
+def int4(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str, Any]:
+    """Weight-only 4-bit MatMul (MatMulNBits, symmetric, blockwise); for a generator with `options.block_size`
+    None, block size and accuracy level (4: int8 compute, 1: fp32) chosen by measurement (`int4_search`), else
+    that block (default `DEFAULT_INT4_BLOCK`) at level 4."""
+    search: dict[str, Any] = {}
+    # the search scores whole-model outputs: decoder-only generators; other models (an encoder-decoder's
+    # several files) keep block 32 unless told otherwise
+    if options.block_size is None and ws.package.manifest.generation is None:
+        options = replace(options, block_size=DEFAULT_INT4_BLOCK)
+    if options.block_size is None:
+        from converters.quantization.int4_search import search_int4
+
+        choice = search_int4(
+            ws.package,
+            ws.source,
+            ws.folder,
+            lambda block, level, path: _int4_file(ws, options, block, level, path),
+            options.budget,
+            options.threads,
+            options.latency_runs,
+        )
+        block, level = choice.block_size, choice.accuracy_level
+        choice.file.replace(out)
+        ws.say(f"int4: picked block size {block}, accuracy level {level} by measurement")
+        search = {
+            "chosen_by": "measurement (fastest within the budget)",
+            "candidates": list(choice.candidates),
+        }
+    else:
+        block, level = options.block_size, 4
+        if block < 16 or block & (block - 1):
+            raise BadInputError(f"--block-size must be a power of two, at least 16; got {block}")
+        _int4_file(ws, options, block, level, out)
     count = sum(
         1 for n in onnx.load(str(out), load_external_data=False).graph.node if n.op_type == "MatMulNBits"
     )
@@ -458,11 +500,12 @@ def int4(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str, Any]:
         )
     return {
         "bits": 4,
-        "block_size": options.block_size,
+        "block_size": block,
         "symmetric": True,
-        "accuracy_level": 4,
+        "accuracy_level": level,
         "quantized_matmuls": count,
-        "excluded_nodes": nodes,
+        "excluded_nodes": ws.node_names(options.exclude, ws.source),
+        **search,
     }
 
 

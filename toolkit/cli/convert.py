@@ -139,6 +139,14 @@ def validation_failure(validation: Validation) -> str:
     default=None,
     help="Class names, one per line, for an .onnx SOURCE (e.g. --task detect of an Ultralytics export).",
 )
+@click.option(
+    "--decoder-graph",
+    type=click.Choice(["auto", "optimum"]),
+    default="auto",
+    show_default=True,
+    help="Causal LMs: auto = edge-toolkit's in-place GroupQueryAttention decoder for Llama/Qwen2/Mistral "
+    "(optimum's export for the rest); optimum = always optimum-onnx's graph.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @common_options
 def convert_command(
@@ -155,6 +163,7 @@ def convert_command(
     exporter: str,
     recipe: str | None,
     labels: str | None,
+    decoder_graph: str,
     as_json: bool,
 ) -> None:
     """Export SOURCE to a validated ONNX model package.
@@ -182,6 +191,7 @@ def convert_command(
         exporter=exporter,
         recipe=recipe,
         labels=Path(labels) if labels else None,
+        decoder_graph=decoder_graph,
     )
     with progress(not as_json) as step:
         package = convert(source, out_dir, options, step)

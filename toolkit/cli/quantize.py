@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from toolkit.cli.common import EXIT_VALIDATION_FAILED, CommaList, common_options, emit_json, progress, stdout
+from toolkit.errors import BadInputError
 from toolkit.manifest import Host
 
 __all__ = ["quantize_command", "render_candidates"]
@@ -103,7 +104,13 @@ def render_candidates(candidates: Any, budget: float, host: Host | None, portabl
     is_flag=True,
     help="static-int8: int8 symmetric activations (what TensorRT requires).",
 )
-@click.option("--block-size", type=int, default=32, show_default=True, help="int4 block size.")
+@click.option(
+    "--block-size",
+    default="auto",
+    show_default=True,
+    help="int4 block size (a power of two, at least 16), or auto: try 32, 64 and 128 and the accuracy levels "
+    "(int8 or fp32 compute) and keep the fastest within --budget.",
+)
 @click.option(
     "--fp16-block", multiple=True, metavar="OP", help="fp16: extra op types to keep in fp32 (repeatable)."
 )
@@ -145,7 +152,7 @@ def quantize_command(
     calibration_data: Path | None,
     samples: int,
     symmetric_activations: bool,
-    block_size: int,
+    block_size: str,
     fp16_block: tuple[str, ...],
     budget: float,
     max_size: float | None,
@@ -169,7 +176,7 @@ def quantize_command(
         op_types=op_types,
         calibration=CalibrationOptions(method=calibration_method, data=calibration_data, samples=samples),
         symmetric_activations=symmetric_activations,
-        block_size=block_size,
+        block_size=_block_size(block_size),
         fp16_op_block_list=fp16_block,
         budget=budget,
         max_size=max_size,
@@ -223,3 +230,13 @@ def quantize_command(
             err=True,
         )
         click.get_current_context().exit(EXIT_VALIDATION_FAILED)
+
+
+def _block_size(text: str) -> int | None:
+    """--block-size: None for auto, else the integer."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise BadInputError(f"--block-size must be auto or an integer such as 32; got {text!r}") from None

@@ -14,7 +14,9 @@ import click
 from toolkit.cli.common import common_options, console, progress
 from toolkit.cli.provider_options import provider_options
 from toolkit.errors import BadInputError
+from toolkit.preprocess import MAX_IMAGE_PIXELS
 from toolkit.providers import ProviderConfig
+from toolkit.seq2seq import DecodeLimits
 
 # toolkit.serve.access.API_KEY_ENV (not imported: the CLI loads the server's modules only when it serves)
 API_KEY_ENV = "EDGE_API_KEY"
@@ -137,11 +139,47 @@ def _ready_json(url: str, registry: Any) -> str:
     "one small request can make the server allocate.",
 )
 @click.option(
+    "--truncate/--no-truncate",
+    default=True,
+    show_default=True,
+    help="/v1/embeddings: cut an input longer than the model's positions to them (as sentence-transformers "
+    "does, listed in usage.truncated_inputs); --no-truncate answers it 400.",
+)
+@click.option(
+    "--max-image-pixels",
+    type=click.IntRange(min=1),
+    default=MAX_IMAGE_PIXELS,
+    show_default=True,
+    help="Pixels (width x height) an image sent to a NAME-image model may declare, checked from its header "
+    "before it is decoded; 400 above it.",
+)
+@click.option(
+    "--max-beam-width",
+    type=click.IntRange(min=1),
+    default=DecodeLimits.max_beam_width,
+    show_default=True,
+    help="Largest num_beams a request to an encoder-decoder (NAME-audio, NAME-text) may ask for; 400 above it.",
+)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Largest max_new_tokens a request to an encoder-decoder may ask for; 400 above it. "
+    "Default: the decoder's positions.",
+)
+@click.option(
     "--body-timeout-s",
     type=click.FloatRange(min=0, min_open=True),
     default=30.0,
     show_default=True,
     help="Time a request body may take to arrive; 408 after it (a body shorter than its Content-Length).",
+)
+@click.option(
+    "--shutdown-timeout-s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="How long SIGTERM or Ctrl+C lets in-flight requests run before cutting them (streams end with "
+    "finish_reason 'abort', others get 503; the exit code is then 128+signal). Default: --timeout-ms + 5 s.",
 )
 @click.option(
     "--api-key",
@@ -217,7 +255,12 @@ def serve_command(
     max_body_mb: float,
     max_request_rows: int,
     max_request_tokens: int,
+    max_image_pixels: int,
+    max_beam_width: int,
+    max_new_tokens: int | None,
+    truncate: bool,
     body_timeout_s: float,
+    shutdown_timeout_s: float | None,
     api_key: str | None,
     ssl_certfile: str | None,
     ssl_keyfile: str | None,
@@ -237,7 +280,8 @@ def serve_command(
     one model are merged into batches (--max-batch, --max-delay-ms). Errors are JSON {"error": ...}:
     400 bad request, 401 no or wrong API key, 404 unknown model, 408 body too slow, 413 body, rows or
     tokens over the limit, 503 queue full, 504 timeout. SIGTERM or Ctrl+C stops accepting, lets in-flight
-    requests finish, and exits 0; a second one answers waiting requests 503 and exits at once.
+    requests finish (up to --shutdown-timeout-s), and exits 0; requests still running then are cut and the
+    exit code is 128+signal; a second signal answers waiting requests 503 and exits at once.
     """
     from toolkit.serve.models import LoadOptions
     from toolkit.serve.options import BatchOptions, ServeOptions
@@ -250,7 +294,9 @@ def serve_command(
         body_timeout_s=body_timeout_s,
         max_request_rows=max_request_rows,
         max_request_tokens=max_request_tokens,
+        truncate=truncate,
         api_key=api_key or None,
+        shutdown_timeout_s=shutdown_timeout_s,
     )
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise BadInputError("--ssl-certfile and --ssl-keyfile go together; pass both (or neither for HTTP)")
@@ -259,7 +305,14 @@ def serve_command(
         raise BadInputError(
             "--api-key and --ssl-* apply to the built-in server; with --ray, configure them on Ray Serve's proxy"
         )
-    load = LoadOptions(provider_config, threads, variants, spinning=spin)
+    load = LoadOptions(
+        provider_config,
+        threads,
+        variants,
+        spinning=spin,
+        max_image_pixels=max_image_pixels,
+        decode_limits=DecodeLimits(max_beam_width=max_beam_width, max_new_tokens=max_new_tokens),
+    )
     if on_ray:
         from toolkit.serve.ray_app import (
             RayOptions,
@@ -325,13 +378,28 @@ def serve_command(
             for line in generator_ready_lines(url, generators):
                 click.echo(line)
 
-    graceful = (options.timeout_s or 30.0) + 5.0
-    run = run_server(app, sock, on_ready=ready, on_force=serving.abort, graceful_timeout_s=graceful, tls=tls)
+    run = run_server(
+        app,
+        sock,
+        on_ready=ready,
+        on_force=serving.abort,
+        on_cut=serving.abort,
+        graceful_timeout_s=options.grace_s,
+        tls=tls,
+    )
     if run.forced:
         # a second signal: waiting requests were answered 503; do not wait for a model run on a worker thread
         console.print(f"stopped at once ({run.signal}, twice); waiting requests were answered 503")
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(128 + signal.Signals[run.signal or "SIGINT"].value)
+    stopped = f"stopped{f' ({run.signal})' if run.signal else ''}"
+    if run.cut:
+        console.print(
+            f"{stopped}: {run.cut} request(s) still running after the {options.grace_s:g} s grace period were cut "
+            "(streams ended with finish_reason 'abort', the others were answered 503)",
+            soft_wrap=True,
+        )
+        sys.exit(128 + signal.Signals[run.signal or "SIGTERM"].value)
     if not as_json:
-        console.print(f"stopped{f' ({run.signal})' if run.signal else ''}; in-flight requests were answered")
+        console.print(f"{stopped}; every in-flight request was answered")

@@ -102,17 +102,31 @@ class ContinuousBatch:
         if not rows:
             self._stepper = None
             return
-        lengths = [stepper.cache.length for stepper, _ in sources if stepper is not None]
-        length = max(lengths)
+        # each row keeps its columns from its first real token: columns padded in every row are dropped, so
+        # a long-running batch does not grow past the positions its rows use
+        parts = []
+        for stepper, index in sources:
+            assert stepper is not None
+            parts.append((stepper.cache, index, int(np.argmax(stepper.mask[index, : stepper.cache.length]))))
+        length = max(cache.length - start for cache, _, start in parts)
         capacity = length + max(r.new for r in rows)  # columns; positions count real tokens only
-        parts = [(stepper.cache, index) for stepper, index in sources if stepper is not None]
         cache = KVCache.assemble(parts, length, capacity)
         mask = np.zeros((len(rows), capacity), dtype=np.int64)
-        for target, (stepper, index) in enumerate(sources):
+        for target, ((stepper, index), (_, _, start)) in enumerate(zip(sources, parts, strict=True)):
             assert stepper is not None
             used = stepper.cache.length
-            mask[target, length - used : length] = stepper.mask[index, :used]
+            mask[target, length - (used - start) : length] = stepper.mask[index, start:used]
         self._stepper = DecoderStepper.resume(self.generator.runner.session, self.generator.spec, cache, mask)
+
+    def drop(self, keys: set[int]) -> None:
+        """Take the rows of `keys` out of the batch now (their clients left): their cache columns and logits
+        are freed at once, and the other rows decode on as if those had never joined."""
+        keep = [i for i, row in enumerate(self.rows) if row.key not in keys]
+        if len(keep) == len(self.rows):
+            return
+        stepper = self._stepper
+        self._regroup([self.rows[i] for i in keep], [(stepper, i) for i in keep])
+        self._logits = self._logits[keep] if self._logits is not None and keep else None
 
     def step(self) -> list[GenerationEvent]:
         """Choose every row's next token, report it, drop finished rows and run the decoder for the rest."""

@@ -9,7 +9,10 @@ from toolkit.errors import BadModelError
 from toolkit.generation.kv_cache import CacheLayout, KVCache
 from toolkit.manifest import GenerationSpec
 
-__all__ = ["DecoderStepper", "cache_layout"]
+# the in-place graph's input saying how many trailing positions get logits (converters/gqa_decoder.py)
+LOGITS_TO_KEEP = "num_logits_to_keep"
+
+__all__ = ["LOGITS_TO_KEEP", "DecoderStepper", "cache_layout"]
 
 
 def cache_layout(spec: GenerationSpec) -> CacheLayout:
@@ -21,6 +24,8 @@ def cache_layout(spec: GenerationSpec) -> CacheLayout:
         spec.cache_dtype,
         lambda layer, kind: spec.past_input.format(layer=layer, kind=kind),
         lambda layer, kind: spec.present_output.format(layer=layer, kind=kind),
+        spec.in_place,
+        spec.rotary_inv_freq,
     )
 
 
@@ -42,8 +47,11 @@ class DecoderStepper:
         self.cache = KVCache(cache_layout(spec), batch, capacity, device, device_id)
         self._mask = np.zeros((batch, capacity), dtype=np.int64)
         self._mask[:, :prompt] = attention_mask
-        # logits come back to the host: room for the prompt's positions once, then one per step
-        self._logits = np.empty(batch * prompt * self.vocab, dtype=np.float32)
+        # logits come back to the host: room for the prompt's positions once (the last one only from an
+        # in-place graph, which computes no others), then one per step
+        self._logits = np.empty(
+            batch * (1 if spec.in_place else prompt) * self.vocab, dtype=self._logits_dtype
+        )
         self.logits = self._run(input_ids, self._positions(prompt))
 
     @classmethod
@@ -56,7 +64,7 @@ class DecoderStepper:
         self._setup(session, spec, cache.device, cache.device_id)
         self.cache = cache
         self._mask = mask
-        self._logits = np.empty(cache.batch * self.vocab, dtype=np.float32)
+        self._logits = np.empty(cache.batch * self.vocab, dtype=self._logits_dtype)
         return self
 
     def _setup(
@@ -80,6 +88,11 @@ class DecoderStepper:
         if not isinstance(vocab, int):
             raise BadModelError("the decoder's logits have no fixed vocabulary size; re-export the model")
         self.vocab = vocab
+        self._logits_dtype = np.dtype(
+            np.float16 if "float16" in session.get_outputs()[0].type else np.float32
+        )
+        self._keep_last = np.ones((), dtype=np.int64)
+        self._bound = False
 
     @property
     def mask(self) -> np.ndarray:
@@ -104,12 +117,23 @@ class DecoderStepper:
             )
         if self._position_ids:
             binding.bind_cpu_input("position_ids", positions)
-        self.cache.bind(binding, new)
-        logits = self._logits[: batch * new * self.vocab]
-        binding.bind_output("logits", "cpu", 0, np.float32, [batch, new, self.vocab], logits.ctypes.data)
+        kept = 1 if self.spec.in_place else new
+        logits = self._logits[: batch * kept * self.vocab]
+        # the in-place graph's cache, kept-logits count and logits buffer never change address or shape: bound
+        # once (rebinding ~50 names costs more per token than some of the graph's kernels)
+        if not (self.spec.in_place and self._bound):
+            self.cache.bind(binding, new)
+            if self.spec.in_place:
+                binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep_last)
+            binding.bind_output(
+                "logits", "cpu", 0, self._logits_dtype, [batch, kept, self.vocab], logits.ctypes.data
+            )
+            self._bound = True
+        else:
+            self.cache.check_room(new)
         self.session.run_with_iobinding(binding)
         self.cache.advance(new)
-        return logits.reshape(batch, new, self.vocab)[:, -1, :].copy()
+        return logits.reshape(batch, kept, self.vocab)[:, -1, :].astype(np.float32)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """Feed one token per row; returns the next logits [batch, vocab]."""

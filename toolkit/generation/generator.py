@@ -11,7 +11,7 @@ from typing import Any, overload
 import numpy as np
 
 from toolkit.errors import BadInputError
-from toolkit.generation.chat import Message, render_chat
+from toolkit.generation.chat import Message, TemplateBudget, render_chat
 from toolkit.generation.decoder import DecoderStepper
 from toolkit.generation.decoding import FinishReason, RowPlan, decode
 from toolkit.generation.detokenizer import IncrementalDetokenizer
@@ -105,6 +105,7 @@ class TextGenerator(Pipeline[TextModality]):
         super().__init__(package, runner, task)
         self.spec: GenerationSpec = self.task.spec
         self.tokenizer = self.task.tokenizer
+        self.task.check_graph(runner.inputs, runner.outputs)
         self.device, self.device_id = runner.device
 
     @classmethod
@@ -132,8 +133,13 @@ class TextGenerator(Pipeline[TextModality]):
     def _special(self, token_id: int | None) -> str | None:
         return self.tokenizer.id_to_token(token_id) if token_id is not None else None
 
-    def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        """The prompt text the model's chat template makes of `messages`."""
+    def apply_chat_template(
+        self,
+        messages: Sequence[Message],
+        add_generation_prompt: bool = True,
+        budget: TemplateBudget | None = None,
+    ) -> str:
+        """The prompt text the model's chat template makes of `messages` (rendered within `budget`)."""
         return render_chat(
             self.spec.chat_template,
             messages,
@@ -143,11 +149,12 @@ class TextGenerator(Pipeline[TextModality]):
                 "pad_token": self._special(self.spec.pad_token_id),
             },
             add_generation_prompt,
+            budget,
         )
 
-    def encode(self, prompt: Prompt) -> tuple[str, list[int]]:
+    def encode(self, prompt: Prompt, budget: TemplateBudget | None = None) -> tuple[str, list[int]]:
         """The prompt text and its ids: a string as the tokenizer encodes it (special tokens added), messages
-        through the chat template (whose text already holds them)."""
+        through the chat template (whose text already holds them; rendered within `budget`)."""
         if isinstance(prompt, str):
             if not prompt:
                 raise BadInputError("prompt is empty; pass some text")
@@ -158,7 +165,7 @@ class TextGenerator(Pipeline[TextModality]):
             raise BadInputError(
                 f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}"
             )
-        text = self.apply_chat_template(prompt)
+        text = self.apply_chat_template(prompt, budget=budget)
         return text, self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def _pad(self, encoded: Sequence[list[int]]) -> tuple[np.ndarray, np.ndarray]:

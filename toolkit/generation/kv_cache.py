@@ -6,6 +6,10 @@ whole generation: a step reads the past from one and onnxruntime writes the pres
 then they swap. Nothing is allocated or copied by us per token; the only copy is the graph's own concat of
 past and new. On CUDA the buffers are device memory, so the cache never crosses to the host.
 
+An in-place layout (edge-toolkit's GroupQueryAttention graph) has one buffer per entry, shaped
+``[batch, kv_heads, capacity, head_dim]`` and bound as both past and present: the graph writes each step's new
+positions into it and copies nothing else.
+
 Encoder-decoders (Whisper) use the same class for their decoder self-attention cache.
 """
 
@@ -27,8 +31,19 @@ class CacheLayout:
     """Layers, heads, head size and dtype of a cache, and how its graph inputs and outputs are named."""
 
     def __init__(
-        self, layers: int, kv_heads: int, head_dim: int, dtype: str, past_name: Namer, present_name: Namer
+        self,
+        layers: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: str,
+        past_name: Namer,
+        present_name: Namer,
+        in_place: bool = False,
+        rotary_inv_freq: Sequence[float] = (),
     ) -> None:
+        self.in_place = in_place
+        # keys rotated by cache column inside the graph: moving them by d columns rotates them by d more
+        self.rotary_inv_freq = np.asarray(rotary_inv_freq, dtype=np.float64)
         self.layers = layers
         self.kv_heads = kv_heads
         self.head_dim = head_dim
@@ -61,7 +76,7 @@ class KVCache:
         self.length = 0
         size = batch * layout.kv_heads * capacity * layout.head_dim
         self._buffers: list[list[tuple[int, object]]] = [
-            [self._allocate(size) for _ in layout.entries()] for _ in range(2)
+            [self._allocate(size) for _ in layout.entries()] for _ in range(1 if layout.in_place else 2)
         ]
         self._current = 0
 
@@ -77,13 +92,32 @@ class KVCache:
         """The cache tensor shape at `length` positions."""
         return [self.batch, self.layout.kv_heads, length, self.layout.head_dim]
 
+    def addresses(self) -> list[tuple[int, int]]:
+        """(address, bytes) of every buffer: what a test checks to see the cache is never reallocated."""
+        item = self.layout.dtype.itemsize
+        return [
+            (address, int(np.prod(self.shape(self.capacity))) * item)
+            for side in self._buffers
+            for address, _ in side
+        ]
+
     def bind(self, binding: ort.IOBinding, new_tokens: int) -> None:
         """Bind the past (current length) as inputs and the present (length + `new_tokens`) as outputs."""
-        if self.length + new_tokens > self.capacity:
-            raise BadInputError(
-                f"KV cache holds {self.capacity} positions, a step needs {self.length + new_tokens}; "
-                "lower max_new_tokens or the prompt length"
-            )
+        self.check_room(new_tokens)
+        if self.layout.in_place:
+            for (past_name, present_name), (address, _) in zip(
+                self.layout.entries(), self._buffers[0], strict=True
+            ):
+                for bind, name in ((binding.bind_input, past_name), (binding.bind_output, present_name)):
+                    bind(
+                        name,
+                        self.device,
+                        self.device_id,
+                        self.layout.dtype,
+                        self.shape(self.capacity),
+                        address,
+                    )
+            return
         past, present = self._buffers[self._current], self._buffers[1 - self._current]
         for (past_name, present_name), (src, _), (dst, _) in zip(
             self.layout.entries(), past, present, strict=True
@@ -100,16 +134,25 @@ class KVCache:
                 dst,
             )
 
+    def check_room(self, new_tokens: int) -> None:
+        """A BadInputError when a step of `new_tokens` would not fit the capacity."""
+        if self.length + new_tokens > self.capacity:
+            raise BadInputError(
+                f"KV cache holds {self.capacity} positions, a step needs {self.length + new_tokens}; "
+                "lower max_new_tokens or the prompt length"
+            )
+
     def advance(self, new_tokens: int) -> None:
         """After a run: the present becomes the next step's past."""
         self.length += new_tokens
-        self._current = 1 - self._current
+        self._current = (self._current + 1) % len(self._buffers)
 
     @classmethod
-    def assemble(cls, rows: Sequence[tuple[KVCache, int]], length: int, capacity: int) -> KVCache:
-        """A new cache of the given rows (cache, row index) with their positions right-aligned at `length`
-        (shorter rows padded on the left, which their attention masks must hide): rows joining or leaving
-        a running batch. Copies every row once (through the host on CUDA)."""
+    def assemble(cls, rows: Sequence[tuple[KVCache, int, int]], length: int, capacity: int) -> KVCache:
+        """A new cache of the given rows (cache, row index, first column kept) with each row's kept columns
+        right-aligned at `length` (shorter rows padded on the left, which their attention masks must hide): rows
+        joining or leaving a running batch. Keys of a graph that rotates by column are rotated by the columns they
+        move. Copies every row once (through the host on CUDA)."""
         first = rows[0][0]
         layout = first.layout
         new = cls(layout, len(rows), capacity, first.device, first.device_id)
@@ -120,11 +163,14 @@ class KVCache:
             name = "value" if kind else "key"
             target = np.zeros(shape, dtype=layout.dtype)
             sources: dict[int, np.ndarray] = {}
-            for row, (cache, index) in enumerate(rows):
+            for row, (cache, index, start) in enumerate(rows):
                 if id(cache) not in sources:
                     sources[id(cache)] = cache.view(layer, name)
-                data = sources[id(cache)][index]
-                target[row, :, length - data.shape[1] :, :] = data
+                data = sources[id(cache)][index][:, start:]
+                offset = length - data.shape[1]
+                if name == "key" and layout.rotary_inv_freq.size and offset != start:
+                    data = _rotate(data, offset - start, layout.rotary_inv_freq)
+                target[row, :, offset:, :] = data
             new._write_prefix(entry, target)
         return new
 
@@ -153,13 +199,18 @@ class KVCache:
     def _write_prefix(self, entry: int, data: np.ndarray) -> None:
         """Write `data` (the cache tensor at the current length) to the start of the current side's buffer."""
         _, owner = self._buffers[self._current][entry]
+        length = data.shape[2]
         if isinstance(owner, np.ndarray):
-            owner[: data.size] = data.reshape(-1)
+            if self.layout.in_place:
+                owner.reshape(self.shape(self.capacity))[:, :, :length] = data
+            else:
+                owner[: data.size] = data.reshape(-1)
             return
-        host = np.zeros(
-            self.batch * self.layout.kv_heads * self.capacity * self.layout.head_dim, self.layout.dtype
-        )
-        host[: data.size] = data.reshape(-1)
+        host = np.zeros(int(np.prod(self.shape(self.capacity))), self.layout.dtype)
+        if self.layout.in_place:
+            host.reshape(self.shape(self.capacity))[:, :, :length] = data
+        else:
+            host[: data.size] = data.reshape(-1)
         self._write(entry, host)
 
     def _write(self, entry: int, host: np.ndarray) -> None:
@@ -175,8 +226,25 @@ class KVCache:
         """A copy of one cache tensor on the host (for tests and debugging)."""
         index = 2 * layer + (kind == "value")
         _, owner = self._buffers[self._current][index]
-        count = int(np.prod(self.shape(self.length)))
         if isinstance(owner, np.ndarray):
-            return owner[:count].reshape(self.shape(self.length)).copy()
-        assert isinstance(owner, ort.OrtValue)
-        return owner.numpy()[:count].reshape(self.shape(self.length))
+            flat = owner
+        else:
+            assert isinstance(owner, ort.OrtValue)
+            flat = owner.numpy()
+        if self.layout.in_place:
+            return flat.reshape(self.shape(self.capacity))[:, :, : self.length].copy()
+        count = int(np.prod(self.shape(self.length)))
+        return flat[:count].reshape(self.shape(self.length)).copy()
+
+
+def _rotate(keys: np.ndarray, shift: int, inv_freq: np.ndarray) -> np.ndarray:
+    """`keys` [heads, positions, head_dim] (rotary applied to halves, not interleaved) rotated `shift` positions
+    further: a rotation by angle p composed with one by angle shift is the rotation by p + shift."""
+    angle = shift * inv_freq
+    cos, sin = np.cos(angle), np.sin(angle)
+    half = inv_freq.size
+    x1, x2 = keys[..., :half].astype(np.float64), keys[..., half : 2 * half].astype(np.float64)
+    out = keys.copy()
+    out[..., :half] = x1 * cos - x2 * sin
+    out[..., half : 2 * half] = x2 * cos + x1 * sin
+    return out

@@ -3,6 +3,7 @@ repetition penalty, in the order transformers applies them, so greedy decoding m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -11,7 +12,21 @@ import numpy as np
 
 from toolkit.errors import BadInputError
 
-__all__ = ["GenerationOptions", "LogitsChooser", "options_from"]
+__all__ = [
+    "GREEDY_BELOW",
+    "MAX_STOP_CHARS",
+    "MAX_STOP_STRINGS",
+    "GenerationOptions",
+    "LogitsChooser",
+    "options_from",
+]
+
+# A temperature below this decodes greedily, as vLLM's does: dividing float32 logits by 1e-300 gives
+# infinities and NaN probabilities, while the limit of sampling as the temperature goes to 0 is argmax.
+GREEDY_BELOW = 1e-5
+# Every row checks its stop strings at every step: bounded, so one request cannot slow its batch-mates.
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,19 @@ class GenerationOptions:
                 'pass e.g. stop=["\\n\\n"]'
             )
         object.__setattr__(self, "stop", tuple(stop))
+        if len(self.stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise BadInputError(
+                f"stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS} characters, got "
+                f"{len(self.stop)} (longest {max(len(s) for s in self.stop)}); send fewer, shorter ones"
+            )
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise BadInputError(f"{name} must be a finite number, got {value!r}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64
+        ):
+            raise BadInputError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise BadInputError(
                 f"max_new_tokens must be an integer of at least 1, got {self.max_new_tokens!r}; pass e.g. 32"
@@ -82,7 +110,7 @@ class LogitsChooser:
         o = self.options
         if o.repetition_penalty != 1.0:
             scores = _repetition_penalty(scores, history, o.repetition_penalty)
-        if not o.do_sample:
+        if not o.do_sample or o.temperature < GREEDY_BELOW:
             return np.argmax(scores, axis=-1).astype(np.int64)
         if o.temperature != 1.0:
             scores = scores / o.temperature

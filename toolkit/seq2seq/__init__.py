@@ -4,11 +4,12 @@ reuses the text generator's loop (`toolkit.generation.decode`); Whisper's timest
 `timestamps`."""
 
 from toolkit.seq2seq.decoding import BeamSettings, DecodingRules, Seq2SeqStepper, beam_search, log_softmax
-from toolkit.seq2seq.pipeline import Seq2SeqOutput, Seq2SeqPipeline, Seq2SeqTask
+from toolkit.seq2seq.pipeline import DecodeLimits, Seq2SeqOutput, Seq2SeqPipeline, Seq2SeqTask
 from toolkit.seq2seq.timestamps import TimestampRule
 
 __all__ = [
     "BeamSettings",
+    "DecodeLimits",
     "DecodingRules",
     "Seq2SeqOutput",
     "Seq2SeqPipeline",

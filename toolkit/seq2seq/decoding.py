@@ -12,7 +12,9 @@ transformers' order, then Whisper's timestamp rule when asked for (`toolkit.seq2
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,11 +31,26 @@ __all__ = [
     "DecodingRules",
     "Seq2SeqStepper",
     "beam_search",
+    "checked_steps",
     "log_softmax",
     "self_attention_layout",
 ]
 
 _NEG = np.float32(-np.inf)
+
+# Called before every decoder step of this thread's decodes (None: no check). A server sets it for the
+# request it runs, so an abandoned request stops at its next step, not at the end of its clip or beams.
+_STEP_CHECK: ContextVar[Callable[[], None] | None] = ContextVar("seq2seq_step_check", default=None)
+
+
+@contextmanager
+def checked_steps(check: Callable[[], None]) -> Iterator[None]:
+    """Within this block, `check()` runs before every decoder step on this thread (it raises to stop)."""
+    token = _STEP_CHECK.set(check)
+    try:
+        yield
+    finally:
+        _STEP_CHECK.reset(token)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -202,6 +219,9 @@ class Seq2SeqStepper:
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """Feed one token per row; the next scores [rows, vocab] with the rules applied."""
+        check = _STEP_CHECK.get()
+        if check is not None:
+            check()
         self._tokens[:, 0] = tokens
         self.ids = np.concatenate([self.ids, self._tokens], axis=1)
         self._binding.bind_cpu_input("input_ids", self._tokens)

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import numpy as np
 
 from toolkit.agreement import COSINE, TOP1, TOP5, Meaning
-from toolkit.errors import BadInputError
+from toolkit.errors import BadInputError, BadModelError
 from toolkit.generation.decoding import RowPlan, decode
 from toolkit.generation.sampling import GenerationOptions, LogitsChooser
 from toolkit.manifest import ModelPackage, Seq2SeqSpec, seq2seq_files
@@ -22,6 +22,7 @@ from toolkit.tasks.modality import Modality
 
 __all__ = [
     "DECODING_SETTINGS",
+    "DecodeLimits",
     "Seq2SeqOutput",
     "Seq2SeqPipeline",
     "Seq2SeqTask",
@@ -38,6 +39,26 @@ class Seq2SeqOutput:
 
     text: str
     token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one request to a served encoder-decoder (``NAME-audio``, ``NAME-text``) may ask for; over either is a
+    400 (``edge serve --max-beam-width``, ``--max-new-tokens``).
+
+    ``max_beam_width`` bounds its ``num_beams`` (TensorRT-LLM's and Triton's name: every beam is a decoder row with
+    its own cache, so beams multiply a decode's memory and time); ``max_new_tokens`` bounds its ``max_new_tokens``
+    (None: the decoder's own positions, which bound it in any case).
+    """
+
+    max_beam_width: int = 16
+    max_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_beam_width", "max_new_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BadInputError(f"{name} must be at least 1, got {value}")
 
 
 _COUNTS = ("no_repeat_ngram_size", "min_length")
@@ -124,6 +145,32 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
             )
             for name in (first, with_past)
         )
+        self._check_token_ids()
+        self.tokenizer  # noqa: B018 - read at load: a broken tokenizer.json fails here, not at the first request
+
+    @property
+    def tokenizer(self) -> Any:
+        """The package's `tokenizers` tokenizer (each task reads its own)."""
+        raise NotImplementedError
+
+    def _check_token_ids(self) -> None:
+        """A BadModelError when a token id of the seq2seq section lies outside the decoder's vocabulary (its logits'
+        last dim)."""
+        logits = next((t for t in self.decoders[0].outputs if t.name == "logits"), None)
+        vocab = logits.shape[-1] if logits is not None and logits.shape else None
+        if not isinstance(vocab, int):
+            return
+        spec = self.spec
+        singles = ("pad_token_id", "forced_bos_token_id", "forced_eos_token_id", "no_timestamps_token_id")
+        fields = {name: (getattr(spec, name),) for name in singles}
+        fields.update({name: getattr(spec, name) for name in ("decoder_start_ids", "eos_token_ids")})
+        for name, values in fields.items():
+            bad = next((v for v in values if v is not None and v >= vocab), None)
+            if bad is not None:
+                raise BadModelError(
+                    f"package '{self.package.path}': seq2seq.{name} holds {bad}, outside the decoder's vocabulary "
+                    f"of {vocab}; re-create the package with `edge convert`"
+                )
 
     def _setting(self, name: str, value: Any, default: Any) -> Any:
         return value if value is not None else self.spec.defaults.get(name, default)

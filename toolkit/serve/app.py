@@ -35,10 +35,10 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -83,6 +83,8 @@ EXTENSIONS = ("binary_tensor_data", "model_configuration")
 # Content-Encoding -> zlib wbits (tritonclient's request_compression_algorithm sends gzip or deflate).
 _DECODINGS = {"gzip": 31, "deflate": 15, "identity": 0}
 
+_T = TypeVar("_T")
+
 # Bodies larger than this are decoded and tokenized on a worker thread, not on the event loop.
 OFF_LOOP_BYTES = 256 * 1024
 
@@ -99,6 +101,18 @@ class ServerState:
     decoder: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="edge-decode")
     )
+
+    def check_open(self) -> None:
+        """A 503 once shutdown has begun."""
+        if self.closing:
+            raise ServerClosingError("the server is shutting down; send the request to another replica")
+
+    async def decode(self, size: int, work: Callable[..., _T], *args: Any, off_loop: bool = False) -> _T:
+        """`work(*args)`: on a worker thread for bodies over `OFF_LOOP_BYTES` or when `off_loop` (media to decode;
+        the event loop keeps answering health checks and other clients), inline for small ones."""
+        if off_loop or size > OFF_LOOP_BYTES:
+            return await asyncio.get_running_loop().run_in_executor(self.decoder, work, *args)
+        return work(*args)
 
     def abort(self) -> None:
         """A forced shutdown: take no more work and answer every waiting request 503 now."""
@@ -299,19 +313,19 @@ def create_app(
         label = (UNKNOWN_MODEL, "")
         code = 500
         try:
-            if state.closing:
-                raise ServerClosingError("the server is shutting down; send the request to another replica")
+            state.check_open()
             model = registry.get(name, version)
             label = (model.name, model.version)
             body = await _read_body(request, options.max_body_bytes, options.body_timeout_s)
-            header_length = _header_length(request)
-            if len(body) > OFF_LOOP_BYTES:
-                loop = asyncio.get_running_loop()
-                decoded, job = await loop.run_in_executor(
-                    state.decoder, _decode_and_prepare, model, options, body, header_length
-                )
-            else:
-                decoded, job = _decode_and_prepare(model, options, body, header_length)
+            decoded, job = await state.decode(
+                len(body),
+                _decode_and_prepare,
+                model,
+                options,
+                body,
+                _header_length(request),
+                off_loop=model.prepare_off_loop,
+            )
             timeouts = [t for t in (options.timeout_s, decoded.timeout_s) if t is not None]
             try:
                 raw = await _submit(state.scheduler, model, job, min(timeouts, default=None))

@@ -19,7 +19,8 @@
 once) from "the request waited and gave up" (504). `status_for` reads the table, nearest class first.
 
 `public_message` is what a client sees of an error: onnxruntime's source paths and graph node names are
-cut out (they are logged), and the text is made safe to encode whatever the request held.
+cut out (they are logged), as are object addresses (``<_io.BytesIO object at 0x...>``), and the text is made
+safe to encode whatever the request held.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "UnauthorizedError",
     "error_response",
     "json_error",
+    "openai_error",
     "public_message",
     "status_for",
 ]
@@ -110,6 +112,7 @@ def status_for(exc: BaseException) -> int:
 _ORT_SOURCE = re.compile(r"\S*/onnxruntime/\S*?\.(?:cc|cpp|h)(?::\d+)?(?: \S+)?")
 _NODE_NAME = re.compile(r"""(?:node\.? ?)?Name:\s*'[^']*'""", re.IGNORECASE)
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/])/(?:[\w.+-]+/)+[\w.+-]+")
+_OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
 _MAX_MESSAGE = 1000
 
 
@@ -123,7 +126,7 @@ def public_message(exc: BaseException) -> str:
         text = _ORT_SOURCE.sub("", text)
         text = _NODE_NAME.sub("", text)
         text = _ABSOLUTE_PATH.sub("<path>", text)
-    text = " ".join(text.split())
+    text = _OBJECT_REPR.sub(r"<\1>", " ".join(text.split()))  # an address says nothing to a client
     if len(text) > _MAX_MESSAGE:
         text = text[: _MAX_MESSAGE - 3] + "..."
     # a lone surrogate (echoed from the request) cannot be UTF-8 encoded: show it escaped instead
@@ -138,10 +141,28 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
+def _headers(status: int) -> dict[str, str] | None:
+    if status == 503:
+        return {"Retry-After": "1"}
+    if status == 401:
+        return {"WWW-Authenticate": 'Bearer realm="edge-toolkit"'}
+    return None
+
+
 def error_response(exc: BaseException) -> Response:
     """``{"error": message}`` with the exception's status (Retry-After on 503, WWW-Authenticate on 401)."""
     status = status_for(exc)
-    headers = {"Retry-After": "1"} if status == 503 else None
-    if status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="edge-toolkit"'}
-    return json_error(status, public_message(exc), headers)
+    return json_error(status, public_message(exc), _headers(status))
+
+
+def openai_error(exc: BaseException) -> Response:
+    """OpenAI's error shape, ``{"error": {"message", "type", "code"}}``, with the exception's status and
+    headers as `error_response` gives them."""
+    from starlette.responses import Response
+
+    status = status_for(exc)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    code = "model_not_found" if status == 404 else None
+    error = {"message": public_message(exc), "type": kind, "code": code}
+    body = json.dumps({"error": error}, ensure_ascii=True).encode("ascii")
+    return Response(body, status_code=status, media_type="application/json", headers=_headers(status))

@@ -7,6 +7,8 @@
 ``edge_batch_requests{model,version}``             requests merged per batch run (histogram)
 ``edge_batch_duration_seconds{model,version}``     time a batch spent on its worker thread (histogram)
 ``edge_queue_depth{model,version}``                requests waiting for a batch (gauge)
+``edge_abandoned_rows_total{model}``               generation rows dropped because their client left
+``edge_timed_out_rows_total{model}``               generation rows dropped because --timeout-ms passed (504)
 
 A raw model and its ``-text`` model share an engine, so batch and queue series carry the raw model's name;
 the decoding models of encoder-decoders (``-audio``, text-to-text ``-text``) have their own engine and name.
@@ -54,6 +56,14 @@ class ServeMetrics:
             "edge_batch_duration_seconds", "Time a batch spent running on its worker thread.", labels,
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.abandoned_rows = Counter(
+            "edge_abandoned_rows", "Generation requests dropped before their end because their client left.",
+            ("model",), registry=self.registry,
+        )  # fmt: skip
+        self.timed_out_rows = Counter(
+            "edge_timed_out_rows", "Generation requests dropped before their end because --timeout-ms passed.",
+            ("model",), registry=self.registry,
+        )  # fmt: skip
         self.queue_depth = Gauge(
             "edge_queue_depth", "Requests waiting for a batch.", labels, registry=self.registry
         )
@@ -64,6 +74,15 @@ class ServeMetrics:
         if code != 200:
             self.errors.labels(model, version, str(code)).inc()
         self.latency.labels(model, version).observe(seconds)
+
+    def observe_timed_out(self, model: str, rows: int) -> None:
+        """Count generation rows dropped from (or before) their batch because their deadline passed."""
+        if rows:
+            self.timed_out_rows.labels(model).inc(rows)
+
+    def observe_abandoned(self, model: str, rows: int) -> None:
+        """Count generation rows dropped from (or before) their batch because their clients left."""
+        self.abandoned_rows.labels(model).inc(rows)
 
     def on_batch(self, label: tuple[str, str], rows: int, requests: int, seconds: float) -> None:
         """Record one batch run."""

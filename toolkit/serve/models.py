@@ -33,15 +33,17 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from toolkit.errors import BadInputError, EdgeError
 from toolkit.inspect import op_types
 from toolkit.manifest import FP32_VARIANT, ModelPackage, TensorSpec
+from toolkit.preprocess import MAX_IMAGE_PIXELS, open_image
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
+from toolkit.seq2seq import DecodeLimits
 from toolkit.serve.errors import ModelNotFoundError
 from toolkit.serve.protocol import InferenceRequest, v2_datatype
 from toolkit.tasks import ServedTensor, Task, task_for
@@ -339,9 +341,13 @@ class Job:
 
 
 class ServedModel:
-    """A model as the protocol sees it: name, version, tensor metadata, and `prepare` (request -> Job)."""
+    """A model as the protocol sees it: name, version, tensor metadata, and `prepare` (request -> Job).
+
+    `prepare_off_loop`: its `prepare` decodes media (images, WAV files), so the server runs it on a worker thread
+    whatever the body's size."""
 
     platform = "onnxruntime_onnx"
+    prepare_off_loop: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -520,17 +526,24 @@ class ImagePipelineModel(ServedModel):
 
     platform = "edge_image_pipeline"
 
-    def __init__(self, task: Task[Any], engine: Engine) -> None:
+    prepare_off_loop = True
+
+    def __init__(self, task: Task[Any], engine: Engine, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
         if not isinstance(task, ServesImages):
             raise TypeError(f"task '{task.name}' has no serve_images; it cannot be an image model")
         outputs = [_metadata_of(t) for t in task.served_outputs(engine.outputs)]
         super().__init__(f"{engine.name}-image", engine, [TensorMetadata("image", "BYTES", (-1,))], outputs)
         self.serve_images = task.serve_images
+        self.max_image_pixels = max_image_pixels
 
     def prepare(self, request: InferenceRequest) -> Job:
-        """Decode and preprocess the images; `finish` applies the task's post-processing."""
+        """Decode (each image's declared size checked against --max-image-pixels from its header first) and
+        preprocess the images; `finish` applies the task's post-processing."""
         outputs = self.requested_outputs(request)
-        images = _images(self, request)
+        images = [
+            open_image(blob, self.max_image_pixels, f"input 'image' element {index}")
+            for index, blob in enumerate(_images(self, request))
+        ]
         runs, finish = self.serve_images(images)
         return Job(runs[0], len(images), outputs, finish, more_runs=tuple(runs[1:]))
 
@@ -544,12 +557,20 @@ def _metadata_of(tensor: ServedTensor) -> TensorMetadata:
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How packages are loaded: providers, onnxruntime threads, which variants (empty: all), thread spinning."""
+    """How packages are loaded: providers, onnxruntime threads, which variants (empty: all), thread spinning, and
+    what one request to a served pipeline may ask for: image pixels (``NAME-image``) and the decoding limits of
+    ``NAME-audio`` / ``NAME-text`` (`DecodeLimits`)."""
 
     config: ProviderConfig | None = None
     threads: int | None = None
     variants: tuple[str, ...] = ()
     spinning: bool = False
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
+
+    def __post_init__(self) -> None:
+        if self.max_image_pixels < 1:
+            raise BadInputError(f"max_image_pixels must be at least 1, got {self.max_image_pixels}")
 
 
 def _version_order(version: str) -> tuple[bool, str]:
@@ -671,6 +692,6 @@ def _package_models(
         if text is not None and task.served_outputs(runner.outputs):
             models.append(PipelineModel(task, engine))
         if isinstance(task, ServesImages) and task.served_outputs(runner.outputs):
-            models.append(ImagePipelineModel(task, engine))
-        models.extend(decoding_models(package, variant, runner))
+            models.append(ImagePipelineModel(task, engine, options.max_image_pixels))
+        models.extend(decoding_models(package, variant, runner, options.decode_limits))
     return models

@@ -39,7 +39,8 @@ class ServeOptions:
 
     ``max_request_rows`` bounds a request's batch dim; ``max_request_tokens`` bounds rows x sequence after
     tokenizing (text models) or the largest input's element count (raw models). Both keep what one small
-    request can make the server allocate bounded; over either is a 413.
+    request can make the server allocate bounded; over either is a 413. ``truncate`` cuts an embedding
+    input longer than the model's positions to them (sentence-transformers' behaviour); False refuses it (400).
     """
 
     batching: BatchOptions = field(default_factory=BatchOptions)
@@ -48,7 +49,17 @@ class ServeOptions:
     body_timeout_s: float = 30.0
     max_request_rows: int = 64
     max_request_tokens: int = 8192
+    truncate: bool = True
     api_key: str | None = field(default=None, repr=False)
+    shutdown_timeout_s: float | None = None
+
+    @property
+    def grace_s(self) -> float:
+        """How long a stop signal lets in-flight requests run before they are cut (``shutdown_timeout_s``;
+        None: the request timeout plus 5 s, as Triton's --exit-timeout-secs bounds its drain)."""
+        if self.shutdown_timeout_s is not None:
+            return self.shutdown_timeout_s
+        return (self.timeout_s or 30.0) + 5.0
 
     def __post_init__(self) -> None:
         if self.timeout_s is not None and self.timeout_s <= 0:
@@ -56,6 +67,8 @@ class ServeOptions:
         for name in ("max_body_bytes", "max_request_rows", "max_request_tokens"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.shutdown_timeout_s is not None and self.shutdown_timeout_s < 0:
+            raise BadInputError(f"shutdown_timeout_s must be 0 or more, got {self.shutdown_timeout_s}")
         if self.body_timeout_s <= 0:
             raise BadInputError(f"body_timeout_s must be positive, got {self.body_timeout_s}")
         if self.api_key is not None and len(self.api_key) < 16:

@@ -19,7 +19,7 @@ Scheduling
     queue limit (503), request timeout (504), metrics (under the served model's own name) and shutdown. Each
     request runs alone on the batcher's worker thread (`requests_per_run`: decoding is seconds of work, and a
     request must not wait for its batch-mates' decodes); `--workers` decodes run at once. A request abandoned
-    by its client or its deadline stops at its next clip or text (`DecodeWork.cancel`), so a timed-out decode
+    by its client or its deadline stops at its next decoder step (`DecodeWork.cancel`), so a timed-out decode
     does not keep a worker, or a graceful shutdown, waiting for the rest of it.
 """
 
@@ -36,7 +36,8 @@ from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage, TensorSpec
 from toolkit.preprocess import read_wav
 from toolkit.runner import Runner
-from toolkit.seq2seq import Seq2SeqPipeline
+from toolkit.seq2seq import DecodeLimits, Seq2SeqPipeline
+from toolkit.seq2seq.decoding import checked_steps
 from toolkit.seq2seq.pipeline import DECODING_SETTINGS, checked_settings
 from toolkit.serve.errors import ServerClosingError
 from toolkit.serve.models import Job, ServedModel, TensorMetadata, bytes_input, request_texts
@@ -64,12 +65,13 @@ class DecodeWork(Mapping[str, np.ndarray]):
     """One request's decoded inputs as the scheduler carries them, and the call that answers it.
 
     `run` is called on a worker thread; it receives `stopped`, which turns true once the request is abandoned
-    (`cancel`), and checks it between clips or texts.
+    (`cancel`), and checks it between clips or texts; every decoder step checks it too (`checked_steps`).
     """
 
     def __init__(
-        self, inputs: Mapping[str, np.ndarray], run: Callable[[Callable[[], bool]], Outputs]
+        self, name: str, inputs: Mapping[str, np.ndarray], run: Callable[[Callable[[], bool]], Outputs]
     ) -> None:
+        self.name = name
         self._inputs = dict(inputs)
         self._run = run
         self._cancelled = threading.Event()
@@ -84,12 +86,17 @@ class DecodeWork(Mapping[str, np.ndarray]):
         return len(self._inputs)
 
     def cancel(self) -> None:
-        """The client or its deadline gave up: stop at the next clip or text."""
+        """The client or its deadline gave up: stop at the next decoder step."""
         self._cancelled.set()
+
+    def _check(self) -> None:
+        if self._cancelled.is_set():
+            raise _abandoned(self.name)
 
     def run(self) -> Outputs:
         """The request's outputs (a ServerClosingError when it was abandoned part-way)."""
-        return self._run(self._cancelled.is_set)
+        with checked_steps(self._check):
+            return self._run(self._cancelled.is_set)
 
 
 class DecodeEngine:
@@ -102,10 +109,13 @@ class DecodeEngine:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
 
-    def __init__(self, name: str, version: str, pipeline: Seq2SeqPipeline[Any]) -> None:
+    def __init__(
+        self, name: str, version: str, pipeline: Seq2SeqPipeline[Any], limits: DecodeLimits | None = None
+    ) -> None:
         self.name = name
         self.version = version
         self.pipeline = pipeline
+        self.limits = limits or DecodeLimits()
         self.runner: Runner = pipeline.runner
 
     @property
@@ -131,13 +141,35 @@ def _abandoned(name: str) -> ServerClosingError:
     return ServerClosingError(f"model '{name}': the request was abandoned (timeout or client gone)")
 
 
-def _int_parameter(parameters: Mapping[str, Any], key: str) -> int | None:
+def _int_parameter(
+    parameters: Mapping[str, Any], key: str, most: int | None = None, option: str = ""
+) -> int | None:
     value = parameters.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BadInputError(f"parameter '{key}' must be an integer of at least 1, got {value!r}")
+    if most is not None and value > most:
+        raise BadInputError(
+            f"parameter '{key}' is {value}, over this server's limit of {most}; ask for {most} or fewer"
+            + (f" (or raise {option})" if option else "")
+        )
     return value
+
+
+def _decoding_parameters(
+    parameters: Mapping[str, Any], engine: DecodeEngine
+) -> tuple[int | None, int | None]:
+    """The request's (max_new_tokens, num_beams), each bounded: the server's `DecodeLimits` (a max_new_tokens limit
+    never above the decoder's positions)."""
+    positions = engine.pipeline.spec.max_target_positions
+    limits = engine.limits
+    new_tokens = positions if limits.max_new_tokens is None else min(limits.max_new_tokens, positions)
+    option = "--max-new-tokens" if new_tokens < positions else ""
+    return (
+        _int_parameter(parameters, "max_new_tokens", new_tokens, option),
+        _int_parameter(parameters, "num_beams", limits.max_beam_width, "--max-beam-width"),
+    )
 
 
 def _str_parameter(parameters: Mapping[str, Any], key: str, example: str) -> str | None:
@@ -160,6 +192,7 @@ class DecodingModel(ServedModel):
     """A served model that decodes: `prepare` checks the request and returns a `Job` whose feeds are `DecodeWork`."""
 
     engine: DecodeEngine
+    prepare_off_loop = True  # reads WAV files or tokenizes texts
 
     @property
     def batched(self) -> bool:
@@ -174,7 +207,7 @@ class DecodingModel(ServedModel):
         run: Callable[[Callable[[], bool]], Outputs],
         tokens: int | None = None,
     ) -> Job:
-        work = DecodeWork(inputs, run)
+        work = DecodeWork(self.name, inputs, run)
         return Job(work, rows, outputs, tokens=tokens, cancel=work.cancel)
 
 
@@ -204,8 +237,7 @@ class SpeechModel(DecodingModel):
         language = _str_parameter(parameters, "language", "en")
         task = _str_parameter(parameters, "task", "transcribe") or "transcribe"
         timestamps = _bool_parameter(parameters, "timestamps")
-        max_new_tokens = _int_parameter(parameters, "max_new_tokens")
-        num_beams = _int_parameter(parameters, "num_beams")
+        max_new_tokens, num_beams = _decoding_parameters(parameters, self.engine)
         self.recognizer.check_options(language, task)  # a 400 before the request waits in the queue
         outputs = self.requested_outputs(request)
         if "segments" in outputs and not timestamps:
@@ -295,8 +327,7 @@ class TextDecodingModel(DecodingModel):
     def prepare(self, request: InferenceRequest) -> Job:
         """Check the texts (UTF-8) and parameters; the job's tokens (rows x longest) count against the limit."""
         parameters = request.parameters
-        max_new_tokens = _int_parameter(parameters, "max_new_tokens")
-        num_beams = _int_parameter(parameters, "num_beams")
+        max_new_tokens, num_beams = _decoding_parameters(parameters, self.engine)
         settings = checked_settings({name: parameters.get(name) for name in DECODING_SETTINGS})
         outputs = self.requested_outputs(request)
         texts = request_texts(self, request)
@@ -333,9 +364,11 @@ DECODING_MODELS: dict[str, type[SpeechModel] | type[TextDecodingModel]] = {
 }
 
 
-def decoding_models(package: ModelPackage, variant: str, runner: Runner) -> list[ServedModel]:
-    """The package's decoding model for `variant` over the encoder's `runner` (none when its task does not
-    decode)."""
+def decoding_models(
+    package: ModelPackage, variant: str, runner: Runner, limits: DecodeLimits | None = None
+) -> list[ServedModel]:
+    """The package's decoding model for `variant` over the encoder's `runner`, its requests held to `limits` (none
+    when its task does not decode)."""
     model_class = DECODING_MODELS.get(package.manifest.task)
     if model_class is None or package.manifest.seq2seq is None:
         return []
@@ -345,4 +378,4 @@ def decoding_models(package: ModelPackage, variant: str, runner: Runner) -> list
     if not isinstance(pipeline, Seq2SeqPipeline):
         raise TypeError(f"task '{package.manifest.task}' has no decoding pipeline")
     name = f"{package.manifest.name}-{model_class.suffix}"
-    return [model_class(DecodeEngine(name, variant, pipeline))]
+    return [model_class(DecodeEngine(name, variant, pipeline, limits))]

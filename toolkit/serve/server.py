@@ -1,9 +1,11 @@
 """Run the app with uvicorn: bind first (clear errors, port 0 works), report readiness, shut down gracefully.
 
 On SIGTERM or SIGINT uvicorn stops accepting connections, lets in-flight requests finish (up to
-``graceful_timeout_s``), then the app's lifespan drains the batch queues. uvicorn re-raises the signal
-once it is done; the handlers installed here only note it, so the process ends with exit code 0 rather
-than dying by the signal. A second SIGINT or SIGTERM forces the exit: `on_force` answers every waiting
+``graceful_timeout_s``), then the app's lifespan drains the batch queues. Requests still running when the
+grace period ends are cut by `on_cut` (the app answers each: a stream ends with its last chunk, the others
+get a JSON 503) and given `CUT_ANSWER_S` to send that answer before uvicorn cancels them; `ServerRun.cut`
+says how many there were. uvicorn re-raises the signal once it is done; the handlers installed here only
+note it, so the caller chooses the exit code. A second SIGINT or SIGTERM forces the exit: `on_force` answers every waiting
 request (the app's JSON 503), uvicorn stops waiting, and `ServerRun.forced` tells the caller not to wait
 for a model run still on a worker thread either.
 
@@ -13,6 +15,7 @@ With `TLSFiles`, uvicorn serves HTTPS on the same socket.
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import socket
 import ssl
@@ -24,18 +27,21 @@ from typing import Any
 
 from toolkit.errors import BadInputError
 
-__all__ = ["STOP_SIGNALS", "ServerRun", "TLSFiles", "bind", "run_server", "url_for"]
+__all__ = ["CUT_ANSWER_S", "STOP_SIGNALS", "ServerRun", "TLSFiles", "bind", "run_server", "url_for"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+CUT_ANSWER_S = 2.0  # after the grace period: time the cut requests have to send their last chunk or 503
 
 
 @dataclass(frozen=True)
 class ServerRun:
-    """How a server run ended: the URL it served and the signal that stopped it (None: it stopped itself)."""
+    """How a server run ended: the URL it served, the signal that stopped it (None: it stopped itself), whether
+    a second signal forced it, and how many requests were still running when its grace period ended."""
 
     url: str
     signal: str | None
     forced: bool = False
+    cut: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,12 +104,13 @@ def run_server(
     *,
     on_ready: Callable[[str], None] | None = None,
     on_force: Callable[[], None] | None = None,
+    on_cut: Callable[[], None] | None = None,
     graceful_timeout_s: float = 30.0,
     log_level: str = "warning",
     tls: TLSFiles | None = None,
 ) -> ServerRun:
-    """Serve `app` on `sock` with uvicorn until SIGTERM/SIGINT; in-flight requests finish first (a second
-    signal: `on_force`, then exit at once)."""
+    """Serve `app` on `sock` with uvicorn until SIGTERM/SIGINT; in-flight requests finish first, for up to
+    `graceful_timeout_s` (then `on_cut`; a second signal: `on_force`, then exit at once)."""
     import uvicorn
 
     if tls is not None:
@@ -112,6 +119,19 @@ def run_server(
 
     class _Server(uvicorn.Server):
         loop: asyncio.AbstractEventLoop | None = None
+        cut = 0
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            timer = asyncio.get_running_loop().call_later(graceful_timeout_s, self._cut)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                timer.cancel()
+
+        def _cut(self) -> None:
+            self.cut = len(self.server_state.tasks)
+            if self.cut and on_cut is not None:
+                on_cut()
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             self.loop = asyncio.get_running_loop()
@@ -135,7 +155,7 @@ def run_server(
         log_level=log_level,
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=int(graceful_timeout_s),
+        timeout_graceful_shutdown=math.ceil(graceful_timeout_s + CUT_ANSWER_S),
         log_config=None,  # keep the process's logging setup (the CLI's); uvicorn's loggers propagate to it
         ssl_certfile=str(tls.certfile) if tls is not None else None,
         ssl_keyfile=str(tls.keyfile) if tls is not None else None,
@@ -153,4 +173,6 @@ def run_server(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
-    return ServerRun(url, signal.Signals(caught[0]).name if caught else None, forced=server.force_exit)
+    return ServerRun(
+        url, signal.Signals(caught[0]).name if caught else None, forced=server.force_exit, cut=server.cut
+    )

@@ -281,7 +281,7 @@ class DetectTask(Task[ImageModality]):
         """Draw `found` on `image` (a box, its label and score per detection) and save it to `out` (atomically)."""
         from PIL import ImageDraw
 
-        canvas = open_image(image)
+        canvas = open_image(image).copy()  # never draw on the caller's own image
         draw = ImageDraw.Draw(canvas)
         for detection in found:
             colour = _PALETTE[detection.label_id % len(_PALETTE)]

@@ -23,7 +23,9 @@ import numpy as np
 from toolkit.agreement import TOP1, TOP5, Meaning
 from toolkit.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
 from toolkit.errors import BadModelError
-from toolkit.manifest import GenerationSpec, ModelPackage, OutputCheck
+from toolkit.generation.decoder import LOGITS_TO_KEEP
+from toolkit.manifest import GenerationSpec, ModelPackage, OutputCheck, TensorSpec
+from toolkit.preprocess import read_tokenizer
 from toolkit.tasks.base import Feeds, Task
 from toolkit.tasks.modality import CALIBRATION_SEED, PURPOSE_SEEDS, TextModality
 
@@ -62,17 +64,60 @@ class GenerateTask(Task[TextModality]):
             )
         return spec
 
+    def check_graph(self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+        """A BadModelError naming the first field of the generation section that the graph's `inputs` and `outputs`
+        contradict: a past input or present output per layer and kind, each [batch, kv_heads, positions, head_dim]
+        of cache_dtype, no past input beyond `layers`, and special token ids inside the vocabulary (the logits'
+        last dim, else the tokenizer's). Run at load, so a bad package fails there and not at its first request."""
+        spec = self.spec
+        given = {t.name: t for t in inputs}
+        produced = {t.name for t in outputs}
+        where = f"package '{self.package.path}': generation"
+        fix = "re-create the package with `edge convert`"
+        for layer in range(spec.layers + 1):
+            for kind in ("key", "value"):
+                name = spec.past_input.format(layer=layer, kind=kind)
+                past = given.get(name)
+                if layer == spec.layers:
+                    if past is not None:
+                        raise BadModelError(
+                            f"{where}.layers is {spec.layers} but the graph takes '{name}' too; {fix}"
+                        )
+                    continue
+                if past is None:
+                    raise BadModelError(
+                        f"{where}.layers is {spec.layers} but the graph has no input '{name}'; {fix}"
+                    )
+                present = spec.present_output.format(layer=layer, kind=kind)
+                if present not in produced:
+                    raise BadModelError(f"{where}.present_output: the graph has no output '{present}'; {fix}")
+                if past.dtype != spec.cache_dtype:
+                    raise BadModelError(
+                        f"{where}.cache_dtype is {spec.cache_dtype} but the graph's '{name}' is {past.dtype}; {fix}"
+                    )
+                dims = {"kv_heads": 1, "head_dim": 3}
+                for field_name, axis in dims.items():
+                    size = past.shape[axis] if len(past.shape) == 4 else None
+                    if isinstance(size, int) and size != getattr(spec, field_name):
+                        raise BadModelError(
+                            f"{where}.{field_name} is {getattr(spec, field_name)} but the graph's '{name}' is "
+                            f"{list(past.shape)}; {fix}"
+                        )
+        logits = next((t for t in outputs if t.name == "logits"), None)
+        last = logits.shape[-1] if logits is not None and logits.shape else None
+        vocab = last if isinstance(last, int) else int(self.tokenizer.get_vocab_size(with_added_tokens=True))
+        ids = {"pad_token_id": (spec.pad_token_id,), "bos_token_id": (spec.bos_token_id,)}
+        for field_name, values in {**ids, "eos_token_ids": spec.eos_token_ids}.items():
+            bad = next((v for v in values if v is not None and v >= vocab), None)
+            if bad is not None:
+                raise BadModelError(
+                    f"{where}.{field_name} holds {bad}, outside the model's vocabulary of {vocab}; {fix}"
+                )
+
     @cached_property
     def tokenizer(self) -> Tokenizer:
         """The package's tokenizer (``tokenizers``), without padding or truncation."""
-        from tokenizers import Tokenizer
-
-        path = self.package.asset(self.data.pre.tokenizer, "tokenizer")
-        if not path.is_file():
-            raise BadModelError(
-                f"package '{self.package.path}' has no {path.name}; re-create it with `edge convert`"
-            )
-        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer = read_tokenizer(self.package.asset(self.data.pre.tokenizer, "tokenizer"))
         tokenizer.no_padding()
         tokenizer.no_truncation()
         return tokenizer
@@ -99,6 +144,8 @@ class GenerateTask(Task[TextModality]):
         }
         if self.spec.position_ids:
             feeds["position_ids"] = np.arange(length, dtype=np.int64)[None]
+        if self.spec.in_place:  # logits at every position: the accuracy metric scores each one
+            feeds[LOGITS_TO_KEEP] = np.asarray(length, dtype=np.int64)
         return feeds
 
     def text_samples(self, texts: Sequence[str]) -> list[Feeds]:
@@ -128,6 +175,8 @@ class GenerateTask(Task[TextModality]):
         }
         if spec.position_ids:
             feeds["position_ids"] = np.full((batch, 1), past, dtype=np.int64)
+        if spec.in_place:
+            feeds[LOGITS_TO_KEEP] = np.ones((), dtype=np.int64)
         return feeds
 
     # -- accuracy --------------------------------------------------------------------------------------

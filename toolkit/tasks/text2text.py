@@ -13,8 +13,7 @@ import numpy as np
 
 from toolkit.checks import text_list
 from toolkit.corpus import HELD_OUT_SENTENCES
-from toolkit.errors import BadModelError
-from toolkit.preprocess import clean_up_tokenization, cleans_up_spaces
+from toolkit.preprocess import clean_up_tokenization, cleans_up_spaces, read_tokenizer
 from toolkit.seq2seq import Seq2SeqOutput, Seq2SeqPipeline, Seq2SeqTask
 from toolkit.tasks.modality import TextModality
 
@@ -74,14 +73,7 @@ class Seq2SeqGenerator(Seq2SeqPipeline[TextModality]):
     @cached_property
     def tokenizer(self) -> Tokenizer:
         """The package's tokenizer (no padding or truncation)."""
-        from tokenizers import Tokenizer
-
-        path = self.package.asset(self.task.data.pre.tokenizer, "tokenizer")
-        if not path.is_file():
-            raise BadModelError(
-                f"package '{self.package.path}' has no {path.name}; re-create it with `edge convert`"
-            )
-        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer = read_tokenizer(self.package.asset(self.task.data.pre.tokenizer, "tokenizer"))
         tokenizer.no_padding()
         tokenizer.no_truncation()
         return tokenizer

@@ -18,13 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage
-from toolkit.preprocess import AudioInput, clean_up_tokenization, cleans_up_spaces, clip_list
+from toolkit.preprocess import AudioInput, clean_up_tokenization, cleans_up_spaces, clip_list, read_tokenizer
 from toolkit.seq2seq import Seq2SeqPipeline, Seq2SeqTask
 from toolkit.seq2seq.decoding import DecodingRules
 from toolkit.seq2seq.timestamps import TimestampRule, WindowOutput, merge_windows, window_tokens
@@ -73,14 +73,7 @@ class Transcript:
 
 
 def _tokenizer(package: ModelPackage) -> Tokenizer:
-    from tokenizers import Tokenizer
-
-    path = package.asset("tokenizer.json", "tokenizer")
-    if not path.is_file():
-        raise BadModelError(
-            f"package '{package.path}' has no tokenizer.json; re-create it with `edge convert`"
-        )
-    return Tokenizer.from_file(str(path))
+    return cast("Tokenizer", read_tokenizer(package.asset("tokenizer.json", "tokenizer")))
 
 
 class TranscribeTask(Seq2SeqTask[AudioModality]):

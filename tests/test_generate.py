@@ -152,6 +152,12 @@ def test_package_records_generation_contract_and_validates_cached_steps(
     assert {o.name for o in validation.outputs} == {"logits (prompt)", "logits (cached steps)"}
     assert any("left-padded" in case for case in validation.cases)
     assert max(check.max_abs_diff for check in validation.outputs) < 1e-4
+    # both decoder graphs (optimum's, and the in-place one of llama/qwen2) are judged by the allclose rule and
+    # top-1/top-5 agreement over the vocabulary
+    assert (validation.metric, validation.atol, validation.rtol) == ("allclose", 1e-4, 1e-3)
+    assert 0 < validation.value <= 1
+    for check in validation.outputs:
+        assert {rule.rule for rule in check.rules} == {"allclose", "top1_agreement", "top5_agreement"}
 
 
 @pytest.mark.parametrize("kind", ARCHITECTURES)

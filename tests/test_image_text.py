@@ -103,9 +103,11 @@ def test_embeddings_equal_transformers_features(two_towers: tuple[str, Path, Pat
 
 
 def test_each_tower_is_its_own_graph_and_old_packages_keep_working(
-    two_towers: tuple[str, Path, Path, list[Path]], tmp_path: Path
+    two_towers: tuple[str, Path, Path, list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import shutil
+
+    import onnx
 
     _, _, package, photos = two_towers
     manifest = ModelPackage.open(package).manifest
@@ -116,6 +118,16 @@ def test_each_tower_is_its_own_graph_and_old_packages_keep_working(
     assert [o.name for o in towers["text_tower"].outputs] == ["text_embeds"]
     assert [i.name for i in towers["image_tower"].inputs] == ["pixel_values"]
     assert [o.name for o in towers["image_tower"].outputs] == ["image_embeds"]
+    # the text tower computes nothing of the vision model (a constant it shares aside) and the image tower
+    # nothing of the text model
+    nodes = {name: onnx.load(str(package / file)).graph.node for name, file in fp32.subgraphs.items()}
+    for tower, own, other in (
+        ("text_tower", "/text_model/", "/vision_model/"),
+        ("image_tower", "/vision_model/", "/text_model/"),
+    ):
+        assert any(n.name.startswith(own) for n in nodes[tower])
+        assert not [n.name for n in nodes[tower] if n.op_type != "Constant" and n.name.startswith(other)]
+    assert not [n for n in nodes["text_tower"] if n.op_type == "Conv"]  # the patch embedding
     # each tower is validated against PyTorch like the joint graph
     validated = {check.name for check in fp32.validation.outputs} if fp32.validation else set()
     assert {"text_embeds (text_tower)", "image_embeds (image_tower)"} <= validated
@@ -134,6 +146,11 @@ def test_each_tower_is_its_own_graph_and_old_packages_keep_working(
         assert new_model.tower("text_tower") is not None
         assert old_model.tower("text_tower") is None
         assert old_model.tower("image_tower") is None
+
+        def joint_graph(*args: object, **kwargs: object) -> None:
+            raise AssertionError("embed_texts/embed_images ran the joint graph (both towers)")
+
+        monkeypatch.setattr(new_model.runner, "run", joint_graph)  # only the towers may run
         np.testing.assert_allclose(new_model.embed_texts(TEXTS), old_model.embed_texts(TEXTS), atol=1e-6)
         np.testing.assert_allclose(new_model.embed_images(photos), old_model.embed_images(photos), atol=1e-6)
 

@@ -287,6 +287,7 @@ def test_module_recipe_converts_from_its_factory(tmp_path: Path) -> None:
     validation = manifest.variant("fp32").validation
     assert validation is not None
     assert validation.passed
+    print_decisions(name, validation)
     assert [(s.name, s.shape) for s in manifest.inputs] == [("features", ("batch", 1, 40, 101))]
     import torch
 

@@ -317,6 +317,80 @@ def test_in_place_validation_fails_when_the_graph_and_pytorch_disagree(
     assert not validation.outputs[1].passed
 
 
+@pytest.fixture(scope="module")
+def trained_scale_llama(lm_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with its weight matrices redrawn at std 1 (attention scores and logits at a trained
+    model's scale, where a wrong scale or epsilon shows), converted to the in-place graph: its source folder."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from converters import convert
+
+    source = tmp_path_factory.mktemp("trained-scale-llama") / "hf"
+    shutil.copytree(lm_sources["llama"], source)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for weights in model.parameters():
+            if weights.dim() >= 2:
+                weights.normal_(0.0, 1.0)
+    model.save_pretrained(source)
+    convert(str(source), source.parent / "package")
+    return source
+
+
+def _attention_scale(model: Any) -> None:
+    for layer in model.model.layers:
+        layer.self_attn.scaling *= 1.01
+
+
+def _norm_epsilon(model: Any) -> None:
+    for module in model.modules():
+        if hasattr(module, "variance_epsilon"):
+            module.variance_epsilon *= 10
+
+
+def _rotary_frequencies(model: Any) -> None:
+    model.model.rotary_emb.inv_freq *= 1.001
+
+
+# a uniform position offset is no bug under rotary embeddings (attention sees relative positions only): the
+# in-place graph's third bug is rotary frequencies a thousandth off
+IN_PLACE_BUGS = {
+    "attention scale off by 1%": _attention_scale,
+    "RMS norm epsilon 10x": _norm_epsilon,
+    "rotary frequencies off by 0.1%": _rotary_frequencies,
+}
+
+
+@pytest.mark.parametrize("bug", list(IN_PLACE_BUGS))
+def test_in_place_graph_at_a_trained_scale_passes_and_a_subtle_mismatch_fails(
+    bug: str, trained_scale_llama: Path
+) -> None:
+    """The in-place graph of a Llama with trained-scale weights passes validation at the defaults; against a
+    PyTorch model that differs from it by one subtle bug it fails, decided by allclose."""
+    from transformers import AutoModelForCausalLM
+
+    from converters.causal_lm import validate_in_place_decoder
+
+    package = ModelPackage.open(trained_scale_llama.parent / "package")
+    spec = package.manifest.generation
+    assert spec is not None
+    assert spec.in_place
+    recorded = package.manifest.variant("fp32").validation
+    assert recorded is not None
+    assert recorded.passed, recorded
+    onnx_file = package.path / package.manifest.variant("fp32").file
+    model = AutoModelForCausalLM.from_pretrained(trained_scale_llama).eval()
+    IN_PLACE_BUGS[bug](model)
+    validation = validate_in_place_decoder(model, onnx_file, spec, Tolerance())
+    assert not validation.passed, validation
+    assert validation.value > 1
+    assert all(check.decided_by == "allclose" for check in validation.outputs if not check.passed)
+
+
 @pytest.fixture(scope="session")
 def optimum_llama(lm_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama through optimum-onnx's graph, as packages made before the in-place graph hold it."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -213,6 +215,18 @@ def _decode(opened: PILImage.Image, where: str, max_pixels: int) -> PILImage.Ima
     return opened.convert("RGB")
 
 
+@contextmanager
+def _opened(source: io.BytesIO | Path) -> Iterator[PILImage.Image]:
+    """Pillow's lazy open of `source`, without its DecompressionBombWarning: `_decode` checks the size against
+    our own (lower) limit, so the warning would only log a second, misleading message for a refused image."""
+    Image = _pil()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        opened = Image.open(source)
+    with opened:
+        yield opened
+
+
 def open_image(
     image: ImageInput, max_pixels: int = MAX_IMAGE_PIXELS, name: str = "the image"
 ) -> PILImage.Image:
@@ -235,7 +249,7 @@ def open_image(
         return Image.fromarray(image).convert("RGB")
     if isinstance(image, bytes):  # an encoded file's bytes (the server's image pipeline models)
         try:
-            with Image.open(io.BytesIO(image)) as opened:
+            with _opened(io.BytesIO(image)) as opened:
                 return _decode(opened, name, max_pixels)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise BadInputError(
@@ -250,7 +264,7 @@ def open_image(
         problem = "is not a file" if path.exists() else "does not exist"
         raise BadInputError(f"image '{path}' {problem}; pass the path of a JPEG, PNG or other image file")
     try:
-        with Image.open(path) as opened:
+        with _opened(path) as opened:
             return _decode(opened, f"image '{path}'", max_pixels)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInputError(

@@ -400,7 +400,11 @@ def main() -> None:
     )
     fp32_check = manifest.variants["fp32"].validation
     assert fp32_check is not None
-    print(f"edge fp32 vs PyTorch: max abs diff {fp32_check.value:.2e} ({'; '.join(fp32_check.cases)})")
+    worst = max(check.max_abs_diff for check in fp32_check.outputs)
+    print(
+        f"edge fp32 vs PyTorch: max abs diff {worst:.2e}, {fp32_check.metric} ratio {fp32_check.value:.3g} "
+        f"(limit {fp32_check.threshold:g}; {'; '.join(fp32_check.cases)})"
+    )
 
     from tokenizers import Tokenizer
 

@@ -7,8 +7,8 @@ architectures, or ``decoder_graph="optimum"``, get optimum-onnx's export.
 
 Validation feeds the ONNX decoder and the PyTorch model the same tokens: the prompt's logits (optimum's graph: at
 every real position; the in-place graph: at the last, through the generator's own `DecoderStepper` and its
-cache), then two decode steps each fed its own cache, at batch 1 and for a left-padded batch of 3, compared by
-the worst absolute difference.
+cache), then two decode steps each fed its own cache, at batch 1 and for a left-padded batch of 3, judged by
+``allclose`` (`toolkit.agreement.Tolerance`) and top-1/top-5 agreement over the vocabulary.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import numpy as np
 from converters.gqa_decoder import export_gqa_decoder, supports_gqa
 from converters.hf import TASKS, copy_assets, export_hf_model, load_hf_model, missing_tokenizer
 from converters.sources import ResolvedSource, directory_sha256
+from converters.validate import OutputTally, validation_of
+from toolkit.agreement import Tolerance
 from toolkit.atomic import replace_directory, staging_directory
 from toolkit.errors import ExportError
 from toolkit.inspect import inspect_model
@@ -36,7 +38,6 @@ from toolkit.manifest import (
     GenerationSpec,
     Manifest,
     ModelPackage,
-    OutputCheck,
     TensorSpec,
     TextPreprocessing,
     Validation,
@@ -45,6 +46,7 @@ from toolkit.manifest import (
     tool_versions,
     variant_file_name,
 )
+from toolkit.tasks import tasks
 
 __all__ = [
     "DECODE_STEPS",
@@ -156,27 +158,28 @@ def _positions(mask: np.ndarray, new: int) -> np.ndarray:
     return np.ascontiguousarray(positions[:, -new:])
 
 
+def _logit_tallies(tolerance: Tolerance) -> dict[str, OutputTally]:
+    """The decoder checks' outputs, each judged by ``allclose`` and the generate task's top-1/top-5 agreement."""
+    meaning = tasks()["generate"].meaning["logits"]
+    return {
+        name: OutputTally(name, tolerance, meaning) for name in ("logits (prompt)", "logits (cached steps)")
+    }
+
+
 def _decoder_validation(
-    worst: dict[str, float], means: dict[str, list[float]], atol: float, cases: list[str]
+    tallies: Mapping[str, OutputTally], tolerance: Tolerance, cases: list[str]
 ) -> Validation:
-    """The validation record of a decoder check: each output's worst and mean difference against `atol`."""
-    checks = tuple(
-        OutputCheck(name, worst[name], float(np.mean(means[name])), worst[name] <= atol) for name in worst
-    )
-    return Validation(
-        metric="max_abs_diff",
-        value=max(c.max_abs_diff for c in checks),
-        threshold=atol,
-        reference="pytorch",
-        samples=sum(len(rows) for rows in VALIDATION_ROWS),
-        passed=all(c.passed for c in checks),
-        outputs=checks,
-        cases=tuple(cases),
+    """The validation record of a decoder check (optimum's graph or the in-place one) from its tallies."""
+    return validation_of(
+        [tally.check() for tally in tallies.values()],
+        tolerance,
+        sum(len(rows) for rows in VALIDATION_ROWS),
+        cases,
     )
 
 
 def validate_decoder(
-    model: Any, onnx_file: Path, spec: GenerationSpec, atol: float, seed: int = 0
+    model: Any, onnx_file: Path, spec: GenerationSpec, tolerance: Tolerance, seed: int = 0
 ) -> Validation:
     """The ONNX decoder against `model` (PyTorch) on the prompt and `DECODE_STEPS` cached steps."""
     import onnxruntime as ort
@@ -187,8 +190,7 @@ def validate_decoder(
     outputs = [o.name for o in session.get_outputs()]
     vocab = int(model.config.vocab_size)
     rng = np.random.default_rng(seed)
-    worst = {"logits (prompt)": 0.0, "logits (cached steps)": 0.0}
-    means: dict[str, list[float]] = {name: [] for name in worst}
+    tallies = _logit_tallies(tolerance)
     cases = []
     for lengths in VALIDATION_ROWS:
         ids, mask = _left_padded(lengths, vocab, spec.pad_token_id, rng)
@@ -221,10 +223,9 @@ def validate_decoder(
             want = out.logits.float().numpy()
             past = out.past_key_values
             real = mask[:, -new.shape[1] :].astype(bool)  # padded positions' logits mean nothing
-            diff = np.abs(got["logits"].astype(np.float64) - want)[real]
-            key = "logits (prompt)" if step == 0 else "logits (cached steps)"
-            worst[key] = max(worst[key], float(diff.max()) if diff.size else 0.0)
-            means[key].append(float(diff.mean()) if diff.size else 0.0)
+            tallies["logits (prompt)" if step == 0 else "logits (cached steps)"].add(
+                got["logits"][real], want[real]
+            )
             new = want[:, -1, :].argmax(-1).astype(np.int64)[:, None]
             mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
             feeds = {
@@ -236,11 +237,11 @@ def validate_decoder(
                     for k in ("key", "value")
                 },
             }
-    return _decoder_validation(worst, means, atol, cases)
+    return _decoder_validation(tallies, tolerance, cases)
 
 
 def validate_in_place_decoder(
-    model: Any, onnx_file: Path, spec: GenerationSpec, atol: float, seed: int = 0
+    model: Any, onnx_file: Path, spec: GenerationSpec, tolerance: Tolerance, seed: int = 0
 ) -> Validation:
     """The in-place ONNX decoder, run by the generator's `DecoderStepper` (its cache bound in place), against
     `model` (PyTorch): the last prompt position's logits, then `DECODE_STEPS` cached steps."""
@@ -251,8 +252,7 @@ def validate_in_place_decoder(
 
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
-    worst = {"logits (prompt)": 0.0, "logits (cached steps)": 0.0}
-    means: dict[str, list[float]] = {name: [] for name in worst}
+    tallies = _logit_tallies(tolerance)
     cases = []
     for lengths in VALIDATION_ROWS:
         ids, mask = _left_padded(lengths, int(model.config.vocab_size), spec.pad_token_id, rng)
@@ -275,15 +275,12 @@ def validate_in_place_decoder(
                 )
             want = out.logits[:, -1, :].float().numpy()
             past = out.past_key_values
-            diff = np.abs(got.astype(np.float64) - want)
-            key = "logits (prompt)" if step == 0 else "logits (cached steps)"
-            worst[key] = max(worst[key], float(diff.max()))
-            means[key].append(float(diff.mean()))
+            tallies["logits (prompt)" if step == 0 else "logits (cached steps)"].add(got, want)
             if step < DECODE_STEPS:
                 new = want.argmax(-1).astype(np.int64)[:, None]
                 mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
                 got = stepper.step(new[:, 0])
-    return _decoder_validation(worst, means, atol, cases)
+    return _decoder_validation(tallies, tolerance, cases)
 
 
 def _export_decoder(
@@ -320,7 +317,7 @@ def convert_causal_lm(
     resolved: ResolvedSource,
     out: Path,
     opset: int | None,
-    atol: float,
+    tolerance: Tolerance,
     say: Any,
     decoder_graph: str = "auto",
 ) -> ModelPackage:
@@ -347,7 +344,7 @@ def convert_causal_lm(
         )
         say("validating the decoder against PyTorch (prompt and cached steps)")
         validate = validate_in_place_decoder if spec.in_place else validate_decoder
-        validation = validate(model, onnx_file, spec, atol)
+        validation = validate(model, onnx_file, spec, tolerance)
         manifest = Manifest(
             name=resolved.name,
             task="generate",

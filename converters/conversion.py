@@ -30,6 +30,7 @@ from converters.recipes import Recipe, load_recipe
 from converters.samples import sample_cases
 from converters.sources import ResolvedSource, directory_sha256, resolve_source
 from converters.validate import InputLimits, compare_with_reference
+from toolkit.agreement import Tolerance
 from toolkit.atomic import replace_directory, staging_directory
 from toolkit.errors import BadInputError
 from toolkit.inputs import is_batch_dim, is_sequence_dim, sequence_axis
@@ -50,6 +51,7 @@ from toolkit.manifest import (
 )
 from toolkit.preprocess import TextTokenizer
 from toolkit.runner import Runner
+from toolkit.tasks import tasks
 
 __all__ = ["EXPORTER_CHOICES", "ConvertOptions", "convert"]
 
@@ -64,7 +66,8 @@ TORCH_DEFAULT_TASK = "features"
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """How to export and validate. `atol=None` takes the recipe's tolerance, else 1e-4.
+    """How to export and validate. `atol` and `rtol` are the ``allclose`` tolerances of validation (None: the
+    recipe's, else `toolkit.agreement`'s defaults).
 
     For PyTorch sources: `inputs` describes forward's inputs (strings are parsed as ``name:dtype[dims]:lo..hi``),
     `weights` a .safetensors/.pt state dict to load, `trust_remote_code` allows unpickling arbitrary objects,
@@ -79,6 +82,7 @@ class ConvertOptions:
     task: str | None = None
     opset: int | None = None
     atol: float | None = None
+    rtol: float | None = None
     force: bool = False
     inputs: tuple[InputSpec, ...] = ()
     weights: Path | None = None
@@ -148,8 +152,9 @@ def convert(
     say = progress or (lambda message: log.info(message))
     out = Path(out_dir)
     _check_output_dir(out, options.force)
-    if options.atol is not None and options.atol < 0:
-        raise BadInputError(f"--atol must be zero or positive, got {options.atol}")
+    for flag, value in (("--atol", options.atol), ("--rtol", options.rtol)):
+        if value is not None and not value >= 0:
+            raise BadInputError(f"{flag} must be zero or positive, got {value}")
 
     say(f"resolving {source}")
     resolved = resolve_source(source)
@@ -158,7 +163,7 @@ def convert(
         resolved = replace(resolved, recipe=recipe)
     family = "torch" if resolved.torch is not None else "onnx" if resolved.onnx is not None else "hf"
     _check_options(family, options, source)
-    atol = options.atol if options.atol is not None else (resolved.recipe.atol if resolved.recipe else 1e-4)
+    tolerance = _tolerance(options, resolved.recipe)
     # --- a causal LM exports with its KV cache and validates over cached decode steps
     # --- encoder-decoders (Whisper, BART, T5, Marian, mBART) export encoder + decoders
     if family == "hf" and resolved.model_dir is not None:
@@ -167,11 +172,11 @@ def convert(
         requested = options.task or (resolved.recipe.task if resolved.recipe else None)
         kind = seq2seq_task(resolved.model_dir, requested)
         if kind is not None:
-            return convert_seq2seq(resolved, out, kind, options.opset, atol, say)
+            return convert_seq2seq(resolved, out, kind, options.opset, tolerance, say)
     if family == "hf" and _generates(resolved, options):
         from converters.causal_lm import convert_causal_lm
 
-        return convert_causal_lm(resolved, out, options.opset, atol, say, options.decoder_graph)
+        return convert_causal_lm(resolved, out, options.opset, tolerance, say, options.decoder_graph)
 
     with staging_directory(out) as staging:
         package_dir = staging / "package"
@@ -184,7 +189,10 @@ def convert(
             replace(spec, value_range=exported.value_ranges.get(spec.name, spec.value_range))
             for spec in info.inputs
         )
+        task_class = tasks().get(exported.task)
+        subgraph_files = _cut_subgraphs(exported.onnx_file, task_class.subgraphs if task_class else {})
         runner = Runner(exported.onnx_file, "cpu")
+        subgraphs = {name: Runner(path, "cpu") for name, path in subgraph_files.items()}
         validation = compare_with_reference(
             runner,
             exported.reference,
@@ -200,8 +208,10 @@ def convert(
                 )
                 if _fits_batch(case.feeds, inputs)
             ],
-            atol,
+            tolerance,
             exported.reference_name,
+            task_class.meaning if task_class else None,
+            subgraphs,
         )
         manifest = Manifest(
             name=resolved.name,
@@ -220,17 +230,50 @@ def convert(
                     settings=exported.settings,
                     validation=validation,
                     tool_versions=tool_versions(),
+                    subgraphs={name: path.name for name, path in subgraph_files.items()},
                 )
             },
             preprocessing=exported.preprocessing,
             labels=exported.labels,
             exporter=exported.exporter,
         )
-        del runner
+        del runner, subgraphs
         ModelPackage(package_dir, manifest).save(manifest)
         replace_directory(package_dir, out)
     say(f"wrote {out}")
     return ModelPackage.open(out)
+
+
+def _cut_subgraphs(
+    onnx_file: Path, wanted: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]
+) -> dict[str, Path]:
+    """Each of the task's subgraphs the export has the outputs of, cut from it into ``NAME.onnx`` beside it."""
+    import onnx
+    import onnx.utils
+
+    if not wanted:
+        return {}
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    inputs = {i.name for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    cut = {}
+    for name, (needs, gives) in wanted.items():
+        if set(gives) <= outputs:
+            path = onnx_file.with_name(f"{name}.onnx")
+            onnx.utils.extract_model(
+                str(onnx_file), str(path), [i for i in needs if i in inputs], list(gives)
+            )
+            cut[name] = path
+    return cut
+
+
+def _tolerance(options: ConvertOptions, recipe: Recipe | None) -> Tolerance:
+    """The options' tolerances, else the recipe's, else the defaults."""
+    defaults = Tolerance(recipe.atol, recipe.rtol) if recipe is not None else Tolerance()
+    return Tolerance(
+        options.atol if options.atol is not None else defaults.atol,
+        options.rtol if options.rtol is not None else defaults.rtol,
+    )
 
 
 def _fits_batch(feeds: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...]) -> bool:

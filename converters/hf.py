@@ -382,6 +382,69 @@ def copy_assets(model_dir: Path, export_dir: Path, package_dir: Path) -> None:
     for pooling_config in model_dir.glob("*_Pooling/config.json"):
         (package_dir / pooling_config.parent.name).mkdir(exist_ok=True)
         shutil.copy2(pooling_config, package_dir / pooling_config.parent.name / "config.json")
+    if not (package_dir / "tokenizer.json").is_file():
+        write_fast_tokenizer(model_dir, package_dir / "tokenizer.json")
+
+
+def _siglip_converter(slow: Any) -> Any:
+    """transformers' SentencePiece converter plus what `SiglipTokenizer` does before SentencePiece: lower case
+    (``do_lower_case``), punctuation removed, whitespace runs collapsed and stripped; ``</s>`` appended."""
+    import string
+
+    from tokenizers import Regex, normalizers, processors
+    from transformers.convert_slow_tokenizer import SpmConverter
+
+    class SiglipConverter(SpmConverter):
+        def normalizer(self, proto: Any) -> Any:
+            punctuation = "".join("\\" + c if c in "\\[]^-" else c for c in string.punctuation)
+            steps = [normalizers.Lowercase()] if getattr(slow, "do_lower_case", False) else []
+            steps += [
+                normalizers.Replace(Regex(f"[{punctuation}]"), ""),
+                normalizers.Replace(Regex(r"\s+"), " "),
+                normalizers.Strip(),
+            ]
+            spm = super().normalizer(proto)
+            return normalizers.Sequence([*steps, spm] if spm is not None else steps)
+
+        def post_processor(self) -> Any:
+            eos = slow.eos_token
+            return processors.TemplateProcessing(
+                single=["$A", eos], pair=["$A", eos, "$B", eos], special_tokens=[(eos, slow.eos_token_id)]
+            )
+
+    return SiglipConverter(slow).converted()
+
+
+# slow tokenizers transformers has no fast class or converter for, by class name
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {"SiglipTokenizer": _siglip_converter}
+
+
+def write_fast_tokenizer(model_dir: Path, target: Path) -> bool:
+    """Convert the directory's slow (SentencePiece) tokenizer to `target` (a ``tokenizer.json``) with transformers'
+    slow-to-fast conversion; False when it has no slow tokenizer a converter knows."""
+    from toolkit.atomic import atomic_write_text
+
+    config = model_dir / "tokenizer_config.json"
+    if not config.is_file():
+        return False
+    name = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+    from transformers.convert_slow_tokenizer import SLOW_TO_FAST_CONVERTERS, convert_slow_tokenizer
+
+    if name not in _CONVERTERS and name not in SLOW_TO_FAST_CONVERTERS:
+        return False
+    from transformers import AutoTokenizer
+
+    try:
+        slow = AutoTokenizer.from_pretrained(model_dir, use_fast=False)
+    except ImportError as exc:
+        raise ExportError(
+            f"'{model_dir}' has a {name} (SentencePiece) and no tokenizer.json; converting it needs sentencepiece: "
+            f"pip install 'edge-toolkit[convert]' ({first_line(exc, 200)})"
+        ) from exc
+    fast = _CONVERTERS[name](slow) if name in _CONVERTERS else convert_slow_tokenizer(slow)
+    atomic_write_text(target, fast.to_str())
+    log.info("converted %s to %s", name, target.name)
+    return True
 
 
 def run_reference(

@@ -9,7 +9,7 @@ One file per model, read into frozen dataclasses::
                               hub (a Hugging Face hub id), module (``pkg.module:factory``, a plain nn.Module)
     [sample]                  how validation makes inputs: kind = text | image | audio | synthetic
     [preprocessing]           overrides of what the model's own processor config says (image size, mean, ...)
-    [validation] atol         the tolerance on ONNX vs PyTorch max abs diff
+    [validation] atol, rtol   the ``allclose`` tolerances of ONNX vs PyTorch (toolkit.agreement)
     [quantization] suggested  the `edge quantize --method` that suits the model
     [calibration] sentences   calibration texts for static quantization
     [offline]                 the same architecture at toy size with random weights, built from a transformers
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.input_specs import InputSpec, parse_input_specs
+from toolkit.agreement import DEFAULT_ATOL, DEFAULT_RTOL
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ImagePreprocessing, Preprocessing, TextPreprocessing, section_of
 
@@ -170,7 +171,8 @@ class Recipe:
     inputs: tuple[InputSpec, ...] = ()
     sample: RecipeSample = RecipeSample()
     preprocessing: RecipePreprocessing = RecipePreprocessing()
-    atol: float = 1e-4
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
     suggested_quantization: str | None = None
     offline: RecipeOffline | None = None
     # tables read by other modules by name (today: [calibration] sentences, read by converters.quantization)
@@ -389,11 +391,12 @@ def parse_recipe(name: str, text: str) -> Recipe:
             raise _Malformed(f"name '{declared}' differs from the file name '{name}.toml'")
         validation = _table(data, "validation")
         quantization = _table(data, "quantization")
-        _only(validation, {"atol"}, "[validation]")
+        _only(validation, {"atol", "rtol"}, "[validation]")
         _only(quantization, {"suggested"}, "[quantization]")
-        atol = _number(validation, "atol", "[validation]", positive=False)
-        if atol is not None and atol < 0:
-            raise _Malformed(f"[validation] atol must be zero or positive, got {atol}")
+        atol, rtol = (_number(validation, key, "[validation]", positive=False) for key in ("atol", "rtol"))
+        for key, value in (("atol", atol), ("rtol", rtol)):
+            if value is not None and value < 0:
+                raise _Malformed(f"[validation] {key} must be zero or positive, got {value}")
         calibration = _table(data, "calibration")
         _only(calibration, {"sentences"}, "[calibration]")
         _strings(calibration, "sentences", "[calibration]")
@@ -405,7 +408,8 @@ def parse_recipe(name: str, text: str) -> Recipe:
             inputs=_inputs(data),
             sample=_sample(data),
             preprocessing=_preprocessing(data),
-            atol=1e-4 if atol is None else atol,
+            atol=DEFAULT_ATOL if atol is None else atol,
+            rtol=DEFAULT_RTOL if rtol is None else rtol,
             suggested_quantization=_string(quantization, "suggested", "[quantization]"),
             offline=_offline(data),
             extra={"calibration": calibration} if calibration else {},

@@ -21,6 +21,8 @@ import numpy as np
 from converters.attention_fusion import attention_heads, fuse_attention
 from converters.hf import TASKS, copy_assets, load_and_export, missing_tokenizer
 from converters.sources import ResolvedSource, directory_sha256
+from converters.validate import OutputTally, validation_of
+from toolkit.agreement import Tolerance
 from toolkit.atomic import replace_directory, staging_directory
 from toolkit.errors import ExportError
 from toolkit.inspect import inspect_model
@@ -38,6 +40,7 @@ from toolkit.manifest import (
     seq2seq_files,
     tool_versions,
 )
+from toolkit.tasks import tasks
 
 __all__ = [
     "SEQ2SEQ_METHODS",
@@ -161,7 +164,9 @@ def _encoder_feeds(task: str, model: Any, package_dir: Path, spec: Seq2SeqSpec) 
     }
 
 
-def validate_seq2seq(task: str, model: Any, package_dir: Path, spec: Seq2SeqSpec, atol: float) -> Validation:
+def validate_seq2seq(
+    task: str, model: Any, package_dir: Path, spec: Seq2SeqSpec, tolerance: Tolerance
+) -> Validation:
     """Encoder outputs, then the decoder's start and two cached greedy steps, against PyTorch."""
     import onnxruntime as ort
     import torch
@@ -183,8 +188,10 @@ def validate_seq2seq(task: str, model: Any, package_dir: Path, spec: Seq2SeqSpec
         want_states = model(
             **torch_feeds, decoder_input_ids=start, use_cache=False
         ).encoder_last_hidden_state.numpy()
-    worst: dict[str, float] = {"last_hidden_state": float(np.abs(states - want_states).max())}
-    means: dict[str, float] = {"last_hidden_state": float(np.abs(states - want_states).mean())}
+    meaning = tasks()[task].meaning
+    encoder_tally = OutputTally("last_hidden_state", tolerance, meaning["last_hidden_state"])
+    encoder_tally.add(states, want_states)
+    steps_tally = OutputTally("log_probs (start + cached steps)", tolerance, meaning["log_probs"])
     prompt = np.asarray([spec.decoder_start_ids], dtype=np.int64)
     rules = DecodingRules(prompt.shape[1], 10**9, frozenset(spec.eos_token_ids))
     stepper = Seq2SeqStepper(
@@ -198,35 +205,25 @@ def validate_seq2seq(task: str, model: Any, package_dir: Path, spec: Seq2SeqSpec
         capacity=prompt.shape[1] + 2,
     )
     got = stepper.logits
-    diffs = []
     for step in range(3):
         with torch.inference_mode():
             output = model(
                 **torch_feeds, decoder_input_ids=torch.from_numpy(stepper.ids), use_cache=False
             ).logits[:, -1, :]
         want = log_softmax(output.numpy())
-        diffs.append(np.abs(got - want))
+        steps_tally.add(got, want)
         if step < 2:
             got = stepper.step(want.argmax(-1).astype(np.int64))
-    worst["log_probs (start + cached steps)"] = float(max(d.max() for d in diffs))
-    means["log_probs (start + cached steps)"] = float(np.mean([d.mean() for d in diffs]))
-    checks = tuple(
-        OutputCheck(name, round(worst[name], 8), round(means[name], 8), worst[name] <= atol) for name in worst
-    )
-    return Validation(
-        metric="max_abs_diff",
-        value=max(c.max_abs_diff for c in checks),
-        threshold=atol,
-        reference="pytorch",
-        samples=1,
-        passed=all(c.passed for c in checks),
-        outputs=checks,
-        cases=("encoder + decoder start + 2 cached steps",),
+    return validation_of(
+        [encoder_tally.check(), steps_tally.check()],
+        tolerance,
+        1,
+        ("encoder + decoder start + 2 cached steps",),
     )
 
 
 def convert_seq2seq(
-    resolved: ResolvedSource, out: Path, task_name: str, opset: int | None, atol: float, say: Any
+    resolved: ResolvedSource, out: Path, task_name: str, opset: int | None, tolerance: Tolerance, say: Any
 ) -> ModelPackage:
     """Export an encoder-decoder (encoder, decoder, decoder with past), validate it, write the package to `out`."""
     task = TASKS[task_name]
@@ -261,7 +258,7 @@ def convert_seq2seq(
         layers = sum(1 for o in decoder_info.outputs if o.name.endswith(".decoder.key"))
         spec = seq2seq_spec(package_dir, task_name, model, layers)
         say("validating encoder and decoder steps against PyTorch")
-        validation = validate_seq2seq(task_name, model, package_dir, spec, atol)
+        validation = validate_seq2seq(task_name, model, package_dir, spec, tolerance)
         size = sum((package_dir / f).stat().st_size for f in seq2seq_files(FP32_VARIANT))
         preprocessing: Any = (
             AudioPreprocessing(sampling_rate=16000, normalize=False)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import settings
 
 from tests.seq2seq_models import TEXT_KINDS, WHISPER_SIZES, text_source, whisper_source
+from toolkit.manifest import Validation
 from toolkit.runner import Runner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -307,3 +308,13 @@ def whisper_ts_package(whisper_ts_source: Path, tmp_path_factory: pytest.TempPat
     from converters import convert
 
     return convert(str(whisper_ts_source), tmp_path_factory.mktemp("whisper-ts-package") / "pkg").path
+
+
+def print_decisions(name: str, validation: Validation) -> None:
+    """Print, per output, the rule that decided and its ratio (seen with ``pytest -s``: the margins of a recipe)."""
+    for check in validation.outputs:
+        rule = next(r for r in check.rules if r.rule == check.decided_by)
+        print(
+            f"\nDECISION {name} | {check.name} | {rule.rule} {rule.value:.4g} / limit {rule.limit:.4g} | "
+            f"ratio {rule.ratio:.3g} | max abs diff {check.max_abs_diff:.3g}"
+        )

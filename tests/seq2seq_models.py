@@ -16,6 +16,7 @@ __all__ = [
     "WHISPER_SIZES",
     "WHISPER_SPECIAL",
     "bpe_tokenizer",
+    "large_logit_bart",
     "speech",
     "text_source",
     "whisper_source",
@@ -219,6 +220,23 @@ def text_source(kind: str, folder: Path, recipe_model: tuple[str, str, dict[str,
         model.generation_config.no_repeat_ngram_size = 3 if kind == "bart" else 0
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+def large_logit_bart(folder: Path) -> Path:
+    """The tiny BART with its weight matrices redrawn at std 1: logits span about -16..+21 and log-probabilities
+    reach below -30, the scale of a trained model, where float32 reordering alone moves logits by ~1e-4."""
+    import torch
+    import transformers as tf
+
+    text_source("bart", folder)
+    model = tf.BartForConditionalGeneration.from_pretrained(folder)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for weights in model.parameters():
+            if weights.dim() >= 2:
+                weights.normal_(0.0, 1.0)
+    model.save_pretrained(folder)
     return folder
 
 

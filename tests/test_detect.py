@@ -426,6 +426,43 @@ def test_served_image_model_equals_detect(yolo: tuple[object, Path, Path], photo
         model.prepare(InferenceRequest((RequestInput("image", "BYTES", (1,), broken),)))
 
 
+def test_a_served_detr_takes_images_of_different_sizes_in_one_request(
+    detectors: dict[str, tuple[Path, Path]], photos: list[Path]
+) -> None:
+    """A DETR keeps each image's aspect ratio: one request's images of different sizes run as separate runs
+    (two same-size images share one), and each image's detections equal `detect` on it alone."""
+    from fastapi.testclient import TestClient
+
+    from toolkit.serve.app import create_app
+    from toolkit.serve.models import LoadOptions, ModelRegistry
+    from toolkit.serve.protocol import InferenceRequest, RequestInput, decode_response, encode_request
+
+    _, package = detectors["detr"]
+    sent = [photos[0], photos[1], photos[0], photos[2]]
+    blobs = np.empty(len(sent), dtype=object)
+    blobs[:] = [photo.read_bytes() for photo in sent]
+    registry = ModelRegistry.load([package], LoadOptions(threads=1))
+    name = f"{ModelPackage.open(package).manifest.name}-image"
+    job = registry.get(name, None).prepare(
+        InferenceRequest((RequestInput("image", "BYTES", (len(sent),), blobs),))
+    )
+    assert [len(next(iter(feeds.values()))) for feeds in (job.feeds, *job.more_runs)] == [2, 1, 1]
+    request = encode_request({"image": blobs})
+    with TestClient(create_app(registry)) as client:
+        answer = client.post(f"/v2/models/{name}/infer", content=request.body, headers=request.headers())
+    assert answer.status_code == 200, answer.text
+    _, outputs = decode_response(answer.content, int(answer.headers["Inference-Header-Content-Length"]))
+    with ObjectDetector.load(package, threads=1) as detector:
+        for photo, served in zip(sent, outputs["detections"], strict=True):
+            want = detector.detect([photo], threshold=0.5)[0]
+            got = json.loads(served)
+            assert [d["label"] for d in got] == [d.label for d in want]
+            np.testing.assert_allclose([d["box"] for d in got], [d.box for d in want], atol=1e-3)
+    assert {len(json.loads(served)) for served in outputs["detections"]} != {0}, (
+        "some image must have detections"
+    )
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_onnx_file_with_a_symbolic_size_takes_it_from_input(tmp_path: Path) -> None:
     import torch

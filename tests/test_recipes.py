@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import build_offline_model
+from conftest import build_offline_model, print_decisions
 
 from converters import ConvertOptions, convert
 from converters.hf import TASKS, load_hf_model, run_reference
@@ -223,7 +223,8 @@ def test_recipe_converts_validates_and_runs(converted: tuple[Recipe, Path, Path]
     validation = manifest.variant("fp32").validation
     assert validation is not None
     assert validation.passed, validation
-    assert validation.threshold == recipe.atol
+    assert (validation.atol, validation.rtol) == (recipe.atol, recipe.rtol)
+    print_decisions(recipe.name, validation)
     if recipe.sample.kind in SAMPLE_CASE_WORDS:
         assert all(SAMPLE_CASE_WORDS[recipe.sample.kind] in case for case in validation.cases[:2])
     if recipe.sample.texts:
@@ -286,6 +287,7 @@ def test_module_recipe_converts_from_its_factory(tmp_path: Path) -> None:
     validation = manifest.variant("fp32").validation
     assert validation is not None
     assert validation.passed
+    print_decisions(name, validation)
     assert [(s.name, s.shape) for s in manifest.inputs] == [("features", ("batch", 1, 40, 101))]
     import torch
 

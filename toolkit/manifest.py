@@ -39,6 +39,7 @@ __all__ = [
     "Manifest",
     "ModelPackage",
     "OutputCheck",
+    "RuleCheck",
     "Seq2SeqSpec",
     "SourceInfo",
     "TensorSpec",
@@ -86,13 +87,33 @@ class SourceInfo:
 
 
 @dataclass(frozen=True)
+class RuleCheck:
+    """One rule's verdict on one output: what it measured (`value`, e.g. the worst cosine), its `limit`, and
+    `ratio`, the error over the error the rule allows (at most 1 passes; the largest ratio decides)."""
+
+    rule: str
+    value: float
+    limit: float
+    ratio: float
+
+    @property
+    def passed(self) -> bool:
+        """Whether the output is within this rule."""
+        return self.ratio <= 1.0
+
+
+@dataclass(frozen=True)
 class OutputCheck:
-    """One output's comparison against the reference: worst absolute difference over all cases."""
+    """One output's comparison against the reference: worst and mean absolute difference over all cases, every
+    rule applied (`rules`) and the one that decided (`decided_by`: the first failing, else the nearest its
+    limit). Packages made before the rules carry the differences only."""
 
     name: str
     max_abs_diff: float
     mean_abs_diff: float
     passed: bool
+    rules: tuple[RuleCheck, ...] = ()
+    decided_by: str = "max_abs_diff"
 
 
 @dataclass(frozen=True)
@@ -124,6 +145,9 @@ class Validation:
     outputs: tuple[OutputCheck, ...] = ()
     cases: tuple[str, ...] = ()
     host: Host | None = None
+    # the ``allclose`` rule's tolerances (value: the worst ratio of any output's deciding rule, threshold 1)
+    atol: float | None = None
+    rtol: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +155,9 @@ class Variant:
     """One ONNX file of the package with how it was made and how accurate it is.
 
     `validation` is the measurement made with the file; `verifications` are re-measurements on other hosts
-    (`edge verify --update`), one per host int8 path and provider, the newest kept.
+    (`edge verify --update`), one per host int8 path and provider, the newest kept. `subgraphs` are files cut
+    from this one that compute some outputs from some inputs only (`Task.subgraphs`: CLIP's text tower), by
+    name; a pipeline runs one where it needs no more (validated with the file).
     """
 
     name: str
@@ -143,6 +169,7 @@ class Variant:
     validation: Validation | None = None
     tool_versions: Mapping[str, str] = field(default_factory=dict)
     verifications: tuple[Validation, ...] = ()
+    subgraphs: Mapping[str, str] = field(default_factory=dict)
 
     def with_verification(self, result: Validation) -> Variant:
         """A copy with `result` recorded, replacing an earlier one from a host of the same int8 path and provider."""
@@ -409,10 +436,21 @@ def _validation(d: Mapping[str, Any] | None) -> Validation | None:
         reference=d["reference"],
         samples=int(d["samples"]),
         passed=bool(d["passed"]),
-        outputs=tuple(OutputCheck(**o) for o in d.get("outputs", ())),
+        outputs=tuple(_output_check(o) for o in d.get("outputs", ())),
         cases=tuple(d.get("cases", ())),
         host=Host(**d["host"]) if d.get("host") is not None else None,
+        atol=_optional_float(d.get("atol")),
+        rtol=_optional_float(d.get("rtol")),
     )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _output_check(d: Mapping[str, Any]) -> OutputCheck:
+    rules = tuple(RuleCheck(**r) for r in d.get("rules", ()))
+    return OutputCheck(**{**d, "rules": rules})
 
 
 def _preprocessing(d: Mapping[str, Any] | None) -> Preprocessing | None:
@@ -451,6 +489,7 @@ def _manifest_from_dict(data: Mapping[str, Any]) -> Manifest:
             verifications=tuple(
                 result for r in v.get("verifications", ()) if (result := _validation(r)) is not None
             ),
+            subgraphs=v.get("subgraphs", {}),
         )
         for name, v in data["variants"].items()
     }
@@ -646,6 +685,10 @@ def check_manifest(manifest: Manifest, origin: str) -> None:
         if variant.name != key:
             raise _fail(origin, f"{where}.name", f"is {_short(variant.name)}, not the key {key!r}")
         check_relative(origin, f"{where}.file", variant.file)
+        if not isinstance(variant.subgraphs, Mapping):
+            raise _fail(origin, f"{where}.subgraphs", "must be an object of file names")
+        for part, file in variant.subgraphs.items():
+            check_relative(origin, f"{where}.subgraphs.{part}", file)
         _check_str(origin, f"{where}.precision", variant.precision)
         _check_str(origin, f"{where}.method", variant.method)
         if variant.size_bytes < 0:

@@ -38,6 +38,8 @@ __all__ = [
     "ImageInput",
     "TextTokenizer",
     "check_sample_rate",
+    "clean_up_tokenization",
+    "cleans_up_spaces",
     "clip_list",
     "image_list",
     "l2_normalize",
@@ -108,24 +110,53 @@ class TextTokenizer:
         return self.pad(self.encode(texts))
 
 
+def _tokenizer_config(folder: Path) -> dict[str, Any]:
+    """The package's tokenizer_config.json (empty when it has none, or only a symlink)."""
+    config = folder / "tokenizer_config.json"
+    if not config.is_file() or config.is_symlink():
+        return {}
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise BadModelError(
+            f"'{config}' is not valid UTF-8 JSON; re-create the package with `edge convert`"
+        ) from None
+    return settings if isinstance(settings, dict) else {}
+
+
 def _pad_token_id(tokenizer: Any, folder: Path) -> int:
     padding = tokenizer.padding
     if padding and "pad_id" in padding:
         return int(padding["pad_id"])
-    config = folder / "tokenizer_config.json"
-    if config.is_file() and not config.is_symlink():
-        try:
-            settings = json.loads(config.read_text(encoding="utf-8"))
-        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            raise BadModelError(
-                f"'{config}' is not valid UTF-8 JSON; re-create the package with `edge convert`"
-            ) from None
-        token = settings.get("pad_token") if isinstance(settings, dict) else None
-        if isinstance(token, dict):
-            token = token.get("content")
-        if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
-            return int(tokenizer.token_to_id(token))
+    token = _tokenizer_config(folder).get("pad_token")
+    if isinstance(token, dict):
+        token = token.get("content")
+    if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
+        return int(tokenizer.token_to_id(token))
     return 0
+
+
+def cleans_up_spaces(folder: Path) -> bool:
+    """Whether the package's tokenizer config sets ``clean_up_tokenization_spaces`` (transformers' default: no)."""
+    return _tokenizer_config(folder).get("clean_up_tokenization_spaces") is True
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' ``clean_up_tokenization``: no space before ``.?!,`` and English contractions."""
+    for spaced, joined in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
+        text = text.replace(spaced, joined)
+    return text
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str | None) -> np.ndarray:

@@ -353,6 +353,11 @@ class Runner:
     # -- reporting --------------------------------------------------------------------------------
 
     @property
+    def threads(self) -> int | None:
+        """The intra-op thread count asked for (None: onnxruntime's default)."""
+        return self._threads
+
+    @property
     def providers(self) -> tuple[str, ...]:
         """The providers onnxruntime actually uses for this session, by short name, in priority order."""
         return tuple(short_name(p) for p in self.session.get_providers())

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from toolkit.agreement import DEFAULT_ATOL, DEFAULT_RTOL
 from toolkit.cli.common import EXIT_VALIDATION_FAILED, common_options, emit_json, progress, stdout
 from toolkit.manifest import FP32_VARIANT, Validation
 from toolkit.tasks import task_names
@@ -16,24 +17,55 @@ __all__ = ["convert_command", "models_command", "render_validation"]
 
 
 def render_validation(validation: Validation, title: str) -> Table:
-    """One row per output: worst and mean absolute difference, tolerance, verdict."""
+    """One row per output: worst and mean absolute difference, each rule's measure against its limit (its ratio:
+    the error over what it allows), the rule that decided, verdict."""
     table = Table(title=title, title_justify="left")
-    for column in ("output", "max abs diff", "mean abs diff", "tolerance", "result"):
-        table.add_column(column, justify="left" if column in ("output", "result") else "right")
+    for column in (
+        "output",
+        "max abs diff",
+        "mean abs diff",
+        "rules (value / limit = ratio)",
+        "decided by",
+        "result",
+    ):
+        table.add_column(column, justify="right" if "diff" in column else "left")
     for check in validation.outputs:
         verdict = "[green]pass[/]" if check.passed else "[red]FAIL[/]"
+        rules = (
+            "\n".join(f"{r.rule} {r.value:.4g} / {r.limit:.4g} = {r.ratio:.2f}" for r in check.rules)
+            or f"max abs diff <= {validation.threshold:.3g}"
+        )
         table.add_row(
             check.name,
             f"{check.max_abs_diff:.3g}",
             f"{check.mean_abs_diff:.3g}",
-            f"{validation.threshold:.3g}",
+            rules,
+            check.decided_by,
             verdict,
         )
+    tolerance = (
+        f"; allclose: |onnx - ref| <= {validation.atol:.3g} + {validation.rtol:.3g} * |ref|"
+        if validation.atol is not None and validation.rtol is not None
+        else ""
+    )
     table.caption = (
-        f"{len(validation.cases)} cases, {validation.samples} samples vs {validation.reference}: "
+        f"{len(validation.cases)} cases, {validation.samples} samples vs {validation.reference}{tolerance}: "
         + "; ".join(validation.cases)
     )
     return table
+
+
+def validation_failure(validation: Validation) -> str:
+    """The one line naming each failed output and the rule that failed it."""
+    failed = [check for check in validation.outputs if not check.passed]
+    if not failed or not failed[0].rules:
+        return f"max abs diff {validation.value:.3g} > tolerance {validation.threshold:.3g}"
+    parts = []
+    for check in failed:
+        rule = next(r for r in check.rules if r.rule == check.decided_by)
+        measure = "diff" if rule.rule == "allclose" else rule.rule
+        parts.append(f"'{check.name}' fails {rule.rule} ({measure} {rule.value:.4g}, limit {rule.limit:.4g})")
+    return "; ".join(parts)
 
 
 @click.command("convert")
@@ -58,7 +90,14 @@ def render_validation(validation: Validation, title: str) -> Table:
     "--atol",
     type=float,
     default=None,
-    help="Validation tolerance on max abs diff (default 1e-4 or the recipe's).",
+    help=f"Absolute tolerance of validation: |onnx - torch| <= atol + rtol * |torch| (default {DEFAULT_ATOL:g} "
+    "or the recipe's).",
+)
+@click.option(
+    "--rtol",
+    type=float,
+    default=None,
+    help=f"Relative tolerance of validation (default {DEFAULT_RTOL:g} or the recipe's).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing package in the output directory.")
 @click.option(
@@ -116,6 +155,7 @@ def convert_command(
     task: str | None,
     opset: int | None,
     atol: float | None,
+    rtol: float | None,
     force: bool,
     inputs: tuple[str, ...],
     weights: str | None,
@@ -143,6 +183,7 @@ def convert_command(
         task=task,
         opset=opset,
         atol=atol,
+        rtol=rtol,
         force=force,
         inputs=parse_input_specs(inputs),
         weights=Path(weights) if weights else None,
@@ -169,8 +210,8 @@ def convert_command(
         )
     if validation is not None and not validation.passed:
         click.echo(
-            f"error: validation failed: max abs diff {validation.value:.3g} > tolerance {validation.threshold:.3g}; "
-            "the package is kept and marked failed in edge.json",
+            f"error: validation failed: {validation_failure(validation)}; "
+            "the package is kept and marked failed in edge.json (--atol/--rtol set the tolerances)",
             err=True,
         )
         click.get_current_context().exit(EXIT_VALIDATION_FAILED)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from toolkit.agreement import COSINE, TOP1, TOP5, Meaning
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.generation.decoding import RowPlan, decode
 from toolkit.generation.sampling import GenerationOptions, LogitsChooser
@@ -90,6 +91,7 @@ class Seq2SeqTask(Task[_M], Generic[_M]):
 
     metric = "max_abs_diff"
     preferred_output = "last_hidden_state"
+    meaning: ClassVar[Meaning] = {"last_hidden_state": (COSINE,), "log_probs": (TOP1, TOP5)}
 
     @classmethod
     def accepts(cls, package: ModelPackage) -> bool:

@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -327,9 +328,7 @@ def create_app(
             )
             timeouts = [t for t in (options.timeout_s, decoded.timeout_s) if t is not None]
             try:
-                raw = await state.scheduler.submit(
-                    model.engine, job.feeds, job.rows, min(timeouts, default=None)
-                )
+                raw = await _submit(state.scheduler, model, job, min(timeouts, default=None))
             except (QueueFullError, InferenceTimeoutError) as exc:
                 raise type(exc)(f"model '{model.name}' {exc}") from None
             finally:
@@ -391,6 +390,19 @@ def _decode_and_prepare(
             "(or raise --max-request-tokens)"
         )
     return decoded, job
+
+
+async def _submit(
+    scheduler: Scheduler, model: ServedModel, job: Job, timeout_s: float | None
+) -> dict[str, Any]:
+    """The job's outputs: its one run, or its runs (queued together) concatenated along the batch in order."""
+    if not job.more_runs:
+        return await scheduler.submit(model.engine, job.feeds, job.rows, timeout_s)
+    runs = (job.feeds, *job.more_runs)
+    outputs = await asyncio.gather(
+        *(scheduler.submit(model.engine, feeds, len(next(iter(feeds.values()))), timeout_s) for feeds in runs)
+    )
+    return {name: np.concatenate([part[name] for part in outputs]) for name in outputs[0]}
 
 
 def _tokens(model: ServedModel, job: Job) -> int:

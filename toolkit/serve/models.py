@@ -335,6 +335,9 @@ class Job:
     finish: Callable[[Outputs], Outputs] = field(default=lambda outputs: outputs)
     tokens: int | None = None
     cancel: Callable[[], None] = field(default=lambda: None)
+    # more runs of the same request whose shapes differ from `feeds`' (images of other sizes): each is queued
+    # on its own, and `finish` gets every run's outputs concatenated along the batch, `feeds`' first
+    more_runs: tuple[Feeds, ...] = ()
 
 
 class ServedModel:
@@ -541,8 +544,8 @@ class ImagePipelineModel(ServedModel):
             open_image(blob, self.max_image_pixels, f"input 'image' element {index}")
             for index, blob in enumerate(_images(self, request))
         ]
-        feeds, finish = self.serve_images(images)
-        return Job(feeds, len(images), outputs, finish)
+        runs, finish = self.serve_images(images)
+        return Job(runs[0], len(images), outputs, finish, more_runs=tuple(runs[1:]))
 
 
 def _metadata_of(tensor: ServedTensor) -> TensorMetadata:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast, runtime_chec
 
 import numpy as np
 
+from toolkit.agreement import Meaning
 from toolkit.checks import text_list
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import FP32_VARIANT, ModelPackage, TensorSpec
@@ -46,8 +47,9 @@ Outputs = dict[str, np.ndarray]
 class ServesImages(Protocol):
     """A task the server also offers as ``NAME-image``: encoded image files in, the task's results out."""
 
-    def serve_images(self, images: Sequence[ImageInput]) -> tuple[Feeds, Callable[[Outputs], Outputs]]:
-        """(feeds for the images, the post-processing of the model's outputs)."""
+    def serve_images(self, images: Sequence[ImageInput]) -> tuple[list[Feeds], Callable[[Outputs], Outputs]]:
+        """(the runs for the images: one feeds per image size; the post-processing of the runs' outputs,
+        concatenated along the batch in the runs' order)."""
         ...
 
 
@@ -79,6 +81,11 @@ class Task(Generic[_M]):
     metric: ClassVar[str] = "max_abs_diff"
     # the output the task reads (None: the first), and a hint for a package that lacks the section
     preferred_output: ClassVar[str | None] = None
+    # per output name, the checks of what the output means that validation adds to ``allclose``
+    meaning: ClassVar[Meaning] = {}
+    # graphs cut from the export beside it, by name: (inputs, outputs); a pipeline runs one where it needs no
+    # more (inputs the export lacks are left out; a subgraph whose outputs it lacks is not cut)
+    subgraphs: ClassVar[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
     source_hint: ClassVar[str] = ""
     # what `edge run` passes this task: "text", "image" or "audio" (None: raw --input tensors only)
     run_input: ClassVar[str | None] = None
@@ -224,9 +231,10 @@ class Pipeline(Generic[_M]):
         order: Sequence[int] | None = None,
         same_batch: Callable[[_Item, _Item], bool] | None = None,
         outputs: Sequence[str] | None = None,
+        runner: Runner | None = None,
     ) -> list[_Result]:
-        """Run encoded items in batches (in `order`, a batch ends at `batch_size` or where `same_batch` says);
-        results come back in the items' own order."""
+        """Run encoded items in batches (in `order`, a batch ends at `batch_size` or where `same_batch` says) on
+        `runner` (default: the pipeline's); results come back in the items' own order."""
         if batch_size < 1:
             raise BadInputError(f"batch_size must be at least 1, got {batch_size}")
         sequence = list(order) if order is not None else list(range(len(encoded)))
@@ -241,7 +249,8 @@ class Pipeline(Generic[_M]):
             ):
                 rows.append(sequence[start + len(rows)])
             feeds = collate([encoded[i] for i in rows])
-            for row, result in zip(rows, finish(self.runner.run(feeds, outputs), feeds), strict=True):
+            ran = (runner or self.runner).run(feeds, outputs)
+            for row, result in zip(rows, finish(ran, feeds), strict=True):
                 results[row] = result
             start += len(rows)
         return [r for r in results if r is not None]

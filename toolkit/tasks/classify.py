@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from toolkit.agreement import TOP1, TOP5, Meaning
 from toolkit.errors import BadInputError
 from toolkit.manifest import TensorSpec
 from toolkit.preprocess import Classification, label_names, ranked, softmax
@@ -38,6 +39,7 @@ class RankedTask(Task[_M]):
     prints each input's top 5."""
 
     preferred_output = "logits"
+    meaning: ClassVar[Meaning] = {"logits": (TOP1, TOP5)}
 
     def finish(self, outputs: Mapping[str, np.ndarray], top_k: int) -> list[list[Classification]]:
         """The `top_k` labels of each row, highest first."""

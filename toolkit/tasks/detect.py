@@ -21,10 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from toolkit.agreement import TOP1, TOP5, Meaning, MeaningRule, Tolerance
 from toolkit.atomic import atomic_path
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage, TensorSpec
@@ -110,6 +111,20 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(inter / np.clip(area_a[:, None] + area_b[None, :] - inter, 1e-12, None))
 
 
+def _worst_box_iou(actual: np.ndarray, expected: np.ndarray, tolerance: Tolerance) -> float:
+    """The lowest IoU between matching boxes (centre x, centre y, width, height on the last axis)."""
+    got, want = _corners(actual.reshape(-1, 4)), _corners(expected.reshape(-1, 4))
+    if not len(want):
+        return 1.0
+    ious = [float(box_iou(got[i : i + 1], want[i : i + 1])[0, 0]) for i in range(len(want))]
+    # two degenerate (zero-area) boxes in the same place agree
+    same = np.all(np.isclose(got, want, atol=tolerance.atol, rtol=tolerance.rtol), axis=-1)
+    return float(np.where(same, 1.0, ious).min())
+
+
+BOX_IOU = MeaningRule("box_iou", 0.99, _worst_box_iou)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy non-maximum suppression (torchvision's ``nms``): indices kept, highest score first."""
     order = np.argsort(-scores, kind="stable")
@@ -147,6 +162,7 @@ class DetectTask(Task[ImageModality]):
     modality = ImageModality
     metric = "detection_agreement"
     preferred_output = "logits"
+    meaning: ClassVar[Meaning] = {"logits": (TOP1, TOP5), "pred_boxes": (BOX_IOU,)}
     source_hint = " from a directory with a preprocessor_config.json, or an .onnx file with --task detect"
     run_input = "image"
 
@@ -305,28 +321,28 @@ class DetectTask(Task[ImageModality]):
         """``detections`` BYTES [N]: per image, its detections at threshold 0.5 as a JSON list."""
         return (ServedTensor("detections", "BYTES", (-1,)),)
 
-    def serve_images(self, images: Sequence[ImageInput]) -> tuple[Feeds, Callable[[Outputs], Outputs]]:
-        """Decoded images -> (one batch of feeds, how the raw outputs become each image's detections JSON)."""
+    def serve_images(self, images: Sequence[ImageInput]) -> tuple[list[Feeds], Callable[[Outputs], Outputs]]:
+        """Decoded images -> (one run per preprocessed size: a DETR-style model keeps each aspect ratio, so
+        images of different sizes run apart; how the runs' outputs become each image's detections JSON)."""
         opened = [open_image(image) for image in images]
         pixels = [preprocess_image(image, self.data.pre) for image in opened]
-        if len({p.shape for p in pixels}) > 1:
-            raise BadInputError(
-                "the images of one request came out in different sizes (this model keeps each aspect ratio); "
-                "send one image per request"
-            )
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, array in enumerate(pixels):
+            by_shape.setdefault(array.shape, []).append(index)
+        order = [index for members in by_shape.values() for index in members]  # image of each output row
         sizes = [(image.height, image.width) for image in opened]
 
         def finish(outputs: Outputs) -> Outputs:
             documents = np.empty(len(sizes), dtype=object)
-            documents[:] = [
-                json.dumps(
-                    self.run_json([self.finish(outputs, row, size, 0.5, None, 0.7)])["detections"][0]
-                ).encode()
-                for row, size in enumerate(sizes)
-            ]
+            for row, index in enumerate(order):
+                found = self.finish(outputs, row, sizes[index], 0.5, None, 0.7)
+                documents[index] = json.dumps(self.run_json([found])["detections"][0]).encode()
             return {"detections": documents}
 
-        return {self.data.input_name: np.stack(pixels)}, finish
+        runs = [
+            {self.data.input_name: np.stack([pixels[i] for i in members])} for members in by_shape.values()
+        ]
+        return runs, finish
 
 
 class ObjectDetector(ImagePipeline):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from toolkit.agreement import COSINE, Meaning
 from toolkit.manifest import TensorSpec
 from toolkit.preprocess import l2_normalize, pool
 from toolkit.tasks.base import Outputs, ServedTensor, Task, TextPipeline
@@ -26,6 +27,9 @@ class EmbedTask(Task[TextModality]):
     modality = TextModality
     metric = "cosine"
     run_input = "text"
+    meaning: ClassVar[Meaning] = {
+        name: (COSINE,) for name in ("last_hidden_state", "token_embeddings", "sentence_embedding")
+    }
 
     def output_name(self, outputs: Sequence[TensorSpec]) -> str:
         """The manifest's embedding output (sentence-transformers' token embeddings), else the first."""

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from toolkit.agreement import TOP1, TOP5, Meaning
 from toolkit.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
 from toolkit.errors import BadModelError
 from toolkit.generation.decoder import LOGITS_TO_KEEP
@@ -43,6 +44,7 @@ class GenerateTask(Task[TextModality]):
     modality = TextModality
     metric = "next_token_agreement"
     preferred_output = "logits"
+    meaning: ClassVar[Meaning] = {"logits": (TOP1, TOP5)}
     source_hint = " from a causal LM directory (a *ForCausalLM model) with its tokenizer.json"
     run_input = "prompt"
 

@@ -7,8 +7,12 @@ image section preprocesses images; the tokenizer is the package's ``tokenizer.js
 tower's ``max_position_embeddings`` (config.json). A model without an attention mask (SigLIP) reads its texts
 padded to that length, as its processor pads them (``padding="max_length"``).
 
-onnxruntime needs every graph input on every run, so `embed_images` feeds one one-token text beside the images
-and `embed_texts` one blank image beside the texts; `zero_shot` runs images and labels together and turns
+A package converted since the towers were split also holds each tower as its own graph (the fp32 variant's
+``subgraphs``: ``text_tower`` computes ``text_embeds`` from the text inputs, ``image_tower`` ``image_embeds``
+from the pixels), so `embed_texts` runs no vision tower and `embed_images` no text tower. Older packages and
+other variants have the joint graph only; onnxruntime needs every graph input on every run, so there
+`embed_images` feeds one one-token text beside the images and `embed_texts` one blank image beside the texts.
+`zero_shot` runs images and labels together through the joint graph and turns
 ``logits_per_image`` into probabilities as transformers' zero-shot pipeline does (softmax over the labels for
 CLIP, a sigmoid per label for SigLIP).
 """
@@ -16,15 +20,16 @@ CLIP, a sigmoid per label for SigLIP).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from toolkit.agreement import COSINE, TOP1, Meaning
 from toolkit.errors import BadInputError
-from toolkit.manifest import ModelPackage, TensorSpec
+from toolkit.manifest import ModelPackage, TensorSpec, resolve_inside
 from toolkit.preprocess import (
     ImageInput,
     TextTokenizer,
@@ -33,6 +38,7 @@ from toolkit.preprocess import (
     preprocess_image,
     softmax,
 )
+from toolkit.runner import Runner
 from toolkit.tasks.base import Feeds, ImagePipeline, Outputs, ServedTensor, Task
 from toolkit.tasks.modality import ImageModality
 
@@ -58,6 +64,16 @@ class ImageTextTask(Task[ImageModality]):
     modality = ImageModality
     metric = "cosine"
     preferred_output = "image_embeds"
+    meaning: ClassVar[Meaning] = {
+        "text_embeds": (COSINE,),
+        "image_embeds": (COSINE,),
+        "logits_per_image": (TOP1,),
+        "logits_per_text": (TOP1,),
+    }
+    subgraphs: ClassVar[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+        "text_tower": (("input_ids", "attention_mask"), ("text_embeds",)),
+        "image_tower": (("pixel_values",), ("image_embeds",)),
+    }
     source_hint = " from a CLIP or SigLIP directory with a preprocessor_config.json and tokenizer.json"
     run_input = "image"
 
@@ -118,14 +134,14 @@ class ImageTextTask(Task[ImageModality]):
         dim = spec.shape[-1] if spec is not None and isinstance(spec.shape[-1], int) else -1
         return (ServedTensor("embedding", "FP32", (-1, dim)),)
 
-    def serve_images(self, images: Sequence[ImageInput]) -> tuple[Feeds, Callable[[Outputs], Outputs]]:
+    def serve_images(self, images: Sequence[ImageInput]) -> tuple[list[Feeds], Callable[[Outputs], Outputs]]:
         """Decoded images -> (feeds beside a one-word text, how the raw outputs become embeddings)."""
         pixels = np.stack([preprocess_image(image, self.data.pre) for image in images])
 
         def finish(outputs: Outputs) -> Outputs:
             return {"embedding": l2_normalize(outputs["image_embeds"].astype(np.float32))}
 
-        return {self.data.input_name: pixels, **self.text_feeds(["photo"])}, finish
+        return [{self.data.input_name: pixels, **self.text_feeds(["photo"])}], finish
 
     def run_lines(self, items: Sequence[str], results: Sequence[Any]) -> list[str]:
         """Zero-shot: each image's labels by probability; embeddings: each image's dimension and first values."""
@@ -152,25 +168,54 @@ class ImageTextEmbedding(ImagePipeline):
     task_class = ImageTextTask
     task: ImageTextTask
 
+    def __init__(self, package: ModelPackage, runner: Runner, task: ImageTextTask | None = None) -> None:
+        super().__init__(package, runner, task)
+        self._towers: dict[str, Runner | None] = {}
+
+    def tower(self, name: str) -> Runner | None:
+        """The runner of subgraph `name` (``text_tower``, ``image_tower``) cut from the graph this pipeline runs;
+        None when the package has none (older packages, quantized variants)."""
+        if name not in self._towers:
+            self._towers[name] = None
+            for variant in self.package.manifest.variants.values():
+                file = variant.subgraphs.get(name)
+                if (
+                    file is not None
+                    and (self.package.path / variant.file).resolve() == self.runner.path.resolve()
+                ):
+                    path = resolve_inside(self.package.path, file, f"subgraph '{name}'")
+                    self._towers[name] = Runner(path, config=self.runner.config, threads=self.runner.threads)
+        return self._towers[name]
+
+    def close(self) -> None:
+        """Release the onnxruntime sessions (the joint graph's and the towers')."""
+        for tower in self._towers.values():
+            if tower is not None:
+                tower.close()
+        super().close()
+
     def embed_images(self, images: Sequence[ImageInput], batch_size: int = 8) -> np.ndarray:
         """Unit-length image embeddings float32 [N, dim] (transformers' get_image_features, normalised)."""
-        text = self.task.text_feeds(["photo"])
+        tower = self.tower("image_tower")
+        text = self.task.text_feeds(["photo"]) if tower is None else {}
 
         def finish(outputs: Outputs, feeds: Feeds) -> list[np.ndarray]:
             return list(l2_normalize(outputs["image_embeds"].astype(np.float32)))
 
-        rows = self._beside(images, text, batch_size, finish, ["image_embeds"])
+        rows = self._beside(images, text, batch_size, finish, ["image_embeds"], tower)
         return np.stack(rows) if rows else np.zeros((0, self.dimension), dtype=np.float32)
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Unit-length text embeddings float32 [N, dim] (transformers' get_text_features, normalised)."""
         if isinstance(texts, str):
             raise BadInputError("texts must be a list of strings, got a single string; wrap it as [text]")
-        blank = self.task.blank_images()
+        tower = self.tower("text_tower")
+        blank = self.task.blank_images() if tower is None else {}
         rows = []
         for start in range(0, len(texts), batch_size):
             feeds = {**blank, **self.task.text_feeds(texts[start : start + batch_size])}
-            rows.append(self.runner.run(feeds, ["text_embeds"])["text_embeds"].astype(np.float32))
+            ran = (tower or self.runner).run(feeds, ["text_embeds"])
+            rows.append(ran["text_embeds"].astype(np.float32))
         return l2_normalize(np.concatenate(rows)) if rows else np.zeros((0, self.dimension), dtype=np.float32)
 
     def zero_shot(self, images: Sequence[ImageInput], labels: Sequence[str]) -> list[list[ZeroShotLabel]]:
@@ -197,8 +242,9 @@ class ImageTextEmbedding(ImagePipeline):
         batch_size: int,
         finish: Callable[[Outputs, Feeds], Sequence[_R]],
         outputs: Sequence[str],
+        runner: Runner | None = None,
     ) -> list[_R]:
-        """Images in batches of one size, each batch run beside the same text feeds."""
+        """Images in batches of one size, each batch run beside the same text feeds (on `runner`: a tower)."""
         pixels = [self._pixels(image) for image in image_list(images)]
         name = self.task.data.input_name
         return self._map(
@@ -208,6 +254,7 @@ class ImageTextEmbedding(ImagePipeline):
             finish,
             same_batch=lambda a, b: a.shape == b.shape,
             outputs=outputs,
+            runner=runner,
         )
 
     @property

@@ -8,10 +8,11 @@ transformers' ``post_process_semantic_segmentation(outputs, target_sizes=...)`` 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from toolkit.agreement import Meaning, top_k_rules
 from toolkit.preprocess import ImageInput, image_list, label_names, open_image
 from toolkit.tasks.base import ImagePipeline, Task
 from toolkit.tasks.modality import ImageModality
@@ -46,6 +47,7 @@ class SegmentTask(Task[ImageModality]):
     modality = ImageModality
     metric = "top1_agreement"  # per pixel
     preferred_output = "logits"
+    meaning: ClassVar[Meaning] = {"logits": top_k_rules(axis=1)}  # classes on axis 1, per pixel
     source_hint = " from a directory with a preprocessor_config.json"
     run_input = "image"
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from toolkit.checks import text_list
 from toolkit.corpus import HELD_OUT_SENTENCES
-from toolkit.preprocess import read_tokenizer
+from toolkit.preprocess import clean_up_tokenization, cleans_up_spaces, read_tokenizer
 from toolkit.seq2seq import Seq2SeqOutput, Seq2SeqPipeline, Seq2SeqTask
 from toolkit.tasks.modality import TextModality
 
@@ -113,9 +113,10 @@ class Seq2SeqGenerator(Seq2SeqPipeline[TextModality]):
                 num_beams,
                 overrides,
             )[0]
-            results.append(
-                Seq2SeqOutput(str(self.tokenizer.decode(new, skip_special_tokens=True)).strip(), tuple(new))
-            )
+            text = str(self.tokenizer.decode(new, skip_special_tokens=True))
+            if cleans_up_spaces(self.package.path):
+                text = clean_up_tokenization(text)
+            results.append(Seq2SeqOutput(text.strip(), tuple(new)))
         return results
 
     def run_items(self, items: Sequence[Any]) -> list[Any]:

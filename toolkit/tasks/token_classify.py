@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from toolkit.agreement import TOP1, TOP5, Meaning
 from toolkit.checks import text_list
 from toolkit.preprocess import label_names, softmax
 from toolkit.tasks.base import Feeds, Task, TextPipeline
@@ -50,6 +51,7 @@ class TokenClassifyTask(Task[TextModality]):
     modality = TextModality
     metric = "top1_agreement"
     preferred_output = "logits"
+    meaning: ClassVar[Meaning] = {"logits": (TOP1, TOP5)}
     run_input = "text"
 
     def entities(self, text: str, encoding: Any, logits: np.ndarray) -> list[Entity]:

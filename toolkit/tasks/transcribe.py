@@ -24,7 +24,7 @@ import numpy as np
 
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage
-from toolkit.preprocess import AudioInput, clip_list, read_tokenizer
+from toolkit.preprocess import AudioInput, clean_up_tokenization, cleans_up_spaces, clip_list, read_tokenizer
 from toolkit.seq2seq import Seq2SeqPipeline, Seq2SeqTask
 from toolkit.seq2seq.decoding import DecodingRules
 from toolkit.seq2seq.timestamps import TimestampRule, WindowOutput, merge_windows, window_tokens
@@ -182,6 +182,11 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
         return prompt
 
     @cached_property
+    def _cleans_up(self) -> bool:
+        """Whether decoded text is cleaned up as the tokenizer config says (transformers' ``decode`` does)."""
+        return cleans_up_spaces(self.package.path)
+
+    @cached_property
     def _special_ids(self) -> frozenset[int]:
         """The tokenizer's special tokens (control tokens, eos) and the eos ids."""
         added = self.tokenizer.get_added_tokens_decoder()
@@ -202,6 +207,8 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
         begin = self.spec.no_timestamps_token_id
         kept = [t for t in ids if begin is None or t <= begin]
         text = str(self.tokenizer.decode(kept, skip_special_tokens=True))
+        if self._cleans_up:
+            text = clean_up_tokenization(text)
         return text.strip() if strip else text
 
     def _encode(self, mel: np.ndarray) -> np.ndarray:

@@ -43,9 +43,11 @@ from toolkit.providers import (
 
 __all__ = [
     "GRAPH_OPT_LEVELS",
+    "LOW_MEMORY",
     "TRT_CACHE_DIR",
     "Runner",
     "Startup",
+    "apply_low_memory",
     "build_session_options",
     "numpy_dtype",
     "placement_from_profile",
@@ -95,6 +97,26 @@ def build_session_options(
     # Warnings onnxruntime logs at session creation are captured by create_session; keep run-time quiet.
     options.log_severity_level = 3
     return options
+
+
+LOW_MEMORY: dict[str, str] = {
+    # pre-packing copies each MatMul/Conv weight into the kernel's layout; the copy is kept beside the original
+    "session.disable_prepacking": "1",
+    # an ORT-format file's initializers are used in place in the buffer it was read into, not copied out of it
+    "session.use_ort_model_bytes_directly": "1",
+    "session.use_ort_model_bytes_for_initializers": "1",
+}
+"""Session config entries of the low-memory profile (besides no CPU arena and no memory-pattern planner)."""
+
+
+def apply_low_memory(options: ort.SessionOptions) -> None:
+    """The low-memory profile on `options`: buffers are freed as soon as they are dead instead of kept in onnxruntime's
+    growing CPU arena, no memory-pattern planner (it pre-allocates one block per input shape seen), no pre-packed
+    weight copies, ORT-format initializers used in place."""
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    for key, value in LOW_MEMORY.items():
+        options.add_session_config_entry(key, value)
 
 
 def numpy_dtype(ort_type: str) -> str:
@@ -225,6 +247,8 @@ class Runner:
         options = build_session_options(
             threads, graph_optimization=graph_optimization, spinning=spinning, base=session_options
         )
+        if self.config.low_memory:
+            apply_low_memory(options)
         self._threads = threads
         self._placement_recorded = hasattr(ort.InferenceSession, "get_provider_graph_assignment_info")
         if self._placement_recorded:

@@ -594,6 +594,13 @@ class Emulation:
     cpu: str = "cortex-a53"
     cache_dir: Path | None = None
 
+    def __post_init__(self) -> None:
+        _spec(self.target)
+        if self.cpu not in CPUS:
+            raise BadInputError(
+                f"unknown CPU '{self.cpu}' for target {self.target}; choose one of: {', '.join(CPUS)}"
+            )
+
 
 @dataclass(frozen=True)
 class EmulatedRun:

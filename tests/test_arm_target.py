@@ -57,6 +57,13 @@ def test_verify_on_a_target_not_prepared_names_the_command(bert_int8_package: Pa
     )
     assert result.exit_code == 2
     assert "edge target prepare linux-aarch64" in result.output
+    cpu = CliRunner().invoke(
+        edge, ["verify", str(bert_int8_package), "--target", "linux-aarch64", "--cpu", "pentium"]
+    )
+    assert cpu.exit_code == 2
+    assert (
+        "unknown CPU 'pentium' for target linux-aarch64; choose one of: cortex-a53, cortex-a76" in cpu.output
+    )
     unknown = CliRunner().invoke(edge, ["target", "prepare", "linux-riscv", "--cache-dir", str(tmp_path)])
     assert unknown.exit_code == 2
     assert "unknown target 'linux-riscv'; choose one of: linux-aarch64" in unknown.output

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.atomic import replace_directory, staging_directory
+from toolkit.atomic import check_output_directory, replace_directory, staging_directory
 from toolkit.errors import BadInputError, BadModelError, first_line
 from toolkit.manifest import ModelPackage
 
@@ -71,18 +71,6 @@ class OrtExport:
     operators: tuple[str, ...]  # "domain;opset;Op1,Op2" lines of the config
 
 
-def _check_output(out: Path, package: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise BadInputError(f"'{out}' is a file; pass a directory path for the ORT-format package with -o")
-    resolved_out, resolved_package = out.resolve(), package.resolve()
-    if resolved_out == resolved_package or resolved_out in resolved_package.parents:
-        raise BadInputError(
-            f"output '{out}' would contain or replace the package '{package}'; pick another -o"
-        )
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise BadInputError(f"output '{out}' is not empty; pass --force to replace it or choose another -o")
-
-
 def _convert(models: Path, out: Path, platform: str) -> None:
     """Run onnxruntime's converter on the folder `models` into `out`, its prints and logs routed to our log."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
@@ -121,7 +109,7 @@ def export_ort(
         raise BadInputError(f"unknown platform '{platform}'; choose one of: {', '.join(ORT_PLATFORMS)}")
     package = ModelPackage.open(package_dir)
     out = Path(out_dir)
-    _check_output(out, package.path, force)
+    check_output_directory(out, package.path, force, "ORT-format package")
     manifest = package.manifest
     names = list(dict.fromkeys(variants)) or list(manifest.variants)
     chosen = [manifest.variant(n) for n in names]  # unknown names fail here

@@ -540,8 +540,13 @@ def prepare(
     target = _target_dir(name, cache_dir)
     if (target / "target.json").is_file() and not force:
         prepared = open_target(name, cache_dir)
-        _copy_toolkit(prepared.site)
-        return prepared
+        wanted = tuple(runtime_requirements(spec, prepared.record.python))
+        if prepared.record.wheels == wanted:
+            _copy_toolkit(prepared.site)
+            return prepared
+        say(
+            f"rebuilding {name}: it has {', '.join(prepared.record.wheels)}, this host wants {', '.join(wanted)}"
+        )
     _check_host_tools()
     started = time.perf_counter()
     with staging_directory(target) as staging:

@@ -132,79 +132,15 @@ CPUS: dict[str, EmulatedCpu] = {
 }
 
 # Linux arm64 hwcap bit names (arch/arm64/include/uapi/asm/hwcap.h), in bit order, as /proc/cpuinfo prints them.
-_HWCAP = [
-    "fp",
-    "asimd",
-    "evtstrm",
-    "aes",
-    "pmull",
-    "sha1",
-    "sha2",
-    "crc32",
-    "atomics",
-    "fphp",
-    "asimdhp",
-    "cpuid",
-    "asimdrdm",
-    "jscvt",
-    "fcma",
-    "lrcpc",
-    "dcpop",
-    "sha3",
-    "sm3",
-    "sm4",
-    "asimddp",
-    "sha512",
-    "sve",
-    "asimdfhm",
-    "dit",
-    "uscat",
-    "ilrcpc",
-    "flagm",
-    "ssbs",
-    "sb",
-    "paca",
-    "pacg",
-]
-_HWCAP2 = [
-    "dcpodp",
-    "sve2",
-    "sveaes",
-    "svepmull",
-    "svebitperm",
-    "svesha3",
-    "svesm4",
-    "flagm2",
-    "frint",
-    "svei8mm",
-    "svef32mm",
-    "svef64mm",
-    "svebf16",
-    "i8mm",
-    "bf16",
-    "dgh",
-    "rng",
-    "bti",
-    "mte",
-    "ecv",
-    "afp",
-    "rpres",
-    "mte3",
-    "sme",
-    "sme_i16i64",
-    "sme_f64f64",
-    "sme_i8i32",
-    "sme_f16f32",
-    "sme_b16f32",
-    "sme_f32f32",
-    "sme_fa64",
-    "wfxt",
-    "ebf16",
-    "sve_ebf16",
-    "cssc",
-    "rprfm",
-    "sve2p1",
-]
+_HWCAP = (  # noqa: SIM905 - the names as one line reads like /proc/cpuinfo
+    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop "
+    "sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg"
+).split()
+_HWCAP2 = (  # noqa: SIM905
+    "dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svef32mm svef64mm svebf16 i8mm "
+    "bf16 dgh rng bti mte ecv afp rpres mte3 sme sme_i16i64 sme_f64f64 sme_i8i32 sme_f16f32 sme_b16f32 "
+    "sme_f32f32 sme_fa64 wfxt ebf16 sve_ebf16 cssc rprfm sve2p1"
+).split()
 _AT_HWCAP, _AT_HWCAP2 = 16, 26
 
 _HWCAP_PROBE = (
@@ -258,7 +194,7 @@ def _run(command: Sequence[str], what: str, env: Mapping[str, str] | None = None
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=1800)
     except FileNotFoundError as exc:
-        raise TargetError(f"{what}: {command[0]} is not installed; install it (apt-get install apt)") from exc
+        raise TargetError(f"{what}: {command[0]} is not on PATH; install it") from exc
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().splitlines()
         raise TargetError(f"{what} failed: {detail[-1] if detail else f'exit {done.returncode}'}")

@@ -4,12 +4,14 @@ and pre-packed weight copies off, the same outputs."""
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from click.testing import CliRunner
 
+import toolkit.runner as runner_module
 from toolkit.cli import edge
 from toolkit.manifest import ModelPackage
 from toolkit.providers import ProviderConfig
@@ -25,6 +27,11 @@ def _is_low_memory(options: ort.SessionOptions) -> bool:
     return (
         not options.enable_cpu_mem_arena and not options.enable_mem_pattern and set(entries.values()) == {"1"}
     )
+
+
+def test_low_memory_pins_the_glibc_mmap_threshold() -> None:
+    # without it, freed activations stay in glibc's heap with the arena off (see toolkit.runner)
+    assert runner_module._fix_mmap_threshold() is (platform.libc_ver()[0] == "glibc")
 
 
 def test_low_memory_runner_gives_the_same_outputs(bert_versions: Path) -> None:

@@ -128,7 +128,10 @@ CPUS: dict[str, EmulatedCpu] = {
     ),  # Raspberry Pi 3, most cheap boards: NEON only
     "cortex-a76": EmulatedCpu("cortex-a76", 0x41, 0xD0B, 0x4, 1),  # Raspberry Pi 5: dot-product
     "neoverse-n1": EmulatedCpu("neoverse-n1", 0x41, 0xD0C, 0x3, 1),  # Graviton2, Ampere Altra: dot-product
-    "max": EmulatedCpu("max", 0x00, 0x051, 0x0, 0),  # every feature qemu emulates (i8mm, SVE)
+    "max-no-sme": EmulatedCpu(
+        "max,sme=off", 0x00, 0x051, 0x0, 0
+    ),  # i8mm and SVE2 without SME: Graviton3/4-like
+    "max": EmulatedCpu("max", 0x00, 0x051, 0x0, 0),  # every feature qemu emulates (i8mm, SVE2, SME)
 }
 
 # Linux arm64 hwcap bit names (arch/arm64/include/uapi/asm/hwcap.h), in bit order, as /proc/cpuinfo prints them.

@@ -37,6 +37,7 @@ def test_generated_cpuinfo_names_the_int8_path_of_its_features() -> None:
     neon = feature_names(0b11, 0)  # fp, asimd
     dotprod = feature_names(0b11 | 1 << 20, 0)  # + asimddp
     i8mm = feature_names(0b11 | 1 << 20, 1 << 13)  # + i8mm (HWCAP2)
+    sme = feature_names(0b11 | 1 << 20, 1 << 13 | 1 << 23)  # + SME
     assert neon == ["fp", "asimd"]
     assert "asimddp" in dotprod
     assert "i8mm" in i8mm
@@ -44,6 +45,7 @@ def test_generated_cpuinfo_names_the_int8_path_of_its_features() -> None:
         (neon, "arm-neon", "ARM Cortex-A53"),
         (dotprod, "arm-dotprod", "ARM Neoverse-N1"),
         (i8mm, "arm-i8mm", "ARM Neoverse-N1"),
+        (sme, "arm-sme", "ARM Neoverse-N1"),
     ):
         cpu = CPUS["cortex-a53" if want == "arm-neon" else "neoverse-n1"]
         text = cpuinfo_text(cpu, features, processors=2)

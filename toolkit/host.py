@@ -43,6 +43,10 @@ _X86_PATHS: tuple[tuple[frozenset[str], str], ...] = (
     (frozenset({"sse4_1"}), "sse4.1"),
 )
 _ARM_PATHS: tuple[tuple[frozenset[str], str], ...] = (
+    (
+        frozenset({"sme"}),
+        "arm-sme",
+    ),  # onnxruntime's KleidiAI SME kernels replace MLAS's where the CPU has SME
     (frozenset({"i8mm"}), "arm-i8mm"),
     (frozenset({"asimddp"}), "arm-dotprod"),
     (frozenset({"asimd"}), "arm-neon"),

@@ -94,7 +94,8 @@ def _render(result: Any) -> None:
     "--cpu",
     default="cortex-a53",
     show_default=True,
-    help="The emulated CPU with --target: cortex-a53 (NEON), cortex-a76 or neoverse-n1 (dot-product), max (i8mm).",
+    help="The emulated CPU with --target: cortex-a53 (NEON), cortex-a76 or neoverse-n1 (dot-product), "
+    "max-no-sme (i8mm), max (SME).",
 )
 @CACHE_DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

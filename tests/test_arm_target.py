@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,25 @@ def test_prepare_builds_once_and_records_what_it_downloaded(aarch64: PreparedTar
     again = prepare("linux-aarch64")  # already prepared: nothing is rebuilt
     assert (again.root / "target.json").stat().st_mtime_ns == stamp
     assert open_target("linux-aarch64").record == record
+
+
+@pytest.mark.emulated
+def test_target_python_tokenizes_like_this_host(aarch64: PreparedTarget, bert_int8_package: Path) -> None:
+    from tokenizers import Tokenizer
+
+    text = "edge devices run int8 kernels"
+    tokenizer = bert_int8_package / "tokenizer.json"
+    code = (
+        "import platform, tokenizers, numpy, onnxruntime; "
+        f"print(platform.machine(), tokenizers.Tokenizer.from_file({str(tokenizer)!r}).encode({text!r}).ids)"
+    )
+    done = subprocess.run(
+        aarch64.command("cortex-a53", ["-c", code]), env=aarch64.environment(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    machine, ids = done.stdout.strip().split(" ", 1)
+    assert machine == "aarch64"
+    assert ids == str(Tokenizer.from_file(str(tokenizer)).encode(text).ids)
 
 
 @pytest.mark.emulated

@@ -458,9 +458,15 @@ def open_target(name: str, cache_dir: Path | None = None) -> PreparedTarget:
         raise BadInputError(
             f"target {name} is not prepared in {root.parent}; run `edge target prepare {name}` first (once)"
         )
-    data = json.loads(record_path.read_text("utf-8"))
-    data["wheels"] = tuple(data["wheels"])
-    return PreparedTarget(root, TargetRecord(**data), spec)
+    try:
+        data = json.loads(record_path.read_text("utf-8"))
+        data["wheels"] = tuple(data["wheels"])
+        record = TargetRecord(**data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BadInputError(
+            f"target {name} in {root} has an unreadable target.json ({exc}); run `edge target prepare {name} --force`"
+        ) from None
+    return PreparedTarget(root, record, spec)
 
 
 def _check_host_tools() -> None:
@@ -478,14 +484,16 @@ def prepare(
     spec = _spec(name)
     target = _target_dir(name, cache_dir)
     if (target / "target.json").is_file() and not force:
-        prepared = open_target(name, cache_dir)
-        wanted = tuple(runtime_requirements(spec, prepared.record.python))
-        if prepared.record.wheels == wanted:
-            _copy_toolkit(prepared.site)
-            return prepared
-        say(
-            f"rebuilding {name}: it has {', '.join(prepared.record.wheels)}, this host wants {', '.join(wanted)}"
-        )
+        try:
+            prepared = open_target(name, cache_dir)
+        except BadInputError as exc:
+            say(f"rebuilding {name}: {exc}")
+        else:
+            wanted = tuple(runtime_requirements(spec, prepared.record.python))
+            if prepared.record.wheels == wanted:
+                _copy_toolkit(prepared.site)
+                return prepared
+            say(f"rebuilding {name}: it has {', '.join(prepared.record.wheels)}, wanted {', '.join(wanted)}")
     _check_host_tools()
     started = time.perf_counter()
     with staging_directory(target) as staging:

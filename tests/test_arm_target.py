@@ -67,6 +67,15 @@ def test_verify_on_a_target_not_prepared_names_the_command(bert_int8_package: Pa
     assert (
         "unknown CPU 'pentium' for target linux-aarch64; choose one of: cortex-a53, cortex-a76" in cpu.output
     )
+    broken = tmp_path / "targets" / "linux-aarch64"
+    broken.mkdir(parents=True)
+    (broken / "target.json").write_text('{"name": "linux-aarch64"}')
+    stale = CliRunner().invoke(
+        edge, ["verify", str(bert_int8_package), "--target", "linux-aarch64", "--cache-dir", str(tmp_path)]
+    )
+    assert stale.exit_code == 2
+    assert "unreadable target.json" in stale.output
+    assert "edge target prepare linux-aarch64 --force" in stale.output
     unknown = CliRunner().invoke(edge, ["target", "prepare", "linux-riscv", "--cache-dir", str(tmp_path)])
     assert unknown.exit_code == 2
     assert "unknown target 'linux-riscv'; choose one of: linux-aarch64" in unknown.output

@@ -258,9 +258,6 @@ def _unpack(debs: Sequence[Path], staging: Path, spec: TargetSpec) -> None:
         _run(["dpkg-deb", "-x", str(deb), str(into)], f"unpacking {deb.name}")
     shutil.move(unpacked / "usr" / "bin" / spec.qemu_binary, staging / spec.qemu_binary)
     shutil.rmtree(unpacked)  # the other architectures' emulators (about 350 MB)
-    (staging / "debs" / "sizes.json").write_text(
-        json.dumps({d.name: d.stat().st_size for d in debs}), "utf-8"
-    )
     for deb in debs:
         deb.unlink()
 
@@ -301,8 +298,14 @@ def runtime_requirements(spec: TargetSpec, python_version: str) -> list[str]:
         "platform_python_implementation": "CPython",
         "extra": "",
     }
+    try:
+        declared = importlib.metadata.requires("edge-toolkit") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise TargetError(
+            "edge-toolkit is not installed, so its runtime requirements are unknown; pip install it (-e . here)"
+        ) from None
     pins = []
-    for text in importlib.metadata.requires("edge-toolkit") or []:
+    for text in declared:
         requirement = Requirement(text)
         if requirement.marker is not None and not requirement.marker.evaluate(environment):
             continue

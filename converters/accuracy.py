@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -38,7 +38,9 @@ from toolkit.tasks.modality import HELD_OUT_SEED
 __all__ = [
     "HELD_OUT_SEED",
     "AccuracyReport",
+    "Candidate",
     "Latency",
+    "RecordedOutputs",
     "budget_floor",
     "compare_variant",
     "held_out_feeds",
@@ -141,20 +143,45 @@ def _output_checks(pairs: Mapping[str, list[tuple[np.ndarray, np.ndarray]]]) -> 
 Reference = Runner | Sequence[Mapping[str, np.ndarray]]
 
 
+class Candidate(Protocol):
+    """What a report runs on the held-out feeds: a `Runner`, or `RecordedOutputs` computed elsewhere."""
+
+    def run(
+        self, feeds: Mapping[str, Any], outputs: str | Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The outputs for `feeds` (all, or those named)."""
+        ...
+
+
+class RecordedOutputs:
+    """A variant's outputs computed elsewhere (an emulated device), handed out as its `Runner` would have."""
+
+    def __init__(self, feeds: Sequence[Feeds], outputs: Sequence[Mapping[str, np.ndarray]]) -> None:
+        self._by_feed = {id(f): o for f, o in zip(feeds, outputs, strict=True)}
+
+    def run(
+        self, feeds: Mapping[str, Any], outputs: str | Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The recorded outputs for `feeds` (one of the feeds this was made with)."""
+        got = self._by_feed[id(feeds)]
+        names = [outputs] if isinstance(outputs, str) else list(outputs or got)
+        return {name: got[name] for name in names}
+
+
 def reference_outputs(runner: Runner, feeds: Sequence[Feeds]) -> list[dict[str, np.ndarray]]:
     """The fp32 outputs for `feeds`, computed once and reused for every candidate."""
     return [runner.run(f) for f in feeds]
 
 
 def _run_both(
-    reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
+    reference: Reference, candidate: Candidate, feeds: Sequence[Feeds]
 ) -> list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]]:
     wanted = reference_outputs(reference, feeds) if isinstance(reference, Runner) else reference
     return [(candidate.run(f), w) for f, w in zip(feeds, wanted, strict=True)]
 
 
 def _embedding_report(
-    task: Task[Any], reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
+    task: Task[Any], reference: Reference, candidate: Candidate, feeds: Sequence[Feeds]
 ) -> AccuracyReport:
     output = task.metric_output()
     sims: list[float] = []
@@ -175,7 +202,7 @@ def _embedding_report(
 
 
 def _classifier_report(
-    task: Task[Any], reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
+    task: Task[Any], reference: Reference, candidate: Candidate, feeds: Sequence[Feeds]
 ) -> AccuracyReport:
     output = task.metric_output()
     agree = total = 0
@@ -200,7 +227,7 @@ def _classifier_report(
 
 
 def _generic_report(
-    task: Task[Any], reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
+    task: Task[Any], reference: Reference, candidate: Candidate, feeds: Sequence[Feeds]
 ) -> AccuracyReport:
     pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     sims: list[float] = []
@@ -229,7 +256,7 @@ def _generic_report(
 
 
 def _detection_report(
-    task: Task[Any], reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
+    task: Task[Any], reference: Reference, candidate: Candidate, feeds: Sequence[Feeds]
 ) -> AccuracyReport:
     """fp32's detections matched by the candidate's (IoU >= 0.5, same label): the detect task's `agreement`."""
     agreement = cast(Any, task).agreement
@@ -253,7 +280,7 @@ def _detection_report(
 
 
 def _generator_report(
-    task: Task[Any], reference: Reference, candidate: Runner, feeds: Sequence[Feeds]
+    task: Task[Any], reference: Reference, candidate: Candidate, feeds: Sequence[Feeds]
 ) -> AccuracyReport:
     """Next-token top-1 agreement with fp32 at every held-out position, and the perplexity ratio (generate)."""
     wanted = (
@@ -272,7 +299,7 @@ def _generator_report(
     )
 
 
-ReportFn = Callable[[Task[Any], Reference, Runner, Sequence[Feeds]], AccuracyReport]
+ReportFn = Callable[[Task[Any], Reference, Candidate, Sequence[Feeds]], AccuracyReport]
 
 # Task.metric -> how the report is made
 _REPORTS: dict[str, ReportFn] = {
@@ -286,7 +313,7 @@ _REPORTS: dict[str, ReportFn] = {
 
 def compare_variant(
     package: ModelPackage,
-    candidate: Path | Runner,
+    candidate: Path | Candidate,
     feeds: Sequence[Feeds] | None = None,
     reference: Reference | None = None,
 ) -> AccuracyReport:
@@ -295,7 +322,7 @@ def compare_variant(
     if not feeds:
         raise BadInputError("no held-out inputs to validate on; pass at least one sample")
     reference = reference or Runner(package.model_path(), "cpu")
-    runner = candidate if isinstance(candidate, Runner) else Runner(candidate, "cpu")
+    runner = Runner(candidate, "cpu") if isinstance(candidate, Path) else candidate
     task = task_for(package)
     return _REPORTS[task.metric](task, reference, runner, feeds)
 

@@ -6,25 +6,36 @@ workstation can miss its budget on an AVX2 device. This is the check to run on t
 variant but fp32 (the reference) is compared with the fp32 model on CPU over the same held-out inputs and the
 same metric that `edge quantize` used; its budget is the one recorded with it. With `update`, this host's
 result is added to the variant in ``edge.json`` (one entry per int8 path and provider, newest kept).
+
+With an `Emulation` (``edge verify --target linux-aarch64 --cpu cortex-a53``) the variants, and fp32 too, run
+inside an emulated device (`converters.target`) while the fp32 reference is still computed natively here; the
+host recorded is the emulated CPU as `toolkit.host` sees it there (its int8 path: ``arm-neon``,
+``arm-dotprod``, ``arm-i8mm``). qemu executes the integer instructions exactly, so accuracy carries over to the
+real device; time does not, so nothing is timed under emulation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from converters.accuracy import (
     AccuracyReport,
+    Candidate,
+    RecordedOutputs,
     compare_variant,
     held_out_feeds,
     latency_feeds,
     measure_latency,
     reference_outputs,
 )
+from converters.target import Emulation, open_target, run_variants
 from toolkit.errors import BadInputError
 from toolkit.host import current_host
-from toolkit.manifest import FP32_VARIANT, Host, ModelPackage, Validation
+from toolkit.manifest import FP32_VARIANT, Host, ModelPackage, Validation, Variant
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 
@@ -36,15 +47,16 @@ DEFAULT_BUDGET = 0.99
 
 @dataclass(frozen=True)
 class VariantCheck:
-    """One variant: what was recorded, what this host measures now, and its latency here against fp32."""
+    """One variant: what was recorded, what this host measures now, and its latency here against fp32 (None
+    under emulation, where time means nothing)."""
 
     variant: str
     recorded: Validation | None
     now: Validation
     accuracy: AccuracyReport
     budget: float
-    fp32_ms: float
-    variant_ms: float
+    fp32_ms: float | None
+    variant_ms: float | None
     providers: tuple[str, ...]
 
     @property
@@ -53,20 +65,25 @@ class VariantCheck:
         return self.now.passed
 
     @property
-    def speedup(self) -> float:
-        """fp32 latency over this variant's, both measured here."""
+    def speedup(self) -> float | None:
+        """fp32 latency over this variant's, both measured here (None when not timed)."""
+        if self.fp32_ms is None or self.variant_ms is None:
+            return None
         return self.fp32_ms / self.variant_ms
 
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """Every checked variant, the host they were checked on, and whether ``edge.json`` was updated."""
+    """Every checked variant, the host they were checked on, and whether ``edge.json`` was updated; under
+    emulation, how that host's fp32 outputs differ from the native ones (max abs diff over every output)."""
 
     package: ModelPackage
     host: Host
     checks: tuple[VariantCheck, ...]
     updated: bool
     latency_runs: int
+    emulation: Emulation | None = None
+    fp32_max_abs_diff: float | None = None
 
     @property
     def failed(self) -> tuple[str, ...]:
@@ -82,9 +99,10 @@ def verify(
     update: bool = False,
     threads: int = 2,
     latency_runs: int = 10,
+    emulation: Emulation | None = None,
 ) -> VerifyResult:
-    """Re-measure `variants` (default: all but fp32) on this machine (`config`: providers, CPU by default); with
-    `update`, record the results in ``edge.json``."""
+    """Re-measure `variants` (default: all but fp32) on this machine (`config`: providers, CPU by default), or
+    inside the emulated device `emulation`; with `update`, record the results in ``edge.json``."""
     pkg = package if isinstance(package, ModelPackage) else ModelPackage.open(package)
     names = list(dict.fromkeys(variants)) or [n for n in pkg.manifest.variants if n != FP32_VARIANT]
     if FP32_VARIANT in names:
@@ -98,35 +116,76 @@ def verify(
     if latency_runs < 1:
         raise BadInputError(f"--runs must be at least 1, got {latency_runs}")
     selected = [pkg.manifest.variant(name) for name in names]  # unknown names fail here, before any work
+    target = (
+        open_target(emulation.target, emulation.cache_dir) if emulation else None
+    )  # not prepared: fail now
     feeds = held_out_feeds(pkg)
     reference = Runner(pkg.model_path(FP32_VARIANT), "cpu", threads=threads)
     wanted = reference_outputs(reference, feeds)
-    timing_feeds = latency_feeds(pkg)
-    checks: list[VariantCheck] = []
-    manifest = pkg.manifest
-    for variant in selected:
-        runner = Runner(
-            pkg.model_path(variant.name), threads=threads, config=config or ProviderConfig(providers=("cpu",))
+    if target is not None and emulation is not None:
+        emulated = run_variants(target, emulation.cpu, pkg, [FP32_VARIANT, *names], feeds, threads)
+        fp32_diff = max(
+            float(np.abs(got[k].astype(np.float64) - want[k].astype(np.float64)).max())
+            for got, want in zip(emulated.outputs[FP32_VARIANT], wanted, strict=True)
+            for k in want
         )
-        report = compare_variant(pkg, runner, feeds, reference=wanted)
-        budget = variant.validation.threshold if variant.validation else DEFAULT_BUDGET
-        now = report.to_validation(budget, current_host(runner.providers[0]))
-        latency = measure_latency(
-            {FP32_VARIANT: reference, variant.name: runner}, timing_feeds, runs=latency_runs, threads=threads
-        )
-        checks.append(
-            VariantCheck(
-                variant=variant.name,
-                recorded=variant.validation,
-                now=now,
-                accuracy=report,
-                budget=budget,
-                fp32_ms=latency.median_ms[FP32_VARIANT],
-                variant_ms=latency.median_ms[variant.name],
-                providers=runner.providers,
+        checks = [
+            _check(
+                pkg,
+                variant,
+                RecordedOutputs(feeds, emulated.outputs[variant.name]),
+                feeds,
+                wanted,
+                emulated.host,
             )
-        )
-        manifest = manifest.with_variant(variant.with_verification(now))
+            for variant in selected
+        ]
+        checks = [replace(c, providers=emulated.providers) for c in checks]
+        host, diff = emulated.host, fp32_diff
+    else:
+        timing_feeds = latency_feeds(pkg)
+        checks = []
+        for variant in selected:
+            runner = Runner(
+                pkg.model_path(variant.name),
+                threads=threads,
+                config=config or ProviderConfig(providers=("cpu",)),
+            )
+            check = _check(pkg, variant, runner, feeds, wanted, current_host(runner.providers[0]))
+            latency = measure_latency(
+                {FP32_VARIANT: reference, variant.name: runner},
+                timing_feeds,
+                runs=latency_runs,
+                threads=threads,
+            )
+            fp32_ms, variant_ms = latency.median_ms[FP32_VARIANT], latency.median_ms[variant.name]
+            checks.append(replace(check, fp32_ms=fp32_ms, variant_ms=variant_ms, providers=runner.providers))
+        host, diff = current_host(checks[0].providers[0]), None
+    manifest = pkg.manifest
+    for check in checks:
+        manifest = manifest.with_variant(manifest.variant(check.variant).with_verification(check.now))
     if update:
         pkg = pkg.save(manifest)
-    return VerifyResult(pkg, current_host(checks[0].providers[0]), tuple(checks), update, latency_runs)
+    return VerifyResult(pkg, host, tuple(checks), update, latency_runs, emulation, diff)
+
+
+def _check(
+    pkg: ModelPackage,
+    variant: Variant,
+    candidate: Candidate,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    wanted: Sequence[Mapping[str, np.ndarray]],
+    host: Host,
+) -> VariantCheck:
+    report = compare_variant(pkg, candidate, feeds, reference=wanted)
+    budget = variant.validation.threshold if variant.validation else DEFAULT_BUDGET
+    return VariantCheck(
+        variant=variant.name,
+        recorded=variant.validation,
+        now=report.to_validation(budget, host),
+        accuracy=report,
+        budget=budget,
+        fp32_ms=None,
+        variant_ms=None,
+        providers=(host.provider,),
+    )

@@ -94,8 +94,9 @@ def test_int8_path_from_cpuinfo_fixtures(text: str, arch: str, expected: str) ->
     if arch == "x86_64":
         assert model == text.split("model name\t: ")[1].splitlines()[0]
     else:
-        part = text.split("CPU part\t: ")[1].splitlines()[0]
-        assert model == f"ARM implementer 0x41 part {part}"
+        part = int(text.split("CPU part\t: ")[1].splitlines()[0], 16)
+        assert model == {0xD0C: "ARM Neoverse-N1", 0xD40: "ARM Neoverse-V1", 0xD08: "ARM Cortex-A72"}[part]
+    assert parse_cpuinfo(_arm("fp asimd", "0xfff"), "aarch64")[0] == "ARM implementer 0x41 part 0xfff"
 
 
 def test_int8_path_prefers_the_most_capable_kernel() -> None:

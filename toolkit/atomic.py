@@ -21,9 +21,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from toolkit.errors import BadInputError
+
 __all__ = [
     "atomic_path",
     "atomic_write_text",
+    "check_output_directory",
     "owner_prefix",
     "remove_stale",
     "replace_directory",
@@ -131,3 +134,17 @@ def replace_directory(staging: Path, target: Path) -> None:
         raise
     finally:
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def check_output_directory(out: Path, package: Path, force: bool, what: str) -> None:
+    """Refuse an export directory `out` (`what` it will be) that is a file, holds or is `package`, or is not
+    empty without `force`."""
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"'{out}' is a file; pass a directory path for the {what} with -o")
+    resolved_out, resolved_package = out.resolve(), package.resolve()
+    if resolved_out == resolved_package or resolved_out in resolved_package.parents:
+        raise BadInputError(
+            f"{what} '{out}' would contain or replace the package '{package}'; pick another -o"
+        )
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise BadInputError(f"{what} '{out}' is not empty; pass --force to replace it or choose another -o")

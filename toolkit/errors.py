@@ -6,7 +6,8 @@
      ├── BadInputError             wrong arguments, options, paths or feeds (name, dtype, shape)
      ├── BadModelError             not a model, a corrupt file, an unsupported graph or package
      ├── ProviderUnavailableError  a requested execution provider cannot run here (strict mode)
-     └── ExportError               exporting or validating a source model failed
+     ├── ExportError               exporting or validating a source model failed
+     └── TargetError               an emulated device target could not be built or run (`edge target`)
 
 Messages name the thing, the problem and the fix, on one line:
 ``input 'input_ids': expected int64 [batch, seq], got float32 [3]; cast it with .astype(np.int64)``.
@@ -21,6 +22,7 @@ __all__ = [
     "EdgeError",
     "ExportError",
     "ProviderUnavailableError",
+    "TargetError",
     "first_line",
 ]
 
@@ -43,6 +45,10 @@ class ProviderUnavailableError(EdgeError):
 
 class ExportError(EdgeError):
     """Exporting a source model to ONNX failed."""
+
+
+class TargetError(EdgeError):
+    """An emulated device target (qemu, its sysroot, its wheels) could not be prepared or run."""
 
 
 def first_line(exc: BaseException, limit: int | None = None, default: str | None = None) -> str:

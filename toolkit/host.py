@@ -43,10 +43,31 @@ _X86_PATHS: tuple[tuple[frozenset[str], str], ...] = (
     (frozenset({"sse4_1"}), "sse4.1"),
 )
 _ARM_PATHS: tuple[tuple[frozenset[str], str], ...] = (
+    (
+        frozenset({"sme"}),
+        "arm-sme",
+    ),  # onnxruntime's KleidiAI SME kernels replace MLAS's where the CPU has SME
     (frozenset({"i8mm"}), "arm-i8mm"),
     (frozenset({"asimddp"}), "arm-dotprod"),
     (frozenset({"asimd"}), "arm-neon"),
 )
+# (CPU implementer, CPU part) from an arm64 /proc/cpuinfo, which names no model: the cores edge devices ship with.
+_ARM_PARTS: dict[tuple[int, int], str] = {
+    (0x41, 0xD03): "ARM Cortex-A53",
+    (0x41, 0xD04): "ARM Cortex-A35",
+    (0x41, 0xD05): "ARM Cortex-A55",
+    (0x41, 0xD07): "ARM Cortex-A57",
+    (0x41, 0xD08): "ARM Cortex-A72",
+    (0x41, 0xD09): "ARM Cortex-A73",
+    (0x41, 0xD0A): "ARM Cortex-A75",
+    (0x41, 0xD0B): "ARM Cortex-A76",
+    (0x41, 0xD0C): "ARM Neoverse-N1",
+    (0x41, 0xD0D): "ARM Cortex-A77",
+    (0x41, 0xD40): "ARM Neoverse-V1",
+    (0x41, 0xD41): "ARM Cortex-A78",
+    (0x41, 0xD49): "ARM Neoverse-N2",
+    (0x41, 0xD4F): "ARM Neoverse-V2",
+}
 SATURATING_INT8_PATHS = frozenset({"avx512", "avx2", "sse4.1"})
 """Paths whose u8s8 kernels saturate int16 pair sums: full-range int8 weights lose accuracy there."""
 INTEGER_PRECISIONS = frozenset({"int8", "int4"})
@@ -82,8 +103,16 @@ def parse_cpuinfo(text: str, arch: str) -> tuple[str, str]:
     flags = (fields.get("flags") or fields.get("features") or "").split()
     model = fields.get("model name") or fields.get("hardware") or fields.get("cpu model")
     if not model and "cpu implementer" in fields:
-        model = f"ARM implementer {fields['cpu implementer']} part {fields.get('cpu part', '?')}"
+        model = _arm_part_name(fields["cpu implementer"], fields.get("cpu part", "?"))
     return model or platform.processor() or arch, int8_path(flags, arch)
+
+
+def _arm_part_name(implementer: str, part: str) -> str:
+    try:
+        known = _ARM_PARTS.get((int(implementer, 16), int(part, 16)))
+    except ValueError:
+        known = None
+    return known or f"ARM implementer {implementer} part {part}"
 
 
 @functools.lru_cache(maxsize=1)

@@ -44,6 +44,11 @@ def load_onnx_graph(path: Path) -> onnx.ModelProto:
     """Load an ONNX file's graph without its external weights; a corrupt file is a BadModelError."""
     if not path.is_file():
         raise BadInputError(f"'{path}' does not exist; pass a model package directory or an .onnx file")
+    if path.suffix == ".ort":
+        raise BadInputError(
+            f"'{path}' is in onnxruntime's ORT format, which has no ONNX graph to read; inspect the ONNX package it was "
+            "exported from (`edge run`, `edge bench` and `edge serve` load it as it is)"
+        )
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types for a corrupt file

@@ -224,13 +224,15 @@ class TensorRTOptions:
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    """Everything about where a model runs: providers in priority order, their options, strictness."""
+    """Everything about where a model runs: providers in priority order, their options, strictness, and the
+    low-memory profile (`toolkit.runner.LOW_MEMORY`: footprint over speed, for devices where memory is tight)."""
 
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     strict: bool = False
     cuda: CudaOptions = field(default_factory=CudaOptions)
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
     io_binding: bool = False
+    low_memory: bool = False
 
 
 def _flag(value: bool) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import onnx
 
-from toolkit.atomic import replace_directory, staging_directory
+from toolkit.atomic import check_output_directory, replace_directory, staging_directory
 from toolkit.dtypes import DTYPES
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.inspect import graph_tensor_specs, load_onnx_graph
@@ -415,20 +415,6 @@ def _place(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def _check_repository(repo: Path, package: Path, force: bool) -> None:
-    if repo.exists() and not repo.is_dir():
-        raise BadInputError(f"'{repo}' is a file; pass a directory path for the Triton repository with -o")
-    resolved_repo, resolved_package = repo.resolve(), package.resolve()
-    if resolved_package == resolved_repo or resolved_repo in resolved_package.parents:
-        raise BadInputError(
-            f"repository '{repo}' would contain or replace the package '{package}'; pick another -o"
-        )
-    if repo.is_dir() and any(repo.iterdir()) and not force:
-        raise BadInputError(
-            f"repository '{repo}' is not empty; pass --force to replace it or choose another -o"
-        )
-
-
 def export_triton_repository(
     package_dir: str | Path,
     repo_dir: str | Path,
@@ -447,7 +433,7 @@ def export_triton_repository(
             "which decodes"
         )
     repo = Path(repo_dir)
-    _check_repository(repo, package.path, force)
+    check_output_directory(repo, package.path, force, "Triton repository")
     variants = options.variants if options.variants is not None else tuple(manifest.variants)
     if not variants:
         raise BadInputError("no variants selected; pass --variants with at least one, e.g. fp32")

@@ -18,6 +18,7 @@ from toolkit.cli.inspect import info_command
 from toolkit.cli.quantize import quantize_command
 from toolkit.cli.run import run_command
 from toolkit.cli.serve import serve_command
+from toolkit.cli.target import target_group
 from toolkit.cli.verify import verify_command
 
 __all__ = ["edge", "main"]
@@ -40,6 +41,7 @@ for command in (
     verify_command,
     doctor_command,
     export_group,
+    target_group,
     serve_command,
     chat_command,
 ):

@@ -1,4 +1,5 @@
-"""`edge export triton`: a model package as a Triton Inference Server model repository."""
+"""`edge export triton`: a model package as a Triton Inference Server model repository; `edge export ort`: the
+package in onnxruntime's ORT format, for mobile and minimal builds."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import click
 from rich.markup import escape
 
 from toolkit.cli.common import CommaList, common_options, emit_json, stdout
+from toolkit.ort_format import ORT_PLATFORMS, export_ort
 from toolkit.triton import INSTANCE_KINDS, TritonExportOptions, export_triton_repository
 
 __all__ = ["export_group"]
@@ -116,3 +118,55 @@ def triton_command(
                     markup=False,
                 )
     stdout.print(f"start Triton with: {result.command}", soft_wrap=True, markup=False)
+
+
+@export_group.command("ort")
+@click.argument("package_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The package directory to write.",
+)
+@click.option(
+    "--variants",
+    type=CommaList(example="fp32,int8"),
+    default=None,
+    help="Comma-separated variants to convert (default: all in the package).",
+)
+@click.option(
+    "--platform",
+    type=click.Choice(ORT_PLATFORMS),
+    default="arm",
+    show_default=True,
+    help="The CPU the optimized graphs are for (arm keeps int8 QDQ fusions, amd64 allows x86 layouts).",
+)
+@click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@common_options
+def ort_command(
+    package_dir: Path,
+    out_dir: Path,
+    variants: tuple[str, ...] | None,
+    platform: str,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Write DIR's variants in ORT format as a package (edge run/serve/bench load it) with the
+    required_operators.config of a minimal onnxruntime build; each .ort file is loaded back and checked."""
+    result = export_ort(package_dir, out_dir, variants or (), platform, force=force)
+    if as_json:
+        emit_json(result)
+        return
+    stdout.print(f"wrote ORT-format package [bold]{escape(str(result.output))}[/] ({result.platform})")
+    for v in result.variants:
+        stdout.print(
+            f"  {escape(v.variant)}: {escape(v.file)} {v.size_bytes / 1e6:.2f} MB (ONNX {v.onnx_size_bytes / 1e6:.2f} MB), "
+            f"loaded back: max abs diff {v.max_abs_diff:.3g} against the ONNX file",
+            soft_wrap=True,
+        )
+    stdout.print(f"operators for a minimal build ({escape(str(result.config))}):", soft_wrap=True)
+    for line in result.operators:
+        stdout.print(f"  {line}", markup=False, soft_wrap=True)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from rich.markup import escape
 from rich.table import Table
 
 from toolkit.cli.common import common_options, emit_json, stdout
 from toolkit.inspect import inspect_model
+from toolkit.manifest import ModelPackage
+from toolkit.ort_format import EpUsability, mobile_usability
 
 __all__ = ["info_command"]
 
@@ -20,8 +24,9 @@ __all__ = ["info_command"]
 def info_command(target: str, variant: str, as_json: bool) -> None:
     """Describe TARGET, a model package directory or an .onnx file."""
     info = inspect_model(target, variant)
+    mobile = _mobile(Path(target), info.path)
     if as_json:
-        emit_json(info)
+        emit_json({**vars(info), "mobile": mobile})
         return
     stdout.print(
         f"[bold]{escape(str(info.path))}[/]  {info.size_bytes / 1e6:.2f} MB, opset {info.opset}, {info.node_count} nodes, producer {info.producer}"
@@ -67,3 +72,36 @@ def info_command(target: str, variant: str, as_json: bool) -> None:
     }
     for host in sorted(hosts):
         stdout.print(f"measured on: {escape(host)}")
+    _render_mobile(mobile)
+
+
+def _mobile(target: Path, inspected: Path) -> dict[str, tuple[EpUsability, ...]]:
+    """onnxruntime's mobile usability of every variant of a package (or of the one file inspected)."""
+    if not target.is_dir():
+        return {inspected.name: mobile_usability(inspected)}
+    package = ModelPackage.open(target)
+    return {name: mobile_usability(package.model_path(name)) for name in package.manifest.variants}
+
+
+def _render_mobile(mobile: dict[str, tuple[EpUsability, ...]]) -> None:
+    eps = next((r for r in mobile.values() if r), ())
+    if not eps:
+        return
+    table = Table(title="onnxruntime mobile packages: NNAPI / CoreML usability", title_justify="left")
+    table.add_column("variant")
+    for ep in eps:
+        table.add_column(ep.execution_provider)
+    for name, results in mobile.items():
+        table.add_row(
+            name,
+            *(
+                f"{r.verdict} ({r.supported_nodes}/{r.nodes} nodes, {r.partitions} partitions"
+                f"{', fixed shapes: ' + r.fixed_shapes_verdict if r.fixed_shapes_verdict != r.verdict else ''})"
+                f"\nlacks: {escape(', '.join(op.split(':')[-1] for op in r.unsupported_ops) or 'nothing')}"
+                for r in results
+            ),
+        )
+    stdout.print(table)
+    stdout.print(
+        "the CPU provider of the full mobile packages runs every operator; `edge export ort` for a minimal build"
+    )

@@ -83,6 +83,11 @@ _OPTIONS = (
         default=None,
         help="TensorRT: maximum builder workspace in MiB.",
     ),
+    click.option(
+        "--low-memory",
+        is_flag=True,
+        help="Footprint over speed: no CPU memory arena, no memory-pattern planner, no pre-packed weight copies.",
+    ),
 )
 
 _KEYS = (
@@ -99,6 +104,7 @@ _KEYS = (
     "trt_dims",
     "trt_opt_level",
     "trt_workspace_mib",
+    "low_memory",
 )
 
 
@@ -116,6 +122,7 @@ def build_provider_config(
     trt_dims: tuple[str, ...] = (),
     trt_opt_level: int | None = None,
     trt_workspace_mib: int | None = None,
+    low_memory: bool = False,
 ) -> ProviderConfig:
     """The `ProviderConfig` the provider flags describe (unknown providers are a BadInputError)."""
     names = tuple(s.short for s in resolve_providers(provider_names(providers)))
@@ -135,7 +142,7 @@ def build_provider_config(
         max_workspace_size=trt_workspace_mib * 1024 * 1024 if trt_workspace_mib else None,
         dims=dict(parse_dim_range(text) for text in trt_dims),
     )
-    return ProviderConfig(names, strict, cuda, tensorrt, io_binding or cuda_graph)
+    return ProviderConfig(names, strict, cuda, tensorrt, io_binding or cuda_graph, low_memory)
 
 
 def _decorate(func: F, options: tuple[Callable[[Any], Any], ...], keys: tuple[str, ...]) -> F:

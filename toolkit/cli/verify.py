@@ -11,6 +11,7 @@ from rich.table import Table
 
 from toolkit.cli.common import EXIT_VALIDATION_FAILED, common_options, emit_json, progress, stdout
 from toolkit.cli.provider_options import provider_options
+from toolkit.cli.target import CACHE_DIR_OPTION
 from toolkit.manifest import Validation
 from toolkit.providers import ProviderConfig
 
@@ -24,8 +25,16 @@ def _measured(validation: Validation | None) -> str:
     return f"{'pass' if validation.passed else 'FAIL'} {validation.metric} {validation.value:.4f} ({where})"
 
 
+def _ms(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.{2 if unit else 1}f}{unit}"
+
+
 def _render(result: Any) -> None:
     stdout.print(f"host now: {escape(result.host.describe())}")
+    if result.fp32_max_abs_diff is not None:
+        stdout.print(
+            f"fp32 there against fp32 here: max abs diff {result.fp32_max_abs_diff:.3g} over every output"
+        )
     table = Table(title=f"verify {escape(str(result.package.path))}", title_justify="left")
     for column in ("variant", "budget", "recorded", "now", "worst now", "fp32 ms", "variant ms", "speed-up"):
         table.add_column(column, justify="left" if column in ("variant", "recorded", "now") else "right")
@@ -36,20 +45,26 @@ def _render(result: Any) -> None:
             _measured(check.recorded),
             _measured(check.now),
             f"{check.accuracy.worst:.4f}",
-            f"{check.fp32_ms:.1f}",
-            f"{check.variant_ms:.1f}",
-            f"{check.speedup:.2f}x",
+            _ms(check.fp32_ms),
+            _ms(check.variant_ms),
+            _ms(check.speedup, "x"),
         )
     stdout.print(table)
     for check in result.checks:
         recorded = check.recorded
         if recorded is not None and recorded.host is not None:
             stdout.print(f"{check.variant}: recorded on {escape(recorded.host.describe())}")
-    stdout.print(
-        f"latency: median of {result.latency_runs} interleaved runs on "
-        f"{', '.join(result.checks[0].providers[:1])}; accuracy against fp32 on CPU, "
-        f"{result.checks[0].accuracy.samples} held-out inputs"
-    )
+    samples = result.checks[0].accuracy.samples
+    if result.emulation is not None:
+        stdout.print(
+            f"no timings: under emulation (qemu -cpu {result.emulation.cpu}) they mean nothing; accuracy against "
+            f"fp32 computed natively here, {samples} held-out inputs"
+        )
+    else:
+        stdout.print(
+            f"latency: median of {result.latency_runs} interleaved runs on "
+            f"{', '.join(result.checks[0].providers[:1])}; accuracy against fp32 on CPU, {samples} held-out inputs"
+        )
     if result.updated:
         stdout.print(f"recorded this host's results in {escape(str(result.package.path / 'edge.json'))}")
 
@@ -70,6 +85,19 @@ def _render(result: Any) -> None:
 @click.option(
     "--runs", type=click.IntRange(min=1), default=10, show_default=True, help="Timed runs per model."
 )
+@click.option(
+    "--target",
+    default=None,
+    help="Run the variants inside an emulated device instead (linux-aarch64; `edge target prepare` it once).",
+)
+@click.option(
+    "--cpu",
+    default="cortex-a53",
+    show_default=True,
+    help="The emulated CPU with --target: cortex-a53 (NEON), cortex-a76 or neoverse-n1 (dot-product), "
+    "max-no-sme (i8mm), max (SME).",
+)
+@CACHE_DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @common_options
 def verify_command(
@@ -79,20 +107,32 @@ def verify_command(
     update: bool,
     threads: int,
     runs: int,
+    target: str | None,
+    cpu: str,
+    cache_dir: Path | None,
     as_json: bool,
 ) -> None:
     """Re-measure DIR's variants on this machine: held-out accuracy against fp32 and a quick latency.
 
     int8 accuracy depends on the CPU (AVX2 without VNNI saturates where VNNI and AMX do not), so run this on
-    the device itself. Exits 1 when a variant now misses its budget.
+    the device itself, or before it exists with --target: the variants then run on an emulated CPU (qemu) and
+    only their accuracy is measured. Exits 1 when a variant now misses its budget.
     """
+    from converters.target import Emulation
     from converters.verify import verify
 
     names = tuple(n.strip() for item in variants for n in item.split(",") if n.strip())
+    emulation = Emulation(target, cpu, cache_dir) if target else None
     with progress(not as_json) as say:
-        say("verifying on this host")
+        say(f"verifying on an emulated {cpu} ({target})" if target else "verifying on this host")
         result = verify(
-            package_dir, names, provider_config, update=update, threads=threads, latency_runs=runs
+            package_dir,
+            names,
+            provider_config,
+            update=update,
+            threads=threads,
+            latency_runs=runs,
+            emulation=emulation,
         )
     if as_json:
         emit_json(result)

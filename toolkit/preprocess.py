@@ -88,6 +88,11 @@ class TextTokenizer:
         """Token ids and type ids for each text, unpadded."""
         return [(e.ids, e.type_ids) for e in self.encodings(texts)]
 
+    def pair_encodings(self, first: str, seconds: Sequence[str]) -> list[Any]:
+        """The encodings of (`first`, each of `seconds`) as one sequence pair each (``[CLS] a [SEP] b [SEP]`` for
+        BERT), cut longest-first to the max length as transformers' ``truncation=True`` does."""
+        return list(self.tokenizer.encode_batch([(first, second) for second in seconds]))
+
     def pad(self, encodings: Sequence[tuple[list[int], list[int]]]) -> dict[str, np.ndarray]:
         """Pad a batch to its longest member: input_ids, attention_mask, token_type_ids as int64."""
         length = max(len(ids) for ids, _ in encodings)

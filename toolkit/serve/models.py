@@ -388,11 +388,17 @@ class RawModel(ServedModel):
 
     `value_ranges` holds the inclusive [low, high] each integer input may take (token ids: the embedding
     table); a value outside is a 400, where onnxruntime would read a negative id from the table's end.
+    `task` is the package's task, for routes that speak its own protocol over this engine (``/v1/rerank``).
     """
 
     engine: Engine
 
-    def __init__(self, engine: Engine, value_ranges: Mapping[str, tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        value_ranges: Mapping[str, tuple[int, int]] | None = None,
+        task: Task[Any] | None = None,
+    ) -> None:
         runner = engine.runner
         super().__init__(
             engine.name,
@@ -401,6 +407,7 @@ class RawModel(ServedModel):
             [_metadata(s.name, s.dtype, s.shape) for s in runner.outputs],
         )
         self.value_ranges = dict(value_ranges or {})
+        self.task = task
 
     def prepare(self, request: InferenceRequest) -> Job:
         """Check names, datatypes, ranks, fixed dims and shared dims; the inputs become the feeds."""
@@ -685,7 +692,7 @@ def _package_models(
                 "model %s %s has %s: requests run as sent, never merged", manifest.name, variant, coupled[0]
             )
         engine = Engine(manifest.name, variant, runner, pad_values, pad_dims, merge=not coupled)
-        models.append(RawModel(engine, ranges))
+        models.append(RawModel(engine, ranges, task))
         if text is not None and task.served_outputs(runner.outputs):
             models.append(PipelineModel(task, engine))
         if isinstance(task, ServesImages) and task.served_outputs(runner.outputs):

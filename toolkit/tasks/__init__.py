@@ -61,6 +61,7 @@ TASK_MODULES = (
     "features",
     "embed",
     "classify",
+    "rerank",
     "token_classify",
     "image_classify",
     "segment",

@@ -265,8 +265,17 @@ class TextPipeline(Pipeline[TextModality]):
     def _texts(
         self, texts: Iterable[str], batch_size: int, finish: Callable[[Outputs, Feeds], Sequence[_Result]]
     ) -> list[_Result]:
+        return self._encoded(self.task.data.tokenizer.encode(text_list(texts)), batch_size, finish)
+
+    def _encoded(
+        self,
+        encodings: Sequence[tuple[list[int], list[int]]],
+        batch_size: int,
+        finish: Callable[[Outputs, Feeds], Sequence[_Result]],
+    ) -> list[_Result]:
+        """Token ids and type ids (texts or text pairs) sorted by length, padded per batch and run; results in
+        the encodings' order."""
         data = self.task.data
-        encodings = data.tokenizer.encode(text_list(texts))
         order = np.argsort([-len(ids) for ids, _ in encodings], kind="stable")
         return self._map(
             encodings,

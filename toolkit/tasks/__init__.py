@@ -61,7 +61,6 @@ TASK_MODULES = (
     "features",
     "embed",
     "classify",
-    "rerank",
     "token_classify",
     "image_classify",
     "segment",
@@ -72,6 +71,7 @@ TASK_MODULES = (
     "generate",
     "transcribe",
     "text2text",
+    "rerank",
 )
 
 

@@ -394,3 +394,19 @@ def test_api_key_and_token_limit(cross_encoder_package: Path, model_name: str) -
         long = client.post("/v1/rerank", json={**body, "documents": DOCUMENTS}, headers=auth)
         assert long.status_code == 413
         assert "100-token limit" in long.json()["message"]
+
+
+def test_padding_groups_keep_padding_within_the_slack_and_the_batch() -> None:
+    from toolkit.serve.models import PADDING_SLACK, padding_groups
+
+    sizes = [30, 4, 5, 29, 4, 31, 12]
+    groups = padding_groups(sizes)
+    assert sorted(i for group in groups for i in group) == list(range(len(sizes)))
+    assert groups == [[1, 4, 2], [6], [3, 0, 5]]
+    for group in groups:
+        real = sum(sizes[i] for i in group)
+        assert max(sizes[i] for i in group) * len(group) <= (1 + PADDING_SLACK) * real
+    assert padding_groups(sizes, max_rows=2) == [[1, 4], [2], [6], [3, 0], [5]]
+    # rows weigh: one row of 2 tokens joins 8 rows of 5 (45 padded for 42 real), 4 rows of 1 do not join 1 of 5
+    assert padding_groups([2, 5], rows=[1, 8]) == [[0, 1]]
+    assert padding_groups([1, 5], rows=[4, 1]) == [[0], [1]]

@@ -35,11 +35,12 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -61,7 +62,7 @@ from toolkit.serve.errors import (
     status_for,
 )
 from toolkit.serve.metrics import UNKNOWN_MODEL, ServeMetrics
-from toolkit.serve.models import Job, ModelRegistry, ServedModel
+from toolkit.serve.models import Feeds, Job, ModelEngine, ModelRegistry, Outputs, ServedModel, TextPiece
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import (
     HEADER_LENGTH,
@@ -112,6 +113,20 @@ class ServerState:
         if off_loop or size > OFF_LOOP_BYTES:
             return await asyncio.get_running_loop().run_in_executor(self.decoder, work, *args)
         return work(*args)
+
+    async def run_pieces(
+        self, engine: ModelEngine, pieces: Sequence[TextPiece], finish: Callable[[Outputs, Feeds], np.ndarray]
+    ) -> np.ndarray:
+        """Queue a request's pieces on `engine` together (each batches with other requests' pieces of like length)
+        and return `finish`'s rows of every piece in the request's order."""
+        raws = await asyncio.gather(
+            *(self.scheduler.submit(engine, p.feeds, len(p.rows), self.options.timeout_s) for p in pieces)
+        )
+        done = [finish(raw, piece.feeds) for raw, piece in zip(raws, pieces, strict=True)]
+        rows = np.empty((sum(len(p.rows) for p in pieces), *done[0].shape[1:]), dtype=done[0].dtype)
+        for piece, values in zip(pieces, done, strict=True):
+            rows[list(piece.rows)] = values
+        return rows
 
     def abort(self) -> None:
         """A forced shutdown: take no more work and answer every waiting request 503 now."""

@@ -62,8 +62,11 @@ __all__ = [
     "RawModel",
     "ServedModel",
     "TensorMetadata",
+    "TextPiece",
     "bytes_input",
+    "padding_groups",
     "request_texts",
+    "text_pieces",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,49 @@ def _metadata(name: str, dtype: str, shape: Sequence[int | str]) -> TensorMetada
     return TensorMetadata(
         name, v2_datatype(dtype), tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape)
     )
+
+
+def padding_groups(
+    sizes: Sequence[int], rows: Sequence[int] | None = None, max_rows: int | None = None
+) -> list[list[int]]:
+    """Indices into `sizes` grouped so that padding each group to its largest costs at most `PADDING_SLACK` of its
+    real work: sorted by size, a group grows while its padded elements stay within (1 + slack) x the real ones
+    (each index weighs its `rows`, 1 by default) and it holds at most `max_rows` rows."""
+    weights = rows if rows is not None else [1] * len(sizes)
+    groups: list[list[int]] = []
+    count = real = 0
+    for index in sorted(range(len(sizes)), key=sizes.__getitem__):
+        n, s = weights[index], sizes[index]
+        fits = max_rows is None or count + n <= max_rows
+        if groups and fits and s * (count + n) <= (1 + PADDING_SLACK) * (real + n * s):
+            groups[-1].append(index)
+            count, real = count + n, real + n * s
+        else:
+            groups.append([index])
+            count, real = n, n * s
+    return groups
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    """Some rows of a text request, padded to their own longest: the feeds, and the rows' places in the request."""
+
+    feeds: Feeds
+    rows: tuple[int, ...]
+
+
+def text_pieces(
+    text: TextModality, encodings: Sequence[tuple[list[int], list[int]]], max_rows: int
+) -> list[TextPiece]:
+    """A request's token rows (ids, type ids) split by length (`padding_groups`), each piece padded alone: the
+    scheduler merges pieces of like length across requests, where one padded batch would pad every row to the
+    request's longest."""
+    pieces = []
+    for group in padding_groups([len(ids) for ids, _ in encodings], max_rows=max_rows):
+        padded = text.tokenizer.pad([encodings[i] for i in group])
+        feeds = {k: v for k, v in padded.items() if k in text.input_names}
+        pieces.append(TextPiece(feeds, tuple(group)))
+    return pieces
 
 
 # -- the engine: one runner, batched ---------------------------------------------------------------------
@@ -240,11 +286,8 @@ class Engine:
         return pieces
 
     def _buckets(self, jobs: Sequence[Feeds], members: list[int]) -> list[list[int]]:
-        """Split a group by padded size so no run spends more than `PADDING_SLACK` of its work on padding.
-
-        Sorted by size, a run grows while its padded elements stay within (1 + slack) x the real ones;
-        on a CPU, where work grows with padded tokens, this keeps most of batching's gain.
-        """
+        """Split a group by padded size so no run spends more than `PADDING_SLACK` of its work on padding
+        (`padding_groups`); on a CPU, where work grows with padded tokens, this keeps most of batching's gain."""
         if not self.pad_dims or len(members) < 2:
             return [members]
 
@@ -252,17 +295,8 @@ class Engine:
             sizes = self.dim_sizes(jobs[index])
             return math.prod(sizes[d] for d in self.pad_dims if d in sizes)
 
-        runs: list[list[int]] = []
-        rows = real = 0
-        for index in sorted(members, key=size):
-            n, s = self.rows(jobs[index]), size(index)
-            if runs and s * (rows + n) <= (1 + PADDING_SLACK) * (real + n * s):
-                runs[-1].append(index)
-                rows, real = rows + n, real + n * s
-            else:
-                runs.append([index])
-                rows, real = n, n * s
-        return runs
+        groups = padding_groups([size(i) for i in members], [self.rows(jobs[i]) for i in members])
+        return [[members[k] for k in group] for group in groups]
 
     def _run_one(self, feeds: Feeds) -> Outputs | BaseException:
         try:

@@ -15,7 +15,7 @@ when absent); ``document`` is there only with ``return_documents: true``. ``rele
 (query, document) pair is one row, cut to the model's positions longest-first as sentence-transformers does.
 
 A request runs through the dynamic batching scheduler of its model's engine, the one its KServe route uses
-(pairs from many clients share runs), under the same body, row (documents) and token limits, API key and
+(pairs from many clients share runs: a request's pairs go in pieces of like length, `text_pieces`), under the same body, row (documents) and token limits, API key and
 request metrics; errors are Cohere's shape, ``{"message": "<one line>"}``.
 """
 
@@ -35,7 +35,7 @@ from toolkit.errors import BadInputError
 from toolkit.serve.app import ServerState, _log_internal, _read_body
 from toolkit.serve.errors import BodyTooLargeError, ModelNotFoundError, cohere_error, status_for
 from toolkit.serve.metrics import UNKNOWN_MODEL
-from toolkit.serve.models import RawModel, ServedModel
+from toolkit.serve.models import RawModel, ServedModel, TextPiece, text_pieces
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import decode_json_object
 from toolkit.tasks.rerank import RerankTask
@@ -99,22 +99,24 @@ class RerankModel:
         """The package's name."""
         return self.served.engine.name
 
-    def feeds(self, request: RerankRequest, options: ServeOptions) -> tuple[Mapping[str, np.ndarray], int]:
-        """The pairs tokenized and padded, and their token count; over the row or token limit is a 413."""
+    def pieces(self, request: RerankRequest, options: ServeOptions) -> tuple[list[TextPiece], int]:
+        """The pairs tokenized, in pieces of like length (`text_pieces`), and their token count; over the row or
+        token limit is a 413."""
         rows = len(request.documents)
         if rows > options.max_request_rows:
             raise BodyTooLargeError(
                 f"model '{self.name}': the request holds {rows} documents, over the {options.max_request_rows}-row "
                 "limit; split them over several requests (or raise --max-request-rows)"
             )
-        feeds, counts = self.task.pair_feeds(request.query, request.documents)
+        pairs = self.task.pair_rows(request.query, request.documents)
+        counts = [len(ids) for ids, _ in pairs]
         if rows * max(counts) > options.max_request_tokens:
             raise BodyTooLargeError(
                 f"model '{self.name}': the request holds {rows * max(counts)} tokens (documents x longest pair), "
                 f"over the {options.max_request_tokens}-token limit; send fewer or shorter documents per request "
                 "(or raise --max-request-tokens)"
             )
-        return feeds, sum(counts)
+        return text_pieces(self.task.data, pairs, options.batching.max_batch), sum(counts)
 
 
 def rerank_models(models: Sequence[ServedModel]) -> dict[str, RerankModel]:
@@ -143,7 +145,7 @@ def mount_rerank(app: FastAPI, models: Mapping[str, RerankModel]) -> None:
     state: ServerState = app.state.edge
     options = state.options
 
-    def prepare(body: bytes) -> tuple[RerankRequest, RerankModel, Mapping[str, np.ndarray], int]:
+    def prepare(body: bytes) -> tuple[RerankRequest, RerankModel, list[TextPiece], int]:
         request = parse_rerank_request(decode_json_object(body))
         model = models.get(request.model)
         if model is None:
@@ -151,7 +153,7 @@ def mount_rerank(app: FastAPI, models: Mapping[str, RerankModel]) -> None:
                 f"model {request.model!r} is not a rerank model served here; "
                 f"rerank models: {', '.join(models) or 'none'}"
             )
-        return (request, model, *model.feeds(request, options))
+        return (request, model, *model.pieces(request, options))
 
     async def rerank(request: Request) -> Response:
         started = time.perf_counter()
@@ -160,12 +162,11 @@ def mount_rerank(app: FastAPI, models: Mapping[str, RerankModel]) -> None:
         try:
             state.check_open()
             body = await _read_body(request, options.max_body_bytes, options.body_timeout_s)
-            parsed, model, feeds, tokens = await state.decode(len(body), prepare, body)
+            parsed, model, pieces, tokens = await state.decode(len(body), prepare, body)
             label = (model.name, model.served.version)
-            raw = await state.scheduler.submit(
-                model.served.engine, feeds, len(parsed.documents), options.timeout_s
+            scores = await state.run_pieces(
+                model.served.engine, pieces, lambda raw, _feeds: model.task.finish(raw)
             )
-            scores = model.task.finish(raw)
             code = 200
             return JSONResponse(
                 {

@@ -90,12 +90,14 @@ class RerankTask(Task[TextModality]):
             )
         self.activation = activation
 
-    def pair_feeds(self, query: str, documents: Sequence[str]) -> tuple[Feeds, tuple[int, ...]]:
-        """(query, document) pairs tokenized and padded to their longest, and each pair's token count."""
-        tokenizer = self.data.tokenizer
-        rows = [(e.ids, e.type_ids) for e in tokenizer.pair_encodings(query, documents)]
-        feeds = {k: v for k, v in tokenizer.pad(rows).items() if k in self.data.input_names}
-        return feeds, tuple(len(ids) for ids, _ in rows)
+    def pair_rows(self, query: str, documents: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """Token ids and type ids of each (query, document) pair, unpadded."""
+        return [(e.ids, e.type_ids) for e in self.data.tokenizer.pair_encodings(query, documents)]
+
+    def pair_feeds(self, query: str, documents: Sequence[str]) -> Feeds:
+        """(query, document) pairs tokenized and padded to their longest."""
+        padded = self.data.tokenizer.pad(self.pair_rows(query, documents))
+        return {k: v for k, v in padded.items() if k in self.data.input_names}
 
     def finish(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Scores float32 [N]: each pair's logit through the activation."""
@@ -126,12 +128,11 @@ class RerankTask(Task[TextModality]):
                 (_query_of(sentences[i % len(sentences)]), sentences[(i * 3 + i % 2) % len(sentences)])
                 for i in range(count or len(sentences))
             ]
-            tokenizer = self.data.tokenizer
-            rows = [(e.ids, e.type_ids) for q, d in pairs for e in tokenizer.pair_encodings(q, [d])]
-            batch = {k: v for k, v in tokenizer.pad(rows).items() if k in self.data.input_names}
+            rows = [row for q, d in pairs for row in self.pair_rows(q, [d])]
+            batch = {k: v for k, v in self.data.tokenizer.pad(rows).items() if k in self.data.input_names}
             return [{k: v[i : i + 1] for k, v in batch.items()} for i in range(len(rows))]
         if purpose == "held-out":
-            return [self.pair_feeds(q, docs)[0] for q, docs in self.held_out_lists(count, exclude_texts)]
+            return [self.pair_feeds(q, docs) for q, docs in self.held_out_lists(count, exclude_texts)]
         return super().samples(purpose, count, exclude_texts)
 
     def metric_values(self, outputs: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -179,8 +180,11 @@ class Reranker(TextPipeline):
         docs = text_list(documents, "documents")
         if not docs:
             return np.zeros((0,), dtype=np.float32)
-        encodings = [(e.ids, e.type_ids) for e in self.tokenizer.pair_encodings(query, docs)]
-        rows = self._encoded(encodings, batch_size, lambda outputs, feeds: list(self.task.finish(outputs)))
+        rows = self._encoded(
+            self.task.pair_rows(query, docs),
+            batch_size,
+            lambda outputs, feeds: list(self.task.finish(outputs)),
+        )
         return np.asarray(rows, dtype=np.float32)
 
     def rank(

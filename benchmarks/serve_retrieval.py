@@ -246,14 +246,16 @@ def rerank_rows(
     diff = float(np.abs(reranker.scores(QUERY, documents) - expected).max())
     name = ModelPackage.open(package).manifest.name
     body = json.dumps({"model": name, "query": QUERY, "documents": documents}).encode()
-    connection = http.client.HTTPConnection(server.host, server.port, timeout=120)
 
     def route() -> None:
+        # a connection per query: uvicorn closes idle keep-alive connections after 5 s, as long as the others take
+        connection = http.client.HTTPConnection(server.host, server.port, timeout=120)
         connection.request("POST", "/v1/rerank", body, {"Content-Type": "application/json"})
         response = connection.getresponse()
         if response.status != 200:
             raise SystemExit(f"/v1/rerank answered {response.status}: {response.read()[:300]!r}")
         response.read()
+        connection.close()
 
     runs: dict[str, Callable[[], object]] = {
         "edge Reranker.rank (library)": lambda: reranker.rank(QUERY, documents, batch_size=32),
@@ -267,7 +269,6 @@ def rerank_rows(
     for _ in range(repeats):
         for label, call in runs.items():
             _timed(call, times[label])
-    connection.close()
     return [(label, statistics.median(t)) for label, t in times.items()], diff
 
 

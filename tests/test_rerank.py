@@ -397,7 +397,7 @@ def test_api_key_and_token_limit(cross_encoder_package: Path, model_name: str) -
 
 
 def test_padding_groups_keep_padding_within_the_slack_and_the_batch() -> None:
-    from toolkit.serve.models import PADDING_SLACK, padding_groups
+    from toolkit.preprocess import PADDING_SLACK, padding_groups
 
     sizes = [30, 4, 5, 29, 4, 31, 12]
     groups = padding_groups(sizes)

@@ -29,6 +29,7 @@ __all__ = [
     "LETTERBOX_FILL",
     "MAX_ASPECT_RATIO",
     "MAX_IMAGE_PIXELS",
+    "PADDING_SLACK",
     "RESIZERS",
     "SAMPLE_RATES",
     "AudioInput",
@@ -42,6 +43,7 @@ __all__ = [
     "label_names",
     "letterbox_geometry",
     "open_image",
+    "padding_groups",
     "pool",
     "preprocess_audio",
     "preprocess_image",
@@ -109,6 +111,31 @@ class TextTokenizer:
     def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenize and pad in one step."""
         return self.pad(self.encode(texts))
+
+
+# A batch may spend at most this fraction over its real work on padding; beyond it, it is split.
+PADDING_SLACK = 0.25
+
+
+def padding_groups(
+    sizes: Sequence[int], rows: Sequence[int] | None = None, max_rows: int | None = None
+) -> list[list[int]]:
+    """Indices into `sizes` grouped so that padding each group to its largest costs at most `PADDING_SLACK` of its
+    real work: sorted by size, a group grows while its padded elements stay within (1 + slack) x the real ones
+    (each index weighs its `rows`, 1 by default) and it holds at most `max_rows` rows."""
+    weights = rows if rows is not None else [1] * len(sizes)
+    groups: list[list[int]] = []
+    count = real = 0
+    for index in sorted(range(len(sizes)), key=sizes.__getitem__):
+        n, s = weights[index], sizes[index]
+        fits = max_rows is None or count + n <= max_rows
+        if groups and fits and s * (count + n) <= (1 + PADDING_SLACK) * (real + n * s):
+            groups[-1].append(index)
+            count, real = count + n, real + n * s
+        else:
+            groups.append([index])
+            count, real = n, n * s
+    return groups
 
 
 def _pad_token_id(tokenizer: Any, folder: Path) -> int:

@@ -40,7 +40,7 @@ import numpy as np
 from toolkit.errors import BadInputError, EdgeError
 from toolkit.inspect import op_types
 from toolkit.manifest import FP32_VARIANT, ModelPackage, TensorSpec
-from toolkit.preprocess import MAX_IMAGE_PIXELS, open_image
+from toolkit.preprocess import MAX_IMAGE_PIXELS, PADDING_SLACK, open_image, padding_groups
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 from toolkit.seq2seq import DecodeLimits
@@ -64,15 +64,12 @@ __all__ = [
     "TensorMetadata",
     "TextPiece",
     "bytes_input",
-    "padding_groups",
     "request_texts",
     "text_pieces",
 ]
 
 log = logging.getLogger(__name__)
 
-# A merged run may spend at most this fraction over its real work on padding; beyond it, it is split.
-PADDING_SLACK = 0.25
 
 # Operators whose result for one row depends on the other rows of the tensor: dynamic quantization picks
 # one activation scale per tensor. A model holding any of them is never merged (a request's answer must
@@ -100,27 +97,6 @@ def _metadata(name: str, dtype: str, shape: Sequence[int | str]) -> TensorMetada
     return TensorMetadata(
         name, v2_datatype(dtype), tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape)
     )
-
-
-def padding_groups(
-    sizes: Sequence[int], rows: Sequence[int] | None = None, max_rows: int | None = None
-) -> list[list[int]]:
-    """Indices into `sizes` grouped so that padding each group to its largest costs at most `PADDING_SLACK` of its
-    real work: sorted by size, a group grows while its padded elements stay within (1 + slack) x the real ones
-    (each index weighs its `rows`, 1 by default) and it holds at most `max_rows` rows."""
-    weights = rows if rows is not None else [1] * len(sizes)
-    groups: list[list[int]] = []
-    count = real = 0
-    for index in sorted(range(len(sizes)), key=sizes.__getitem__):
-        n, s = weights[index], sizes[index]
-        fits = max_rows is None or count + n <= max_rows
-        if groups and fits and s * (count + n) <= (1 + PADDING_SLACK) * (real + n * s):
-            groups[-1].append(index)
-            count, real = count + n, real + n * s
-        else:
-            groups.append([index])
-            count, real = n, n * s
-    return groups
 
 
 @dataclass(frozen=True)

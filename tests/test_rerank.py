@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import _save_tiny_bert, build_offline_model
-from serve_process import ServeProcess, start_serve
+from serve_process import ServeProcess, metric_sum, post_json, start_serve
 
 from converters import ConvertOptions, convert
 from converters.accuracy import compare_variant, kendall_tau
@@ -247,18 +247,6 @@ def expected(cross_encoder_package: Path) -> np.ndarray:
         return reranker.scores(QUERY, DOCUMENTS)
 
 
-def _post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_cohere_client_reranks_as_the_library_does(
     server: ServeProcess, model_name: str, expected: np.ndarray
 ) -> None:
@@ -292,7 +280,7 @@ def test_cohere_client_reranks_as_the_library_does(
 
 
 def test_the_unversioned_route_and_usage(server: ServeProcess, model_name: str, expected: np.ndarray) -> None:
-    status, body = _post(
+    status, body = post_json(
         f"{server.url}/rerank",
         {"model": model_name, "query": QUERY, "documents": DOCUMENTS[:2], "return_documents": True},
     )
@@ -330,7 +318,7 @@ def test_bad_requests_get_one_line_errors(
 ) -> None:
     if "model" not in body and names != "'model'":
         body = {"model": model_name, **body}
-    got, answer = _post(f"{server.url}/v1/rerank", body)
+    got, answer = post_json(f"{server.url}/v1/rerank", body)
     assert got == status, answer
     assert names in answer["message"]
     assert "\n" not in answer["message"]
@@ -338,28 +326,21 @@ def test_bad_requests_get_one_line_errors(
 
 
 def test_not_json_is_400(server: ServeProcess) -> None:
-    status, answer = _post(f"{server.url}/v1/rerank", b"{not json")
+    status, answer = post_json(f"{server.url}/v1/rerank", b"{not json")
     assert status == 400
     assert "not JSON" in answer["message"]
-
-
-def _metric(server: ServeProcess, name: str, model: str) -> float:
-    with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    pattern = rf'^{name}\{{[^}}]*model="{re.escape(model)}"[^}}]*\}} (\S+)$'
-    return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
 
 
 def test_concurrent_clients_share_batch_runs_and_are_counted(
     server: ServeProcess, model_name: str, cross_encoder_package: Path
 ) -> None:
-    runs_before = _metric(server, "edge_batch_requests_count", model_name)
-    requests_before = _metric(server, "edge_batch_requests_sum", model_name)
-    answered_before = _metric(server, "edge_requests_total", model_name)
+    runs_before = metric_sum(server, "edge_batch_requests_count", model_name)
+    requests_before = metric_sum(server, "edge_batch_requests_sum", model_name)
+    answered_before = metric_sum(server, "edge_requests_total", model_name)
     queries = [f"query {i} about a brown dog" for i in range(12)]
 
     def ask(query: str) -> list[float]:
-        status, body = _post(
+        status, body = post_json(
             f"{server.url}/v1/rerank", {"model": model_name, "query": query, "documents": DOCUMENTS[:3]}
         )
         assert status == 200, body
@@ -370,9 +351,9 @@ def test_concurrent_clients_share_batch_runs_and_are_counted(
     with Reranker.load(cross_encoder_package) as reranker:
         for query, scores in zip(queries, answers, strict=True):
             np.testing.assert_allclose(scores, reranker.scores(query, DOCUMENTS[:3]), atol=1e-5, rtol=0)
-    assert _metric(server, "edge_batch_requests_sum", model_name) - requests_before == 12
-    assert _metric(server, "edge_batch_requests_count", model_name) - runs_before < 12, "no run was shared"
-    assert _metric(server, "edge_requests_total", model_name) - answered_before == 12
+    assert metric_sum(server, "edge_batch_requests_sum", model_name) - requests_before == 12
+    assert metric_sum(server, "edge_batch_requests_count", model_name) - runs_before < 12, "no run was shared"
+    assert metric_sum(server, "edge_requests_total", model_name) - answered_before == 12
 
 
 def test_api_key_and_token_limit(cross_encoder_package: Path, model_name: str) -> None:

@@ -35,7 +35,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -73,7 +73,7 @@ from toolkit.serve.protocol import (
     triton_type,
 )
 
-__all__ = ["EXTENSIONS", "SERVER_NAME", "ServerState", "create_app", "error_response"]
+__all__ = ["EXTENSIONS", "SERVER_NAME", "ModelLabel", "ServerState", "create_app", "error_response"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,14 @@ _T = TypeVar("_T")
 
 # Bodies larger than this are decoded and tokenized on a worker thread, not on the event loop.
 OFF_LOOP_BYTES = 256 * 1024
+
+
+@dataclass
+class ModelLabel:
+    """The model and version a request is counted under in /metrics (unknown until the request names one)."""
+
+    model: str = UNKNOWN_MODEL
+    version: str = ""
 
 
 @dataclass
@@ -127,6 +135,35 @@ class ServerState:
         for piece, values in zip(pieces, done, strict=True):
             rows[list(piece.rows)] = values
         return rows
+
+    async def answer(
+        self,
+        request: Request,
+        handle: Callable[[bytes, ModelLabel], Awaitable[Response]],
+        render_error: Callable[[BaseException], Response],
+    ) -> Response:
+        """One POST of a JSON route (``/v1/embeddings``, ``/v1/rerank``): its body read within the limits and
+        `handle`d, which names the model in its `ModelLabel` once it knows it; a failure is `render_error`'s
+        answer with its status (a 500 logged), and the request is counted in /metrics either way."""
+        started = time.perf_counter()
+        label = ModelLabel()
+        code = 500
+        try:
+            self.check_open()
+            body = await _read_body(request, self.options.max_body_bytes, self.options.body_timeout_s)
+            response = await handle(body, label)
+            code = response.status_code
+            return response
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the route's error shape with its status
+            code = status_for(exc)
+            if code == 500:
+                _log_internal(f"{request.method} {request.url.path}", exc)
+            return render_error(exc)
+        except BaseException:
+            code = 499  # the client went away (the task was cancelled)
+            raise
+        finally:
+            self.metrics.observe_request(label.model, label.version, code, time.perf_counter() - started)
 
     def abort(self) -> None:
         """A forced shutdown: take no more work and answer every waiting request 503 now."""

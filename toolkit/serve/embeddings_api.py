@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,14 +35,12 @@ from fastapi.responses import JSONResponse, Response
 
 from toolkit.errors import BadInputError
 from toolkit.preprocess import l2_normalize
-from toolkit.serve.app import ServerState, _log_internal, _read_body
+from toolkit.serve.app import ModelLabel, ServerState
 from toolkit.serve.errors import (
     BodyTooLargeError,
     ModelNotFoundError,
     openai_error,
-    status_for,
 )
-from toolkit.serve.metrics import UNKNOWN_MODEL
 from toolkit.serve.models import PipelineModel, ServedModel, TextPiece, text_pieces
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import decode_json_object
@@ -230,45 +227,31 @@ def mount_embeddings(app: FastAPI, models: Mapping[str, EmbeddingModel]) -> None
             )
         return request, model, model.batch(request, options)
 
+    async def handle(body: bytes, label: ModelLabel) -> Response:
+        parsed, model, batch = await state.decode(len(body), prepare, body)
+        label.model, label.version = model.name, model.served.version
+        vectors = await state.run_pieces(
+            model.served.engine,
+            batch.pieces,
+            lambda raw, feeds: model.vectors(raw, feeds, parsed.dimensions),
+        )
+        tokens = sum(batch.token_counts)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": _encode(v, parsed.encoding_format)}
+                    for i, v in enumerate(vectors)
+                ],
+                "model": model.name,
+                "usage": {
+                    "prompt_tokens": tokens,
+                    "total_tokens": tokens,
+                    "truncated_inputs": list(batch.truncated),
+                },
+            }
+        )
+
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
-        started = time.perf_counter()
-        label = (UNKNOWN_MODEL, "")
-        code = 500
-        try:
-            state.check_open()
-            body = await _read_body(request, options.max_body_bytes, options.body_timeout_s)
-            parsed, model, batch = await state.decode(len(body), prepare, body)
-            label = (model.name, model.served.version)
-            vectors = await state.run_pieces(
-                model.served.engine,
-                batch.pieces,
-                lambda raw, feeds: model.vectors(raw, feeds, parsed.dimensions),
-            )
-            tokens = sum(batch.token_counts)
-            code = 200
-            return JSONResponse(
-                {
-                    "object": "list",
-                    "data": [
-                        {"object": "embedding", "index": i, "embedding": _encode(v, parsed.encoding_format)}
-                        for i, v in enumerate(vectors)
-                    ],
-                    "model": model.name,
-                    "usage": {
-                        "prompt_tokens": tokens,
-                        "total_tokens": tokens,
-                        "truncated_inputs": list(batch.truncated),
-                    },
-                }
-            )
-        except Exception as exc:  # noqa: BLE001 - every failure becomes OpenAI's error shape with its status
-            code = status_for(exc)
-            if code == 500:
-                _log_internal("POST /v1/embeddings", exc)
-            return openai_error(exc)
-        except BaseException:
-            code = 499  # the client went away (the task was cancelled)
-            raise
-        finally:
-            state.metrics.observe_request(*label, code, time.perf_counter() - started)
+        return await state.answer(request, handle, openai_error)

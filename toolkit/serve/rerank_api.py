@@ -21,7 +21,6 @@ request metrics; errors are Cohere's shape, ``{"message": "<one line>"}``.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,9 +31,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from toolkit.errors import BadInputError
-from toolkit.serve.app import ServerState, _log_internal, _read_body
-from toolkit.serve.errors import BodyTooLargeError, ModelNotFoundError, cohere_error, status_for
-from toolkit.serve.metrics import UNKNOWN_MODEL
+from toolkit.serve.app import ModelLabel, ServerState
+from toolkit.serve.errors import BodyTooLargeError, ModelNotFoundError, cohere_error
 from toolkit.serve.models import RawModel, ServedModel, TextPiece, text_pieces
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import decode_json_object
@@ -155,38 +153,24 @@ def mount_rerank(app: FastAPI, models: Mapping[str, RerankModel]) -> None:
             )
         return (request, model, *model.pieces(request, options))
 
+    async def handle(body: bytes, label: ModelLabel) -> Response:
+        parsed, model, pieces, tokens = await state.decode(len(body), prepare, body)
+        label.model, label.version = model.name, model.served.version
+        scores = await state.run_pieces(
+            model.served.engine, pieces, lambda raw, _feeds: model.task.finish(raw)
+        )
+        return JSONResponse(
+            {
+                "id": str(uuid.uuid4()),
+                "results": _results(parsed, scores),
+                "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1}},
+                "model": model.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
     async def rerank(request: Request) -> Response:
-        started = time.perf_counter()
-        label = (UNKNOWN_MODEL, "")
-        code = 500
-        try:
-            state.check_open()
-            body = await _read_body(request, options.max_body_bytes, options.body_timeout_s)
-            parsed, model, pieces, tokens = await state.decode(len(body), prepare, body)
-            label = (model.name, model.served.version)
-            scores = await state.run_pieces(
-                model.served.engine, pieces, lambda raw, _feeds: model.task.finish(raw)
-            )
-            code = 200
-            return JSONResponse(
-                {
-                    "id": str(uuid.uuid4()),
-                    "results": _results(parsed, scores),
-                    "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1}},
-                    "model": model.name,
-                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-                }
-            )
-        except Exception as exc:  # noqa: BLE001 - every failure becomes Cohere's error shape with its status
-            code = status_for(exc)
-            if code == 500:
-                _log_internal(f"POST {request.url.path}", exc)
-            return cohere_error(exc)
-        except BaseException:
-            code = 499  # the client went away (the task was cancelled)
-            raise
-        finally:
-            state.metrics.observe_request(*label, code, time.perf_counter() - started)
+        return await state.answer(request, handle, cohere_error)
 
     for path in RERANK_ROUTES:
         app.post(path)(rerank)

@@ -9,6 +9,8 @@ The metric is the package's task's (`Task.metric` over `Task.metric_values`, one
   logit difference.
 - ``next_token_agreement`` (generators): next-token top-1 agreement at every position of the held-out
   sentences, and the perplexity ratio (variant / fp32) on them.
+- ``ranking_agreement`` (rerankers): each held-out sample is one query's list of documents; the top-1
+  agreement of the lists with fp32 is the budgeted score, the Kendall tau of the orders (mean, worst) beside it.
 - ``max_abs_diff`` (anything else): max and mean absolute difference of every output; the budget is checked
   against the per-sample cosine of the raw outputs, so one budget in (0, 1] works for every task.
 
@@ -44,6 +46,7 @@ __all__ = [
     "budget_floor",
     "compare_variant",
     "held_out_feeds",
+    "kendall_tau",
     "latency_feeds",
     "measure_latency",
     "reference_outputs",
@@ -104,6 +107,11 @@ class AccuracyReport:
             return (
                 f"next-token agreement {self.score:.1%}, perplexity ratio "
                 f"{self.details.get('perplexity_ratio', 0.0):.4f} ({self.samples} held-out)"
+            )
+        if self.metric == "ranking_agreement":
+            return (
+                f"top-1 agreement {self.score:.1%}, Kendall tau mean {self.details.get('mean_kendall_tau', 0.0):.4f}, "
+                f"min {self.details.get('min_kendall_tau', 0.0):.4f} ({self.samples} held-out lists)"
             )
         if self.metric == "top1_agreement":
             return (
@@ -226,6 +234,47 @@ def _classifier_report(
     )
 
 
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-b of two score vectors (1: the same order; ties counted as neither concordant nor discordant)."""
+    da = np.sign(a[:, None] - a[None, :])
+    db = np.sign(b[:, None] - b[None, :])
+    upper = np.triu_indices(len(a), k=1)
+    da, db = da[upper], db[upper]
+    norm = np.sqrt(float(np.count_nonzero(da)) * float(np.count_nonzero(db)))
+    return float((da * db).sum() / norm) if norm else 1.0
+
+
+def _ranking_report(
+    task: Task[Any], reference: Reference, candidate: Candidate, feeds: Sequence[Feeds]
+) -> AccuracyReport:
+    output = task.metric_output()
+    agree = 0
+    taus: list[float] = []
+    max_score = 0.0
+    pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {output: []}
+    for (got, want), f in zip(_run_both(reference, candidate, feeds), feeds, strict=True):
+        pairs[output].append((got[output], want[output]))
+        g, w = task.metric_values(got, f), task.metric_values(want, f)
+        agree += int(g.argmax() == w.argmax())
+        taus.append(kendall_tau(g, w))
+        max_score = max(max_score, float(np.abs(g - w).max()))
+    agreement = agree / len(feeds)
+    return AccuracyReport(
+        metric="ranking_agreement",
+        value=agreement,
+        score=agreement,
+        worst=agreement,
+        samples=len(feeds),
+        outputs=_output_checks(pairs),
+        details={
+            "top1_agreement": round(agreement, 6),
+            "mean_kendall_tau": round(float(np.mean(taus)), 6),
+            "min_kendall_tau": round(float(np.min(taus)), 6),
+            "max_score_diff": round(max_score, 6),
+        },
+    )
+
+
 def _generic_report(
     task: Task[Any], reference: Reference, candidate: Candidate, feeds: Sequence[Feeds]
 ) -> AccuracyReport:
@@ -305,6 +354,7 @@ ReportFn = Callable[[Task[Any], Reference, Candidate, Sequence[Feeds]], Accuracy
 _REPORTS: dict[str, ReportFn] = {
     "cosine": _embedding_report,
     "top1_agreement": _classifier_report,
+    "ranking_agreement": _ranking_report,
     "max_abs_diff": _generic_report,
     "detection_agreement": _detection_report,
     "next_token_agreement": _generator_report,

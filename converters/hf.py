@@ -34,6 +34,7 @@ __all__ = [
     "load_hf_model",
     "preprocessing_of",
     "run_reference",
+    "score_activation",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ TASKS: dict[str, HfTask] = {
         HfTask("embed", "feature-extraction", "text"),
         HfTask("features", "feature-extraction", "any"),
         HfTask("classify", "text-classification", "text", has_labels=True),
+        HfTask("rerank", "text-classification", "text"),
         HfTask("token-classify", "token-classification", "text", has_labels=True),
         HfTask("image-classify", "image-classification", "image", has_labels=True),
         HfTask("segment", "semantic-segmentation", "image", has_labels=True),
@@ -152,10 +154,47 @@ def detect_task(model_dir: Path, requested: str | None) -> HfTask:
     for architecture in architectures:
         for suffix, task in _AUDIO_ARCHITECTURE_TASKS if audio else _ARCHITECTURE_TASKS:
             if architecture.endswith(suffix):
-                return TASKS[task]
+                return TASKS["rerank" if task == "classify" and _cross_encoder(model_dir) else task]
     raise BadInputError(
         f"cannot tell the task of '{model_dir}' (architectures: {architectures or 'none'}); pass --task ({', '.join(TASKS)})"
     )
+
+
+# sentence-transformers' CrossEncoder activations (config.json, by class path) -> the manifest's names
+_CROSS_ENCODER_ACTIVATIONS = {
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+    "torch.nn.modules.linear.Identity": "identity",
+    "torch.nn.modules.activation.Tanh": "tanh",
+}
+
+
+def _cross_encoder_config(model_dir: Path) -> tuple[str | None, int]:
+    """(the activation class path a sentence-transformers CrossEncoder config names or None, its label count)."""
+    config = _read_json(model_dir / "config.json")
+    settings = config.get("sentence_transformers")
+    path = settings.get("activation_fn") if isinstance(settings, Mapping) else None
+    path = path or config.get("sbert_ce_default_activation_function")  # sentence-transformers < 4
+    labels = config.get("id2label")
+    return (path if isinstance(path, str) else None), len(labels) if isinstance(labels, Mapping) else 2
+
+
+def _cross_encoder(model_dir: Path) -> bool:
+    """Whether a sequence classifier is a cross-encoder scorer: one logit (sentence-transformers saves them so)."""
+    return _cross_encoder_config(model_dir)[1] == 1
+
+
+def score_activation(model_dir: Path) -> str:
+    """What ``CrossEncoder.predict`` applies to the logit by default: the config's activation, else sigmoid for
+    one label; an activation the runtime does not replay is an ExportError."""
+    path, labels = _cross_encoder_config(model_dir)
+    if path is None:
+        return "sigmoid" if labels == 1 else "identity"
+    if path not in _CROSS_ENCODER_ACTIVATIONS:
+        raise ExportError(
+            f"'{model_dir}' scores with activation {path}; edge-toolkit replays "
+            f"{', '.join(_CROSS_ENCODER_ACTIVATIONS)}: set one in config.json's sentence_transformers.activation_fn"
+        )
+    return _CROSS_ENCODER_ACTIVATIONS[path]
 
 
 def load_hf_model(model_dir: Path, task: HfTask) -> Any:
@@ -269,6 +308,7 @@ def _text_preprocessing(model_dir: Path, export_dir: Path, task: HfTask) -> Text
         pooling=pooling,
         normalize=normalize,
         output="last_hidden_state" if task.name == "embed" else None,
+        activation=score_activation(model_dir) if task.name == "rerank" else None,
     )
 
 

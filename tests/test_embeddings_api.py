@@ -4,10 +4,6 @@ equal to `TextEmbedding.embed`; limits, errors, truncation, the API key and shar
 from __future__ import annotations
 
 import base64
-import json
-import re
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serve_process import ServeProcess, start_serve
+from serve_process import ServeProcess, metric_sum, post_json, start_serve
 
 from toolkit.manifest import ModelPackage
 from toolkit.preprocess import l2_normalize
@@ -48,18 +44,6 @@ def _client(server: ServeProcess) -> Any:
     from openai import OpenAI
 
     return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-
-
-def _post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -111,7 +95,9 @@ def test_token_arrays_base64_and_dimensions(
 def test_long_inputs_are_truncated_as_the_library_does_and_said_so(
     server: ServeProcess, model_name: str, embedder: TextEmbedding
 ) -> None:
-    status, body = _post(f"{server.url}/v1/embeddings", {"model": model_name, "input": [TEXTS[0], LONG_TEXT]})
+    status, body = post_json(
+        f"{server.url}/v1/embeddings", {"model": model_name, "input": [TEXTS[0], LONG_TEXT]}
+    )
     assert status == 200, body
     assert body["usage"]["truncated_inputs"] == [1]
     got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
@@ -119,7 +105,7 @@ def test_long_inputs_are_truncated_as_the_library_does_and_said_so(
     assert _cosines(got, embedder.embed([TEXTS[0], LONG_TEXT])).min() >= 1 - 1e-6
     limit = embedder.task.data.tokenizer.max_length
     ids = list(range(1000, 1000 + limit + 20))
-    status, body = _post(f"{server.url}/v1/embeddings", {"model": model_name, "input": [ids]})
+    status, body = post_json(f"{server.url}/v1/embeddings", {"model": model_name, "input": [ids]})
     assert status == 200, body
     assert body["usage"]["truncated_inputs"] == [0]
     assert body["usage"]["prompt_tokens"] == limit
@@ -150,7 +136,7 @@ def test_bad_requests_get_one_line_openai_errors(
 ) -> None:
     if "model" not in body and names != "'model'":
         body = {"model": model_name, **body}
-    got, answer = _post(f"{server.url}/v1/embeddings", body)
+    got, answer = post_json(f"{server.url}/v1/embeddings", body)
     assert got == status, answer
     error = answer["error"]
     assert names in error["message"]
@@ -160,28 +146,21 @@ def test_bad_requests_get_one_line_openai_errors(
 
 
 def test_not_json_and_lone_surrogates_are_400(server: ServeProcess, model_name: str) -> None:
-    status, answer = _post(f"{server.url}/v1/embeddings", b"{not json")
+    status, answer = post_json(f"{server.url}/v1/embeddings", b"{not json")
     assert status == 400
     assert "not JSON" in answer["error"]["message"]
     # json.dumps writes the lone surrogate as a \\ud800 escape: legal JSON, text no codec can encode
-    status, answer = _post(f"{server.url}/v1/embeddings", {"model": model_name, "input": "a\ud800b"})
+    status, answer = post_json(f"{server.url}/v1/embeddings", {"model": model_name, "input": "a\ud800b"})
     assert status == 400, answer
     assert "lone surrogate" in answer["error"]["message"]
-
-
-def _metric(server: ServeProcess, name: str, model: str) -> float:
-    with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    pattern = rf'^{name}\{{[^}}]*model="{re.escape(model)}"[^}}]*\}} (\S+)$'
-    return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
 
 
 def test_concurrent_clients_share_batch_runs_and_are_counted(
     server: ServeProcess, model_name: str, embedder: TextEmbedding
 ) -> None:
-    runs_before = _metric(server, "edge_batch_requests_count", model_name)
-    requests_before = _metric(server, "edge_batch_requests_sum", model_name)
-    answered_before = _metric(server, "edge_requests_total", model_name)
+    runs_before = metric_sum(server, "edge_batch_requests_count", model_name)
+    requests_before = metric_sum(server, "edge_batch_requests_sum", model_name)
+    answered_before = metric_sum(server, "edge_requests_total", model_name)
     client = _client(server)
     texts = [f"sentence number {i} about edge devices" for i in range(16)]
     with ThreadPoolExecutor(16) as pool:
@@ -192,11 +171,11 @@ def test_concurrent_clients_share_batch_runs_and_are_counted(
         )
     got = np.array([a.data[0].embedding for a in answers], dtype=np.float32)
     assert _cosines(got, embedder.embed(texts)).min() >= 1 - 1e-6
-    runs = _metric(server, "edge_batch_requests_count", model_name) - runs_before
-    merged = _metric(server, "edge_batch_requests_sum", model_name) - requests_before
+    runs = metric_sum(server, "edge_batch_requests_count", model_name) - runs_before
+    merged = metric_sum(server, "edge_batch_requests_sum", model_name) - requests_before
     assert merged == 16
     assert runs < 16, "16 concurrent requests within --max-delay-ms 40 should share runs"
-    assert _metric(server, "edge_requests_total", model_name) - answered_before == 16
+    assert metric_sum(server, "edge_requests_total", model_name) - answered_before == 16
 
 
 def test_no_truncate_api_key_and_model_list(minilm_package: Path, model_name: str) -> None:

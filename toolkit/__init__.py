@@ -20,6 +20,7 @@ from toolkit.pipelines import (
 from toolkit.runner import Runner
 from toolkit.tasks.detect import Detection, ObjectDetector
 from toolkit.tasks.image_text import ImageTextEmbedding, ZeroShotLabel
+from toolkit.tasks.rerank import RankedDocument, Reranker
 from toolkit.tasks.segment import SemanticSegmenter
 from toolkit.tasks.text2text import Seq2SeqGenerator
 from toolkit.tasks.token_classify import TokenClassifier
@@ -43,6 +44,8 @@ __all__ = [
     "ObjectDetector",
     "Pipeline",
     "ProviderUnavailableError",
+    "RankedDocument",
+    "Reranker",
     "Runner",
     "SemanticSegmenter",
     "Seq2SeqGenerator",

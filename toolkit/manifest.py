@@ -183,7 +183,8 @@ class Variant:
 
 @dataclass(frozen=True)
 class TextPreprocessing:
-    """Tokenizer file and the sentence-transformers style pooling applied after the model."""
+    """Tokenizer file and the sentence-transformers style pooling applied after the model; `activation` is what a
+    cross-encoder applies to its score (``sigmoid``, ``identity``: `toolkit.tasks.rerank`)."""
 
     tokenizer: str
     max_length: int
@@ -191,6 +192,7 @@ class TextPreprocessing:
     normalize: bool = False
     output: str | None = None
     kind: str = "text"
+    activation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -640,6 +642,7 @@ def _check_preprocessing(origin: str, pre: Any) -> None:
             )
         _check_str(origin, "preprocessing.pooling", pre.pooling, optional=True)
         _check_str(origin, "preprocessing.output", pre.output, optional=True)
+        _check_str(origin, "preprocessing.activation", pre.activation, optional=True)
         if not isinstance(pre.normalize, bool):
             raise _fail(
                 origin, "preprocessing.normalize", f"must be true or false, got {_short(pre.normalize)}"

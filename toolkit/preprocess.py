@@ -31,6 +31,7 @@ __all__ = [
     "LETTERBOX_FILL",
     "MAX_ASPECT_RATIO",
     "MAX_IMAGE_PIXELS",
+    "PADDING_SLACK",
     "RESIZERS",
     "SAMPLE_RATES",
     "AudioInput",
@@ -46,6 +47,7 @@ __all__ = [
     "label_names",
     "letterbox_geometry",
     "open_image",
+    "padding_groups",
     "pool",
     "preprocess_audio",
     "preprocess_image",
@@ -92,6 +94,11 @@ class TextTokenizer:
         """Token ids and type ids for each text, unpadded."""
         return [(e.ids, e.type_ids) for e in self.encodings(texts)]
 
+    def pair_encodings(self, first: str, seconds: Sequence[str]) -> list[Any]:
+        """The encodings of (`first`, each of `seconds`) as one sequence pair each (``[CLS] a [SEP] b [SEP]`` for
+        BERT), cut longest-first to the max length as transformers' ``truncation=True`` does."""
+        return list(self.tokenizer.encode_batch([(first, second) for second in seconds]))
+
     def pad(self, encodings: Sequence[tuple[list[int], list[int]]]) -> dict[str, np.ndarray]:
         """Pad a batch to its longest member: input_ids, attention_mask, token_type_ids as int64."""
         length = max(len(ids) for ids, _ in encodings)
@@ -122,6 +129,31 @@ def _tokenizer_config(folder: Path) -> dict[str, Any]:
             f"'{config}' is not valid UTF-8 JSON; re-create the package with `edge convert`"
         ) from None
     return settings if isinstance(settings, dict) else {}
+
+
+# A batch may spend at most this fraction over its real work on padding; beyond it, it is split.
+PADDING_SLACK = 0.25
+
+
+def padding_groups(
+    sizes: Sequence[int], rows: Sequence[int] | None = None, max_rows: int | None = None
+) -> list[list[int]]:
+    """Indices into `sizes` grouped so that padding each group to its largest costs at most `PADDING_SLACK` of its
+    real work: sorted by size, a group grows while its padded elements stay within (1 + slack) x the real ones
+    (each index weighs its `rows`, 1 by default) and it holds at most `max_rows` rows."""
+    weights = rows if rows is not None else [1] * len(sizes)
+    groups: list[list[int]] = []
+    count = real = 0
+    for index in sorted(range(len(sizes)), key=sizes.__getitem__):
+        n, s = weights[index], sizes[index]
+        fits = max_rows is None or count + n <= max_rows
+        if groups and fits and s * (count + n) <= (1 + PADDING_SLACK) * (real + n * s):
+            groups[-1].append(index)
+            count, real = count + n, real + n * s
+        else:
+            groups.append([index])
+            count, real = n, n * s
+    return groups
 
 
 def _pad_token_id(tokenizer: Any, folder: Path) -> int:

@@ -65,6 +65,8 @@ def _time(call: Callable[[], Any], repeat: int) -> dict[str, float]:
     metavar="FILE.wav",
     help="A PCM WAV clip for an audio package: top 5 labels, or the encoder's frames (repeatable).",
 )
+@click.option("--query", default=None, help="rerank: the query to rank the --doc texts for.")
+@click.option("--doc", "docs", multiple=True, help="rerank: a document to rank for --query (repeatable).")
 @click.option(
     "--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="A raw input tensor (repeatable)."
 )
@@ -137,6 +139,8 @@ def run_command(
     texts: tuple[str, ...],
     images: tuple[str, ...],
     clips: tuple[str, ...],
+    query: str | None,
+    docs: tuple[str, ...],
     inputs: tuple[str, ...],
     out: str | None,
     labels: tuple[str, ...] | None,
@@ -179,21 +183,34 @@ def run_command(
             settings.update(do_sample=True, temperature=temperature)
         run_prompts(target, list(prompts), variant, provider_config, threads, settings, stream, as_json)
         return
-    if sum(map(bool, (texts, images, clips, inputs))) != 1:
+    if docs and query is None:
+        raise BadInputError("--doc is a document to rank for a --query; pass --query TEXT too")
+    if query is not None and not docs:
+        raise BadInputError("--query ranks documents; pass each with --doc TEXT")
+    if sum(map(bool, (texts, images, clips, inputs, docs))) != 1:
         raise BadInputError(
             "pass one of --text (a text pipeline), --image FILE (an image package), --audio FILE.wav "
-            "(an audio package), --prompt (a generate package) or --input NAME=FILE.npy"
+            "(an audio package), --query with --doc (a rerank package), --prompt (a generate package) or "
+            "--input NAME=FILE.npy"
         )
     result: dict[str, Any]
     call: Callable[[], Any]
-    if texts or images or clips:
+    if texts or images or clips or docs:
         package = ModelPackage.open(target)
         with progress(not as_json) as say:
             runner = Runner(
                 package.model_path(variant), config=provider_config, threads=threads, progress=say
             )
         pipeline = pipeline_class(package)(package, runner)
-        kind, items = ("text", texts) if texts else ("image", images) if images else ("audio", clips)
+        kind, items = (
+            ("text", texts)
+            if texts
+            else ("image", images)
+            if images
+            else ("audio", clips)
+            if clips
+            else ("query", (query or "", *docs))
+        )
         decoding = {
             "timestamps": timestamps or None,
             "stride_s": stride,
@@ -230,7 +247,7 @@ def run_command(
     _print(result, lines)
 
 
-_ITEMS_KEY = {"text": "texts", "image": "images", "audio": "clips"}
+_ITEMS_KEY = {"text": "texts", "image": "images", "audio": "clips", "query": "query_and_documents"}
 # the `edge run` flag behind each decoding option, for errors
 _FLAGS = {
     "timestamps": "--timestamps",

@@ -35,7 +35,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -62,7 +62,7 @@ from toolkit.serve.errors import (
     status_for,
 )
 from toolkit.serve.metrics import UNKNOWN_MODEL, ServeMetrics
-from toolkit.serve.models import Job, ModelRegistry, ServedModel
+from toolkit.serve.models import Feeds, Job, ModelEngine, ModelRegistry, Outputs, ServedModel, TextPiece
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import (
     HEADER_LENGTH,
@@ -73,7 +73,7 @@ from toolkit.serve.protocol import (
     triton_type,
 )
 
-__all__ = ["EXTENSIONS", "SERVER_NAME", "ServerState", "create_app", "error_response"]
+__all__ = ["EXTENSIONS", "SERVER_NAME", "ModelLabel", "ServerState", "create_app", "error_response"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,14 @@ _T = TypeVar("_T")
 
 # Bodies larger than this are decoded and tokenized on a worker thread, not on the event loop.
 OFF_LOOP_BYTES = 256 * 1024
+
+
+@dataclass
+class ModelLabel:
+    """The model and version a request is counted under in /metrics (unknown until the request names one)."""
+
+    model: str = UNKNOWN_MODEL
+    version: str = ""
 
 
 @dataclass
@@ -113,6 +121,49 @@ class ServerState:
         if off_loop or size > OFF_LOOP_BYTES:
             return await asyncio.get_running_loop().run_in_executor(self.decoder, work, *args)
         return work(*args)
+
+    async def run_pieces(
+        self, engine: ModelEngine, pieces: Sequence[TextPiece], finish: Callable[[Outputs, Feeds], np.ndarray]
+    ) -> np.ndarray:
+        """Queue a request's pieces on `engine` together (each batches with other requests' pieces of like length)
+        and return `finish`'s rows of every piece in the request's order."""
+        raws = await asyncio.gather(
+            *(self.scheduler.submit(engine, p.feeds, len(p.rows), self.options.timeout_s) for p in pieces)
+        )
+        done = [finish(raw, piece.feeds) for raw, piece in zip(raws, pieces, strict=True)]
+        rows = np.empty((sum(len(p.rows) for p in pieces), *done[0].shape[1:]), dtype=done[0].dtype)
+        for piece, values in zip(pieces, done, strict=True):
+            rows[list(piece.rows)] = values
+        return rows
+
+    async def answer(
+        self,
+        request: Request,
+        handle: Callable[[bytes, ModelLabel], Awaitable[Response]],
+        render_error: Callable[[BaseException], Response],
+    ) -> Response:
+        """One POST of a JSON route (``/v1/embeddings``, ``/v1/rerank``): its body read within the limits and
+        `handle`d, which names the model in its `ModelLabel` once it knows it; a failure is `render_error`'s
+        answer with its status (a 500 logged), and the request is counted in /metrics either way."""
+        started = time.perf_counter()
+        label = ModelLabel()
+        code = 500
+        try:
+            self.check_open()
+            body = await _read_body(request, self.options.max_body_bytes, self.options.body_timeout_s)
+            response = await handle(body, label)
+            code = response.status_code
+            return response
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the route's error shape with its status
+            code = status_for(exc)
+            if code == 500:
+                _log_internal(f"{request.method} {request.url.path}", exc)
+            return render_error(exc)
+        except BaseException:
+            code = 499  # the client went away (the task was cancelled)
+            raise
+        finally:
+            self.metrics.observe_request(label.model, label.version, code, time.perf_counter() - started)
 
     def abort(self) -> None:
         """A forced shutdown: take no more work and answer every waiting request 503 now."""

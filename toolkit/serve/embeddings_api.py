@@ -16,15 +16,15 @@ values and normalises them again (Matryoshka-trained models); ``base64`` is the 
 bytes, as OpenAI's client decodes them.
 
 A request runs through the same dynamic batching scheduler as the KServe routes of its model (requests
-from many clients share runs), under the same body, row and token limits, API key and request metrics;
-errors are OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
+from many clients share runs; a request's inputs are split by length into pieces that batch with other
+requests' pieces of like length, rather than all padded to its longest), under the same body, row and token
+limits, API key and request metrics; errors are OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,15 +35,13 @@ from fastapi.responses import JSONResponse, Response
 
 from toolkit.errors import BadInputError
 from toolkit.preprocess import l2_normalize
-from toolkit.serve.app import ServerState, _log_internal, _read_body
+from toolkit.serve.app import ModelLabel, ServerState
 from toolkit.serve.errors import (
     BodyTooLargeError,
     ModelNotFoundError,
     openai_error,
-    status_for,
 )
-from toolkit.serve.metrics import UNKNOWN_MODEL
-from toolkit.serve.models import PipelineModel, ServedModel
+from toolkit.serve.models import PipelineModel, ServedModel, TextPiece, text_pieces
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import decode_json_object
 from toolkit.tasks.embed import EmbedTask
@@ -121,10 +119,10 @@ def _short(value: Any) -> str:
 
 @dataclass(frozen=True)
 class EmbeddingBatch:
-    """A request as the model's feeds: the padded tensors, each input's real token count, and which inputs
-    were cut to the model's positions."""
+    """A request as the model's feeds: its pieces (rows of like length, each padded alone), each input's real
+    token count, and which inputs were cut to the model's positions."""
 
-    feeds: Mapping[str, np.ndarray]
+    pieces: tuple[TextPiece, ...]
     token_counts: tuple[int, ...]
     truncated: tuple[int, ...]
 
@@ -175,15 +173,14 @@ class EmbeddingModel:
                 f"{options.max_request_tokens}-token limit; send fewer or shorter inputs per request "
                 "(or raise --max-request-tokens)"
             )
-        padded = tokenizer.pad(rows)
-        feeds = {k: v for k, v in padded.items() if k in self.task.data.input_names}
-        return EmbeddingBatch(feeds, counts, tuple(truncated))
+        pieces = text_pieces(self.task.data, rows, options.batching.max_batch)
+        return EmbeddingBatch(tuple(pieces), counts, tuple(truncated))
 
     def vectors(
-        self, raw: Mapping[str, np.ndarray], batch: EmbeddingBatch, dimensions: int | None
+        self, raw: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray], dimensions: int | None
     ) -> np.ndarray:
-        """The pooled embeddings float32 [N, dim], cut to `dimensions` and normalised again when asked."""
-        vectors = self.task.serve(raw, batch.feeds)["embedding"]
+        """The pooled embeddings float32 [N, dim] of one piece, cut to `dimensions` and normalised again when asked."""
+        vectors = self.task.serve(raw, feeds)["embedding"]
         if dimensions is None or dimensions == vectors.shape[-1]:
             return vectors
         return l2_normalize(vectors[:, :dimensions]).astype(np.float32, copy=False)
@@ -230,44 +227,31 @@ def mount_embeddings(app: FastAPI, models: Mapping[str, EmbeddingModel]) -> None
             )
         return request, model, model.batch(request, options)
 
+    async def handle(body: bytes, label: ModelLabel) -> Response:
+        parsed, model, batch = await state.decode(len(body), prepare, body)
+        label.model, label.version = model.name, model.served.version
+        vectors = await state.run_pieces(
+            model.served.engine,
+            batch.pieces,
+            lambda raw, feeds: model.vectors(raw, feeds, parsed.dimensions),
+        )
+        tokens = sum(batch.token_counts)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": _encode(v, parsed.encoding_format)}
+                    for i, v in enumerate(vectors)
+                ],
+                "model": model.name,
+                "usage": {
+                    "prompt_tokens": tokens,
+                    "total_tokens": tokens,
+                    "truncated_inputs": list(batch.truncated),
+                },
+            }
+        )
+
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
-        started = time.perf_counter()
-        label = (UNKNOWN_MODEL, "")
-        code = 500
-        try:
-            state.check_open()
-            body = await _read_body(request, options.max_body_bytes, options.body_timeout_s)
-            parsed, model, batch = await state.decode(len(body), prepare, body)
-            label = (model.name, model.served.version)
-            raw = await state.scheduler.submit(
-                model.served.engine, batch.feeds, parsed.count, options.timeout_s
-            )
-            vectors = model.vectors(raw, batch, parsed.dimensions)
-            tokens = sum(batch.token_counts)
-            code = 200
-            return JSONResponse(
-                {
-                    "object": "list",
-                    "data": [
-                        {"object": "embedding", "index": i, "embedding": _encode(v, parsed.encoding_format)}
-                        for i, v in enumerate(vectors)
-                    ],
-                    "model": model.name,
-                    "usage": {
-                        "prompt_tokens": tokens,
-                        "total_tokens": tokens,
-                        "truncated_inputs": list(batch.truncated),
-                    },
-                }
-            )
-        except Exception as exc:  # noqa: BLE001 - every failure becomes OpenAI's error shape with its status
-            code = status_for(exc)
-            if code == 500:
-                _log_internal("POST /v1/embeddings", exc)
-            return openai_error(exc)
-        except BaseException:
-            code = 499  # the client went away (the task was cancelled)
-            raise
-        finally:
-            state.metrics.observe_request(*label, code, time.perf_counter() - started)
+        return await state.answer(request, handle, openai_error)

@@ -41,6 +41,7 @@ __all__ = [
     "QueueFullError",
     "ServerClosingError",
     "UnauthorizedError",
+    "cohere_error",
     "error_response",
     "json_error",
     "openai_error",
@@ -165,4 +166,14 @@ def openai_error(exc: BaseException) -> Response:
     code = "model_not_found" if status == 404 else None
     error = {"message": public_message(exc), "type": kind, "code": code}
     body = json.dumps({"error": error}, ensure_ascii=True).encode("ascii")
+    return Response(body, status_code=status, media_type="application/json", headers=_headers(status))
+
+
+def cohere_error(exc: BaseException) -> Response:
+    """Cohere's error shape, ``{"message": ...}``, with the exception's status and headers as `error_response`
+    gives them."""
+    from starlette.responses import Response
+
+    status = status_for(exc)
+    body = json.dumps({"message": public_message(exc)}, ensure_ascii=True).encode("ascii")
     return Response(body, status_code=status, media_type="application/json", headers=_headers(status))

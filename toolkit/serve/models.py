@@ -40,7 +40,7 @@ import numpy as np
 from toolkit.errors import BadInputError, EdgeError
 from toolkit.inspect import op_types
 from toolkit.manifest import FP32_VARIANT, ModelPackage, TensorSpec
-from toolkit.preprocess import MAX_IMAGE_PIXELS, open_image
+from toolkit.preprocess import MAX_IMAGE_PIXELS, PADDING_SLACK, open_image, padding_groups
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 from toolkit.seq2seq import DecodeLimits
@@ -62,14 +62,14 @@ __all__ = [
     "RawModel",
     "ServedModel",
     "TensorMetadata",
+    "TextPiece",
     "bytes_input",
     "request_texts",
+    "text_pieces",
 ]
 
 log = logging.getLogger(__name__)
 
-# A merged run may spend at most this fraction over its real work on padding; beyond it, it is split.
-PADDING_SLACK = 0.25
 
 # Operators whose result for one row depends on the other rows of the tensor: dynamic quantization picks
 # one activation scale per tensor. A model holding any of them is never merged (a request's answer must
@@ -97,6 +97,28 @@ def _metadata(name: str, dtype: str, shape: Sequence[int | str]) -> TensorMetada
     return TensorMetadata(
         name, v2_datatype(dtype), tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape)
     )
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    """Some rows of a text request, padded to their own longest: the feeds, and the rows' places in the request."""
+
+    feeds: Feeds
+    rows: tuple[int, ...]
+
+
+def text_pieces(
+    text: TextModality, encodings: Sequence[tuple[list[int], list[int]]], max_rows: int
+) -> list[TextPiece]:
+    """A request's token rows (ids, type ids) split by length (`padding_groups`), each piece padded alone: the
+    scheduler merges pieces of like length across requests, where one padded batch would pad every row to the
+    request's longest."""
+    pieces = []
+    for group in padding_groups([len(ids) for ids, _ in encodings], max_rows=max_rows):
+        padded = text.tokenizer.pad([encodings[i] for i in group])
+        feeds = {k: v for k, v in padded.items() if k in text.input_names}
+        pieces.append(TextPiece(feeds, tuple(group)))
+    return pieces
 
 
 # -- the engine: one runner, batched ---------------------------------------------------------------------
@@ -240,11 +262,8 @@ class Engine:
         return pieces
 
     def _buckets(self, jobs: Sequence[Feeds], members: list[int]) -> list[list[int]]:
-        """Split a group by padded size so no run spends more than `PADDING_SLACK` of its work on padding.
-
-        Sorted by size, a run grows while its padded elements stay within (1 + slack) x the real ones;
-        on a CPU, where work grows with padded tokens, this keeps most of batching's gain.
-        """
+        """Split a group by padded size so no run spends more than `PADDING_SLACK` of its work on padding
+        (`padding_groups`); on a CPU, where work grows with padded tokens, this keeps most of batching's gain."""
         if not self.pad_dims or len(members) < 2:
             return [members]
 
@@ -252,17 +271,8 @@ class Engine:
             sizes = self.dim_sizes(jobs[index])
             return math.prod(sizes[d] for d in self.pad_dims if d in sizes)
 
-        runs: list[list[int]] = []
-        rows = real = 0
-        for index in sorted(members, key=size):
-            n, s = self.rows(jobs[index]), size(index)
-            if runs and s * (rows + n) <= (1 + PADDING_SLACK) * (real + n * s):
-                runs[-1].append(index)
-                rows, real = rows + n, real + n * s
-            else:
-                runs.append([index])
-                rows, real = n, n * s
-        return runs
+        groups = padding_groups([size(i) for i in members], [self.rows(jobs[i]) for i in members])
+        return [[members[k] for k in group] for group in groups]
 
     def _run_one(self, feeds: Feeds) -> Outputs | BaseException:
         try:
@@ -391,11 +401,17 @@ class RawModel(ServedModel):
 
     `value_ranges` holds the inclusive [low, high] each integer input may take (token ids: the embedding
     table); a value outside is a 400, where onnxruntime would read a negative id from the table's end.
+    `task` is the package's task, for routes that speak its own protocol over this engine (``/v1/rerank``).
     """
 
     engine: Engine
 
-    def __init__(self, engine: Engine, value_ranges: Mapping[str, tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        value_ranges: Mapping[str, tuple[int, int]] | None = None,
+        task: Task[Any] | None = None,
+    ) -> None:
         runner = engine.runner
         super().__init__(
             engine.name,
@@ -404,6 +420,7 @@ class RawModel(ServedModel):
             [_metadata(s.name, s.dtype, s.shape) for s in runner.outputs],
         )
         self.value_ranges = dict(value_ranges or {})
+        self.task = task
 
     def prepare(self, request: InferenceRequest) -> Job:
         """Check names, datatypes, ranks, fixed dims and shared dims; the inputs become the feeds."""
@@ -688,7 +705,7 @@ def _package_models(
                 "model %s %s has %s: requests run as sent, never merged", manifest.name, variant, coupled[0]
             )
         engine = Engine(manifest.name, variant, runner, pad_values, pad_dims, merge=not coupled)
-        models.append(RawModel(engine, ranges))
+        models.append(RawModel(engine, ranges, task))
         if text is not None and task.served_outputs(runner.outputs):
             models.append(PipelineModel(task, engine))
         if isinstance(task, ServesImages) and task.served_outputs(runner.outputs):

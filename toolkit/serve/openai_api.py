@@ -80,6 +80,7 @@ from toolkit.serve.models import LoadOptions, ModelRegistry
 from toolkit.serve.openai_tools import ToolCall, ToolRequest, tool_request
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import decode_json_object
+from toolkit.serve.rerank_api import mount_rerank, rerank_models
 
 __all__ = [
     "GenerationService",
@@ -641,7 +642,7 @@ async def _collect(request: Request, pending: _Pending) -> list[Generation]:
 
 
 def mount_model_list(app: FastAPI, names: Sequence[str]) -> None:
-    """Add ``GET /v1/models``: every model the ``/v1`` routes answer to (generators and embedders)."""
+    """Add ``GET /v1/models``: every model the ``/v1`` routes answer to (generators, embedders, rerankers)."""
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -1006,7 +1007,8 @@ class ServingApp:
 
 def build_serving_app(paths: Sequence[str | Path], load: LoadOptions, options: ServeOptions) -> ServingApp:
     """Generate packages behind the OpenAI-compatible and Triton generate routes, every other package behind
-    the KServe v2 app (`create_app`), embedders also behind ``/v1/embeddings``; one app for all."""
+    the KServe v2 app (`create_app`), embedders also behind ``/v1/embeddings``, rerankers behind ``/v1/rerank``;
+    one app for all."""
     from toolkit.serve.app import create_app
 
     generators, others = open_generators(paths, load)
@@ -1020,8 +1022,11 @@ def build_serving_app(paths: Sequence[str | Path], load: LoadOptions, options: S
     embedders = embedding_models(list(registry))
     if embedders:
         mount_embeddings(app, embedders)
+    rerankers = rerank_models(list(registry))
+    if rerankers:
+        mount_rerank(app, rerankers)
     if service is not None:
         mount_openai(app, service)
-    if service is not None or embedders:
-        mount_model_list(app, [*generators, *embedders])
+    if service is not None or embedders or rerankers:
+        mount_model_list(app, [*generators, *embedders, *rerankers])
     return ServingApp(app, registry, generators, service)

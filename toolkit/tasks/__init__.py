@@ -71,6 +71,7 @@ TASK_MODULES = (
     "generate",
     "transcribe",
     "text2text",
+    "rerank",
 )
 
 

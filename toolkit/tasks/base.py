@@ -20,6 +20,7 @@ from toolkit.preprocess import (
     TextTokenizer,
     clip_list,
     image_list,
+    padding_groups,
     preprocess_audio,
     preprocess_image,
 )
@@ -232,28 +233,43 @@ class Pipeline(Generic[_M]):
         same_batch: Callable[[_Item, _Item], bool] | None = None,
         outputs: Sequence[str] | None = None,
         runner: Runner | None = None,
+        batches: Sequence[Sequence[int]] | None = None,
     ) -> list[_Result]:
-        """Run encoded items in batches (in `order`, a batch ends at `batch_size` or where `same_batch` says) on
-        `runner` (default: the pipeline's); results come back in the items' own order."""
+        """Run encoded items in batches (`batches` of item indices, else in `order`: a batch ends at `batch_size`
+        or where `same_batch` says) on `runner` (default: the pipeline's); results come back in the items' own
+        order."""
         if batch_size < 1:
             raise BadInputError(f"batch_size must be at least 1, got {batch_size}")
-        sequence = list(order) if order is not None else list(range(len(encoded)))
+        if batches is None:
+            batches = _in_order(encoded, batch_size, order, same_batch)
         results: list[_Result | None] = [None] * len(encoded)
-        start = 0
-        while start < len(sequence):
-            rows = [sequence[start]]
-            while (
-                start + len(rows) < len(sequence)
-                and len(rows) < batch_size
-                and (same_batch is None or same_batch(encoded[rows[0]], encoded[sequence[start + len(rows)]]))
-            ):
-                rows.append(sequence[start + len(rows)])
+        for rows in batches:
             feeds = collate([encoded[i] for i in rows])
             ran = (runner or self.runner).run(feeds, outputs)
             for row, result in zip(rows, finish(ran, feeds), strict=True):
                 results[row] = result
-            start += len(rows)
         return [r for r in results if r is not None]
+
+
+def _in_order(
+    encoded: Sequence[_Item],
+    batch_size: int,
+    order: Sequence[int] | None,
+    same_batch: Callable[[_Item, _Item], bool] | None,
+) -> list[list[int]]:
+    """Item indices in `order` (default: as given), cut into batches of `batch_size` or where `same_batch` says."""
+    batches: list[list[int]] = []
+    for index in order if order is not None else range(len(encoded)):
+        current = batches[-1] if batches else None
+        if (
+            current
+            and len(current) < batch_size
+            and (same_batch is None or same_batch(encoded[current[0]], encoded[index]))
+        ):
+            current.append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 # -- pipelines per modality: how items become batches --------------------------------------------------------
@@ -274,16 +290,24 @@ class TextPipeline(Pipeline[TextModality]):
     def _texts(
         self, texts: Iterable[str], batch_size: int, finish: Callable[[Outputs, Feeds], Sequence[_Result]]
     ) -> list[_Result]:
+        return self._encoded(self.task.data.tokenizer.encode(text_list(texts)), batch_size, finish)
+
+    def _encoded(
+        self,
+        encodings: Sequence[tuple[list[int], list[int]]],
+        batch_size: int,
+        finish: Callable[[Outputs, Feeds], Sequence[_Result]],
+    ) -> list[_Result]:
+        """Token ids and type ids (texts or text pairs) in batches of like length (`padding_groups`: padding costs
+        at most `PADDING_SLACK` of a batch's work), each padded alone; results in the encodings' order."""
         data = self.task.data
-        encodings = data.tokenizer.encode(text_list(texts))
-        order = np.argsort([-len(ids) for ids, _ in encodings], kind="stable")
         return self._map(
             encodings,
             batch_size,
             lambda rows: {k: v for k, v in data.tokenizer.pad(rows).items() if k in data.input_names},
             finish,
-            order=[int(i) for i in order],
             outputs=[self.task.output_name(self.runner.outputs)],
+            batches=padding_groups([len(ids) for ids, _ in encodings], max_rows=batch_size),
         )
 
 

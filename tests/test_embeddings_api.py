@@ -198,3 +198,30 @@ def test_no_truncate_api_key_and_model_list(minilm_package: Path, model_name: st
         refused = client.post("/v1/embeddings", json={"model": model_name, "input": LONG_TEXT}, headers=auth)
         assert refused.status_code == 400
         assert "--no-truncate" in refused.json()["error"]["message"]
+
+
+def test_a_package_with_variants_embeds_with_its_default_version(
+    minilm_package: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from converters.quantization import quantize
+    from toolkit.serve.models import LoadOptions
+    from toolkit.serve.openai_api import build_serving_app
+    from toolkit.serve.options import ServeOptions
+
+    versions = Path(shutil.copytree(minilm_package, tmp_path / "minilm"))
+    quantize(versions, "dynamic-int8")
+    package = ModelPackage.open(versions)
+    assert set(package.manifest.variants) == {"fp32", "int8"}
+    fp32 = TextEmbedding.load(versions, variant="fp32").embed(TEXTS)
+    int8 = TextEmbedding.load(versions, variant="int8").embed(TEXTS)
+    assert float(np.abs(int8 - fp32).max()) > 1e-4  # the two versions are told apart below
+    serving = build_serving_app([versions], LoadOptions(threads=1), ServeOptions())
+    with TestClient(serving.app) as client:
+        answer = client.post("/v1/embeddings", json={"model": package.manifest.name, "input": TEXTS})
+    assert answer.status_code == 200, answer.text
+    served = np.array([item["embedding"] for item in answer.json()["data"]], dtype=np.float32)
+    np.testing.assert_allclose(served, fp32, atol=1e-6)

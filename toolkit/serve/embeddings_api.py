@@ -187,11 +187,12 @@ class EmbeddingModel:
 
 
 def embedding_models(models: Sequence[ServedModel]) -> dict[str, EmbeddingModel]:
-    """The served ``embed`` packages by package name (their ``NAME-text`` models carry the task)."""
-    found = {}
+    """The served ``embed`` packages by package name (their ``NAME-text`` models carry the task), each at its
+    default version (the first the registry lists: fp32 when the package has it)."""
+    found: dict[str, EmbeddingModel] = {}
     for model in models:
         if isinstance(model, PipelineModel) and isinstance(model.task, EmbedTask):
-            found[model.engine.name] = EmbeddingModel(model, model.task)
+            found.setdefault(model.engine.name, EmbeddingModel(model, model.task))
     return found
 
 

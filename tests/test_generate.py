@@ -274,13 +274,17 @@ def test_llama_layout_models_get_the_in_place_graph_and_others_optimums(lm_packa
     import onnx
 
     graphs = {kind: ModelPackage.open(path).manifest.generation.graph for kind, path in lm_packages.items()}
-    assert graphs == {"gpt2": "optimum", "llama": "gqa-inplace", "qwen2": "gqa-inplace", "phi3": "optimum"}
+    assert graphs == {"gpt2": "optimum", "llama": "gqa-seqlens", "qwen2": "gqa-seqlens", "phi3": "optimum"}
     package = ModelPackage.open(lm_packages["qwen2"])
-    ops = [n.op_type for n in onnx.load(str(package.path / package.manifest.variant("fp32").file)).graph.node]
+    graph = onnx.load(str(package.path / package.manifest.variant("fp32").file)).graph
+    ops = [n.op_type for n in graph.node]
     assert ops.count("GroupQueryAttention") == 2
-    assert ops.count("Concat") == 1  # the attention bias's shape; no cache concat
+    assert "Concat" not in ops and "Expand" not in ops  # no cache concat, no attention bias built per step
+    # each row's length in, no attention mask: GroupQueryAttention reads the two inputs as they are
+    assert {"seqlens_k", "total_sequence_length"} <= {i.name for i in graph.input}
+    assert "attention_mask" not in {i.name for i in graph.input}
     assert "SkipSimplifiedLayerNormalization" in ops
-    assert package.manifest.exporter == {"name": "edge-toolkit", "graph": "gqa-inplace"}
+    assert package.manifest.exporter == {"name": "edge-toolkit", "graph": "gqa-seqlens"}
     # the weights in external data (onnxruntime maps them; the parsed protobuf holds none), counted in the size
     fp32_file = package.path / package.manifest.variant("fp32").file
     weights = fp32_file.with_name(fp32_file.name + ".data")

@@ -24,7 +24,6 @@ from toolkit.generation.generator import (
     Prompt,
     TextGenerator,
 )
-from toolkit.generation.kv_cache import KVCache
 from toolkit.generation.sampling import GenerationOptions
 
 __all__ = ["ContinuousBatch"]
@@ -95,28 +94,15 @@ class ContinuousBatch:
         logits = alone.logits
         self._logits = logits if self._logits is None else np.concatenate([self._logits, logits])
 
-    def _regroup(self, rows: list[_Row], sources: list[tuple[DecoderStepper | None, int]]) -> None:
-        """Rebuild the cache and mask for `rows`, row i taken from `sources[i]` (stepper, row index)."""
+    def _regroup(self, rows: list[_Row], sources: list[tuple[DecoderStepper, int]]) -> None:
+        """Rebuild the cache for `rows`, row i taken from `sources[i]` (stepper, row index)."""
         self.rows = rows
         self.regroups += 1
         if not rows:
             self._stepper = None
             return
-        # each row keeps its columns from its first real token: columns padded in every row are dropped, so
-        # a long-running batch does not grow past the positions its rows use
-        parts = []
-        for stepper, index in sources:
-            assert stepper is not None
-            parts.append((stepper.cache, index, int(np.argmax(stepper.mask[index, : stepper.cache.length]))))
-        length = max(cache.length - start for cache, _, start in parts)
-        capacity = length + max(r.new for r in rows)  # columns; positions count real tokens only
-        cache = KVCache.assemble(parts, length, capacity)
-        mask = np.zeros((len(rows), capacity), dtype=np.int64)
-        for target, ((stepper, index), (_, _, start)) in enumerate(zip(sources, parts, strict=True)):
-            assert stepper is not None
-            used = stepper.cache.length
-            mask[target, length - (used - start) : length] = stepper.mask[index, start:used]
-        self._stepper = DecoderStepper.resume(self.generator.runner.session, self.generator.spec, cache, mask)
+        session, spec = self.generator.runner.session, self.generator.spec
+        self._stepper = DecoderStepper.regroup(session, spec, sources, [r.new for r in rows])
 
     def drop(self, keys: set[int]) -> None:
         """Take the rows of `keys` out of the batch now (their clients left): their cache columns and logits
@@ -125,6 +111,7 @@ class ContinuousBatch:
         if len(keep) == len(self.rows):
             return
         stepper = self._stepper
+        assert stepper is not None  # rows decoding have a stepper
         self._regroup([self.rows[i] for i in keep], [(stepper, i) for i in keep])
         self._logits = self._logits[keep] if self._logits is not None and keep else None
 

@@ -279,7 +279,8 @@ def test_llama_layout_models_get_the_in_place_graph_and_others_optimums(lm_packa
     graph = onnx.load(str(package.path / package.manifest.variant("fp32").file)).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("GroupQueryAttention") == 2
-    assert "Concat" not in ops and "Expand" not in ops  # no cache concat, no attention bias built per step
+    assert "Concat" not in ops  # no cache concat
+    assert "Expand" not in ops  # no attention bias built per step
     # each row's length in, no attention mask: GroupQueryAttention reads the two inputs as they are
     assert {"seqlens_k", "total_sequence_length"} <= {i.name for i in graph.input}
     assert "attention_mask" not in {i.name for i in graph.input}
@@ -429,6 +430,11 @@ def test_int4_and_int8_variants_report_next_token_agreement_and_perplexity(llama
     assert (int4.settings["block_size"], int4.settings["accuracy_level"]) == (32, 4)
     graph = onnx.load(str(llama_copy / int4.file)).graph
     assert sum(n.op_type == "MatMulNBits" for n in graph.node) == int4.settings["quantized_matmuls"] > 0
+    # like the fp32 graph, each variant keeps its weights in external data (mapped by onnxruntime), counted
+    for variant in manifest.variants.values():
+        model, data = llama_copy / variant.file, llama_copy / f"{variant.file}.data"
+        assert data.stat().st_size > model.stat().st_size  # (tensors under 1 KB stay inline)
+        assert variant.size_bytes == model.stat().st_size + data.stat().st_size
     generator = TextGenerator.load(llama_copy, "cpu", variant="int4")
     assert generator.generate(PROMPTS[0], max_new_tokens=4).timings.new_tokens >= 1
 

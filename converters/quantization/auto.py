@@ -47,7 +47,7 @@ from converters.quantization.methods import (
 from toolkit.atomic import staging_directory
 from toolkit.errors import EdgeError
 from toolkit.host import current_host
-from toolkit.inspect import op_types
+from toolkit.inspect import model_size, op_types
 from toolkit.manifest import FP32_VARIANT, ModelPackage, Variant, tool_versions, variant_file_name
 from toolkit.runner import Runner
 
@@ -244,7 +244,7 @@ def quantize_auto(
             plans.append(_Plan("int4 block 32", "int4", replace(base, block_size=32)))
         candidates: list[Candidate] = []
         staged: dict[str, Path] = {}
-        size_cap = source.stat().st_size * options.max_size if options.max_size else float("inf")
+        size_cap = model_size(source) * options.max_size if options.max_size else float("inf")
 
         def attempt(plan: _Plan) -> Candidate:
             out = folder / f"candidate-{len(staged) + len(candidates)}.onnx"
@@ -372,6 +372,7 @@ def quantize_auto(
             tool_versions=tool_versions(),
         )
         package = install_variant(package, staged[winner.name], variant)
+        variant = package.manifest.variant(variant.name)  # its size counts external data it was given
     return QuantizeResult(
         package=package,
         method="auto",
@@ -381,7 +382,7 @@ def quantize_auto(
             latency,
             median_ms={FP32_VARIANT: latency.median_ms[FP32_VARIANT], name: latency.median_ms[winner.name]},
         ),
-        size_ratio=winner.size_bytes / source.stat().st_size,
+        size_ratio=winner.size_bytes / model_size(source),
         budget=budget,
         candidates=tuple(candidates),
         notes=notes,

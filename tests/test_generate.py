@@ -437,6 +437,15 @@ def test_int4_and_int8_variants_report_next_token_agreement_and_perplexity(llama
         assert variant.size_bytes == model.stat().st_size + data.stat().st_size
     generator = TextGenerator.load(llama_copy, "cpu", variant="int4")
     assert generator.generate(PROMPTS[0], max_new_tokens=4).timings.new_tokens >= 1
+    # a generator's int8 is 8-bit blockwise weight-only on every MatMul (per-tensor dynamic int8 loses agreement)
+    int8_graph = onnx.load(str(llama_copy / manifest.variants["int8"].file)).graph
+    bits = [
+        next(a.i for a in n.attribute if a.name == "bits")
+        for n in int8_graph.node
+        if n.op_type == "MatMulNBits"
+    ]
+    assert bits == [8] * int4.settings["quantized_matmuls"]
+    assert not any(n.op_type == "MatMulInteger" for n in int8_graph.node)
 
 
 def test_int4_picks_block_size_and_accuracy_level_by_measurement(llama_copy: Path) -> None:

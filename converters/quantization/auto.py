@@ -223,7 +223,8 @@ def quantize_auto(
         held_out = held_out_feeds(package)
         reference = Runner(source, "cpu", threads=options.threads)
         wanted = reference_outputs(reference, held_out)
-        base = replace(options, exclude=options.exclude)
+        # candidates say which layers go blockwise: none unless given (not the task's int8 default)
+        base = replace(options, exclude=options.exclude, blockwise=options.blockwise or ())
         plans = [
             _Plan("int8 per-tensor", "dynamic-int8", replace(base, per_channel=False)),
             _Plan("int8 per-channel", "dynamic-int8", replace(base, per_channel=True)),
@@ -237,7 +238,7 @@ def quantize_auto(
                 "8-bit blockwise, every MatMul",
                 "dynamic-int8",
                 # Only embeddings besides: whatever the blockwise pass left (Gemm, Conv) would be u8s8, not portable.
-                replace(base, blockwise=(*options.blockwise, "MatMul"), op_types=("Gather",)),
+                replace(base, blockwise=(*(options.blockwise or ()), "MatMul"), op_types=("Gather",)),
             ),
         ]
         if package.manifest.generation is not None:  # weight-only int4 is the LM candidate
@@ -300,7 +301,7 @@ def quantize_auto(
                 if family.protect == "fp32":
                     plan_options = replace(scheme, exclude=(*options.exclude, *nodes))
                 else:
-                    plan_options = replace(scheme, blockwise=(*options.blockwise, *nodes))
+                    plan_options = replace(scheme, blockwise=(*(options.blockwise or ()), *nodes))
                 candidate = attempt(_Plan(family.label(k), "dynamic-int8", plan_options))
                 candidates.append(candidate)
                 # Protecting more layers only grows the file, so past the size cap there is nothing to gain.

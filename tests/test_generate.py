@@ -714,9 +714,9 @@ def test_edge_bench_times_ttft_and_decode_rate_for_each_variant_and_torch(
     assert "exceeds the model's 64 positions" in too_long.output
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "qwen2"])
+@pytest.mark.parametrize(("kind", "chunk"), [("gpt2", None), ("qwen2", None), ("qwen2", 3)])
 def test_rows_joining_and_leaving_a_running_batch_decode_as_if_alone(
-    kind: str, lm_packages: dict[str, Path]
+    kind: str, chunk: int | None, lm_packages: dict[str, Path]
 ) -> None:
     from toolkit.generation.continuous import ContinuousBatch
 
@@ -725,21 +725,24 @@ def test_rows_joining_and_leaving_a_running_batch_decode_as_if_alone(
     options = [generator.options(max_new_tokens=4 + 3 * i) for i in range(6)]
     options[4] = generator.options(max_new_tokens=12, do_sample=True, top_k=20, seed=3)
     alone = [generator.generate(p, **vars(o)) for p, o in zip(prompts, options, strict=True)]
-    batch = ContinuousBatch(generator)
+    # chunk 3: prompts over 3 tokens prefill 3 positions per step beside the running rows, then join them
+    batch = ContinuousBatch(generator, prefill_chunk=chunk)
     texts = dict.fromkeys(range(6), "")
     results = {}
-    joined = steps = largest = 0
+    joined = steps = largest = waited = 0
     while joined < len(prompts) or batch.size:
         if joined < len(prompts) and steps % 2 == 0:  # a new request every other step, mid-decode
             batch.add(joined, prompts[joined], options[joined])
             joined += 1
         largest = max(largest, batch.size)
+        waited += bool(batch.prefilling)
         for event in batch.step():
             texts[event.row] += event.text
             if event.generation is not None:
                 results[event.row] = event.generation
         steps += 1
     assert largest >= 3  # rows really overlapped
+    assert (waited > 6) == (chunk is not None)  # long prompts really waited, several steps each
     assert [results[i].token_ids for i in range(6)] == [g.token_ids for g in alone]
     assert [texts[i] for i in range(6)] == [g.text for g in alone]
     assert [results[i].finish_reason for i in range(6)] == [g.finish_reason for g in alone]

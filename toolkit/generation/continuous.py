@@ -45,23 +45,33 @@ class _Row:
     first_at: float = 0.0
 
 
-class ContinuousBatch:
-    """The rows decoding together on one generator; `add` between steps, `step` to advance every row."""
+# prompt positions a joining request runs per step of the batch (graphs that take each row's length): a long
+# prompt then delays the running rows' next tokens by one such piece at a time, not by its whole prefill
+PREFILL_CHUNK = 256
 
-    def __init__(self, generator: TextGenerator) -> None:
+
+class ContinuousBatch:
+    """The rows decoding together on one generator; `add` between steps, `step` to advance every row. Prompts
+    longer than `prefill_chunk` (row-length graphs) wait beside the batch, one piece of their prefill run per
+    step, and join it when it is done."""
+
+    def __init__(self, generator: TextGenerator, prefill_chunk: int | None = PREFILL_CHUNK) -> None:
         self.generator = generator
+        self.prefill_chunk = prefill_chunk
         self.rows: list[_Row] = []
+        self.prefilling: list[tuple[_Row, DecoderStepper]] = []
         self._stepper: DecoderStepper | None = None
         self._logits: np.ndarray | None = None  # [rows, vocab]: each row's next-token logits
         self.regroups = 0
 
     @property
     def size(self) -> int:
-        """Rows decoding now."""
-        return len(self.rows)
+        """Rows decoding now or still prefilling."""
+        return len(self.rows) + len(self.prefilling)
 
     def add(self, key: int, prompt: Prompt, options: GenerationOptions) -> None:
-        """Prefill `prompt` alone and merge it into the batch; its events will carry `key` as their row."""
+        """Prefill `prompt` alone and merge it into the batch (a long one: piece by piece over the next steps);
+        its events will carry `key` as their row."""
         generator = self.generator
         spec = generator.spec
         started = time.perf_counter()
@@ -69,26 +79,33 @@ class ContinuousBatch:
         generator.check_length(ids)
         plan = generator.row_plan(options, spec.max_positions - len(ids))
         prompt_ids = np.asarray([ids], dtype=np.int64)
-        alone = DecoderStepper(
-            generator.runner.session,
-            spec,
-            prompt_ids,
-            np.ones_like(prompt_ids),
-            len(ids) + 1,
-            generator.device,
-            generator.device_id,
-        )
-        row = _Row(
+        session, device = generator.runner.session, (generator.device, generator.device_id)
+        chunk = self.prefill_chunk
+        if chunk is not None and spec.row_lengths and len(ids) > chunk:
+            waiting = DecoderStepper.chunked(session, spec, prompt_ids, len(ids) + 1, *device)
+            self.prefilling.append((self._row(key, text, ids, plan, options, started), waiting))
+            return
+        alone = DecoderStepper(session, spec, prompt_ids, np.ones_like(prompt_ids), len(ids) + 1, *device)
+        self._join(self._row(key, text, ids, plan, options, started), alone)
+
+    def _row(
+        self, key: int, text: str, ids: list[int], plan: RowPlan, options: GenerationOptions, started: float
+    ) -> _Row:
+        """A row of request `key` (its prefill so far counted from `started`)."""
+        return _Row(
             key=key,
             text=text,
             prompt_tokens=len(ids),
             plan=plan,
-            watcher=generator.detokenizer(options),
+            watcher=self.generator.detokenizer(options),
             history=list(ids),
             prefill_ms=(time.perf_counter() - started) * 1e3,
             started=started,
             new=plan.max_new_tokens,
         )
+
+    def _join(self, row: _Row, alone: DecoderStepper) -> None:
+        """Merge `row`, whose prompt `alone` has run, into the batch."""
         sources = [(self._stepper, i) for i in range(len(self.rows))] if self._stepper else []
         self._regroup([*self.rows, row], [*sources, (alone, 0)])
         logits = alone.logits
@@ -107,6 +124,7 @@ class ContinuousBatch:
     def drop(self, keys: set[int]) -> None:
         """Take the rows of `keys` out of the batch now (their clients left): their cache columns and logits
         are freed at once, and the other rows decode on as if those had never joined."""
+        self.prefilling = [(row, stepper) for row, stepper in self.prefilling if row.key not in keys]
         keep = [i for i, row in enumerate(self.rows) if row.key not in keys]
         if len(keep) == len(self.rows):
             return
@@ -116,7 +134,15 @@ class ContinuousBatch:
         self._logits = self._logits[keep] if self._logits is not None and keep else None
 
     def step(self) -> list[GenerationEvent]:
-        """Choose every row's next token, report it, drop finished rows and run the decoder for the rest."""
+        """Run a piece of the first waiting prompt (joining the batch when done), choose every row's next token,
+        report it, drop finished rows and run the decoder for the rest."""
+        if self.prefilling:
+            row, waiting = self.prefilling[0]
+            assert self.prefill_chunk is not None  # rows wait only when it is set
+            if waiting.prefill(self.prefill_chunk):
+                del self.prefilling[0]
+                row.prefill_ms = (time.perf_counter() - row.started) * 1e3
+                self._join(row, waiting)
         if not self.rows or self._logits is None or self._stepper is None:
             return []
         events: list[GenerationEvent] = []

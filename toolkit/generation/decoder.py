@@ -52,6 +52,8 @@ class DecoderStepper:
     """Runs the prompt of a batch (given left-padded, with its mask), then one token per row per step, through IO
     binding."""
 
+    _prompt: np.ndarray  # a chunked stepper's prompt ids
+
     def __init__(
         self,
         session: ort.InferenceSession,
@@ -154,6 +156,37 @@ class DecoderStepper:
 
     # -- rows by their own length (gqa-seqlens) ---------------------------------------------------------
 
+    @classmethod
+    def chunked(
+        cls,
+        session: ort.InferenceSession,
+        spec: GenerationSpec,
+        input_ids: np.ndarray,
+        capacity: int,
+        device: str = "cpu",
+        device_id: int = 0,
+    ) -> DecoderStepper:
+        """A stepper whose prompt (rows of equal length) has not run yet: `prefill` runs it a piece at a time,
+        so a long prompt joining a running batch costs each of the batch's steps one piece (row-length graphs)."""
+        self = cls.__new__(cls)
+        self._setup(session, spec, device, device_id)
+        self.cache = KVCache(cache_layout(spec), input_ids.shape[0], capacity, device, device_id)
+        self._prompt = np.ascontiguousarray(input_ids, dtype=np.int64)
+        self._lengths = np.zeros(input_ids.shape[0], dtype=np.int32)
+        self._logits = np.empty(input_ids.shape[0] * self.vocab, dtype=self._logits_dtype)
+        return self
+
+    def prefill(self, tokens: int) -> bool:
+        """Run the next `tokens` positions of a `chunked` stepper's prompt; True once all have run (`logits`
+        then holds the last position's)."""
+        done = self.cache.length
+        piece = self._prompt[:, done : done + tokens]
+        logits = self._run_prompt(piece, np.full(piece.shape[0], done + piece.shape[1], dtype=np.int32), 1)
+        if self.cache.length < self._prompt.shape[1]:
+            return False
+        self.logits = logits[:, 0]
+        return True
+
     def _prefill_rows(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Run the prompt with each row's real tokens moved to column 0 (right-padded); the last real
         position's logits per row."""
@@ -167,22 +200,29 @@ class DecoderStepper:
                 ids[row, : lengths[row]] = input_ids[row][real[row]]
         else:
             ids = input_ids
-        # equal rows need the last position only; ragged ones every position, each row picking its last real one
-        kept = prompt if ragged else 1
-        self._lengths = lengths
         self._logits = np.empty(batch * self.vocab, dtype=self._logits_dtype)  # the steps'
+        # equal rows need the last position only; ragged ones every position, each row picking its last real one
+        logits = self._run_prompt(ids, lengths, prompt if ragged else 1)
+        last = lengths - 1 if ragged else np.zeros(batch, dtype=np.int64)
+        return logits[np.arange(batch), last]
+
+    def _run_prompt(self, ids: np.ndarray, lengths: np.ndarray, kept: int) -> np.ndarray:
+        """Run prompt positions `ids` (columns after the cache's) with rows reaching `lengths`; logits of the
+        last `kept` positions [batch, kept, vocab] as float32. The next step binds its own inputs again."""
+        batch, new = ids.shape
         logits = np.empty((batch, kept, self.vocab), dtype=self._logits_dtype)
         binding = self.binding
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
         for name, value in row_length_feeds(lengths).items():
             binding.bind_cpu_input(name, value)
         binding.bind_cpu_input(LOGITS_TO_KEEP, np.asarray(kept, dtype=np.int64))
-        self.cache.bind(binding, prompt)
+        self.cache.bind(binding, new)
         binding.bind_output("logits", "cpu", 0, self._logits_dtype, list(logits.shape), logits.ctypes.data)
         self.session.run_with_iobinding(binding)
-        self.cache.advance(prompt)
-        last = lengths - 1 if ragged else np.zeros(batch, dtype=np.int64)
-        return logits[np.arange(batch), last].astype(np.float32)
+        self.cache.advance(new)
+        self._lengths = lengths
+        self._bound = False
+        return logits.astype(np.float32)
 
     def _bind_steps(self) -> None:
         """Bind a step's inputs and outputs once: host arrays rewritten in place before every run."""

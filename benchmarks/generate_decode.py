@@ -373,6 +373,12 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=180)
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also profile an edge int4 decode step per op")
+    parser.add_argument(
+        "--interleaved-trials",
+        type=int,
+        default=8,
+        help="with --edge-python: edge and genai decode steps timed in one process, trials interleaved",
+    )
     parser.add_argument("--genai-python", type=Path, default=None)
     parser.add_argument(
         "--edge-python",
@@ -548,6 +554,29 @@ def main() -> None:
                         f"TTFT512 {med['ttft_512_ms'] / genai_med['ttft_512_ms']:.2f}x, "
                         f"peak RSS {med['peak_rss_mb'] / genai_med['peak_rss_mb']:.2f}x"
                     )
+        for precision, folder in genai.items() if args.edge_python else ():
+            ab = _worker(
+                [
+                    str(args.genai_python),
+                    str(genai_script),
+                    str(folder),
+                    "--threads",
+                    str(threads),
+                    "--rounds",
+                    str(args.interleaved_trials),
+                    "--edge-package",
+                    str(package_dir),
+                    "--edge-variant",
+                    precision.split()[-1],
+                    *common,
+                ]
+            )
+            print(
+                f"  one process, {args.interleaved_trials} interleaved trials of 32 steps (genai venv's onnxruntime): "
+                f"edge {precision.split()[-1]} / {precision} decode {ab['genai_step_ms'] / ab['edge_step_ms']:.2f}x "
+                f"best ({ab['edge_step_ms']:.2f} vs {ab['genai_step_ms']:.2f} ms/step), "
+                f"{ab['genai_median_ms'] / ab['edge_median_ms']:.2f}x median"
+            )
         if args.profile:
             for batch in (1, 8):
                 _profile_step(

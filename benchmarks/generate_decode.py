@@ -8,6 +8,7 @@ Run from the repo root:  python benchmarks/generate_decode.py [--out out/generat
     [--edge-python GENAI_VENV/bin/python]    (adds edge's in-place graph on that venv's onnxruntime)
     [--skip-optimum]                         (leaves out edge on optimum's graph)
     [--threads 1,2] [--rounds 2] [--train-seconds 180]
+    [--profile]                              (an edge int4 decode step per op type, batch 1 and 8)
 
 Every backend runs in its own fresh process (so peak RSS is its own), gets the same prompt ids, generates
 greedily with eos ignored and is timed the same way: time to first token = wall time of a 1-token generation
@@ -18,8 +19,9 @@ bandwidth (numpy, one thread) over the weight bytes a token reads (every weight 
 fraction of it a backend reaches shows how far it is from the physical limit.
 
 Quality: a Llama-layout model (4 layers, hidden 256) trained for --train-seconds on the standard library's
-`pydoc_data.topics` text; int4 (`--block-size auto`), dynamic int8 and 8-bit blockwise weight-only int8 against fp32 on held-out windows of the
-same corpus: next-token agreement and perplexity ratio.
+`pydoc_data.topics` text; int4 (block size and accuracy level picked by measurement), int8 (a generator's
+default: 8-bit blockwise weight-only) and per-tensor dynamic int8 against fp32 on held-out windows of the same
+corpus: next-token agreement and perplexity ratio.
 """
 
 from __future__ import annotations
@@ -241,6 +243,50 @@ def _bytes_per_token(onnx_file: Path) -> int:
     return total
 
 
+def _profile_step(onnx_file: Path, spec: Any, threads: int, batch: int, steps: int = 24) -> None:
+    """Where an edge decode step's time goes: onnxruntime's profile of `steps` steps, per op type (each node's
+    fastest run, so other processes' load counts least), against the whole run's best wall time."""
+    import collections
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from toolkit.generation.decoder import DecoderStepper
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(onnx_file.parent / "step-profile")
+    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    ids = np.tile(np.arange(5, 133, dtype=np.int64), (batch, 1))
+    stepper = DecoderStepper(session, spec, ids, np.ones_like(ids), ids.shape[1] + steps + 4)
+    tokens = np.full(batch, 7, dtype=np.int64)
+    for _ in range(4):
+        stepper.step(tokens)
+    walls = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        stepper.step(tokens)
+        walls.append(time.perf_counter() - started)
+    profile = Path(session.end_profiling())
+    events = json.loads(profile.read_text())
+    profile.unlink()
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][-steps:]
+    per_node: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= runs[0]["ts"]:
+            per_node[(e["args"]["op_name"], e["name"])].append(e["dur"])
+    by_op: collections.Counter[str] = collections.Counter()
+    for (op, _), durations in per_node.items():
+        by_op[op] += min(durations)
+    kernels = sum(by_op.values())
+    print(
+        f"  profile, int4 batch {batch}: best step {min(walls) * 1e3:.2f} ms wall, best run "
+        f"{min(r['dur'] for r in runs) / 1e3:.2f} ms, kernels {kernels / 1e3:.2f} ms over {len(per_node)} nodes: "
+        + ", ".join(f"{op} {us / 1e3:.2f} ms ({us / kernels:.0%})" for op, us in by_op.most_common(6))
+    )
+
+
 def _genai_models(args: argparse.Namespace, source: Path) -> dict[str, Path]:
     """onnxruntime-genai's model builder output for fp32 and int4 (built once into --out)."""
     models = {}
@@ -268,14 +314,12 @@ def _quality(args: argparse.Namespace) -> None:
         print(_train_model(source, args.train_seconds, max(args.threads_list)))
     if not (package_dir / "edge.json").is_file():
         convert(str(source), package_dir, ConvertOptions(force=True))
-    # int8 twice: dynamic (MatMulInteger, per-tensor activations) and 8-bit blockwise weight-only MatMulNBits
+    # int8 twice: a generator's default (8-bit blockwise weight-only MatMulNBits, int8 activations per block) and
+    # per-tensor dynamic int8 (MatMulInteger) for comparison
     plans = {
         "int4": ("int4", QuantizeOptions(budget=0.9)),
         "int8": ("dynamic-int8", QuantizeOptions(budget=0.9)),
-        "int8-blockwise": (
-            "dynamic-int8",
-            QuantizeOptions(budget=0.9, blockwise=("MatMul",), op_types=("Gather",), name="int8-blockwise"),
-        ),
+        "int8-dynamic": ("dynamic-int8", QuantizeOptions(budget=0.9, blockwise=(), name="int8-dynamic")),
     }
     for name, (method, options) in plans.items():
         if name not in ModelPackage.open(package_dir).manifest.variants:
@@ -328,6 +372,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--train-seconds", type=float, default=180)
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="also profile an edge int4 decode step per op")
+    parser.add_argument(
+        "--interleaved-trials",
+        type=int,
+        default=8,
+        help="with --edge-python: edge and genai decode steps timed in one process, trials interleaved",
+    )
     parser.add_argument("--genai-python", type=Path, default=None)
     parser.add_argument(
         "--edge-python",
@@ -481,8 +532,11 @@ def main() -> None:
             f"\n{threads} thread(s)\n{'backend':<24} {'decode tok/s':>12} {'TTFT128 ms':>11} {'TTFT512 ms':>11} "
             f"{'peak RSS MB':>12} {'MB/token':>9} {'of bw bound':>12} {'batch 8 tok/s':>14}"
         )
-        for name, rows in measured.items():
-            med = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+        medians = {
+            name: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+            for name, rows in measured.items()
+        }
+        for name, med in medians.items():
             bound = bandwidth / weights[name]
             batch8 = med.get("batch8_tokens_per_s")
             batch_text = f"{batch8:.1f} ({batch8 / med['decode_tokens_per_s']:.1f}x)" if batch8 else "-"
@@ -491,6 +545,47 @@ def main() -> None:
                 f"{med['peak_rss_mb']:>12.0f} {weights[name] / 1e6:>9.1f} {med['decode_tokens_per_s'] / bound:>11.0%} "
                 f"{batch_text:>14}"
             )
+        for precision in ("int4", "fp32") if genai else ():
+            genai_med = medians[f"onnxruntime-genai {precision}"]
+            for name, med in medians.items():
+                if (
+                    name.startswith("edge")
+                    and name.split(" (")[0].endswith(precision)
+                    and "optimum" not in name
+                ):
+                    print(
+                        f"  {name} / genai {precision}: decode {med['decode_tokens_per_s'] / genai_med['decode_tokens_per_s']:.2f}x, "
+                        f"TTFT512 {med['ttft_512_ms'] / genai_med['ttft_512_ms']:.2f}x, "
+                        f"peak RSS {med['peak_rss_mb'] / genai_med['peak_rss_mb']:.2f}x"
+                    )
+        for precision, folder in genai.items() if args.edge_python else ():
+            ab = _worker(
+                [
+                    str(args.genai_python),
+                    str(genai_script),
+                    str(folder),
+                    "--threads",
+                    str(threads),
+                    "--rounds",
+                    str(args.interleaved_trials),
+                    "--edge-package",
+                    str(package_dir),
+                    "--edge-variant",
+                    precision.split()[-1],
+                    *common,
+                ]
+            )
+            print(
+                f"  one process, {args.interleaved_trials} interleaved trials of 32 steps (genai venv's onnxruntime): "
+                f"edge {precision.split()[-1]} / {precision} decode {ab['genai_step_ms'] / ab['edge_step_ms']:.2f}x "
+                f"best ({ab['edge_step_ms']:.2f} vs {ab['genai_step_ms']:.2f} ms/step), "
+                f"{ab['genai_median_ms'] / ab['edge_median_ms']:.2f}x median"
+            )
+        if args.profile:
+            for batch in (1, 8):
+                _profile_step(
+                    package_dir / manifest.variants["int4"].file, manifest.generation, threads, batch
+                )
     print("\nllama.cpp: not run (llama-cpp-python builds from source for many minutes on this host)")
     if not args.skip_quality:
         _quality(args)

@@ -9,6 +9,11 @@ MODEL_DIR is onnxruntime-genai's model builder output (python -m onnxruntime_gen
 first token = a 1-token generation, decode tokens/s = (N - 1) / (N-token time - 1-token time), medians of
 --rounds; TTFT of the --long-ids prompt too; prints one JSON line {"ttft_ms", "ttft_512_ms",
 "decode_tokens_per_s", "peak_rss_mb"} (peak RSS of this process: the model and its generation).
+
+With --edge-package DIR [--edge-variant int4] it instead times decode steps of genai and of edge's package
+(edge-toolkit importable) in this one process, on this venv's onnxruntime, trials interleaved: other processes'
+load hits both alike, and the fastest trial of each is the least disturbed. Prints {"edge_step_ms",
+"genai_step_ms"} (best trials) and their medians.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _peak_rss_mb() -> float:
@@ -29,6 +35,52 @@ def _peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _interleaved(
+    og: Any, model: Any, args: argparse.Namespace, ids: list[int], steps: int = 32
+) -> dict[str, float]:
+    """Decode-step times of genai and edge, `args.rounds` trials each, interleaved in this process."""
+    import numpy as np
+
+    from toolkit.generation import TextGenerator
+    from toolkit.generation.decoder import DecoderStepper
+
+    edge = TextGenerator.load(args.edge_package, "cpu", variant=args.edge_variant, threads=args.threads)
+    prompt = np.asarray([ids], dtype=np.int64)
+
+    def edge_step() -> float:
+        stepper = DecoderStepper(
+            edge.runner.session, edge.spec, prompt, np.ones_like(prompt), len(ids) + steps + 1
+        )
+        token = np.asarray([ids[-1]], dtype=np.int64)
+        started = time.perf_counter()
+        for _ in range(steps):
+            token = stepper.step(token).argmax(-1)
+        return (time.perf_counter() - started) / steps
+
+    def genai_step() -> float:
+        params = og.GeneratorParams(model)
+        length = len(ids) + steps + 1
+        params.set_search_options(do_sample=False, max_length=length, min_length=length, batch_size=1)
+        generator = og.Generator(model, params)
+        generator.append_tokens([ids])
+        started = time.perf_counter()
+        for _ in range(steps):
+            generator.generate_next_token()
+        return (time.perf_counter() - started) / steps
+
+    edge_step(), genai_step()  # warm-up
+    edge_times, genai_times = [], []
+    for _ in range(args.rounds):
+        edge_times.append(edge_step())
+        genai_times.append(genai_step())
+    return {
+        "edge_step_ms": min(edge_times) * 1e3,
+        "genai_step_ms": min(genai_times) * 1e3,
+        "edge_median_ms": statistics.median(edge_times) * 1e3,
+        "genai_median_ms": statistics.median(genai_times) * 1e3,
+    }
 
 
 def main() -> None:
@@ -40,6 +92,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--edge-package", type=Path, default=None)
+    parser.add_argument("--edge-variant", default="int4")
     args = parser.parse_args()
 
     import onnxruntime_genai as og
@@ -56,6 +110,9 @@ def main() -> None:
         options["inter_op_num_threads"] = 1
         config_file.write_text(json.dumps(config))
         model = og.Model(str(folder))
+        if args.edge_package is not None:
+            print(json.dumps(_interleaved(og, model, args, ids)))
+            return
 
         def run(n: int, prompt: list[int] = ids) -> None:
             params = og.GeneratorParams(model)

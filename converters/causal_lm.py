@@ -33,7 +33,7 @@ from toolkit.errors import ExportError
 from toolkit.inspect import inspect_model
 from toolkit.manifest import (
     FP32_VARIANT,
-    GQA_INPLACE_GRAPH,
+    GQA_SEQLENS_GRAPH,
     OPTIMUM_GRAPH,
     GenerationSpec,
     Manifest,
@@ -298,11 +298,11 @@ def _export_decoder(
         shapes = export_gqa_decoder(model, onnx_file)
         seconds = round(time.perf_counter() - started, 2)
         return (
-            GQA_INPLACE_GRAPH,
+            GQA_SEQLENS_GRAPH,
             shapes["rotary_inv_freq"],
             {
                 "exporter": "edge-toolkit",
-                "graph": GQA_INPLACE_GRAPH,
+                "graph": GQA_SEQLENS_GRAPH,
                 "export_seconds": seconds,
             },
         )

@@ -8,12 +8,14 @@ place (``past_key_values.*`` and ``present.*`` are bound to the same memory: onn
 at ``total_sequence_length - new`` and copies nothing else), the output MatMul, and the SiLU MLP. The LM head runs
 only on the last ``num_logits_to_keep`` positions (1 while generating).
 
-Rows are left-padded as everywhere in edge-toolkit: every row writes the same cache positions, and the attention
-mask becomes GroupQueryAttention's additive bias so padded positions get no weight. The fused rotary rotates each
-position by its cache column (GroupQueryAttention takes no per-row positions once decoding); a rotary embedding
-only sees differences of positions, so a row's left padding changes nothing, and a row moved to other columns
-(step-level batching regrouping rows) has its keys rotated by the shift (`KVCache.assemble`, from the
-``rotary_inv_freq`` the package records).
+Rows are not padded on the left, and there is no attention mask: the graph takes what onnxruntime-genai's graph
+computes from one, each row's length (``seqlens_k`` [batch] int32, the row's total positions minus one) and the
+longest (``total_sequence_length`` int32). Every row's tokens start at cache column 0, so its cache column is its
+position (the fused rotary's); a step writes row b's new token at column ``seqlens_k[b]`` and attends to columns
+up to it, so rows of different lengths decode together with nothing masked (a prompt batch is right-padded: a
+shorter row's padding positions are written past its length, overwritten by its next tokens and never read).
+Packages made before held ``"gqa-inplace"``, the same graph fed an attention mask as an additive bias over
+left-padded rows; the decoder loop still runs them.
 """
 
 from __future__ import annotations
@@ -24,15 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.generation.decoder import LOGITS_TO_KEEP
+from toolkit.generation.decoder import LOGITS_TO_KEEP, SEQLENS, TOTAL_LENGTH
 
 __all__ = ["GQA_ARCHITECTURES", "export_gqa_decoder", "supports_gqa"]
 
 log = logging.getLogger(__name__)
-
-# additive bias for padded key positions: exp() of it is 0 in fp32 and fp16 alike, and it stays finite
-_MASKED = -10000.0
-
 
 # the same module layout (q/k/v/o_proj, gate/up/down_proj, RMS norms, rotary_emb); Qwen2 adds q/k/v biases
 GQA_ARCHITECTURES = frozenset({"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"})
@@ -133,24 +131,6 @@ def _decoder_graph(model: Any, dtype: np.dtype) -> tuple[_Graph, dict[str, Any]]
     graph = _Graph(dtype)
     inner = model.model
 
-    # mask [batch, total] -> additive bias [batch, 1, new, total], seqlens_k [batch] (total - 1), total length
-    mask_float = graph.one("Cast", ["attention_mask"], to=_onnx_type(dtype))
-    bias = graph.one(
-        "Mul", [graph.one("Sub", [mask_float, graph.const(1.0, dtype)]), graph.const(-_MASKED, dtype)]
-    )
-    bias = graph.one("Unsqueeze", [bias, graph.const([1, 2])])
-    # GroupQueryAttention wants the bias as [batch, 1, new, total]: broadcast over the new positions
-    new_positions = graph.one(
-        "Slice", [graph.one("Shape", ["input_ids"]), graph.const([1]), graph.const([2])]
-    )
-    bias_shape = graph.one("Concat", [graph.const([1, 1]), new_positions, graph.const([1])], axis=0)
-    bias = graph.one("Expand", [bias, bias_shape])
-    ones = graph.one("Cast", [graph.one("GreaterOrEqual", ["attention_mask", graph.const(0)])], to=7)
-    row_total = graph.one("ReduceSum", [ones, graph.const([1])], keepdims=0)
-    seqlens_k = graph.one("Cast", [graph.one("Sub", [row_total, graph.const(1)])], to=6)
-    total = graph.one(
-        "Cast", [graph.one("Gather", [graph.one("Shape", ["attention_mask"]), graph.const(1)])], to=6
-    )
     cos, sin = _rotary_tables(model, positions, head_dim)
     cos_cache = graph.weight("cos_cache", cos)
     sin_cache = graph.weight("sin_cache", sin)
@@ -193,12 +173,10 @@ def _decoder_graph(model: Any, dtype: np.dtype) -> tuple[_Graph, dict[str, Any]]
                 "",
                 f"past_key_values.{index}.key",
                 f"past_key_values.{index}.value",
-                seqlens_k,
-                total,
+                SEQLENS,
+                TOTAL_LENGTH,
                 cos_cache,
                 sin_cache,
-                "",
-                bias,
             ],
             [graph.name("attention"), f"present.{index}.key", f"present.{index}.value"],
             domain="com.microsoft",
@@ -270,7 +248,8 @@ def export_gqa_decoder(model: Any, out: Path, dtype: str = "float32") -> dict[st
     cache = ["batch", shapes["kv_heads"], "cache", shapes["head_dim"]]
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
+        helper.make_tensor_value_info(SEQLENS, TensorProto.INT32, ["batch"]),
+        helper.make_tensor_value_info(TOTAL_LENGTH, TensorProto.INT32, []),
         helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, []),
     ]
     outputs = [helper.make_tensor_value_info("logits", elem, ["batch", "kept", shapes["vocab"]])]

@@ -282,13 +282,18 @@ def test_llama_layout_models_get_the_in_place_graph_and_others_optimums(lm_packa
     import onnx
 
     graphs = {kind: ModelPackage.open(path).manifest.generation.graph for kind, path in lm_packages.items()}
-    assert graphs == {"gpt2": "optimum", "llama": "gqa-inplace", "qwen2": "gqa-inplace", "phi3": "optimum"}
+    assert graphs == {"gpt2": "optimum", "llama": "gqa-seqlens", "qwen2": "gqa-seqlens", "phi3": "optimum"}
     package = ModelPackage.open(lm_packages["qwen2"])
-    ops = [n.op_type for n in onnx.load(str(package.path / package.manifest.variant("fp32").file)).graph.node]
+    graph = onnx.load(str(package.path / package.manifest.variant("fp32").file)).graph
+    ops = [n.op_type for n in graph.node]
     assert ops.count("GroupQueryAttention") == 2
-    assert ops.count("Concat") == 1  # the attention bias's shape; no cache concat
+    assert "Concat" not in ops  # no cache concat
+    assert "Expand" not in ops  # no attention bias built per step
+    # each row's length in, no attention mask: GroupQueryAttention reads the two inputs as they are
+    assert {"seqlens_k", "total_sequence_length"} <= {i.name for i in graph.input}
+    assert "attention_mask" not in {i.name for i in graph.input}
     assert "SkipSimplifiedLayerNormalization" in ops
-    assert package.manifest.exporter == {"name": "edge-toolkit", "graph": "gqa-inplace"}
+    assert package.manifest.exporter == {"name": "edge-toolkit", "graph": "gqa-seqlens"}
     # the weights in external data (onnxruntime maps them; the parsed protobuf holds none), counted in the size
     fp32_file = package.path / package.manifest.variant("fp32").file
     weights = fp32_file.with_name(fp32_file.name + ".data")
@@ -507,8 +512,22 @@ def test_int4_and_int8_variants_report_next_token_agreement_and_perplexity(llama
     assert (int4.settings["block_size"], int4.settings["accuracy_level"]) == (32, 4)
     graph = onnx.load(str(llama_copy / int4.file)).graph
     assert sum(n.op_type == "MatMulNBits" for n in graph.node) == int4.settings["quantized_matmuls"] > 0
+    # like the fp32 graph, each variant keeps its weights in external data (mapped by onnxruntime), counted
+    for variant in manifest.variants.values():
+        model, data = llama_copy / variant.file, llama_copy / f"{variant.file}.data"
+        assert data.stat().st_size > model.stat().st_size  # (tensors under 1 KB stay inline)
+        assert variant.size_bytes == model.stat().st_size + data.stat().st_size
     generator = TextGenerator.load(llama_copy, "cpu", variant="int4")
     assert generator.generate(PROMPTS[0], max_new_tokens=4).timings.new_tokens >= 1
+    # a generator's int8 is 8-bit blockwise weight-only on every MatMul (per-tensor dynamic int8 loses agreement)
+    int8_graph = onnx.load(str(llama_copy / manifest.variants["int8"].file)).graph
+    bits = [
+        next(a.i for a in n.attribute if a.name == "bits")
+        for n in int8_graph.node
+        if n.op_type == "MatMulNBits"
+    ]
+    assert bits == [8] * int4.settings["quantized_matmuls"]
+    assert not any(n.op_type == "MatMulInteger" for n in int8_graph.node)
 
 
 def test_int4_picks_block_size_and_accuracy_level_by_measurement(llama_copy: Path) -> None:
@@ -778,9 +797,9 @@ def test_edge_bench_times_ttft_and_decode_rate_for_each_variant_and_torch(
     assert "exceeds the model's 64 positions" in too_long.output
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "qwen2"])
+@pytest.mark.parametrize(("kind", "chunk"), [("gpt2", None), ("qwen2", None), ("qwen2", 3)])
 def test_rows_joining_and_leaving_a_running_batch_decode_as_if_alone(
-    kind: str, lm_packages: dict[str, Path]
+    kind: str, chunk: int | None, lm_packages: dict[str, Path]
 ) -> None:
     from toolkit.generation.continuous import ContinuousBatch
 
@@ -789,21 +808,24 @@ def test_rows_joining_and_leaving_a_running_batch_decode_as_if_alone(
     options = [generator.options(max_new_tokens=4 + 3 * i) for i in range(6)]
     options[4] = generator.options(max_new_tokens=12, do_sample=True, top_k=20, seed=3)
     alone = [generator.generate(p, **vars(o)) for p, o in zip(prompts, options, strict=True)]
-    batch = ContinuousBatch(generator)
+    # chunk 3: prompts over 3 tokens prefill 3 positions per step beside the running rows, then join them
+    batch = ContinuousBatch(generator, prefill_chunk=chunk)
     texts = dict.fromkeys(range(6), "")
     results = {}
-    joined = steps = largest = 0
+    joined = steps = largest = waited = 0
     while joined < len(prompts) or batch.size:
         if joined < len(prompts) and steps % 2 == 0:  # a new request every other step, mid-decode
             batch.add(joined, prompts[joined], options[joined])
             joined += 1
         largest = max(largest, batch.size)
+        waited += bool(batch.prefilling)
         for event in batch.step():
             texts[event.row] += event.text
             if event.generation is not None:
                 results[event.row] = event.generation
         steps += 1
     assert largest >= 3  # rows really overlapped
+    assert (waited > 6) == (chunk is not None)  # long prompts really waited, several steps each
     assert [results[i].token_ids for i in range(6)] == [g.token_ids for g in alone]
     assert [texts[i] for i in range(6)] == [g.text for g in alone]
     assert [results[i].finish_reason for i in range(6)] == [g.finish_reason for g in alone]

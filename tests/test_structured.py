@@ -196,6 +196,31 @@ def test_n_rows_of_one_prompt_share_one_prefill(
         assert finished[key] == _alone(generator, "Edge inference", options).token_ids
 
 
+def test_n_rows_of_a_long_prompt_share_its_chunked_prefill(generator: TextGenerator) -> None:
+    """A prompt longer than the prefill chunk waits beside the batch, piece by piece, with all its rows; they
+    join together and each decodes as a request of its own would."""
+    assert generator.spec.row_lengths  # the graph that prefills in chunks
+    prompt = "Edge inference on a small board, piece by piece"
+    rows = {key: GenerationOptions(max_new_tokens=6, do_sample=True, seed=40 + key) for key in range(3)}
+    batch = ContinuousBatch(generator, prefill_chunk=2)
+    batch.add(9, "Edge", GenerationOptions(max_new_tokens=20))
+    batch.add_rows(rows, prompt)
+    assert batch.size == 4
+    assert len(batch.prefilling) == 1
+    batch.drop({1})
+    assert batch.size == 3
+    finished: dict[int, tuple[int, ...]] = {}
+    waited = 0
+    while batch.size:
+        waited += bool(batch.prefilling)
+        finished.update({e.row: e.generation.token_ids for e in batch.step() if e.generation is not None})
+    assert waited > 2
+    assert set(finished) == {0, 2, 9}
+    for key in (0, 2):
+        assert finished[key] == _alone(generator, prompt, rows[key]).token_ids
+    assert finished[9] == _alone(generator, "Edge", GenerationOptions(max_new_tokens=20)).token_ids
+
+
 def _alone(generator: TextGenerator, prompt: str, options: GenerationOptions) -> Generation:
     return next(e.generation for e in generator.run_batch([prompt], options) if e.generation is not None)
 

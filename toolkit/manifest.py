@@ -30,6 +30,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FP32_VARIANT",
     "GQA_INPLACE_GRAPH",
+    "GQA_SEQLENS_GRAPH",
     "MANIFEST_NAME",
     "OPTIMUM_GRAPH",
     "AudioPreprocessing",
@@ -234,10 +235,13 @@ def section_of(preprocessing: Preprocessing | None, kind: type[_Section]) -> _Se
 
 # --- generation contract ---------------------------------------------------------------------
 # the decoder graphs a generate package may hold: optimum-onnx's export (past in, a longer present out) and
-# edge-toolkit's own (converters/gqa_decoder.py: GroupQueryAttention over one in-place buffer)
+# edge-toolkit's own (converters/gqa_decoder.py: GroupQueryAttention over one in-place buffer); "gqa-inplace"
+# took left-padded rows and an attention mask (packages made before "gqa-seqlens" replaced it), "gqa-seqlens"
+# takes each row's length instead (rows start at column 0, no mask)
 OPTIMUM_GRAPH = "optimum"
 GQA_INPLACE_GRAPH = "gqa-inplace"
-DECODER_GRAPHS = (OPTIMUM_GRAPH, GQA_INPLACE_GRAPH)
+GQA_SEQLENS_GRAPH = "gqa-seqlens"
+DECODER_GRAPHS = (OPTIMUM_GRAPH, GQA_INPLACE_GRAPH, GQA_SEQLENS_GRAPH)
 
 
 @dataclass(frozen=True)
@@ -273,7 +277,13 @@ class GenerationSpec:
     def in_place(self) -> bool:
         """The decoder writes new positions into its past buffer (past and present bound to one buffer of the
         full capacity) and takes ``num_logits_to_keep``; else it returns a present one position longer."""
-        return self.graph == GQA_INPLACE_GRAPH
+        return self.graph in (GQA_INPLACE_GRAPH, GQA_SEQLENS_GRAPH)
+
+    @property
+    def row_lengths(self) -> bool:
+        """The decoder takes each row's length (``seqlens_k``, ``total_sequence_length``) instead of an attention
+        mask: every row's tokens start at cache column 0, and rows of different lengths need no padding mask."""
+        return self.graph == GQA_SEQLENS_GRAPH
 
 
 def _generation(d: Mapping[str, Any] | None) -> GenerationSpec | None:

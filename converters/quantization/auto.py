@@ -47,7 +47,7 @@ from converters.quantization.methods import (
 from toolkit.atomic import staging_directory
 from toolkit.errors import EdgeError
 from toolkit.host import current_host
-from toolkit.inspect import op_types
+from toolkit.inspect import model_size, op_types
 from toolkit.manifest import FP32_VARIANT, ModelPackage, Variant, tool_versions, variant_file_name
 from toolkit.runner import Runner
 
@@ -223,7 +223,8 @@ def quantize_auto(
         held_out = held_out_feeds(package)
         reference = Runner(source, "cpu", threads=options.threads)
         wanted = reference_outputs(reference, held_out)
-        base = replace(options, exclude=options.exclude)
+        # candidates say which layers go blockwise: none unless given (not the task's int8 default)
+        base = replace(options, exclude=options.exclude, blockwise=options.blockwise or ())
         plans = [
             _Plan("int8 per-tensor", "dynamic-int8", replace(base, per_channel=False)),
             _Plan("int8 per-channel", "dynamic-int8", replace(base, per_channel=True)),
@@ -237,14 +238,14 @@ def quantize_auto(
                 "8-bit blockwise, every MatMul",
                 "dynamic-int8",
                 # Only embeddings besides: whatever the blockwise pass left (Gemm, Conv) would be u8s8, not portable.
-                replace(base, blockwise=(*options.blockwise, "MatMul"), op_types=("Gather",)),
+                replace(base, blockwise=(*(options.blockwise or ()), "MatMul"), op_types=("Gather",)),
             ),
         ]
         if package.manifest.generation is not None:  # weight-only int4 is the LM candidate
             plans.append(_Plan("int4 block 32", "int4", replace(base, block_size=32)))
         candidates: list[Candidate] = []
         staged: dict[str, Path] = {}
-        size_cap = source.stat().st_size * options.max_size if options.max_size else float("inf")
+        size_cap = model_size(source) * options.max_size if options.max_size else float("inf")
 
         def attempt(plan: _Plan) -> Candidate:
             out = folder / f"candidate-{len(staged) + len(candidates)}.onnx"
@@ -300,7 +301,7 @@ def quantize_auto(
                 if family.protect == "fp32":
                     plan_options = replace(scheme, exclude=(*options.exclude, *nodes))
                 else:
-                    plan_options = replace(scheme, blockwise=(*options.blockwise, *nodes))
+                    plan_options = replace(scheme, blockwise=(*(options.blockwise or ()), *nodes))
                 candidate = attempt(_Plan(family.label(k), "dynamic-int8", plan_options))
                 candidates.append(candidate)
                 # Protecting more layers only grows the file, so past the size cap there is nothing to gain.
@@ -372,6 +373,7 @@ def quantize_auto(
             tool_versions=tool_versions(),
         )
         package = install_variant(package, staged[winner.name], variant)
+        variant = package.manifest.variant(variant.name)  # its size counts external data it was given
     return QuantizeResult(
         package=package,
         method="auto",
@@ -381,7 +383,7 @@ def quantize_auto(
             latency,
             median_ms={FP32_VARIANT: latency.median_ms[FP32_VARIANT], name: latency.median_ms[winner.name]},
         ),
-        size_ratio=winner.size_bytes / source.stat().st_size,
+        size_ratio=winner.size_bytes / model_size(source),
         budget=budget,
         candidates=tuple(candidates),
         notes=notes,

@@ -34,6 +34,7 @@ from toolkit.host import current_host
 from toolkit.inspect import model_size
 from toolkit.manifest import FP32_VARIANT, Host, ModelPackage, Variant, tool_versions, variant_file_name
 from toolkit.runner import Runner
+from toolkit.tasks import task_for
 
 __all__ = [
     "METHODS",
@@ -79,7 +80,9 @@ class QuantizeOptions:
     reduce_range: bool = False
     """Dynamic int8: 7-bit weights, so AVX2/AVX-512BW kernels without VNNI cannot saturate (see `toolkit.host`)."""
     exclude: tuple[str, ...] = ()
-    blockwise: tuple[str, ...] = ()
+    blockwise: tuple[str, ...] | None = None
+    """dynamic-int8: the nodes or op types made 8-bit blockwise weight-only; None: the task's default
+    (`Task.int8_blockwise`: every MatMul of a generator), () none."""
     op_types: tuple[str, ...] | None = None
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     symmetric_activations: bool = False
@@ -291,7 +294,13 @@ def dynamic_int8(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str
 
     source = ws.preprocessed()
     exclude = ws.node_names(options.exclude)
-    blockwise = [n for n in ws.node_names(options.blockwise) if n not in exclude]
+    task = task_for(ws.package)
+    op_types = options.op_types
+    if options.blockwise is None and task.int8_blockwise:
+        wanted, op_types = task.int8_blockwise, op_types or task.int8_dynamic_op_types
+    else:
+        wanted = options.blockwise or ()
+    blockwise = [n for n in ws.node_names(wanted) if n not in exclude]
     ws.say(f"quantizing: dynamic int8, {'per-channel' if options.per_channel else 'per-tensor'}")
     try:
         with routed_ort_logging():
@@ -300,7 +309,7 @@ def dynamic_int8(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str
             quantize_dynamic(
                 str(source),
                 str(out),
-                op_types_to_quantize=list(options.op_types) if options.op_types else None,
+                op_types_to_quantize=list(op_types) if op_types else None,
                 per_channel=options.per_channel,
                 reduce_range=options.reduce_range,
                 weight_type=QuantType.QInt8,
@@ -314,9 +323,7 @@ def dynamic_int8(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str
         "weight_type": "int7 (reduce_range)" if options.reduce_range else "int8",
         "weight_symmetric": True,
         "activation_type": "uint8 (dynamic)",
-        "op_types": list(options.op_types)
-        if options.op_types
-        else "all supported (MatMul, Gemm, Gather, Conv, ...)",
+        "op_types": list(op_types) if op_types else "all supported (MatMul, Gemm, Gather, Conv, ...)",
         "excluded_nodes": exclude,
         "blockwise_int8_nodes": blockwise,
         "preprocess": ws.preprocess_mode,
@@ -523,15 +530,34 @@ def open_package(package: str | Path | ModelPackage) -> ModelPackage:
 
 
 def install_variant(package: ModelPackage, staged: Path, variant: Variant) -> ModelPackage:
-    """Rename the staged file into place and record `variant`; if the manifest cannot be written, remove the file."""
+    """Rename the staged file into place and record `variant`; if the manifest cannot be written, remove the file.
+    When the package's fp32 model keeps its weights in external data, the variant does too (``<file>.data``):
+    onnxruntime then maps them from the file, where a single file's weights stay resident in its parsed
+    protobuf beside the prepacked copies (a generate package's peak RSS)."""
     target = package.asset(variant.file, f"variant '{variant.name}' file")
+    data = target.with_name(target.name + ".data")
+    if _weights_apart(package.model_path(FP32_VARIANT)):
+        staged_data = staged.with_name(data.name)
+        onnx.save_model(onnx.load(str(staged)), str(staged), save_as_external_data=True, location=data.name)
+        variant = replace(variant, size_bytes=staged.stat().st_size + staged_data.stat().st_size)
+        with atomic_path(data) as tmp:
+            os.replace(staged_data, tmp)
+    else:
+        data.unlink(missing_ok=True)  # a weights file left by an earlier variant of this name
     with atomic_path(target) as tmp:
         os.replace(staged, tmp)
     try:
         return package.save(package.manifest.with_variant(variant))
     except BaseException:
         target.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
         raise
+
+
+def _weights_apart(model: Path) -> bool:
+    """Whether `model` keeps its weights in an external data file."""
+    graph = onnx.load(str(model), load_external_data=False).graph
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
 
 
 def _measure(
@@ -613,6 +639,7 @@ def quantize(
             tool_versions=tool_versions(),
         )
         pkg = install_variant(pkg, staged, variant)
+        variant = pkg.manifest.variant(name)  # its size counts external data it was given
     notes: tuple[str, ...] = ()
     if method == "fp16":
         notes = (
@@ -624,7 +651,7 @@ def quantize(
         variant=variant,
         accuracy=report,
         latency=latency,
-        size_ratio=variant.size_bytes / source.stat().st_size,
+        size_ratio=variant.size_bytes / model_size(source),
         budget=options.budget,
         notes=notes,
         host=current_host("cpu"),

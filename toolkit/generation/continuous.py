@@ -24,7 +24,6 @@ from toolkit.generation.generator import (
     Prompt,
     TextGenerator,
 )
-from toolkit.generation.kv_cache import KVCache
 from toolkit.generation.sampling import GenerationOptions
 
 __all__ = ["ContinuousBatch"]
@@ -47,23 +46,33 @@ class _Row:
     first_at: float = 0.0
 
 
-class ContinuousBatch:
-    """The rows decoding together on one generator; `add` between steps, `step` to advance every row."""
+# prompt positions a joining request runs per step of the batch (graphs that take each row's length): a long
+# prompt then delays the running rows' next tokens by one such piece at a time, not by its whole prefill
+PREFILL_CHUNK = 256
 
-    def __init__(self, generator: TextGenerator) -> None:
+
+class ContinuousBatch:
+    """The rows decoding together on one generator; `add` between steps, `step` to advance every row. Prompts
+    longer than `prefill_chunk` (row-length graphs) wait beside the batch, one piece of their prefill run per
+    step, and join it when it is done."""
+
+    def __init__(self, generator: TextGenerator, prefill_chunk: int | None = PREFILL_CHUNK) -> None:
         self.generator = generator
+        self.prefill_chunk = prefill_chunk
         self.rows: list[_Row] = []
+        self.prefilling: list[tuple[list[_Row], DecoderStepper]] = []  # rows of one prompt, its prefill
         self._stepper: DecoderStepper | None = None
         self._logits: np.ndarray | None = None  # [rows, vocab]: each row's next-token logits
         self.regroups = 0
 
     @property
     def size(self) -> int:
-        """Rows decoding now."""
-        return len(self.rows)
+        """Rows decoding now or still prefilling."""
+        return len(self.rows) + sum(len(rows) for rows, _ in self.prefilling)
 
     def add(self, key: int, prompt: Prompt, options: GenerationOptions) -> None:
-        """Prefill `prompt` alone and merge it into the batch; its events will carry `key` as their row."""
+        """Prefill `prompt` alone and merge it into the batch (a long one: piece by piece over the next steps);
+        its events will carry `key` as their row."""
         self.add_rows({key: options}, prompt)
 
     def add_rows(self, rows: dict[int, GenerationOptions], prompt: Prompt) -> None:
@@ -78,70 +87,77 @@ class ContinuousBatch:
             key: generator.row_plan(options, spec.max_positions - len(ids)) for key, options in rows.items()
         }
         prompt_ids = np.asarray([ids], dtype=np.int64)
-        alone = DecoderStepper(
-            generator.runner.session,
-            spec,
-            prompt_ids,
-            np.ones_like(prompt_ids),
-            len(ids) + 1,
-            generator.device,
-            generator.device_id,
+        session, device = generator.runner.session, (generator.device, generator.device_id)
+        chunk = self.prefill_chunk
+        if chunk is not None and spec.row_lengths and len(ids) > chunk:
+            waiting = DecoderStepper.chunked(session, spec, prompt_ids, len(ids) + 1, *device)
+            joining = [self._row(key, text, ids, plan, rows[key], started) for key, plan in plans.items()]
+            self.prefilling.append((joining, waiting))
+            return
+        alone = DecoderStepper(session, spec, prompt_ids, np.ones_like(prompt_ids), len(ids) + 1, *device)
+        self._join(
+            [self._row(key, text, ids, plan, rows[key], started) for key, plan in plans.items()], alone
         )
-        prefill_ms = (time.perf_counter() - started) * 1e3
-        joining = [
-            _Row(
-                key=key,
-                text=text,
-                prompt_tokens=len(ids),
-                plan=plan,
-                watcher=generator.detokenizer(rows[key]),
-                history=list(ids),
-                prefill_ms=prefill_ms,
-                started=started,
-                new=plan.max_new_tokens,
-            )
-            for key, plan in plans.items()
-        ]
+
+    def _row(
+        self, key: int, text: str, ids: list[int], plan: RowPlan, options: GenerationOptions, started: float
+    ) -> _Row:
+        """A row of request `key` (its prefill so far counted from `started`)."""
+        return _Row(
+            key=key,
+            text=text,
+            prompt_tokens=len(ids),
+            plan=plan,
+            watcher=self.generator.detokenizer(options),
+            history=list(ids),
+            prefill_ms=(time.perf_counter() - started) * 1e3,
+            started=started,
+            new=plan.max_new_tokens,
+        )
+
+    def _join(self, joining: list[_Row], alone: DecoderStepper) -> None:
+        """Merge `joining`, rows of the one prompt `alone` has run, into the batch."""
         sources = [(self._stepper, i) for i in range(len(self.rows))] if self._stepper else []
         self._regroup([*self.rows, *joining], [*sources, *[(alone, 0)] * len(joining)])
         logits = np.repeat(alone.logits, len(joining), axis=0)
         self._logits = logits if self._logits is None else np.concatenate([self._logits, logits])
 
-    def _regroup(self, rows: list[_Row], sources: list[tuple[DecoderStepper | None, int]]) -> None:
-        """Rebuild the cache and mask for `rows`, row i taken from `sources[i]` (stepper, row index)."""
+    def _regroup(self, rows: list[_Row], sources: list[tuple[DecoderStepper, int]]) -> None:
+        """Rebuild the cache for `rows`, row i taken from `sources[i]` (stepper, row index)."""
         self.rows = rows
         self.regroups += 1
         if not rows:
             self._stepper = None
             return
-        # each row keeps its columns from its first real token: columns padded in every row are dropped, so
-        # a long-running batch does not grow past the positions its rows use
-        parts = []
-        for stepper, index in sources:
-            assert stepper is not None
-            parts.append((stepper.cache, index, int(np.argmax(stepper.mask[index, : stepper.cache.length]))))
-        length = max(cache.length - start for cache, _, start in parts)
-        capacity = length + max(r.new for r in rows)  # columns; positions count real tokens only
-        cache = KVCache.assemble(parts, length, capacity)
-        mask = np.zeros((len(rows), capacity), dtype=np.int64)
-        for target, ((stepper, index), (_, _, start)) in enumerate(zip(sources, parts, strict=True)):
-            assert stepper is not None
-            used = stepper.cache.length
-            mask[target, length - (used - start) : length] = stepper.mask[index, start:used]
-        self._stepper = DecoderStepper.resume(self.generator.runner.session, self.generator.spec, cache, mask)
+        session, spec = self.generator.runner.session, self.generator.spec
+        self._stepper = DecoderStepper.regroup(session, spec, sources, [r.new for r in rows])
 
     def drop(self, keys: set[int]) -> None:
         """Take the rows of `keys` out of the batch now (their clients left): their cache columns and logits
         are freed at once, and the other rows decode on as if those had never joined."""
+        waiting = [
+            ([row for row in rows if row.key not in keys], stepper) for rows, stepper in self.prefilling
+        ]
+        self.prefilling = [(rows, stepper) for rows, stepper in waiting if rows]
         keep = [i for i, row in enumerate(self.rows) if row.key not in keys]
         if len(keep) == len(self.rows):
             return
         stepper = self._stepper
+        assert stepper is not None  # rows decoding have a stepper
         self._regroup([self.rows[i] for i in keep], [(stepper, i) for i in keep])
         self._logits = self._logits[keep] if self._logits is not None and keep else None
 
     def step(self) -> list[GenerationEvent]:
-        """Choose every row's next token, report it, drop finished rows and run the decoder for the rest."""
+        """Run a piece of the first waiting prompt (joining the batch when done), choose every row's next token,
+        report it, drop finished rows and run the decoder for the rest."""
+        if self.prefilling:
+            joining, waiting = self.prefilling[0]
+            assert self.prefill_chunk is not None  # rows wait only when it is set
+            if waiting.prefill(self.prefill_chunk):
+                del self.prefilling[0]
+                for row in joining:
+                    row.prefill_ms = (time.perf_counter() - row.started) * 1e3
+                self._join(joining, waiting)
         if not self.rows or self._logits is None or self._stepper is None:
             return []
         events: list[GenerationEvent] = []

@@ -151,8 +151,39 @@ class KVCache:
     def assemble(cls, rows: Sequence[tuple[KVCache, int, int]], length: int, capacity: int) -> KVCache:
         """A new cache of the given rows (cache, row index, first column kept) with each row's kept columns
         right-aligned at `length` (shorter rows padded on the left, which their attention masks must hide): rows
-        joining or leaving a running batch. Keys of a graph that rotates by column are rotated by the columns they
-        move. Copies every row once (through the host on CUDA)."""
+        joining or leaving a running left-padded batch. Keys of a graph that rotates by column are rotated by the
+        columns they move. Copies every row once (through the host on CUDA)."""
+        layout = rows[0][0].layout
+
+        def place(name: str, data: np.ndarray, start: int) -> tuple[int, np.ndarray]:
+            offset = length - data.shape[1]
+            if name == "key" and layout.rotary_inv_freq.size and offset != start:
+                data = _rotate(data, offset - start, layout.rotary_inv_freq)
+            return offset, data
+
+        return cls._copy_rows([(c, i, slice(start, None)) for c, i, start in rows], length, capacity, place)
+
+    @classmethod
+    def gather(cls, rows: Sequence[tuple[KVCache, int, int]], capacity: int) -> KVCache:
+        """A new cache of the given rows (cache, row index, columns used), each row's columns from column 0 (a
+        graph that takes each row's length): rows joining or leaving a running batch. Copies every row once."""
+        return cls._copy_rows(
+            [(c, i, slice(0, used)) for c, i, used in rows],
+            max(used for _, _, used in rows),
+            capacity,
+            lambda name, data, start: (0, data),
+        )
+
+    @classmethod
+    def _copy_rows(
+        cls,
+        rows: Sequence[tuple[KVCache, int, slice]],
+        length: int,
+        capacity: int,
+        place: Callable[[str, np.ndarray, int], tuple[int, np.ndarray]],
+    ) -> KVCache:
+        """A new cache of `length` positions holding each row's `columns`, put where `place` says (its first
+        column, and the data to write there)."""
         first = rows[0][0]
         layout = first.layout
         new = cls(layout, len(rows), capacity, first.device, first.device_id)
@@ -163,14 +194,11 @@ class KVCache:
             name = "value" if kind else "key"
             target = np.zeros(shape, dtype=layout.dtype)
             sources: dict[int, np.ndarray] = {}
-            for row, (cache, index, start) in enumerate(rows):
+            for row, (cache, index, columns) in enumerate(rows):
                 if id(cache) not in sources:
                     sources[id(cache)] = cache.view(layer, name)
-                data = sources[id(cache)][index][:, start:]
-                offset = length - data.shape[1]
-                if name == "key" and layout.rotary_inv_freq.size and offset != start:
-                    data = _rotate(data, offset - start, layout.rotary_inv_freq)
-                target[row, :, offset:, :] = data
+                offset, data = place(name, sources[id(cache)][index][:, columns], columns.start or 0)
+                target[row, :, offset : offset + data.shape[1], :] = data
             new._write_prefix(entry, target)
         return new
 

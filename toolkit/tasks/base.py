@@ -90,6 +90,10 @@ class Task(Generic[_M]):
     source_hint: ClassVar[str] = ""
     # what `edge run` passes this task: "text", "image" or "audio" (None: raw --input tensors only)
     run_input: ClassVar[str | None] = None
+    # op types `edge quantize --method dynamic-int8` makes 8-bit blockwise weight-only (MatMulNBits) unless told
+    # otherwise, with the ops it quantizes dynamically besides (None: every supported op)
+    int8_blockwise: ClassVar[tuple[str, ...]] = ()
+    int8_dynamic_op_types: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, package: ModelPackage, specs: Sequence[TensorSpec] | None = None) -> None:
         self.package = package

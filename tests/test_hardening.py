@@ -961,3 +961,16 @@ def test_json_values_outside_the_datatype_are_400_not_wrapped(datatype: str, val
         decode_request(body.encode(), None)
     ok = json.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": [2], "data": [1, 2]}]})
     assert decode_request(ok.encode(), None).inputs[0].data.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("where", ["variant", "subgraph"])
+def test_a_manifest_key_with_a_newline_is_named_on_one_line(tiny_bert_package: Path, where: str) -> None:
+    data = _manifest_dict(tiny_bert_package)
+    if where == "variant":
+        data["variants"]["line\nbreak"] = 5
+    else:
+        data["variants"]["fp32"]["subgraphs"] = {"line\nbreak": None}
+    with pytest.raises(BadModelError) as raised:
+        Manifest.from_json(json.dumps(data), "edge.json")
+    assert "\n" not in str(raised.value)
+    assert "'line\\nbreak'" in str(raised.value)

@@ -526,6 +526,12 @@ def _manifest_from_dict(data: Mapping[str, Any]) -> Manifest:
 # -- checks: a parsed manifest holds what its fields say, and every path it names stays in the package --------
 
 
+def _member(key: object) -> str:
+    """A mapping key as a field path shows it: as it is when printable, else its repr (a key with a newline or
+    a control character must not break the one-line error)."""
+    return key if isinstance(key, str) and key.isprintable() and key else repr(key)
+
+
 def _fail(origin: str, field_name: str, problem: str) -> BadModelError:
     return BadModelError(f"{origin}: {field_name} {problem}; re-create the package with `edge convert`")
 
@@ -581,7 +587,7 @@ def _check_layout(data: Mapping[str, Any], origin: str) -> None:
                 raise _fail(origin, f"{key}[{position}].value_range", "must be [low, high] or null")
     for name, variant in (data.get("variants") or {}).items():
         if not isinstance(variant, dict):
-            raise _fail(origin, f"variants.{name}", f"must be an object, got {_short(variant)}")
+            raise _fail(origin, f"variants.{_member(name)}", f"must be an object, got {_short(variant)}")
     for key in ("labels",):
         if data.get(key) is not None and not isinstance(data[key], list):
             raise _fail(origin, key, f"must be a list, got {_short(data[key])}")
@@ -694,14 +700,14 @@ def check_manifest(manifest: Manifest, origin: str) -> None:
     if not isinstance(manifest.variants, Mapping) or not manifest.variants:
         raise _fail(origin, "variants", "must name at least one variant (fp32: model.onnx)")
     for key, variant in manifest.variants.items():
-        where = f"variants.{key}"
+        where = f"variants.{_member(key)}"
         if variant.name != key:
             raise _fail(origin, f"{where}.name", f"is {_short(variant.name)}, not the key {key!r}")
         check_relative(origin, f"{where}.file", variant.file)
         if not isinstance(variant.subgraphs, Mapping):
             raise _fail(origin, f"{where}.subgraphs", "must be an object of file names")
         for part, file in variant.subgraphs.items():
-            check_relative(origin, f"{where}.subgraphs.{part}", file)
+            check_relative(origin, f"{where}.subgraphs.{_member(part)}", file)
         _check_str(origin, f"{where}.precision", variant.precision)
         _check_str(origin, f"{where}.method", variant.method)
         if variant.size_bytes < 0:

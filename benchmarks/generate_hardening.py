@@ -134,7 +134,11 @@ class Server(_Server):
 def _open(port: int, body: dict[str, Any], path: str = "/v1/completions") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=120)
     data = json.dumps(body).encode()
-    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    # Connection: close, so reading to the end stops at the answer's end, not at the server's keep-alive timeout
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
     sock.sendall(head.encode() + data)
     return sock
 

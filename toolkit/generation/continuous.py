@@ -88,16 +88,17 @@ class ContinuousBatch:
         }
         prompt_ids = np.asarray([ids], dtype=np.int64)
         session, device = generator.runner.session, (generator.device, generator.device_id)
+
+        def joining() -> list[_Row]:  # made once the prefill (or its start) is done: rows time it from there
+            return [self._row(key, text, ids, plan, rows[key], started) for key, plan in plans.items()]
+
         chunk = self.prefill_chunk
         if chunk is not None and spec.row_lengths and len(ids) > chunk:
             waiting = DecoderStepper.chunked(session, spec, prompt_ids, len(ids) + 1, *device)
-            joining = [self._row(key, text, ids, plan, rows[key], started) for key, plan in plans.items()]
-            self.prefilling.append((joining, waiting))
+            self.prefilling.append((joining(), waiting))
             return
         alone = DecoderStepper(session, spec, prompt_ids, np.ones_like(prompt_ids), len(ids) + 1, *device)
-        self._join(
-            [self._row(key, text, ids, plan, rows[key], started) for key, plan in plans.items()], alone
-        )
+        self._join(joining(), alone)
 
     def _row(
         self, key: int, text: str, ids: list[int], plan: RowPlan, options: GenerationOptions, started: float

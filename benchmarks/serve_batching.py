@@ -26,13 +26,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from http_load import post_all
 from minilm_package import open_or_convert_minilm
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -152,42 +151,22 @@ def build_requests(
 
 def fire(server: Server, path: str, bodies: Sequence[tuple[bytes, dict[str, str]]], clients: int) -> Result:
     """Send every body once from `clients` threads; wall time, per-request latency, mean batch."""
-    latencies: list[float] = []
-    failures: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(clients + 1)
-
-    def client(index: int) -> None:
-        connection = http.client.HTTPConnection(server.host, server.port, timeout=120)
-        mine = []
-        start.wait()
-        for body, headers in bodies[index::clients]:
-            began = time.perf_counter()
-            connection.request("POST", path, body, headers)
-            response = connection.getresponse()
-            response.read()
-            mine.append((time.perf_counter() - began) * 1e3)
-            if response.status != 200:
-                with lock:
-                    failures.append(str(response.status))
-        connection.close()
-        with lock:
-            latencies.extend(mine)
-
     before = server.batches()
-    with ThreadPoolExecutor(clients) as pool:
-        done = [pool.submit(client, i) for i in range(clients)]
-        start.wait()
-        began = time.perf_counter()
-        for future in done:
-            future.result()
-        seconds = time.perf_counter() - began
+    fired = post_all(
+        server.host,
+        server.port,
+        path,
+        bodies,
+        clients,
+        lambda status, _answer, _index: None if status == 200 else str(status),
+        timeout=120,
+    )
     after = server.batches()
-    if failures:
-        raise SystemExit(f"{len(failures)} requests failed: {sorted(set(failures))}")
+    if fired.failures:
+        raise SystemExit(f"{len(fired.failures)} requests failed: {sorted(set(fired.failures))}")
     batches = after[1] - before[1]
     return Result(
-        len(bodies), seconds, tuple(latencies), (after[0] - before[0]) / batches if batches else 0.0
+        len(bodies), fired.seconds, fired.latencies_ms, (after[0] - before[0]) / batches if batches else 0.0
     )
 
 

@@ -36,15 +36,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from http_load import post_all
 from minilm_package import open_or_convert_minilm
 
 from toolkit.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
@@ -148,39 +147,20 @@ class Load:
 
 def fire(server: Server, model: str, bodies: Sequence[list[str]], clients: int) -> Load:
     """Post every body once to /v1/embeddings from `clients` keep-alive threads."""
-    latencies: list[float] = []
-    failures: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(clients + 1)
+    headers = {"Content-Type": "application/json"}
+    requests = [
+        (json.dumps({"model": model, "input": texts, "encoding_format": "float"}).encode(), headers)
+        for texts in bodies
+    ]
 
-    def client(index: int) -> None:
-        connection = http.client.HTTPConnection(server.host, server.port, timeout=300)
-        mine = []
-        start.wait()
-        for texts in bodies[index::clients]:
-            payload = json.dumps({"model": model, "input": texts, "encoding_format": "float"}).encode()
-            began = time.perf_counter()
-            connection.request("POST", "/v1/embeddings", payload, {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            answer = response.read()
-            mine.append((time.perf_counter() - began) * 1e3)
-            if response.status != 200 or len(json.loads(answer)["data"]) != len(texts):
-                with lock:
-                    failures.append(f"{response.status} {answer[:200]!r}")
-        connection.close()
-        with lock:
-            latencies.extend(mine)
+    def check(status: int, answer: bytes, index: int) -> str | None:
+        good = status == 200 and len(json.loads(answer)["data"]) == len(bodies[index])
+        return None if good else f"{status} {answer[:200]!r}"
 
-    with ThreadPoolExecutor(clients) as pool:
-        done = [pool.submit(client, i) for i in range(clients)]
-        start.wait()
-        began = time.perf_counter()
-        for future in done:
-            future.result()
-        seconds = time.perf_counter() - began
-    if failures:
-        raise SystemExit(f"{server.label}: {len(failures)} requests failed, first: {failures[0]}")
-    return Load(seconds, sum(len(b) for b in bodies), tuple(latencies))
+    fired = post_all(server.host, server.port, "/v1/embeddings", requests, clients, check)
+    if fired.failures:
+        raise SystemExit(f"{server.label}: {len(fired.failures)} requests failed, first: {fired.failures[0]}")
+    return Load(fired.seconds, sum(len(b) for b in bodies), fired.latencies_ms)
 
 
 def embedding_rows(

@@ -497,6 +497,21 @@ def main() -> None:
         f"medians of {args.rounds} rounds, each backend in its own process; read bandwidth {bandwidth / 1e9:.1f} GB/s"
     )
     genai_script = script.with_name("generate_decode_genai.py")
+
+    def genai_command(folder: Path, threads: int, rounds: int, *extra: str) -> list[str]:
+        """The genai worker's command line (it runs in genai's venv)."""
+        return [
+            str(args.genai_python),
+            str(genai_script),
+            str(folder),
+            "--threads",
+            str(threads),
+            "--rounds",
+            str(rounds),
+            *extra,
+            *common,
+        ]
+
     for threads in args.threads_list:
         commands = {
             name: [
@@ -513,17 +528,9 @@ def main() -> None:
             ]
             for name, (python, package, v) in edge_backends.items()
         }
+
         for name, folder in genai.items():
-            commands[name] = [
-                str(args.genai_python),
-                str(genai_script),
-                str(folder),
-                "--threads",
-                str(threads),
-                "--rounds",
-                "1",
-                *common,
-            ]
+            commands[name] = genai_command(folder, threads, 1)
         measured: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
         for _ in range(args.rounds):
             for name, command in commands.items():
@@ -560,20 +567,15 @@ def main() -> None:
                     )
         for precision, folder in genai.items() if args.edge_python else ():
             ab = _worker(
-                [
-                    str(args.genai_python),
-                    str(genai_script),
-                    str(folder),
-                    "--threads",
-                    str(threads),
-                    "--rounds",
-                    str(args.interleaved_trials),
+                genai_command(
+                    folder,
+                    threads,
+                    args.interleaved_trials,
                     "--edge-package",
                     str(package_dir),
                     "--edge-variant",
                     precision.split()[-1],
-                    *common,
-                ]
+                )
             )
             print(
                 f"  one process, {args.interleaved_trials} interleaved trials of 32 steps (genai venv's onnxruntime): "

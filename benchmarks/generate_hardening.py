@@ -143,6 +143,13 @@ def _open(port: int, body: dict[str, Any], path: str = "/v1/completions") -> soc
     return sock
 
 
+def _await_chunks(sock: socket.socket, chunks: int) -> None:
+    """Read a streamed answer until `chunks` server-sent events have arrived (a client about to leave)."""
+    seen = b""
+    while seen.count(b"data: ") < chunks:
+        seen += sock.recv(65536)
+
+
 def _read_all(sock: socket.socket) -> bytes:
     data = b""
     try:
@@ -191,9 +198,7 @@ def cases(source: Path, package: Path, hostile: Path, work: Path) -> list[tuple[
     body = {"model": NAME, "prompt": "hello there", "max_tokens": 2000, "temperature": 0, "stream": True}
     streams = [_open(server.port, body) for _ in range(32)]
     for sock in streams:
-        seen = b""
-        while seen.count(b"data: ") < 3:
-            seen += sock.recv(65536)
+        _await_chunks(sock, 3)
     for sock in streams:
         sock.close()
     (status, _kind, _text), took = _timed(
@@ -425,9 +430,7 @@ def soak(source: Path, package: Path, work: Path, total: int) -> None:
             started = time.perf_counter()
             sock = _open(server.port, body)
             if leaves:
-                seen = b""
-                while seen.count(b"data: ") < 3:
-                    seen += sock.recv(65536)
+                _await_chunks(sock, 3)
                 sock.close()
             else:
                 answer = _read_all(sock)

@@ -17,7 +17,7 @@ from toolkit.manifest import ModelPackage, Seq2SeqSpec, seq2seq_files
 from toolkit.runner import Runner
 from toolkit.seq2seq.decoding import BeamSettings, DecodingRules, Seq2SeqStepper, beam_search
 from toolkit.seq2seq.timestamps import TimestampRule
-from toolkit.tasks.base import Pipeline, Task
+from toolkit.tasks.base import Family, Pipeline, Task
 from toolkit.tasks.modality import Modality
 
 __all__ = [
@@ -89,6 +89,7 @@ class Seq2SeqTask(Task[_M], Generic[_M]):
     """What every encoder-decoder task shares: its package has a ``seq2seq`` section (the decoder contract), its
     graph is the encoder (validated on its states) and its pipeline runs the decoder."""
 
+    family = Family.ENCODER_DECODER
     metric = "max_abs_diff"
     preferred_output = "last_hidden_state"
     meaning: ClassVar[Meaning] = {"last_hidden_state": (COSINE,), "log_probs": (TOP1, TOP5)}

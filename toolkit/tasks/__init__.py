@@ -39,16 +39,26 @@ from functools import cache
 from typing import Any
 
 from toolkit.manifest import ModelPackage, TensorSpec
-from toolkit.tasks.base import AudioPipeline, ImagePipeline, Pipeline, ServedTensor, Task, TextPipeline
+from toolkit.tasks.base import (
+    AudioPipeline,
+    Family,
+    ImagePipeline,
+    Pipeline,
+    ServedTensor,
+    Task,
+    TextPipeline,
+)
 
 __all__ = [
     "TASK_MODULES",
     "AudioPipeline",
+    "Family",
     "ImagePipeline",
     "Pipeline",
     "ServedTensor",
     "Task",
     "TextPipeline",
+    "family_of",
     "pipeline_class",
     "pipelines",
     "task_for",
@@ -114,3 +124,8 @@ def task_for(package: ModelPackage, specs: tuple[TensorSpec, ...] | None = None)
 def pipeline_class(package: ModelPackage) -> type[Pipeline[Any]]:
     """The pipeline `toolkit.load` builds for `package`."""
     return _registry()[1][_registered(package)]
+
+
+def family_of(package: ModelPackage) -> Family:
+    """How `package` runs (single pass, encoder-decoder or generator): its registered task's family."""
+    return _registry()[0][_registered(package)].family

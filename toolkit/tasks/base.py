@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast, runtime_checkable
@@ -30,6 +31,7 @@ from toolkit.tasks.modality import AudioModality, ImageModality, Modality, Tenso
 
 __all__ = [
     "AudioPipeline",
+    "Family",
     "Feeds",
     "ImagePipeline",
     "Outputs",
@@ -42,6 +44,15 @@ __all__ = [
 
 Feeds = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
+
+
+class Family(Enum):
+    """How a task's models run, the one question the code outside the tasks asks about a task: one pass of one
+    graph, an encoder and its decoders, or a decoder generating token by token over its KV cache."""
+
+    SINGLE_PASS = "single-pass"
+    ENCODER_DECODER = "encoder-decoder"
+    GENERATOR = "generator"
 
 
 @runtime_checkable
@@ -77,6 +88,7 @@ class Task(Generic[_M]):
 
     name: ClassVar[str] = "features"
     modality: ClassVar[type[Modality]] = TensorModality
+    family: ClassVar[Family] = Family.SINGLE_PASS
     # the accuracy metric quantization checks: cosine of `metric_values`, their top-1 agreement, or
     # max_abs_diff (with the cosine of every raw output against the budget)
     metric: ClassVar[str] = "max_abs_diff"

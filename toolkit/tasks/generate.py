@@ -26,7 +26,7 @@ from toolkit.errors import BadModelError
 from toolkit.generation.decoder import LOGITS_TO_KEEP, row_length_feeds
 from toolkit.manifest import GenerationSpec, ModelPackage, OutputCheck, TensorSpec
 from toolkit.preprocess import read_tokenizer
-from toolkit.tasks.base import Feeds, Task
+from toolkit.tasks.base import Family, Feeds, Task
 from toolkit.tasks.modality import CALIBRATION_SEED, PURPOSE_SEEDS, TextModality
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class GenerateTask(Task[TextModality]):
 
     name = "generate"
     modality = TextModality
+    family = Family.GENERATOR
     metric = "next_token_agreement"
     preferred_output = "logits"
     meaning: ClassVar[Meaning] = {"logits": (TOP1, TOP5)}

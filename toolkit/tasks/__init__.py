@@ -127,5 +127,7 @@ def pipeline_class(package: ModelPackage) -> type[Pipeline[Any]]:
 
 
 def family_of(package: ModelPackage) -> Family:
-    """How `package` runs (single pass, encoder-decoder or generator): its registered task's family."""
-    return _registry()[0][_registered(package)].family
+    """How `package` runs (single pass, encoder-decoder or generator): its declared task's family, even when the
+    package lacks the task's section, so the family's own pipeline names what is missing."""
+    registered = _registry()[0]
+    return registered.get(package.manifest.task, registered["features"]).family

@@ -12,8 +12,8 @@ import click
 from toolkit.cli.common import _jsonable, common_options, console, emit_json, progress, stdout
 from toolkit.cli.provider_options import provider_options
 from toolkit.errors import BadInputError
-from toolkit.generation import GENERATE_TASK, TextGenerator
-from toolkit.manifest import MANIFEST_NAME, ModelPackage
+from toolkit.generation import TextGenerator
+from toolkit.manifest import ModelPackage
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 
@@ -22,7 +22,6 @@ __all__ = [
     "bench_generator",
     "chat_command",
     "generator_ready_lines",
-    "is_generator_package",
     "read_json_schema",
     "run_prompts",
 ]
@@ -150,14 +149,6 @@ def generator_ready_lines(url: str, generators: Mapping[str, TextGenerator]) -> 
         f"  {name}  generate ({g.runner.path.name})  OpenAI: {url}/v1/completions, {url}/v1/chat/completions"
         for name, g in generators.items()
     ]
-
-
-def is_generator_package(target: str) -> bool:
-    """Whether `target` is a ``generate`` package directory (so `edge bench` times generation)."""
-    path = Path(target)
-    if not (path / MANIFEST_NAME).is_file():
-        return False
-    return ModelPackage.open(path).manifest.task == GENERATE_TASK
 
 
 def bench_generator(

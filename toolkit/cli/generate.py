@@ -21,6 +21,7 @@ __all__ = [
     "JSON_SCHEMA_HELP",
     "bench_generator",
     "chat_command",
+    "generation_settings",
     "generator_ready_lines",
     "read_json_schema",
     "run_prompts",
@@ -44,6 +45,18 @@ def read_json_schema(path: str) -> dict[str, Any]:
             f"--json-schema {path}: holds a {type(schema).__name__}, not a JSON Schema object"
         )
     return schema
+
+
+def generation_settings(
+    max_new_tokens: int | None, temperature: float | None, json_schema: str | None
+) -> dict[str, Any]:
+    """`TextGenerator.generate`'s settings from --max-new-tokens, --temperature and --json-schema."""
+    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    if json_schema is not None:
+        settings["json_schema"] = read_json_schema(json_schema)
+    if temperature is not None:
+        settings.update(do_sample=True, temperature=temperature)
+    return settings
 
 
 def _generator(
@@ -117,11 +130,7 @@ def chat_command(
     """Chat with a generate package in the terminal: history kept, replies streamed (each one a JSON document
     matching --json-schema when given); empty line or EOF ends."""
     generator = _generator(target, variant, provider_config, threads, False)
-    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-    if json_schema is not None:
-        settings["json_schema"] = read_json_schema(json_schema)
-    if temperature is not None:
-        settings.update(do_sample=True, temperature=temperature)
+    settings = generation_settings(max_new_tokens, temperature, json_schema)
     options = generator.options(**settings)  # bad settings (and a schema that does not compile) fail now
     if options.constraint is not None:
         generator.grammars.row(options.constraint)

@@ -12,7 +12,7 @@ import numpy as np
 
 from toolkit.bench.measure import Budget, TimingPlan, latency_stats, time_calls
 from toolkit.cli.common import CommaList, common_options, emit_json, progress, stdout
-from toolkit.cli.generate import JSON_SCHEMA_HELP, read_json_schema, run_prompts
+from toolkit.cli.generate import JSON_SCHEMA_HELP, generation_settings, run_prompts
 from toolkit.cli.provider_options import placement_line, provider_options
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
@@ -172,7 +172,7 @@ def run_command(
             raise BadInputError(
                 "--repeat does not time generation; use `edge bench DIR --new-tokens N` instead"
             )
-        settings = _generation_settings(max_new_tokens, temperature, json_schema)
+        settings = generation_settings(max_new_tokens, temperature, json_schema)
         run_prompts(target, list(prompts), variant, provider_config, threads, settings, stream, as_json)
         return
     _check_one_input(texts, images, clips, inputs, query, docs)
@@ -220,18 +220,6 @@ def _check_companion_flags(
         raise BadInputError("--out draws detections on an --image; pass one --image FILE")
     if json_schema is not None and not prompts:
         raise BadInputError("--json-schema constrains generated text; pass it with --prompt")
-
-
-def _generation_settings(
-    max_new_tokens: int | None, temperature: float | None, json_schema: str | None
-) -> dict[str, Any]:
-    """`TextGenerator.generate`'s settings from --max-new-tokens, --temperature and --json-schema."""
-    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-    if json_schema is not None:
-        settings["json_schema"] = read_json_schema(json_schema)
-    if temperature is not None:
-        settings.update(do_sample=True, temperature=temperature)
-    return settings
 
 
 def _check_one_input(

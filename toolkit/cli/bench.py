@@ -8,16 +8,30 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 from rich.console import Console
 
-from toolkit.cli.common import EXIT_VALIDATION_FAILED, CommaList, _state, common_options, console, stdout
+from toolkit.cli.common import (
+    EXIT_VALIDATION_FAILED,
+    CommaList,
+    _state,
+    common_options,
+    console,
+    stdout,
+    target_family,
+)
 from toolkit.cli.provider_options import provider_tuning_options
 from toolkit.errors import BadInputError
 from toolkit.providers import ProviderConfig
 from toolkit.runner import GRAPH_OPT_LEVELS
+from toolkit.tasks import Family
+
+if TYPE_CHECKING:
+    from toolkit.bench import BenchOptions, BenchReport
 
 __all__ = ["bench_command"]
 
@@ -41,56 +55,6 @@ def _run_count(text: str) -> int:
             f"--iterations takes a run count of at least 1 for a generate package, got '{text}'"
         )
     return int(text)
-
-
-def _bench_seq2seq(
-    target: str,
-    variants: tuple[str, ...] | None,
-    config: ProviderConfig,
-    threads: int | None,
-    json_path: str | None,
-) -> bool:
-    """`edge bench` on an encoder-decoder package (encoder and decoding together: the real-time factor of
-    speech, tokens/s of text-to-text), per variant; False for other targets."""
-    from toolkit.atomic import atomic_write_text
-    from toolkit.cli.common import _jsonable
-    from toolkit.manifest import MANIFEST_NAME, ModelPackage
-    from toolkit.seq2seq import Seq2SeqPipeline
-    from toolkit.tasks import pipeline_class
-
-    if not (Path(target) / MANIFEST_NAME).is_file():
-        return False
-    package = ModelPackage.open(target)
-    pipeline = pipeline_class(package)
-    if not issubclass(pipeline, Seq2SeqPipeline):
-        return False
-    rows = []
-    for variant in variants or tuple(package.manifest.variants):
-        with pipeline.load(target, variant=variant, config=config, threads=threads) as loaded:
-            rows.append(loaded.speed(variant))
-    if json_path is not None:
-        # a row's fields and its derived figures (rtf, tokens_per_s: properties)
-        text = json.dumps(
-            [
-                {
-                    **_jsonable(row),
-                    **{
-                        name: getattr(row, name)
-                        for name, member in vars(type(row)).items()
-                        if isinstance(member, property)
-                    },
-                }
-                for row in rows
-            ],
-            indent=2,
-        )
-        if json_path == "-":
-            click.echo(text)
-        else:
-            atomic_write_text(Path(json_path), text + "\n")
-    for row in rows:
-        stdout.print(row.line(), markup=False)
-    return True
 
 
 def _threshold(text: str) -> float:
@@ -127,19 +91,25 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
+def _write_json(json_path: str, text: str) -> None:
+    """`--json FILE`: the JSON `text` on stdout for '-', else written to FILE."""
+    if json_path == "-":
+        click.echo(text)
+        return
+    from toolkit.atomic import atomic_write_text
+
+    atomic_write_text(Path(json_path), text + "\n")
+
+
 def _compare(files: tuple[str, str], threshold: str, json_path: str | None, fail: bool) -> None:
     from toolkit.bench.compare import compare_reports, load_report, plain
     from toolkit.bench.render import comparison_table
 
     old, new = (load_report(f) for f in files)
     comparison = compare_reports(old, new, _threshold(threshold), names=(files[0], files[1]))
-    if json_path == "-":
-        click.echo(json.dumps(plain(comparison), indent=2))
-    else:
-        if json_path:
-            from toolkit.atomic import atomic_write_text
-
-            atomic_write_text(Path(json_path), json.dumps(plain(comparison), indent=2) + "\n")
+    if json_path:
+        _write_json(json_path, json.dumps(plain(comparison), indent=2))
+    if json_path != "-":
         out = stdout if stdout.is_terminal else Console(highlight=False, width=200)
         out.print(comparison_table(comparison))
         for change in comparison.environment_changes:
@@ -303,40 +273,79 @@ def bench_command(
         raise BadInputError(
             "missing TARGET: pass a model package directory or an .onnx file (or --compare A.json B.json)"
         )
-    # --- an encoder-decoder package is timed whole (real-time factor of speech, tokens/s of text-to-text)
-    if _bench_seq2seq(target, variants, provider_config, _positive_int(threads, "--threads"), json_path):
-        return
-    # --- a generate package is timed by TTFT and decode tokens/s (toolkit/cli/generate.py)
-    from toolkit.cli.generate import bench_generator, is_generator_package
-
-    if is_generator_package(target):
-        source = click.get_current_context().get_parameter_source("iterations")
-        bench_generator(
-            target,
-            variants or None,
-            tuple(p.strip() for p in providers.split(",") if p.strip()),
-            provider_config,
-            _positive_int(threads, "--threads"),
-            batches or (1,),
-            seqs,
-            new_tokens,
-            3 if source == click.core.ParameterSource.DEFAULT else _run_count(iterations),
-            baseline.strip().lower() if baseline else None,
-            json_path,
-        )
-        return
-
-    from toolkit.bench import BenchOptions, TimingPlan, parse_budget, plan_bench, run_bench
-    from toolkit.bench.compare import report_to_dict, save_report
-    from toolkit.bench.render import (
-        WIDE_TERMINAL,
-        environment_lines,
-        report_table,
-        write_csv,
-        write_markdown,
-        write_plot,
+    iterations_source = click.get_current_context().get_parameter_source("iterations")
+    args = _BenchArgs(
+        variants=variants,
+        providers=providers,
+        provider_config=provider_config,
+        threads=_positive_int(threads, "--threads"),
+        batches=batches,
+        seqs=seqs,
+        warmup=warmup,
+        iterations=iterations,
+        iterations_given=iterations_source != click.core.ParameterSource.DEFAULT,
+        new_tokens=new_tokens,
+        duration=duration,
+        concurrency=concurrency,
+        opt_level=opt_level,
+        text_file=text_file,
+        npz_file=npz_file,
+        baseline=baseline.strip().lower() if baseline else None,
+        json_path=json_path,
+        csv_path=csv_path,
+        markdown_path=markdown_path,
+        plot_path=plot_path,
     )
+    _BENCH_BY_FAMILY[target_family(target)](target, args)
 
+
+@dataclass(frozen=True)
+class _BenchArgs:
+    """One `edge bench TARGET`'s options, parsed as far as every family's bench reads them alike."""
+
+    variants: tuple[str, ...] | None
+    providers: str
+    provider_config: ProviderConfig
+    threads: int | None
+    batches: tuple[int, ...]
+    seqs: tuple[int, ...] | None
+    warmup: str
+    iterations: str
+    iterations_given: bool  # a generator times 3 whole generations unless --iterations says otherwise
+    new_tokens: tuple[int, ...]
+    duration: str | None
+    concurrency: tuple[int, ...]
+    opt_level: str
+    text_file: str | None
+    npz_file: str | None
+    baseline: str | None
+    json_path: str | None
+    csv_path: str | None
+    markdown_path: str | None
+    plot_path: str | None
+
+
+def _bench_single_pass(target: str, args: _BenchArgs) -> None:
+    """Every variant on each provider over the batch x seq x concurrency sweep, as a table and the files asked for."""
+    from toolkit.bench import plan_bench, run_bench
+
+    plan = plan_bench(target, _suite_options(args))
+    with _progress(True) as update:
+        report = run_bench(plan, update)
+    _save_report(report, args)
+    if args.json_path == "-":
+        from toolkit.bench.compare import report_to_dict
+
+        click.echo(json.dumps(report_to_dict(report), indent=2))
+        return
+    _print_report(report, args)
+
+
+def _suite_options(args: _BenchArgs) -> BenchOptions:
+    """The sweep's options: --plot's file and the timing budgets checked before anything is loaded."""
+    from toolkit.bench import BenchOptions, TimingPlan, parse_budget
+
+    plot_path, duration, iterations = args.plot_path, args.duration, args.iterations
     if plot_path is not None:
         if not plot_path.lower().endswith(".png"):
             raise BadInputError(f"--plot writes a PNG; name the file with .png, got '{plot_path}'")
@@ -351,36 +360,41 @@ def bench_command(
         raise BadInputError(f"--duration takes seconds like 5s, got '{duration}'")
     if not duration and measure.seconds is not None:
         raise BadInputError(f"--iterations takes a run count; for seconds use --duration {iterations}")
-    options = BenchOptions(
-        variants=variants,
-        providers=providers,
-        batches=batches,
-        seqs=seqs,
-        concurrency=concurrency,
-        timing=TimingPlan(warmup=parse_budget(warmup, "--warmup"), measure=measure),
-        threads=_positive_int(threads, "--threads"),
-        graph_optimization=opt_level.strip().lower(),
-        text_file=Path(text_file) if text_file else None,
-        npz_file=Path(npz_file) if npz_file else None,
-        baseline=baseline.strip().lower() if baseline else None,
-        provider_config=provider_config,
+    return BenchOptions(
+        variants=args.variants,
+        providers=args.providers,
+        batches=args.batches,
+        seqs=args.seqs,
+        concurrency=args.concurrency,
+        timing=TimingPlan(warmup=parse_budget(args.warmup, "--warmup"), measure=measure),
+        threads=args.threads,
+        graph_optimization=args.opt_level.strip().lower(),
+        text_file=Path(args.text_file) if args.text_file else None,
+        npz_file=Path(args.npz_file) if args.npz_file else None,
+        baseline=args.baseline,
+        provider_config=args.provider_config,
     )
-    plan = plan_bench(target, options)
-    to_stdout = json_path == "-"
-    with _progress(True) as update:
-        report = run_bench(plan, update)
 
-    if json_path and not to_stdout:
-        save_report(report, Path(json_path))
-    if csv_path:
-        write_csv(report, Path(csv_path))
-    if markdown_path:
-        write_markdown(report, Path(markdown_path))
-    if plot_path:
-        write_plot(report, Path(plot_path))
-    if to_stdout:
-        click.echo(json.dumps(report_to_dict(report), indent=2))
-        return
+
+def _save_report(report: BenchReport, args: _BenchArgs) -> None:
+    """Write the report to the --json, --csv, --markdown and --plot files asked for."""
+    from toolkit.bench.compare import save_report
+    from toolkit.bench.render import write_csv, write_markdown, write_plot
+
+    if args.json_path and args.json_path != "-":
+        save_report(report, Path(args.json_path))
+    if args.csv_path:
+        write_csv(report, Path(args.csv_path))
+    if args.markdown_path:
+        write_markdown(report, Path(args.markdown_path))
+    if args.plot_path:
+        write_plot(report, Path(args.plot_path))
+
+
+def _print_report(report: BenchReport, args: _BenchArgs) -> None:
+    """The host, the table, the notes and the files written."""
+    from toolkit.bench.render import WIDE_TERMINAL, environment_lines, report_table
+
     for line in environment_lines(report):
         stdout.print(line, soft_wrap=True)
     # Redirected output gets every column at full width; a terminal gets what fits its width.
@@ -389,10 +403,72 @@ def bench_command(
     for note in report.notes:
         stdout.print(f"note: {note}", soft_wrap=True)
     for label, path in (
-        ("json", json_path),
-        ("csv", csv_path),
-        ("markdown", markdown_path),
-        ("plot", plot_path),
+        ("json", args.json_path),
+        ("csv", args.csv_path),
+        ("markdown", args.markdown_path),
+        ("plot", args.plot_path),
     ):
         if path:
             stdout.print(f"wrote {label}: {path}")
+
+
+def _bench_encoder_decoder(target: str, args: _BenchArgs) -> None:
+    """An encoder-decoder is timed whole (encoder and decoding together: the real-time factor of speech, tokens/s
+    of text-to-text), per variant."""
+    from toolkit.cli.common import _jsonable
+    from toolkit.manifest import ModelPackage
+    from toolkit.seq2seq import Seq2SeqPipeline
+    from toolkit.tasks import pipeline_class
+
+    package = ModelPackage.open(target)
+    # an encoder-decoder task's pipeline decodes over a Seq2SeqPipeline, which times itself (`speed`)
+    pipeline = cast("type[Seq2SeqPipeline[Any]]", pipeline_class(package))
+    rows = []
+    for variant in args.variants or tuple(package.manifest.variants):
+        with pipeline.load(
+            target, variant=variant, config=args.provider_config, threads=args.threads
+        ) as loaded:
+            rows.append(loaded.speed(variant))
+    if args.json_path is not None:
+        # a row's fields and its derived figures (rtf, tokens_per_s: properties)
+        figures = [
+            {
+                **_jsonable(row),
+                **{
+                    name: getattr(row, name)
+                    for name, member in vars(type(row)).items()
+                    if isinstance(member, property)
+                },
+            }
+            for row in rows
+        ]
+        _write_json(args.json_path, json.dumps(figures, indent=2))
+    for row in rows:
+        stdout.print(row.line(), markup=False)
+
+
+def _bench_generator(target: str, args: _BenchArgs) -> None:
+    """A generator is timed by TTFT and decode tokens/s (toolkit/cli/generate.py)."""
+    from toolkit.cli.generate import bench_generator
+
+    bench_generator(
+        target,
+        args.variants or None,
+        tuple(p.strip() for p in args.providers.split(",") if p.strip()),
+        args.provider_config,
+        args.threads,
+        args.batches or (1,),
+        args.seqs,
+        args.new_tokens,
+        _run_count(args.iterations) if args.iterations_given else 3,
+        args.baseline,
+        args.json_path,
+    )
+
+
+# how `edge bench` times each family of model (toolkit.tasks.Family)
+_BENCH_BY_FAMILY: dict[Family, Callable[[str, _BenchArgs], None]] = {
+    Family.SINGLE_PASS: _bench_single_pass,
+    Family.ENCODER_DECODER: _bench_encoder_decoder,
+    Family.GENERATOR: _bench_generator,
+}

@@ -11,12 +11,14 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 
 from toolkit.errors import BadInputError, EdgeError
+from toolkit.manifest import MANIFEST_NAME, ModelPackage
+from toolkit.tasks import Family, family_of
 
 __all__ = [
     "EXIT_USER_ERROR",
@@ -28,6 +30,7 @@ __all__ = [
     "emit_json",
     "handle_sigterm",
     "progress",
+    "target_family",
 ]
 
 EXIT_VALIDATION_FAILED = 1
@@ -37,6 +40,12 @@ console = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# click >= 8.5 types ParamType by its value and input; older clicks (pyproject allows 8.1) cannot subscript it
+if TYPE_CHECKING:
+    _ListParam = click.ParamType[tuple[Any, ...], Any]
+else:
+    _ListParam = click.ParamType
 
 
 class _CliLogHandler(logging.Handler):
@@ -111,7 +120,7 @@ def common_options(func: F) -> F:
     return func
 
 
-class CommaList(click.ParamType):
+class CommaList(_ListParam):
     """A comma-separated list option (``--batch 1,8,32``): a tuple of names, or of whole numbers with
     `integers`; a malformed value is a BadInputError naming the option and an example."""
 
@@ -207,3 +216,12 @@ def progress(enabled: bool = True) -> Iterator[Callable[[str], None]]:
             status.update(message)
 
         yield update
+
+
+def target_family(target: str | Path) -> Family:
+    """How the model at `target` runs (`toolkit.tasks.family_of` of its package); a bare .onnx file (no
+    edge.json beside it) runs in a single pass."""
+    path = Path(target)
+    if not (path / MANIFEST_NAME).is_file():
+        return Family.SINGLE_PASS
+    return family_of(ModelPackage.open(path))

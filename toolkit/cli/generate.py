@@ -12,8 +12,8 @@ import click
 from toolkit.cli.common import _jsonable, common_options, console, emit_json, progress, stdout
 from toolkit.cli.provider_options import provider_options
 from toolkit.errors import BadInputError
-from toolkit.generation import GENERATE_TASK, TextGenerator
-from toolkit.manifest import MANIFEST_NAME, ModelPackage
+from toolkit.generation import TextGenerator
+from toolkit.manifest import ModelPackage
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 
@@ -21,8 +21,8 @@ __all__ = [
     "JSON_SCHEMA_HELP",
     "bench_generator",
     "chat_command",
+    "generation_settings",
     "generator_ready_lines",
-    "is_generator_package",
     "read_json_schema",
     "run_prompts",
 ]
@@ -45,6 +45,18 @@ def read_json_schema(path: str) -> dict[str, Any]:
             f"--json-schema {path}: holds a {type(schema).__name__}, not a JSON Schema object"
         )
     return schema
+
+
+def generation_settings(
+    max_new_tokens: int | None, temperature: float | None, json_schema: str | None
+) -> dict[str, Any]:
+    """`TextGenerator.generate`'s settings from --max-new-tokens, --temperature and --json-schema."""
+    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    if json_schema is not None:
+        settings["json_schema"] = read_json_schema(json_schema)
+    if temperature is not None:
+        settings.update(do_sample=True, temperature=temperature)
+    return settings
 
 
 def _generator(
@@ -118,11 +130,7 @@ def chat_command(
     """Chat with a generate package in the terminal: history kept, replies streamed (each one a JSON document
     matching --json-schema when given); empty line or EOF ends."""
     generator = _generator(target, variant, provider_config, threads, False)
-    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-    if json_schema is not None:
-        settings["json_schema"] = read_json_schema(json_schema)
-    if temperature is not None:
-        settings.update(do_sample=True, temperature=temperature)
+    settings = generation_settings(max_new_tokens, temperature, json_schema)
     options = generator.options(**settings)  # bad settings (and a schema that does not compile) fail now
     if options.constraint is not None:
         generator.grammars.row(options.constraint)
@@ -150,14 +158,6 @@ def generator_ready_lines(url: str, generators: Mapping[str, TextGenerator]) -> 
         f"  {name}  generate ({g.runner.path.name})  OpenAI: {url}/v1/completions, {url}/v1/chat/completions"
         for name, g in generators.items()
     ]
-
-
-def is_generator_package(target: str) -> bool:
-    """Whether `target` is a ``generate`` package directory (so `edge bench` times generation)."""
-    path = Path(target)
-    if not (path / MANIFEST_NAME).is_file():
-        return False
-    return ModelPackage.open(path).manifest.task == GENERATE_TASK
 
 
 def bench_generator(

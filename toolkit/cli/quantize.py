@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
@@ -12,6 +12,9 @@ from rich.table import Table
 from toolkit.cli.common import EXIT_VALIDATION_FAILED, CommaList, common_options, emit_json, progress, stdout
 from toolkit.errors import BadInputError
 from toolkit.manifest import Host
+
+if TYPE_CHECKING:
+    from converters.quantization import QuantizeResult
 
 __all__ = ["quantize_command", "render_candidates"]
 
@@ -189,23 +192,34 @@ def quantize_command(
     if as_json:
         emit_json(result)
     else:
-        if result.candidates:
-            stdout.print(render_candidates(result.candidates, result.budget, result.host, portable))
-        for note in result.notes:
-            stdout.print(f"note: {note}")
-        variant = result.variant
-        if variant is not None and result.accuracy is not None and result.latency is not None:
-            picked = f" (picked: {variant.settings.get('picked')})" if method == "auto" else ""
-            fp32_ms = result.latency.median_ms["fp32"]
-            ms = result.latency.median_ms[variant.name]
-            stdout.print(
-                f"{'wrote' if variant.validation and variant.validation.passed else 'wrote (below budget)'} "
-                f"{result.package.path / variant.file}{picked}\n"
-                f"  accuracy vs fp32: {result.accuracy.summary()}, budget {result.budget:g}\n"
-                f"  size: {variant.size_bytes / 1e6:.1f} MB ({result.size_ratio:.1%} of fp32)\n"
-                f"  latency: {ms:.1f} ms vs fp32 {fp32_ms:.1f} ms ({fp32_ms / ms:.2f}x, CPU, {result.latency.threads} threads, "
-                f"{result.latency.shape})"
-            )
+        _print_result(result, method, portable)
+    _exit_when_below_budget(result, max_size, portable)
+
+
+def _print_result(result: QuantizeResult, method: str, portable: bool) -> None:
+    """The candidates auto tried, the notes, and the variant written: its accuracy, size and latency vs fp32."""
+    if result.candidates:
+        stdout.print(render_candidates(result.candidates, result.budget, result.host, portable))
+    for note in result.notes:
+        stdout.print(f"note: {note}")
+    variant = result.variant
+    if variant is not None and result.accuracy is not None and result.latency is not None:
+        picked = f" (picked: {variant.settings.get('picked')})" if method == "auto" else ""
+        fp32_ms = result.latency.median_ms["fp32"]
+        ms = result.latency.median_ms[variant.name]
+        stdout.print(
+            f"{'wrote' if variant.validation and variant.validation.passed else 'wrote (below budget)'} "
+            f"{result.package.path / variant.file}{picked}\n"
+            f"  accuracy vs fp32: {result.accuracy.summary()}, budget {result.budget:g}\n"
+            f"  size: {variant.size_bytes / 1e6:.1f} MB ({result.size_ratio:.1%} of fp32)\n"
+            f"  latency: {ms:.1f} ms vs fp32 {fp32_ms:.1f} ms ({fp32_ms / ms:.2f}x, CPU, {result.latency.threads} threads, "
+            f"{result.latency.shape})"
+        )
+
+
+def _exit_when_below_budget(result: QuantizeResult, max_size: float | None, portable: bool) -> None:
+    """Exit 1 with an error line when no candidate met the budget (nothing written) or the variant written
+    misses it (kept, marked failed)."""
     if result.variant is None:
         best = max(
             (c for c in result.candidates if c.accuracy),

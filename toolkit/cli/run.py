@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 import numpy as np
 
 from toolkit.bench.measure import Budget, TimingPlan, latency_stats, time_calls
 from toolkit.cli.common import CommaList, common_options, emit_json, progress, stdout
-from toolkit.cli.generate import JSON_SCHEMA_HELP, read_json_schema, run_prompts
+from toolkit.cli.generate import JSON_SCHEMA_HELP, generation_settings, run_prompts
 from toolkit.cli.provider_options import placement_line, provider_options
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 from toolkit.seq2seq import Seq2SeqPipeline
-from toolkit.tasks import Pipeline, pipeline_class, pipelines, tasks
+from toolkit.tasks import Family, Pipeline, pipeline_class, pipelines, tasks
 
 __all__ = ["run_command"]
 
@@ -161,12 +162,7 @@ def run_command(
     as_json: bool,
 ) -> None:
     """Run TARGET (a package directory, or an .onnx file with --input) and print the result."""
-    if labels is not None and not images:
-        raise BadInputError("--labels scores --image files against candidate labels; pass --image FILE")
-    if out is not None and not images:
-        raise BadInputError("--out draws detections on an --image; pass one --image FILE")
-    if json_schema is not None and not prompts:
-        raise BadInputError("--json-schema constrains generated text; pass it with --prompt")
+    _check_companion_flags(images, labels, out, prompts, json_schema)
     if prompts:
         if texts or images or clips or inputs:
             raise BadInputError(
@@ -176,13 +172,65 @@ def run_command(
             raise BadInputError(
                 "--repeat does not time generation; use `edge bench DIR --new-tokens N` instead"
             )
-        settings: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-        if json_schema is not None:
-            settings["json_schema"] = read_json_schema(json_schema)
-        if temperature is not None:
-            settings.update(do_sample=True, temperature=temperature)
+        settings = generation_settings(max_new_tokens, temperature, json_schema)
         run_prompts(target, list(prompts), variant, provider_config, threads, settings, stream, as_json)
         return
+    _check_one_input(texts, images, clips, inputs, query, docs)
+    if inputs:
+        ran = _run_tensors(target, inputs, variant, provider_config, threads, as_json)
+    else:
+        kind, items = _items(texts, images, clips, query, docs)
+        decoding = {
+            "timestamps": timestamps or None,
+            "stride_s": stride,
+            "language": language,
+            "task": "translate" if translate else None,
+            "num_beams": num_beams,
+            "max_new_tokens": max_new_tokens,
+        }
+        options = {name: value for name, value in decoding.items() if value is not None}
+        ran = _run_package(
+            target, kind, items, labels, options, out, variant, provider_config, threads, as_json
+        )
+    result = {
+        "model": str(ran.runner.path),
+        "providers": list(ran.runner.providers),
+        "node_placement": ran.runner.node_placement(),
+        **ran.fields,
+    }
+    if repeat:
+        result["latency"] = _time(ran.call, repeat)
+    if as_json:
+        emit_json(result)
+        return
+    _print(result, ran.lines)
+
+
+def _check_companion_flags(
+    images: tuple[str, ...],
+    labels: tuple[str, ...] | None,
+    out: str | None,
+    prompts: tuple[str, ...],
+    json_schema: str | None,
+) -> None:
+    """A BadInputError for a flag given without the input it works on."""
+    if labels is not None and not images:
+        raise BadInputError("--labels scores --image files against candidate labels; pass --image FILE")
+    if out is not None and not images:
+        raise BadInputError("--out draws detections on an --image; pass one --image FILE")
+    if json_schema is not None and not prompts:
+        raise BadInputError("--json-schema constrains generated text; pass it with --prompt")
+
+
+def _check_one_input(
+    texts: tuple[str, ...],
+    images: tuple[str, ...],
+    clips: tuple[str, ...],
+    inputs: tuple[str, ...],
+    query: str | None,
+    docs: tuple[str, ...],
+) -> None:
+    """A BadInputError unless exactly one kind of input is given (--query and --doc together)."""
     if docs and query is None:
         raise BadInputError("--doc is a document to rank for a --query; pass --query TEXT too")
     if query is not None and not docs:
@@ -193,58 +241,78 @@ def run_command(
             "(an audio package), --query with --doc (a rerank package), --prompt (a generate package) or "
             "--input NAME=FILE.npy"
         )
-    result: dict[str, Any]
+
+
+def _items(
+    texts: tuple[str, ...],
+    images: tuple[str, ...],
+    clips: tuple[str, ...],
+    query: str | None,
+    docs: tuple[str, ...],
+) -> tuple[str, list[str]]:
+    """The kind of the items given (a task's `run_input`) and the items: texts, image files, WAV files, or the
+    query followed by its documents."""
+    if texts:
+        return "text", list(texts)
+    if images:
+        return "image", list(images)
+    if clips:
+        return "audio", list(clips)
+    return "query", [query or "", *docs]
+
+
+@dataclass(frozen=True)
+class _Ran:
+    """One `edge run`: its runner, the call that ran (timed again for --repeat), the JSON fields and the lines
+    printed for the results."""
+
+    runner: Runner
     call: Callable[[], Any]
-    if texts or images or clips or docs:
-        package = ModelPackage.open(target)
-        with progress(not as_json) as say:
-            runner = Runner(
-                package.model_path(variant), config=provider_config, threads=threads, progress=say
-            )
-        pipeline = pipeline_class(package)(package, runner)
-        kind, items = (
-            ("text", texts)
-            if texts
-            else ("image", images)
-            if images
-            else ("audio", clips)
-            if clips
-            else ("query", (query or "", *docs))
-        )
-        decoding = {
-            "timestamps": timestamps or None,
-            "stride_s": stride,
-            "language": language,
-            "task": "translate" if translate else None,
-            "num_beams": num_beams,
-            "max_new_tokens": max_new_tokens,
-        }
-        options = {name: value for name, value in decoding.items() if value is not None}
-        call, result = _run_items(pipeline, kind, list(items), labels, options)
-        if out is not None:
-            _annotate(pipeline, list(items), result.pop("results_for_drawing"), Path(out))
-            result["annotated"] = out
-    else:
-        with progress(not as_json) as say:
-            runner = Runner(target, variant=variant, config=provider_config, threads=threads, progress=say)
-        feeds = _read_inputs(inputs)
-        outputs = runner.run(feeds)
-        call = lambda: runner.run(feeds)  # noqa: E731
-        result = {"outputs": outputs}
-    result = {
-        "model": str(runner.path),
-        "providers": list(runner.providers),
-        "node_placement": runner.node_placement(),
-        **result,
-    }
-    if repeat:
-        result["latency"] = _time(call, repeat)
-    result.pop("results_for_drawing", None)
-    lines = result.pop("lines", [])
-    if as_json:
-        emit_json(result)
-        return
-    _print(result, lines)
+    fields: dict[str, Any]
+    lines: list[str] = field(default_factory=list)
+
+
+def _run_tensors(
+    target: str,
+    inputs: tuple[str, ...],
+    variant: str,
+    config: ProviderConfig,
+    threads: int | None,
+    quiet: bool,
+) -> _Ran:
+    """The raw runner on the --input arrays."""
+    with progress(not quiet) as say:
+        runner = Runner(target, variant=variant, config=config, threads=threads, progress=say)
+    feeds = _read_inputs(inputs)
+    outputs = runner.run(feeds)
+    return _Ran(runner, lambda: runner.run(feeds), {"outputs": outputs})
+
+
+def _run_package(
+    target: str,
+    kind: str,
+    items: list[str],
+    labels: tuple[str, ...] | None,
+    options: Mapping[str, Any],
+    out: str | None,
+    variant: str,
+    config: ProviderConfig,
+    threads: int | None,
+    quiet: bool,
+) -> _Ran:
+    """The package's pipeline on `items` (and the detections drawn to `out`)."""
+    package = ModelPackage.open(target)
+    with progress(not quiet) as say:
+        runner = Runner(package.model_path(variant), config=config, threads=threads, progress=say)
+    pipeline = pipeline_class(package)(package, runner)
+    call = _items_call(pipeline, kind, items, labels, options)
+    results = call()
+    task = pipeline.task
+    fields = {"task": task.name, _ITEMS_KEY[kind]: items, **task.run_json(results)}
+    if out is not None:
+        _annotate(pipeline, items, results, Path(out))
+        fields["annotated"] = out
+    return _Ran(runner, call, fields, task.run_lines(items, results))
 
 
 _ITEMS_KEY = {"text": "texts", "image": "images", "audio": "clips", "query": "query_and_documents"}
@@ -259,57 +327,69 @@ _FLAGS = {
 }
 
 
-def _run_items(
+def _items_call(
     pipeline: Pipeline[Any],
     kind: str,
     items: list[str],
-    labels: tuple[str, ...] | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> tuple[Callable[[], Any], dict[str, Any]]:
-    """Run `items` (texts, image files or WAV files) through the pipeline, with an encoder-decoder's decoding
-    `options` (`Seq2SeqPipeline.run_options`); the task says how to print them."""
-    task = pipeline.task
-    manifest = pipeline.package.manifest
-    if task.run_input != kind:
-        takers = ", ".join(name for name, t in tasks().items() if t.run_input == kind)
-        if kind == "audio":
-            raise BadInputError(
-                f"package '{manifest.name}' (task {manifest.task}) takes no waveform: only {takers} packages "
-                "with a wav2vec 2.0-style front end do; run it with --input NAME=FILE.npy"
-            )
-        instead = f"--{task.run_input}" if task.run_input is not None else "--input NAME=FILE.npy"
-        raise BadInputError(
-            f"package task '{manifest.task}' has no {kind} pipeline ({takers} have); run it with {instead}"
-        )
-    run = lambda: pipeline.run_items(items)  # noqa: E731
+    labels: tuple[str, ...] | None,
+    options: Mapping[str, Any],
+) -> Callable[[], list[Any]]:
+    """The call running `items` (texts, image files or WAV files) through the pipeline: scored against the
+    --labels, or decoded with an encoder-decoder's decoding `options` (`Seq2SeqPipeline.run_options`)."""
+    _check_takes(pipeline, kind)
+    run: Callable[[], list[Any]] = lambda: pipeline.run_items(items)  # noqa: E731
     if labels is not None:
         zero_shot = getattr(pipeline, "zero_shot", None)
         if zero_shot is None:
+            manifest = pipeline.package.manifest
             raise BadInputError(
                 f"--labels needs an image-text package (CLIP, SigLIP); '{manifest.name}' has task {manifest.task}"
             )
         run = lambda: zero_shot(items, list(labels))  # noqa: E731
     if options:
-        accepted = pipeline.run_options if isinstance(pipeline, Seq2SeqPipeline) else frozenset()
-        refused = [name for name in options if name not in accepted]
-        if refused:
-            accepting = [
-                task_name
-                for task_name, cls in pipelines().items()
-                if issubclass(cls, Seq2SeqPipeline) and refused[0] in cls.run_options
-            ]
-            raise BadInputError(
-                f"{_FLAGS[refused[0]]} applies to {' and '.join(accepting)} packages; '{manifest.name}' has task "
-                f"{manifest.task}"
-            )
-        assert isinstance(pipeline, Seq2SeqPipeline)
-        decoder = pipeline
+        decoder = _decoder_taking(pipeline, options)
         run = lambda: decoder.run_with(items, options)  # noqa: E731
-    results = run()
-    result = {"task": task.name, _ITEMS_KEY[kind]: items, **task.run_json(results)}
-    result["lines"] = task.run_lines(items, results)
-    result["results_for_drawing"] = results
-    return run, result
+    return run
+
+
+def _check_takes(pipeline: Pipeline[Any], kind: str) -> None:
+    """A BadInputError naming the flag to use when the package's task does not take `kind` items."""
+    task = pipeline.task
+    if task.run_input == kind:
+        return
+    manifest = pipeline.package.manifest
+    takers = ", ".join(name for name, t in tasks().items() if t.run_input == kind)
+    if kind == "audio":
+        raise BadInputError(
+            f"package '{manifest.name}' (task {manifest.task}) takes no waveform: only {takers} packages "
+            "with a wav2vec 2.0-style front end do; run it with --input NAME=FILE.npy"
+        )
+    instead = f"--{task.run_input}" if task.run_input is not None else "--input NAME=FILE.npy"
+    raise BadInputError(
+        f"package task '{manifest.task}' has no {kind} pipeline ({takers} have); run it with {instead}"
+    )
+
+
+def _decoding_options(pipeline: type[Pipeline[Any]]) -> frozenset[str]:
+    """The decoding options a pipeline takes: an encoder-decoder's `run_options`, none for the other families."""
+    if pipeline.task_class.family is not Family.ENCODER_DECODER:
+        return frozenset()
+    # an encoder-decoder task's pipeline is a Seq2SeqPipeline
+    return cast("type[Seq2SeqPipeline[Any]]", pipeline).run_options
+
+
+def _decoder_taking(pipeline: Pipeline[Any], options: Mapping[str, Any]) -> Seq2SeqPipeline[Any]:
+    """`pipeline` as the encoder-decoder taking every one of the decoding `options`; a BadInputError naming the
+    first option's flag and the tasks that take it otherwise."""
+    refused = [name for name in options if name not in _decoding_options(type(pipeline))]
+    if refused:
+        accepting = [name for name, cls in pipelines().items() if refused[0] in _decoding_options(cls)]
+        manifest = pipeline.package.manifest
+        raise BadInputError(
+            f"{_FLAGS[refused[0]]} applies to {' and '.join(accepting)} packages; '{manifest.name}' has task "
+            f"{manifest.task}"
+        )
+    return cast("Seq2SeqPipeline[Any]", pipeline)
 
 
 def _annotate(pipeline: Pipeline[Any], items: list[str], results: list[Any], out: Path) -> None:

@@ -51,7 +51,7 @@ from toolkit.manifest import (
 )
 from toolkit.preprocess import TextTokenizer
 from toolkit.runner import Runner
-from toolkit.tasks import tasks
+from toolkit.tasks import Family, tasks
 
 __all__ = ["EXPORTER_CHOICES", "ConvertOptions", "convert"]
 
@@ -288,7 +288,7 @@ def _fits_batch(feeds: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...])
 def _generates(resolved: ResolvedSource, options: ConvertOptions) -> bool:
     """Whether the Hugging Face source converts as a generator."""
     requested = options.task or (resolved.recipe.task if resolved.recipe else None)
-    return detect_task(resolved.model_dir, requested).name == "generate"
+    return detect_task(resolved.model_dir, requested).family is Family.GENERATOR
 
 
 def _check_options(family: str, options: ConvertOptions, source: str) -> None:
@@ -461,7 +461,9 @@ def _export_onnx(
 
     assert resolved.onnx is not None
     say(f"packaging {resolved.onnx}")
-    onnx_file, found = package_onnx_file(resolved.onnx, options, package_dir)
+    onnx_file, found = package_onnx_file(
+        resolved.onnx, package_dir, options.task, options.labels, options.inputs
+    )
     return _Exported(
         onnx_file=onnx_file,
         task=found.task,

@@ -50,6 +50,7 @@ from toolkit.host import current_host
 from toolkit.inspect import model_size, op_types
 from toolkit.manifest import FP32_VARIANT, ModelPackage, Variant, tool_versions, variant_file_name
 from toolkit.runner import Runner
+from toolkit.tasks import Family, family_of
 
 __all__ = ["AUTO_VARIANT", "LayerSensitivity", "layer_sensitivity", "quantize_auto"]
 
@@ -241,7 +242,7 @@ def quantize_auto(
                 replace(base, blockwise=(*(options.blockwise or ()), "MatMul"), op_types=("Gather",)),
             ),
         ]
-        if package.manifest.generation is not None:  # weight-only int4 is the LM candidate
+        if family_of(package) is Family.GENERATOR:  # weight-only int4 is the LM candidate
             plans.append(_Plan("int4 block 32", "int4", replace(base, block_size=32)))
         candidates: list[Candidate] = []
         staged: dict[str, Path] = {}

@@ -17,10 +17,12 @@ def test_every_exportable_task_is_registered() -> None:
 
 def test_every_registered_task_is_exportable_or_listed_as_not_exported() -> None:
     registered = set(tasks())
-    assert NOT_EXPORTED <= registered
+    assert registered >= NOT_EXPORTED
     assert not NOT_EXPORTED & set(TASKS)
     missing = sorted(registered - set(TASKS) - NOT_EXPORTED)
-    assert not missing, f"registered tasks with no export facts (add them to TASKS or NOT_EXPORTED): {missing}"
+    assert not missing, (
+        f"registered tasks with no export facts (add them to TASKS or NOT_EXPORTED): {missing}"
+    )
 
 
 def test_family_is_the_registrys_answer() -> None:

@@ -367,8 +367,15 @@ def bench_command(
     )
     plan = plan_bench(target, options)
     to_stdout = json_path == "-"
+    baseline_loader = None
+    if (
+        options.baseline is not None
+    ):  # the torch baseline is converters' (torch, transformers), loaded on request
+        from converters.baseline import load_torch_baseline
+
+        baseline_loader = load_torch_baseline
     with _progress(True) as update:
-        report = run_bench(plan, update)
+        report = run_bench(plan, update, baseline_loader)
 
     if json_path and not to_stdout:
         save_report(report, Path(json_path))

@@ -21,7 +21,6 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from converters.accuracy import (
-    AccuracyReport,
     Latency,
     compare_variant,
     held_out_feeds,
@@ -36,6 +35,7 @@ from toolkit.inspect import model_size
 from toolkit.manifest import FP32_VARIANT, Host, ModelPackage, Variant, tool_versions, variant_file_name
 from toolkit.runner import Runner
 from toolkit.tasks import Family, family_of, task_for
+from toolkit.tasks.accuracy import AccuracyReport
 
 __all__ = [
     "METHODS",

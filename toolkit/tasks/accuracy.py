@@ -134,6 +134,18 @@ def _pairs(task: MetricReader, runs: Runs, feeds: HeldOut) -> list[tuple[np.ndar
     ]
 
 
+def _agreement_report(
+    metric: str,
+    rate: float,
+    samples: int,
+    headline: str,
+    outputs: tuple[OutputCheck, ...],
+    details: Mapping[str, float],
+) -> AccuracyReport:
+    """A report whose one figure is an agreement rate: value, score and worst alike."""
+    return AccuracyReport(metric, rate, rate, rate, samples, headline, outputs, details)
+
+
 def cosine_report(task: MetricReader, runs: Runs, feeds: HeldOut) -> AccuracyReport:
     """Mean and worst cosine of the variant's `metric_values` against fp32's."""
     sims = [s for got, want in _pairs(task, runs, feeds) for s in _cosines(got, want)]
@@ -161,15 +173,13 @@ def top1_report(task: MetricReader, runs: Runs, feeds: HeldOut) -> AccuracyRepor
         total += int(np.prod(g.shape[:-1]))
         max_logit = max(max_logit, float(np.abs(g.astype(np.float64) - w).max()))
     agreement = agree / max(total, 1)
-    return AccuracyReport(
-        metric="top1_agreement",
-        value=agreement,
-        score=agreement,
-        worst=agreement,
-        samples=len(feeds),
-        headline=f"top-1 agreement {agreement:.1%}, max logit diff {round(max_logit, 6):.3g} ({len(feeds)} held-out)",
-        outputs=output_checks(runs, [task.metric_output()]),
-        details={"top1_agreement": round(agreement, 6), "max_logit_diff": round(max_logit, 6)},
+    return _agreement_report(
+        "top1_agreement",
+        agreement,
+        len(feeds),
+        f"top-1 agreement {agreement:.1%}, max logit diff {round(max_logit, 6):.3g} ({len(feeds)} held-out)",
+        output_checks(runs, [task.metric_output()]),
+        {"top1_agreement": round(agreement, 6), "max_logit_diff": round(max_logit, 6)},
     )
 
 
@@ -195,18 +205,14 @@ def ranking_report(task: MetricReader, runs: Runs, feeds: HeldOut) -> AccuracyRe
         max_score = max(max_score, float(np.abs(g - w).max()))
     agreement = agree / len(feeds)
     mean_tau, min_tau = float(np.mean(taus)), float(np.min(taus))
-    return AccuracyReport(
-        metric="ranking_agreement",
-        value=agreement,
-        score=agreement,
-        worst=agreement,
-        samples=len(feeds),
-        headline=(
-            f"top-1 agreement {agreement:.1%}, Kendall tau mean {round(mean_tau, 6):.4f}, "
-            f"min {round(min_tau, 6):.4f} ({len(feeds)} held-out lists)"
-        ),
-        outputs=output_checks(runs, [task.metric_output()]),
-        details={
+    return _agreement_report(
+        "ranking_agreement",
+        agreement,
+        len(feeds),
+        f"top-1 agreement {agreement:.1%}, Kendall tau mean {round(mean_tau, 6):.4f}, "
+        f"min {round(min_tau, 6):.4f} ({len(feeds)} held-out lists)",
+        output_checks(runs, [task.metric_output()]),
+        {
             "top1_agreement": round(agreement, 6),
             "mean_kendall_tau": round(mean_tau, 6),
             "min_kendall_tau": round(min_tau, 6),
@@ -224,15 +230,13 @@ def detection_report(
         hit, count = match(got, want, f)
         matched, total = matched + hit, total + count
     rate = matched / total if total else 1.0
-    return AccuracyReport(
-        metric="detection_agreement",
-        value=rate,
-        score=rate,
-        worst=rate,
-        samples=len(feeds),
-        headline=f"detections matched to fp32 {rate:.1%} ({len(feeds)} held-out)",
-        outputs=output_checks(runs),
-        details={"detection_agreement": round(rate, 6), "fp32_detections": float(total)},
+    return _agreement_report(
+        "detection_agreement",
+        rate,
+        len(feeds),
+        f"detections matched to fp32 {rate:.1%} ({len(feeds)} held-out)",
+        output_checks(runs),
+        {"detection_agreement": round(rate, 6), "fp32_detections": float(total)},
     )
 
 

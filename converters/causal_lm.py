@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from converters.export_tasks import TASKS
 from converters.gqa_decoder import export_gqa_decoder, supports_gqa
-from converters.hf import TASKS, copy_assets, export_hf_model, load_hf_model, missing_tokenizer
+from converters.hf import copy_assets, export_hf_model, load_hf_model, missing_tokenizer
 from converters.sources import ResolvedSource, directory_sha256
 from converters.validate import OutputTally, validation_of
 from toolkit.agreement import Tolerance

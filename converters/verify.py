@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from converters.accuracy import (
-    AccuracyReport,
     Candidate,
     RecordedOutputs,
     compare_variant,
@@ -38,6 +37,7 @@ from toolkit.host import current_host
 from toolkit.manifest import FP32_VARIANT, Host, ModelPackage, Validation, Variant
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
+from toolkit.tasks.accuracy import AccuracyReport
 
 __all__ = ["DEFAULT_BUDGET", "VariantCheck", "VerifyResult", "verify"]
 

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from conftest import build_offline_model
 
 from converters import ConvertOptions, convert
-from converters.hf import TASKS, load_hf_model, run_reference
+from converters.export_tasks import TASKS
+from converters.hf import load_hf_model, run_reference
 from toolkit import ModelPackage, load
 from toolkit.cli import edge
 from toolkit.errors import BadInputError

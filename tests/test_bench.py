@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from converters.baseline import load_torch_baseline
 from tests.gpu_support import skip_reason
 from toolkit.bench import (
     BenchOptions,
@@ -213,7 +214,7 @@ def test_provider_flags_reach_the_session(tiny_bert_package: Path) -> None:
 
 def test_torch_baseline_gives_speedups(tiny_bert_package: Path) -> None:
     plan = plan_bench(tiny_bert_package, BenchOptions(seqs=(8,), baseline="torch", timing=FAST))
-    report = run_bench(plan)
+    report = run_bench(plan, baseline_loader=load_torch_baseline)
     torch_cell = next(c for c in report.cells if c.variant == "pytorch")
     onnx_cell = next(c for c in report.cells if c.variant == "fp32")
     assert torch_cell.provider == "torch"

@@ -147,7 +147,7 @@ def test_failed_or_interrupted_export_leaves_nothing(
 def test_convert_help_names_every_task() -> None:
     from click.testing import CliRunner
 
-    from converters.hf import TASKS
+    from converters.export_tasks import TASKS
     from toolkit.cli import edge
 
     text = " ".join(CliRunner().invoke(edge, ["convert", "--help"]).output.split())

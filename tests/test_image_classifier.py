@@ -19,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 import toolkit
-from converters.hf import TASKS, preprocessing_of
+from converters.export_tasks import TASKS
+from converters.hf import preprocessing_of
 from converters.samples import synthetic_photo
 from toolkit.cli import edge
 from toolkit.errors import BadInputError

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from converters.accuracy import budget_floor, held_out_feeds
+from converters.accuracy import held_out_feeds
 from converters.quantization import CalibrationOptions, QuantizeOptions, quantize
 from converters.quantization.auto import LATENCY_TIE, _pick
 from converters.quantization.methods import Candidate
@@ -21,6 +21,7 @@ from toolkit.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
 from toolkit.runner import Runner
+from toolkit.tasks.accuracy import budget_floor
 
 
 @pytest.fixture

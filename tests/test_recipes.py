@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from conftest import build_offline_model, print_decisions
 
 from converters import ConvertOptions, convert
-from converters.hf import TASKS, load_hf_model, run_reference
+from converters.export_tasks import TASKS
+from converters.hf import load_hf_model, run_reference
 from converters.recipes import (
     SAMPLE_KINDS,
     Recipe,

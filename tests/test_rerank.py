@@ -21,11 +21,12 @@ from conftest import _save_tiny_bert, build_offline_model
 from serve_process import ServeProcess, metric_sum, post_json, start_serve
 
 from converters import ConvertOptions, convert
-from converters.accuracy import compare_variant, kendall_tau
+from converters.accuracy import compare_variant
 from toolkit import Reranker, TextClassifier
 from toolkit.cli import edge
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage
+from toolkit.tasks.accuracy import kendall_tau
 
 QUERY = "where does the quick brown fox sleep"
 DOCUMENTS = [

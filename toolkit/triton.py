@@ -37,6 +37,7 @@ from toolkit.dtypes import DTYPES
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.inspect import graph_tensor_specs, load_onnx_graph
 from toolkit.manifest import FP32_VARIANT, ModelPackage, TensorSpec
+from toolkit.tasks import Family, family_of
 
 __all__ = [
     "DEFAULT_MAX_BATCH_SIZE",
@@ -426,7 +427,7 @@ def export_triton_repository(
     _check_options(options)
     package = ModelPackage.open(package_dir)
     manifest = package.manifest
-    if manifest.seq2seq is not None:
+    if family_of(package) is Family.ENCODER_DECODER:
         raise BadInputError(
             f"package '{package.path}' is an encoder-decoder (task '{manifest.task}'): Triton's onnxruntime backend "
             f"would serve its encoder alone, without the decoding loop; serve it with `edge serve {package.path}`, "

@@ -4,13 +4,13 @@
 """
 
 from converters.quantization.calibration import CALIBRATION_METHODS, CalibrationOptions
+from converters.quantization.entry import quantize
 from converters.quantization.methods import (
     METHODS,
     Candidate,
     Method,
     QuantizeOptions,
     QuantizeResult,
-    quantize,
 )
 
 __all__ = [

@@ -48,8 +48,9 @@ from toolkit.atomic import staging_directory
 from toolkit.errors import EdgeError
 from toolkit.host import current_host
 from toolkit.inspect import model_size, op_types
-from toolkit.manifest import FP32_VARIANT, ModelPackage, Variant, tool_versions, variant_file_name
+from toolkit.manifest import FP32_VARIANT, Host, ModelPackage, Variant, tool_versions, variant_file_name
 from toolkit.runner import Runner
+from toolkit.tasks import Family, family_of
 
 __all__ = ["AUTO_VARIANT", "LayerSensitivity", "layer_sensitivity", "quantize_auto"]
 
@@ -210,6 +211,196 @@ def _pick(fitting: list[Candidate]) -> Candidate:
     return min(tied, key=lambda c: (not c.portable, c.size_bytes, c.latency_ms or float("inf")))
 
 
+def _fixed_plans(package: ModelPackage, options: QuantizeOptions, base: QuantizeOptions) -> list[_Plan]:
+    """The candidates every model gets: dynamic int8 three ways, static QDQ, 8-bit blockwise on every MatMul, and
+    for a generator weight-only int4."""
+    plans = [
+        _Plan("int8 per-tensor", "dynamic-int8", replace(base, per_channel=False)),
+        _Plan("int8 per-channel", "dynamic-int8", replace(base, per_channel=True)),
+        _Plan(
+            "int8 per-channel reduced-range",
+            "dynamic-int8",
+            replace(base, per_channel=True, reduce_range=True),
+        ),
+        _Plan("int8 static QDQ", "static-int8", replace(base, per_channel=True)),
+        _Plan(
+            "8-bit blockwise, every MatMul",
+            "dynamic-int8",
+            # Only embeddings besides: whatever the blockwise pass left (Gemm, Conv) would be u8s8, not portable.
+            replace(base, blockwise=(*(options.blockwise or ()), "MatMul"), op_types=("Gather",)),
+        ),
+    ]
+    if family_of(package) is Family.GENERATOR:  # weight-only int4 is the LM candidate
+        plans.append(_Plan("int4 block 32", "int4", replace(base, block_size=32)))
+    return plans
+
+
+class _Trials:
+    """Builds and scores candidates on the same held-out inputs against fp32's outputs computed once; keeps the
+    files of those `portable_only` allows in `staged`, for timing."""
+
+    def __init__(self, ws: Workspace, options: QuantizeOptions, reference: Runner) -> None:
+        self.ws = ws
+        self.options = options
+        self.held_out = held_out_feeds(ws.package)
+        self.wanted = reference_outputs(reference, self.held_out)
+        self.size_cap = model_size(ws.source) * options.max_size if options.max_size else float("inf")
+        self.staged: dict[str, Path] = {}
+        self.candidates: list[Candidate] = []
+
+    def attempt(self, plan: _Plan) -> Candidate:
+        """Build `plan`'s file, score it, and record the candidate (a failed build is a candidate with its error)."""
+        out = self.ws.folder / f"candidate-{len(self.candidates)}.onnx"
+        self.ws.say(f"candidate {plan.name}")
+        candidate = self._score(plan, out)
+        self.candidates.append(candidate)
+        return candidate
+
+    def _score(self, plan: _Plan, out: Path) -> Candidate:
+        options = self.options
+        try:
+            settings = METHODS[plan.method].build(self.ws, plan.options, out)
+            settings.pop("_calibration_texts", None)
+            report = compare_variant(
+                self.ws.package, Runner(out, "cpu", threads=options.threads), self.held_out, self.wanted
+            )
+        except EdgeError as exc:
+            log.info("candidate %s failed: %s", plan.name, exc)
+            return Candidate(plan.name, plan.method, {}, None, None, None, 0, False, str(exc))
+        size = out.stat().st_size
+        over_cap = size > self.size_cap
+        portable = plan.options.reduce_range or not (op_types(out) & U8S8_OPS)
+        allowed = portable or not options.portable_only
+        if allowed:
+            self.staged[plan.name] = out
+        return Candidate(
+            plan.name,
+            plan.method,
+            {**settings, "portable": portable},
+            report,
+            None,
+            None,
+            size,
+            report.meets(options.budget) and not over_cap and allowed,
+            over_size_cap=over_cap,
+            portable=portable,
+        )
+
+
+def _try_protected_layers(trials: _Trials, options: QuantizeOptions, base: QuantizeOptions) -> None:
+    """For each of `FAMILIES`, protect the 1, 2, 4, ... most sensitive layers until a candidate meets the budget
+    (or passes the size cap)."""
+    ws = trials.ws
+    calibration = load_calibration(ws.package, options.calibration).feeds[:SENSITIVITY_SAMPLES]
+    ranked: dict[bool, tuple[LayerSensitivity, ...]] = {}
+    for family in FAMILIES:
+        if options.portable_only and not family.reduce_range:
+            continue  # full-range int8 layers remain: never portable
+        if family.per_channel not in ranked:
+            ws.say(f"per-layer sensitivity ({'per-channel' if family.per_channel else 'per-tensor'})")
+            ranked[family.per_channel] = layer_sensitivity(
+                ws.preprocessed(), list(calibration), family.per_channel
+            )
+            for line in ranked[family.per_channel][:5]:
+                log.info("most sensitive: %s %s (error %.3g)", line.op_type, line.node, line.error)
+        layers = ranked[family.per_channel]
+        for k in EXCLUDE_STEPS:
+            if k >= len(layers):
+                break
+            nodes = tuple(s.node for s in layers[:k])
+            scheme = replace(base, per_channel=family.per_channel, reduce_range=family.reduce_range)
+            if family.protect == "fp32":
+                plan_options = replace(scheme, exclude=(*options.exclude, *nodes))
+            else:
+                plan_options = replace(scheme, blockwise=(*(options.blockwise or ()), *nodes))
+            candidate = trials.attempt(_Plan(family.label(k), "dynamic-int8", plan_options))
+            # Protecting more layers only grows the file, so past the size cap there is nothing to gain.
+            if candidate.meets_budget or candidate.over_size_cap:
+                break
+
+
+def _timed(
+    trials: _Trials, reference: Runner, feeds: dict[str, np.ndarray], names: list[str], runs: int
+) -> tuple[Latency, list[Candidate]]:
+    """`names` timed interleaved with fp32 on `feeds`; the candidates so named carry the new figures."""
+    measured = measure_latency(
+        {FP32_VARIANT: reference, **{n: trials.staged[n] for n in names}},
+        feeds,
+        runs=runs,
+        threads=trials.options.threads,
+    )
+    return measured, [
+        replace(c, latency_ms=measured.median_ms[c.name], speedup=measured.speedup(c.name))
+        if c.name in names
+        else c
+        for c in trials.candidates
+    ]
+
+
+def _time_candidates(
+    trials: _Trials, reference: Runner
+) -> tuple[Latency, list[Candidate], list[Candidate], tuple[str, ...]]:
+    """Time every staged candidate against fp32, then the ones within budget again head to head: (the latency,
+    every candidate with its figures, those within budget, notes for the user)."""
+    runs = max(trials.options.latency_runs, 30)
+    feeds = latency_feeds(trials.ws.package)
+    trials.ws.say(f"timing {len(trials.staged)} candidates against fp32")
+    latency, candidates = _timed(trials, reference, feeds, list(trials.staged), runs)
+    fitting = [c for c in candidates if c.meets_budget]
+    notes: tuple[str, ...] = ()
+    if len(fitting) > 1:
+        # The pick rests on the finalists' timings alone: time them again head to head, twice as long,
+        # so one noisy round in a field of ten does not decide it.
+        trials.ws.say(f"timing the {len(fitting)} candidates within budget head to head")
+        latency, candidates = _timed(trials, reference, feeds, [c.name for c in fitting], 2 * runs)
+        fitting = [c for c in candidates if c.meets_budget]
+        notes = (
+            f"the {len(fitting)} candidates within budget were timed again head to head ({latency.runs} runs); "
+            f"within {LATENCY_TIE:.0%} of the fastest of them, a portable one wins, then the smallest file",
+        )
+    return latency, candidates, fitting, notes
+
+
+def _auto_variant(
+    name: str,
+    file: str,
+    winner: Candidate,
+    candidates: list[Candidate],
+    latency: Latency,
+    options: QuantizeOptions,
+    host: Host,
+) -> Variant:
+    """The manifest entry of the kept candidate, its settings recording how `auto` chose it among the rest."""
+    assert winner.accuracy is not None
+    budget = options.budget
+    settings = {
+        **winner.settings,
+        "picked": winner.name,
+        "budget": budget,
+        "max_size": options.max_size,
+        "budget_rule": f"mean >= {budget}, worst sample >= {1 - 2 * (1 - budget):.4g}",
+        "portable_only": options.portable_only,
+        "measured_on": dataclasses.asdict(host),
+        "latency_ms": {
+            FP32_VARIANT: latency.median_ms[FP32_VARIANT],
+            name: winner.latency_ms,
+            "threads": latency.threads,
+            "inputs": latency.shape,
+        },
+        "candidates": [_settings_row(c) for c in candidates],
+    }
+    return Variant(
+        name=name,
+        file=file,
+        precision=METHODS[winner.method].precision,
+        method=winner.method,
+        size_bytes=winner.size_bytes,
+        settings=settings,
+        validation=winner.accuracy.to_validation(budget),
+        tool_versions=tool_versions(),
+    )
+
+
 def quantize_auto(
     package: ModelPackage, source: Path, options: QuantizeOptions, say: Progress
 ) -> QuantizeResult:
@@ -220,159 +411,21 @@ def quantize_auto(
     host = current_host("cpu")
     with staging_directory(target) as folder:
         ws = Workspace(package, source, folder, say)
-        held_out = held_out_feeds(package)
         reference = Runner(source, "cpu", threads=options.threads)
-        wanted = reference_outputs(reference, held_out)
+        trials = _Trials(ws, options, reference)
         # candidates say which layers go blockwise: none unless given (not the task's int8 default)
         base = replace(options, exclude=options.exclude, blockwise=options.blockwise or ())
-        plans = [
-            _Plan("int8 per-tensor", "dynamic-int8", replace(base, per_channel=False)),
-            _Plan("int8 per-channel", "dynamic-int8", replace(base, per_channel=True)),
-            _Plan(
-                "int8 per-channel reduced-range",
-                "dynamic-int8",
-                replace(base, per_channel=True, reduce_range=True),
-            ),
-            _Plan("int8 static QDQ", "static-int8", replace(base, per_channel=True)),
-            _Plan(
-                "8-bit blockwise, every MatMul",
-                "dynamic-int8",
-                # Only embeddings besides: whatever the blockwise pass left (Gemm, Conv) would be u8s8, not portable.
-                replace(base, blockwise=(*(options.blockwise or ()), "MatMul"), op_types=("Gather",)),
-            ),
-        ]
-        if package.manifest.generation is not None:  # weight-only int4 is the LM candidate
-            plans.append(_Plan("int4 block 32", "int4", replace(base, block_size=32)))
-        candidates: list[Candidate] = []
-        staged: dict[str, Path] = {}
-        size_cap = model_size(source) * options.max_size if options.max_size else float("inf")
-
-        def attempt(plan: _Plan) -> Candidate:
-            out = folder / f"candidate-{len(staged) + len(candidates)}.onnx"
-            say(f"candidate {plan.name}")
-            try:
-                settings = METHODS[plan.method].build(ws, plan.options, out)
-                settings.pop("_calibration_texts", None)
-                report = compare_variant(
-                    package, Runner(out, "cpu", threads=options.threads), held_out, wanted
-                )
-            except EdgeError as exc:
-                log.info("candidate %s failed: %s", plan.name, exc)
-                return Candidate(plan.name, plan.method, {}, None, None, None, 0, False, str(exc))
-            size = out.stat().st_size
-            over_cap = size > size_cap
-            portable = plan.options.reduce_range or not (op_types(out) & U8S8_OPS)
-            allowed = portable or not options.portable_only
-            if allowed:
-                staged[plan.name] = out
-            return Candidate(
-                plan.name,
-                plan.method,
-                {**settings, "portable": portable},
-                report,
-                None,
-                None,
-                size,
-                report.meets(budget) and not over_cap and allowed,
-                over_size_cap=over_cap,
-                portable=portable,
-            )
-
-        for plan in plans:
-            candidates.append(attempt(plan))
-        calibration = load_calibration(package, options.calibration).feeds[:SENSITIVITY_SAMPLES]
-        ranked: dict[bool, tuple[LayerSensitivity, ...]] = {}
-        for family in FAMILIES:
-            if options.portable_only and not family.reduce_range:
-                continue  # full-range int8 layers remain: never portable
-            if family.per_channel not in ranked:
-                say(f"per-layer sensitivity ({'per-channel' if family.per_channel else 'per-tensor'})")
-                ranked[family.per_channel] = layer_sensitivity(
-                    ws.preprocessed(), list(calibration), family.per_channel
-                )
-                for line in ranked[family.per_channel][:5]:
-                    log.info("most sensitive: %s %s (error %.3g)", line.op_type, line.node, line.error)
-            layers = ranked[family.per_channel]
-            for k in EXCLUDE_STEPS:
-                if k >= len(layers):
-                    break
-                nodes = tuple(s.node for s in layers[:k])
-                scheme = replace(base, per_channel=family.per_channel, reduce_range=family.reduce_range)
-                if family.protect == "fp32":
-                    plan_options = replace(scheme, exclude=(*options.exclude, *nodes))
-                else:
-                    plan_options = replace(scheme, blockwise=(*(options.blockwise or ()), *nodes))
-                candidate = attempt(_Plan(family.label(k), "dynamic-int8", plan_options))
-                candidates.append(candidate)
-                # Protecting more layers only grows the file, so past the size cap there is nothing to gain.
-                if candidate.meets_budget or candidate.over_size_cap:
-                    break
-
-        feeds = latency_feeds(package)
-
-        def timed(names: list[str], runs: int) -> tuple[Latency, list[Candidate]]:
-            """`names` timed interleaved with fp32; the candidates so named carry the new figures."""
-            measured = measure_latency(
-                {FP32_VARIANT: reference, **{n: staged[n] for n in names}},
-                feeds,
-                runs=runs,
-                threads=options.threads,
-            )
-            return measured, [
-                replace(c, latency_ms=measured.median_ms[c.name], speedup=measured.speedup(c.name))
-                if c.name in names
-                else c
-                for c in candidates
-            ]
-
-        say(f"timing {len(staged)} candidates against fp32")
-        latency, candidates = timed(list(staged), max(options.latency_runs, 30))
-        fitting = [c for c in candidates if c.meets_budget]
-        notes: tuple[str, ...] = ()
-        if len(fitting) > 1:
-            # The pick rests on the finalists' timings alone: time them again head to head, twice as long,
-            # so one noisy round in a field of ten does not decide it.
-            say(f"timing the {len(fitting)} candidates within budget head to head")
-            latency, candidates = timed([c.name for c in fitting], 2 * max(options.latency_runs, 30))
-            fitting = [c for c in candidates if c.meets_budget]
-            notes = (
-                f"the {len(fitting)} candidates within budget were timed again head to head ({latency.runs} runs); "
-                f"within {LATENCY_TIE:.0%} of the fastest of them, a portable one wins, then the smallest file",
-            )
-        rows = [_settings_row(c) for c in candidates]
+        for plan in _fixed_plans(package, options, base):
+            trials.attempt(plan)
+        _try_protected_layers(trials, options, base)
+        latency, candidates, fitting, notes = _time_candidates(trials, reference)
         if not fitting:
             return QuantizeResult(
                 package, "auto", None, None, latency, None, budget, tuple(candidates), notes, host
             )
         winner = _pick(fitting)
-        assert winner.accuracy is not None
-        settings = {
-            **winner.settings,
-            "picked": winner.name,
-            "budget": budget,
-            "max_size": options.max_size,
-            "budget_rule": f"mean >= {budget}, worst sample >= {1 - 2 * (1 - budget):.4g}",
-            "portable_only": options.portable_only,
-            "measured_on": dataclasses.asdict(host),
-            "latency_ms": {
-                FP32_VARIANT: latency.median_ms[FP32_VARIANT],
-                name: winner.latency_ms,
-                "threads": latency.threads,
-                "inputs": latency.shape,
-            },
-            "candidates": rows,
-        }
-        variant = Variant(
-            name=name,
-            file=target.name,
-            precision=METHODS[winner.method].precision,
-            method=winner.method,
-            size_bytes=winner.size_bytes,
-            settings=settings,
-            validation=winner.accuracy.to_validation(budget),
-            tool_versions=tool_versions(),
-        )
-        package = install_variant(package, staged[winner.name], variant)
+        variant = _auto_variant(name, target.name, winner, candidates, latency, options, host)
+        package = install_variant(package, trials.staged[winner.name], variant)
         variant = package.manifest.variant(variant.name)  # its size counts external data it was given
     return QuantizeResult(
         package=package,

@@ -1,4 +1,5 @@
-"""`quantize(package, method, options)`: one function per method in `METHODS`, plus `auto` (see `auto.py`).
+"""The quantization methods, one function per method in `METHODS`, and `quantize_with` that runs one of them
+(`entry.quantize` is the entry point; `auto` lives in `auto.py`).
 
 Every variant is produced in a staging folder inside the package, validated against fp32 on held-out inputs,
 timed against fp32 in the same process, then renamed into place as ``model.<variant>.onnx`` and recorded in
@@ -14,13 +15,12 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
 
 from converters.accuracy import (
-    AccuracyReport,
     Latency,
     compare_variant,
     held_out_feeds,
@@ -34,7 +34,8 @@ from toolkit.host import current_host
 from toolkit.inspect import model_size
 from toolkit.manifest import FP32_VARIANT, Host, ModelPackage, Variant, tool_versions, variant_file_name
 from toolkit.runner import Runner
-from toolkit.tasks import task_for
+from toolkit.tasks import Family, family_of, task_for
+from toolkit.tasks.accuracy import AccuracyReport
 
 __all__ = [
     "METHODS",
@@ -43,7 +44,7 @@ __all__ = [
     "QuantizeOptions",
     "QuantizeResult",
     "Workspace",
-    "quantize",
+    "quantize_with",
 ]
 
 log = logging.getLogger(__name__)
@@ -472,7 +473,7 @@ def int4(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str, Any]:
     search: dict[str, Any] = {}
     # the search scores whole-model outputs: decoder-only generators; other models (an encoder-decoder's
     # several files) keep block 32 unless told otherwise
-    if options.block_size is None and ws.package.manifest.generation is None:
+    if options.block_size is None and family_of(ws.package) is not Family.GENERATOR:
         options = replace(options, block_size=DEFAULT_INT4_BLOCK)
     if options.block_size is None:
         from converters.quantization.int4_search import search_int4
@@ -580,40 +581,10 @@ def _measure(
     return report, latency
 
 
-def quantize(
-    package: str | Path | ModelPackage,
-    method: str = "dynamic-int8",
-    options: QuantizeOptions | None = None,
-    progress: Progress | None = None,
-) -> QuantizeResult:
-    """Quantize the package's fp32 model with `method`, validate and time it against fp32, and record the variant."""
-    options = options or QuantizeOptions()
-    say = progress or (lambda message: log.info(message))
-    check_budget(options.budget)
-    if options.max_size is not None and method != "auto":
-        raise BadInputError(f"--max-size applies to --method auto only, not {method}; drop it or use auto")
-    if options.portable_only and method != "auto":
-        raise BadInputError(
-            f"--portable applies to --method auto only, not {method}; for dynamic-int8 pass --reduce-range"
-        )
-    if options.max_size is not None and not (0.0 < options.max_size <= 1.0):
-        raise BadInputError(
-            f"--max-size must be a fraction of the fp32 file size in (0, 1] (0.3 = 30%), got {options.max_size}"
-        )
-    if options.threads < 1:
-        raise BadInputError(f"--threads must be at least 1, got {options.threads}")
-    if method != "auto" and method not in METHODS:
-        raise BadInputError(f"unknown method '{method}'; use one of {', '.join([*METHODS, 'auto'])}")
-    pkg = open_package(package)
-    if pkg.manifest.seq2seq is not None:  # encoder + decoders, measured by token agreement
-        from converters.seq2seq import quantize_seq2seq
-
-        return cast(QuantizeResult, quantize_seq2seq(pkg, method, options, say))
+def quantize_with(pkg: ModelPackage, method: str, options: QuantizeOptions, say: Progress) -> QuantizeResult:
+    """Quantize the single-graph package's fp32 model with one of `METHODS`, validate and time it against fp32,
+    and record the variant."""
     source = pkg.model_path(FP32_VARIANT)
-    if method == "auto":
-        from converters.quantization.auto import quantize_auto
-
-        return quantize_auto(pkg, source, options, say)
     spec = METHODS[method]
     name = options.name or spec.variant
     if name == FP32_VARIANT or not name.replace("-", "").replace("_", "").isalnum():

@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from toolkit.bench.baseline import BASELINES, TorchBaseline, load_torch_baseline
 from toolkit.bench.environment import Environment, collect_environment
 from toolkit.bench.inputs import (
     DEFAULT_SEQUENCE,
@@ -54,6 +53,8 @@ __all__ = [
     "BASELINE_PROVIDER",
     "REPORT_FORMAT",
     "Accuracy",
+    "Baseline",
+    "BaselineLoader",
     "BenchCell",
     "BenchOptions",
     "BenchPlan",
@@ -72,6 +73,31 @@ BASELINE_PROVIDER = "torch"
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as (description of the cell starting, cells done, cells in all)."""
+
+BASELINES = ("torch",)
+
+
+class Baseline(Protocol):
+    """The package's original model, timed beside its variants (``converters.baseline.TorchBaseline``)."""
+
+    @property
+    def load_ms(self) -> float:
+        """How long loading it took."""
+        ...
+
+    @property
+    def threads(self) -> int:
+        """The intra-op threads it runs with."""
+        ...
+
+    def caller(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        """A zero-argument call running the model on `feeds`."""
+        ...
+
+
+BaselineLoader = Callable[[ModelPackage, int | None], Baseline]
+"""Loads a package's baseline with that many threads (None: its default); ``edge bench`` passes
+``converters.baseline.load_torch_baseline``, so toolkit itself never imports torch or converters."""
 
 
 @dataclass(frozen=True)
@@ -401,8 +427,13 @@ def _measure_shape(
     return cells
 
 
-def run_bench(plan: BenchPlan, progress: ProgressCallback | None = None) -> BenchReport:
-    """Measure every cell of `plan` in this process and return the report (nothing is printed)."""
+def run_bench(
+    plan: BenchPlan,
+    progress: ProgressCallback | None = None,
+    baseline_loader: BaselineLoader | None = None,
+) -> BenchReport:
+    """Measure every cell of `plan` in this process and return the report (nothing is printed); a baseline the
+    options ask for is loaded with `baseline_loader`."""
     report_progress: ProgressCallback = progress or (lambda _label, _done, _total: None)
     options = plan.options
     tracker = MemoryTracker()
@@ -457,10 +488,14 @@ def run_bench(plan: BenchPlan, progress: ProgressCallback | None = None) -> Benc
             gc.collect()
     torch_threads = None
     if options.baseline == "torch" and plan.package is not None:
+        if baseline_loader is None:
+            raise BadInputError(
+                "--baseline torch needs its loader: pass baseline_loader=converters.baseline.load_torch_baseline"
+            )
         report_progress("pytorch baseline: loading the source model", done[0], plan.cell_count)
         base_mb = tracker.base()
         try:
-            baseline = load_torch_baseline(plan.package, options.threads)
+            baseline = baseline_loader(plan.package, options.threads)
         except EdgeError as exc:
             notes.append(f"baseline torch skipped: {exc}")
             log.warning("baseline torch skipped: %s", exc)
@@ -565,7 +600,7 @@ def _cell_factory(
 
 
 def _measure_baseline(
-    baseline: TorchBaseline,
+    baseline: Baseline,
     plan: BenchPlan,
     tracker: MemoryTracker,
     base_mb: float,

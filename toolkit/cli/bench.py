@@ -330,8 +330,14 @@ def _bench_single_pass(target: str, args: _BenchArgs) -> None:
     from toolkit.bench import plan_bench, run_bench
 
     plan = plan_bench(target, _suite_options(args))
+    baseline_loader = None
+    # the torch baseline is converters' (torch, transformers), imported only when asked for
+    if args.baseline is not None:
+        from converters.baseline import load_torch_baseline
+
+        baseline_loader = load_torch_baseline
     with _progress(True) as update:
-        report = run_bench(plan, update)
+        report = run_bench(plan, update, baseline_loader)
     _save_report(report, args)
     if args.json_path == "-":
         from toolkit.bench.compare import report_to_dict

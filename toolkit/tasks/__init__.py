@@ -20,7 +20,8 @@ What a task owns
     samples          `samples(purpose, count)`: batch-1 feeds for ``held-out`` accuracy and ``calibration``
                      (one generator per modality, seeded by purpose), `timing_feeds(batch, seq)` for latency.
     metric           the accuracy metric quantization checks (``cosine``, ``top1_agreement`` or
-                     ``max_abs_diff``) over `metric_values(outputs, feeds)`.
+                     ``max_abs_diff``) over `metric_values(outputs, feeds)`; `accuracy_report(runs, feeds)`
+                     makes the report of a variant against fp32 (a shape of `toolkit.tasks.accuracy`).
     printing         `run_input` (what ``edge run`` passes it: text, image or audio), `run_lines` and
                      `run_json` (how ``edge run`` prints its results).
     serving          `served_outputs` and `serve(outputs, feeds)`: the server's pipeline model (BYTES text in,

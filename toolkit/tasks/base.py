@@ -27,6 +27,7 @@ from toolkit.preprocess import (
 )
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
+from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs, max_abs_diff_report
 from toolkit.tasks.modality import AudioModality, ImageModality, Modality, TensorModality, TextModality
 
 __all__ = [
@@ -174,6 +175,16 @@ class Task(Generic[_M]):
     def serve(self, outputs: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> Outputs:
         """The pipeline model's answer for one request's raw outputs."""
         raise NotImplementedError(f"task '{self.name}' has no server pipeline model")
+
+    # -- the accuracy report of a variant against fp32 (`toolkit.tasks.accuracy`) ------------------------
+
+    # the outputs the report compares (None: every output)
+    metric_outputs: ClassVar[tuple[str, ...] | None] = None
+
+    def accuracy_report(self, runs: Runs, feeds: HeldOut) -> AccuracyReport:
+        """The variant against fp32 from their outputs `runs` on the held-out `feeds`: the difference of every
+        output unless a task reports its own metric."""
+        return max_abs_diff_report(runs, feeds)
 
 
 class Pipeline(Generic[_M]):

@@ -11,6 +11,7 @@ from toolkit.agreement import TOP1, TOP5, Meaning
 from toolkit.errors import BadInputError
 from toolkit.manifest import TensorSpec
 from toolkit.preprocess import Classification, label_names, ranked, softmax
+from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs, top1_report
 from toolkit.tasks.base import Outputs, ServedTensor, Task, TextPipeline
 from toolkit.tasks.modality import Modality, TextModality
 
@@ -85,6 +86,10 @@ class ClassifyTask(RankedTask[TextModality]):
         labels = np.empty(len(probs), dtype=object)
         labels[:] = [names[int(i)].encode("utf-8") for i in probs.argmax(axis=-1)]
         return {"label": labels, "probabilities": probs.astype(np.float32)}
+
+    def accuracy_report(self, runs: Runs, feeds: HeldOut) -> AccuracyReport:
+        """Top-1 agreement of the variant's labels with fp32's, and the largest logit difference."""
+        return top1_report(self, runs, feeds)
 
 
 class TextClassifier(TextPipeline):

@@ -37,6 +37,7 @@ from toolkit.preprocess import (
     open_image,
     preprocess_image,
 )
+from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs, detection_report
 from toolkit.tasks.base import Feeds, ImagePipeline, Outputs, ServedTensor, Task
 from toolkit.tasks.modality import ImageModality
 
@@ -343,6 +344,10 @@ class DetectTask(Task[ImageModality]):
             {self.data.input_name: np.stack([pixels[i] for i in members])} for members in by_shape.values()
         ]
         return runs, finish
+
+    def accuracy_report(self, runs: Runs, feeds: HeldOut) -> AccuracyReport:
+        """The share of fp32's detections the variant's match (`agreement`)."""
+        return detection_report(runs, feeds, self.agreement)
 
 
 class ObjectDetector(ImagePipeline):

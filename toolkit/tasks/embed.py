@@ -10,6 +10,7 @@ import numpy as np
 from toolkit.agreement import COSINE, Meaning
 from toolkit.manifest import TensorSpec
 from toolkit.preprocess import l2_normalize, pool
+from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs, cosine_report
 from toolkit.tasks.base import Outputs, ServedTensor, Task, TextPipeline
 from toolkit.tasks.modality import TextModality
 
@@ -73,6 +74,10 @@ class EmbedTask(Task[TextModality]):
     def serve(self, outputs: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> Outputs:
         """The request's embeddings, pooled under its own mask."""
         return {"embedding": self.finish(outputs, feeds)}
+
+    def accuracy_report(self, runs: Runs, feeds: HeldOut) -> AccuracyReport:
+        """Cosine of the variant's pooled sentence embeddings against fp32's (mean, worst)."""
+        return cosine_report(self, runs, feeds)
 
 
 class TextEmbedding(TextPipeline):

@@ -26,6 +26,7 @@ from toolkit.errors import BadModelError
 from toolkit.generation.decoder import LOGITS_TO_KEEP, row_length_feeds
 from toolkit.manifest import GenerationSpec, ModelPackage, OutputCheck, TensorSpec
 from toolkit.preprocess import read_tokenizer
+from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs
 from toolkit.tasks.base import Family, Feeds, Task
 from toolkit.tasks.modality import CALIBRATION_SEED, PURPOSE_SEEDS, TextModality
 
@@ -257,6 +258,28 @@ class GenerateTask(Task[TextModality]):
     def run_json(self, results: Sequence[Any]) -> dict[str, Any]:
         """``generations``: one result per prompt."""
         return {"generations": list(results)}
+
+    # -- the accuracy report: next-token agreement over the prompt pass's logits -------------------------
+
+    metric_outputs: ClassVar[tuple[str, ...] | None] = ("logits",)
+
+    def accuracy_report(self, runs: Runs, feeds: HeldOut) -> AccuracyReport:
+        """Next-token top-1 agreement with fp32 at every held-out position, and the perplexity ratio."""
+        got, wanted = [g for g, _ in runs], [w for _, w in runs]
+        agreement, worst, details, check = self.next_token_agreement(got, wanted, feeds)
+        return AccuracyReport(
+            metric="next_token_agreement",
+            value=agreement,
+            score=agreement,
+            worst=worst,
+            samples=len(feeds),
+            headline=(
+                f"next-token agreement {agreement:.1%}, perplexity ratio "
+                f"{details['perplexity_ratio']:.4f} ({len(feeds)} held-out)"
+            ),
+            outputs=(check,),
+            details=details,
+        )
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ from typing import Any
 
 from toolkit.errors import BadInputError
 from toolkit.preprocess import Classification, ImageInput
+from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs, top1_report
 from toolkit.tasks.base import ImagePipeline
 from toolkit.tasks.classify import RankedTask
 from toolkit.tasks.modality import ImageModality
@@ -22,6 +23,10 @@ class ImageClassifyTask(RankedTask[ImageModality]):
     metric = "top1_agreement"
     source_hint = " from a directory with a preprocessor_config.json"
     run_input = "image"
+
+    def accuracy_report(self, runs: Runs, feeds: HeldOut) -> AccuracyReport:
+        """Top-1 agreement of the variant's labels with fp32's, and the largest logit difference."""
+        return top1_report(self, runs, feeds)
 
 
 class ImageClassifier(ImagePipeline):

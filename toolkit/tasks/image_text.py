@@ -39,6 +39,7 @@ from toolkit.preprocess import (
     softmax,
 )
 from toolkit.runner import Runner
+from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs, cosine_report
 from toolkit.tasks.base import Feeds, ImagePipeline, Outputs, ServedTensor, Task
 from toolkit.tasks.modality import ImageModality
 
@@ -160,6 +161,10 @@ class ImageTextTask(Task[ImageModality]):
         if results and isinstance(results[0], np.ndarray):
             return {"embeddings": np.stack(list(results))}
         return {"labels": [[{"label": z.label, "score": z.score} for z in result] for result in results]}
+
+    def accuracy_report(self, runs: Runs, feeds: HeldOut) -> AccuracyReport:
+        """Cosine of the variant's embeddings against fp32's (mean, worst)."""
+        return cosine_report(self, runs, feeds)
 
 
 class ImageTextEmbedding(ImagePipeline):

@@ -23,6 +23,7 @@ from toolkit.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage, TensorSpec
 from toolkit.runner import Runner
+from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs, ranking_report
 from toolkit.tasks.base import Feeds, Task, TextPipeline
 from toolkit.tasks.modality import DEFAULT_SAMPLES, TextModality
 
@@ -155,6 +156,10 @@ class RerankTask(Task[TextModality]):
     def run_json(self, results: Sequence[Any]) -> dict[str, Any]:
         """``ranking``: index and score of each document, best first."""
         return {"ranking": [{"index": r.index, "score": r.score} for r in results]}
+
+    def accuracy_report(self, runs: Runs, feeds: HeldOut) -> AccuracyReport:
+        """Per held-out query: fp32's best document first too, and the Kendall tau of the two orders."""
+        return ranking_report(self, runs, feeds)
 
 
 class Reranker(TextPipeline):

@@ -14,6 +14,7 @@ import numpy as np
 
 from toolkit.agreement import Meaning, top_k_rules
 from toolkit.preprocess import ImageInput, image_list, label_names, open_image
+from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs, top1_report
 from toolkit.tasks.base import ImagePipeline, Task
 from toolkit.tasks.modality import ImageModality
 
@@ -78,6 +79,10 @@ class SegmentTask(Task[ImageModality]):
         ids, counts = np.unique(classes, return_counts=True)
         order = np.argsort(-counts, kind="stable")
         return [(names[int(ids[i])], float(counts[i] / classes.size)) for i in order]
+
+    def accuracy_report(self, runs: Runs, feeds: HeldOut) -> AccuracyReport:
+        """Top-1 agreement of the variant's pixel labels with fp32's, and the largest logit difference."""
+        return top1_report(self, runs, feeds)
 
 
 class SemanticSegmenter(ImagePipeline):

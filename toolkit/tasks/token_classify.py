@@ -18,6 +18,7 @@ import numpy as np
 from toolkit.agreement import TOP1, TOP5, Meaning
 from toolkit.checks import text_list
 from toolkit.preprocess import label_names, softmax
+from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs, top1_report
 from toolkit.tasks.base import Feeds, Task, TextPipeline
 from toolkit.tasks.modality import TextModality
 
@@ -101,6 +102,10 @@ class TokenClassifyTask(Task[TextModality]):
     def run_json(self, results: Sequence[Any]) -> dict[str, Any]:
         """``entities``: per text, its entities."""
         return {"entities": [[asdict(e) for e in entities] for entities in results]}
+
+    def accuracy_report(self, runs: Runs, feeds: HeldOut) -> AccuracyReport:
+        """Top-1 agreement of the variant's token labels with fp32's, and the largest logit difference."""
+        return top1_report(self, runs, feeds)
 
 
 class TokenClassifier(TextPipeline):

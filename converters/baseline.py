@@ -1,7 +1,8 @@
-"""The PyTorch original of a package, as a baseline timed in the same run.
+"""The PyTorch original of a package, as a baseline `toolkit.bench.run_bench` times in the same run.
 
-Only this module's `load_torch_baseline` touches torch, transformers or `converters`, and only when called:
-``import toolkit.bench`` stays free of them.
+`toolkit.bench` knows a baseline only as its `Baseline` protocol; the CLI passes `load_torch_baseline` to
+`run_bench` (importing this module inside ``edge bench``), so ``import toolkit.bench`` stays free of torch,
+transformers and `converters`. torch itself is imported only when a baseline is loaded.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from converters.hf import detect_task, load_hf_model
+from converters.sources import resolve_source
 from toolkit.errors import BadInputError, EdgeError
 from toolkit.manifest import ModelPackage
 
-__all__ = ["BASELINES", "TorchBaseline", "load_torch_baseline"]
+__all__ = ["TorchBaseline", "load_torch_baseline"]
 
 log = logging.getLogger(__name__)
-
-BASELINES = ("torch",)
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,6 @@ def load_torch_baseline(package: ModelPackage, threads: int | None) -> TorchBase
     ref = source.recipe or source.ref
     try:
         import torch
-
-        from converters.hf import detect_task, load_hf_model
-        from converters.sources import resolve_source
     except ImportError as exc:
         raise BadInputError(
             f"--baseline torch needs torch and transformers ({exc.name} is missing); "

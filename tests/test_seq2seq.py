@@ -299,7 +299,7 @@ def test_bad_generate_settings_are_one_line_errors(
 
 def test_decoder_caches_are_bound_in_place_and_regroup_by_row(s2s_packages: dict[str, Path]) -> None:
     from toolkit import Seq2SeqGenerator
-    from toolkit.seq2seq import DecodingRules, log_softmax
+    from toolkit.decoding import DecodingRules, log_softmax
 
     generator = Seq2SeqGenerator.load(s2s_packages["bart"])
     ids = generator.tokenizer.encode(CORPUS[0]).ids
@@ -534,7 +534,7 @@ def test_edge_bench_times_whole_generations_of_a_text2text_package(
 
 def test_timestamp_tokens_split_the_transcript_into_segments(s2s_packages: dict[str, Path]) -> None:
     from toolkit import SpeechRecognizer
-    from toolkit.seq2seq.timestamps import WindowOutput, merge_windows
+    from toolkit.tasks.transcribe.timestamps import WindowOutput, merge_windows
 
     recognizer = SpeechRecognizer.load(s2s_packages["whisper"], providers="cpu")
     spec = recognizer.spec
@@ -620,7 +620,7 @@ def test_edge_run_passes_decoding_flags_to_the_pipeline(
 @needs("cuda")
 def test_cuda_keeps_both_decoder_caches_on_the_device_and_matches_cpu(s2s_packages: dict[str, Path]) -> None:
     from toolkit import Seq2SeqGenerator, SpeechRecognizer
-    from toolkit.seq2seq import DecodingRules
+    from toolkit.decoding import DecodingRules
 
     cpu = SpeechRecognizer.load(s2s_packages["whisper"], providers="cpu")
     gpu = SpeechRecognizer.load(s2s_packages["whisper"], providers="cuda")

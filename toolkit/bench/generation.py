@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolkit.errors import BadInputError
-from toolkit.generation.generator import TextGenerator, TokenPrompt
+from toolkit.tasks.generate.generator import TextGenerator, TokenPrompt
 
 __all__ = ["GenerationCell", "GenerationTimer", "bench_generation", "generator_timer", "prompt_ids"]
 

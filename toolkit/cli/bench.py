@@ -55,8 +55,8 @@ def _bench_seq2seq(
     from toolkit.atomic import atomic_write_text
     from toolkit.cli.common import _jsonable
     from toolkit.manifest import MANIFEST_NAME, ModelPackage
-    from toolkit.seq2seq import Seq2SeqPipeline
     from toolkit.tasks import pipeline_class
+    from toolkit.tasks.encoder_decoder import Seq2SeqPipeline
 
     if not (Path(target) / MANIFEST_NAME).is_file():
         return False

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
+from toolkit.decoding.kv_cache import CacheLayout, KVCache
 from toolkit.errors import BadModelError
-from toolkit.generation.kv_cache import CacheLayout, KVCache
 from toolkit.manifest import GenerationSpec
 
 # the in-place graph's inputs (converters/gqa_decoder.py): how many trailing positions get logits, each row's

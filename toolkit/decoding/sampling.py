@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.decoding.grammar import OutputConstraint
 from toolkit.errors import BadInputError
-from toolkit.generation.grammar import OutputConstraint
 
 __all__ = [
     "GREEDY_BELOW",

@@ -345,6 +345,35 @@ def test_registry_loads_the_pipelines_and_refuses_other_tasks(s2s_packages: dict
         toolkit.SpeechRecognizer.load(s2s_packages["t5"])
 
 
+@pytest.mark.parametrize("kind", ["whisper", "t5"])
+def test_a_tokenizer_file_that_pads_or_truncates_is_read_with_both_off(
+    kind: str, s2s_packages: dict[str, Path], tmp_path: Path
+) -> None:
+    """Every pipeline that writes text reads its tokenizer one way (the transcribe task's used to keep the file's
+    truncation and padding): a long text is never cut to the file's length."""
+    import shutil
+
+    import toolkit
+
+    package = Path(shutil.copytree(s2s_packages[kind], tmp_path / kind))
+    path = package / "tokenizer.json"
+    data = json.loads(path.read_text())
+    data["truncation"] = {"direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 0}
+    data["padding"] = {
+        "strategy": {"Fixed": 64},
+        "direction": "Right",
+        "pad_to_multiple_of": None,
+        "pad_id": 0,
+        "pad_type_id": 0,
+        "pad_token": "<pad>",
+    }
+    path.write_text(json.dumps(data))
+    tokenizer = toolkit.load(package, "cpu").tokenizer
+    assert tokenizer.truncation is None
+    assert tokenizer.padding is None
+    assert 2 < len(tokenizer.encode(CORPUS[0]).ids) < 64
+
+
 def test_a_44k_stereo_wav_transcribes_like_its_16k_mono_version(
     s2s_packages: dict[str, Path], tmp_path: Path
 ) -> None:

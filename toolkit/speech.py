@@ -71,7 +71,7 @@ def mel_filters(n_mels: int, n_fft: int, sampling_rate: int) -> np.ndarray:
     down = -slopes[:, :-2] / diff[:-1]
     up = slopes[:, 2:] / diff[1:]
     bank = np.maximum(np.zeros(1), np.minimum(down, up))
-    return bank * (2.0 / (filter_freqs[2 : n_mels + 2] - filter_freqs[:n_mels]))[None, :]
+    return np.asarray(bank * (2.0 / (filter_freqs[2 : n_mels + 2] - filter_freqs[:n_mels]))[None, :])
 
 
 @cache
@@ -112,7 +112,7 @@ def log_mel(waveform: np.ndarray, spec: LogMelSpec) -> np.ndarray:
     mel[:audible, filled] = np.add.reduceat(power[:, rows] * weights, starts, axis=1)
     log_spec = np.log10(np.maximum(mel, 1e-10)).T[:, :-1]
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+    return np.asarray((log_spec + 4.0) / 4.0, dtype=np.float32)
 
 
 def resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:

@@ -39,7 +39,7 @@ class GenerationCell:
 
 def prompt_ids(generator: TextGenerator, length: int, text: str) -> list[int]:
     """`length` token ids from `text` (repeated as needed), for prompts of an exact size."""
-    ids = generator.tokenizer.encode(text, add_special_tokens=False).ids
+    ids: list[int] = generator.tokenizer.encode(text, add_special_tokens=False).ids
     if not ids:
         raise BadInputError("the benchmark text encodes to no tokens")
     return (ids * (length // len(ids) + 1))[:length]

@@ -100,7 +100,8 @@ class TextGenerator(Pipeline[TextModality]):
 
     def run_items(self, items: Sequence[Any]) -> list[Any]:
         """One generation per prompt, as one batch, with the model's default settings."""
-        return self.generate(list(items))
+        generations: list[Generation] = self.generate(list(items))
+        return generations
 
     # -- prompts ------------------------------------------------------------------------------
 

@@ -175,9 +175,9 @@ def peak_rss_mb() -> float:
 
 def _edge_worker(args: argparse.Namespace) -> None:
     """Time one edge variant; prints one JSON line."""
-    from toolkit.generation import TextGenerator
-    from toolkit.generation.continuous import ContinuousBatch
-    from toolkit.generation.generator import TokenPrompt
+    from toolkit.decoding.continuous import ContinuousBatch
+    from toolkit.tasks.generate import TextGenerator
+    from toolkit.tasks.generate.generator import TokenPrompt
 
     generator = TextGenerator.load(args.package, "cpu", variant=args.variant, threads=args.threads)
     ids = [int(i) for i in args.ids.split(",")]
@@ -251,7 +251,7 @@ def _profile_step(onnx_file: Path, spec: Any, threads: int, batch: int, steps: i
     import numpy as np
     import onnxruntime as ort
 
-    from toolkit.generation.decoder import DecoderStepper
+    from toolkit.decoding.decoder import DecoderStepper
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1

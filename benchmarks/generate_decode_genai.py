@@ -43,8 +43,8 @@ def _interleaved(
     """Decode-step times of genai and edge, `args.rounds` trials each, interleaved in this process."""
     import numpy as np
 
-    from toolkit.generation import TextGenerator
-    from toolkit.generation.decoder import DecoderStepper
+    from toolkit.decoding.decoder import DecoderStepper
+    from toolkit.tasks.generate import TextGenerator
 
     edge = TextGenerator.load(args.edge_package, "cpu", variant=args.edge_variant, threads=args.threads)
     prompt = np.asarray([ids], dtype=np.int64)

@@ -67,8 +67,8 @@ def main() -> None:
 
     from converters import ConvertOptions, convert
     from toolkit.corpus import HELD_OUT_SENTENCES
-    from toolkit.generation import TextGenerator, TokenPrompt
     from toolkit.host import current_host
+    from toolkit.tasks.generate import TextGenerator, TokenPrompt
 
     source, package_dir = args.out / "hf", args.out / "package"
     if not (source / "config.json").is_file():

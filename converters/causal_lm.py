@@ -249,7 +249,7 @@ def validate_in_place_decoder(
     import onnxruntime as ort
     import torch
 
-    from toolkit.generation.decoder import DecoderStepper
+    from toolkit.decoding.decoder import DecoderStepper
 
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
@@ -379,7 +379,7 @@ def convert_causal_lm(
 
 def torch_generation_timer(model_dir: Path, threads: int | None = None) -> Any:
     """`edge bench --baseline torch` for a generator: transformers' greedy ``generate`` (eager attention) on the
-    package's source model, as a `toolkit.generation.bench.GenerationTimer`."""
+    package's source model, as a `toolkit.bench.generation.GenerationTimer`."""
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.generation.decoder import LOGITS_TO_KEEP, SEQLENS, TOTAL_LENGTH
+from toolkit.decoding.decoder import LOGITS_TO_KEEP, SEQLENS, TOTAL_LENGTH
 
 __all__ = ["GQA_ARCHITECTURES", "export_gqa_decoder", "supports_gqa"]
 

@@ -167,7 +167,7 @@ def validate_seq2seq(
     import onnxruntime as ort
     import torch
 
-    from toolkit.seq2seq import DecodingRules, Seq2SeqStepper, log_softmax
+    from toolkit.decoding import DecodingRules, Seq2SeqStepper, log_softmax
 
     encoder_file, decoder_file, past_file = (package_dir / f for f in seq2seq_files(FP32_VARIANT))
     feeds = _encoder_feeds(task, model, package_dir, spec)

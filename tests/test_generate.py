@@ -17,9 +17,10 @@ from converters.recipes import list_recipes
 from tests.conftest import print_decisions
 from toolkit.agreement import Tolerance
 from toolkit.cli import edge
+from toolkit.decoding import GenerationOptions, IncrementalDetokenizer
 from toolkit.errors import BadInputError
-from toolkit.generation import GenerationOptions, IncrementalDetokenizer, TextGenerator
 from toolkit.manifest import ModelPackage
+from toolkit.tasks.generate import TextGenerator
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -251,7 +252,7 @@ def test_chat_messages_render_through_the_template(lm_packages: dict[str, Path])
 
 def test_sandboxed_template_cannot_reach_python(lm_packages: dict[str, Path]) -> None:
     from toolkit.errors import EdgeError
-    from toolkit.generation import render_chat
+    from toolkit.tasks.generate import render_chat
 
     evil = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(EdgeError):
@@ -260,7 +261,7 @@ def test_sandboxed_template_cannot_reach_python(lm_packages: dict[str, Path]) ->
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "phi3"])
 def test_kv_cache_is_preallocated_and_reused(kind: str, lm_packages: dict[str, Path]) -> None:
-    from toolkit.generation.decoder import DecoderStepper
+    from toolkit.decoding.decoder import DecoderStepper
 
     generator = TextGenerator.load(lm_packages[kind], "cpu")
     ids = np.array([[5, 6, 7]], dtype=np.int64)
@@ -670,7 +671,7 @@ def test_openai_errors_are_4xx_with_one_line_messages(
 
 @needs("cuda")
 def test_cuda_keeps_the_cache_on_the_device_and_matches_cpu(lm_packages: dict[str, Path]) -> None:
-    from toolkit.generation.decoder import DecoderStepper
+    from toolkit.decoding.decoder import DecoderStepper
 
     cpu = TextGenerator.load(lm_packages["qwen2"], "cpu")
     gpu = TextGenerator.load(lm_packages["qwen2"], "cuda")
@@ -801,7 +802,7 @@ def test_edge_bench_times_ttft_and_decode_rate_for_each_variant_and_torch(
 def test_rows_joining_and_leaving_a_running_batch_decode_as_if_alone(
     kind: str, chunk: int | None, lm_packages: dict[str, Path]
 ) -> None:
-    from toolkit.generation.continuous import ContinuousBatch
+    from toolkit.decoding.continuous import ContinuousBatch
 
     generator = TextGenerator.load(lm_packages[kind], "cpu")
     prompts = [f"prompt {i}: " + "the lazy dog " * (i % 4) + "東京" * (i % 3) for i in range(6)]

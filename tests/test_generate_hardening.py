@@ -23,12 +23,13 @@ from long_llama import build_long_llama
 from serve_process import ServeProcess, start_serve
 from test_generate import CHAT_TEMPLATE
 
+from toolkit.decoding import GenerationOptions, LogitsChooser
 from toolkit.errors import BadInputError, BadModelError
-from toolkit.generation import GenerationOptions, LogitsChooser, TextGenerator
-from toolkit.generation.chat import TemplateBudget, render_chat
 from toolkit.manifest import ModelPackage
 from toolkit.serve.errors import public_message
 from toolkit.serve.options import ServeOptions
+from toolkit.tasks.generate import TextGenerator
+from toolkit.tasks.generate.chat import TemplateBudget, render_chat
 
 RSS_GROWTH_MB = 300
 HOSTILE_TEMPLATE = "{{ messages|tojson(indent=10**9) }}"
@@ -536,7 +537,7 @@ def generator(long_llama: Path) -> TextGenerator:
 
 
 def test_rows_removed_mid_decode_leave_the_others_as_if_alone(generator: TextGenerator) -> None:
-    from toolkit.generation.continuous import ContinuousBatch
+    from toolkit.decoding.continuous import ContinuousBatch
 
     prompts = [f"prompt {i}: " + "the lazy dog " * i for i in range(4)]
     options = generator.options(max_new_tokens=12)

@@ -299,7 +299,7 @@ def test_bad_generate_settings_are_one_line_errors(
 
 def test_decoder_caches_are_bound_in_place_and_regroup_by_row(s2s_packages: dict[str, Path]) -> None:
     from toolkit import Seq2SeqGenerator
-    from toolkit.seq2seq import DecodingRules, log_softmax
+    from toolkit.decoding import DecodingRules, log_softmax
 
     generator = Seq2SeqGenerator.load(s2s_packages["bart"])
     ids = generator.tokenizer.encode(CORPUS[0]).ids
@@ -343,6 +343,35 @@ def test_registry_loads_the_pipelines_and_refuses_other_tasks(s2s_packages: dict
     assert isinstance(toolkit.load(s2s_packages["t5"], "cpu"), toolkit.Seq2SeqGenerator)
     with pytest.raises(BadModelError, match="not 'transcribe'"):
         toolkit.SpeechRecognizer.load(s2s_packages["t5"])
+
+
+@pytest.mark.parametrize("kind", ["whisper", "t5"])
+def test_a_tokenizer_file_that_pads_or_truncates_is_read_with_both_off(
+    kind: str, s2s_packages: dict[str, Path], tmp_path: Path
+) -> None:
+    """Every pipeline that writes text reads its tokenizer one way (the transcribe task's used to keep the file's
+    truncation and padding): a long text is never cut to the file's length."""
+    import shutil
+
+    import toolkit
+
+    package = Path(shutil.copytree(s2s_packages[kind], tmp_path / kind))
+    path = package / "tokenizer.json"
+    data = json.loads(path.read_text())
+    data["truncation"] = {"direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 0}
+    data["padding"] = {
+        "strategy": {"Fixed": 64},
+        "direction": "Right",
+        "pad_to_multiple_of": None,
+        "pad_id": 0,
+        "pad_type_id": 0,
+        "pad_token": "<pad>",
+    }
+    path.write_text(json.dumps(data))
+    tokenizer = toolkit.load(package, "cpu").tokenizer
+    assert tokenizer.truncation is None
+    assert tokenizer.padding is None
+    assert 2 < len(tokenizer.encode(CORPUS[0]).ids) < 64
 
 
 def test_a_44k_stereo_wav_transcribes_like_its_16k_mono_version(
@@ -534,7 +563,7 @@ def test_edge_bench_times_whole_generations_of_a_text2text_package(
 
 def test_timestamp_tokens_split_the_transcript_into_segments(s2s_packages: dict[str, Path]) -> None:
     from toolkit import SpeechRecognizer
-    from toolkit.seq2seq.timestamps import WindowOutput, merge_windows
+    from toolkit.tasks.transcribe.timestamps import WindowOutput, merge_windows
 
     recognizer = SpeechRecognizer.load(s2s_packages["whisper"], providers="cpu")
     spec = recognizer.spec
@@ -620,7 +649,7 @@ def test_edge_run_passes_decoding_flags_to_the_pipeline(
 @needs("cuda")
 def test_cuda_keeps_both_decoder_caches_on_the_device_and_matches_cpu(s2s_packages: dict[str, Path]) -> None:
     from toolkit import Seq2SeqGenerator, SpeechRecognizer
-    from toolkit.seq2seq import DecodingRules
+    from toolkit.decoding import DecodingRules
 
     cpu = SpeechRecognizer.load(s2s_packages["whisper"], providers="cpu")
     gpu = SpeechRecognizer.load(s2s_packages["whisper"], providers="cuda")

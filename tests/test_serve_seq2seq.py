@@ -22,9 +22,9 @@ from click.testing import CliRunner
 from tests.seq2seq_models import CORPUS, speech, write_wav
 from tests.serve_process import ServeProcess, start_serve
 from toolkit.cli import edge
+from toolkit.decoding.encoder_decoder import Seq2SeqStepper
 from toolkit.errors import BadInputError
 from toolkit.preprocess import read_wav
-from toolkit.seq2seq.decoding import Seq2SeqStepper
 from toolkit.serve.batching import BatchingScheduler
 from toolkit.serve.errors import QueueFullError, ServerClosingError
 from toolkit.serve.models import ModelRegistry

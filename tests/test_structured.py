@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from test_generate import CHAT_TEMPLATE, _tokenizer
 
+from toolkit.decoding import Generation, GenerationOptions
+from toolkit.decoding.continuous import ContinuousBatch
+from toolkit.decoding.decoder import DecoderStepper
 from toolkit.errors import BadInputError
-from toolkit.generation import Generation, GenerationOptions, TextGenerator
-from toolkit.generation.continuous import ContinuousBatch
-from toolkit.generation.decoder import DecoderStepper
+from toolkit.tasks.generate import TextGenerator
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -172,7 +173,7 @@ def test_n_rows_of_one_prompt_share_one_prefill(
 ) -> None:
     """`add_rows` prefills a prompt once for several rows (one prefill run, one regroup), each row decoding as
     a request of its own with its seed would."""
-    from toolkit.generation.decoder import DecoderStepper
+    from toolkit.decoding.decoder import DecoderStepper
 
     prefills = 0
     original = DecoderStepper.__init__
@@ -269,7 +270,7 @@ def test_toolkit_imports_without_llguidance_and_names_the_extra(llama_package: P
     says what to install."""
     code = (
         "import sys; sys.modules['llguidance'] = None\n"
-        "from toolkit.generation import TextGenerator\n"
+        "from toolkit.tasks.generate import TextGenerator\n"
         "from toolkit.errors import BadInputError\n"
         f"g = TextGenerator.load({str(llama_package)!r}, 'cpu')\n"
         "print(len(g.generate('Edge', max_new_tokens=3).token_ids))\n"

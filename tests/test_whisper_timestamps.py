@@ -19,8 +19,8 @@ from tests.seq2seq_models import speech, write_wav
 from toolkit.cli import edge
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage
-from toolkit.seq2seq.timestamps import TimestampRule, longest_common_sequence
 from toolkit.speech import LogMelSpec, windows
+from toolkit.tasks.transcribe.timestamps import TimestampRule, longest_common_sequence
 
 NEW_TOKENS = 30  # the tiny model has 64 decoder positions
 
@@ -42,7 +42,7 @@ def test_timestamp_rule_equals_transformers_processor_on_logits_and_log_probs() 
     from transformers import GenerationConfig
     from transformers.generation.logits_process import WhisperTimeStampLogitsProcessor
 
-    from toolkit.seq2seq import log_softmax
+    from toolkit.decoding import log_softmax
 
     rng = np.random.default_rng(0)
     vocab, no_ts, eos = 120, 60, 50
@@ -120,7 +120,7 @@ def test_merge_windows_equals_transformers_decode_asr(whisper_ts_source: Path) -
     from transformers import AutoTokenizer
     from transformers.models.whisper.tokenization_whisper import _decode_asr
 
-    from toolkit.seq2seq.timestamps import WindowOutput, merge_windows
+    from toolkit.tasks.transcribe.timestamps import WindowOutput, merge_windows
 
     tokenizer = AutoTokenizer.from_pretrained(whisper_ts_source)
     begin = tokenizer.convert_tokens_to_ids("<|notimestamps|>") + 1

@@ -3,8 +3,8 @@
 This package imports neither torch nor transformers; converting models lives in `converters`.
 """
 
+from toolkit.decoding import Generation
 from toolkit.errors import BadInputError, BadModelError, EdgeError, ExportError, ProviderUnavailableError
-from toolkit.generation import Generation, TextGenerator
 from toolkit.manifest import Manifest, ModelPackage, TensorSpec, Variant
 from toolkit.pipelines import (
     AudioClassifier,
@@ -19,6 +19,7 @@ from toolkit.pipelines import (
 )
 from toolkit.runner import Runner
 from toolkit.tasks.detect import Detection, ObjectDetector
+from toolkit.tasks.generate import TextGenerator
 from toolkit.tasks.image_text import ImageTextEmbedding, ZeroShotLabel
 from toolkit.tasks.rerank import RankedDocument, Reranker
 from toolkit.tasks.segment import SemanticSegmenter

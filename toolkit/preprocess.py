@@ -3,7 +3,7 @@
 Text: `TextTokenizer` (``tokenizers``, truncation to the package's max length, padding to the batch's longest)
 and sentence-transformers `pool`ing. Images: `open_image` and `preprocess_image` (Pillow, imported when the
 first image is read; resize, centre crop, rescale and normalise as the manifest says). Audio: `read_wav` (the
-standard library's ``wave``) and `preprocess_audio`. Scores: `softmax`, `l2_normalize`, `label_names` and
+standard library's ``wave``), `read_clip` (a file, its bytes or a waveform, checked) and `preprocess_audio`. Scores: `softmax`, `l2_normalize`, `label_names` and
 `ranked` (top-k `Classification`s), which the pipelines and the server both use.
 """
 
@@ -52,6 +52,8 @@ __all__ = [
     "preprocess_audio",
     "preprocess_image",
     "ranked",
+    "read_clip",
+    "read_decoder_tokenizer",
     "read_tokenizer",
     "read_wav",
     "softmax",
@@ -73,6 +75,15 @@ def read_tokenizer(path: Path) -> Any:
             f"tokenizer file '{path.name}' is not a tokenizers JSON file ({first_line(exc, 200)}); "
             "re-create the package with `edge convert`"
         ) from None
+
+
+def read_decoder_tokenizer(path: Path) -> Any:
+    """The tokenizer of a model that writes text (`read_tokenizer`) with padding and truncation off, whatever the
+    file says: prompts are checked against the model's positions (or cut by the pipeline), never cut silently."""
+    tokenizer = read_tokenizer(path)
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 class TextTokenizer:
@@ -526,14 +537,12 @@ def read_wav(source: str | Path | bytes, name: str | None = None) -> tuple[np.nd
     return samples.reshape(-1, channels).mean(axis=1, dtype=np.float32), rate
 
 
-def preprocess_audio(
-    clip: AudioInput, pre: AudioPreprocessing, sampling_rate: int | None = None
-) -> np.ndarray:
-    """A clip as the model takes it: float32 [samples] at the package's rate, normalised as its feature extractor.
-
-    A waveform array is taken to be at `sampling_rate` (default: the package's); a WAV file says its own rate.
-    Nothing is resampled: a clip at another rate is a BadInputError naming both rates.
-    """
+def read_clip(
+    clip: AudioInput, default_rate: int, sampling_rate: int | None = None
+) -> tuple[np.ndarray, int, str]:
+    """A clip's mono waveform, its rate and what error messages call it: a WAV file or its bytes (PCM at their
+    own rate, channels averaged) or a 1-D float waveform at `sampling_rate` (default `default_rate`); a clip of
+    another kind or with no samples is a BadInputError."""
     if isinstance(clip, str | Path | bytes):
         waveform, rate = read_wav(clip)
         where = f"audio file '{clip}'" if not isinstance(clip, bytes) else "audio data"
@@ -543,19 +552,32 @@ def preprocess_audio(
                 f"a waveform must be a 1-D float array of samples, got {clip.dtype} {list(clip.shape)}; "
                 "average the channels (.mean(axis=1)) and convert with .astype(np.float32)"
             )
-        given = pre.sampling_rate if sampling_rate is None else sampling_rate
-        waveform, rate, where = clip.astype(np.float32), check_sample_rate(given, "waveform"), "waveform"
+        given = default_rate if sampling_rate is None else sampling_rate
+        waveform, rate, where = clip, check_sample_rate(given, "waveform"), "waveform"
     else:
         raise BadInputError(
             f"a clip must be a WAV file path, its bytes or a float waveform array, got {type(clip).__name__}"
         )
+    if waveform.size == 0:
+        raise BadInputError(f"{where} holds no samples (a zero-length clip); pass some audio")
+    return waveform, rate, where
+
+
+def preprocess_audio(
+    clip: AudioInput, pre: AudioPreprocessing, sampling_rate: int | None = None
+) -> np.ndarray:
+    """A clip as the model takes it: float32 [samples] at the package's rate, normalised as its feature extractor.
+
+    A waveform array is taken to be at `sampling_rate` (default: the package's); a WAV file says its own rate.
+    Nothing is resampled: a clip at another rate is a BadInputError naming both rates.
+    """
+    waveform, rate, where = read_clip(clip, pre.sampling_rate, sampling_rate)
     if rate != pre.sampling_rate:
         raise BadInputError(
             f"{where} is sampled at {rate} Hz but the model takes {pre.sampling_rate} Hz; resample it first "
             f"(e.g. ffmpeg -i IN -ar {pre.sampling_rate} OUT.wav)"
         )
-    if waveform.size == 0:
-        raise BadInputError(f"{where} holds no samples")
+    waveform = waveform.astype(np.float32)
     if pre.normalize:
         # in float32 and in this order, as transformers' Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
         waveform = (waveform - waveform.mean()) / np.sqrt(waveform.var() + 1e-7)

@@ -15,13 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from math import gcd
-from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from toolkit.errors import BadInputError
-from toolkit.preprocess import AudioInput, check_sample_rate, read_wav
+from toolkit.preprocess import AudioInput, read_clip
 
 __all__ = ["LogMelSpec", "Window", "load_clip", "log_mel", "mel_filters", "resample", "windows"]
 
@@ -72,7 +71,7 @@ def mel_filters(n_mels: int, n_fft: int, sampling_rate: int) -> np.ndarray:
     down = -slopes[:, :-2] / diff[:-1]
     up = slopes[:, 2:] / diff[1:]
     bank = np.maximum(np.zeros(1), np.minimum(down, up))
-    return bank * (2.0 / (filter_freqs[2 : n_mels + 2] - filter_freqs[:n_mels]))[None, :]
+    return np.asarray(bank * (2.0 / (filter_freqs[2 : n_mels + 2] - filter_freqs[:n_mels]))[None, :])
 
 
 @cache
@@ -113,7 +112,7 @@ def log_mel(waveform: np.ndarray, spec: LogMelSpec) -> np.ndarray:
     mel[:audible, filled] = np.add.reduceat(power[:, rows] * weights, starts, axis=1)
     log_spec = np.log10(np.maximum(mel, 1e-10)).T[:, :-1]
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+    return np.asarray((log_spec + 4.0) / 4.0, dtype=np.float32)
 
 
 def resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -134,23 +133,7 @@ def resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
 def load_clip(clip: AudioInput, rate: int, sampling_rate: int | None = None) -> np.ndarray:
     """A WAV file or its bytes (PCM at any rate, channels averaged) or a mono float waveform (at `sampling_rate`, default
     `rate`) as float32 at `rate` Hz; an empty clip is a BadInputError."""
-    if isinstance(clip, str | Path | bytes):
-        waveform, source_rate = read_wav(clip)
-        where = f"audio file '{clip}'" if not isinstance(clip, bytes) else "audio data"
-    elif isinstance(clip, np.ndarray):
-        if clip.ndim != 1 or clip.dtype.kind != "f":
-            raise BadInputError(
-                f"a waveform must be a 1-D float array of samples, got {clip.dtype} {list(clip.shape)}; "
-                "average the channels (.mean(axis=1)) and convert with .astype(np.float32)"
-            )
-        given = rate if sampling_rate is None else sampling_rate
-        waveform, source_rate, where = clip, check_sample_rate(given, "waveform"), "waveform"
-    else:
-        raise BadInputError(
-            f"a clip must be a WAV file path, its bytes or a float waveform array, got {type(clip).__name__}"
-        )
-    if waveform.size == 0:
-        raise BadInputError(f"{where} holds no samples (a zero-length clip); pass some audio")
+    waveform, source_rate, _ = read_clip(clip, rate, sampling_rate)
     return resample(waveform, source_rate, rate)
 
 

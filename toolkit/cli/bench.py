@@ -423,8 +423,8 @@ def _bench_encoder_decoder(target: str, args: _BenchArgs) -> None:
     of text-to-text), per variant."""
     from toolkit.cli.common import _jsonable
     from toolkit.manifest import ModelPackage
-    from toolkit.seq2seq import Seq2SeqPipeline
     from toolkit.tasks import pipeline_class
+    from toolkit.tasks.encoder_decoder import Seq2SeqPipeline
 
     package = ModelPackage.open(target)
     # an encoder-decoder task's pipeline decodes over a Seq2SeqPipeline, which times itself (`speed`)

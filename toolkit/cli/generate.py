@@ -12,10 +12,10 @@ import click
 from toolkit.cli.common import _jsonable, common_options, console, emit_json, progress, stdout
 from toolkit.cli.provider_options import provider_options
 from toolkit.errors import BadInputError
-from toolkit.generation import TextGenerator
 from toolkit.manifest import ModelPackage
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
+from toolkit.tasks.generate import TextGenerator
 
 __all__ = [
     "JSON_SCHEMA_HELP",
@@ -175,7 +175,7 @@ def bench_generator(
 ) -> None:
     """`edge bench` on a generate package: TTFT and decode tokens/s per variant and provider (each timed on
     its own), and torch, as a table."""
-    from toolkit.generation.bench import bench_generation, generator_timer, prompt_ids
+    from toolkit.bench.generation import bench_generation, generator_timer, prompt_ids
 
     package = ModelPackage.open(target)
     names = list(variants or package.manifest.variants)

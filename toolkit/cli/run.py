@@ -18,8 +18,8 @@ from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
-from toolkit.seq2seq import Seq2SeqPipeline
 from toolkit.tasks import Family, Pipeline, pipeline_class, pipelines, tasks
+from toolkit.tasks.encoder_decoder import Seq2SeqPipeline
 
 __all__ = ["run_command"]
 

@@ -16,8 +16,8 @@ from toolkit.cli.provider_options import provider_options
 from toolkit.errors import BadInputError
 from toolkit.preprocess import MAX_IMAGE_PIXELS
 from toolkit.providers import ProviderConfig
-from toolkit.seq2seq import DecodeLimits
 from toolkit.serve.options import ServeOptions
+from toolkit.tasks.encoder_decoder import DecodeLimits
 
 # toolkit.serve.access.API_KEY_ENV (not imported: the CLI loads the server's modules only when it serves)
 API_KEY_ENV = "EDGE_API_KEY"

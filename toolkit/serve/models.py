@@ -43,11 +43,11 @@ from toolkit.manifest import FP32_VARIANT, ModelPackage, TensorSpec
 from toolkit.preprocess import MAX_IMAGE_PIXELS, PADDING_SLACK, open_image, padding_groups
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
-from toolkit.seq2seq import DecodeLimits
 from toolkit.serve.errors import ModelNotFoundError
 from toolkit.serve.protocol import InferenceRequest, v2_datatype
 from toolkit.tasks import ServedTensor, Task, task_for
 from toolkit.tasks.base import ServesImages
+from toolkit.tasks.encoder_decoder import DecodeLimits
 from toolkit.tasks.modality import TextModality
 
 __all__ = [

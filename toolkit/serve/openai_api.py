@@ -14,10 +14,10 @@ server-sent events, over ``generate`` packages.
     POST /v2/models/M/generate_stream    "temperature", "top_p", "top_k", "stop", "seed", ...}} -> {"model_name",
                                      "model_version", "text_output"} (server-sent events for generate_stream)
 
-Each model has one worker thread doing step-level batching (`toolkit.generation.continuous`): a request joins
+Each model has one worker thread doing step-level batching (`toolkit.decoding.continuous`): a request joins
 the running batch at the next step (up to `max_batch` rows) and leaves it when it finishes, each row with its
 own settings, stop strings, limit and grammar (``response_format``, a required or named ``tool_choice``:
-`toolkit.generation.grammar`); each stream gets its own row's text as it settles. ``n`` choices are ``n`` rows
+`toolkit.decoding.grammar`); each stream gets its own row's text as it settles. ``n`` choices are ``n`` rows
 of one request, prefilled once, choice i seeded ``seed + i``. ``temperature`` 0 is greedy; an omitted one takes the model's
 generation_config. Errors are OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
 
@@ -51,14 +51,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from toolkit.decoding import Generation, GenerationEvent, GenerationOptions
+from toolkit.decoding.continuous import ContinuousBatch
+from toolkit.decoding.grammar import OutputConstraint, constraint_from
+from toolkit.decoding.loop import TokenLogprob
+from toolkit.decoding.sampling import MAX_TOP_LOGPROBS
 from toolkit.errors import BadInputError, EdgeError
-from toolkit.generation import GENERATE_TASK, Generation, GenerationEvent, GenerationOptions, TextGenerator
-from toolkit.generation.chat import TemplateBudget
-from toolkit.generation.continuous import ContinuousBatch
-from toolkit.generation.decoding import TokenLogprob
-from toolkit.generation.generator import Prompt, TokenPrompt
-from toolkit.generation.grammar import OutputConstraint, constraint_from
-from toolkit.generation.sampling import MAX_TOP_LOGPROBS
 from toolkit.manifest import FP32_VARIANT, ModelPackage
 from toolkit.runner import Runner
 from toolkit.serve.access import require_api_key
@@ -81,6 +79,9 @@ from toolkit.serve.openai_tools import ToolCall, ToolRequest, tool_request
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import decode_json_object
 from toolkit.serve.rerank_api import mount_rerank, rerank_models
+from toolkit.tasks.generate import GENERATE_TASK, TextGenerator
+from toolkit.tasks.generate.chat import TemplateBudget
+from toolkit.tasks.generate.generator import Prompt, TokenPrompt
 
 __all__ = [
     "GenerationService",

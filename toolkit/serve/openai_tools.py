@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from toolkit.decoding.grammar import OutputConstraint
 from toolkit.errors import BadInputError
-from toolkit.generation.grammar import OutputConstraint
 
 __all__ = ["ToolCall", "ToolRequest", "tool_request"]
 

@@ -32,16 +32,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from toolkit.decoding.encoder_decoder import checked_steps
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage, TensorSpec
 from toolkit.preprocess import read_wav
 from toolkit.runner import Runner
-from toolkit.seq2seq import DecodeLimits, Seq2SeqPipeline
-from toolkit.seq2seq.decoding import checked_steps
-from toolkit.seq2seq.pipeline import DECODING_SETTINGS, checked_settings
 from toolkit.serve.errors import ServerClosingError
 from toolkit.serve.models import Job, ServedModel, TensorMetadata, bytes_input, request_texts
 from toolkit.serve.protocol import InferenceRequest
+from toolkit.tasks.encoder_decoder import DECODING_SETTINGS, DecodeLimits, Seq2SeqPipeline, checked_settings
 from toolkit.tasks.text2text import Seq2SeqGenerator
 from toolkit.tasks.transcribe import SpeechRecognizer, Transcript
 

@@ -1,7 +1,9 @@
 """The task registry: one module per task, the one owner of everything task-specific.
 
-A task is a `Task` subclass in ``toolkit/tasks/<task>.py`` plus one entry in `TASK_MODULES` below; its module
-also defines the task's typed pipeline (a `Pipeline` subclass) and exports both as ``TASK`` and ``PIPELINE``.
+A task is a `Task` subclass in ``toolkit/tasks/<task>.py`` (or a package ``toolkit/tasks/<task>/`` when it is
+large: ``generate``, ``transcribe``) plus one entry in `TASK_MODULES` below; its module also defines the task's
+typed pipeline (a `Pipeline` subclass) and exports both as ``TASK`` and ``PIPELINE``. Families share a module:
+``encoder_decoder`` (`Seq2SeqTask`, `Seq2SeqPipeline`) under ``text2text`` and ``transcribe``.
 `task_for(package)` and `pipeline_class(package)` are what the rest of edge-toolkit asks; nothing else
 switches on a task name or a preprocessing type.
 
@@ -67,7 +69,7 @@ __all__ = [
     "tasks",
 ]
 
-# One line per task: its module under toolkit/tasks/ (which exports TASK and PIPELINE).
+# One line per task: its module or package under toolkit/tasks/ (which exports TASK and PIPELINE).
 TASK_MODULES = (
     "features",
     "embed",

@@ -13,8 +13,8 @@ import numpy as np
 
 from toolkit.checks import text_list
 from toolkit.corpus import HELD_OUT_SENTENCES
-from toolkit.preprocess import clean_up_tokenization, cleans_up_spaces, read_tokenizer
-from toolkit.seq2seq import Seq2SeqOutput, Seq2SeqPipeline, Seq2SeqTask
+from toolkit.preprocess import clean_up_tokenization, cleans_up_spaces, read_decoder_tokenizer
+from toolkit.tasks.encoder_decoder import Seq2SeqOutput, Seq2SeqPipeline, Seq2SeqTask
 from toolkit.tasks.modality import TextModality
 
 if TYPE_CHECKING:
@@ -73,9 +73,9 @@ class Seq2SeqGenerator(Seq2SeqPipeline[TextModality]):
     @cached_property
     def tokenizer(self) -> Tokenizer:
         """The package's tokenizer (no padding or truncation)."""
-        tokenizer = read_tokenizer(self.package.asset(self.task.data.pre.tokenizer, "tokenizer"))
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
+        tokenizer: Tokenizer = read_decoder_tokenizer(
+            self.package.asset(self.task.data.pre.tokenizer, "tokenizer")
+        )
         return tokenizer
 
     def generate(

@@ -10,25 +10,30 @@ from typing import Any, overload
 
 import numpy as np
 
+from toolkit.decoding.decoder import DecoderStepper
+from toolkit.decoding.detokenizer import IncrementalDetokenizer
+from toolkit.decoding.grammar import GrammarEngine, constraint_from
+from toolkit.decoding.loop import (
+    Generation,
+    GenerationEvent,
+    GenerationTimings,
+    RowPlan,
+    TokenLogprob,
+    decode,
+)
+from toolkit.decoding.sampling import GenerationOptions, LogitsChooser, options_from
 from toolkit.errors import BadInputError
-from toolkit.generation.chat import Message, TemplateBudget, render_chat
-from toolkit.generation.decoder import DecoderStepper
-from toolkit.generation.decoding import FinishReason, RowPlan, TokenLogprob, decode
-from toolkit.generation.detokenizer import IncrementalDetokenizer
-from toolkit.generation.grammar import GrammarEngine, constraint_from
-from toolkit.generation.sampling import GenerationOptions, LogitsChooser, options_from
 from toolkit.manifest import FP32_VARIANT, GenerationSpec, ModelPackage
 from toolkit.providers import ProviderConfig
 from toolkit.runner import Runner
 from toolkit.tasks.base import Pipeline
-from toolkit.tasks.generate import GenerateTask
+from toolkit.tasks.generate.chat import Message, TemplateBudget, render_chat
+from toolkit.tasks.generate.task import GenerateTask
 from toolkit.tasks.modality import TextModality
 
 __all__ = [
     "GENERATE_TASK",
-    "Generation",
-    "GenerationEvent",
-    "GenerationTimings",
+    "Prompt",
     "TextGenerator",
     "TextStream",
     "TokenPrompt",
@@ -45,43 +50,6 @@ class TokenPrompt:
 
 
 Prompt = str | Sequence[Message] | TokenPrompt
-
-
-@dataclass(frozen=True)
-class GenerationTimings:
-    """Prompt size and speed: prefill (the prompt's forward pass), time to first token, decode rate."""
-
-    prompt_tokens: int
-    prefill_ms: float
-    first_token_ms: float
-    new_tokens: int
-    decode_tokens_per_s: float
-    total_ms: float
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One row's result: the text (stop strings cut, special tokens dropped), the new token ids (an eos
-    included), why it ended (``eos``, ``stop`` or ``length``), timings shared by its batch and, when asked
-    for (``top_logprobs``), each new token's log-probability."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: FinishReason
-    prompt: str
-    timings: GenerationTimings
-    logprobs: tuple[TokenLogprob, ...] = ()
-
-
-@dataclass(frozen=True)
-class GenerationEvent:
-    """What one batch row did at a step: `text` it settled (may be empty), the step's token log-probability
-    when asked for, and, when it finished, its result."""
-
-    row: int
-    text: str
-    generation: Generation | None
-    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class TextStream:
@@ -132,7 +100,8 @@ class TextGenerator(Pipeline[TextModality]):
 
     def run_items(self, items: Sequence[Any]) -> list[Any]:
         """One generation per prompt, as one batch, with the model's default settings."""
-        return self.generate(list(items))
+        generations: list[Generation] = self.generate(list(items))
+        return generations
 
     # -- prompts ------------------------------------------------------------------------------
 

@@ -10,23 +10,57 @@ decoder run over the whole batch, as in `decode`. Used by `edge serve`'s generat
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
-from toolkit.generation.decoder import DecoderStepper
-from toolkit.generation.decoding import RowPlan, TokenLogprob, choose_token, settle_token
-from toolkit.generation.detokenizer import IncrementalDetokenizer
-from toolkit.generation.generator import (
+from toolkit.decoding.decoder import DecoderStepper
+from toolkit.decoding.detokenizer import IncrementalDetokenizer
+from toolkit.decoding.loop import (
     Generation,
     GenerationEvent,
     GenerationTimings,
-    Prompt,
-    TextGenerator,
+    RowPlan,
+    TokenLogprob,
+    choose_token,
+    settle_token,
 )
-from toolkit.generation.sampling import GenerationOptions
+from toolkit.decoding.sampling import GenerationOptions
+from toolkit.manifest import GenerationSpec
+from toolkit.runner import Runner
 
-__all__ = ["ContinuousBatch"]
+__all__ = ["BatchedGenerator", "ContinuousBatch"]
+
+_P = TypeVar("_P")
+_P_contra = TypeVar("_P_contra", contravariant=True)
+
+
+class BatchedGenerator(Protocol[_P_contra]):
+    """What step-level batching asks of a decoder-only generator (the generate task's `TextGenerator`): its
+    decoder session and contract, how it encodes a prompt of type `_P_contra`, and each row's rules."""
+
+    spec: GenerationSpec
+    runner: Runner
+    device: str
+    device_id: int
+
+    def encode(self, prompt: _P_contra) -> tuple[str, list[int]]:
+        """The prompt's text and token ids."""
+        ...
+
+    def check_length(self, ids: Sequence[int]) -> None:
+        """Raise when a prompt of `ids` leaves no room for a new token."""
+        ...
+
+    def row_plan(self, options: GenerationOptions, room: int) -> RowPlan:
+        """A row's rules under `options`, capped at `room` new tokens."""
+        ...
+
+    def detokenizer(self, options: GenerationOptions) -> IncrementalDetokenizer:
+        """A row's incremental detokenizer watching `options.stop`."""
+        ...
 
 
 @dataclass
@@ -51,12 +85,12 @@ class _Row:
 PREFILL_CHUNK = 256
 
 
-class ContinuousBatch:
+class ContinuousBatch(Generic[_P]):
     """The rows decoding together on one generator; `add` between steps, `step` to advance every row. Prompts
     longer than `prefill_chunk` (row-length graphs) wait beside the batch, one piece of their prefill run per
     step, and join it when it is done."""
 
-    def __init__(self, generator: TextGenerator, prefill_chunk: int | None = PREFILL_CHUNK) -> None:
+    def __init__(self, generator: BatchedGenerator[_P], prefill_chunk: int | None = PREFILL_CHUNK) -> None:
         self.generator = generator
         self.prefill_chunk = prefill_chunk
         self.rows: list[_Row] = []
@@ -70,12 +104,12 @@ class ContinuousBatch:
         """Rows decoding now or still prefilling."""
         return len(self.rows) + sum(len(rows) for rows, _ in self.prefilling)
 
-    def add(self, key: int, prompt: Prompt, options: GenerationOptions) -> None:
+    def add(self, key: int, prompt: _P, options: GenerationOptions) -> None:
         """Prefill `prompt` alone and merge it into the batch (a long one: piece by piece over the next steps);
         its events will carry `key` as their row."""
         self.add_rows({key: options}, prompt)
 
-    def add_rows(self, rows: dict[int, GenerationOptions], prompt: Prompt) -> None:
+    def add_rows(self, rows: dict[int, GenerationOptions], prompt: _P) -> None:
         """Prefill `prompt` once and merge one row per key of `rows` into the batch, each with its options
         (OpenAI's ``n``: several completions of one prompt share its prefill)."""
         generator = self.generator

@@ -5,12 +5,12 @@ Clips (WAV at any rate, or float waveforms) are resampled to 16 kHz and cut into
 becomes log-mel features (`toolkit.speech`), is encoded, and decoded from Whisper's prompt
 ``<|startoftranscript|> <|lang|> <|task|> [<|notimestamps|>]``. Without a language each window's first decoder
 step picks the most likely language token. The windows are merged as the pipeline's ``_decode_asr`` does
-(`toolkit.seq2seq.timestamps.merge_windows`): text tokens by their longest common sequence in the overlaps.
+(`timestamps.merge_windows`): text tokens by their longest common sequence in the overlaps.
 
 A window is decoded as Whisper's ``generate`` does, with or without timestamps: when a decode stops after a
 timestamp pair without a closing lone timestamp, the tail is dropped and decoding resumes from that timestamp's
 frame. With ``timestamps=True`` the prompt leaves out ``<|notimestamps|>``, Whisper's timestamp rule constrains
-decoding (`TimestampRule`), and the timestamps split the text into segments (seconds from the clip's start).
+decoding (`TimestampRule`, handed to the engine as the decode's task rule), and the timestamps split the text into segments (seconds from the clip's start).
 """
 
 from __future__ import annotations
@@ -18,26 +18,29 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from toolkit.decoding.encoder_decoder import DecodingRules
 from toolkit.errors import BadInputError, BadModelError
-from toolkit.manifest import ModelPackage
-from toolkit.preprocess import AudioInput, clean_up_tokenization, cleans_up_spaces, clip_list, read_tokenizer
-from toolkit.seq2seq import Seq2SeqPipeline, Seq2SeqTask
-from toolkit.seq2seq.decoding import DecodingRules
-from toolkit.seq2seq.timestamps import TimestampRule, WindowOutput, merge_windows, window_tokens
+from toolkit.preprocess import (
+    AudioInput,
+    clean_up_tokenization,
+    cleans_up_spaces,
+    clip_list,
+    read_decoder_tokenizer,
+)
 from toolkit.speech import LogMelSpec, load_clip, log_mel, windows
 from toolkit.tasks.base import Feeds
+from toolkit.tasks.encoder_decoder import Seq2SeqPipeline, Seq2SeqTask
 from toolkit.tasks.modality import PURPOSE_SEEDS, AudioModality, synthetic_waveform
+from toolkit.tasks.transcribe.timestamps import TimestampRule, WindowOutput, merge_windows, window_tokens
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 __all__ = [
-    "PIPELINE",
-    "TASK",
     "RealTimeFactor",
     "Segment",
     "SpeechRecognizer",
@@ -70,10 +73,6 @@ class Transcript:
     token_ids: tuple[int, ...]
     segments: tuple[Segment, ...]
     seconds: float
-
-
-def _tokenizer(package: ModelPackage) -> Tokenizer:
-    return cast("Tokenizer", read_tokenizer(package.asset("tokenizer.json", "tokenizer")))
 
 
 class TranscribeTask(Seq2SeqTask[AudioModality]):
@@ -139,8 +138,9 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
-        """The package's tokenizer."""
-        return _tokenizer(self.package)
+        """The package's tokenizer (no padding or truncation)."""
+        tokenizer: Tokenizer = read_decoder_tokenizer(self.package.asset("tokenizer.json", "tokenizer"))
+        return tokenizer
 
     def _language_id(self, language: str) -> int:
         code = language.strip().lower().strip("<|>")
@@ -244,7 +244,7 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
                 piece = np.zeros_like(mel)
                 piece[:, :span] = mel[:, seek:]
                 states = self._encode(piece)
-            ids = self.decode_rows(states, None, prompt, max_new_tokens, num_beams, timestamps=rule)[0]
+            ids = self.decode_rows(states, None, prompt, max_new_tokens, num_beams, task_rule=rule)[0]
             if ids and ids[-1] == spec.eos_token_ids[0]:
                 ids = ids[:-1]
             if begin is None:
@@ -380,7 +380,3 @@ def real_time_factor(
         recognizer.transcribe([clip], language=language, max_new_tokens=new_tokens, num_beams=1)
         times.append(time.perf_counter() - started)
     return RealTimeFactor(variant, clip_seconds, float(np.median(times)), runs, new_tokens)
-
-
-TASK = TranscribeTask
-PIPELINE = SpeechRecognizer

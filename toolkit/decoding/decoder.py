@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
+from toolkit.decoding.kv_cache import CacheLayout, KVCache
 from toolkit.errors import BadModelError
-from toolkit.generation.kv_cache import CacheLayout, KVCache
 from toolkit.manifest import GenerationSpec
 
 # the in-place graph's inputs (converters/gqa_decoder.py): how many trailing positions get logits, each row's
@@ -204,7 +204,7 @@ class DecoderStepper:
         # equal rows need the last position only; ragged ones every position, each row picking its last real one
         logits = self._run_prompt(ids, lengths, prompt if ragged else 1)
         last = lengths - 1 if ragged else np.zeros(batch, dtype=np.int64)
-        return logits[np.arange(batch), last]
+        return np.asarray(logits[np.arange(batch), last])
 
     def _run_prompt(self, ids: np.ndarray, lengths: np.ndarray, kept: int) -> np.ndarray:
         """Run prompt positions `ids` (columns after the cache's) with rows reaching `lengths`; logits of the

@@ -2,9 +2,8 @@
 
 The task owns the manifest's ``generation`` section, its samples (one prompt pass per sentence with an empty
 cache, for held-out accuracy and calibration; one decode step over a full cache for timing), its accuracy
-metric and how ``edge run --prompt`` prints. The pipeline, `toolkit.generation.TextGenerator`, runs its own
-decoding loop (`toolkit.generation.decode`); it is `PIPELINE` here, imported on first use because it imports
-this module.
+metric and how ``edge run --prompt`` prints. The pipeline, `toolkit.tasks.generate.TextGenerator` (beside it
+in this package), runs the decoding engine's loop (`toolkit.decoding.decode`).
 
 The metric (``next_token_agreement``): one prompt pass gives the next-token distribution at every position,
 so each held-out sentence yields as many predictions as it has tokens; agreement counts positions where the
@@ -22,10 +21,10 @@ import numpy as np
 
 from toolkit.agreement import TOP1, TOP5, Meaning
 from toolkit.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
+from toolkit.decoding.decoder import LOGITS_TO_KEEP, row_length_feeds
 from toolkit.errors import BadModelError
-from toolkit.generation.decoder import LOGITS_TO_KEEP, row_length_feeds
 from toolkit.manifest import GenerationSpec, ModelPackage, OutputCheck, TensorSpec
-from toolkit.preprocess import read_tokenizer
+from toolkit.preprocess import read_decoder_tokenizer
 from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs
 from toolkit.tasks.base import Family, Feeds, Task
 from toolkit.tasks.modality import CALIBRATION_SEED, PURPOSE_SEEDS, TextModality
@@ -33,9 +32,7 @@ from toolkit.tasks.modality import CALIBRATION_SEED, PURPOSE_SEEDS, TextModality
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from toolkit.generation.generator import TextGenerator
-
-__all__ = ["PIPELINE", "TASK", "GenerateTask"]
+__all__ = ["GenerateTask"]
 
 
 class GenerateTask(Task[TextModality]):
@@ -123,9 +120,9 @@ class GenerateTask(Task[TextModality]):
     @cached_property
     def tokenizer(self) -> Tokenizer:
         """The package's tokenizer (``tokenizers``), without padding or truncation."""
-        tokenizer = read_tokenizer(self.package.asset(self.data.pre.tokenizer, "tokenizer"))
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
+        tokenizer: Tokenizer = read_decoder_tokenizer(
+            self.package.asset(self.data.pre.tokenizer, "tokenizer")
+        )
         return tokenizer
 
     # -- samples ---------------------------------------------------------------------------------------
@@ -285,19 +282,3 @@ class GenerateTask(Task[TextModality]):
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     return np.asarray(shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)))
-
-
-TASK = GenerateTask
-
-
-def __getattr__(name: str) -> Any:
-    """``PIPELINE`` (`TextGenerator`), imported on first use: its module imports this one."""
-    if name == "PIPELINE":
-        from toolkit.generation.generator import TextGenerator
-
-        return TextGenerator
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-if TYPE_CHECKING:
-    PIPELINE = TextGenerator

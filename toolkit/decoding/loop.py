@@ -16,12 +16,15 @@ from typing import Protocol
 
 import numpy as np
 
-from toolkit.generation.grammar import RowGrammar
-from toolkit.generation.sampling import LogitsChooser
+from toolkit.decoding.grammar import RowGrammar
+from toolkit.decoding.sampling import LogitsChooser
 
 __all__ = [
     "DecodeStep",
     "FinishReason",
+    "Generation",
+    "GenerationEvent",
+    "GenerationTimings",
     "RowPlan",
     "RowWatcher",
     "Stepper",
@@ -61,6 +64,43 @@ class TokenLogprob:
     token: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationTimings:
+    """Prompt size and speed: prefill (the prompt's forward pass), time to first token, decode rate."""
+
+    prompt_tokens: int
+    prefill_ms: float
+    first_token_ms: float
+    new_tokens: int
+    decode_tokens_per_s: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One row's result: the text (stop strings cut, special tokens dropped), the new token ids (an eos
+    included), why it ended (``eos``, ``stop`` or ``length``), timings shared by its batch and, when asked
+    for (``top_logprobs``), each new token's log-probability."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+    prompt: str
+    timings: GenerationTimings
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationEvent:
+    """What one batch row did at a step: `text` it settled (may be empty), the step's token log-probability
+    when asked for, and, when it finished, its result."""
+
+    row: int
+    text: str
+    generation: Generation | None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

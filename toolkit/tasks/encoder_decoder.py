@@ -1,5 +1,6 @@
 """`Seq2SeqPipeline`: an encoder `Runner` (the package's variant file) plus its two decoder sessions, and the
-decoding both encoder-decoder tasks share: greedy through `toolkit.generation.decode`, or beam search."""
+decoding both encoder-decoder tasks share over the decoding engine: greedy through `toolkit.decoding.decode`, or
+beam search; `Seq2SeqTask`, the family's task base. The family module of `text2text` and `transcribe`."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import numpy as np
 
 from toolkit.agreement import COSINE, TOP1, TOP5, Meaning
+from toolkit.decoding.encoder_decoder import (
+    BeamSettings,
+    DecodingRules,
+    LogitsRule,
+    Seq2SeqStepper,
+    beam_search,
+)
+from toolkit.decoding.loop import RowPlan, decode
+from toolkit.decoding.sampling import GenerationOptions, LogitsChooser
 from toolkit.errors import BadInputError, BadModelError
-from toolkit.generation.decoding import RowPlan, decode
-from toolkit.generation.sampling import GenerationOptions, LogitsChooser
 from toolkit.manifest import ModelPackage, Seq2SeqSpec, seq2seq_files
 from toolkit.runner import Runner
-from toolkit.seq2seq.decoding import BeamSettings, DecodingRules, Seq2SeqStepper, beam_search
-from toolkit.seq2seq.timestamps import TimestampRule
 from toolkit.tasks.base import Family, Pipeline, Task
 from toolkit.tasks.modality import Modality
 
@@ -211,10 +217,10 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
         max_new_tokens: int | None,
         num_beams: int | None,
         overrides: Mapping[str, Any] | None = None,
-        timestamps: TimestampRule | None = None,
+        task_rule: LogitsRule | None = None,
     ) -> list[list[int]]:
-        """New token ids per row of the encoder `states` [rows, ...], each decoded from `prompt` (with Whisper's
-        timestamp rule when `timestamps` is given); `overrides` replace the generation config's `length_penalty`,
+        """New token ids per row of the encoder `states` [rows, ...], each decoded from `prompt` (with the task's
+        own logits rule last when given: Whisper's timestamps); `overrides` replace the generation config's `length_penalty`,
         `early_stopping`, `no_repeat_ngram_size` and `min_length` (None values are ignored)."""
         beams = self._setting("num_beams", num_beams, 1)
         limit = self._setting("max_new_tokens", max_new_tokens, None)
@@ -244,7 +250,7 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
             forced_eos=spec.forced_eos_token_id,
             min_length=int(settings.get("min_length", 0) or 0),
             no_repeat_ngram=int(settings.get("no_repeat_ngram_size", 0) or 0),
-            timestamps=timestamps,
+            task_rule=task_rule,
         )
         if beams == 1:
             rows = states.shape[0]

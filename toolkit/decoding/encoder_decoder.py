@@ -2,12 +2,13 @@
 a time and its cross-attention cache computed once (optimum-onnx's ``decoder_model.onnx`` for the start tokens,
 ``decoder_with_past_model.onnx`` for every step after).
 
-Greedy decoding runs through the loop every generator shares (`toolkit.generation.decode`, with
+Greedy decoding runs through the loop every generator shares (`toolkit.decoding.decode`, with
 `Seq2SeqStepper` as its `Stepper`); beam search (`beam_search`) is transformers' ``_beam_search`` in numpy:
 ``max(2, 1 + eos ids) x beams`` candidates a step, finished hypotheses scored by ``sum log p / length **
 length_penalty``, and its early-stop heuristic. `DecodingRules` are the logits processors the models'
 generation configs ask for (no-repeat n-grams, minimum length, forced first/last token, suppressed tokens), in
-transformers' order, then Whisper's timestamp rule when asked for (`toolkit.seq2seq.timestamps`).
+transformers' order, then the task's own rule when it passes one (a `LogitsRule`, such as the transcribe task's
+Whisper timestamp rule); the engine knows no task.
 """
 
 from __future__ import annotations
@@ -16,19 +17,20 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
 
+from toolkit.decoding.kv_cache import CacheLayout, KVCache
 from toolkit.errors import BadModelError
-from toolkit.generation.kv_cache import CacheLayout, KVCache
 from toolkit.manifest import Seq2SeqSpec
 from toolkit.runner import numpy_dtype
-from toolkit.seq2seq.timestamps import TimestampRule
 
 __all__ = [
     "BeamSettings",
     "DecodingRules",
+    "LogitsRule",
     "Seq2SeqStepper",
     "beam_search",
     "checked_steps",
@@ -60,6 +62,15 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return np.asarray(shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)), dtype=np.float32)
 
 
+class LogitsRule(Protocol):
+    """A task's own logits processor (Whisper's timestamp rule): the scores [rows, vocab] it allows given each
+    row's ids so far [rows, length]."""
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """`scores` with the rule applied (a new array)."""
+        ...
+
+
 @dataclass(frozen=True)
 class DecodingRules:
     """The logits processors of a model's generation config, applied to scores [rows, vocab] given each row's
@@ -74,7 +85,9 @@ class DecodingRules:
     forced_eos: int | None = None
     min_length: int = 0
     no_repeat_ngram: int = 0
-    timestamps: TimestampRule | None = None  # Whisper with timestamps: applied last, as transformers does
+    task_rule: LogitsRule | None = (
+        None  # the task's own rule (Whisper's timestamps): last, as transformers does
+    )
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """`scores` with the rules applied (a new array)."""
@@ -100,8 +113,8 @@ class DecodingRules:
             scores[:, list(self.suppress)] = _NEG
         if self.begin_suppress and length == self.prompt_length:
             scores[:, list(self.begin_suppress)] = _NEG
-        if self.timestamps is not None:
-            scores = self.timestamps(ids, scores)
+        if self.task_rule is not None:
+            scores = self.task_rule(ids, scores)
         return scores
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.decoding.grammar import OutputConstraint
 from toolkit.errors import BadInputError
-from toolkit.generation.grammar import OutputConstraint
 
 __all__ = [
     "GREEDY_BELOW",
@@ -147,7 +147,7 @@ class LogitsChooser:
         if o.repetition_penalty != 1.0:
             scores = _repetition_penalty(scores, history, o.repetition_penalty)
         if not o.do_sample or o.temperature < GREEDY_BELOW:
-            return np.argmax(scores, axis=-1).astype(np.int64)
+            return np.asarray(np.argmax(scores, axis=-1), dtype=np.int64)
         if o.temperature != 1.0:
             scores = scores / o.temperature
         if o.top_k:
@@ -160,7 +160,7 @@ class LogitsChooser:
         draws = self.rng.random(probs.shape[0])
         cdf = np.cumsum(probs, axis=-1)
         picks = (cdf < draws[:, None] * cdf[:, -1:]).sum(axis=-1)
-        return np.minimum(picks, probs.shape[-1] - 1).astype(np.int64)
+        return np.asarray(np.minimum(picks, probs.shape[-1] - 1), dtype=np.int64)
 
 
 def _repetition_penalty(scores: np.ndarray, history: np.ndarray, penalty: float) -> np.ndarray:

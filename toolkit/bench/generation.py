@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolkit.errors import BadInputError
-from toolkit.generation.generator import TextGenerator, TokenPrompt
+from toolkit.tasks.generate.generator import TextGenerator, TokenPrompt
 
 __all__ = ["GenerationCell", "GenerationTimer", "bench_generation", "generator_timer", "prompt_ids"]
 
@@ -39,7 +39,7 @@ class GenerationCell:
 
 def prompt_ids(generator: TextGenerator, length: int, text: str) -> list[int]:
     """`length` token ids from `text` (repeated as needed), for prompts of an exact size."""
-    ids = generator.tokenizer.encode(text, add_special_tokens=False).ids
+    ids: list[int] = generator.tokenizer.encode(text, add_special_tokens=False).ids
     if not ids:
         raise BadInputError("the benchmark text encodes to no tokens")
     return (ids * (length // len(ids) + 1))[:length]

@@ -74,6 +74,10 @@ class EmbedTask(Task[TextModality]):
         """The request's embeddings, pooled under its own mask."""
         return {"embedding": self.finish(outputs, feeds)}
 
+    def embeddings(self, outputs: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Embeddings float32 [N, dim] of one run, for ``/v1/embeddings`` (`ServesEmbeddings`)."""
+        return self.finish(outputs, feeds)
+
 
 class TextEmbedding(TextPipeline):
     """Sentence embeddings: `TextEmbedding.load(path).embed(texts)`."""

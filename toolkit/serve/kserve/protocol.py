@@ -37,7 +37,6 @@ __all__ = [
     "RequestInput",
     "RequestedOutput",
     "ResponseOutput",
-    "decode_json_object",
     "decode_request",
     "decode_response",
     "deserialize_bytes",
@@ -283,49 +282,6 @@ def _reject_unsupported(params: Mapping[str, Any], where: str) -> None:
         raise BadInputError(
             f"{where}: the shared-memory extension is not supported; send the data in the body"
         )
-
-
-def _no_constant(name: str) -> Any:
-    raise BadInputError(f"request JSON holds {name}, which is not a JSON number; send a finite number")
-
-
-def _check_text(value: str, where: str) -> None:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadInputError(f"{where} holds a lone surrogate (\\ud800-\\udfff); send valid Unicode") from None
-
-
-def decode_json_object(body: bytes) -> dict[str, Any]:
-    """A JSON request body (the OpenAI and generate routes) as a dict: NaN and Infinity refused, every string
-    valid Unicode (a lone surrogate escape would fail later, deep in tokenizing or rendering an answer)."""
-    try:
-        parsed = json.loads(body, parse_constant=_no_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"request body is not JSON ({type(exc).__name__} at {_position(exc)})") from None
-    except RecursionError:
-        raise BadInputError(
-            f"request JSON is nested deeper than the server parses (about {sys.getrecursionlimit()} levels)"
-        ) from None
-    if not isinstance(parsed, dict):
-        raise BadInputError("request body must be a JSON object")
-    pending: list[tuple[Any, str]] = [(parsed, "the request")]
-    while pending:
-        value, where = pending.pop()
-        if isinstance(value, str):
-            _check_text(value, where)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                _check_text(key, where)
-                name = json.dumps(key, ensure_ascii=True)[1:-1][:40]  # a key is client text: escaped, cut
-                pending.append((item, f"'{name}'" if where == "the request" else f"{where}.{name}"))
-        elif isinstance(value, list):
-            pending.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
-    return parsed
-
-
-def _position(exc: ValueError) -> str:
-    return f"char {exc.pos}" if isinstance(exc, json.JSONDecodeError) else f"byte {getattr(exc, 'start', 0)}"
 
 
 def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:

@@ -1,4 +1,5 @@
-"""OpenAI-compatible embeddings: ``POST /v1/embeddings`` over every served ``embed`` package.
+"""OpenAI-compatible embeddings: ``POST /v1/embeddings`` over every served text model whose task serves embeddings
+(`toolkit.tasks.base.ServesEmbeddings`: ``embed`` packages).
 
 ::
 
@@ -24,97 +25,24 @@ limits, API key and request metrics; errors are OpenAI's shape, ``{"error": {"me
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from toolkit.errors import BadInputError
 from toolkit.preprocess import l2_normalize
-from toolkit.serve.app import ModelLabel, ServerState
-from toolkit.serve.errors import (
-    BodyTooLargeError,
-    ModelNotFoundError,
-    openai_error,
-)
-from toolkit.serve.models import PipelineModel, ServedModel, TextPiece, text_pieces
+from toolkit.serve.bodies import decode_json_object
+from toolkit.serve.engine import TextPiece, text_pieces
+from toolkit.serve.errors import BodyTooLargeError, ModelNotFoundError
+from toolkit.serve.models import PipelineModel, ServedModel
+from toolkit.serve.openai.protocol import EmbeddingRequest, parse_embedding_request
 from toolkit.serve.options import ServeOptions
-from toolkit.serve.protocol import decode_json_object
-from toolkit.tasks.embed import EmbedTask
+from toolkit.serve.state import ModelLabel, ServerState
+from toolkit.tasks.base import ServesEmbeddings
 
-__all__ = ["EmbeddingBatch", "embedding_models", "mount_embeddings", "parse_embedding_request"]
-
-_FORMATS = ("float", "base64")
-
-
-@dataclass(frozen=True)
-class EmbeddingRequest:
-    """A checked ``/v1/embeddings`` body: texts or token-id lists (one of the two), and the output settings."""
-
-    model: str
-    texts: tuple[str, ...] | None
-    token_ids: tuple[tuple[int, ...], ...] | None
-    encoding_format: str
-    dimensions: int | None
-
-    @property
-    def count(self) -> int:
-        """How many inputs the request holds."""
-        return len(self.texts if self.texts is not None else self.token_ids or ())
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def parse_embedding_request(body: Mapping[str, Any]) -> EmbeddingRequest:
-    """The request's fields checked for type and range (its strings already valid Unicode: `decode_json_object`);
-    a wrong one is a BadInputError naming it."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadInputError("'model' must be the name of a served embedding model (see GET /v1/models)")
-    encoding_format = body.get("encoding_format")
-    if encoding_format is None:
-        encoding_format = "float"
-    if encoding_format not in _FORMATS:
-        raise BadInputError(f"'encoding_format' must be 'float' or 'base64', got {_short(encoding_format)}")
-    dimensions = body.get("dimensions")
-    if dimensions is not None and (not _is_int(dimensions) or dimensions < 1):
-        raise BadInputError(f"'dimensions' must be a positive integer, got {_short(dimensions)}")
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise BadInputError("'user' must be a string")
-    data = body.get("input")
-    problem = "'input' must be a string, a list of strings, a list of token ids or a list of token-id lists"
-    texts: tuple[str, ...] | None = None
-    token_ids: tuple[tuple[int, ...], ...] | None = None
-    if isinstance(data, str):
-        texts = (data,)
-    elif isinstance(data, list) and data:
-        if all(isinstance(item, str) for item in data):
-            texts = tuple(data)
-        elif all(_is_int(item) for item in data):
-            token_ids = (tuple(data),)
-        elif all(isinstance(item, list) for item in data):
-            for i, item in enumerate(data):
-                if not item or not all(_is_int(t) for t in item):
-                    raise BadInputError(f"'input[{i}]' must be a non-empty list of integer token ids")
-            token_ids = tuple(tuple(item) for item in data)
-        else:
-            raise BadInputError(f"{problem}, not a mix")
-    else:
-        raise BadInputError(f"{problem}; got {_short(data)}" if data != [] else "'input' is empty; send one")
-    return EmbeddingRequest(model, texts, token_ids, encoding_format, dimensions)
-
-
-def _short(value: Any) -> str:
-    """A value as an error message shows it: JSON, cut to 40 characters (never an object's repr)."""
-    text = json.dumps(value, ensure_ascii=True, default=lambda v: type(v).__name__)
-    return text if len(text) <= 40 else text[:37] + "..."
+__all__ = ["EmbeddingBatch", "EmbeddingModel", "embedding_models", "serve_embeddings"]
 
 
 @dataclass(frozen=True)
@@ -131,7 +59,7 @@ class EmbeddingModel:
     """One served ``embed`` package as ``/v1/embeddings`` sees it: its KServe text model (whose engine and
     queue it shares) and the task that tokenizes and pools."""
 
-    def __init__(self, served: PipelineModel, task: EmbedTask) -> None:
+    def __init__(self, served: PipelineModel, task: ServesEmbeddings) -> None:
         self.served = served
         self.task = task
         self.name = served.engine.name
@@ -180,18 +108,18 @@ class EmbeddingModel:
         self, raw: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray], dimensions: int | None
     ) -> np.ndarray:
         """The pooled embeddings float32 [N, dim] of one piece, cut to `dimensions` and normalised again when asked."""
-        vectors = self.task.serve(raw, feeds)["embedding"]
+        vectors = self.task.embeddings(raw, feeds)
         if dimensions is None or dimensions == vectors.shape[-1]:
             return vectors
         return l2_normalize(vectors[:, :dimensions]).astype(np.float32, copy=False)
 
 
 def embedding_models(models: Sequence[ServedModel]) -> dict[str, EmbeddingModel]:
-    """The served ``embed`` packages by package name (their ``NAME-text`` models carry the task), each at its
-    default version (the first the registry lists: fp32 when the package has it)."""
+    """The served packages whose task serves embeddings, by package name (their ``NAME-text`` models carry the
+    task), each at its default version (the first the registry lists: fp32 when the package has it)."""
     found: dict[str, EmbeddingModel] = {}
     for model in models:
-        if isinstance(model, PipelineModel) and isinstance(model.task, EmbedTask):
+        if isinstance(model, PipelineModel) and isinstance(model.task, ServesEmbeddings):
             found.setdefault(model.engine.name, EmbeddingModel(model, model.task))
     return found
 
@@ -202,57 +130,54 @@ def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     return [float(v) for v in vector]
 
 
-def mount_embeddings(app: FastAPI, models: Mapping[str, EmbeddingModel]) -> None:
-    """Add ``POST /v1/embeddings`` over `models` to `app`, a KServe app from `create_app` (its state holds the
-    scheduler, limits and metrics the route shares)."""
-    state: ServerState = app.state.edge
-    options = state.options
-
-    def prepare(body: bytes) -> tuple[EmbeddingRequest, EmbeddingModel, EmbeddingBatch]:
-        request = parse_embedding_request(decode_json_object(body))
-        model = models.get(request.model)
-        if model is None:
-            raise ModelNotFoundError(
-                f"model {request.model!r} is not an embedding model served here; "
-                f"embedding models: {', '.join(models) or 'none'}"
-            )
-        if request.dimensions is not None and request.dimensions > model.dimension:
-            raise BadInputError(
-                f"'dimensions' {request.dimensions} is over model '{model.name}''s {model.dimension}; "
-                f"ask for {model.dimension} or fewer"
-            )
-        if request.count > options.max_request_rows:
-            raise BodyTooLargeError(
-                f"model '{model.name}': the request holds {request.count} inputs, over the "
-                f"{options.max_request_rows}-row limit; split it (or raise --max-request-rows)"
-            )
-        return request, model, model.batch(request, options)
-
-    async def handle(body: bytes, label: ModelLabel) -> Response:
-        parsed, model, batch = await state.decode(len(body), prepare, body)
-        label.model, label.version = model.name, model.served.version
-        vectors = await state.run_pieces(
-            model.served.engine,
-            batch.pieces,
-            lambda raw, feeds: model.vectors(raw, feeds, parsed.dimensions),
+def _prepare(
+    models: Mapping[str, EmbeddingModel], options: ServeOptions, body: bytes
+) -> tuple[EmbeddingRequest, EmbeddingModel, EmbeddingBatch]:
+    """The checked request, its model and its batch (every limit checked before anything runs)."""
+    request = parse_embedding_request(decode_json_object(body))
+    model = models.get(request.model)
+    if model is None:
+        raise ModelNotFoundError(
+            f"model {request.model!r} is not an embedding model served here; "
+            f"embedding models: {', '.join(models) or 'none'}"
         )
-        tokens = sum(batch.token_counts)
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [
-                    {"object": "embedding", "index": i, "embedding": _encode(v, parsed.encoding_format)}
-                    for i, v in enumerate(vectors)
-                ],
-                "model": model.name,
-                "usage": {
-                    "prompt_tokens": tokens,
-                    "total_tokens": tokens,
-                    "truncated_inputs": list(batch.truncated),
-                },
-            }
+    if request.dimensions is not None and request.dimensions > model.dimension:
+        raise BadInputError(
+            f"'dimensions' {request.dimensions} is over model '{model.name}''s {model.dimension}; "
+            f"ask for {model.dimension} or fewer"
         )
+    if request.count > options.max_request_rows:
+        raise BodyTooLargeError(
+            f"model '{model.name}': the request holds {request.count} inputs, over the "
+            f"{options.max_request_rows}-row limit; split it (or raise --max-request-rows)"
+        )
+    return request, model, model.batch(request, options)
 
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> Response:
-        return await state.answer(request, handle, openai_error)
+
+async def serve_embeddings(
+    state: ServerState, models: Mapping[str, EmbeddingModel], body: bytes, label: ModelLabel
+) -> Response:
+    """One ``/v1/embeddings`` body answered: its inputs' pieces through the model's engine, pooled."""
+    parsed, model, batch = await state.decode(len(body), _prepare, models, state.options, body)
+    label.model, label.version = model.name, model.served.version
+    vectors = await state.run_pieces(
+        model.served.engine,
+        batch.pieces,
+        lambda raw, feeds: model.vectors(raw, feeds, parsed.dimensions),
+    )
+    tokens = sum(batch.token_counts)
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _encode(v, parsed.encoding_format)}
+                for i, v in enumerate(vectors)
+            ],
+            "model": model.name,
+            "usage": {
+                "prompt_tokens": tokens,
+                "total_tokens": tokens,
+                "truncated_inputs": list(batch.truncated),
+            },
+        }
+    )

@@ -1,5 +1,6 @@
 """Cohere-compatible reranking: ``POST /v1/rerank`` (also ``/v2/rerank``, Cohere's ClientV2, and ``/rerank``, as
-infinity and Jina name it) over every served ``rerank`` package.
+infinity and Jina name it) over every served model whose task
+reranks (`toolkit.tasks.base.ServesRerank`: ``rerank`` packages).
 
 ::
 
@@ -27,61 +28,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from toolkit.errors import BadInputError
-from toolkit.serve.app import ModelLabel, ServerState
-from toolkit.serve.errors import BodyTooLargeError, ModelNotFoundError, cohere_error
-from toolkit.serve.models import RawModel, ServedModel, TextPiece, text_pieces
+from toolkit.serve.bodies import decode_json_object
+from toolkit.serve.engine import TextPiece, text_pieces
+from toolkit.serve.errors import BodyTooLargeError, ModelNotFoundError
+from toolkit.serve.models import RawModel, ServedModel
 from toolkit.serve.options import ServeOptions
-from toolkit.serve.protocol import decode_json_object
-from toolkit.tasks.rerank import RerankTask
+from toolkit.serve.rerank.protocol import RerankRequest, parse_rerank_request
+from toolkit.serve.state import ModelLabel, ServerState
+from toolkit.tasks.base import ServesRerank
 
-__all__ = ["RERANK_ROUTES", "RerankRequest", "mount_rerank", "parse_rerank_request", "rerank_models"]
-
-RERANK_ROUTES = ("/v1/rerank", "/v2/rerank", "/rerank")
-
-
-@dataclass(frozen=True)
-class RerankRequest:
-    """A checked rerank body: the query, the documents' texts, how many results, and whether to echo documents."""
-
-    model: str
-    query: str
-    documents: tuple[str, ...]
-    top_n: int | None
-    return_documents: bool
-
-
-def _document(index: int, item: Any) -> str:
-    if isinstance(item, str):
-        return item
-    if isinstance(item, dict) and isinstance(item.get("text"), str):
-        return str(item["text"])
-    raise BadInputError(f"'documents[{index}]' must be a string or an object with a string 'text'")
-
-
-def parse_rerank_request(body: Mapping[str, Any]) -> RerankRequest:
-    """The body's fields checked for type and range (strings already valid Unicode: `decode_json_object`); a wrong
-    one is a BadInputError naming it."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadInputError("'model' must be the name of a served rerank model (see GET /v1/models)")
-    query = body.get("query")
-    if not isinstance(query, str) or not query:
-        raise BadInputError("'query' must be a non-empty string")
-    documents = body.get("documents")
-    if not isinstance(documents, list) or not documents:
-        raise BadInputError("'documents' must be a non-empty list of strings or {\"text\": ...} objects")
-    top_n = body.get("top_n")
-    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
-        raise BadInputError(f"'top_n' must be a positive integer, got {top_n!r:.40}")
-    return_documents = body.get("return_documents", False)
-    if not isinstance(return_documents, bool):
-        raise BadInputError("'return_documents' must be true or false")
-    texts = tuple(_document(i, item) for i, item in enumerate(documents))
-    return RerankRequest(model, query, texts, top_n, return_documents)
+__all__ = ["RerankModel", "rerank_models", "serve_rerank"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +48,7 @@ class RerankModel:
     shares) and the task that tokenizes pairs and scores them."""
 
     served: RawModel
-    task: RerankTask
+    task: ServesRerank
 
     @property
     def name(self) -> str:
@@ -118,10 +76,11 @@ class RerankModel:
 
 
 def rerank_models(models: Sequence[ServedModel]) -> dict[str, RerankModel]:
-    """The served ``rerank`` packages by name, each at its default version (the first the registry lists)."""
+    """The served packages whose task reranks, by name, each at its default version (the first the registry
+    lists)."""
     found: dict[str, RerankModel] = {}
     for model in models:
-        if isinstance(model, RawModel) and isinstance(model.task, RerankTask):
+        if isinstance(model, RawModel) and isinstance(model.task, ServesRerank):
             found.setdefault(model.name, RerankModel(model, model.task))
     return found
 
@@ -137,40 +96,34 @@ def _results(request: RerankRequest, scores: np.ndarray) -> list[dict[str, Any]]
     return results
 
 
-def mount_rerank(app: FastAPI, models: Mapping[str, RerankModel]) -> None:
-    """Add `RERANK_ROUTES` over `models` to `app`, a KServe app from `create_app` (its state
-    holds the scheduler, limits and metrics the routes share)."""
-    state: ServerState = app.state.edge
-    options = state.options
-
-    def prepare(body: bytes) -> tuple[RerankRequest, RerankModel, list[TextPiece], int]:
-        request = parse_rerank_request(decode_json_object(body))
-        model = models.get(request.model)
-        if model is None:
-            raise ModelNotFoundError(
-                f"model {request.model!r} is not a rerank model served here; "
-                f"rerank models: {', '.join(models) or 'none'}"
-            )
-        return (request, model, *model.pieces(request, options))
-
-    async def handle(body: bytes, label: ModelLabel) -> Response:
-        parsed, model, pieces, tokens = await state.decode(len(body), prepare, body)
-        label.model, label.version = model.name, model.served.version
-        scores = await state.run_pieces(
-            model.served.engine, pieces, lambda raw, _feeds: model.task.finish(raw)
+def _prepare(
+    models: Mapping[str, RerankModel], options: ServeOptions, body: bytes
+) -> tuple[RerankRequest, RerankModel, list[TextPiece], int]:
+    request = parse_rerank_request(decode_json_object(body))
+    model = models.get(request.model)
+    if model is None:
+        raise ModelNotFoundError(
+            f"model {request.model!r} is not a rerank model served here; "
+            f"rerank models: {', '.join(models) or 'none'}"
         )
-        return JSONResponse(
-            {
-                "id": str(uuid.uuid4()),
-                "results": _results(parsed, scores),
-                "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1}},
-                "model": model.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            }
-        )
+    return (request, model, *model.pieces(request, options))
 
-    async def rerank(request: Request) -> Response:
-        return await state.answer(request, handle, cohere_error)
 
-    for path in RERANK_ROUTES:
-        app.post(path)(rerank)
+async def serve_rerank(
+    state: ServerState, models: Mapping[str, RerankModel], body: bytes, label: ModelLabel
+) -> Response:
+    """One rerank body answered: its pairs' pieces through the model's engine, scored and sorted."""
+    parsed, model, pieces, tokens = await state.decode(len(body), _prepare, models, state.options, body)
+    label.model, label.version = model.name, model.served.version
+    scores = await state.run_pieces(
+        model.served.engine, pieces, lambda raw, _feeds: model.task.relevance_scores(raw)
+    )
+    return JSONResponse(
+        {
+            "id": str(uuid.uuid4()),
+            "results": _results(parsed, scores),
+            "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1}},
+            "model": model.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )

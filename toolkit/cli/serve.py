@@ -299,7 +299,6 @@ def serve_command(
     exit code is 128+signal; a second signal answers waiting requests 503 and exits at once.
     """
     from toolkit.serve.options import BatchOptions
-    from toolkit.serve.registry import LoadOptions
 
     options = ServeOptions(
         BatchOptions(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, workers=workers),
@@ -318,20 +317,32 @@ def serve_command(
         raise BadInputError(
             "--api-key and --ssl-* apply to the built-in server; with --ray, configure them on Ray Serve's proxy"
         )
-    load = LoadOptions(
-        provider_config,
-        threads,
-        variants,
-        spinning=spin,
-        max_image_pixels=max_image_pixels,
-        decode_limits=DecodeLimits(max_beam_width=max_beam_width, max_new_tokens=max_new_tokens),
+    load = _load_options(
+        provider_config, threads, variants, spin, max_image_pixels, max_beam_width, max_new_tokens
     )
     if not on_ray:
         _serve_here(packages, load, options, host, port, tls, as_json)
         return
+    ray_options = _ray_options(
+        replicas, autoscale, max_ongoing_requests, replica_cpus, replica_gpus, address, host, port
+    )
+    _serve_on_ray(packages, load, options, ray_options, as_json)
+
+
+def _ray_options(
+    replicas: int,
+    autoscale: str | None,
+    max_ongoing_requests: int,
+    replica_cpus: float,
+    replica_gpus: float,
+    address: str | None,
+    host: str,
+    port: int,
+) -> RayOptions:
+    """The Ray Serve deployment the --ray options ask for."""
     from toolkit.serve.ray_app import RayOptions, parse_autoscale
 
-    ray_options = RayOptions(
+    return RayOptions(
         replicas=replicas,
         autoscale=parse_autoscale(autoscale) if autoscale else None,
         max_ongoing_requests=max_ongoing_requests,
@@ -341,7 +352,28 @@ def serve_command(
         host=host,
         port=port,
     )
-    _serve_on_ray(packages, load, options, ray_options, as_json)
+
+
+def _load_options(
+    provider_config: ProviderConfig,
+    threads: int | None,
+    variants: tuple[str, ...],
+    spin: bool,
+    max_image_pixels: int,
+    max_beam_width: int,
+    max_new_tokens: int | None,
+) -> LoadOptions:
+    """How the packages are loaded, and the limits of their served pipelines."""
+    from toolkit.serve.registry import LoadOptions
+
+    return LoadOptions(
+        provider_config,
+        threads,
+        variants,
+        spinning=spin,
+        max_image_pixels=max_image_pixels,
+        decode_limits=DecodeLimits(max_beam_width=max_beam_width, max_new_tokens=max_new_tokens),
+    )
 
 
 def _tls_files(certfile: str | None, keyfile: str | None) -> TLSFiles | None:

@@ -2,14 +2,15 @@
 
 The core, each module usable alone: `engine` (the `Engine` that merges, runs and splits batches), `batching`
 (the scheduler: per-engine queues), `decoding` (encoder-decoders' decoding pipelines as engines and served
-models), `continuous` (the generators' step-level batching), `models` (the served-model adapters: request ->
-job), `registry` (which models each package serves, by task family), `bodies` (request bodies within the
-limits), `state` (what an app serves with, and the one metrics/limits shell of every route), `metrics`
-(Prometheus), `app` (the composition root: `create_app`, `build_serving_app`), `server` (uvicorn), `ray_app`
-(Ray Serve). The protocols, one folder each (`api_router` routes, `protocol` request parsing, `serving` the
-logic): `kserve` (Open Inference Protocol v2), `openai` (completions, chat, embeddings, models, tools),
-`triton` (generate), `rerank` (Cohere). fastapi, uvicorn and prometheus_client are imported only by the app,
-the routers, `server` and `metrics`; ``import toolkit`` imports none of this.
+models), `continuous` (the generators' step-level batching), `tensors` (the request every served model
+takes), `models` (the served-model adapters: request -> job), `registry` (which models each package serves,
+by task family), `bodies` (request bodies within the limits), `state` (what an app serves with, and the one
+metrics/limits shell of every route), `metrics` (Prometheus), `app` (the composition root: `create_app`,
+`build_serving_app`), `server` (uvicorn), `ray_app` (Ray Serve). The protocols, one folder each (`api_router`
+routes, `protocol` request parsing, `serving` the logic): `kserve` (Open Inference Protocol v2), `openai`
+(completions, chat, embeddings, models, tools), `triton` (generate), `rerank` (Cohere). fastapi, uvicorn and
+prometheus_client are imported only by the app, the routers, `server` and `metrics`; ``import toolkit``
+imports none of this.
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ from toolkit.seq2seq import DecodeLimits
 from toolkit.seq2seq.decoding import checked_steps
 from toolkit.serve.engine import Outputs
 from toolkit.serve.errors import ServerClosingError
-from toolkit.serve.kserve.protocol import InferenceRequest
 from toolkit.serve.models import Job, ServedModel, TensorMetadata, bytes_input, metadata_of
+from toolkit.serve.tensors import InferenceRequest
 from toolkit.tasks.base import DecodeCall, ServesDecoding
 
 __all__ = ["DecodeEngine", "DecodeWork", "DecodingModel"]

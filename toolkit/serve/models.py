@@ -18,14 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from toolkit.errors import BadInputError
 from toolkit.preprocess import MAX_IMAGE_PIXELS, open_image
 from toolkit.serve.engine import Engine, Feeds, ModelEngine, Outputs
-from toolkit.serve.kserve.protocol import InferenceRequest, v2_datatype
+from toolkit.serve.errors import ModelNotFoundError
+from toolkit.serve.tensors import InferenceRequest, v2_datatype
 from toolkit.tasks import ServedTensor, Task
 from toolkit.tasks.base import ServesImages
 from toolkit.tasks.modality import TextModality
@@ -39,6 +40,7 @@ __all__ = [
     "TensorMetadata",
     "bytes_input",
     "metadata_of",
+    "model_named",
     "request_texts",
 ]
 
@@ -298,3 +300,17 @@ class ImagePipelineModel(ServedModel):
 
 def metadata_of(tensor: ServedTensor) -> TensorMetadata:
     return TensorMetadata(tensor.name, tensor.datatype, tensor.shape)
+
+
+_Model = TypeVar("_Model")
+
+
+def model_named(models: Mapping[str, _Model], name: str, kind: str) -> _Model:
+    """The `kind` model (``embedding``, ``rerank``) a route's request names; a 404 listing them otherwise."""
+    model = models.get(name)
+    if model is None:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ModelNotFoundError(
+            f"model {name!r} is not {article} {kind} model served here; {kind} models: {', '.join(models) or 'none'}"
+        )
+    return model

@@ -35,8 +35,8 @@ from toolkit.errors import BadInputError
 from toolkit.preprocess import l2_normalize
 from toolkit.serve.bodies import decode_json_object
 from toolkit.serve.engine import TextPiece, text_pieces
-from toolkit.serve.errors import BodyTooLargeError, ModelNotFoundError
-from toolkit.serve.models import PipelineModel, ServedModel
+from toolkit.serve.errors import BodyTooLargeError
+from toolkit.serve.models import PipelineModel, ServedModel, model_named
 from toolkit.serve.openai.protocol import EmbeddingRequest, parse_embedding_request
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.state import ModelLabel, ServerState
@@ -135,12 +135,7 @@ def _prepare(
 ) -> tuple[EmbeddingRequest, EmbeddingModel, EmbeddingBatch]:
     """The checked request, its model and its batch (every limit checked before anything runs)."""
     request = parse_embedding_request(decode_json_object(body))
-    model = models.get(request.model)
-    if model is None:
-        raise ModelNotFoundError(
-            f"model {request.model!r} is not an embedding model served here; "
-            f"embedding models: {', '.join(models) or 'none'}"
-        )
+    model = model_named(models, request.model, "embedding")
     if request.dimensions is not None and request.dimensions > model.dimension:
         raise BadInputError(
             f"'dimensions' {request.dimensions} is over model '{model.name}''s {model.dimension}; "

@@ -32,8 +32,8 @@ from fastapi.responses import JSONResponse, Response
 
 from toolkit.serve.bodies import decode_json_object
 from toolkit.serve.engine import TextPiece, text_pieces
-from toolkit.serve.errors import BodyTooLargeError, ModelNotFoundError
-from toolkit.serve.models import RawModel, ServedModel
+from toolkit.serve.errors import BodyTooLargeError
+from toolkit.serve.models import RawModel, ServedModel, model_named
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.rerank.protocol import RerankRequest, parse_rerank_request
 from toolkit.serve.state import ModelLabel, ServerState
@@ -100,12 +100,7 @@ def _prepare(
     models: Mapping[str, RerankModel], options: ServeOptions, body: bytes
 ) -> tuple[RerankRequest, RerankModel, list[TextPiece], int]:
     request = parse_rerank_request(decode_json_object(body))
-    model = models.get(request.model)
-    if model is None:
-        raise ModelNotFoundError(
-            f"model {request.model!r} is not a rerank model served here; "
-            f"rerank models: {', '.join(models) or 'none'}"
-        )
+    model = model_named(models, request.model, "rerank")
     return (request, model, *model.pieces(request, options))
 
 

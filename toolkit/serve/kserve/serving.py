@@ -15,7 +15,6 @@ from toolkit.serve.errors import BodyTooLargeError, InferenceTimeoutError, Queue
 from toolkit.serve.kserve.protocol import (
     HEADER_LENGTH,
     EncodedBody,
-    InferenceRequest,
     ResponseOutput,
     decode_request,
     encode_response,
@@ -25,6 +24,7 @@ from toolkit.serve.models import Job, ServedModel
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.registry import ModelRegistry
 from toolkit.serve.state import ServerState
+from toolkit.serve.tensors import InferenceRequest
 
 __all__ = ["EXTENSIONS", "SERVER_NAME", "header_length", "infer", "model_config", "model_metadata"]
 

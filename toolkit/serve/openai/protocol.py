@@ -43,7 +43,7 @@ def _top_logprobs(body: Mapping[str, Any], chat: bool) -> int | None:
             return None
     if not 0 <= top <= MAX_TOP_LOGPROBS:
         raise BadInputError(f"'{key}' must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {top}")
-    return top
+    return int(top)
 
 
 _FORMAT_HINT = (

@@ -20,9 +20,9 @@ from pathlib import Path
 from minilm_package import open_or_convert_minilm
 from serve_batching import Result, build_requests, fire, merge
 
-from toolkit.serve.models import LoadOptions
 from toolkit.serve.options import BatchOptions, ServeOptions
 from toolkit.serve.ray_app import RayOptions, deploy_on_ray, ray_application
+from toolkit.serve.registry import LoadOptions
 
 
 class RayTarget:

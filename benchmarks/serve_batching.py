@@ -36,7 +36,7 @@ from minilm_package import open_or_convert_minilm
 from prometheus_client.parser import text_string_to_metric_families
 
 from toolkit import ModelPackage
-from toolkit.serve.protocol import encode_request
+from toolkit.serve.kserve.protocol import encode_request
 from toolkit.tasks import task_for
 
 SENTENCES = [

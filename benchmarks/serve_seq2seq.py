@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import ModelPackage, SpeechRecognizer
-from toolkit.serve.protocol import encode_request
+from toolkit.serve.kserve.protocol import encode_request
 from toolkit.tasks.modality import synthetic_waveform
 
 

@@ -406,8 +406,8 @@ def test_bad_inputs_are_one_line_errors(yolo: tuple[object, Path, Path], tmp_pat
 
 def test_served_image_model_equals_detect(yolo: tuple[object, Path, Path], photos: list[Path]) -> None:
     """`edge serve`'s ``<name>-image`` model: encoded files in (BYTES), the pipeline's detections out (JSON)."""
-    from toolkit.serve.models import ModelRegistry
-    from toolkit.serve.protocol import InferenceRequest, RequestInput
+    from toolkit.serve.registry import ModelRegistry
+    from toolkit.serve.tensors import InferenceRequest, RequestInput
 
     _, _, package = yolo
     registry = ModelRegistry.load([package])
@@ -434,8 +434,9 @@ def test_a_served_detr_takes_images_of_different_sizes_in_one_request(
     from fastapi.testclient import TestClient
 
     from toolkit.serve.app import create_app
-    from toolkit.serve.models import LoadOptions, ModelRegistry
-    from toolkit.serve.protocol import InferenceRequest, RequestInput, decode_response, encode_request
+    from toolkit.serve.kserve.protocol import decode_response, encode_request
+    from toolkit.serve.registry import LoadOptions, ModelRegistry
+    from toolkit.serve.tensors import InferenceRequest, RequestInput
 
     _, package = detectors["detr"]
     sent = [photos[0], photos[1], photos[0], photos[2]]
@@ -522,7 +523,7 @@ def _infer_images(url: str, model: str, images: list[bytes]) -> tuple[int, str]:
     import urllib.error
     import urllib.request
 
-    from toolkit.serve.protocol import encode_request
+    from toolkit.serve.kserve.protocol import encode_request
 
     blobs = np.empty(len(images), dtype=object)
     blobs[:] = images

@@ -181,9 +181,9 @@ def test_concurrent_clients_share_batch_runs_and_are_counted(
 def test_no_truncate_api_key_and_model_list(minilm_package: Path, model_name: str) -> None:
     from fastapi.testclient import TestClient
 
-    from toolkit.serve.models import LoadOptions
-    from toolkit.serve.openai_api import build_serving_app
+    from toolkit.serve.app import build_serving_app
     from toolkit.serve.options import ServeOptions
+    from toolkit.serve.registry import LoadOptions
 
     key = "k" * 24
     options = ServeOptions(api_key=key, truncate=False)
@@ -208,9 +208,9 @@ def test_a_package_with_variants_embeds_with_its_default_version(
     from fastapi.testclient import TestClient
 
     from converters.quantization import quantize
-    from toolkit.serve.models import LoadOptions
-    from toolkit.serve.openai_api import build_serving_app
+    from toolkit.serve.app import build_serving_app
     from toolkit.serve.options import ServeOptions
+    from toolkit.serve.registry import LoadOptions
 
     versions = Path(shutil.copytree(minilm_package, tmp_path / "minilm"))
     quantize(versions, "dynamic-int8")

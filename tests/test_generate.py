@@ -838,9 +838,9 @@ def test_ray_serve_streams_a_chat_completion_from_a_generator(lm_packages: dict[
     import ray
     from ray import serve
 
-    from toolkit.serve.models import LoadOptions
     from toolkit.serve.options import ServeOptions
     from toolkit.serve.ray_app import RayOptions, deploy_on_ray, ray_application
+    from toolkit.serve.registry import LoadOptions
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -941,9 +941,9 @@ def test_a_tokenizer_that_escapes_the_package_is_refused(
 def test_openai_routes_require_the_api_key_and_keep_the_limits(lm_packages: dict[str, Path]) -> None:
     from fastapi.testclient import TestClient
 
-    from toolkit.serve.models import LoadOptions
-    from toolkit.serve.openai_api import build_serving_app
+    from toolkit.serve.app import build_serving_app
     from toolkit.serve.options import ServeOptions
+    from toolkit.serve.registry import LoadOptions
 
     key = "k" * 24
     options = ServeOptions(api_key=key, max_request_tokens=40, max_body_bytes=2048)

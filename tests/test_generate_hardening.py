@@ -162,8 +162,8 @@ def test_abandoned_streams_leave_the_batch_and_a_short_request_is_answered_at_on
 def test_a_request_past_its_deadline_leaves_the_batch_with_504(long_llama: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from toolkit.serve.models import LoadOptions
-    from toolkit.serve.openai_api import build_serving_app
+    from toolkit.serve.app import build_serving_app
+    from toolkit.serve.registry import LoadOptions
 
     serving = build_serving_app([long_llama], LoadOptions(threads=1), ServeOptions(timeout_s=0.05))
     name = _name(long_llama)
@@ -494,8 +494,8 @@ def in_process(long_llama: Path) -> Iterator[Any]:
     that only requests for a few tokens decode."""
     from fastapi.testclient import TestClient
 
-    from toolkit.serve.models import LoadOptions
-    from toolkit.serve.openai_api import build_serving_app
+    from toolkit.serve.app import build_serving_app
+    from toolkit.serve.registry import LoadOptions
 
     serving = build_serving_app([long_llama], LoadOptions(threads=1), ServeOptions(max_request_tokens=24))
     with TestClient(serving.app, raise_server_exceptions=False) as client:

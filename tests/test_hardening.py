@@ -40,9 +40,10 @@ from toolkit.atomic import owner_prefix, remove_stale, staging_directory
 from toolkit.cli import edge
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import MANIFEST_NAME, Manifest, ModelPackage, resolve_inside
+from toolkit.serve.engine import Engine
 from toolkit.serve.errors import error_response, public_message
-from toolkit.serve.models import Engine, PipelineModel, RawModel
-from toolkit.serve.protocol import decode_request
+from toolkit.serve.kserve.protocol import decode_request
+from toolkit.serve.models import PipelineModel, RawModel
 from toolkit.tasks import task_for
 
 STARTUP_S = 120.0

@@ -172,8 +172,8 @@ def test_edge_run_zero_shot_and_embeddings(two_towers: tuple[str, Path, Path, li
 
 def test_served_image_model_gives_the_embeddings(two_towers: tuple[str, Path, Path, list[Path]]) -> None:
     from toolkit import ModelPackage
-    from toolkit.serve.models import ModelRegistry
-    from toolkit.serve.protocol import InferenceRequest, RequestInput
+    from toolkit.serve.registry import ModelRegistry
+    from toolkit.serve.tensors import InferenceRequest, RequestInput
 
     _, _, package, photos = two_towers
     model = ModelRegistry.load([package]).get(f"{ModelPackage.open(package).manifest.name}-image", None)

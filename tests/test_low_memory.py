@@ -16,7 +16,7 @@ from toolkit.cli import edge
 from toolkit.manifest import ModelPackage
 from toolkit.providers import ProviderConfig
 from toolkit.runner import LOW_MEMORY, Runner
-from toolkit.serve.models import LoadOptions, ModelRegistry
+from toolkit.serve.registry import LoadOptions, ModelRegistry
 from toolkit.tasks import task_for
 
 LOW = ProviderConfig(providers=("cpu",), low_memory=True)

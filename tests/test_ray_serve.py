@@ -32,10 +32,10 @@ from tests.test_serve import (  # noqa: F401 - imported tests run again here, ag
 )
 from toolkit.cli import edge
 from toolkit.errors import BadInputError
-from toolkit.serve.models import LoadOptions
+from toolkit.serve.kserve.protocol import decode_response, encode_request
 from toolkit.serve.options import BatchOptions, ServeOptions
-from toolkit.serve.protocol import decode_response, encode_request
 from toolkit.serve.ray_app import APP_NAME, DEPLOYMENT_NAME, RayOptions, deploy_on_ray, ray_application
+from toolkit.serve.registry import LoadOptions
 
 REPLICAS = 2
 

@@ -360,9 +360,9 @@ def test_concurrent_clients_share_batch_runs_and_are_counted(
 def test_api_key_and_token_limit(cross_encoder_package: Path, model_name: str) -> None:
     from fastapi.testclient import TestClient
 
-    from toolkit.serve.models import LoadOptions
-    from toolkit.serve.openai_api import build_serving_app
+    from toolkit.serve.app import build_serving_app
     from toolkit.serve.options import ServeOptions
+    from toolkit.serve.registry import LoadOptions
 
     key = "k" * 24
     options = ServeOptions(api_key=key, max_request_tokens=100)

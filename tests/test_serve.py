@@ -36,15 +36,15 @@ from toolkit.cli import edge
 from toolkit.manifest import ModelPackage
 from toolkit.pipelines import TextClassifier, TextEmbedding
 from toolkit.serve.batching import DynamicBatcher
-from toolkit.serve.models import Engine
-from toolkit.serve.options import BatchOptions
-from toolkit.serve.protocol import (
+from toolkit.serve.engine import Engine
+from toolkit.serve.kserve.protocol import (
     ResponseOutput,
     decode_request,
     decode_response,
     encode_request,
     encode_response,
 )
+from toolkit.serve.options import BatchOptions
 
 STARTUP_S = 120.0
 SENTENCES = [
@@ -673,7 +673,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(
 def test_struct_layout_of_bytes_tensors_matches_tritonclient() -> None:
     from tritonclient.utils import serialize_byte_tensor
 
-    from toolkit.serve.protocol import serialize_bytes
+    from toolkit.serve.kserve.protocol import serialize_bytes
 
     texts = np.array(["a", "héllo", ""], dtype=object)
     assert serialize_bytes(texts) == serialize_byte_tensor(texts).item()

@@ -26,11 +26,12 @@ from toolkit.decoding.encoder_decoder import Seq2SeqStepper
 from toolkit.errors import BadInputError
 from toolkit.preprocess import read_wav
 from toolkit.serve.batching import BatchingScheduler
+from toolkit.serve.decoding import DecodeWork, DecodingModel
 from toolkit.serve.errors import QueueFullError, ServerClosingError
-from toolkit.serve.models import ModelRegistry
+from toolkit.serve.kserve.protocol import decode_request, decode_response, encode_request
 from toolkit.serve.options import BatchOptions
-from toolkit.serve.protocol import decode_request, decode_response, encode_request
-from toolkit.serve.seq2seq import PAD_ID, DecodeWork, SpeechModel
+from toolkit.serve.registry import ModelRegistry
+from toolkit.tasks.base import PAD_ID
 from toolkit.tasks.text2text import Seq2SeqGenerator
 from toolkit.tasks.transcribe import SpeechRecognizer, Transcript
 
@@ -413,7 +414,7 @@ def test_an_abandoned_decode_stops_at_its_next_decoder_step(s2s_packages: dict[s
     """Issue 21 row 9: a request cancelled in the middle of one clip's beam search stops at the next step."""
     registry = ModelRegistry.load([s2s_packages["whisper"]])
     model = registry.get("whisper-audio")
-    assert isinstance(model, SpeechModel)
+    assert isinstance(model, DecodingModel)
     body, headers = _body(_audio(wavs["mono"]), {"num_beams": 4, "max_new_tokens": 40}, None)
     job = model.prepare(decode_request(body, int(headers["Inference-Header-Content-Length"])))
     assert isinstance(job.feeds, DecodeWork)
@@ -439,7 +440,7 @@ def test_an_abandoned_decode_stops_at_its_next_decoder_step(s2s_packages: dict[s
 def test_an_abandoned_decode_stops_before_its_next_clip(s2s_packages: dict[str, Path], wavs: dict[str, Path]) -> None:  # fmt: skip
     registry = ModelRegistry.load([s2s_packages["whisper"]])
     model = registry.get("whisper-audio")
-    assert isinstance(model, SpeechModel)
+    assert isinstance(model, DecodingModel)
     body, headers = _body(_audio(wavs["mono"], wavs["other"]), {}, None)
     request = decode_request(body, int(headers["Inference-Header-Content-Length"]))
     job = model.prepare(request)
@@ -499,9 +500,9 @@ def test_ray_serve_serves_the_decoding_models(
     import ray
     from ray import serve
 
-    from toolkit.serve.models import LoadOptions
     from toolkit.serve.options import ServeOptions
     from toolkit.serve.ray_app import RayOptions, deploy_on_ray, ray_application
+    from toolkit.serve.registry import LoadOptions
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

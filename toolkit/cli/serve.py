@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,11 @@ from toolkit.preprocess import MAX_IMAGE_PIXELS
 from toolkit.providers import ProviderConfig
 from toolkit.serve.options import ServeOptions
 from toolkit.tasks.encoder_decoder import DecodeLimits
+
+if TYPE_CHECKING:
+    from toolkit.serve.ray_app import RayOptions
+    from toolkit.serve.registry import LoadOptions
+    from toolkit.serve.server import ServerRun, TLSFiles
 
 # toolkit.serve.access.API_KEY_ENV (not imported: the CLI loads the server's modules only when it serves)
 API_KEY_ENV = "EDGE_API_KEY"
@@ -293,9 +298,7 @@ def serve_command(
     requests finish (up to --shutdown-timeout-s), and exits 0; requests still running then are cut and the
     exit code is 128+signal; a second signal answers waiting requests 503 and exits at once.
     """
-    from toolkit.serve.models import LoadOptions
     from toolkit.serve.options import BatchOptions
-    from toolkit.serve.server import TLSFiles
 
     options = ServeOptions(
         BatchOptions(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, workers=workers),
@@ -309,14 +312,61 @@ def serve_command(
         shutdown_timeout_s=shutdown_timeout_s,
         max_n=max_n,
     )
-    if (ssl_certfile is None) != (ssl_keyfile is None):
-        raise BadInputError("--ssl-certfile and --ssl-keyfile go together; pass both (or neither for HTTP)")
-    tls = TLSFiles(Path(ssl_certfile), Path(ssl_keyfile)) if ssl_certfile and ssl_keyfile else None
+    tls = _tls_files(ssl_certfile, ssl_keyfile)
     if on_ray and (tls is not None or options.api_key is not None):
         raise BadInputError(
             "--api-key and --ssl-* apply to the built-in server; with --ray, configure them on Ray Serve's proxy"
         )
-    load = LoadOptions(
+    load = _load_options(
+        provider_config, threads, variants, spin, max_image_pixels, max_beam_width, max_new_tokens
+    )
+    if not on_ray:
+        _serve_here(packages, load, options, host, port, tls, as_json)
+        return
+    ray_options = _ray_options(
+        replicas, autoscale, max_ongoing_requests, replica_cpus, replica_gpus, address, host, port
+    )
+    _serve_on_ray(packages, load, options, ray_options, as_json)
+
+
+def _ray_options(
+    replicas: int,
+    autoscale: str | None,
+    max_ongoing_requests: int,
+    replica_cpus: float,
+    replica_gpus: float,
+    address: str | None,
+    host: str,
+    port: int,
+) -> RayOptions:
+    """The Ray Serve deployment the --ray options ask for."""
+    from toolkit.serve.ray_app import RayOptions, parse_autoscale
+
+    return RayOptions(
+        replicas=replicas,
+        autoscale=parse_autoscale(autoscale) if autoscale else None,
+        max_ongoing_requests=max_ongoing_requests,
+        num_cpus=replica_cpus,
+        num_gpus=replica_gpus,
+        address=address,
+        host=host,
+        port=port,
+    )
+
+
+def _load_options(
+    provider_config: ProviderConfig,
+    threads: int | None,
+    variants: tuple[str, ...],
+    spin: bool,
+    max_image_pixels: int,
+    max_beam_width: int,
+    max_new_tokens: int | None,
+) -> LoadOptions:
+    """How the packages are loaded, and the limits of their served pipelines."""
+    from toolkit.serve.registry import LoadOptions
+
+    return LoadOptions(
         provider_config,
         threads,
         variants,
@@ -324,51 +374,65 @@ def serve_command(
         max_image_pixels=max_image_pixels,
         decode_limits=DecodeLimits(max_beam_width=max_beam_width, max_new_tokens=max_new_tokens),
     )
-    if on_ray:
-        from toolkit.serve.ray_app import (
-            RayOptions,
-            deploy_on_ray,
-            parse_autoscale,
-            ray_application,
-            undeploy,
-            wait_for_stop_signal,
-        )
 
-        ray_options = RayOptions(
-            replicas=replicas,
-            autoscale=parse_autoscale(autoscale) if autoscale else None,
-            max_ongoing_requests=max_ongoing_requests,
-            num_cpus=replica_cpus,
-            num_gpus=replica_gpus,
-            address=address,
-            host=host,
-            port=port,
+
+def _tls_files(certfile: str | None, keyfile: str | None) -> TLSFiles | None:
+    """The certificate and key for HTTPS (None: HTTP); one without the other is a BadInputError."""
+    from toolkit.serve.server import TLSFiles
+
+    if (certfile is None) != (keyfile is None):
+        raise BadInputError("--ssl-certfile and --ssl-keyfile go together; pass both (or neither for HTTP)")
+    return TLSFiles(Path(certfile), Path(keyfile)) if certfile and keyfile else None
+
+
+def _serve_on_ray(
+    packages: tuple[str, ...],
+    load: LoadOptions,
+    options: ServeOptions,
+    ray_options: RayOptions,
+    as_json: bool,
+) -> None:
+    """Deploy on Ray Serve, print where, wait for a stop signal, then remove the application."""
+    from toolkit.serve.ray_app import deploy_on_ray, ray_application, undeploy, wait_for_stop_signal
+
+    with progress(not as_json) as say:
+        say("deploying on Ray Serve")
+        url = deploy_on_ray(ray_application(packages, load, options, ray_options), ray_options, options)
+    scaling = (
+        f"{ray_options.autoscale[0]}-{ray_options.autoscale[1]}"
+        if ray_options.autoscale
+        else ray_options.replicas
+    )
+    if as_json:
+        click.echo(json.dumps({"url": url, "ray": True, "replicas": scaling}))
+    else:
+        click.echo(
+            f"serving on {url} via Ray Serve ({scaling} replicas; KServe v2 REST: {url}/v2; Ctrl+C stops)"
         )
-        with progress(not as_json) as say:
-            say("deploying on Ray Serve")
-            url = deploy_on_ray(ray_application(packages, load, options, ray_options), ray_options, options)
-        scaling = (
-            f"{ray_options.autoscale[0]}-{ray_options.autoscale[1]}" if ray_options.autoscale else replicas
-        )
-        if as_json:
-            click.echo(json.dumps({"url": url, "ray": True, "replicas": scaling}))
-        else:
-            click.echo(
-                f"serving on {url} via Ray Serve ({scaling} replicas; KServe v2 REST: {url}/v2; Ctrl+C stops)"
-            )
-        try:
-            stopped = wait_for_stop_signal()
-        finally:
-            undeploy(ray_options)
-        if not as_json:
-            console.print(f"stopped ({stopped}); the Ray Serve application was removed")
-        return
-    # --- generate packages serve OpenAI-compatible /v1 routes (toolkit/serve/openai_api.py)
+    try:
+        stopped = wait_for_stop_signal()
+    finally:
+        undeploy(ray_options)
+    if not as_json:
+        console.print(f"stopped ({stopped}); the Ray Serve application was removed")
+
+
+def _serve_here(
+    packages: tuple[str, ...],
+    load: LoadOptions,
+    options: ServeOptions,
+    host: str,
+    port: int,
+    tls: TLSFiles | None,
+    as_json: bool,
+) -> None:
+    """Load the packages into one app (`toolkit.serve.app`), serve it with uvicorn until a signal, and exit
+    as the shutdown went."""
     from toolkit.cli.generate import generator_ready_lines
 
     with progress(not as_json) as say:
         say(f"loading {len(packages)} package(s)")
-        from toolkit.serve.openai_api import build_serving_app
+        from toolkit.serve.app import build_serving_app
         from toolkit.serve.server import bind, run_server
 
         serving = build_serving_app(packages, load, options)
@@ -398,6 +462,11 @@ def serve_command(
         graceful_timeout_s=options.grace_s,
         tls=tls,
     )
+    _exit_as_stopped(run, options.grace_s, as_json)
+
+
+def _exit_as_stopped(run: ServerRun, grace_s: float, as_json: bool) -> None:
+    """Say how the server stopped; exit 128+signal when requests were cut or a second signal forced it."""
     if run.forced:
         # a second signal: waiting requests were answered 503; do not wait for a model run on a worker thread
         console.print(f"stopped at once ({run.signal}, twice); waiting requests were answered 503")
@@ -407,7 +476,7 @@ def serve_command(
     stopped = f"stopped{f' ({run.signal})' if run.signal else ''}"
     if run.cut:
         console.print(
-            f"{stopped}: {run.cut} request(s) still running after the {options.grace_s:g} s grace period were cut "
+            f"{stopped}: {run.cut} request(s) still running after the {grace_s:g} s grace period were cut "
             "(streams ended with finish_reason 'abort', the others were answered 503)",
             soft_wrap=True,
         )

@@ -1,9 +1,16 @@
-"""`edge serve`: model packages behind the Open Inference Protocol (KServe v2 REST), with dynamic batching.
+"""`edge serve`: model packages behind several protocols over one scheduler and one composition root.
 
-Layers, each usable alone: `protocol` (v2 messages, JSON and Triton binary tensors), `models` (served
-models, the registry, and the `Engine` that merges, runs and splits batches), `batching` (per-engine
-queues), `metrics` (Prometheus), `app` (`create_app`, FastAPI), `server` (uvicorn). fastapi, uvicorn and
-prometheus_client are imported only by `app`, `server` and `metrics`; ``import toolkit`` imports none of this.
+The core, each module usable alone: `engine` (the `Engine` that merges, runs and splits batches), `batching`
+(the scheduler: per-engine queues), `decoding` (encoder-decoders' decoding pipelines as engines and served
+models), `continuous` (the generators' step-level batching), `tensors` (the request every served model
+takes), `models` (the served-model adapters: request -> job), `registry` (which models each package serves,
+by task family), `bodies` (request bodies within the limits), `state` (what an app serves with, and the one
+metrics/limits shell of every route), `metrics` (Prometheus), `app` (the composition root: `create_app`,
+`build_serving_app`), `server` (uvicorn), `ray_app` (Ray Serve). The protocols, one folder each (`api_router`
+routes, `protocol` request parsing, `serving` the logic): `kserve` (Open Inference Protocol v2), `openai`
+(completions, chat, embeddings, models, tools), `triton` (generate), `rerank` (Cohere). fastapi, uvicorn and
+prometheus_client are imported only by the app, the routers, `server` and `metrics`; ``import toolkit``
+imports none of this.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from toolkit.serve.batching import BatchingScheduler, DirectScheduler, DynamicBatcher, Scheduler
+from toolkit.serve.engine import Engine
 from toolkit.serve.errors import (
     BodyTooLargeError,
     InferenceTimeoutError,
@@ -18,8 +26,9 @@ from toolkit.serve.errors import (
     QueueFullError,
     ServerClosingError,
 )
-from toolkit.serve.models import Engine, LoadOptions, ModelRegistry, ServedModel
+from toolkit.serve.models import ServedModel
 from toolkit.serve.options import BatchOptions, ServeOptions
+from toolkit.serve.registry import LoadOptions, ModelRegistry
 
 if TYPE_CHECKING:
     from toolkit.serve.app import create_app

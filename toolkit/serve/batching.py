@@ -52,7 +52,7 @@ class BatchObserver(Protocol):
 
 
 class _Engine(Protocol):
-    """What a scheduler needs of an engine (`toolkit.serve.models.Engine`)."""
+    """What a scheduler needs of an engine (`toolkit.serve.engine.Engine`, `toolkit.serve.decoding.DecodeEngine`)."""
 
     @property
     def label(self) -> tuple[str, str]: ...

@@ -24,8 +24,8 @@ from typing import Any
 
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
-from toolkit.serve.models import LoadOptions
 from toolkit.serve.options import ServeOptions
+from toolkit.serve.registry import LoadOptions
 from toolkit.serve.server import STOP_SIGNALS
 
 __all__ = [
@@ -112,7 +112,7 @@ def require_ray() -> None:
 
 def _build_asgi_app(paths: tuple[str, ...], load: LoadOptions, options: ServeOptions) -> Any:
     """Runs on each replica: its own registry, sessions and batcher (and generators)."""
-    from toolkit.serve.openai_api import build_serving_app
+    from toolkit.serve.app import build_serving_app
 
     return build_serving_app(paths, load, options).app
 

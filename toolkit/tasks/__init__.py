@@ -27,12 +27,16 @@ What a task owns
     printing         `run_input` (what ``edge run`` passes it: text, image or audio), `run_lines` and
                      `run_json` (how ``edge run`` prints its results).
     serving          `served_outputs` and `serve(outputs, feeds)`: the server's pipeline model (BYTES text in,
-                     the task's results out); a task without them is served as its raw model only.
+                     the task's results out); a task without them is served as its raw model only. Further
+                     routes ask for capabilities (`toolkit.tasks.base`): `ServesImages` (``NAME-image``),
+                     `ServesEmbeddings` (``/v1/embeddings``), `ServesRerank` (``/v1/rerank``), and the pipeline's
+                     `ServesDecoding` (an encoder-decoder's ``NAME-audio`` / ``NAME-text``).
 
 Multi-step tasks (text generation, encoder-decoders) fit the same registry: the Task keeps the manifest
 section, samples and metric, and its module's pipeline class runs its own loop over one or several runners
 (nothing forces a single prepare -> run -> finish pass); `serve` may stay unimplemented: the server runs their
-pipelines itself (text generation: `toolkit.serve.openai_api`; encoder-decoders: `toolkit.serve.seq2seq`).
+pipelines itself (text generation: `toolkit.serve.continuous`; encoder-decoders: `toolkit.serve.decoding`, over
+what their pipelines offer as `ServesDecoding`).
 """
 
 from __future__ import annotations

@@ -31,16 +31,27 @@ from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs, max_abs_diff_r
 from toolkit.tasks.modality import AudioModality, ImageModality, Modality, TensorModality, TextModality
 
 __all__ = [
+    "PAD_ID",
     "AudioPipeline",
+    "DecodeCall",
+    "DecodePlan",
+    "DecodingFace",
     "Family",
     "Feeds",
     "ImagePipeline",
     "Outputs",
     "Pipeline",
     "ServedTensor",
+    "ServesDecoding",
+    "ServesEmbeddings",
     "ServesImages",
+    "ServesRerank",
     "Task",
     "TextPipeline",
+    "bytes_array",
+    "flag_parameter",
+    "string_parameter",
+    "token_id_rows",
 ]
 
 Feeds = dict[str, np.ndarray]
@@ -64,6 +75,128 @@ class ServesImages(Protocol):
         """(the runs for the images: one feeds per image size; the post-processing of the runs' outputs,
         concatenated along the batch in the runs' order)."""
         ...
+
+
+@runtime_checkable
+class ServesEmbeddings(Protocol):
+    """A text task whose ``NAME-text`` model the server also offers behind ``/v1/embeddings``."""
+
+    @property
+    def data(self) -> TextModality:
+        """The tokenizer and input names its requests are encoded with."""
+        ...
+
+    def embeddings(self, outputs: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Embeddings float32 [N, dim] of one run's `outputs`, pooled under `feeds`' mask as the pipeline does."""
+        ...
+
+
+@runtime_checkable
+class ServesRerank(Protocol):
+    """A text task the server also offers behind the rerank routes: (query, document) pairs in, a score each."""
+
+    @property
+    def data(self) -> TextModality:
+        """The tokenizer and input names the pairs are encoded with."""
+        ...
+
+    def pair_rows(self, query: str, documents: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """Token ids and type ids of each (query, document) pair, unpadded."""
+        ...
+
+    def relevance_scores(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """One relevance score per pair of a run's `outputs`, float32 [N]."""
+        ...
+
+
+PAD_ID = -1  # fills a served ``token_ids`` tensor after a row's last token
+
+
+@dataclass(frozen=True)
+class DecodingFace:
+    """How a decoding pipeline is served: as ``NAME-<suffix>`` under `platform`, one BYTES [N] `input` whose
+    elements are `holds` (for error messages), its `outputs`, and the decoder's `positions` (the most new tokens
+    a request may ask for)."""
+
+    suffix: str
+    platform: str
+    input: str
+    holds: str
+    outputs: tuple[ServedTensor, ...]
+    positions: int
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """One checked request to a decoding pipeline: its rows (`items`), decoded one at a time by `decode`, the
+    results turned into the served outputs by `outputs`, the output names it `answers`, and its `tokens` against
+    the server's limit (None: its inputs do not show it)."""
+
+    items: tuple[Any, ...]
+    decode: Callable[[Any], Any]
+    outputs: Callable[[Sequence[Any]], Outputs]
+    answers: tuple[str, ...]
+    tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class DecodeCall:
+    """What the server hands a decoding pipeline: the request's one input flattened to [N], its parameters, the
+    output names it asks for (`named`: those the request named itself; all outputs when it named none), and its
+    bounded ``max_new_tokens`` and ``num_beams`` (None: the model's default)."""
+
+    data: np.ndarray
+    parameters: Mapping[str, Any]
+    outputs: tuple[str, ...]
+    named: frozenset[str]
+    max_new_tokens: int | None
+    num_beams: int | None
+
+
+@runtime_checkable
+class ServesDecoding(Protocol):
+    """A decoding pipeline (an encoder-decoder's) the server offers beside the raw encoder."""
+
+    def decoding_face(self) -> DecodingFace:
+        """How it is served."""
+        ...
+
+    def plan_decode(self, call: DecodeCall) -> DecodePlan:
+        """Check the request (a BadInputError naming the problem, before it waits in the queue) and plan it."""
+        ...
+
+
+def string_parameter(parameters: Mapping[str, Any], key: str, example: str) -> str | None:
+    """A request parameter that must be a non-empty string when given (None: not given)."""
+    value = parameters.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise BadInputError(f"parameter '{key}' must be a string such as {example!r}, got {value!r}")
+    return value
+
+
+def flag_parameter(parameters: Mapping[str, Any], key: str) -> bool:
+    """A request parameter that must be true or false (False: not given)."""
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise BadInputError(f"parameter '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def bytes_array(texts: Sequence[str]) -> np.ndarray:
+    """Texts as a served BYTES [N] tensor (UTF-8)."""
+    array = np.empty(len(texts), dtype=object)
+    array[:] = [t.encode("utf-8") for t in texts]
+    return array
+
+
+def token_id_rows(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    """Token ids as a served INT64 [N, longest] tensor, `PAD_ID` after each row's last."""
+    array = np.full((len(rows), max((len(r) for r in rows), default=0)), PAD_ID, dtype=np.int64)
+    for index, row in enumerate(rows):
+        array[index, : len(row)] = row
+    return array
 
 
 _Item = TypeVar("_Item")

@@ -79,6 +79,10 @@ class EmbedTask(Task[TextModality]):
         """Cosine of the variant's pooled sentence embeddings against fp32's (mean, worst)."""
         return cosine_report(self, runs, feeds)
 
+    def embeddings(self, outputs: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Embeddings float32 [N, dim] of one run, for ``/v1/embeddings`` (`ServesEmbeddings`)."""
+        return self.finish(outputs, feeds)
+
 
 class TextEmbedding(TextPipeline):
     """Sentence embeddings: `TextEmbedding.load(path).embed(texts)`."""

@@ -105,6 +105,10 @@ class RerankTask(Task[TextModality]):
         logits = outputs[self.metric_output()].astype(np.float64)
         return ACTIVATIONS[self.activation](logits.reshape(len(logits), -1)[:, 0]).astype(np.float32)
 
+    def relevance_scores(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Scores float32 [N] of one run, for the rerank routes (`ServesRerank`)."""
+        return self.finish(outputs)
+
     # -- samples and the metric -------------------------------------------------------------------------
 
     def held_out_lists(

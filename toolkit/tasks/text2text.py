@@ -13,8 +13,16 @@ import numpy as np
 
 from toolkit.checks import text_list
 from toolkit.corpus import HELD_OUT_SENTENCES
+from toolkit.errors import BadInputError
 from toolkit.preprocess import clean_up_tokenization, cleans_up_spaces, read_decoder_tokenizer
-from toolkit.tasks.encoder_decoder import Seq2SeqOutput, Seq2SeqPipeline, Seq2SeqTask
+from toolkit.tasks.base import DecodeCall, DecodePlan, DecodingFace, ServedTensor, bytes_array, token_id_rows
+from toolkit.tasks.encoder_decoder import (
+    DECODING_SETTINGS,
+    Seq2SeqOutput,
+    Seq2SeqPipeline,
+    Seq2SeqTask,
+    checked_settings,
+)
 from toolkit.tasks.modality import TextModality
 
 if TYPE_CHECKING:
@@ -150,6 +158,48 @@ class Seq2SeqGenerator(Seq2SeqPipeline[TextModality]):
             times.append(time.perf_counter() - started)
         inputs = min(len(self.tokenizer.encode(text).ids), self.task.data.pre.max_length)
         return GenerationSpeed(variant, inputs, made, float(np.median(times)), runs)
+
+    # -- served as NAME-text (`toolkit.tasks.base.ServesDecoding`) -------------------------------------------
+
+    def decoding_face(self) -> DecodingFace:
+        """``NAME-text``: UTF-8 texts in; generated texts and their token ids out."""
+        return DecodingFace(
+            "text",
+            "edge_text2text_pipeline",
+            "text",
+            "UTF-8 texts",
+            (ServedTensor("text", "BYTES", (-1,)), ServedTensor("token_ids", "INT64", (-1, -1))),
+            self.spec.max_target_positions,
+        )
+
+    def plan_decode(self, call: DecodeCall) -> DecodePlan:
+        """Check the texts (UTF-8, each holding a token) and `generate`'s settings; the request's tokens (rows x
+        longest) count against the server's limit; each text is then generated alone."""
+        settings = checked_settings({name: call.parameters.get(name) for name in DECODING_SETTINGS})
+        try:
+            texts = tuple(item.decode("utf-8") for item in call.data)
+        except UnicodeDecodeError:
+            raise BadInputError("input 'text': an element is not valid UTF-8; send UTF-8 text") from None
+        limit = self.task.data.pre.max_length
+        lengths = [min(len(e.ids), limit) for e in self.tokenizer.encode_batch(list(texts))]
+        if 0 in lengths:
+            raise BadInputError(
+                f"input 'text' element {lengths.index(0)} holds no tokens (an empty text); send some text"
+            )
+
+        def decode(text: str) -> Seq2SeqOutput:
+            (output,) = self.generate(
+                [text], max_new_tokens=call.max_new_tokens, num_beams=call.num_beams, **settings
+            )
+            return output
+
+        def outputs(generated: Sequence[Seq2SeqOutput]) -> dict[str, np.ndarray]:
+            return {
+                "text": bytes_array([g.text for g in generated]),
+                "token_ids": token_id_rows([g.token_ids for g in generated]),
+            }
+
+        return DecodePlan(texts, decode, outputs, call.outputs, len(texts) * max(lengths))
 
 
 TASK = Text2TextTask

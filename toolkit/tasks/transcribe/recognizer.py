@@ -15,6 +15,7 @@ decoding (`TimestampRule`, handed to the engine as the decode's task rule), and 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,9 +31,20 @@ from toolkit.preprocess import (
     cleans_up_spaces,
     clip_list,
     read_decoder_tokenizer,
+    read_wav,
 )
 from toolkit.speech import LogMelSpec, load_clip, log_mel, windows
-from toolkit.tasks.base import Feeds
+from toolkit.tasks.base import (
+    DecodeCall,
+    DecodePlan,
+    DecodingFace,
+    Feeds,
+    ServedTensor,
+    bytes_array,
+    flag_parameter,
+    string_parameter,
+    token_id_rows,
+)
 from toolkit.tasks.encoder_decoder import Seq2SeqPipeline, Seq2SeqTask
 from toolkit.tasks.modality import PURPOSE_SEEDS, AudioModality, synthetic_waveform
 from toolkit.tasks.transcribe.timestamps import TimestampRule, WindowOutput, merge_windows, window_tokens
@@ -332,6 +344,79 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
     def speed(self, variant: str, runs: int = 3) -> RealTimeFactor:
         """The real-time factor on a 10 s speech-like clip (`edge bench`)."""
         return real_time_factor(self, variant, runs=runs)
+
+    # -- served as NAME-audio (`toolkit.tasks.base.ServesDecoding`) ------------------------------------------
+
+    def decoding_face(self) -> DecodingFace:
+        """``NAME-audio``: WAV files' bytes in; text, language, timestamped segments (JSON) and token ids out."""
+        return DecodingFace(
+            "audio",
+            "edge_speech_pipeline",
+            "audio",
+            "WAV files' bytes",
+            (
+                *(ServedTensor(n, "BYTES", (-1,)) for n in ("text", "language", "segments")),
+                ServedTensor("token_ids", "INT64", (-1, -1)),
+            ),
+            self.spec.max_target_positions,
+        )
+
+    def plan_decode(self, call: DecodeCall) -> DecodePlan:
+        """Check the parameters (``language``, ``task``, ``timestamps``) and read every WAV (a bad one is a
+        BadInputError naming its element); each clip is then transcribed alone."""
+        parameters = call.parameters
+        language = string_parameter(parameters, "language", "en")
+        task = string_parameter(parameters, "task", "transcribe") or "transcribe"
+        timestamps = flag_parameter(parameters, "timestamps")
+        self.check_options(language, task)
+        outputs = call.outputs
+        if "segments" in outputs and not timestamps:
+            if "segments" in call.named:
+                raise BadInputError(
+                    "output 'segments' needs the request parameter timestamps=true; set it or drop the output"
+                )
+            outputs = tuple(n for n in outputs if n != "segments")
+        clips = []
+        for index, item in enumerate(call.data):
+            where = f"input 'audio' element {index}"
+            waveform, rate = read_wav(bytes(item), where)
+            if waveform.size == 0:
+                raise BadInputError(f"{where} holds no samples (a zero-length clip); send some audio")
+            clips.append((waveform, rate))
+
+        def decode(clip: tuple[np.ndarray, int]) -> Transcript:
+            (transcript,) = self.transcribe(
+                [clip[0]],
+                sampling_rate=clip[1],
+                language=language,
+                task=task,
+                timestamps=timestamps,
+                max_new_tokens=call.max_new_tokens,
+                num_beams=call.num_beams,
+            )
+            return transcript
+
+        return DecodePlan(tuple(clips), decode, self._served_transcripts, outputs)
+
+    @staticmethod
+    def _served_transcripts(transcripts: Sequence[Transcript]) -> dict[str, np.ndarray]:
+        def seconds(value: float | None) -> float | None:
+            return None if value is None else round(value, 3)
+
+        # each clip's segments as JSON: start and end in seconds, null where the model left a segment open
+        segments = [
+            json.dumps(
+                [{"start": seconds(s.start), "end": seconds(s.end), "text": s.text} for s in t.segments],
+                ensure_ascii=False,
+            )
+            for t in transcripts
+        ]
+        return {
+            "text": bytes_array([t.text for t in transcripts]),
+            "language": bytes_array([t.language or "" for t in transcripts]),
+            "segments": bytes_array(segments),
+            "token_ids": token_id_rows([t.token_ids for t in transcripts]),
+        }
 
 
 @dataclass(frozen=True)

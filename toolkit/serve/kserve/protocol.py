@@ -21,23 +21,20 @@ import math
 import struct
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from toolkit.dtypes import BY_NUMPY, DTYPES
+from toolkit.dtypes import DTYPES
 from toolkit.errors import BadInputError
+from toolkit.serve.tensors import InferenceRequest, RequestedOutput, RequestInput, v2_datatype
 
 __all__ = [
     "DATATYPES",
     "HEADER_LENGTH",
     "EncodedBody",
-    "InferenceRequest",
-    "RequestInput",
-    "RequestedOutput",
     "ResponseOutput",
-    "decode_json_object",
     "decode_request",
     "decode_response",
     "deserialize_bytes",
@@ -47,7 +44,6 @@ __all__ = [
     "serialize_bytes",
     "tensor_bytes",
     "triton_type",
-    "v2_datatype",
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -64,23 +60,6 @@ _JSON_KINDS: dict[str, str] = {
     **{t: "iu" for t in ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")},
     **{t: "iuf" for t in ("FP16", "FP32", "FP64")},
 }
-
-
-def v2_datatype(dtype: str | np.dtype[Any]) -> str:
-    """``float32`` -> ``FP32``; the runner's ``str`` and numpy string/bytes/object dtypes map to BYTES."""
-    name = dtype if isinstance(dtype, str) else dtype.name
-    element = BY_NUMPY.get(name)
-    if element is not None and element.kserve is not None:
-        return element.kserve
-    try:
-        kind: str = np.dtype(dtype).kind
-    except TypeError:
-        kind = ""
-    if kind in ("U", "S", "O"):
-        return "BYTES"
-    raise BadInputError(
-        f"dtype {name} has no Open Inference Protocol datatype; cast it to one numpy supports"
-    )
 
 
 def numpy_dtype(datatype: str, where: str) -> np.dtype[Any]:
@@ -223,43 +202,6 @@ def _json_tensor(where: str, datatype: str, shape: tuple[int, ...], data: Any) -
 # -- requests -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RequestInput:
-    """One decoded input tensor: numpy data shaped as the request said (BYTES: object array of bytes)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    data: np.ndarray
-
-
-@dataclass(frozen=True)
-class RequestedOutput:
-    """An output the request asks for; `binary` None means "as the request's binary_data_output says"."""
-
-    name: str
-    binary: bool | None = None
-
-
-@dataclass(frozen=True)
-class InferenceRequest:
-    """A decoded inference request. No `outputs` means every output of the model."""
-
-    inputs: tuple[RequestInput, ...]
-    outputs: tuple[RequestedOutput, ...] = ()
-    id: str | None = None
-    binary_output: bool = False
-    timeout_s: float | None = None
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-
-    def wants_binary(self, output: str) -> bool:
-        """Whether `output` goes back as binary data."""
-        for requested in self.outputs:
-            if requested.name == output and requested.binary is not None:
-                return requested.binary
-        return self.binary_output
-
-
 def _object(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadInputError(f"{where} must be a JSON object, got {type(value).__name__}")
@@ -285,51 +227,36 @@ def _reject_unsupported(params: Mapping[str, Any], where: str) -> None:
         )
 
 
-def _no_constant(name: str) -> Any:
-    raise BadInputError(f"request JSON holds {name}, which is not a JSON number; send a finite number")
-
-
-def _check_text(value: str, where: str) -> None:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadInputError(f"{where} holds a lone surrogate (\\ud800-\\udfff); send valid Unicode") from None
-
-
-def decode_json_object(body: bytes) -> dict[str, Any]:
-    """A JSON request body (the OpenAI and generate routes) as a dict: NaN and Infinity refused, every string
-    valid Unicode (a lone surrogate escape would fail later, deep in tokenizing or rendering an answer)."""
-    try:
-        parsed = json.loads(body, parse_constant=_no_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"request body is not JSON ({type(exc).__name__} at {_position(exc)})") from None
-    except RecursionError:
-        raise BadInputError(
-            f"request JSON is nested deeper than the server parses (about {sys.getrecursionlimit()} levels)"
-        ) from None
-    if not isinstance(parsed, dict):
-        raise BadInputError("request body must be a JSON object")
-    pending: list[tuple[Any, str]] = [(parsed, "the request")]
-    while pending:
-        value, where = pending.pop()
-        if isinstance(value, str):
-            _check_text(value, where)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                _check_text(key, where)
-                name = json.dumps(key, ensure_ascii=True)[1:-1][:40]  # a key is client text: escaped, cut
-                pending.append((item, f"'{name}'" if where == "the request" else f"{where}.{name}"))
-        elif isinstance(value, list):
-            pending.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
-    return parsed
-
-
-def _position(exc: ValueError) -> str:
-    return f"char {exc.pos}" if isinstance(exc, json.JSONDecodeError) else f"byte {getattr(exc, 'start', 0)}"
-
-
 def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
     """Parse a v2 inference request body (JSON, then binary tensors when `header_length` is given)."""
+    request = _json_header(body, header_length)
+    raw_inputs = request.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise BadInputError('the request needs "inputs": a non-empty list of tensors')
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadInputError(f'"id" must be a string, got {type(request_id).__name__}')
+    params = _parameters(request, "the request")
+    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+    timeout = params.get("timeout")  # tritonclient's `timeout` argument: microseconds
+    inputs = _inputs(raw_inputs, binary, header_length is not None)
+    outputs = _outputs(request.get("outputs", []))
+    if timeout is not None and (
+        not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
+    ):
+        raise BadInputError(f'parameter "timeout" must be a positive number of microseconds, got {timeout!r}')
+    return InferenceRequest(
+        inputs=inputs,
+        outputs=outputs,
+        id=request_id,
+        binary_output=bool(params.get("binary_data_output", False)),
+        timeout_s=timeout / 1e6 if timeout is not None else None,
+        parameters=params,
+    )
+
+
+def _json_header(body: bytes, header_length: int | None) -> dict[str, Any]:
+    """The request's JSON part (the whole body, or its first `header_length` bytes) as an object."""
     if header_length is not None and not 0 <= header_length <= len(body):
         raise BadInputError(
             f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes; "
@@ -346,15 +273,11 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
             f"request JSON is nested deeper than the server parses (about {sys.getrecursionlimit()} levels); "
             "send tensors as flat row-major lists"
         ) from None
-    request = _object(request, "the request")
-    raw_inputs = request.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise BadInputError('the request needs "inputs": a non-empty list of tensors')
-    request_id = request.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise BadInputError(f'"id" must be a string, got {type(request_id).__name__}')
-    params = _parameters(request, "the request")
-    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+    return _object(request, "the request")
+
+
+def _inputs(raw_inputs: list[Any], binary: memoryview, has_header: bool) -> tuple[RequestInput, ...]:
+    """Every input tensor, its data from JSON or from `binary` (in input order, each its binary_data_size)."""
     offset = 0
     inputs: list[RequestInput] = []
     for position, raw in enumerate(raw_inputs):
@@ -374,19 +297,7 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
         _reject_unsupported(input_params, where)
         size = input_params.get("binary_data_size")
         if size is not None:
-            if "data" in entry:
-                raise BadInputError(f'{where} has both "data" and binary_data_size; send one')
-            if header_length is None:
-                raise BadInputError(
-                    f"{where} has binary_data_size but the request has no {HEADER_LENGTH} header"
-                )
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise BadInputError(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
-            if offset + size > len(binary):
-                raise BadInputError(
-                    f"{where}: binary_data_size {size} runs past the end of the body "
-                    f"({len(binary) - offset} bytes of binary data left)"
-                )
+            _check_binary_size(where, entry, size, has_header, len(binary) - offset)
             data = _binary_tensor(where, datatype, shape, binary[offset : offset + size])
             offset += size
         elif "data" in entry:
@@ -399,10 +310,28 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
             f"{len(binary)} bytes of binary data follow the JSON but the inputs' binary_data_size add up to "
             f"{offset}; send exactly the bytes the inputs declare"
         )
-    outputs = []
-    raw_outputs = request.get("outputs", [])
+    return tuple(inputs)
+
+
+def _check_binary_size(where: str, entry: Mapping[str, Any], size: Any, has_header: bool, left: int) -> None:
+    """A binary input's binary_data_size: a non-negative integer within the bytes left, without JSON data."""
+    if "data" in entry:
+        raise BadInputError(f'{where} has both "data" and binary_data_size; send one')
+    if not has_header:
+        raise BadInputError(f"{where} has binary_data_size but the request has no {HEADER_LENGTH} header")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadInputError(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
+    if size > left:
+        raise BadInputError(
+            f"{where}: binary_data_size {size} runs past the end of the body ({left} bytes of binary data left)"
+        )
+
+
+def _outputs(raw_outputs: Any) -> tuple[RequestedOutput, ...]:
+    """The outputs the request asks for, each as binary or JSON (None: as the request says)."""
     if not isinstance(raw_outputs, list):
         raise BadInputError('"outputs" must be a list of {"name": ...} objects')
+    outputs = []
     for position, raw in enumerate(raw_outputs):
         entry = _object(raw, f"outputs[{position}]")
         name = entry.get("name")
@@ -417,19 +346,7 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
             )
         flag = output_params.get("binary_data")
         outputs.append(RequestedOutput(name, None if flag is None else bool(flag)))
-    timeout = params.get("timeout")  # tritonclient's `timeout` argument: microseconds
-    if timeout is not None and (
-        not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
-    ):
-        raise BadInputError(f'parameter "timeout" must be a positive number of microseconds, got {timeout!r}')
-    return InferenceRequest(
-        inputs=tuple(inputs),
-        outputs=tuple(outputs),
-        id=request_id,
-        binary_output=bool(params.get("binary_data_output", False)),
-        timeout_s=timeout / 1e6 if timeout is not None else None,
-        parameters=params,
-    )
+    return tuple(outputs)
 
 
 # -- responses ------------------------------------------------------------------------------------

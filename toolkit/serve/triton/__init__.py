@@ -1,0 +1,1 @@
+"""Triton's generate extension over the generators: `serving` (one request), `api_router` (the routes)."""

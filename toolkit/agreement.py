@@ -47,7 +47,7 @@ class Tolerance:
 
     def allowed(self, reference: np.ndarray) -> np.ndarray:
         """The largest difference each element of `reference` allows."""
-        return self.atol + self.rtol * np.abs(reference)
+        return np.asarray(self.atol + self.rtol * np.abs(reference))
 
 
 def allclose_check(actual: np.ndarray, expected: np.ndarray, tolerance: Tolerance) -> RuleCheck:

@@ -210,11 +210,11 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str | None) -> np.ndarray:
         return hidden[:, 0]
     weights = mask[..., None].astype(hidden.dtype)
     if mode == "mean":
-        return (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        return np.asarray((hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None))
     if mode == "max":
-        return np.where(weights > 0, hidden, np.finfo(hidden.dtype).min).max(axis=1)
+        return np.asarray(np.where(weights > 0, hidden, np.finfo(hidden.dtype).min).max(axis=1))
     if mode == "mean_sqrt_len":
-        return (hidden * weights).sum(axis=1) / np.sqrt(np.clip(weights.sum(axis=1), 1e-9, None))
+        return np.asarray((hidden * weights).sum(axis=1) / np.sqrt(np.clip(weights.sum(axis=1), 1e-9, None)))
     raise BadModelError(f"pooling mode '{mode}' is not supported; use mean, cls, max or mean_sqrt_len")
 
 
@@ -278,7 +278,8 @@ def open_image(
     BadInputError."""
     Image = _pil()
     if isinstance(image, Image.Image):  # an RGB image as it is: a copy of a large one would double its memory
-        return image if image.mode == "RGB" else image.convert("RGB")
+        rgb: PILImage.Image = image if image.mode == "RGB" else image.convert("RGB")
+        return rgb
     if isinstance(image, np.ndarray):
         if (
             image.dtype != np.uint8
@@ -289,7 +290,8 @@ def open_image(
                 f"image array must be uint8 [height, width, 3] (RGB), got {image.dtype} {list(image.shape)}; "
                 "convert it with .astype(np.uint8)"
             )
-        return Image.fromarray(image).convert("RGB")
+        from_array: PILImage.Image = Image.fromarray(image).convert("RGB")
+        return from_array
     if isinstance(image, bytes):  # an encoded file's bytes (the server's image pipeline models)
         try:
             with _opened(io.BytesIO(image)) as opened:
@@ -421,12 +423,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     """Probabilities along the last axis, computed in float64."""
     values = logits.astype(np.float64)
     shifted = np.exp(values - values.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+    return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (a zero row stays zero)."""
-    return vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
+    return np.asarray(vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None))
 
 
 def label_names(manifest: Manifest, count: int) -> tuple[str, ...]:

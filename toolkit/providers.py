@@ -406,7 +406,8 @@ def probe_model_bytes() -> bytes:
         graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="edge-toolkit"
     )
     model.ir_version = 8
-    return model.SerializeToString()
+    serialized: bytes = model.SerializeToString()
+    return serialized
 
 
 @functools.cache

@@ -335,7 +335,8 @@ class DirectScheduler:
             ) from None
         if isinstance(result, BaseException):
             raise result
-        return result
+        outputs: Outputs = result
+        return outputs
 
     async def aclose(self) -> None:
         """Wait for running requests and release the threads."""

@@ -98,7 +98,7 @@ def synthetic_waveform(samples: int, sampling_rate: int, rng: np.random.Generato
     voice = sum(np.sin(k * phase) / k for k in (1, 2, 3, 5))
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 5) * t) ** 2
     wave = voice * envelope + rng.normal(0, 0.05, size=samples)
-    return ((wave - wave.mean()) / (wave.std() + 1e-7)).astype(np.float32)
+    return np.asarray((wave - wave.mean()) / (wave.std() + 1e-7), dtype=np.float32)
 
 
 def synthetic_clips(pre: AudioPreprocessing, count: int, seed: int) -> list[np.ndarray]:

@@ -38,7 +38,7 @@ def resize_bilinear(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     wy, wx = wy[:, None], wx[None, :]
     top = (1 - wx) * maps[:, y0][:, :, x0] + wx * maps[:, y0][:, :, x1]
     bottom = (1 - wx) * maps[:, y1][:, :, x0] + wx * maps[:, y1][:, :, x1]
-    return (1 - wy) * top + wy * bottom
+    return np.asarray((1 - wy) * top + wy * bottom)
 
 
 class SegmentTask(Task[ImageModality]):
@@ -54,7 +54,7 @@ class SegmentTask(Task[ImageModality]):
 
     def finish(self, logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """One image's logits [classes, h, w] -> its class map int64 [height, width] at `size`."""
-        return resize_bilinear(logits, *size).argmax(axis=0)
+        return np.asarray(resize_bilinear(logits, *size).argmax(axis=0))
 
     def metric_values(self, outputs: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         """Logits with the classes last, so top-1 agreement counts pixels."""

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from converters.export_manifest import FreshExport, fresh_manifest
 from converters.export_tasks import TASKS
 from converters.gqa_decoder import export_gqa_decoder, supports_gqa
 from converters.hf import copy_assets, export_hf_model, load_hf_model, missing_tokenizer
@@ -37,14 +38,11 @@ from toolkit.manifest import (
     GQA_SEQLENS_GRAPH,
     OPTIMUM_GRAPH,
     GenerationSpec,
-    Manifest,
     ModelPackage,
     TensorSpec,
     TextPreprocessing,
     Validation,
-    Variant,
     resolve_inside,
-    tool_versions,
     variant_file_name,
 )
 from toolkit.tasks import tasks
@@ -346,30 +344,20 @@ def convert_causal_lm(
         say("validating the decoder against PyTorch (prompt and cached steps)")
         validate = validate_in_place_decoder if spec.in_place else validate_decoder
         validation = validate(model, onnx_file, spec, tolerance)
-        manifest = Manifest(
-            name=resolved.name,
-            task="generate",
-            source=resolved.source_info(directory_sha256(resolved.model_dir)),
-            inputs=info.inputs,
-            outputs=info.outputs,
-            opset=info.opset,
-            variants={
-                FP32_VARIANT: Variant(
-                    name=FP32_VARIANT,
-                    file=onnx_file.name,
-                    precision="fp32",
-                    method="export",
-                    size_bytes=info.size_bytes,
-                    settings=settings,
-                    validation=validation,
-                    tool_versions=tool_versions(),
-                )
-            },
-            preprocessing=TextPreprocessing(tokenizer="tokenizer.json", max_length=spec.max_positions),
-            exporter=task.exporter_record()
-            if graph == OPTIMUM_GRAPH
-            else {"name": "edge-toolkit", "graph": graph},
-            generation=spec,
+        manifest = fresh_manifest(
+            resolved,
+            FreshExport(
+                task=task.name,
+                sha256=directory_sha256(resolved.model_dir),
+                graph=info,
+                settings=settings,
+                validation=validation,
+                exporter=task.exporter_record()
+                if graph == OPTIMUM_GRAPH
+                else {"name": "edge-toolkit", "graph": graph},
+                preprocessing=TextPreprocessing(tokenizer="tokenizer.json", max_length=spec.max_positions),
+                generation=spec,
+            ),
         )
         ModelPackage(package_dir, manifest).save(manifest)
         replace_directory(package_dir, out)

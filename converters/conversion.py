@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from converters.export_manifest import FreshExport, fresh_manifest
 from converters.hf import (
     copy_assets,
     detect_task,
@@ -43,10 +44,8 @@ from toolkit.manifest import (
     Preprocessing,
     TensorSpec,
     TextPreprocessing,
-    Variant,
     resolve_inside,
     section_of,
-    tool_versions,
     variant_file_name,
 )
 from toolkit.preprocess import TextTokenizer
@@ -227,29 +226,19 @@ def _validated_manifest(exported: _Exported, resolved: ResolvedSource, tolerance
         task_class.meaning if task_class else None,
         subgraphs,
     )
-    return Manifest(
-        name=resolved.name,
-        task=exported.task,
-        source=resolved.source_info(exported.sha256),
-        inputs=inputs,
-        outputs=info.outputs,
-        opset=info.opset,
-        variants={
-            FP32_VARIANT: Variant(
-                name=FP32_VARIANT,
-                file=exported.onnx_file.name,
-                precision="fp32",
-                method="export",
-                size_bytes=info.size_bytes,
-                settings=exported.settings,
-                validation=validation,
-                tool_versions=tool_versions(),
-                subgraphs={name: path.name for name, path in subgraph_files.items()},
-            )
-        },
-        preprocessing=exported.preprocessing,
-        labels=exported.labels,
-        exporter=exported.exporter,
+    return fresh_manifest(
+        resolved,
+        FreshExport(
+            task=exported.task,
+            sha256=exported.sha256,
+            graph=replace(info, inputs=inputs),
+            settings=exported.settings,
+            validation=validation,
+            exporter=exported.exporter,
+            preprocessing=exported.preprocessing,
+            labels=exported.labels,
+            subgraphs={name: path.name for name, path in subgraph_files.items()},
+        ),
     )
 
 

@@ -22,12 +22,16 @@ __all__ = ["NOT_EXPORTED", "TASKS", "ExportTask", "export_task"]
 @dataclass(frozen=True)
 class ExportTask:
     """One of our task names, the optimum-onnx task it exports as, and what it reads: ``text``, ``image``,
-    ``audio`` (a waveform) or ``any``."""
+    ``audio`` (a waveform) or ``any``. `pooled_output`: the output pooled into one vector per text, with the
+    source's sentence-transformers pooling and normalisation (None: none is pooled); `scores_pairs`: its text
+    section records the cross-encoder's score activation."""
 
     name: str
     optimum_task: str
     modality: str
     has_labels: bool = False
+    pooled_output: str | None = None
+    scores_pairs: bool = False
 
     @property
     def family(self) -> Family:
@@ -50,10 +54,10 @@ class ExportTask:
 TASKS: dict[str, ExportTask] = {
     task.name: task
     for task in (
-        ExportTask("embed", "feature-extraction", "text"),
+        ExportTask("embed", "feature-extraction", "text", pooled_output="last_hidden_state"),
         ExportTask("features", "feature-extraction", "any"),
         ExportTask("classify", "text-classification", "text", has_labels=True),
-        ExportTask("rerank", "text-classification", "text"),
+        ExportTask("rerank", "text-classification", "text", scores_pairs=True),
         ExportTask("token-classify", "token-classification", "text", has_labels=True),
         ExportTask("image-classify", "image-classification", "image", has_labels=True),
         ExportTask("segment", "semantic-segmentation", "image", has_labels=True),

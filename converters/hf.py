@@ -245,14 +245,14 @@ def _pooling(model_dir: Path) -> tuple[str | None, bool]:
 def _text_preprocessing(model_dir: Path, export_dir: Path, task: ExportTask) -> TextPreprocessing | None:
     if not (export_dir / "tokenizer.json").is_file():
         return None
-    pooling, normalize = _pooling(model_dir) if task.name == "embed" else (None, False)
+    pooling, normalize = _pooling(model_dir) if task.pooled_output is not None else (None, False)
     return TextPreprocessing(
         tokenizer="tokenizer.json",
         max_length=_text_max_length(model_dir, _read_json(model_dir / "config.json")),
         pooling=pooling,
         normalize=normalize,
-        output="last_hidden_state" if task.name == "embed" else None,
-        activation=score_activation(model_dir) if task.name == "rerank" else None,
+        output=task.pooled_output,
+        activation=score_activation(model_dir) if task.scores_pairs else None,
     )
 
 

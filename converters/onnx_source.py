@@ -24,14 +24,15 @@ from toolkit.errors import BadInputError, BadModelError
 from toolkit.inputs import InputLimits
 from toolkit.inspect import inspect_model
 from toolkit.manifest import FP32_VARIANT, ImagePreprocessing, TensorSpec, variant_file_name
+from toolkit.tasks import tasks
 from toolkit.tasks.detect import layout_of
+from toolkit.tasks.modality import ImageModality
 
 __all__ = ["DEFAULT_IMAGE_SIZE", "OnnxFile", "image_preprocessing", "read_labels"]
 
 DEFAULT_IMAGE_SIZE = 640  # Ultralytics' export size, for an image input whose size is symbolic
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-_IMAGE_TASKS = ("detect", "image-classify", "segment")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,13 @@ def read_labels(path: Path) -> tuple[str, ...]:
     if not labels:
         raise BadInputError(f"labels file '{path}' holds no class names; write one per line")
     return labels
+
+
+def _reads_one_image(task: str) -> bool:
+    """Whether packages of `task` read images preprocessed by the manifest's image section alone (the registry's
+    modality, and no assets beside it), all of which an ONNX file's package can be given."""
+    registered = tasks().get(task)
+    return registered is not None and registered.modality is ImageModality and not registered.extra_assets
 
 
 def _image_input(inputs: tuple[TensorSpec, ...], where: str) -> TensorSpec:
@@ -128,7 +136,7 @@ def package_onnx_file(
     layout = layout_of(info.outputs, where) if task == "detect" else None
     preprocessing = None
     limits = InputLimits(vocab_size=None)
-    if task in _IMAGE_TASKS:
+    if _reads_one_image(task):
         spec = _image_input(info.inputs, where)
         preprocessing = image_preprocessing(spec, inputs, layout)
         limits = InputLimits(vocab_size=None, image_size=preprocessing.size)

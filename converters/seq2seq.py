@@ -12,12 +12,15 @@ languages, tasks and front end.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from converters.attention_fusion import attention_heads, fuse_attention
+from converters.export_manifest import FreshExport, fresh_manifest
 from converters.export_tasks import TASKS
 from converters.hf import copy_assets, load_and_export, missing_tokenizer
 from converters.sources import ResolvedSource, directory_sha256
@@ -29,15 +32,13 @@ from toolkit.inspect import inspect_model
 from toolkit.manifest import (
     FP32_VARIANT,
     AudioPreprocessing,
-    Manifest,
     ModelPackage,
+    Preprocessing,
     Seq2SeqSpec,
     TextPreprocessing,
     Validation,
-    Variant,
     resolve_inside,
     seq2seq_files,
-    tool_versions,
 )
 from toolkit.tasks import Family, tasks
 
@@ -108,11 +109,6 @@ def seq2seq_spec(package_dir: Path, task: str, model: Any, layers: int) -> Seq2S
         or getattr(config, "max_position_embeddings", None)
         or 512
     )
-    languages: dict[str, int] = {}
-    tasks: dict[str, int] = {}
-    if task == "transcribe":
-        languages = {k.strip("<|>"): int(v) for k, v in (generation.get("lang_to_id") or {}).items()}
-        tasks = {k: int(v) for k, v in (generation.get("task_to_id") or {}).items()}
     pre = _read_json(resolve_inside(package_dir, "preprocessor_config.json", "preprocessor config"))
     return Seq2SeqSpec(
         layers=layers,
@@ -129,27 +125,36 @@ def seq2seq_spec(package_dir: Path, task: str, model: Any, layers: int) -> Seq2S
             **({} if generation.get("max_length") is not None else {"max_new_tokens": 20}),
             **{k: generation[k] for k in _DEFAULT_KEYS if generation.get(k) is not None},
         },
-        languages=languages,
-        tasks=tasks,
         no_timestamps_token_id=generation.get("no_timestamps_token_id"),
         # transformers' WhisperTimeStampLogitsProcessor reads it with getattr(..., None): absent means no limit
         max_initial_timestamp_index=generation.get("max_initial_timestamp_index"),
-        n_mels=int(pre.get("feature_size", getattr(config, "num_mel_bins", 0)) or 0)
-        if task == "transcribe"
-        else 0,
         chunk_length=int(pre.get("chunk_length", 30)),
+        **_encoder_of(task).spec_fields(generation, pre, config),
     )
 
 
-def _encoder_feeds(task: str, model: Any, package_dir: Path, spec: Seq2SeqSpec) -> dict[str, np.ndarray]:
-    if task == "transcribe":
-        from toolkit.speech import LogMelSpec, log_mel
-        from toolkit.tasks.modality import synthetic_waveform
+def _speech_spec_fields(generation: Mapping[str, Any], pre: Mapping[str, Any], config: Any) -> dict[str, Any]:
+    """Whisper's language and task tokens, and its front end's mel bins."""
+    return {
+        "languages": {k.strip("<|>"): int(v) for k, v in (generation.get("lang_to_id") or {}).items()},
+        "tasks": {k: int(v) for k, v in (generation.get("task_to_id") or {}).items()},
+        "n_mels": int(pre.get("feature_size", getattr(config, "num_mel_bins", 0)) or 0),
+    }
 
-        wave = synthetic_waveform(16000 * 2, 16000, np.random.default_rng(5))
-        features = log_mel(wave, LogMelSpec(n_mels=spec.n_mels, chunk_length=spec.chunk_length))
-        frames = 2 * int(model.config.max_source_positions)
-        return {"input_features": features[None, :, :frames]}
+
+def _speech_feeds(model: Any, package_dir: Path, spec: Seq2SeqSpec) -> dict[str, np.ndarray]:
+    """Log-mel features of a 2 s speech-like clip, cut to the encoder's frames."""
+    from toolkit.speech import LogMelSpec, log_mel
+    from toolkit.tasks.modality import synthetic_waveform
+
+    wave = synthetic_waveform(16000 * 2, 16000, np.random.default_rng(5))
+    features = log_mel(wave, LogMelSpec(n_mels=spec.n_mels, chunk_length=spec.chunk_length))
+    frames = 2 * int(model.config.max_source_positions)
+    return {"input_features": features[None, :, :frames]}
+
+
+def _text_feeds(model: Any, package_dir: Path, spec: Seq2SeqSpec) -> dict[str, np.ndarray]:
+    """One sentence through the package's tokenizer."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(resolve_inside(package_dir, "tokenizer.json", "tokenizer")))
@@ -158,6 +163,42 @@ def _encoder_feeds(task: str, model: Any, package_dir: Path, spec: Seq2SeqSpec) 
         "input_ids": np.asarray([ids], dtype=np.int64),
         "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
     }
+
+
+def _text_preprocessing(config: Any) -> Preprocessing:
+    """The package's tokenizer, truncated at the encoder's positions."""
+    return TextPreprocessing(
+        tokenizer="tokenizer.json", max_length=int(getattr(config, "max_position_embeddings", 512) or 512)
+    )
+
+
+@dataclass(frozen=True)
+class _Encoder:
+    """What converting an encoder-decoder does by what its encoder reads (the task's modality, `ExportTask`):
+    the seq2seq fields only that input has (from the generation config, the preprocessor config and the model
+    config), the encoder's validation feeds, the package's preprocessing section, and whether the package must
+    hold a tokenizer.json."""
+
+    spec_fields: Callable[[Mapping[str, Any], Mapping[str, Any], Any], dict[str, Any]]
+    feeds: Callable[[Any, Path, Seq2SeqSpec], dict[str, np.ndarray]]
+    preprocessing: Callable[[Any], Preprocessing]
+    needs_tokenizer: bool
+
+
+_ENCODERS: dict[str, _Encoder] = {
+    "audio": _Encoder(
+        _speech_spec_fields,
+        _speech_feeds,
+        lambda config: AudioPreprocessing(sampling_rate=16000, normalize=False),
+        needs_tokenizer=False,
+    ),
+    "text": _Encoder(lambda *_: {}, _text_feeds, _text_preprocessing, needs_tokenizer=True),
+}
+
+
+def _encoder_of(task: str) -> _Encoder:
+    """How the encoder-decoder task `task` converts, by its modality."""
+    return _ENCODERS[TASKS[task].modality]
 
 
 def validate_seq2seq(
@@ -170,7 +211,7 @@ def validate_seq2seq(
     from toolkit.decoding import DecodingRules, Seq2SeqStepper, log_softmax
 
     encoder_file, decoder_file, past_file = (package_dir / f for f in seq2seq_files(FP32_VARIANT))
-    feeds = _encoder_feeds(task, model, package_dir, spec)
+    feeds = _encoder_of(task).feeds(model, package_dir, spec)
     encoder = ort.InferenceSession(str(encoder_file), providers=["CPUExecutionProvider"])
     states = encoder.run(None, feeds)[0]
     encoder_stack = model.get_encoder()
@@ -244,8 +285,9 @@ def convert_seq2seq(
         fused = fuse_attention(package_dir / names["encoder"], heads) if heads else 0
         if fused:
             say(f"fused {fused} encoder self-attention blocks into MultiHeadAttention")
+        encoder = _encoder_of(task_name)
         if (
-            task_name == "text2text"
+            encoder.needs_tokenizer
             and not resolve_inside(package_dir, "tokenizer.json", "tokenizer").is_file()
         ):
             raise missing_tokenizer(resolved.model_dir)
@@ -256,36 +298,19 @@ def convert_seq2seq(
         say("validating encoder and decoder steps against PyTorch")
         validation = validate_seq2seq(task_name, model, package_dir, spec, tolerance)
         size = sum((package_dir / f).stat().st_size for f in seq2seq_files(FP32_VARIANT))
-        preprocessing: Any = (
-            AudioPreprocessing(sampling_rate=16000, normalize=False)
-            if task_name == "transcribe"
-            else TextPreprocessing(
-                tokenizer="tokenizer.json",
-                max_length=int(getattr(model.config, "max_position_embeddings", 512) or 512),
-            )
-        )
-        manifest = Manifest(
-            name=resolved.name,
-            task=task_name,
-            source=resolved.source_info(directory_sha256(resolved.model_dir)),
-            inputs=info.inputs,
-            outputs=info.outputs,
-            opset=info.opset,
-            variants={
-                FP32_VARIANT: Variant(
-                    name=FP32_VARIANT,
-                    file=names["encoder"],
-                    precision="fp32",
-                    method="export",
-                    size_bytes=size,
-                    settings={**task.export_settings(export_seconds), "fused_attention": fused},
-                    validation=validation,
-                    tool_versions=tool_versions(),
-                )
-            },
-            preprocessing=preprocessing,
-            exporter=task.exporter_record(),
-            seq2seq=spec,
+        manifest = fresh_manifest(
+            resolved,
+            FreshExport(
+                task=task_name,
+                sha256=directory_sha256(resolved.model_dir),
+                graph=info,
+                settings={**task.export_settings(export_seconds), "fused_attention": fused},
+                validation=validation,
+                exporter=task.exporter_record(),
+                preprocessing=encoder.preprocessing(model.config),
+                size_bytes=size,
+                seq2seq=spec,
+            ),
         )
         ModelPackage(package_dir, manifest).save(manifest)
         replace_directory(package_dir, out)

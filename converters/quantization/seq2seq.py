@@ -1,17 +1,17 @@
 """Quantization of encoder-decoder packages (Whisper, BART, T5, ...): every part of the package, measured by token
-agreement with fp32 (and, for speech, the word error rate against fp32)."""
+agreement with fp32 on the task's held-out inputs, and by whatever else the task judges its decoded texts by
+(speech: the word error rate against fp32, `Seq2SeqTask.decoded_text_checks`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from converters.quantization.methods import METHODS, Progress, QuantizeOptions, QuantizeResult, Workspace
 from toolkit.atomic import staging_directory
-from toolkit.corpus import HELD_OUT_SENTENCES
 from toolkit.errors import BadInputError
 from toolkit.host import current_host
 from toolkit.manifest import (
@@ -24,25 +24,12 @@ from toolkit.manifest import (
     tool_versions,
 )
 from toolkit.runner import Runner
-from toolkit.tasks import pipeline_class
-from toolkit.tasks.modality import synthetic_waveform
+from toolkit.tasks import pipeline_class, task_for
+from toolkit.tasks.encoder_decoder import Seq2SeqPipeline, Seq2SeqTask
 
-__all__ = ["SEQ2SEQ_METHODS", "quantize_seq2seq", "token_agreement", "word_error_rate"]
+__all__ = ["SEQ2SEQ_METHODS", "quantize_seq2seq", "token_agreement"]
 
 SEQ2SEQ_METHODS = ("dynamic-int8", "int4")
-
-
-def word_error_rate(hypothesis: str, reference: str) -> float:
-    """Word-level Levenshtein distance over the reference's word count (0.0 when both are empty)."""
-    hyp, ref = hypothesis.split(), reference.split()
-    if not ref:
-        return 0.0 if not hyp else 1.0
-    row = list(range(len(hyp) + 1))
-    for i, word in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, other in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (word != other))
-    return row[len(hyp)] / len(ref)
 
 
 def token_agreement(got: Sequence[Sequence[int]], want: Sequence[Sequence[int]]) -> tuple[float, float]:
@@ -57,21 +44,11 @@ def token_agreement(got: Sequence[Sequence[int]], want: Sequence[Sequence[int]])
 def _decode_all(
     package: ModelPackage, variant: str, max_new_tokens: int
 ) -> tuple[list[list[int]], list[str]]:
-    """Greedy token ids and texts of the package's `variant` on held-out inputs (speech-like clips or sentences)."""
+    """Greedy token ids and texts of the package's `variant` on the task's held-out inputs."""
     runner = Runner(package.asset(package.manifest.variant(variant).file, "encoder file"), "cpu")
-    pipeline: Any = pipeline_class(package)(package, runner)
+    pipeline = cast(Seq2SeqPipeline[Any], pipeline_class(package)(package, runner))
     try:
-        if package.manifest.task == "transcribe":
-            rng = np.random.default_rng(1_000_003)
-            clips = [0.1 * synthetic_waveform(16000 * (1 + i % 3), 16000, rng) for i in range(6)]
-            language = "en" if "en" in pipeline.spec.languages else None
-            results = pipeline.transcribe(
-                clips, language=language, max_new_tokens=max_new_tokens, num_beams=1
-            )
-        else:
-            results = pipeline.generate(
-                list(HELD_OUT_SENTENCES[:8]), max_new_tokens=max_new_tokens, num_beams=1
-            )
+        results = pipeline.held_out_outputs(max_new_tokens)
         return [list(r.token_ids) for r in results], [r.text for r in results]
     finally:
         pipeline.close()
@@ -110,9 +87,7 @@ def quantize_seq2seq(
         got, got_text = _decode_all(staged_package, name, 16)
         agreement, worst = token_agreement(got, want)
         checks = [OutputCheck("token_agreement_worst", round(1 - worst, 6), round(1 - agreement, 6), True)]
-        if package.manifest.task == "transcribe":
-            wer = float(np.mean([word_error_rate(g, w) for g, w in zip(got_text, want_text, strict=True)]))
-            checks.append(OutputCheck("wer_vs_fp32", round(wer, 6), round(wer, 6), True))
+        checks.extend(cast(Seq2SeqTask[Any], task_for(package)).decoded_text_checks(got_text, want_text))
         validation = Validation(
             metric="token_agreement",
             value=round(agreement, 6),

@@ -40,6 +40,7 @@ __all__ = [
     "output_checks",
     "ranking_report",
     "top1_report",
+    "word_error_rate",
 ]
 
 Feeds = Mapping[str, np.ndarray]
@@ -271,3 +272,16 @@ def max_abs_diff_report(runs: Runs, feeds: HeldOut) -> AccuracyReport:
             "min_output_cosine": round(worst, 6),
         },
     )
+
+
+def word_error_rate(hypothesis: str, reference: str) -> float:
+    """Word-level Levenshtein distance over the reference's word count (0.0 when both are empty)."""
+    hyp, ref = hypothesis.split(), reference.split()
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    row = list(range(len(hyp) + 1))
+    for i, word in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, other in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (word != other))
+    return row[len(hyp)] / len(ref)

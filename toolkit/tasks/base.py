@@ -240,6 +240,9 @@ class Task(Generic[_M]):
     # otherwise, with the ops it quantizes dynamically besides (None: every supported op)
     int8_blockwise: ClassVar[tuple[str, ...]] = ()
     int8_dynamic_op_types: ClassVar[tuple[str, ...] | None] = None
+    # preprocessing assets the task reads beyond its modality's section (which names its own), that a source
+    # must bring beside the graph (an ONNX file alone brings none)
+    extra_assets: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, package: ModelPackage, specs: Sequence[TensorSpec] | None = None) -> None:
         self.package = package

@@ -21,7 +21,7 @@ from toolkit.decoding.encoder_decoder import (
 from toolkit.decoding.loop import RowPlan, decode
 from toolkit.decoding.sampling import GenerationOptions, LogitsChooser
 from toolkit.errors import BadInputError, BadModelError
-from toolkit.manifest import ModelPackage, Seq2SeqSpec, seq2seq_files
+from toolkit.manifest import ModelPackage, OutputCheck, Seq2SeqSpec, seq2seq_files
 from toolkit.runner import Runner
 from toolkit.tasks.base import Family, Pipeline, Task
 from toolkit.tasks.modality import Modality
@@ -109,6 +109,11 @@ class Seq2SeqTask(Task[_M], Generic[_M]):
     def spec(self) -> Seq2SeqSpec:
         """The manifest's seq2seq section."""
         return self.package.seq2seq_spec()
+
+    def decoded_text_checks(self, got: Sequence[str], want: Sequence[str]) -> tuple[OutputCheck, ...]:
+        """What a quantized variant's decoded texts (`got`) are judged by against fp32's (`want`) beside token
+        agreement: nothing unless the task says (speech: its word error rate)."""
+        return ()
 
 
 class SpeedRow(Protocol):
@@ -299,3 +304,8 @@ class Seq2SeqPipeline(Pipeline[_M], Generic[_M]):
         for runner in self.decoders:
             runner.close()
         super().close()
+
+    def held_out_outputs(self, max_new_tokens: int) -> list[Seq2SeqOutput]:
+        """Greedy outputs of at most `max_new_tokens` for the task's held-out inputs (quantization compares a
+        variant's with fp32's)."""
+        raise NotImplementedError(f"{type(self).__name__} has no held-out inputs")

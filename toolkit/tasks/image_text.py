@@ -77,6 +77,7 @@ class ImageTextTask(Task[ImageModality]):
     }
     source_hint = " from a CLIP or SigLIP directory with a preprocessor_config.json and tokenizer.json"
     run_input = "image"
+    extra_assets = ("tokenizer.json",)  # the text tower's
 
     def __init__(self, package: ModelPackage, specs: Sequence[TensorSpec] | None = None) -> None:
         # the image input first, so the image modality (samples, blank images) reads pixel_values, not input_ids

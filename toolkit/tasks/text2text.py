@@ -201,6 +201,10 @@ class Seq2SeqGenerator(Seq2SeqPipeline[TextModality]):
 
         return DecodePlan(texts, decode, outputs, call.outputs, len(texts) * max(lengths))
 
+    def held_out_outputs(self, max_new_tokens: int) -> list[Seq2SeqOutput]:
+        """Greedy outputs for eight held-out sentences."""
+        return self.generate(list(HELD_OUT_SENTENCES[:8]), max_new_tokens=max_new_tokens, num_beams=1)
+
 
 TASK = Text2TextTask
 PIPELINE = Seq2SeqGenerator

@@ -25,6 +25,7 @@ import numpy as np
 
 from toolkit.decoding.encoder_decoder import DecodingRules
 from toolkit.errors import BadInputError, BadModelError
+from toolkit.manifest import OutputCheck
 from toolkit.preprocess import (
     AudioInput,
     clean_up_tokenization,
@@ -34,6 +35,7 @@ from toolkit.preprocess import (
     read_wav,
 )
 from toolkit.speech import LogMelSpec, load_clip, log_mel, windows
+from toolkit.tasks.accuracy import word_error_rate
 from toolkit.tasks.base import (
     DecodeCall,
     DecodePlan,
@@ -45,7 +47,7 @@ from toolkit.tasks.base import (
     string_parameter,
     token_id_rows,
 )
-from toolkit.tasks.encoder_decoder import Seq2SeqPipeline, Seq2SeqTask
+from toolkit.tasks.encoder_decoder import Seq2SeqOutput, Seq2SeqPipeline, Seq2SeqTask
 from toolkit.tasks.modality import PURPOSE_SEEDS, AudioModality, synthetic_waveform
 from toolkit.tasks.transcribe.timestamps import TimestampRule, WindowOutput, merge_windows, window_tokens
 
@@ -136,6 +138,12 @@ class TranscribeTask(Seq2SeqTask[AudioModality]):
     def run_json(self, results: Sequence[Any]) -> dict[str, Any]:
         """``transcripts``: one per clip."""
         return {"transcripts": list(results)}
+
+    def decoded_text_checks(self, got: Sequence[str], want: Sequence[str]) -> tuple[OutputCheck, ...]:
+        """Speech is judged by its words too: the mean word error rate of the variant's transcripts against
+        fp32's (``wer_vs_fp32``)."""
+        wer = float(np.mean([word_error_rate(g, w) for g, w in zip(got, want, strict=True)]))
+        return (OutputCheck("wer_vs_fp32", round(wer, 6), round(wer, 6), True),)
 
 
 def _seconds(value: float | None) -> str:
@@ -417,6 +425,15 @@ class SpeechRecognizer(Seq2SeqPipeline[AudioModality]):
             "segments": bytes_array(segments),
             "token_ids": token_id_rows([t.token_ids for t in transcripts]),
         }
+
+    def held_out_outputs(self, max_new_tokens: int) -> list[Seq2SeqOutput]:
+        """Greedy transcripts of six speech-like clips of 1 to 3 s (English when the model has languages)."""
+        rate = self.task.features.sampling_rate
+        rng = np.random.default_rng(1_000_003)
+        clips = [0.1 * synthetic_waveform(rate * (1 + i % 3), rate, rng) for i in range(6)]
+        language = "en" if "en" in self.spec.languages else None
+        transcripts = self.transcribe(clips, language=language, max_new_tokens=max_new_tokens, num_beams=1)
+        return [Seq2SeqOutput(t.text, t.token_ids) for t in transcripts]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from gpu_support import needs
-from serve_process import start_serve
+from serve_process import get_json, post_json, start_serve
 
 from converters.recipes import list_recipes
 from tests.conftest import print_decisions
@@ -971,20 +971,6 @@ def test_openai_routes_require_the_api_key_and_keep_the_limits(lm_packages: dict
 # -- a generator is a served model of the registry like every other ------------------------------------------
 
 
-def _http(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, Any]:
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(
-        url, data=body, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def _requests_counted(url: str, model: str, code: str) -> float:
     import urllib.request
 
@@ -998,15 +984,15 @@ def test_edge_serve_answers_ready_metadata_and_index_for_its_generators(
     openai_server: str, lm_packages: dict[str, Path]
 ) -> None:
     names = list(_names(lm_packages).values())
-    status, index = _http(f"{openai_server}/v2/repository/index", "POST", b"")
+    status, index = post_json(f"{openai_server}/v2/repository/index", b"")
     assert status == 200
     assert [m for m in index if m["name"] in names] == [
         {"name": name, "version": "fp32", "state": "READY"} for name in names
     ]
     for name in names:
-        assert _http(f"{openai_server}/v2/models/{name}/ready") == (200, {"name": name, "ready": True})
-        assert _http(f"{openai_server}/v2/models/{name}/versions/fp32/ready")[0] == 200
-        status, metadata = _http(f"{openai_server}/v2/models/{name}")
+        assert get_json(f"{openai_server}/v2/models/{name}/ready") == (200, {"name": name, "ready": True})
+        assert get_json(f"{openai_server}/v2/models/{name}/versions/fp32/ready")[0] == 200
+        status, metadata = get_json(f"{openai_server}/v2/models/{name}")
         assert status == 200
         assert metadata == {
             "name": name,
@@ -1015,7 +1001,7 @@ def test_edge_serve_answers_ready_metadata_and_index_for_its_generators(
             "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1]}],
             "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}],
         }
-    assert _http(f"{openai_server}/v2/models/nope/ready")[0] == 404
+    assert get_json(f"{openai_server}/v2/models/nope/ready")[0] == 404
 
 
 def test_kserve_infer_on_a_generator_is_a_400_naming_the_generate_routes(
@@ -1026,17 +1012,16 @@ def test_kserve_infer_on_a_generator_is_a_400_naming_the_generate_routes(
     v2_body = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]}
     # a KServe body, and a Triton generate body sent to infer by mistake: refused before the body is read
     for body in (json.dumps(v2_body).encode(), b'{"text_input": "hi"}'):
-        status, answer = _http(f"{openai_server}/v2/models/{name}/infer", "POST", body)
+        status, answer = post_json(f"{openai_server}/v2/models/{name}/infer", body)
         assert status == 400, answer
         message = answer["error"]
         assert "is a generator" in message
         for route in ("/v1/completions", "/v1/chat/completions", f"/v2/models/{name}/generate"):
             assert route in message
     assert _requests_counted(openai_server, name, "400") == before + 2
-    status, answer = _http(
+    status, answer = post_json(
         f"{openai_server}/v2/models/{name}/generate",
-        "POST",
-        json.dumps({"text_input": PROMPTS[0], "parameters": {"max_tokens": 3}}).encode(),
+        {"text_input": PROMPTS[0], "parameters": {"max_tokens": 3}},
     )
     assert status == 200, answer
 

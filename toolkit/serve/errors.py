@@ -20,8 +20,8 @@
 once) from "the request waited and gave up" (504). `status_for` reads the table, nearest class first.
 
 `public_message` is what a client sees of an error: onnxruntime's source paths and graph node names are
-cut out (they are logged; the server's own routes, which a `WrongRouteError` names, stay), as are object addresses (``<_io.BytesIO object at 0x...>``), and the text is made
-safe to encode whatever the request held.
+cut out (they are logged; the server's own routes, which a `WrongRouteError` names, stay), as are object
+addresses (``<_io.BytesIO object at 0x...>``), and the text is made safe to encode whatever the request held.
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ class ServedModel:
         return names
 
     def check_inferable(self) -> None:
-        """Raise BadInputError when KServe's ``infer`` does not run this model (checked before its body is read)."""
+        """Raise WrongRouteError (400) when KServe's ``infer`` does not run this model, before its body is read."""
 
     def prepare(self, request: InferenceRequest) -> Job:
         """Check the request against this model and turn it into a `Job`."""

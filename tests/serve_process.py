@@ -80,6 +80,15 @@ def post_json(url: str, body: Any, headers: dict[str, str] | None = None) -> tup
     request = urllib.request.Request(
         url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
     )
+    return _json_answer(request)
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    """GET `url`: the status and the JSON answer, errors included."""
+    return _json_answer(urllib.request.Request(url))
+
+
+def _json_answer(request: urllib.request.Request) -> tuple[int, Any]:
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from gpu_support import needs
-from serve_process import start_serve
+from serve_process import get_json, post_json, start_serve
 
 from converters.recipes import list_recipes
 from tests.conftest import print_decisions
@@ -966,3 +966,107 @@ def test_openai_routes_require_the_api_key_and_keep_the_limits(lm_packages: dict
         assert big.status_code == 413
         triton = client.post(f"/v2/models/{name}/generate", json={"text_input": "hi"})
         assert triton.status_code == 401
+
+
+# -- a generator is a served model of the registry like every other ------------------------------------------
+
+
+def _requests_counted(url: str, model: str, code: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=60) as response:
+        lines = response.read().decode().splitlines()
+    wanted = ("edge_requests_total{", f'model="{model}"', f'code="{code}"')
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if all(w in line for w in wanted))
+
+
+def test_edge_serve_answers_ready_metadata_and_index_for_its_generators(
+    openai_server: str, lm_packages: dict[str, Path]
+) -> None:
+    names = list(_names(lm_packages).values())
+    status, index = post_json(f"{openai_server}/v2/repository/index", b"")
+    assert status == 200
+    assert [m for m in index if m["name"] in names] == [
+        {"name": name, "version": "fp32", "state": "READY"} for name in names
+    ]
+    for name in names:
+        assert get_json(f"{openai_server}/v2/models/{name}/ready") == (200, {"name": name, "ready": True})
+        assert get_json(f"{openai_server}/v2/models/{name}/versions/fp32/ready")[0] == 200
+        status, metadata = get_json(f"{openai_server}/v2/models/{name}")
+        assert status == 200
+        assert metadata == {
+            "name": name,
+            "versions": ["fp32"],
+            "platform": "edge_generator",
+            "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1]}],
+            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}],
+        }
+    assert get_json(f"{openai_server}/v2/models/nope/ready")[0] == 404
+
+
+def test_kserve_infer_on_a_generator_is_a_400_naming_the_generate_routes(
+    openai_server: str, lm_packages: dict[str, Path]
+) -> None:
+    name = _names(lm_packages)["llama"]
+    before = _requests_counted(openai_server, name, "400")
+    v2_body = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]}
+    # a KServe body, and a Triton generate body sent to infer by mistake: refused before the body is read
+    for body in (json.dumps(v2_body).encode(), b'{"text_input": "hi"}'):
+        status, answer = post_json(f"{openai_server}/v2/models/{name}/infer", body)
+        assert status == 400, answer
+        message = answer["error"]
+        assert "is a generator" in message
+        for route in ("/v1/completions", "/v1/chat/completions", f"/v2/models/{name}/generate"):
+            assert route in message
+    assert _requests_counted(openai_server, name, "400") == before + 2
+    status, answer = post_json(
+        f"{openai_server}/v2/models/{name}/generate",
+        {"text_input": PROMPTS[0], "parameters": {"max_tokens": 3}},
+    )
+    assert status == 200, answer
+
+
+def test_a_generator_and_an_embedder_are_served_and_listed_together(
+    lm_packages: dict[str, Path], minilm_package: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from toolkit.serve.app import build_serving_app
+    from toolkit.serve.models import GeneratorModel
+    from toolkit.serve.options import ServeOptions
+    from toolkit.serve.registry import LoadOptions
+
+    serving = build_serving_app([lm_packages["gpt2"], minilm_package], LoadOptions(threads=1), ServeOptions())
+    generator = ModelPackage.open(lm_packages["gpt2"]).manifest.name
+    embedder = ModelPackage.open(minilm_package).manifest.name
+    model = serving.registry.get(generator)
+    assert isinstance(model, GeneratorModel)
+    # the generators' service decodes with the registry's generator, not a second copy
+    assert serving.service is not None
+    assert serving.service.names() == (generator,)
+    assert serving.service.workers[generator].generator is model.generator
+    with TestClient(serving.app) as client:
+        listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert listed == [generator, embedder]
+        index = client.post("/v2/repository/index").json()
+        assert [m["name"] for m in index] == [generator, embedder, f"{embedder}-text"]
+        for name in (generator, embedder, f"{embedder}-text"):
+            assert client.get(f"/v2/models/{name}/ready").json() == {"name": name, "ready": True}
+        assert client.get(f"/v2/models/{generator}").json()["platform"] == "edge_generator"
+        completion = client.post(
+            "/v1/completions",
+            json={"model": generator, "prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0},
+        )
+        assert completion.status_code == 200, completion.text
+        expected = TextGenerator.load(lm_packages["gpt2"], "cpu").generate(PROMPTS[0], max_new_tokens=4)
+        assert completion.json()["choices"][0]["text"] == expected.text
+        embedded = client.post("/v1/embeddings", json={"model": embedder, "input": ["the lazy dog"]})
+        assert embedded.status_code == 200, embedded.text
+        assert len(embedded.json()["data"][0]["embedding"]) == 384
+        refused = client.post(f"/v2/models/{generator}/infer", json={"inputs": []})
+        assert refused.status_code == 400
+        assert f"/v2/models/{generator}/generate" in refused.json()["error"]
+        # tensor models are served, so an unknown path answers in the KServe shape
+        unknown = client.get("/no/such/route")
+        assert unknown.status_code == 404
+        assert "the KServe v2 endpoints are under /v2" in unknown.json()["error"]

@@ -34,10 +34,13 @@ def _tensors(tensors: Any) -> str:
     return ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in tensors)
 
 
-def _ready_lines(url: str, registry: Any) -> list[str]:
+def _ready_lines(url: str, registry: Any, names: list[str]) -> list[str]:
+    """The tensor models `names` (the generators' lines are `generator_ready_lines`)."""
+    if not names:
+        return [f"serving on {url}  (Ctrl+C or SIGTERM stops)"]
     lines = [f"serving on {url}  (KServe v2 REST: {url}/v2, metrics: {url}/metrics; Ctrl+C or SIGTERM stops)"]
-    width = max(len(name) for name in registry.names())
-    for name in registry.names():
+    width = max(len(name) for name in names)
+    for name in names:
         model = registry.get(name)
         versions = ",".join(registry.versions(name))
         lines.append(
@@ -433,23 +436,22 @@ def _serve_here(
     with progress(not as_json) as say:
         say(f"loading {len(packages)} package(s)")
         from toolkit.serve.app import build_serving_app
+        from toolkit.serve.models import generator_models
         from toolkit.serve.server import bind, run_server
 
         serving = build_serving_app(packages, load, options)
-        registry, generators, app = serving.registry, serving.generators, serving.app
+        registry, app = serving.registry, serving.app
+    generators = {model.name: model.generator for model in generator_models(registry)}
     sock = bind(host, port)
 
     def ready(url: str) -> None:
         if as_json:
-            data = json.loads(_ready_json(url, registry)) if registry else {"url": url, "models": []}
+            data = json.loads(_ready_json(url, registry))
             data["generators"] = list(generators)
             click.echo(json.dumps(data))
         else:
-            if registry is not None:
-                for line in _ready_lines(url, registry):
-                    click.echo(line)
-            else:
-                click.echo(f"serving on {url}  (Ctrl+C or SIGTERM stops)")
+            for line in _ready_lines(url, registry, [n for n in registry.names() if n not in generators]):
+                click.echo(line)
             for line in generator_ready_lines(url, generators):
                 click.echo(line)
 

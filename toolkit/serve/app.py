@@ -1,11 +1,11 @@
-"""The composition root: one app from model packages. It opens the packages (`toolkit.serve.registry`: tensor
-models by name and version, generators apart), builds the one scheduler, metrics and state (`ServerState`), and
-mounts every protocol that has models to answer:
+"""The composition root: one app from model packages. It opens the packages (`toolkit.serve.registry`: served
+models by name and version, generators among them), builds the one scheduler, the generators' service, metrics
+and state (`ServerState`), and mounts every protocol that has models to answer:
 
     GET  /v2/health/live                       200 {"live": true}
     GET  /v2/health/ready                      200 {"ready": true}; 503 while shutting down
     GET  /metrics                              Prometheus text format
-    KServe v2 (`toolkit.serve.kserve`)         over the tensor models
+    KServe v2 (`toolkit.serve.kserve`)         over every model (a generator: metadata and readiness; infer 400)
     POST /v1/embeddings                        over models whose task serves embeddings
     POST /v1/rerank, /v2/rerank, /rerank       over models whose task reranks (`toolkit.serve.rerank`)
     /v1/completions, /v1/chat/completions      over the generators (`toolkit.serve.openai`)
@@ -19,7 +19,7 @@ host (Ray Serve) can mount it; pass ``scheduler=`` to replace dynamic batching.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,26 +36,26 @@ from toolkit.serve.errors import error_response, json_error, openai_error
 from toolkit.serve.kserve.api_router import mount_kserve
 from toolkit.serve.kserve.serving import SERVER_NAME
 from toolkit.serve.metrics import ServeMetrics
+from toolkit.serve.models import generator_models
 from toolkit.serve.openai.api_router import mount_completions, mount_embeddings, mount_model_list
 from toolkit.serve.openai.serving_embeddings import embedding_models
 from toolkit.serve.options import ServeOptions
-from toolkit.serve.registry import LoadOptions, ModelRegistry, open_generators
+from toolkit.serve.registry import LoadOptions, ModelRegistry
 from toolkit.serve.rerank.api_router import mount_rerank
 from toolkit.serve.rerank.serving import rerank_models
 from toolkit.serve.state import ServerState, log_internal
 from toolkit.serve.triton.api_router import mount_generate
-from toolkit.tasks.generate import TextGenerator
 
 __all__ = ["ServingApp", "build_serving_app", "create_app"]
 
 
 @dataclass(frozen=True)
 class ServingApp:
-    """What `edge serve` (and each Ray replica) serves: the app, the tensor models' registry, the generators."""
+    """What `edge serve` (and each Ray replica) serves: the app, its registry, and the generators' service
+    (None: no generator served)."""
 
     app: FastAPI
-    registry: ModelRegistry | None
-    generators: Mapping[str, TextGenerator]
+    registry: ModelRegistry
     service: GenerationService | None = None
 
     def abort(self) -> None:
@@ -65,14 +65,11 @@ class ServingApp:
 
 
 def build_serving_app(paths: Sequence[str | Path], load: LoadOptions, options: ServeOptions) -> ServingApp:
-    """Generator packages behind the OpenAI-compatible and Triton generate routes, every other package behind
-    the KServe v2 routes, embedders also behind ``/v1/embeddings``, rerankers behind ``/v1/rerank``; one app."""
-    generators, others = open_generators(paths, load)
-    registry = ModelRegistry.load(others, load) if others else None
-    if registry is None and not generators:
-        raise BadInputError("no models to serve; pass at least one model package directory")
-    app = _compose(registry, generators, options)
-    return ServingApp(app, registry, generators, app.state.edge.generation)
+    """Every package behind the KServe v2 routes, generators also behind the OpenAI-compatible and Triton
+    generate routes, embedders behind ``/v1/embeddings``, rerankers behind ``/v1/rerank``; one app."""
+    registry = ModelRegistry.load(paths, load)
+    app = _compose(registry, options)
+    return ServingApp(app, registry, app.state.edge.generation)
 
 
 def create_app(
@@ -82,21 +79,21 @@ def create_app(
     scheduler: Scheduler | None = None,
     metrics: ServeMetrics | None = None,
 ) -> FastAPI:
-    """The app over `registry`'s tensor models; `scheduler` defaults to dynamic batching per `options.batching`."""
-    return _compose(registry, {}, options or ServeOptions(), scheduler, metrics)
+    """The app over `registry`'s models; `scheduler` defaults to dynamic batching per `options.batching`."""
+    return _compose(registry, options or ServeOptions(), scheduler, metrics)
 
 
 def _compose(
-    registry: ModelRegistry | None,
-    generators: Mapping[str, TextGenerator],
+    registry: ModelRegistry,
     options: ServeOptions,
     scheduler: Scheduler | None = None,
     metrics: ServeMetrics | None = None,
 ) -> FastAPI:
-    """Build the state (one scheduler, one metrics) and the app, and mount every protocol that has models."""
-    if registry is not None:
-        _check_workers(registry, options)
+    """Build the state (one scheduler, the generators' service, one metrics) and the app, and mount every
+    protocol that has models."""
+    _check_workers(registry, options)
     metrics = metrics or ServeMetrics()
+    generators = generator_models(registry)
     service = GenerationService(generators, options, metrics) if generators else None
     state = ServerState(
         registry,
@@ -105,11 +102,10 @@ def _compose(
         metrics,
         service,
     )
-    app = _app(state)
+    # a server of generators alone answers unknown paths in OpenAI's shape, as its clients expect
+    app = _app(state, kserve_shape=len(generators) < len(list(registry)))
     _mount_common(app, state)
-    names: list[str] = []
-    if registry is not None:
-        names += _mount_tensor_protocols(app, state, registry)
+    names = _mount_tensor_protocols(app, state, registry)
     if service is not None:
         mount_completions(app, state, service)
         mount_generate(app, state, service)
@@ -129,9 +125,9 @@ def _check_workers(registry: ModelRegistry, options: ServeOptions) -> None:
             )
 
 
-def _app(state: ServerState) -> FastAPI:
+def _app(state: ServerState, kserve_shape: bool) -> FastAPI:
     """The FastAPI app holding `state`, closing it when the host stops, behind the API key when there is one;
-    errors outside a route are the KServe shape when tensor models are served, else OpenAI's."""
+    errors outside a route are the KServe shape when `kserve_shape` (tensor models are served), else OpenAI's."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -143,10 +139,11 @@ def _app(state: ServerState) -> FastAPI:
     app.state.edge = state
     if state.options.api_key is not None:
         app.middleware("http")(require_api_key(state.options.api_key))
-    if state.registry is not None:
+    if kserve_shape:
         _kserve_errors(app)
     else:
         _openai_errors(app)
+    _edge_errors(app)
     return app
 
 
@@ -160,11 +157,15 @@ def _kserve_errors(app: FastAPI) -> None:
             detail = f"{request.method} is not allowed on {request.url.path}"
         return json_error(exc.status_code, str(detail))
 
+    _internal_errors(app, error_response)
+
+
+def _edge_errors(app: FastAPI) -> None:
+    """The KServe routes' own errors (an unknown model's metadata): the KServe shape, whatever else is served."""
+
     @app.exception_handler(EdgeError)
     async def edge_error(_request: Request, exc: EdgeError) -> Response:
         return error_response(exc)
-
-    _internal_errors(app, error_response)
 
 
 def _openai_errors(app: FastAPI) -> None:
@@ -206,7 +207,7 @@ def _mount_common(app: FastAPI, state: ServerState) -> None:
 
 
 def _mount_tensor_protocols(app: FastAPI, state: ServerState, registry: ModelRegistry) -> list[str]:
-    """KServe v2 over every tensor model, and the /v1 routes whose tasks the models serve; the /v1 names."""
+    """KServe v2 over every model, and the /v1 routes whose tasks the models serve; the /v1 names."""
     mount_kserve(app, state, registry)
     embedders = embedding_models(list(registry))
     if embedders:

@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ from toolkit.serve.errors import (
     ServerClosingError,
 )
 from toolkit.serve.metrics import ServeMetrics
+from toolkit.serve.models import GeneratorModel
 from toolkit.serve.options import ServeOptions
 from toolkit.tasks.generate import TextGenerator
 from toolkit.tasks.generate.chat import TemplateBudget
@@ -196,11 +197,11 @@ class _Worker:
 
 
 class GenerationService:
-    """The served generators by name, each with its batching worker."""
+    """The registry's generator models (`GeneratorModel`) by name, each with its batching worker."""
 
     def __init__(
         self,
-        generators: Mapping[str, TextGenerator],
+        models: Iterable[GeneratorModel],
         options: ServeOptions | None = None,
         metrics: ServeMetrics | None = None,
     ) -> None:
@@ -208,7 +209,7 @@ class GenerationService:
         batching = self.options.batching
         self.metrics = metrics or ServeMetrics()
         self.workers = {
-            name: _Worker(name, g, batching.max_batch, self.metrics) for name, g in generators.items()
+            m.name: _Worker(m.name, m.generator, batching.max_batch, self.metrics) for m in models
         }
         self.closing = False
         # chat templates and tokenizers run here, never on the event loop

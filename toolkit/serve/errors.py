@@ -5,6 +5,7 @@
     EdgeError
      ├── BadInputError                400  malformed JSON, wrong input name / shape / datatype
      │    ├── ModelNotFoundError      404  no such model or version
+     │    ├── WrongRouteError         400  the model is served by other routes (a generator's KServe infer)
      │    ├── BodyTooLargeError       413  request body over --max-body-mb, or rows/tokens over
      │    │                                --max-request-rows / --max-request-tokens
      │    ├── BodyTimeoutError        408  the body did not arrive within --body-timeout-s
@@ -19,8 +20,8 @@
 once) from "the request waited and gave up" (504). `status_for` reads the table, nearest class first.
 
 `public_message` is what a client sees of an error: onnxruntime's source paths and graph node names are
-cut out (they are logged), as are object addresses (``<_io.BytesIO object at 0x...>``), and the text is made
-safe to encode whatever the request held.
+cut out (they are logged; the server's own routes, which a `WrongRouteError` names, stay), as are object
+addresses (``<_io.BytesIO object at 0x...>``), and the text is made safe to encode whatever the request held.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "QueueFullError",
     "ServerClosingError",
     "UnauthorizedError",
+    "WrongRouteError",
     "cohere_error",
     "error_response",
     "json_error",
@@ -56,6 +58,10 @@ if TYPE_CHECKING:
 
 class ModelNotFoundError(BadInputError):
     """The request names a model or version this server does not serve."""
+
+
+class WrongRouteError(BadInputError):
+    """The model is served, but not by this route; the message names the routes that serve it."""
 
 
 class BodyTooLargeError(BadInputError):
@@ -123,7 +129,7 @@ def public_message(exc: BaseException) -> str:
         text = str(exc) if isinstance(exc, EdgeError) else f"internal error: {type(exc).__name__}"
     except Exception:  # noqa: BLE001 - a __str__ that raises must not turn an error answer into a crash
         text = f"internal error: {type(exc).__name__}"
-    if isinstance(exc, EdgeError) and not isinstance(exc, ModelNotFoundError):
+    if isinstance(exc, EdgeError) and not isinstance(exc, (ModelNotFoundError, WrongRouteError)):
         text = _ORT_SOURCE.sub("", text)
         text = _NODE_NAME.sub("", text)
         text = _ABSOLUTE_PATH.sub("<path>", text)

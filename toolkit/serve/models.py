@@ -10,28 +10,35 @@ Names and versions
     BYTES [N] and ``probabilities`` FP32 [N, labels]), post-processed by the task exactly as its pipeline does.
     It shares the raw model's session and queue, so both batch together. Tasks that serve images
     (`ServesImages`) serve ``<name>-image`` (`ImagePipelineModel`); encoder-decoder packages serve a decoding
-    model beside the raw encoder (`toolkit.serve.decoding`). Which models a package serves is the registry's
-    question (`toolkit.serve.registry`).
+    model beside the raw encoder (`toolkit.serve.decoding`). A generator package serves one model,
+    `GeneratorModel`, under its name (one variant: its version): ready, metadata and the repository index answer
+    for it as for any model, its text goes through the generate routes (OpenAI's and Triton's), and a KServe
+    ``infer`` on it is a 400 naming them. Which models a package serves is the registry's question
+    (`toolkit.serve.registry`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from toolkit.errors import BadInputError
+from toolkit.manifest import TensorSpec
 from toolkit.preprocess import MAX_IMAGE_PIXELS, open_image
+from toolkit.runner import Runner
 from toolkit.serve.engine import Engine, Feeds, ModelEngine, Outputs
-from toolkit.serve.errors import ModelNotFoundError
+from toolkit.serve.errors import ModelNotFoundError, WrongRouteError
 from toolkit.serve.tensors import InferenceRequest, v2_datatype
 from toolkit.tasks import ServedTensor, Task
 from toolkit.tasks.base import ServesImages
+from toolkit.tasks.generate import TextGenerator
 from toolkit.tasks.modality import TextModality
 
 __all__ = [
+    "GeneratorModel",
     "ImagePipelineModel",
     "Job",
     "PipelineModel",
@@ -39,6 +46,7 @@ __all__ = [
     "ServedModel",
     "TensorMetadata",
     "bytes_input",
+    "generator_models",
     "metadata_of",
     "model_named",
     "request_texts",
@@ -91,6 +99,8 @@ class ServedModel:
 
     platform = "onnxruntime_onnx"
     prepare_off_loop: ClassVar[bool] = False
+    # False: its requests never reach the batching scheduler (a generator decodes on its own step-level worker)
+    scheduled: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -120,6 +130,9 @@ class ServedModel:
                 f"model '{self.name}' has no output '{unknown[0]}'; it gives {', '.join(repr(n) for n in known)}"
             )
         return names
+
+    def check_inferable(self) -> None:
+        """Raise WrongRouteError (400) when KServe's ``infer`` does not run this model, before its body is read."""
 
     def prepare(self, request: InferenceRequest) -> Job:
         """Check the request against this model and turn it into a `Job`."""
@@ -296,6 +309,67 @@ class ImagePipelineModel(ServedModel):
         ]
         runs, finish = self.serve_images(images)
         return Job(runs[0], len(images), outputs, finish, more_runs=tuple(runs[1:]))
+
+
+def _generate_routes_only(name: str) -> WrongRouteError:
+    return WrongRouteError(
+        f"model '{name}' is a generator, which KServe infer does not run; send its text to POST /v1/completions, "
+        f"/v1/chat/completions or /v2/models/{name}/generate"
+    )
+
+
+@dataclass
+class _GenerateRoutesEngine:
+    """The `ModelEngine` face of a generator: the batching scheduler never runs it (its model refuses KServe's
+    infer before a job exists, and is not `scheduled`), so each job it would get is answered with that refusal."""
+
+    name: str
+    version: str
+    runner: Runner
+    batch_dim: str | None = None
+    merge: bool = False
+    inputs: tuple[TensorSpec, ...] = ()
+    requests_per_run: int | None = 1
+
+    @property
+    def label(self) -> tuple[str, str]:
+        """(model, version), for metrics and thread names."""
+        return (self.name, self.version)
+
+    def run_many(self, jobs: Sequence[Feeds]) -> list[Outputs | BaseException]:
+        """Each job's refusal (the generate routes run a generator)."""
+        return [_generate_routes_only(self.name) for _ in jobs]
+
+
+class GeneratorModel(ServedModel):
+    """A generator package as a served model, under the package's name at the variant it serves: what its
+    generate routes take and give as Triton's generate extension describes them (``text_input`` BYTES in,
+    ``text_output`` BYTES out); the generators' service (`toolkit.serve.continuous`) decodes its requests."""
+
+    platform = "edge_generator"
+    scheduled = False
+
+    def __init__(self, name: str, version: str, generator: TextGenerator) -> None:
+        super().__init__(
+            name,
+            _GenerateRoutesEngine(name, version, generator.runner),
+            [TensorMetadata("text_input", "BYTES", (1,))],
+            [TensorMetadata("text_output", "BYTES", (-1,))],
+        )
+        self.generator = generator
+
+    def check_inferable(self) -> None:
+        """Always a 400 naming the generate routes."""
+        raise _generate_routes_only(self.name)
+
+    def prepare(self, request: InferenceRequest) -> Job:
+        """Never a job: a 400 naming the generate routes."""
+        raise _generate_routes_only(self.name)
+
+
+def generator_models(models: Iterable[ServedModel]) -> list[GeneratorModel]:
+    """The generators among `models`, in their order."""
+    return [model for model in models if isinstance(model, GeneratorModel)]
 
 
 def metadata_of(tensor: ServedTensor) -> TensorMetadata:

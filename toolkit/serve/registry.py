@@ -1,9 +1,11 @@
 """The model registry: which served models each package offers, by name and version.
 
-The registry asks each package's task family what it serves beside every variant's raw model (`RawModel`, the
-ONNX graph as it is): a single-pass task its text and image pipeline models when it has them (`PipelineModel`,
-`ImagePipelineModel`), an encoder-decoder its decoding pipeline (`DecodingModel`). Generators are opened apart
-(`open_generators`): the OpenAI routes serve them (`toolkit.serve.openai`), one variant each.
+The registry asks each package's task family what it serves (`_FAMILY_SERVES`): a single-pass task every
+variant's raw model (`RawModel`, the ONNX graph as it is) and its text and image pipeline models when it has them
+(`PipelineModel`, `ImagePipelineModel`); an encoder-decoder every variant's raw encoder and its decoding pipeline
+(`DecodingModel`); a generator one variant (the first of ``--variant`` it has, else fp32) as a `GeneratorModel`,
+whose text the generate routes serve (`toolkit.serve.openai`, `toolkit.serve.triton`). So every package answers
+to readiness, metadata, metrics, limits and shutdown the same way.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from toolkit.runner import Runner
 from toolkit.serve.decoding import DecodeEngine, DecodingModel
 from toolkit.serve.engine import BATCH_COUPLED_OPS, Engine, ModelEngine
 from toolkit.serve.errors import ModelNotFoundError
-from toolkit.serve.models import ImagePipelineModel, PipelineModel, RawModel, ServedModel
+from toolkit.serve.models import GeneratorModel, ImagePipelineModel, PipelineModel, RawModel, ServedModel
 from toolkit.tasks import Task, family_of, pipeline_class, task_for
 from toolkit.tasks.base import Family, ServesDecoding, ServesImages
 from toolkit.tasks.encoder_decoder import DecodeLimits
 from toolkit.tasks.generate import TextGenerator
 from toolkit.tasks.modality import TextModality
 
-__all__ = ["LoadOptions", "ModelRegistry", "open_generators"]
+__all__ = ["LoadOptions", "ModelRegistry"]
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +82,7 @@ class ModelRegistry:
         packages = [ModelPackage.open(path) for path in paths]
         plan = []
         for package in packages:
-            variants = [v for v in package.manifest.variants if not options.variants or v in options.variants]
-            if not variants:
-                raise BadInputError(
-                    f"package '{package.path}' has none of the variants {', '.join(options.variants)} "
-                    f"(it has {', '.join(package.manifest.variants)}); drop --variant or create one with `edge quantize`"
-                )
+            variants = _FAMILY_SERVES[family_of(package)].variants(package, options)
             for variant in variants:
                 package.model_path(variant)  # a missing file fails here, before any session exists
             plan.append((package, sorted(variants, key=_version_order)))
@@ -128,10 +125,12 @@ class ModelRegistry:
                 yield self._models[name][version]
 
     def engines(self) -> tuple[ModelEngine, ...]:
-        """Every distinct engine (a raw model and its text model share one)."""
+        """Every distinct engine the batching scheduler runs (a raw model and its text model share one; a
+        generator decodes on its own worker, `toolkit.serve.continuous`)."""
         unique: dict[int, ModelEngine] = {}
         for model in self:
-            unique.setdefault(id(model.engine), model.engine)
+            if model.scheduled:
+                unique.setdefault(id(model.engine), model.engine)
         return tuple(unique.values())
 
 
@@ -159,43 +158,84 @@ def _engine(name: str, variant: str, runner: Runner, task: Task[Any]) -> Engine:
     return Engine(name, variant, runner, pad_values, pad_dims, merge=not coupled)
 
 
+def _variants(package: ModelPackage, options: LoadOptions) -> list[str]:
+    """Every variant of the package that `options.variants` names (all when it names none); none is an error."""
+    variants = [v for v in package.manifest.variants if not options.variants or v in options.variants]
+    if not variants:
+        raise BadInputError(
+            f"package '{package.path}' has none of the variants {', '.join(options.variants)} "
+            f"(it has {', '.join(package.manifest.variants)}); drop --variant or create one with `edge quantize`"
+        )
+    return variants
+
+
+def _generator_variant(package: ModelPackage, options: LoadOptions) -> list[str]:
+    """A generator's one served variant: the first of `options.variants` it has, else fp32."""
+    return [next((v for v in options.variants if v in package.manifest.variants), FP32_VARIANT)]
+
+
+def _raw_model(package: ModelPackage, task: Task[Any], variant: str, options: LoadOptions) -> RawModel:
+    """The variant's ONNX model as it is, over its own batching engine."""
+    runner = Runner(
+        package.model_path(variant), config=options.config, threads=options.threads, spinning=options.spinning
+    )
+    engine = _engine(package.manifest.name, variant, runner, task)
+    return RawModel(engine, _value_ranges(package, task), task)
+
+
 def _pipeline_models(
-    package: ModelPackage, task: Task[Any], engine: Engine, options: LoadOptions
+    package: ModelPackage, task: Task[Any], variant: str, options: LoadOptions
 ) -> list[ServedModel]:
-    """A single-pass task's text (``NAME-text``) and image (``NAME-image``) models, when it serves them."""
-    models: list[ServedModel] = []
-    if not task.served_outputs(engine.outputs):
+    """A single-pass task's raw model, and its text (``NAME-text``) and image (``NAME-image``) models when it
+    serves them."""
+    raw = _raw_model(package, task, variant, options)
+    models: list[ServedModel] = [raw]
+    if not task.served_outputs(raw.engine.outputs):
         return models
     if isinstance(task.data, TextModality):
-        models.append(PipelineModel(task, engine))
+        models.append(PipelineModel(task, raw.engine))
     if isinstance(task, ServesImages):
-        models.append(ImagePipelineModel(task, engine, options.max_image_pixels))
+        models.append(ImagePipelineModel(task, raw.engine, options.max_image_pixels))
     return models
 
 
 def _decoding_models(
-    package: ModelPackage, task: Task[Any], engine: Engine, options: LoadOptions
+    package: ModelPackage, task: Task[Any], variant: str, options: LoadOptions
 ) -> list[ServedModel]:
-    """An encoder-decoder's decoding model (``NAME-<suffix>``) over the encoder's runner."""
+    """An encoder-decoder's raw encoder, and its decoding model (``NAME-<suffix>``) over the encoder's runner."""
+    raw = _raw_model(package, task, variant, options)
+    engine = raw.engine
     pipeline = pipeline_class(package)(package, engine.runner)
     if not isinstance(pipeline, ServesDecoding):
         raise TypeError(f"task '{package.manifest.task}' has no decoding pipeline to serve")
     name = f"{package.manifest.name}-{pipeline.decoding_face().suffix}"
-    return [DecodingModel(DecodeEngine(name, engine.version, pipeline, engine.runner, options.decode_limits))]
+    return [
+        raw,
+        DecodingModel(DecodeEngine(name, engine.version, pipeline, engine.runner, options.decode_limits)),
+    ]
 
 
-def _raw_only(
-    package: ModelPackage, task: Task[Any], engine: Engine, options: LoadOptions
+def _generator_models(
+    package: ModelPackage, task: Task[Any], variant: str, options: LoadOptions
 ) -> list[ServedModel]:
-    """Nothing beside the raw model (a generator's decoding is the OpenAI routes', `open_generators`)."""
-    return []
+    """A generator as one served model under the package's name (no raw model: its KV-cache graph is decoded
+    step by step, never run as sent)."""
+    runner = Runner(package.model_path(variant), config=options.config, threads=options.threads)
+    return [GeneratorModel(package.manifest.name, variant, TextGenerator(package, runner))]
 
 
-# What each task family serves beside a variant's raw model.
-_FAMILY_MODELS: dict[Family, Callable[[ModelPackage, Task[Any], Engine, LoadOptions], list[ServedModel]]] = {
-    Family.SINGLE_PASS: _pipeline_models,
-    Family.ENCODER_DECODER: _decoding_models,
-    Family.GENERATOR: _raw_only,
+@dataclass(frozen=True)
+class _Serves:
+    """What a task family serves of a package: which variants, and the served models of each."""
+
+    variants: Callable[[ModelPackage, LoadOptions], list[str]]
+    models: Callable[[ModelPackage, Task[Any], str, LoadOptions], list[ServedModel]]
+
+
+_FAMILY_SERVES: dict[Family, _Serves] = {
+    Family.SINGLE_PASS: _Serves(_variants, _pipeline_models),
+    Family.ENCODER_DECODER: _Serves(_variants, _decoding_models),
+    Family.GENERATOR: _Serves(_generator_variant, _generator_models),
 }
 
 
@@ -203,39 +243,5 @@ def _package_models(
     package: ModelPackage, variants: Sequence[str], options: LoadOptions
 ) -> list[ServedModel]:
     task = task_for(package)
-    ranges = _value_ranges(package, task)
-    family_models = _FAMILY_MODELS[family_of(package)]
-    models: list[ServedModel] = []
-    for variant in variants:
-        runner = Runner(
-            package.model_path(variant),
-            config=options.config,
-            threads=options.threads,
-            spinning=options.spinning,
-        )
-        engine = _engine(package.manifest.name, variant, runner, task)
-        models.append(RawModel(engine, ranges, task))
-        models.extend(family_models(package, task, engine, options))
-    return models
-
-
-def open_generators(
-    paths: Sequence[str | Path], load: LoadOptions
-) -> tuple[dict[str, TextGenerator], list[str | Path]]:
-    """The generator packages among `paths` as generators by name (the first of `load.variants` they have,
-    else fp32), and the other paths."""
-    generators: dict[str, TextGenerator] = {}
-    others: list[str | Path] = []
-    for path in paths:
-        package = ModelPackage.open(path)
-        if family_of(package) is not Family.GENERATOR:
-            others.append(path)
-            continue
-        if package.manifest.name in generators:
-            raise BadInputError(
-                f"several packages are named '{package.manifest.name}'; serve one of them, or rename one"
-            )
-        variant = next((v for v in load.variants if v in package.manifest.variants), FP32_VARIANT)
-        runner = Runner(package.model_path(variant), config=load.config, threads=load.threads)
-        generators[package.manifest.name] = TextGenerator(package, runner)
-    return generators, others
+    family_models = _FAMILY_SERVES[family_of(package)].models
+    return [model for variant in variants for model in family_models(package, task, variant, options)]

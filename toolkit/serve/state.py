@@ -56,10 +56,10 @@ def log_internal(what: str, exc: BaseException) -> None:
 
 @dataclass
 class ServerState:
-    """Everything one app serves with: the tensor models' registry and their scheduler (None: no tensor
-    models), the generators' service (None: none), the limits, the metrics, and whether it is closing."""
+    """Everything one app serves with: the registry and the tensor models' scheduler, the generators' service
+    (None: none), the limits, the metrics, and whether it is closing."""
 
-    registry: ModelRegistry | None
+    registry: ModelRegistry
     options: ServeOptions
     scheduler: Scheduler
     metrics: ServeMetrics

@@ -6,7 +6,8 @@ Endpoints (``[/versions/V]``: also under a version; a version is a variant name,
     GET  /v2/models/M[/versions/V]             model metadata: versions, platform, inputs, outputs
     GET  /v2/models/M[/versions/V]/ready       200 {"name", "ready": true}; 404 unknown
     GET  /v2/models/M[/versions/V]/config      Triton's model configuration (JSON), for tritonclient
-    POST /v2/models/M[/versions/V]/infer       inference, JSON or Triton binary tensors
+    POST /v2/models/M[/versions/V]/infer       inference, JSON or Triton binary tensors (a generator: 400
+                                               naming its generate routes)
     POST /v2/repository/index                  Triton's model repository index
 
 (``/v2/health/live``, ``/v2/health/ready`` and ``/metrics`` are every app's: `toolkit.serve.app`.) Every error is
@@ -95,6 +96,7 @@ def _mount_infer(app: FastAPI, state: ServerState, registry: ModelRegistry) -> N
             state.check_open()
             model = registry.get(name, version)
             label.model, label.version = model.name, model.version
+            model.check_inferable()
             body = await read_body(request, options.max_body_bytes, options.body_timeout_s)
             encoded = await infer(state, model, body, header_length(request.headers.get(HEADER_LENGTH)))
             return Response(encoded.body, headers=encoded.headers())

@@ -796,6 +796,11 @@ def test_edge_bench_times_ttft_and_decode_rate_for_each_variant_and_torch(
     )
     assert too_long.exit_code == 2
     assert "exceeds the model's 64 positions" in too_long.output
+    for providers, message in ((",", "no execution provider given"), ("bogus", "unknown execution provider")):
+        refused = CliRunner().invoke(edge, ["bench", str(lm_packages["gpt2"]), "--providers", providers])
+        assert refused.exit_code == 2, refused.output
+        assert message in refused.output
+        assert "Traceback" not in refused.output
 
 
 @pytest.mark.parametrize(("kind", "chunk"), [("gpt2", None), ("qwen2", None), ("qwen2", 3)])

@@ -26,7 +26,7 @@ from toolkit.cli.common import (
 )
 from toolkit.cli.provider_options import provider_tuning_options
 from toolkit.errors import BadInputError
-from toolkit.providers import ProviderConfig
+from toolkit.providers import ProviderConfig, provider_names, resolve_providers
 from toolkit.runner import GRAPH_OPT_LEVELS
 from toolkit.tasks import Family
 
@@ -460,7 +460,7 @@ def _bench_generator(target: str, args: _BenchArgs) -> None:
     bench_generator(
         target,
         args.variants or None,
-        tuple(p.strip() for p in args.providers.split(",") if p.strip()),
+        tuple(spec.short for spec in resolve_providers(provider_names(args.providers))),
         args.provider_config,
         args.threads,
         args.batches or (1,),

@@ -71,7 +71,8 @@ def main() -> None:
 
     import torch
 
-    from converters.hf import TASKS, load_hf_model
+    from converters.export_tasks import TASKS
+    from converters.hf import load_hf_model
     from converters.recipes import load_recipe
 
     package = open_or_convert_minilm(args.package)

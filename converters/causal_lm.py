@@ -370,6 +370,9 @@ def torch_generation_timer(model_dir: Path, threads: int | None = None) -> Any:
     package's source model, as a `toolkit.bench.generation.GenerationTimer`."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.generation.streamers import BaseStreamer
+
+    from toolkit.bench.generation import GenerationTiming
 
     if not (model_dir / "config.json").is_file():
         raise ExportError(
@@ -381,8 +384,26 @@ def torch_generation_timer(model_dir: Path, threads: int | None = None) -> Any:
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
     pad = model.generation_config.pad_token_id or 0
 
-    def run(ids: np.ndarray, n: int) -> None:
+    class TokenClock(BaseStreamer):
+        """Stamps each step's new tokens as `generate` hands them over (its first call passes the prompt)."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+            self.stamps: list[float] = []
+
+        def put(self, value: Any) -> None:
+            """Stamp the time of every call after the prompt's."""
+            self.calls += 1
+            if self.calls > 1:
+                self.stamps.append(time.perf_counter())
+
+        def end(self) -> None:
+            """Nothing to flush: the stamps are the result."""
+
+    def run(ids: np.ndarray, n: int) -> GenerationTiming:
         tensor = torch.from_numpy(ids)
+        clock = TokenClock()
+        started = time.perf_counter()
         with torch.inference_mode():
             model.generate(
                 input_ids=tensor,
@@ -391,6 +412,9 @@ def torch_generation_timer(model_dir: Path, threads: int | None = None) -> Any:
                 min_new_tokens=n,
                 do_sample=False,
                 pad_token_id=pad,
+                streamer=clock,
             )
+        first, last = clock.stamps[0], clock.stamps[-1]
+        return GenerationTiming(first - started, last - first)
 
     return run

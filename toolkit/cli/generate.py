@@ -221,12 +221,12 @@ def bench_generator(
     stdout.print(
         f"{package.path} on {', '.join(first.runner.providers)}; greedy, eos ignored; medians of {runs} runs"
     )
-    header = f"{'backend':<16} {'prompt':>6} {'batch':>5} {'new':>4} {'TTFT ms':>9} {'decode tok/s':>13}"
+    header = f"{'backend':<16} {'prompt':>6} {'batch':>5} {'new':>4} {'TTFT ms':>9} {'decode ms':>10} {'decode tok/s':>13}"
     stdout.print(header + (f" {'vs torch':>9}" if base else ""), markup=False)
     for c in cells:
         line = (
             f"{c.backend:<16} {c.prompt_tokens:>6} {c.batch:>5} {c.new_tokens:>4} {c.ttft_ms:>9.1f} "
-            f"{c.decode_tokens_per_s:>13.1f}"
+            f"{c.decode_ms:>10.1f} {c.decode_tokens_per_s:>13.1f}"
         )
         if base:
             line += f" {c.decode_tokens_per_s / base[(c.prompt_tokens, c.batch, c.new_tokens)]:>8.2f}x"

@@ -224,6 +224,7 @@ class ContinuousBatch(Generic[_P]):
                 prefill_ms=row.prefill_ms,
                 first_token_ms=row.first_ms,
                 new_tokens=len(row.tokens),
+                decode_ms=decode_s * 1e3,
                 decode_tokens_per_s=(len(row.tokens) - 1) / decode_s if decode_s > 0 else 0.0,
                 total_ms=(now - row.started) * 1e3,
             )

@@ -68,12 +68,14 @@ class TokenLogprob:
 
 @dataclass(frozen=True)
 class GenerationTimings:
-    """Prompt size and speed: prefill (the prompt's forward pass), time to first token, decode rate."""
+    """Prompt size and speed: prefill (the prompt's forward pass), time to first token, the time spent
+    decoding the tokens after the first (timed apart from it) and their rate, (new_tokens - 1) / decode_ms."""
 
     prompt_tokens: int
     prefill_ms: float
     first_token_ms: float
     new_tokens: int
+    decode_ms: float
     decode_tokens_per_s: float
     total_ms: float
 

@@ -256,6 +256,7 @@ class TextGenerator(Pipeline[TextModality]):
                     prefill_ms=prefill_ms,
                     first_token_ms=first_ms,
                     new_tokens=len(tokens[row]),
+                    decode_ms=decode_s * 1e3,
                     decode_tokens_per_s=(index / decode_s) if decode_s > 0 else 0.0,
                     total_ms=(time.perf_counter() - started) * 1e3,
                 )

@@ -531,6 +531,82 @@ def test_fuzzed_generate_bodies_are_answered_never_500(
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
 
 
+# -- sampling settings at float32's edges: refused in one line, or every score stays finite ---------------------
+
+_ANY_NUMBER = (
+    st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True)
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.sampled_from([5e-324, 1e-320, 1e-2, 1e2, 1e300, 10**400, -0.0])
+)
+
+# what each accepts, the documented ranges: (low, high, low included)
+_ACCEPTED = {
+    "temperature": (0.0, 100.0, False),
+    "top_p": (0.0, 1.0, False),
+    "repetition_penalty": (0.01, 100.0, True),
+    "presence_penalty": (-2.0, 2.0, True),
+    "frequency_penalty": (-2.0, 2.0, True),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(_ACCEPTED)), _ANY_NUMBER)
+def test_sampling_settings_are_refused_or_keep_every_score_finite(name: str, value: float) -> None:
+    import numpy as np
+
+    low, high, low_included = _ACCEPTED[name]
+    if not (low <= value if low_included else low < value) or not value <= high:  # NaN fails both
+        with pytest.raises(BadInputError, match=f"^{name} must be [^\n]*$"):
+            GenerationOptions(do_sample=True, seed=0, **{name: value})
+        return
+    options = GenerationOptions(do_sample=True, seed=0, **{name: value})
+    logits = np.linspace(-1e3, 1e3, 64, dtype=np.float32).reshape(2, 32)
+    history = np.asarray([[31, 0, 5], [30, 1, 31]], dtype=np.int64)  # the largest and smallest logits seen
+    with np.errstate(over="raise", divide="raise", invalid="raise"):  # an inf or NaN score raises here
+        chooser = LogitsChooser(options)
+        for _ in range(2):  # the second step also penalises the first's picks (presence, frequency)
+            chosen = chooser(logits, history)
+            assert ((chosen >= 0) & (chosen < 32)).all()
+
+
+def test_sampling_settings_past_float32_are_400s_on_every_route(in_process: Any, long_llama: Path) -> None:
+    import warnings
+
+    name = _name(long_llama)
+    cases = [
+        ('"repetition_penalty": 5e-324', "repetition_penalty must be in [0.01, 100]"),
+        ('"repetition_penalty": 1e300', "repetition_penalty must be in [0.01, 100]"),
+        ('"temperature": 1e400', "'temperature' must be a finite number, got inf"),
+        ('"temperature": 101', "'temperature' must be in [0, 100] (0: greedy)"),
+        (f'"top_p": {10**400}', "'top_p' must be a finite number, got an integer past float range"),
+        ('"presence_penalty": -1e999', "'presence_penalty' must be a finite number, got -inf"),
+        (f'"frequency_penalty": {"9" * 5000}', "an integer of more than 4300 digits"),
+    ]
+    for setting, message in cases:
+        bodies = {
+            "/v1/completions": f'{{"model": "{name}", "prompt": "hi", "max_tokens": 2, {setting}}}',
+            "/v1/chat/completions": (
+                f'{{"model": "{name}", "messages": [{{"role": "user", "content": "hi"}}], {setting}}}'
+            ),
+            f"/v2/models/{name}/generate": f'{{"text_input": "hi", "parameters": {{"max_tokens": 2, {setting}}}}}',
+        }
+        for path, raw in bodies.items():
+            response = in_process.post(
+                path, content=raw.encode(), headers={"Content-Type": "application/json"}
+            )
+            assert response.status_code == 400, (path, setting, response.text)
+            assert message in _error_message(response.json()), (path, setting)
+            assert "\n" not in _error_message(response.json())
+    # the bounds themselves sample with finite scores: no numpy warning from the decode loop
+    body = {"model": name, "prompt": "the lazy dog the lazy dog", "max_tokens": 4, "seed": 1}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for extreme in ({"repetition_penalty": 0.01, "temperature": 100}, {"repetition_penalty": 100}):
+            response = in_process.post("/v1/completions", json={**body, **extreme})
+            assert response.status_code == 200, response.text
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
 @pytest.fixture(scope="module")
 def generator(long_llama: Path) -> TextGenerator:
     return TextGenerator.load(long_llama, "cpu", threads=1)

@@ -280,6 +280,7 @@ def test_generate_settings_override_the_config_as_in_transformers(
     ("settings", "message"),
     [
         ({"length_penalty": float("nan")}, "length_penalty must be a finite number"),
+        ({"length_penalty": 10**400}, "length_penalty must be a finite number"),
         ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be an integer of at least 0"),
         ({"min_length": 2.5}, "min_length must be an integer of at least 0"),
         ({"early_stopping": "soon"}, 'early_stopping must be true, false or "never"'),

@@ -4,7 +4,7 @@ presence and frequency penalties are subtracted from the logits before all of th
 
 from __future__ import annotations
 
-import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -18,19 +18,38 @@ __all__ = [
     "GREEDY_BELOW",
     "MAX_STOP_CHARS",
     "MAX_STOP_STRINGS",
+    "MAX_TEMPERATURE",
     "MAX_TOP_LOGPROBS",
+    "REPETITION_PENALTY_RANGE",
     "GenerationOptions",
     "LogitsChooser",
+    "check_finite_number",
     "options_from",
 ]
 
 # A temperature below this decodes greedily, as vLLM's does: dividing float32 logits by 1e-300 gives
 # infinities and NaN probabilities, while the limit of sampling as the temperature goes to 0 is argmax.
 GREEDY_BELOW = 1e-5
+# transformers and vLLM ask only for a positive temperature and repetition penalty, but both scale the float32
+# scores: a penalty of 5e-324 is 0 in float32 (a division by zero, infinite scores), and a penalty or temperature
+# of 1e300 overflows float32 on the way in. These bounds keep every score finite (a seen token's logit grows at
+# most 100-fold) and hold every value in use (temperatures of 0.1-2, penalties of 1-1.5).
+MAX_TEMPERATURE = 100.0
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
 # Every row checks its stop strings at every step: bounded, so one request cannot slow its batch-mates.
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+
+
+def check_finite_number(name: str, value: object) -> None:
+    """A BadInputError naming `name` unless `value` is an int or float (not a bool) within float range: not
+    NaN, inf or 10**400."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= sys.float_info.max:
+        return  # NaN fails the comparison; a huge int compares exactly
+    # an int past float range may have more digits than Python prints
+    shown = "an integer past float range" if type(value) is int else repr(value)[:40]
+    raise BadInputError(f"{name} must be a finite number, got {shown}")
 
 
 @dataclass(frozen=True)
@@ -70,9 +89,7 @@ class GenerationOptions:
                 f"{len(self.stop)} (longest {max(len(s) for s in self.stop)}); send fewer, shorter ones"
             )
         for name in ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise BadInputError(f"{name} must be a finite number, got {value!r}")
+            check_finite_number(name, getattr(self, name))
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64
         ):
@@ -81,9 +98,10 @@ class GenerationOptions:
             raise BadInputError(
                 f"max_new_tokens must be an integer of at least 1, got {self.max_new_tokens!r}; pass e.g. 32"
             )
-        if not self.temperature > 0:
+        if not 0 < self.temperature <= MAX_TEMPERATURE:
             raise BadInputError(
-                f"temperature must be above 0, got {self.temperature}; use do_sample=False for greedy decoding"
+                f"temperature must be in (0, {MAX_TEMPERATURE:g}], got {self.temperature}; "
+                "use do_sample=False for greedy decoding"
             )
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise BadInputError(f"top_k must be an integer of 0 (off) or more, got {self.top_k!r}")
@@ -100,9 +118,10 @@ class GenerationOptions:
             raise BadInputError(
                 f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}"
             )
-        if not self.repetition_penalty > 0:
+        low, high = REPETITION_PENALTY_RANGE
+        if not low <= self.repetition_penalty <= high:
             raise BadInputError(
-                f"repetition_penalty must be above 0, got {self.repetition_penalty}; 1 turns it off"
+                f"repetition_penalty must be in [{low:g}, {high:g}], got {self.repetition_penalty}; 1 turns it off"
             )
 
 

@@ -100,6 +100,10 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
         parsed = json.loads(body, parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"request body is not JSON ({type(exc).__name__} at {_position(exc)})") from None
+    except ValueError:  # Python parses no integer of more than sys.get_int_max_str_digits() digits
+        raise BadInputError(
+            f"request JSON holds an integer of more than {sys.get_int_max_str_digits()} digits; send a smaller one"
+        ) from None
     except RecursionError:
         raise BadInputError(
             f"request JSON is nested deeper than the server parses (about {sys.getrecursionlimit()} levels)"

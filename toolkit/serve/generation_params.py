@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from toolkit.decoding import GenerationOptions
+from toolkit.decoding.sampling import MAX_TEMPERATURE, check_finite_number
 from toolkit.errors import BadInputError
 from toolkit.tasks.generate import TextGenerator
 
@@ -14,7 +15,8 @@ __all__ = ["choice_count", "flag", "generation_options", "number"]
 
 
 def number(body: Mapping[str, Any], key: str, kind: type) -> Any:
-    """`body[key]` as a `kind` (int or float; None when absent); any other value is a BadInputError."""
+    """`body[key]` as a `kind` (int or float; None when absent, a float finite); any other value is a
+    BadInputError."""
     value = body.get(key)
     if value is None:
         return None
@@ -24,6 +26,8 @@ def number(body: Mapping[str, Any], key: str, kind: type) -> Any:
         or (kind is int and not isinstance(value, int))
     ):
         raise BadInputError(f"'{key}' must be a {kind.__name__}, got {value!r}")
+    if kind is float:  # JSON's 1e400 parses as inf, and 10**400 has no float
+        check_finite_number(f"'{key}'", value)
     return kind(value)
 
 
@@ -56,8 +60,10 @@ def generation_options(generator: TextGenerator, body: Mapping[str, Any]) -> Gen
     }
     temperature = number(body, "temperature", float)
     if temperature is not None:
-        if temperature < 0:
-            raise BadInputError(f"'temperature' must be 0 (greedy) or more, got {temperature}")
+        if not 0 <= temperature <= MAX_TEMPERATURE:
+            raise BadInputError(
+                f"'temperature' must be in [0, {MAX_TEMPERATURE:g}] (0: greedy), got {temperature}"
+            )
         settings["do_sample"] = temperature > 0
         if temperature > 0:
             settings["temperature"] = temperature

@@ -19,7 +19,7 @@ from toolkit.decoding.encoder_decoder import (
     beam_search,
 )
 from toolkit.decoding.loop import RowPlan, decode
-from toolkit.decoding.sampling import GenerationOptions, LogitsChooser
+from toolkit.decoding.sampling import GenerationOptions, LogitsChooser, check_finite_number
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage, OutputCheck, Seq2SeqSpec, seq2seq_files
 from toolkit.runner import Runner
@@ -79,8 +79,8 @@ def checked_settings(overrides: Mapping[str, Any]) -> dict[str, Any]:
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
             want = "an integer of at least 0"
         elif name == "length_penalty":
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
-            want = "a finite number"
+            check_finite_number(name, value)  # 10**400 too, which np.isfinite cannot take
+            continue
         elif name == "early_stopping":
             ok = isinstance(value, bool) or value == "never"
             want = 'true, false or "never"'

@@ -1,11 +1,12 @@
 """Decode benchmark: edge (its in-place GroupQueryAttention graph, fp32 and int4) against edge on optimum-onnx's
-graph (the export it replaced) and onnxruntime-genai (fp32 and int4, its model builder's graph from the same
-Hugging Face folder) on a ~100M-parameter random Llama-layout model, at 1 and 2 threads; then int4/int8 quality
-on a small Llama trained here.
+graph (the export it replaced), onnxruntime-genai (fp32 and int4, its model builder's graph from the same
+Hugging Face folder) and llama.cpp (Q4_0 and f32, GGUF converted from that folder) on a ~100M-parameter random
+Llama-layout model, at 1 and 2 threads; then int4/int8 quality on a small Llama trained here.
 
 Run from the repo root:  python benchmarks/generate_decode.py [--out out/generate-bench]
     [--genai-python GENAI_VENV/bin/python]   (adds onnxruntime-genai, see generate_decode_genai.py)
     [--edge-python GENAI_VENV/bin/python]    (adds edge's in-place graph on that venv's onnxruntime)
+    [--llamacpp-python LLAMACPP_VENV/bin/python]  (adds llama.cpp, see generate_decode_llamacpp.py)
     [--skip-optimum]                         (leaves out edge on optimum's graph)
     [--threads 1,2] [--rounds 2] [--train-seconds 180]
     [--profile]                              (an edge int4 decode step per op type, batch 1 and 8)
@@ -15,8 +16,8 @@ greedily with eos ignored and is timed the same way: time to first token = wall 
 (for a 128- and a 512-token prompt); decode tokens/s = (N - 1) / (time of an N-token generation - time of the
 1-token one), batch 1; medians over --rounds, backends interleaved round by round. Edge int4 also decodes 8 rows
 at once through step-level batching (`ContinuousBatch`). The bandwidth bound is this machine's measured read
-bandwidth (numpy, one thread) over the weight bytes a token reads (every weight once, one embedding row): the
-fraction of it a backend reaches shows how far it is from the physical limit.
+bandwidth (numpy, one thread) over the weight bytes a token reads (every weight once, one embedding row; for
+llama.cpp its GGUF's tensors): the fraction of it a backend reaches shows how far it is from the physical limit.
 
 Quality: a Llama-layout model (4 layers, hidden 256) trained for --train-seconds on the standard library's
 `pydoc_data.topics` text; int4 (block size and accuracy level picked by measurement), int8 (a generator's
@@ -69,6 +70,8 @@ TRAINED = {
 }
 TRAINED_VOCAB = 2048
 WINDOW = 128
+# llama.cpp's file types -> the backend names the table prints
+LLAMACPP_TYPES = {"q4_0": "llama.cpp Q4_0", "f32": "llama.cpp f32"}
 
 
 def _tokenizer(texts: list[str], vocab: int, total: int) -> Any:
@@ -146,21 +149,34 @@ def _train_model(folder: Path, seconds: float, threads: int) -> str:
 # --- one backend in its own process -------------------------------------------------------------------------
 
 
-def _timed(run: Any, ids: list[int], long_ids: list[int], new_tokens: int) -> dict[str, float]:
+def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
+    """A peer's worker's command line (genai's, llama.cpp's): its model, the prompt ids, threads and rounds."""
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--ids", required=True, help="prompt token ids, comma-separated")
+    parser.add_argument("--long-ids", default="", help="a longer prompt for a second TTFT (default: --ids)")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+
+
+def timed_generation(
+    run: Any, ids: list[int], long_ids: list[int], new_tokens: int, rounds: int = 1
+) -> dict[str, float]:
+    """Every backend's timing (the peers' workers import it): `run(prompt, n)` generates n tokens greedily, eos
+    ignored; after a warm-up, medians over `rounds` of TTFT (a 1-token generation, of `ids` and of `long_ids`) and
+    decode tokens/s ((n - 1) / (n-token time - 1-token time)); with this process's peak RSS."""
     run(ids, 2)  # warm-up
-    started = time.perf_counter()
-    run(ids, 1)
-    first = time.perf_counter() - started
-    started = time.perf_counter()
-    run(ids, new_tokens)
-    full = time.perf_counter() - started
-    started = time.perf_counter()
-    run(long_ids, 1)
-    long_first = time.perf_counter() - started
+    first, full, long_first = [], [], []
+    for _ in range(rounds):
+        for prompt, n, times in ((ids, 1, first), (ids, new_tokens, full), (long_ids, 1, long_first)):
+            started = time.perf_counter()
+            run(prompt, n)
+            times.append(time.perf_counter() - started)
+    ttft = statistics.median(first)
     return {
-        "ttft_ms": first * 1e3,
-        "ttft_512_ms": long_first * 1e3,
-        "decode_tokens_per_s": (new_tokens - 1) / max(full - first, 1e-9),
+        "ttft_ms": ttft * 1e3,
+        "ttft_512_ms": statistics.median(long_first) * 1e3,
+        "decode_tokens_per_s": (new_tokens - 1) / max(statistics.median(full) - ttft, 1e-9),
         "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -186,7 +202,7 @@ def _edge_worker(args: argparse.Namespace) -> None:
     def run(prompt: list[int], n: int) -> None:
         generator.generate(TokenPrompt(tuple(prompt)), max_new_tokens=n, ignore_eos=True)
 
-    result = _timed(run, ids, long_ids, args.new_tokens)
+    result = timed_generation(run, ids, long_ids, args.new_tokens)
     if args.batch > 1:
         batch = ContinuousBatch(generator)
         for row in range(args.batch):
@@ -203,7 +219,7 @@ def _edge_worker(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def _worker(command: list[str]) -> dict[str, float]:
+def _worker(command: list[str]) -> dict[str, Any]:
     # this checkout's toolkit, whichever interpreter runs the worker
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
@@ -300,6 +316,19 @@ def _genai_models(args: argparse.Namespace, source: Path) -> dict[str, Path]:
     return models
 
 
+def _llamacpp_models(args: argparse.Namespace, source: Path) -> dict[str, dict[str, Any]]:
+    """llama.cpp's GGUF of the same folder, f32 and Q4_0 (built once into --out); prints its version and build."""
+    worker = Path(__file__).resolve().with_name("generate_decode_llamacpp.py")
+    command = [str(args.llamacpp_python), str(worker), "prepare", str(source), str(args.out / "llamacpp")]
+    prepared = _worker([*command, "--types", ",".join(LLAMACPP_TYPES)])
+    models = prepared["models"]
+    print(
+        f"llama.cpp {prepared['version']} (llama-cpp-python, built here; {prepared['system_info']}); "
+        + ", ".join(f"{LLAMACPP_TYPES[t]} tensors {models[t]['tensor_types']}" for t in LLAMACPP_TYPES)
+    )
+    return {LLAMACPP_TYPES[t]: models[t] for t in LLAMACPP_TYPES}
+
+
 def _quality(args: argparse.Namespace) -> None:
     """int4 and int8 of the trained model against its fp32 on held-out windows of the corpus."""
     import numpy as np
@@ -387,6 +416,12 @@ def main() -> None:
         help="also time edge's in-place graph under this interpreter (e.g. genai's venv: same onnxruntime)",
     )
     parser.add_argument(
+        "--llamacpp-python",
+        type=Path,
+        default=None,
+        help="also time llama.cpp Q4_0 and f32 under this interpreter (llama-cpp-python's venv)",
+    )
+    parser.add_argument(
         "--skip-optimum", action="store_true", help="leave out edge on optimum-onnx's graph (the old default)"
     )
     # worker mode: one edge variant, in its own process
@@ -444,6 +479,7 @@ def main() -> None:
             text=True,
         ).stdout.split()
         print(f"onnxruntime-genai {version[1]} (its venv's onnxruntime {version[0]})")
+    llamacpp = _llamacpp_models(args, source) if args.llamacpp_python else {}
     print(f"model: random Llama layout, {json.dumps(CONFIG)}; edge graph {manifest.generation.graph}")
     how = "picked by measurement" if "candidates" in int4_settings else "as given"
     print(
@@ -491,12 +527,14 @@ def main() -> None:
             for name, (_, package, v) in edge_backends.items()
         },
         **{name: _bytes_per_token(folder / "model.onnx") for name, folder in genai.items()},
+        **{name: model["bytes_per_token"] for name, model in llamacpp.items()},
     }
     print(
         f"prompt {len(ids)} tokens (TTFT also for {len(long_ids)}), {args.new_tokens} new, greedy, eos ignored; "
         f"medians of {args.rounds} rounds, each backend in its own process; read bandwidth {bandwidth / 1e9:.1f} GB/s"
     )
     genai_script = script.with_name("generate_decode_genai.py")
+    llamacpp_script = script.with_name("generate_decode_llamacpp.py")
 
     def genai_command(folder: Path, threads: int, rounds: int, *extra: str) -> list[str]:
         """The genai worker's command line (it runs in genai's venv)."""
@@ -531,6 +569,9 @@ def main() -> None:
 
         for name, folder in genai.items():
             commands[name] = genai_command(folder, threads, 1)
+        for name, model in llamacpp.items():
+            commands[name] = [str(args.llamacpp_python), str(llamacpp_script), "time", model["path"]]
+            commands[name] += ["--threads", str(threads), "--rounds", "1", *common]
         measured: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
         for _ in range(args.rounds):
             for name, command in commands.items():
@@ -565,6 +606,16 @@ def main() -> None:
                         f"TTFT512 {med['ttft_512_ms'] / genai_med['ttft_512_ms']:.2f}x, "
                         f"peak RSS {med['peak_rss_mb'] / genai_med['peak_rss_mb']:.2f}x"
                     )
+        for name, med in medians.items():
+            peer_name = f"llama.cpp {'Q4_0' if 'int4' in name else 'f32'}"
+            peer = medians.get(peer_name)
+            if peer and name.startswith("edge") and "optimum" not in name:
+                print(
+                    f"  {name} / {peer_name}: decode "
+                    f"{med['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x, "
+                    f"TTFT512 {med['ttft_512_ms'] / peer['ttft_512_ms']:.2f}x, "
+                    f"peak RSS {med['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x"
+                )
         for precision, folder in genai.items() if args.edge_python else ():
             ab = _worker(
                 genai_command(
@@ -588,7 +639,10 @@ def main() -> None:
                 _profile_step(
                     package_dir / manifest.variants["int4"].file, manifest.generation, threads, batch
                 )
-    print("\nllama.cpp: not run (llama-cpp-python builds from source for many minutes on this host)")
+    if not args.llamacpp_python:
+        print(
+            "\nllama.cpp: not run (add --llamacpp-python VENV/bin/python; its venv: generate_decode_llamacpp.py)"
+        )
     if not args.skip_quality:
         _quality(args)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import tempfile
@@ -28,13 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _peak_rss_mb() -> float:
-    """Peak resident set (VmHWM, not inherited across exec as ru_maxrss is); generate_decode.py measures alike."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# a sibling script: this script's folder leads sys.path
+from generate_decode import add_peer_arguments, timed_generation
 
 
 def _interleaved(
@@ -86,12 +80,7 @@ def _interleaved(
 def main() -> None:
     """Time one genai model and print its JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path)
-    parser.add_argument("--ids", required=True, help="prompt token ids, comma-separated")
-    parser.add_argument("--long-ids", default="", help="a longer prompt for a second TTFT (default: --ids)")
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_peer_arguments(parser)
     parser.add_argument("--edge-package", type=Path, default=None)
     parser.add_argument("--edge-variant", default="int4")
     args = parser.parse_args()
@@ -114,7 +103,7 @@ def main() -> None:
             print(json.dumps(_interleaved(og, model, args, ids)))
             return
 
-        def run(n: int, prompt: list[int] = ids) -> None:
+        def run(prompt: list[int], n: int) -> None:
             params = og.GeneratorParams(model)
             params.set_search_options(
                 do_sample=False, max_length=len(prompt) + n, min_length=len(prompt) + n, batch_size=1
@@ -124,30 +113,7 @@ def main() -> None:
             while not generator.is_done():
                 generator.generate_next_token()
 
-        run(2)
-        first, full, long_first = [], [], []
-        for _ in range(args.rounds):
-            started = time.perf_counter()
-            run(1)
-            first.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            run(args.new_tokens)
-            full.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            run(1, long_ids)
-            long_first.append(time.perf_counter() - started)
-    ttft = statistics.median(first)
-    rate = (args.new_tokens - 1) / max(statistics.median(full) - ttft, 1e-9)
-    print(
-        json.dumps(
-            {
-                "ttft_ms": ttft * 1e3,
-                "ttft_512_ms": statistics.median(long_first) * 1e3,
-                "decode_tokens_per_s": rate,
-                "peak_rss_mb": _peak_rss_mb(),
-            }
-        )
-    )
+        print(json.dumps(timed_generation(run, ids, long_ids, args.new_tokens, args.rounds)))
 
 
 if __name__ == "__main__":

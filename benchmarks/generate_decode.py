@@ -72,6 +72,11 @@ TRAINED_VOCAB = 2048
 WINDOW = 128
 # llama.cpp's file types -> the backend names the table prints
 LLAMACPP_TYPES = {"q4_0": "llama.cpp Q4_0", "f32": "llama.cpp f32"}
+# edge's precision -> the peers its ratios are printed against (backend name -> short label)
+PEERS = {
+    "int4": {"onnxruntime-genai int4": "genai int4", "llama.cpp Q4_0": "llama.cpp Q4_0"},
+    "fp32": {"onnxruntime-genai fp32": "genai fp32", "llama.cpp f32": "llama.cpp f32"},
+}
 
 
 def _tokenizer(texts: list[str], vocab: int, total: int) -> Any:
@@ -593,29 +598,20 @@ def main() -> None:
                 f"{med['peak_rss_mb']:>12.0f} {weights[name] / 1e6:>9.1f} {med['decode_tokens_per_s'] / bound:>11.0%} "
                 f"{batch_text:>14}"
             )
-        for precision in ("int4", "fp32") if genai else ():
-            genai_med = medians[f"onnxruntime-genai {precision}"]
-            for name, med in medians.items():
-                if (
-                    name.startswith("edge")
-                    and name.split(" (")[0].endswith(precision)
-                    and "optimum" not in name
-                ):
-                    print(
-                        f"  {name} / genai {precision}: decode {med['decode_tokens_per_s'] / genai_med['decode_tokens_per_s']:.2f}x, "
-                        f"TTFT512 {med['ttft_512_ms'] / genai_med['ttft_512_ms']:.2f}x, "
-                        f"peak RSS {med['peak_rss_mb'] / genai_med['peak_rss_mb']:.2f}x"
-                    )
-        for name, med in medians.items():
-            peer_name = f"llama.cpp {'Q4_0' if 'int4' in name else 'f32'}"
-            peer = medians.get(peer_name)
-            if peer and name.startswith("edge") and "optimum" not in name:
-                print(
-                    f"  {name} / {peer_name}: decode "
-                    f"{med['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x, "
-                    f"TTFT512 {med['ttft_512_ms'] / peer['ttft_512_ms']:.2f}x, "
-                    f"peak RSS {med['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x"
-                )
+        for precision, peers in PEERS.items():
+            for peer_name, label in peers.items():
+                peer = medians.get(peer_name)
+                for name, med in medians.items() if peer else ():
+                    if (
+                        name.startswith("edge")
+                        and name.split(" (")[0].endswith(precision)
+                        and "optimum" not in name
+                    ):
+                        print(
+                            f"  {name} / {label}: decode {med['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x, "
+                            f"TTFT512 {med['ttft_512_ms'] / peer['ttft_512_ms']:.2f}x, "
+                            f"peak RSS {med['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x"
+                        )
         for precision, folder in genai.items() if args.edge_python else ():
             ab = _worker(
                 genai_command(

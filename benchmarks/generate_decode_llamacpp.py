@@ -1,11 +1,12 @@
 """The llama.cpp leg of `generate_decode.py`, run in its own venv (llama-cpp-python built from source).
 
-The venv (torch first: any other torch request downloads the CUDA build; the build takes ~15 minutes on 2 cores):
+The venv (torch first: any other torch request downloads the CUDA build; the build takes ~10 minutes on 2 cores,
+with GGML_NATIVE's -march=native, so llama.cpp gets this CPU's SIMD as onnxruntime does):
     python3 -m venv VENV && VENV/bin/pip install torch==2.13.0
-    CMAKE_BUILD_PARALLEL_LEVEL=2 VENV/bin/pip install llama-cpp-python   (from source: GGML_NATIVE, -march=native)
-    VENV/bin/pip download --no-deps --no-binary :all: llama-cpp-python -d SDIST_DIR
-    tar xzf SDIST_DIR/llama_cpp_python-*.tar.gz; mkdir VENV/llama.cpp
-    cp -r llama_cpp_python-*/vendor/llama.cpp/{convert_hf_to_gguf.py,conversion,gguf-py} VENV/llama.cpp/
+    VENV/bin/pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d SDIST_DIR
+    CMAKE_BUILD_PARALLEL_LEVEL=2 VENV/bin/pip install SDIST_DIR/llama_cpp_python-0.3.36.tar.gz
+    tar xzf SDIST_DIR/llama_cpp_python-0.3.36.tar.gz -C SDIST_DIR && mkdir VENV/llama.cpp
+    cp -r SDIST_DIR/llama_cpp_python-0.3.36/vendor/llama.cpp/{convert_hf_to_gguf.py,conversion,gguf-py} VENV/llama.cpp/
     VENV/bin/pip install VENV/llama.cpp/gguf-py sentencepiece safetensors transformers==4.57.6
 The converter is the sdist's own (vendor/llama.cpp, with its gguf-py: the same llama.cpp revision as the built
 library), so converting needs no network; --converter points elsewhere.
@@ -27,7 +28,9 @@ one llama_decode of the prompt, then greedy argmax of the last logits and one ll
 ignored; n_threads = n_threads_batch = --threads, other context settings llama.cpp's defaults. Time to first
 token = a 1-token generation, decode tokens/s = (N - 1) / (N-token time - 1-token time), medians of --rounds;
 TTFT of the --long-ids prompt too; prints one JSON line {"ttft_ms", "ttft_512_ms", "decode_tokens_per_s",
-"peak_rss_mb"} (peak RSS of this process: the model, mapped, and its generation).
+"peak_rss_mb"} (peak RSS of this process: the model, mapped, and its generation). llama.cpp's OpenMP threads
+spin at each barrier, so with other processes on the cores its 2-thread rate collapses (2.6 tokens/s seen here
+under load, against ~300 on the same cores idle): compare its figures from a quiet host only.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ __all__ = [
     "Candidate",
     "Latency",
     "RecordedOutputs",
+    "as_declared",
     "compare_variant",
     "held_out_feeds",
     "latency_feeds",
@@ -86,7 +87,21 @@ def _run_both(
 ) -> list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]]:
     """(the candidate's outputs, fp32's) per input: the outputs `names` (None: all), fp32's recorded or run."""
     wanted = [reference.run(f, names) for f in feeds] if isinstance(reference, Runner) else reference
-    return [(candidate.run(f, names), w) for f, w in zip(feeds, wanted, strict=True)]
+    return [(candidate.run(as_declared(candidate, f), names), w) for f, w in zip(feeds, wanted, strict=True)]
+
+
+def as_declared(model: Candidate, feeds: Feeds) -> Feeds:
+    """`feeds` with each float array in the float type `model` (a `Runner`) declares for it: a variant holding
+    state in float16 (an fp16 generator's KV cache) takes the same inputs as fp32."""
+    if not isinstance(model, Runner):
+        return feeds
+    declared = {t.name: t.dtype for t in model.inputs}
+    return {
+        name: value.astype(declared[name])
+        if value.dtype.kind == "f" and declared.get(name, value.dtype.name) != value.dtype.name
+        else value
+        for name, value in feeds.items()
+    }
 
 
 def compare_variant(
@@ -136,12 +151,13 @@ def measure_latency(
     runners = {
         name: m if isinstance(m, Runner) else Runner(m, "cpu", threads=threads) for name, m in models.items()
     }
-    for runner in runners.values():
+    own = {name: as_declared(runner, feeds) for name, runner in runners.items()}
+    for name, runner in runners.items():
         for _ in range(warmup):
-            runner.run(feeds)
+            runner.run(own[name])
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(runs):
         for name, runner in runners.items():
-            times[name].append(timed(partial(runner.run, feeds)))
+            times[name].append(timed(partial(runner.run, own[name])))
     shape = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
     return Latency({name: round(float(np.median(t)), 3) for name, t in times.items()}, runs, threads, shape)

@@ -579,6 +579,135 @@ def test_auto_quantize_under_a_budget_works_for_a_generator(llama_copy: Path) ->
     assert result.accuracy.metric == "next_token_agreement"
 
 
+# -- fp16: the in-place graph with its KV cache in float16, the variant CUDA runs ---------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_fp16(lm_packages: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the Llama package (in-place graph) with its fp16 variant."""
+    import shutil
+
+    from converters.quantization import QuantizeOptions, quantize
+
+    copy = Path(shutil.copytree(lm_packages["llama"], tmp_path_factory.mktemp("fp16") / "llama"))
+    quantize(copy, "fp16", QuantizeOptions(budget=0.99, latency_runs=3))
+    return copy
+
+
+def test_fp16_variant_holds_its_kv_cache_in_float16_and_validates_against_fp32(llama_fp16: Path) -> None:
+    import onnx
+
+    variant = ModelPackage.open(llama_fp16).manifest.variants["fp16"]
+    validation = variant.validation
+    assert validation is not None
+    assert validation.passed
+    assert validation.metric == "next_token_agreement"
+    assert validation.value >= 0.99
+    graph = onnx.load(str(llama_fp16 / variant.file)).graph
+    f16 = onnx.TensorProto.FLOAT16
+    types = {t.name: t.type.tensor_type.elem_type for t in (*graph.input, *graph.output)}
+    past = {n for n in types if n.startswith("past_key_values.")}
+    present = {n for n in types if n.startswith("present.")}
+    assert len(past) == len(present) == 4
+    assert {types[n] for n in past | present} == {f16}
+    assert types["logits"] == onnx.TensorProto.FLOAT  # the one float output kept fp32
+    assert sorted(variant.settings["float16_state"]) == sorted(past | present)
+    # GroupQueryAttention reads and writes the bound buffers themselves: no Cast between them and the graph's IO
+    attention = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    assert past <= {i for n in attention for i in n.input}
+    assert present <= {o for n in attention for o in n.output}
+    weights = {t.name: t.data_type for t in graph.initializer}
+    assert weights["cos_cache"] == weights["sin_cache"] == f16  # the rotary tables of the fused rotary
+    assert weights["layers.0.post_attention_layernorm.weight"] == f16  # norms run in fp16
+    assert "SkipSimplifiedLayerNormalization" in {n.op_type for n in graph.node}
+
+
+def test_fp16_variant_decodes_on_cpu_like_fp32_with_its_cache_written_in_place(llama_fp16: Path) -> None:
+    from toolkit.decoding.decoder import DecoderStepper
+
+    fp32 = TextGenerator.load(llama_fp16, "cpu")
+    fp16 = TextGenerator.load(llama_fp16, "cpu", variant="fp16")
+    assert fp16.runner.path.name == "model.fp16.onnx"
+    assert [g.token_ids for g in fp16.generate(PROMPTS, max_new_tokens=12)] == [
+        g.token_ids for g in fp32.generate(PROMPTS, max_new_tokens=12)
+    ]
+    ids = np.array([[5, 6, 7]], dtype=np.int64)
+    full, half = (
+        DecoderStepper(g.runner.session, g.spec, ids, np.ones_like(ids), capacity=8) for g in (fp32, fp16)
+    )
+    assert (full.cache.layout.dtype, half.cache.layout.dtype) == (np.float32, np.float16)
+    buffers = half.cache.addresses()
+    assert 2 * sum(size for _, size in buffers) == sum(size for _, size in full.cache.addresses())
+    for token in (9, 10):
+        step = np.array([token], dtype=np.int64)
+        got, want = half.step(step), full.step(step)
+        assert half.cache.addresses() == buffers  # one buffer per entry, never moved or grown
+        np.testing.assert_allclose(got, want, atol=2e-3)
+        assert np.argmax(got) == np.argmax(want)
+    # the cache ORT wrote in place equals a plain run's present on the same tokens (fed in float16)
+    feeds = fp16.task.prompt_feeds([5, 6, 7, 9, 10])
+    assert feeds["past_key_values.0.key"].dtype == np.float16
+    present = fp16.runner.session.run(["present.1.value"], feeds)[0]
+    assert present.dtype == np.float16
+    np.testing.assert_allclose(half.cache.view(1, "value"), present, atol=1e-3)
+    np.testing.assert_allclose(half.cache.view(1, "value"), full.cache.view(1, "value"), atol=1e-2)
+
+
+def test_cuda_load_runs_the_fp16_variant_or_says_it_falls_back_to_fp32_on_cpu(
+    llama_fp16: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from toolkit.errors import ProviderUnavailableError
+    from toolkit.providers import probe_provider
+
+    assert TextGenerator.load(llama_fp16, "cpu").runner.path.name == "model.onnx"
+    reason = probe_provider("cuda")
+    with caplog.at_level(logging.WARNING):
+        generator = TextGenerator.load(llama_fp16, "cuda")
+    if reason is None:
+        assert generator.runner.path.name == "model.fp16.onnx"
+        assert generator.device == "cuda"
+        return
+    assert generator.runner.path.name == "model.onnx"
+    assert generator.runner.providers == ("cpu",)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"CUDA is unavailable ({reason}); generating with the fp32 variant on CPU"]
+    with pytest.raises(ProviderUnavailableError, match="cuda"):
+        TextGenerator.load(llama_fp16, "cuda", strict=True)
+
+
+@needs("cuda")
+def test_cuda_keeps_the_fp16_cache_on_the_device_and_matches_cpu(llama_fp16: Path) -> None:
+    import onnxruntime as ort
+
+    from toolkit.decoding.decoder import DecoderStepper
+
+    cpu32 = TextGenerator.load(llama_fp16, "cpu")
+    cpu16 = TextGenerator.load(llama_fp16, "cpu", variant="fp16")
+    gpu = TextGenerator.load(llama_fp16, "cuda")  # the fp16 variant by default
+    assert gpu.runner.path.name == "model.fp16.onnx"
+    assert gpu.runner.providers[0] == "cuda"
+    assert gpu.device == "cuda"
+    want = [g.token_ids for g in cpu32.generate(PROMPTS, max_new_tokens=12)]
+    assert [g.token_ids for g in cpu16.generate(PROMPTS, max_new_tokens=12)] == want
+    assert [g.token_ids for g in gpu.generate(PROMPTS, max_new_tokens=12)] == want
+    ids = np.array([[5, 6, 7]], dtype=np.int64)
+    device = DecoderStepper(gpu.runner.session, gpu.spec, ids, np.ones_like(ids), 8, "cuda", 0)
+    host = DecoderStepper(cpu16.runner.session, cpu16.spec, ids, np.ones_like(ids), 8)
+    buffers = device.cache.addresses()
+    for token in (9, 10, 11):
+        step = np.array([token], dtype=np.int64)
+        got, want_logits = device.step(step), host.step(step)
+        assert device.cache.addresses() == buffers
+        np.testing.assert_allclose(got, want_logits, atol=5e-3)
+    for _, owner in device.cache._buffers[0]:
+        assert isinstance(owner, ort.OrtValue)
+        assert owner.device_name().lower() == "cuda"
+        assert owner.data_type() == "tensor(float16)"
+    np.testing.assert_allclose(device.cache.view(1, "key"), host.cache.view(1, "key"), atol=1e-2)
+
+
 # -- edge serve: OpenAI-compatible routes, tested with the official openai client ---------------------------
 
 
@@ -674,23 +803,6 @@ def test_openai_errors_are_4xx_with_one_line_messages(
         client.completions.create(model=name, prompt="hi", max_tokens=0)
     with pytest.raises(openai.BadRequestError, match="does not fit the model's 64 positions"):
         client.completions.create(model=name, prompt="the lazy dog " * 60, max_tokens=4)
-
-
-@needs("cuda")
-def test_cuda_keeps_the_cache_on_the_device_and_matches_cpu(lm_packages: dict[str, Path]) -> None:
-    from toolkit.decoding.decoder import DecoderStepper
-
-    cpu = TextGenerator.load(lm_packages["qwen2"], "cpu")
-    gpu = TextGenerator.load(lm_packages["qwen2"], "cuda")
-    assert gpu.runner.providers[0] == "cuda"
-    assert gpu.device == "cuda"
-    assert [g.token_ids for g in gpu.generate(PROMPTS, max_new_tokens=12)] == [
-        g.token_ids for g in cpu.generate(PROMPTS, max_new_tokens=12)
-    ]
-    ids = np.array([[5, 6, 7]], dtype=np.int64)
-    stepper = DecoderStepper(gpu.runner.session, gpu.spec, ids, np.ones_like(ids), 8, "cuda", 0)
-    _, owner = stepper.cache._buffers[0][0]
-    assert owner.device_name().lower() == "cuda"
 
 
 # -- recipes: each generator recipe's [offline] stand-in converts with the recipe and generates --------------

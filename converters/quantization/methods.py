@@ -419,22 +419,34 @@ def static_int8(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str,
 
 @register("fp16", "fp16", "fp16", "float16 weights and compute, fp32 inputs/outputs (GPU format)")
 def fp16(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str, Any]:
-    """float16 weights and compute with fp32 inputs and outputs; overflow-prone ops stay fp32."""
+    """float16 weights and compute with fp32 inputs and outputs, but for the state the task keeps in float16 (a
+    generator's in-place KV cache); overflow-prone ops stay fp32."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     block = sorted({*DEFAULT_OP_BLOCK_LIST, *FP16_OP_BLOCK_LIST, *options.fp16_op_block_list})
     nodes = ws.node_names(options.exclude, ws.source)
-    ws.say("converting to float16")
+    state = task_for(ws.package).float16_state()
+    model = onnx.load(str(ws.source))
+    keep: bool | list[str] = True
+    if state:
+        floats = [
+            t.name
+            for t in (*model.graph.input, *model.graph.output)
+            if t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        ]
+        keep = [name for name in floats if name not in state]
+    ws.say("converting to float16" + (f", {len(state)} state tensors in float16" if state else ""))
     try:
         with routed_ort_logging():
             converted = convert_float_to_float16(
-                onnx.load(str(ws.source)), keep_io_types=True, op_block_list=block, node_block_list=nodes
+                model, keep_io_types=keep, op_block_list=block, node_block_list=nodes
             )
     except Exception as exc:  # noqa: BLE001 - the converter raises assorted errors; reported as one line
         raise _quantizer_failure("fp16", exc) from None
     onnx.save(converted, str(out))
     return {
-        "keep_io_types": True,
+        "keep_io_types": keep,
+        **({"float16_state": sorted(state)} if state else {}),
         "op_block_list": [op for op in block if op in {n.op_type for n in ws.model.graph.node}] or "default",
         "excluded_nodes": nodes,
     }

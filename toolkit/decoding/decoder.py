@@ -18,6 +18,7 @@ import onnxruntime as ort
 from toolkit.decoding.kv_cache import CacheLayout, KVCache
 from toolkit.errors import BadModelError
 from toolkit.manifest import GenerationSpec
+from toolkit.runner import numpy_dtype
 
 # the in-place graph's inputs (converters/gqa_decoder.py): how many trailing positions get logits, each row's
 # length minus one, and the longest row's length
@@ -28,13 +29,14 @@ TOTAL_LENGTH = "total_sequence_length"
 __all__ = ["LOGITS_TO_KEEP", "SEQLENS", "TOTAL_LENGTH", "DecoderStepper", "cache_layout", "row_length_feeds"]
 
 
-def cache_layout(spec: GenerationSpec) -> CacheLayout:
-    """The cache layout a package's generation contract describes."""
+def cache_layout(spec: GenerationSpec, dtype: str | None = None) -> CacheLayout:
+    """The cache layout a package's generation contract describes, its buffers of `dtype` (default: the
+    contract's; a variant's graph may hold its cache in another, its fp16 variant in float16)."""
     return CacheLayout(
         spec.layers,
         spec.kv_heads,
         spec.head_dim,
-        spec.cache_dtype,
+        dtype or spec.cache_dtype,
         lambda layer, kind: spec.past_input.format(layer=layer, kind=kind),
         lambda layer, kind: spec.present_output.format(layer=layer, kind=kind),
         spec.in_place,
@@ -66,7 +68,7 @@ class DecoderStepper:
     ) -> None:
         self._setup(session, spec, device, device_id)
         batch, prompt = input_ids.shape
-        self.cache = KVCache(cache_layout(spec), batch, capacity, device, device_id)
+        self.cache = KVCache(self._layout, batch, capacity, device, device_id)
         if spec.row_lengths:
             self.logits = self._prefill_rows(input_ids, attention_mask)
             return
@@ -129,8 +131,10 @@ class DecoderStepper:
     ) -> None:
         self.session = session
         self.spec = spec
-        names = {i.name for i in session.get_inputs()}
-        wanted = [past for past, _ in cache_layout(spec).entries()] + ["input_ids"]
+        types = {i.name: i.type for i in session.get_inputs()}
+        names = set(types)
+        layout = cache_layout(spec)
+        wanted = [past for past, _ in layout.entries()] + ["input_ids"]
         if spec.row_lengths:
             wanted += [SEQLENS, TOTAL_LENGTH, LOGITS_TO_KEEP]
         missing = [name for name in wanted if name not in names]
@@ -139,6 +143,9 @@ class DecoderStepper:
                 f"the package's generation contract does not match its graph: input {missing[0]!r} is "
                 "missing; re-create the package with `edge convert`"
             )
+        # the buffers take the graph's cache type: a variant's may differ from the package's (fp16's is float16)
+        graph_dtype = numpy_dtype(types[layout.entries()[0][0]])
+        self._layout = cache_layout(spec, graph_dtype)
         self._position_ids = "position_ids" in names
         self._attention = "attention_mask" in names
         self.binding = session.io_binding()
@@ -148,9 +155,7 @@ class DecoderStepper:
         if not isinstance(vocab, int):
             raise BadModelError("the decoder's logits have no fixed vocabulary size; re-export the model")
         self.vocab = vocab
-        self._logits_dtype = np.dtype(
-            np.float16 if "float16" in session.get_outputs()[0].type else np.float32
-        )
+        self._logits_dtype = np.dtype(numpy_dtype(session.get_outputs()[0].type))
         self._keep_last = np.ones((), dtype=np.int64)
         self._bound = False
 
@@ -170,7 +175,7 @@ class DecoderStepper:
         so a long prompt joining a running batch costs each of the batch's steps one piece (row-length graphs)."""
         self = cls.__new__(cls)
         self._setup(session, spec, device, device_id)
-        self.cache = KVCache(cache_layout(spec), input_ids.shape[0], capacity, device, device_id)
+        self.cache = KVCache(self._layout, input_ids.shape[0], capacity, device, device_id)
         self._prompt = np.ascontiguousarray(input_ids, dtype=np.int64)
         self._lengths = np.zeros(input_ids.shape[0], dtype=np.int32)
         self._logits = np.empty(input_ids.shape[0] * self.vocab, dtype=self._logits_dtype)
@@ -250,6 +255,16 @@ class DecoderStepper:
         self._tokens[:, 0] = tokens
         # seqlens_k is each row's length before this token (the bound lengths), the total the longest after it
         self._total[...] = self.cache.length + 1
+        if self._device != "cpu":
+            # onnxruntime copies a bound host input to the device of the kernel reading it when it is bound, so
+            # rewriting the host array would leave that copy stale: the step's three small inputs are bound again
+            # (the cache and the logits stay bound)
+            for name, array in (
+                ("input_ids", self._tokens),
+                (SEQLENS, self._lengths),
+                (TOTAL_LENGTH, self._total),
+            ):
+                self.binding.bind_cpu_input(name, array)
         self.session.run_with_iobinding(self.binding)
         self._lengths += 1
         self.cache.advance(1)

@@ -282,6 +282,11 @@ class Task(Generic[_M]):
         """Fixed-shape feeds of `batch` rows for latency measurements."""
         return self.data.timing_feeds(batch, seq)
 
+    def float16_state(self) -> frozenset[str]:
+        """Inputs and outputs carrying state from one run to the next (a KV cache) that an fp16 variant keeps in
+        float16; its other float inputs and outputs stay float32."""
+        return frozenset()
+
     # -- accuracy -------------------------------------------------------------------------------------
 
     def metric_output(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from toolkit.decoding.loop import (
 from toolkit.decoding.sampling import GenerationOptions, LogitsChooser, options_from
 from toolkit.errors import BadInputError
 from toolkit.manifest import FP32_VARIANT, GenerationSpec, ModelPackage
-from toolkit.providers import ProviderConfig
+from toolkit.providers import ProviderConfig, probe_provider, provider_names
 from toolkit.runner import Runner
 from toolkit.tasks.base import Pipeline
 from toolkit.tasks.generate.chat import Message, TemplateBudget, render_chat
@@ -40,6 +41,10 @@ __all__ = [
 ]
 
 GENERATE_TASK = GenerateTask.name
+# the variant CUDA runs by default: GroupQueryAttention on CUDA takes float16 only, and its cache halves
+FP16_VARIANT = "fp16"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,12 +93,16 @@ class TextGenerator(Pipeline[TextModality]):
         path: str | Path,
         providers: str | Sequence[str] | None = None,
         *,
-        variant: str = FP32_VARIANT,
+        variant: str | None = None,
         threads: int | None = None,
         strict: bool = False,
         config: ProviderConfig | None = None,
     ) -> TextGenerator:
-        """Open a ``generate`` package and its `variant` on `providers` (default: the best available)."""
+        """Open a ``generate`` package and its `variant` on `providers` (default: the best available). Without a
+        `variant`, CUDA runs the package's fp16 variant when it has one, anything else fp32; CUDA asked for
+        first but unusable here falls back to fp32 on CPU with one warning (an error with `strict`)."""
+        if variant is None:
+            variant, providers = _default_variant(ModelPackage.open(path), providers, strict)
         return super().load(
             path, variant=variant, providers=providers, threads=threads, strict=strict, config=config
         )
@@ -295,6 +304,23 @@ class TextGenerator(Pipeline[TextModality]):
             raise BadInputError("stream() takes one prompt or chat; call it once per prompt")
         options = self.options(**settings)
         return TextStream((e.text, e.generation) for e in self.run_batch([prompt], options))
+
+
+def _default_variant(
+    package: ModelPackage, providers: str | Sequence[str] | None, strict: bool
+) -> tuple[str, str | Sequence[str] | None]:
+    """(variant, providers) for a load that names no variant: fp16 (when the package has it) where CUDA works,
+    else fp32, dropping an unusable CUDA for CPU unless `strict` (the runner then says why it cannot run)."""
+    names = provider_names(providers) if providers is not None else ()
+    if not names or names[0] != "cuda":
+        return FP32_VARIANT, providers
+    reason = probe_provider("cuda")
+    if reason is None:
+        return (FP16_VARIANT if FP16_VARIANT in package.manifest.variants else FP32_VARIANT), providers
+    if strict:
+        return FP32_VARIANT, providers
+    log.warning("CUDA is unavailable (%s); generating with the fp32 variant on CPU", reason)
+    return FP32_VARIANT, [name for name in names if name != "cuda"] or ["cpu"]
 
 
 def _as_batch(prompt: Any) -> list[Prompt] | None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from toolkit.agreement import TOP1, TOP5, Meaning
 from toolkit.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
-from toolkit.decoding.decoder import LOGITS_TO_KEEP, row_length_feeds
+from toolkit.decoding.decoder import LOGITS_TO_KEEP, cache_layout, row_length_feeds
 from toolkit.errors import BadModelError
 from toolkit.manifest import GenerationSpec, ModelPackage, OutputCheck, TensorSpec
 from toolkit.preprocess import read_decoder_tokenizer
@@ -70,7 +70,7 @@ class GenerateTask(Task[TextModality]):
     def check_graph(self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
         """A BadModelError naming the first field of the generation section that the graph's `inputs` and `outputs`
         contradict: a past input or present output per layer and kind, each [batch, kv_heads, positions, head_dim]
-        of cache_dtype, no past input beyond `layers`, and special token ids inside the vocabulary (the logits'
+        of cache_dtype (or float16, an fp16 variant's), no past input beyond `layers`, and special token ids inside the vocabulary (the logits'
         last dim, else the tokenizer's). Run at load, so a bad package fails there and not at its first request."""
         spec = self.spec
         given = {t.name: t for t in inputs}
@@ -94,7 +94,7 @@ class GenerateTask(Task[TextModality]):
                 present = spec.present_output.format(layer=layer, kind=kind)
                 if present not in produced:
                     raise BadModelError(f"{where}.present_output: the graph has no output '{present}'; {fix}")
-                if past.dtype != spec.cache_dtype:
+                if past.dtype not in (spec.cache_dtype, "float16"):  # float16: an fp16 variant's cache
                     raise BadModelError(
                         f"{where}.cache_dtype is {spec.cache_dtype} but the graph's '{name}' is {past.dtype}; {fix}"
                     )
@@ -117,6 +117,21 @@ class GenerateTask(Task[TextModality]):
                     f"{where}.{field_name} holds {bad}, outside the model's vocabulary of {vocab}; {fix}"
                 )
 
+    @property
+    def cache_dtype(self) -> str:
+        """The KV cache's element type in the graph this task is bound to: the contract's, or float16 in an fp16
+        variant (`float16_state`)."""
+        past = self.spec.past_input.format(layer=0, kind="key")
+        return next((t.dtype for t in self.inputs if t.name == past), self.spec.cache_dtype)
+
+    def float16_state(self) -> frozenset[str]:
+        """The in-place graph's cache inputs and outputs: its GroupQueryAttention reads and writes the buffer as it
+        is, so an fp16 variant holds it in float16 (half the memory, no casts around it). Optimum's graph keeps
+        its fp32 cache."""
+        if not self.spec.in_place:
+            return frozenset()
+        return frozenset(name for entry in cache_layout(self.spec).entries() for name in entry)
+
     @cached_property
     def tokenizer(self) -> Tokenizer:
         """The package's tokenizer (``tokenizers``), without padding or truncation."""
@@ -132,7 +147,7 @@ class GenerateTask(Task[TextModality]):
         spec = self.spec
         shape = (batch, spec.kv_heads, length, spec.head_dim)
         return {
-            spec.past_input.format(layer=layer, kind=kind): np.zeros(shape, dtype=spec.cache_dtype)
+            spec.past_input.format(layer=layer, kind=kind): np.zeros(shape, dtype=self.cache_dtype)
             for layer in range(spec.layers)
             for kind in ("key", "value")
         }

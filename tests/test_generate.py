@@ -954,13 +954,18 @@ def test_edge_bench_times_ttft_and_decode_rate_for_each_variant_and_torch(
         assert "Traceback" not in refused.output
 
 
-@pytest.mark.parametrize(("kind", "chunk"), [("gpt2", None), ("qwen2", None), ("qwen2", 3)])
+@pytest.mark.parametrize(
+    ("kind", "chunk"), [("gpt2", None), ("qwen2", None), ("qwen2", 3), ("llama-fp16", 3)]
+)
 def test_rows_joining_and_leaving_a_running_batch_decode_as_if_alone(
-    kind: str, chunk: int | None, lm_packages: dict[str, Path]
+    kind: str, chunk: int | None, lm_packages: dict[str, Path], request: pytest.FixtureRequest
 ) -> None:
     from toolkit.decoding.continuous import ContinuousBatch
 
-    generator = TextGenerator.load(lm_packages[kind], "cpu")
+    if kind == "llama-fp16":  # rows regrouped with their float16 cache
+        generator = TextGenerator.load(request.getfixturevalue("llama_fp16"), "cpu", variant="fp16")
+    else:
+        generator = TextGenerator.load(lm_packages[kind], "cpu")
     prompts = [f"prompt {i}: " + "the lazy dog " * (i % 4) + "東京" * (i % 3) for i in range(6)]
     options = [generator.options(max_new_tokens=4 + 3 * i) for i in range(6)]
     options[4] = generator.options(max_new_tokens=12, do_sample=True, top_k=20, seed=3)

@@ -8,19 +8,26 @@ Run from the repo root:  python benchmarks/generate_decode.py [--out out/generat
     [--edge-python GENAI_VENV/bin/python]    (adds edge's in-place graph on that venv's onnxruntime)
     [--llamacpp-python LLAMACPP_VENV/bin/python]  (adds llama.cpp, see generate_decode_llamacpp.py)
     [--skip-optimum]                         (leaves out edge on optimum's graph)
-    [--threads 1,2] [--rounds 2] [--train-seconds 180]
+    [--threads 1,2] [--rounds 2] [--runs 3] [--int4-blocks 128] [--train-seconds 180]
     [--profile]                              (an edge int4 decode step per op type, batch 1 and 8)
 
 Every backend runs in its own fresh process (so peak RSS is its own), gets the same prompt ids, generates
 greedily with eos ignored and is timed the same way: time to first token = wall time of a 1-token generation
 (for a 128- and a 512-token prompt); decode tokens/s = (N - 1) / (time of an N-token generation - time of the
-1-token one), batch 1; medians over --rounds, backends interleaved round by round. Edge int4 also decodes 8 rows
+1-token one), batch 1; each process reports the median of --runs such measurements and the table the median over
+--rounds processes per backend, backends interleaved round by round. Edge int4 also decodes 8 rows
 at once through step-level batching (`ContinuousBatch`). The bandwidth bound is this machine's measured read
 bandwidth (numpy, one thread) over the weight bytes a token reads (every weight once, one embedding row; for
 llama.cpp its GGUF's tensors): the fraction of it a backend reaches shows how far it is from the physical limit.
 
+Block size: edge's and genai's int4 use blocks of 32 weights by default, as llama.cpp's Q4_0 does, and those
+rows compare like with like. --int4-blocks adds edge and genai int4 at larger blocks (fewer scale bytes per
+weight, faster kernels; rows "int4 b128"), compared with each other and with the block-32 peers, and the quality
+table gives each block size's cost on the trained model: which larger block still meets the int4 targets.
+
 Quality: a Llama-layout model (4 layers, hidden 256) trained for --train-seconds on the standard library's
-`pydoc_data.topics` text; int4 (block size and accuracy level picked by measurement), int8 (a generator's
+`pydoc_data.topics` text; int4 (block size and accuracy level picked by measurement, and at each --int4-blocks
+size), int8 (a generator's
 default: 8-bit blockwise weight-only) and per-tensor dynamic int8 against fp32 on held-out windows of the same
 corpus: next-token agreement and perplexity ratio.
 """
@@ -72,11 +79,19 @@ TRAINED_VOCAB = 2048
 WINDOW = 128
 # llama.cpp's file types -> the backend names the table prints
 LLAMACPP_TYPES = {"q4_0": "llama.cpp Q4_0", "f32": "llama.cpp f32"}
-# edge's precision -> the peers its ratios are printed against (backend name -> short label)
-PEERS = {
-    "int4": {"onnxruntime-genai int4": "genai int4", "llama.cpp Q4_0": "llama.cpp Q4_0"},
-    "fp32": {"onnxruntime-genai fp32": "genai fp32", "llama.cpp f32": "llama.cpp f32"},
-}
+# the precision each llama.cpp row is compared at (Q4_0: 4-bit blocks of 32, as edge's and genai's int4)
+LLAMACPP_PRECISION = {"llama.cpp Q4_0": "int4", "llama.cpp f32": "fp32"}
+GENAI = "onnxruntime-genai"
+
+
+def precision_of(backend: str) -> str:
+    """The precision a row compares at: "fp32", "int4" (blocks of 32) or e.g. "int4 b128" (blocks of 128)."""
+    return LLAMACPP_PRECISION.get(backend) or backend.split(" (")[0].split(" ", 1)[1]
+
+
+def edge_variant(precision: str) -> str:
+    """Edge's package variant for a precision: "int4 b128" is variant "int4b128"."""
+    return precision.replace(" ", "")
 
 
 def _tokenizer(texts: list[str], vocab: int, total: int) -> Any:
@@ -207,7 +222,7 @@ def _edge_worker(args: argparse.Namespace) -> None:
     def run(prompt: list[int], n: int) -> None:
         generator.generate(TokenPrompt(tuple(prompt)), max_new_tokens=n, ignore_eos=True)
 
-    result = timed_generation(run, ids, long_ids, args.new_tokens)
+    result = timed_generation(run, ids, long_ids, args.new_tokens, args.runs)
     if args.batch > 1:
         batch = ContinuousBatch(generator)
         for row in range(args.batch):
@@ -309,15 +324,21 @@ def _profile_step(onnx_file: Path, spec: Any, threads: int, batch: int, steps: i
 
 
 def _genai_models(args: argparse.Namespace, source: Path) -> dict[str, Path]:
-    """onnxruntime-genai's model builder output for fp32 and int4 (built once into --out)."""
+    """onnxruntime-genai's model builder output for fp32, int4 (its default block, 32) and int4 at each
+    --int4-blocks size (built once into --out)."""
+    builds = {
+        "fp32": [],
+        "int4": [],
+        **{f"int4 b{b}": ["--extra_options", f"block_size={b}"] for b in args.int4_blocks},
+    }
     models = {}
-    for precision in ("fp32", "int4"):
-        folder = args.out / f"genai-{precision}"
+    for precision, extra in builds.items():
+        folder = args.out / f"genai-{edge_variant(precision)}"
         if not (folder / "genai_config.json").is_file():
             command = [str(args.genai_python), "-m", "onnxruntime_genai.models.builder", "-i", str(source)]
-            command += ["-o", str(folder), "-p", precision, "-e", "cpu"]
+            command += ["-o", str(folder), "-p", precision.split()[0], "-e", "cpu", *extra]
             subprocess.run(command, check=True, capture_output=True)
-        models[f"onnxruntime-genai {precision}"] = folder
+        models[f"{GENAI} {precision}"] = folder
     return models
 
 
@@ -352,6 +373,10 @@ def _quality(args: argparse.Namespace) -> None:
     # per-tensor dynamic int8 (MatMulInteger) for comparison
     plans = {
         "int4": ("int4", QuantizeOptions(budget=0.9)),
+        **{
+            f"int4b{b}": ("int4", QuantizeOptions(budget=0.9, block_size=b, name=f"int4b{b}"))
+            for b in args.int4_blocks
+        },
         "int8": ("dynamic-int8", QuantizeOptions(budget=0.9)),
         "int8-dynamic": ("dynamic-int8", QuantizeOptions(budget=0.9, blockwise=(), name="int8-dynamic")),
     }
@@ -380,14 +405,16 @@ def _quality(args: argparse.Namespace) -> None:
         f"(uniform: {len(task.tokenizer.get_vocab())})"
     )
     print(f"{'variant':<14} {'agreement':>10} {'ppl ratio':>10} {'target':>22} {'size MB':>8}")
-    targets = {"int4": (0.90, 1.05), "int8": (0.97, 1.02)}
-    for name in plans:
+    targets = {"int4": (0.90, 1.05), "dynamic-int8": (0.97, 1.02)}
+    for name, (method, _) in plans.items():
         agreement, _, details, _ = task.next_token_agreement(outputs[name], outputs["fp32"], feeds)
-        want = targets[name.split("-")[0]]
+        want = targets[method]
         met = agreement >= want[0] and details["perplexity_ratio"] <= want[1]
         settings = package.manifest.variants[name].settings
         extra = (
-            f" (block {settings['block_size']}, level {settings['accuracy_level']})" if name == "int4" else ""
+            f" (block {settings['block_size']}, level {settings['accuracy_level']})"
+            if method == "int4"
+            else ""
         )
         print(
             f"{name:<14} {agreement:>10.4f} {details['perplexity_ratio']:>10.4f} "
@@ -403,7 +430,13 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="processes per backend (medians over them)")
+    parser.add_argument("--runs", type=int, default=3, help="measurements per process (medians over them)")
+    parser.add_argument(
+        "--int4-blocks",
+        default="128",
+        help="comma-separated larger int4 block sizes also timed (edge and genai) and scored; '' for none",
+    )
     parser.add_argument("--train-seconds", type=float, default=180)
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also profile an edge int4 decode step per op")
@@ -437,6 +470,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.threads_list = [int(t) for t in args.threads.split(",")]
+    args.int4_blocks = [int(b) for b in args.int4_blocks.split(",") if b]
     if args.worker_package is not None:
         args.package, args.threads = args.worker_package, args.threads_list[0]
         _edge_worker(args)
@@ -456,6 +490,9 @@ def main() -> None:
         convert(str(source), package_dir, ConvertOptions(force=True))
     if "int4" not in ModelPackage.open(package_dir).manifest.variants:
         quantize(package_dir, "int4", QuantizeOptions(budget=0.5))
+    for block in args.int4_blocks:
+        if f"int4b{block}" not in ModelPackage.open(package_dir).manifest.variants:
+            quantize(package_dir, "int4", QuantizeOptions(budget=0.5, block_size=block, name=f"int4b{block}"))
     manifest = ModelPackage.open(package_dir).manifest
     assert manifest.generation is not None
     int4_settings = manifest.variants["int4"].settings
@@ -508,7 +545,8 @@ def main() -> None:
     bandwidth = _read_bandwidth()
     script = Path(__file__).resolve()
     # edge backends: name -> (interpreter, package, variant); "edge" alone is the in-place graph on this venv
-    edge_backends = {f"edge {v}": (Path(sys.executable), package_dir, v) for v in ("fp32", "int4")}
+    precisions = ["fp32", "int4", *(f"int4 b{b}" for b in args.int4_blocks)]
+    edge_backends = {f"edge {p}": (Path(sys.executable), package_dir, edge_variant(p)) for p in precisions}
     if args.edge_python:
         edge_version = subprocess.run(
             [str(args.edge_python), "-c", "import onnxruntime as o; print(o.__version__)"],
@@ -536,7 +574,8 @@ def main() -> None:
     }
     print(
         f"prompt {len(ids)} tokens (TTFT also for {len(long_ids)}), {args.new_tokens} new, greedy, eos ignored; "
-        f"medians of {args.rounds} rounds, each backend in its own process; read bandwidth {bandwidth / 1e9:.1f} GB/s"
+        f"medians of {args.rounds} processes per backend (each the median of {args.runs} runs); "
+        f"read bandwidth {bandwidth / 1e9:.1f} GB/s"
     )
     genai_script = script.with_name("generate_decode_genai.py")
     llamacpp_script = script.with_name("generate_decode_llamacpp.py")
@@ -566,6 +605,8 @@ def main() -> None:
                 v,
                 "--threads",
                 str(threads),
+                "--runs",
+                str(args.runs),
                 *common,
                 *(["--batch", "8"] if name == "edge int4" else []),
             ]
@@ -573,10 +614,10 @@ def main() -> None:
         }
 
         for name, folder in genai.items():
-            commands[name] = genai_command(folder, threads, 1)
+            commands[name] = genai_command(folder, threads, args.runs)
         for name, model in llamacpp.items():
             commands[name] = [str(args.llamacpp_python), str(llamacpp_script), "time", model["path"]]
-            commands[name] += ["--threads", str(threads), "--rounds", "1", *common]
+            commands[name] += ["--threads", str(threads), "--rounds", str(args.runs), *common]
         measured: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
         for _ in range(args.rounds):
             for name, command in commands.items():
@@ -598,21 +639,23 @@ def main() -> None:
                 f"{med['peak_rss_mb']:>12.0f} {weights[name] / 1e6:>9.1f} {med['decode_tokens_per_s'] / bound:>11.0%} "
                 f"{batch_text:>14}"
             )
-        for precision, peers in PEERS.items():
-            for peer_name, label in peers.items():
-                peer = medians.get(peer_name)
-                for name, med in medians.items() if peer else ():
-                    if (
-                        name.startswith("edge")
-                        and name.split(" (")[0].endswith(precision)
-                        and "optimum" not in name
-                    ):
-                        print(
-                            f"  {name} / {label}: decode {med['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x, "
-                            f"TTFT512 {med['ttft_512_ms'] / peer['ttft_512_ms']:.2f}x, "
-                            f"peak RSS {med['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x"
-                        )
-        for precision, folder in genai.items() if args.edge_python else ():
+        peers = {n: m for n, m in medians.items() if not n.startswith("edge")}
+        for name, med in medians.items():
+            if not name.startswith("edge") or "optimum" in name:
+                continue
+            precision = precision_of(name)
+            # a larger int4 block also against the block-32 peers (genai's default, llama.cpp's Q4_0)
+            compared = {precision, "int4"} if precision.startswith("int4") else {precision}
+            for peer_name, peer in peers.items():
+                if precision_of(peer_name) in compared:
+                    print(
+                        f"  {name} / {peer_name.replace(GENAI, 'genai')}: decode "
+                        f"{med['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x, "
+                        f"TTFT512 {med['ttft_512_ms'] / peer['ttft_512_ms']:.2f}x, "
+                        f"peak RSS {med['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x"
+                    )
+        for genai_name, folder in genai.items() if args.edge_python else ():
+            precision = precision_of(genai_name)
             ab = _worker(
                 genai_command(
                     folder,
@@ -621,12 +664,12 @@ def main() -> None:
                     "--edge-package",
                     str(package_dir),
                     "--edge-variant",
-                    precision.split()[-1],
+                    edge_variant(precision),
                 )
             )
             print(
                 f"  one process, {args.interleaved_trials} interleaved trials of 32 steps (genai venv's onnxruntime): "
-                f"edge {precision.split()[-1]} / {precision} decode {ab['genai_step_ms'] / ab['edge_step_ms']:.2f}x "
+                f"edge {precision} / genai {precision} decode {ab['genai_step_ms'] / ab['edge_step_ms']:.2f}x "
                 f"best ({ab['edge_step_ms']:.2f} vs {ab['genai_step_ms']:.2f} ms/step), "
                 f"{ab['genai_median_ms'] / ab['edge_median_ms']:.2f}x median"
             )

@@ -623,7 +623,7 @@ def main() -> None:
             for name, command in commands.items():
                 measured[name].append(_worker(command))
         print(
-            f"\n{threads} thread(s)\n{'backend':<24} {'decode tok/s':>12} {'TTFT128 ms':>11} {'TTFT512 ms':>11} "
+            f"\n{threads} thread(s)\n{'backend':<28} {'decode tok/s':>12} {'TTFT128 ms':>11} {'TTFT512 ms':>11} "
             f"{'peak RSS MB':>12} {'MB/token':>9} {'of bw bound':>12} {'batch 8 tok/s':>14}"
         )
         medians = {
@@ -635,7 +635,7 @@ def main() -> None:
             batch8 = med.get("batch8_tokens_per_s")
             batch_text = f"{batch8:.1f} ({batch8 / med['decode_tokens_per_s']:.1f}x)" if batch8 else "-"
             print(
-                f"{name:<24} {med['decode_tokens_per_s']:>12.1f} {med['ttft_ms']:>11.1f} {med['ttft_512_ms']:>11.1f} "
+                f"{name:<28} {med['decode_tokens_per_s']:>12.1f} {med['ttft_ms']:>11.1f} {med['ttft_512_ms']:>11.1f} "
                 f"{med['peak_rss_mb']:>12.0f} {weights[name] / 1e6:>9.1f} {med['decode_tokens_per_s'] / bound:>11.0%} "
                 f"{batch_text:>14}"
             )

@@ -22,16 +22,18 @@ from toolkit.manifest import ModelPackage
 from toolkit.runner import Runner
 from toolkit.tasks import task_for
 from toolkit.tasks.accuracy import AccuracyReport
-from toolkit.tasks.modality import HELD_OUT_SEED
+from toolkit.tasks.modality import HELD_OUT_SEED, TextModality
 
 __all__ = [
     "HELD_OUT_SEED",
     "Candidate",
+    "HeldOutSet",
     "Latency",
     "RecordedOutputs",
     "as_declared",
     "compare_variant",
     "held_out_feeds",
+    "held_out_set",
     "latency_feeds",
     "measure_latency",
     "reference_outputs",
@@ -46,7 +48,50 @@ def held_out_feeds(
     package: ModelPackage, count: int | None = None, exclude_texts: Sequence[str] = ()
 ) -> list[dict[str, np.ndarray]]:
     """Validation inputs, batch 1 each, disjoint from any calibration input (and from `exclude_texts`)."""
-    return task_for(package).samples("held-out", count, exclude_texts)
+    return list(held_out_set(package, None, exclude_texts, count).feeds)
+
+
+@dataclass(frozen=True)
+class HeldOutSet:
+    """The inputs a variant's accuracy is measured on, and where they came from (recorded beside the accuracy)."""
+
+    feeds: tuple[dict[str, np.ndarray], ...]
+    source: str
+
+
+def held_out_set(
+    package: ModelPackage,
+    own: Path | None = None,
+    exclude_texts: Sequence[str] = (),
+    count: int | None = None,
+) -> HeldOutSet:
+    """The task's built-in held-out samples, or with `own` (a .txt file of the user's text, for a model trained
+    on another domain) the task's samples cut from it (`Task.own_held_out`); minus `exclude_texts` either way."""
+    task = task_for(package)
+    if own is None:
+        feeds = task.samples("held-out", count, exclude_texts)
+        return HeldOutSet(tuple(feeds), f"built-in held-out samples ({len(feeds)})")
+    if own.suffix != ".txt" or not own.is_file():
+        problem = "does not exist" if not own.exists() else "is not a .txt file"
+        raise BadInputError(
+            f"held-out text '{own}' {problem}; pass a .txt file of your own text to --held-out"
+        )
+    if not isinstance(task.data, TextModality):
+        raise BadInputError(
+            f"held-out text '{own}' needs a text model, but package '{package.path}' takes "
+            f"{package.manifest.inputs[0].describe()}; drop --held-out to measure on the built-in samples"
+        )
+    try:
+        text = own.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadInputError(f"held-out text '{own}' is not UTF-8 text; save it as UTF-8") from None
+    feeds = task.own_held_out(text, exclude_texts)[:count]
+    if not feeds:
+        raise BadInputError(
+            f"held-out text '{own}' has no text to measure on (empty, or every line is calibration data); "
+            "put your own text in it, one sample a line"
+        )
+    return HeldOutSet(tuple(feeds), f"user file {own.name} ({len(feeds)} samples)")
 
 
 Reference = Runner | Sequence[Mapping[str, np.ndarray]]

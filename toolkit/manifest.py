@@ -149,6 +149,8 @@ class Validation:
     # the ``allclose`` rule's tolerances (value: the worst ratio of any output's deciding rule, threshold 1)
     atol: float | None = None
     rtol: float | None = None
+    held_out: str | None = None
+    """Where a quantized variant's held-out inputs came from (built-in samples, or the user's file)."""
 
 
 @dataclass(frozen=True)
@@ -453,6 +455,7 @@ def _validation(d: Mapping[str, Any] | None) -> Validation | None:
         host=Host(**d["host"]) if d.get("host") is not None else None,
         atol=_optional_float(d.get("atol")),
         rtol=_optional_float(d.get("rtol")),
+        held_out=d.get("held_out"),
     )
 
 

@@ -29,7 +29,7 @@ from onnx import numpy_helper
 from converters.accuracy import (
     Latency,
     compare_variant,
-    held_out_feeds,
+    held_out_set,
     latency_feeds,
     measure_latency,
     reference_outputs,
@@ -242,7 +242,12 @@ class _Trials:
     def __init__(self, ws: Workspace, options: QuantizeOptions, reference: Runner) -> None:
         self.ws = ws
         self.options = options
-        self.held_out = held_out_feeds(ws.package)
+        # a static candidate calibrates on the user's calibration text: held-out inputs leave it out
+        calibration = load_calibration(ws.package, options.calibration) if options.calibration.data else None
+        self.held_out_set = held_out_set(
+            ws.package, options.held_out, calibration.texts if calibration else ()
+        )
+        self.held_out = self.held_out_set.feeds
         self.wanted = reference_outputs(reference, self.held_out)
         self.size_cap = model_size(ws.source) * options.max_size if options.max_size else float("inf")
         self.staged: dict[str, Path] = {}
@@ -369,8 +374,10 @@ def _auto_variant(
     latency: Latency,
     options: QuantizeOptions,
     host: Host,
+    held_out: str,
 ) -> Variant:
-    """The manifest entry of the kept candidate, its settings recording how `auto` chose it among the rest."""
+    """The manifest entry of the kept candidate, its settings recording how `auto` chose it among the rest, and
+    its accuracy with where the `held_out` inputs came from."""
     assert winner.accuracy is not None
     budget = options.budget
     settings = {
@@ -396,7 +403,7 @@ def _auto_variant(
         method=winner.method,
         size_bytes=winner.size_bytes,
         settings=settings,
-        validation=winner.accuracy.to_validation(budget),
+        validation=winner.accuracy.to_validation(budget, held_out=held_out),
         tool_versions=tool_versions(),
     )
 
@@ -424,7 +431,9 @@ def quantize_auto(
                 package, "auto", None, None, latency, None, budget, tuple(candidates), notes, host
             )
         winner = _pick(fitting)
-        variant = _auto_variant(name, target.name, winner, candidates, latency, options, host)
+        variant = _auto_variant(
+            name, target.name, winner, candidates, latency, options, host, trials.held_out_set.source
+        )
         package = install_variant(package, trials.staged[winner.name], variant)
         variant = package.manifest.variant(variant.name)  # its size counts external data it was given
     return QuantizeResult(

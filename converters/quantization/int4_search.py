@@ -1,23 +1,24 @@
 """int4's block size and accuracy level, chosen by measurement on this host.
 
 Each candidate (block 32, 64, 128 at the host's preferred accuracy level, then the best block at the other
-level) is built, scored on the package's held-out inputs with the task's metric (next-token agreement for a
-generator) and timed on the task's timing feeds (one decode step), interleaved with fp32 in one process. The
-fastest candidate within the budget wins; within `LATENCY_TIE` of it, the smaller block (finer scales, more
+level) is built, scored on the held-out inputs (the package's built-in samples, or the user's own text given
+with `--held-out`) with the task's metric (next-token agreement for a generator) and timed on the task's timing
+feeds (one decode step), interleaved with fp32 in one process. The fastest candidate within the budget wins; within `LATENCY_TIE` of it, the smaller block (finer scales, more
 accurate). When none meets the budget, the most accurate one wins. Accuracy level 4 quantizes activations to int8
 per block and uses the integer dot-product kernels (VNNI, AMX, ARM dotprod); level 1 computes in fp32.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from converters.accuracy import (
     compare_variant,
-    held_out_feeds,
     latency_feeds,
     measure_latency,
     reference_outputs,
@@ -47,11 +48,18 @@ class Int4Choice:
 
 
 def search_int4(
-    package: ModelPackage, source: Path, folder: Path, build: Build, budget: float, threads: int, runs: int
+    package: ModelPackage,
+    source: Path,
+    folder: Path,
+    build: Build,
+    held_out: Sequence[Mapping[str, np.ndarray]],
+    budget: float,
+    threads: int,
+    runs: int,
 ) -> Int4Choice:
-    """Build, score and time the int4 candidates with `build(block, level, out)`; returns the pick."""
+    """Build the int4 candidates with `build(block, level, out)`, score them on `held_out` and time them;
+    returns the pick."""
     preferred, other = (4, 1) if current_host("cpu").int8_path in DOT_PRODUCT_PATHS else (1, 4)
-    held_out = held_out_feeds(package)
     wanted = reference_outputs(Runner(source, "cpu", threads=threads), held_out)
     scores: dict[tuple[int, int], float] = {}
     files: dict[tuple[int, int], Path] = {}

@@ -21,9 +21,10 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from converters.accuracy import (
+    HeldOutSet,
     Latency,
     compare_variant,
-    held_out_feeds,
+    held_out_set,
     latency_feeds,
     measure_latency,
 )
@@ -97,6 +98,9 @@ class QuantizeOptions:
     """`auto` only: keep only candidates whose accuracy holds on every CPU (see `auto.py`)."""
     threads: int = 2
     latency_runs: int = 20
+    held_out: Path | None = None
+    """A .txt file of the user's own text to measure accuracy on (the int4 search's scores, the recorded accuracy,
+    the budget check) instead of the built-in samples: for a model trained on another domain."""
 
 
 @dataclass(frozen=True)
@@ -495,6 +499,7 @@ def int4(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str, Any]:
             ws.source,
             ws.folder,
             lambda block, level, path: _int4_file(ws, options, block, level, path),
+            held_out_set(ws.package, options.held_out).feeds,
             options.budget,
             options.threads,
             options.latency_runs,
@@ -574,15 +579,14 @@ def _weights_apart(model: Path) -> bool:
 
 
 def _measure(
-    ws: Workspace, staged: Path, name: str, options: QuantizeOptions, exclude_texts: Sequence[str]
+    ws: Workspace, staged: Path, name: str, options: QuantizeOptions, held_out: HeldOutSet
 ) -> tuple[AccuracyReport, Latency]:
-    feeds = held_out_feeds(ws.package, exclude_texts=exclude_texts)
-    ws.say(f"validating against fp32 on {len(feeds)} held-out inputs")
+    ws.say(f"validating against fp32 on {held_out.source}")
     try:
         runner = Runner(staged, "cpu", threads=options.threads)
     except BadModelError as exc:
         raise BadModelError(f"the {name} variant does not load in onnxruntime on CPU ({exc})") from None
-    report = compare_variant(ws.package, runner, feeds)
+    report = compare_variant(ws.package, runner, held_out.feeds)
     ws.say("timing against fp32")
     latency = measure_latency(
         {FP32_VARIANT: ws.source, name: runner},
@@ -608,8 +612,8 @@ def quantize_with(pkg: ModelPackage, method: str, options: QuantizeOptions, say:
         ws = Workspace(pkg, source, folder, say)
         staged = folder / "variant.onnx"
         settings = spec.build(ws, options, staged)
-        calibration_texts = settings.pop("_calibration_texts", [])
-        report, latency = _measure(ws, staged, name, options, calibration_texts)
+        held_out = held_out_set(pkg, options.held_out, settings.pop("_calibration_texts", []))
+        report, latency = _measure(ws, staged, name, options, held_out)
         settings["latency_ms"] = {**latency.median_ms, "threads": latency.threads, "inputs": latency.shape}
         variant = Variant(
             name=name,
@@ -618,7 +622,7 @@ def quantize_with(pkg: ModelPackage, method: str, options: QuantizeOptions, say:
             method=method,
             size_bytes=staged.stat().st_size,
             settings=settings,
-            validation=report.to_validation(options.budget),
+            validation=report.to_validation(options.budget, held_out=held_out.source),
             tool_versions=tool_versions(),
         )
         pkg = install_variant(pkg, staged, variant)

@@ -103,6 +103,13 @@ def render_candidates(candidates: Any, budget: float, host: Host | None, portabl
 )
 @click.option("--samples", type=int, default=32, show_default=True, help="Calibration samples to use.")
 @click.option(
+    "--held-out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A .txt file of your own text to measure accuracy on (the int4 search, the budget) instead of the "
+    "built-in samples: one sample a line; a generator's text is cut into 128-token windows.",
+)
+@click.option(
     "--symmetric-activations",
     is_flag=True,
     help="static-int8: int8 symmetric activations (what TensorRT requires).",
@@ -154,6 +161,7 @@ def quantize_command(
     calibration_method: str,
     calibration_data: Path | None,
     samples: int,
+    held_out: Path | None,
     symmetric_activations: bool,
     block_size: str,
     fp16_block: tuple[str, ...],
@@ -186,6 +194,7 @@ def quantize_command(
         portable_only=portable,
         reduce_range=reduce_range,
         threads=threads,
+        held_out=held_out,
     )
     with progress(not as_json) as step:
         result = quantize(package_dir, method, options, step)
@@ -210,7 +219,8 @@ def _print_result(result: QuantizeResult, method: str, portable: bool) -> None:
         stdout.print(
             f"{'wrote' if variant.validation and variant.validation.passed else 'wrote (below budget)'} "
             f"{result.package.path / variant.file}{picked}\n"
-            f"  accuracy vs fp32: {result.accuracy.summary()}, budget {result.budget:g}\n"
+            f"  accuracy vs fp32: {result.accuracy.summary()}, budget {result.budget:g}"
+            f"{f' (on {variant.validation.held_out})' if variant.validation and variant.validation.held_out else ''}\n"
             f"  size: {variant.size_bytes / 1e6:.1f} MB ({result.size_ratio:.1%} of fp32)\n"
             f"  latency: {ms:.1f} ms vs fp32 {fp32_ms:.1f} ms ({fp32_ms / ms:.2f}x, CPU, {result.latency.threads} threads, "
             f"{result.latency.shape})"

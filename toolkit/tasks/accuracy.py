@@ -78,8 +78,11 @@ class AccuracyReport:
         """Whether the mean reaches `budget` and the worst sample reaches `budget_floor(budget)`."""
         return self.score >= budget and self.worst >= budget_floor(budget)
 
-    def to_validation(self, budget: float, host: Host | None = None) -> Validation:
-        """As the manifest's `Validation` (reference fp32, threshold = budget), measured on `host` (this one's CPU)."""
+    def to_validation(
+        self, budget: float, host: Host | None = None, held_out: str | None = None
+    ) -> Validation:
+        """As the manifest's `Validation` (reference fp32, threshold = budget), measured on `host` (this one's CPU)
+        on the `held_out` inputs (where they came from)."""
         return Validation(
             metric=self.metric,
             value=round(self.value, 6),
@@ -90,6 +93,7 @@ class AccuracyReport:
             outputs=self.outputs,
             cases=tuple(f"{k} {v:.6g}" for k, v in self.details.items()),
             host=host or current_host("cpu"),
+            held_out=held_out,
         )
 
     def summary(self) -> str:

@@ -31,6 +31,7 @@ from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs, max_abs_diff_r
 from toolkit.tasks.modality import AudioModality, ImageModality, Modality, TensorModality, TextModality
 
 __all__ = [
+    "OWN_HELD_OUT_LIMIT",
     "PAD_ID",
     "AudioPipeline",
     "DecodeCall",
@@ -50,12 +51,30 @@ __all__ = [
     "TextPipeline",
     "bytes_array",
     "flag_parameter",
+    "own_lines",
+    "spread",
     "string_parameter",
     "token_id_rows",
 ]
 
 Feeds = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
+# the most held-out samples taken from a user's file: each costs a run of every candidate a quantizer scores
+OWN_HELD_OUT_LIMIT = 64
+_Item = TypeVar("_Item")
+
+
+def own_lines(text: str, exclude_texts: Sequence[str] = ()) -> list[str]:
+    """The non-blank lines of a user's text, stripped, minus `exclude_texts`."""
+    excluded = set(exclude_texts)
+    return [line for line in (raw.strip() for raw in text.splitlines()) if line and line not in excluded]
+
+
+def spread(items: Sequence[_Item], limit: int) -> list[_Item]:
+    """At most `limit` of `items`, evenly spaced over them (all when there are no more)."""
+    if len(items) <= limit:
+        return list(items)
+    return [items[i * len(items) // limit] for i in range(limit)]
 
 
 class Family(Enum):
@@ -199,7 +218,6 @@ def token_id_rows(rows: Sequence[Sequence[int]]) -> np.ndarray:
     return array
 
 
-_Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
 _P = TypeVar("_P", bound="Pipeline[Any]")
 _M = TypeVar("_M", bound=Modality)
@@ -270,13 +288,22 @@ class Task(Generic[_M]):
 
     def text_samples(self, texts: Sequence[str]) -> list[Feeds]:
         """Batch-1 feeds for these sentences (calibration text), padded alike; a text task's only."""
+        return self.text_data().text_feeds(texts, padded=True)
+
+    def text_data(self) -> TextModality:
+        """The task's text modality (a BadInputError when it reads no text)."""
         data = self.data
         if not isinstance(data, TextModality):
             raise BadInputError(
                 f"task '{self.name}' of package '{self.package.path}' takes no text; "
                 f"it reads {data.kind} inputs"
             )
-        return data.text_feeds(texts, padded=True)
+        return data
+
+    def own_held_out(self, text: str, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
+        """Held-out feeds from the user's own text: one per non-blank line (minus `exclude_texts`, the calibration
+        texts), at most `OWN_HELD_OUT_LIMIT` spread over the file; a text task's only."""
+        return self.text_data().text_feeds(spread(own_lines(text, exclude_texts), OWN_HELD_OUT_LIMIT))
 
     def timing_feeds(self, batch: int = 1, seq: int = 128) -> Feeds:
         """Fixed-shape feeds of `batch` rows for latency measurements."""

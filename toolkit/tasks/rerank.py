@@ -24,7 +24,7 @@ from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage, TensorSpec
 from toolkit.runner import Runner
 from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs, ranking_report
-from toolkit.tasks.base import Feeds, Task, TextPipeline
+from toolkit.tasks.base import OWN_HELD_OUT_LIMIT, Feeds, Task, TextPipeline, own_lines
 from toolkit.tasks.modality import DEFAULT_SAMPLES, TextModality
 
 __all__ = [
@@ -112,13 +112,18 @@ class RerankTask(Task[TextModality]):
     # -- samples and the metric -------------------------------------------------------------------------
 
     def held_out_lists(
-        self, count: int | None, exclude_texts: Sequence[str] = ()
+        self,
+        count: int | None,
+        exclude_texts: Sequence[str] = (),
+        sentences: Sequence[str] = HELD_OUT_SENTENCES,
     ) -> list[tuple[str, list[str]]]:
-        """`count` lists of a query and `LIST_SIZE` held-out sentences, one of which the query was cut from."""
+        """`count` lists of a query and `LIST_SIZE` held-out `sentences`, one of which the query was cut from."""
         excluded = set(exclude_texts)
-        pool = [t for t in HELD_OUT_SENTENCES if t not in excluded]
+        pool = [t for t in sentences if t not in excluded]
         if len(pool) < LIST_SIZE:
-            raise BadInputError(f"the held-out set keeps {len(pool)} sentences; a list needs {LIST_SIZE}")
+            raise BadInputError(
+                f"the held-out set keeps {len(pool)} sentences; a list needs {LIST_SIZE}: give more lines"
+            )
         lists = []
         for i in range(count or DEFAULT_SAMPLES // 2):
             documents = [pool[(i * 5 + k * 7) % len(pool)] for k in range(LIST_SIZE)]
@@ -139,6 +144,12 @@ class RerankTask(Task[TextModality]):
         if purpose == "held-out":
             return [self.pair_feeds(q, docs) for q, docs in self.held_out_lists(count, exclude_texts)]
         return super().samples(purpose, count, exclude_texts)
+
+    def own_held_out(self, text: str, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
+        """Query/document lists (as the built-in held-out ones) over the non-blank lines of the user's text."""
+        lines = own_lines(text, exclude_texts)
+        count = min(len(lines), OWN_HELD_OUT_LIMIT)
+        return [self.pair_feeds(q, docs) for q, docs in self.held_out_lists(count, (), lines)]
 
     def metric_values(self, outputs: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         """The list's raw scores [N] (the activation is monotonic: it changes no order)."""

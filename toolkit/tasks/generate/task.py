@@ -26,13 +26,16 @@ from toolkit.errors import BadModelError
 from toolkit.manifest import GenerationSpec, ModelPackage, OutputCheck, TensorSpec
 from toolkit.preprocess import read_decoder_tokenizer
 from toolkit.tasks.accuracy import AccuracyReport, HeldOut, Runs
-from toolkit.tasks.base import Family, Feeds, Task
+from toolkit.tasks.base import OWN_HELD_OUT_LIMIT, Family, Feeds, Task, spread
 from toolkit.tasks.modality import CALIBRATION_SEED, PURPOSE_SEEDS, TextModality
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["GenerateTask"]
+__all__ = ["HELD_OUT_WINDOW", "GenerateTask"]
+
+# tokens per held-out window cut from a user's text (`own_held_out`): the context of a typical prompt
+HELD_OUT_WINDOW = 128
 
 
 class GenerateTask(Task[TextModality]):
@@ -188,6 +191,18 @@ class GenerateTask(Task[TextModality]):
             return self.text_samples(CALIBRATION_SENTENCES[:count])
         excluded = set(exclude_texts)
         return self.text_samples([t for t in HELD_OUT_SENTENCES if t not in excluded][:count])
+
+    def own_held_out(self, text: str, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
+        """Prompt passes over the user's text (minus lines in `exclude_texts`) cut into windows of
+        `HELD_OUT_WINDOW` tokens (a partial last one kept when it has 2), at most `OWN_HELD_OUT_LIMIT` spread
+        over it: each scores every position, as the built-in sentences do, at the context lengths a long prompt
+        reaches."""
+        excluded = set(exclude_texts)
+        kept = "\n".join(line for line in text.splitlines() if line.strip() not in excluded)
+        ids = self.tokenizer.encode(kept).ids
+        window = min(HELD_OUT_WINDOW, self.spec.max_positions)
+        windows = [ids[start : start + window] for start in range(0, len(ids), window)]
+        return [self.prompt_feeds(w) for w in spread([w for w in windows if len(w) >= 2], OWN_HELD_OUT_LIMIT)]
 
     def timing_feeds(self, batch: int = 1, seq: int = 128) -> Feeds:
         """One decode step: a token per row on top of a cache of `seq` - 1 positions (what generation repeats)."""

@@ -26,7 +26,7 @@ from converters.accuracy import (
     Candidate,
     RecordedOutputs,
     compare_variant,
-    held_out_feeds,
+    held_out_set,
     latency_feeds,
     measure_latency,
     reference_outputs,
@@ -119,7 +119,8 @@ def verify(
     target = (
         open_target(emulation.target, emulation.cache_dir) if emulation else None
     )  # not prepared: fail now
-    feeds = held_out_feeds(pkg)
+    held_out = held_out_set(pkg)
+    feeds = list(held_out.feeds)
     reference = Runner(pkg.model_path(FP32_VARIANT), "cpu", threads=threads)
     wanted = reference_outputs(reference, feeds)
     if target is not None and emulation is not None:
@@ -137,6 +138,7 @@ def verify(
                 feeds,
                 wanted,
                 emulated.host,
+                held_out.source,
             )
             for variant in selected
         ]
@@ -151,7 +153,9 @@ def verify(
                 threads=threads,
                 config=config or ProviderConfig(providers=("cpu",)),
             )
-            check = _check(pkg, variant, runner, feeds, wanted, current_host(runner.providers[0]))
+            check = _check(
+                pkg, variant, runner, feeds, wanted, current_host(runner.providers[0]), held_out.source
+            )
             latency = measure_latency(
                 {FP32_VARIANT: reference, variant.name: runner},
                 timing_feeds,
@@ -176,13 +180,14 @@ def _check(
     feeds: Sequence[Mapping[str, np.ndarray]],
     wanted: Sequence[Mapping[str, np.ndarray]],
     host: Host,
+    held_out: str,
 ) -> VariantCheck:
     report = compare_variant(pkg, candidate, feeds, reference=wanted)
     budget = variant.validation.threshold if variant.validation else DEFAULT_BUDGET
     return VariantCheck(
         variant=variant.name,
         recorded=variant.validation,
-        now=report.to_validation(budget, host),
+        now=report.to_validation(budget, host, held_out),
         accuracy=report,
         budget=budget,
         fp32_ms=None,

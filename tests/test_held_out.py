@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 
 from converters.accuracy import compare_variant, held_out_set
 from converters.quantization import CalibrationOptions, QuantizeOptions, QuantizeResult, quantize
+from converters.verify import verify
 from tests.test_generate import _model, _tokenizer
 from tests.test_rerank import cross_encoder_dir, cross_encoder_package  # noqa: F401 - fixtures used here
 from toolkit.cli import edge
@@ -105,6 +106,11 @@ def test_text_model_measures_one_sample_a_line_disjoint_from_calibration(
     builtin = _validation(quantize(bert, "dynamic-int8", QuantizeOptions(name="int8-builtin")))
     assert builtin.held_out == f"built-in held-out samples ({builtin.samples})"
     assert builtin.samples > 5
+    # `edge verify` re-measures on the built-in samples, and its record says so
+    (check,) = verify(bert, ["int8"], update=True, latency_runs=1).checks
+    assert check.recorded is not None
+    assert check.recorded.held_out == "user file held.txt (5 samples)"
+    assert check.now.held_out == builtin.held_out
 
 
 def test_reranker_measures_lists_of_the_users_lines(

@@ -3,9 +3,10 @@
 Each candidate (block 32, 64, 128 at the host's preferred accuracy level, then the best block at the other
 level) is built, scored on the held-out inputs (the package's built-in samples, or the user's own text given
 with `--held-out`) with the task's metric (next-token agreement for a generator) and timed on the task's timing
-feeds (one decode step), interleaved with fp32 in one process. The fastest candidate within the budget wins; within `LATENCY_TIE` of it, the smaller block (finer scales, more
-accurate). When none meets the budget, the most accurate one wins. Accuracy level 4 quantizes activations to int8
-per block and uses the integer dot-product kernels (VNNI, AMX, ARM dotprod); level 1 computes in fp32.
+feeds (one decode step), interleaved with fp32 in one process. The fastest candidate within the budget wins;
+within `LATENCY_TIE` of it, the smaller block (finer scales, more accurate). When none meets the budget, the most
+accurate one wins. Accuracy level 4 quantizes activations to int8 per block and uses the integer dot-product
+kernels (VNNI, AMX, ARM dotprod); level 1 computes in fp32.
 """
 
 from __future__ import annotations

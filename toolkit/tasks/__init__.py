@@ -20,7 +20,8 @@ What a task owns
                      character offsets); the pipeline's public method (``embed``, ``classify``, ``tag``, ...)
                      calls it per batch.
     samples          `samples(purpose, count)`: batch-1 feeds for ``held-out`` accuracy and ``calibration``
-                     (one generator per modality, seeded by purpose), `timing_feeds(batch, seq)` for latency.
+                     (one generator per modality, seeded by purpose), `timing_feeds(batch, seq)` for latency;
+                     `own_held_out(text)` cuts the user's own held-out text (``--held-out``) into the same feeds.
     metric           the accuracy metric quantization checks (``cosine``, ``top1_agreement`` or
                      ``max_abs_diff``) over `metric_values(outputs, feeds)`; `accuracy_report(runs, feeds)`
                      makes the report of a variant against fp32 (a shape of `toolkit.tasks.accuracy`).

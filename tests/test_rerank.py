@@ -392,3 +392,5 @@ def test_padding_groups_keep_padding_within_the_slack_and_the_batch() -> None:
     # rows weigh: one row of 2 tokens joins 8 rows of 5 (45 padded for 42 real), 4 rows of 1 do not join 1 of 5
     assert padding_groups([2, 5], rows=[1, 8]) == [[0, 1]]
     assert padding_groups([1, 5], rows=[4, 1]) == [[0], [1]]
+    # an index already padded weighs its real elements: 8 rows padded to 5 holding 20 real do not take a 2
+    assert padding_groups([2, 5], rows=[1, 8], real=[2, 20]) == [[0], [1]]

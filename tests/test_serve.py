@@ -233,6 +233,41 @@ def test_engine_pads_merges_and_splits_back_to_unbatched_results(bert_runner: Ru
         )
 
 
+class _CountingRunner:
+    """A real Runner whose runs are counted (how many ONNX runs a merge made)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.inputs, self.outputs = runner.inputs, runner.outputs
+        self.runs: list[tuple[int, ...]] = []
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.runs.append(feeds["input_ids"].shape)
+        return self.runner.run(feeds)
+
+
+def test_engine_weighs_padding_against_real_tokens_so_a_padded_piece_stays_apart(bert_runner: Runner) -> None:
+    # A request's rows split by length (text_pieces): 7 short rows padded to their longest, 10, and one row of
+    # 12. Merged, the 8 rows would be 96 padded tokens for 52 real ones, over the slack: they run apart.
+    # Weighed by padded size instead (70 + 12), they would merge into one run, all padded to 12.
+    counting = _CountingRunner(bert_runner)
+    engine = Engine(
+        "bert", "fp32", counting, {"input_ids": 0}, ("sequence_length",), mask_input="attention_mask"
+    )  # type: ignore[arg-type]
+    short, long = _bert_feeds([5, 5, 5, 5, 5, 5, 10], seed=1), _bert_feeds([12], seed=2)
+    results = engine.run_many([short, long])
+    assert sorted(counting.runs) == [(1, 12), (7, 10)]
+    for feeds, result in zip((short, long), results, strict=True):
+        assert isinstance(result, dict)
+        np.testing.assert_allclose(
+            result["last_hidden_state"], bert_runner.run(feeds)["last_hidden_state"], atol=1e-5
+        )
+    # requests of like length still share one run
+    counting.runs.clear()
+    engine.run_many([_bert_feeds([9], seed=3), _bert_feeds([10], seed=4), _bert_feeds([5, 10], seed=5)])
+    assert counting.runs == [(4, 10)]
+
+
 def test_engine_isolates_a_bad_request_in_a_merged_batch(bert_runner: Runner) -> None:
     engine = Engine("bert", "fp32", bert_runner, {"input_ids": 0}, ("sequence_length",))
     good = _bert_feeds([5], seed=1)

@@ -147,23 +147,28 @@ PADDING_SLACK = 0.25
 
 
 def padding_groups(
-    sizes: Sequence[int], rows: Sequence[int] | None = None, max_rows: int | None = None
+    sizes: Sequence[int],
+    rows: Sequence[int] | None = None,
+    max_rows: int | None = None,
+    real: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Indices into `sizes` grouped so that padding each group to its largest costs at most `PADDING_SLACK` of its
     real work: sorted by size, a group grows while its padded elements stay within (1 + slack) x the real ones
-    (each index weighs its `rows`, 1 by default) and it holds at most `max_rows` rows."""
+    (each index weighs its `rows`, 1 by default, and holds `real` elements, rows x size by default: less when
+    it is itself padded) and it holds at most `max_rows` rows."""
     weights = rows if rows is not None else [1] * len(sizes)
+    reals = real if real is not None else [n * s for n, s in zip(weights, sizes, strict=True)]
     groups: list[list[int]] = []
-    count = real = 0
+    count = total = 0
     for index in sorted(range(len(sizes)), key=sizes.__getitem__):
-        n, s = weights[index], sizes[index]
+        n, s, r = weights[index], sizes[index], reals[index]
         fits = max_rows is None or count + n <= max_rows
-        if groups and fits and s * (count + n) <= (1 + PADDING_SLACK) * (real + n * s):
+        if groups and fits and s * (count + n) <= (1 + PADDING_SLACK) * (total + r):
             groups[-1].append(index)
-            count, real = count + n, real + n * s
+            count, total = count + n, total + r
         else:
             groups.append([index])
-            count, real = n, n * s
+            count, total = n, r
     return groups
 
 

@@ -225,3 +225,23 @@ def test_a_package_with_variants_embeds_with_its_default_version(
     assert answer.status_code == 200, answer.text
     served = np.array([item["embedding"] for item in answer.json()["data"]], dtype=np.float32)
     np.testing.assert_allclose(served, fp32, atol=1e-6)
+
+
+def test_array_json_bodies_give_the_stdlib_floats_with_or_without_orjson(embedder: TextEmbedding) -> None:
+    import json
+
+    from toolkit.serve.responses import json_bytes
+
+    vectors = embedder.embed(TEXTS)
+    vectors[0, :3] = [1e-5, -3e-7, 123456789.0]  # exponents, which the two spell differently
+    content = {"data": [{"index": i, "embedding": row} for i, row in enumerate(vectors.astype(np.float64))]}
+    # what the route sent before arrays: each float32 value as a Python float, through the stdlib
+    expected = json.loads(
+        json.dumps({"data": [{"index": i, "embedding": r.tolist()} for i, r in enumerate(vectors)]})
+    )
+    for fast in (True, False):
+        assert json.loads(json_bytes(content, (vectors,), fast=fast)) == expected
+    vectors[1, 5] = np.nan
+    for fast in (True, False):
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            json_bytes(content, (vectors,), fast=fast)

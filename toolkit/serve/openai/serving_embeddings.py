@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from toolkit.errors import BadInputError
 from toolkit.preprocess import l2_normalize
@@ -39,6 +39,7 @@ from toolkit.serve.errors import BodyTooLargeError
 from toolkit.serve.models import PipelineModel, ServedModel, model_named
 from toolkit.serve.openai.protocol import EmbeddingRequest, parse_embedding_request
 from toolkit.serve.options import ServeOptions
+from toolkit.serve.responses import ArrayJSONResponse
 from toolkit.serve.state import ModelLabel, ServerState
 from toolkit.tasks.base import ServesEmbeddings
 
@@ -124,12 +125,12 @@ def embedding_models(models: Sequence[ServedModel]) -> dict[str, EmbeddingModel]
     return found
 
 
-def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+def _embeddings(vectors: np.ndarray, encoding_format: str) -> list[np.ndarray] | list[str]:
+    """Each embedding as the body holds it: float64 rows (the float32 values as the floats a JSON list spells,
+    rendered by `ArrayJSONResponse`), or base64 of the little-endian float32 bytes."""
     if encoding_format == "base64":
-        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    # numpy's own conversion: the same floats as a per-element float(), a little less work on the event loop
-    values: list[float] = vector.tolist()
-    return values
+        return [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+    return list(vectors.astype(np.float64))
 
 
 def _prepare(
@@ -163,12 +164,12 @@ async def serve_embeddings(
         lambda raw, feeds: model.vectors(raw, feeds, parsed.dimensions),
     )
     tokens = sum(batch.token_counts)
-    return JSONResponse(
+    return ArrayJSONResponse(
         {
             "object": "list",
             "data": [
-                {"object": "embedding", "index": i, "embedding": _encode(v, parsed.encoding_format)}
-                for i, v in enumerate(vectors)
+                {"object": "embedding", "index": i, "embedding": embedding}
+                for i, embedding in enumerate(_embeddings(vectors, parsed.encoding_format))
             ],
             "model": model.name,
             "usage": {
@@ -176,5 +177,6 @@ async def serve_embeddings(
                 "total_tokens": tokens,
                 "truncated_inputs": list(batch.truncated),
             },
-        }
+        },
+        arrays=(vectors,),
     )

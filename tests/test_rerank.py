@@ -378,19 +378,37 @@ def test_api_key_and_token_limit(cross_encoder_package: Path, model_name: str) -
         assert "100-token limit" in long.json()["message"]
 
 
-def test_padding_groups_keep_padding_within_the_slack_and_the_batch() -> None:
-    from toolkit.preprocess import PADDING_SLACK, padding_groups
+def test_padding_groups_are_the_least_cost_runs_within_the_batch() -> None:
+    import itertools
+    import random
 
-    sizes = [30, 4, 5, 29, 4, 31, 12]
-    groups = padding_groups(sizes)
-    assert sorted(i for group in groups for i in group) == list(range(len(sizes)))
-    assert groups == [[1, 4, 2], [6], [3, 0, 5]]
-    for group in groups:
-        real = sum(sizes[i] for i in group)
-        assert max(sizes[i] for i in group) * len(group) <= (1 + PADDING_SLACK) * real
-    assert padding_groups(sizes, max_rows=2) == [[1, 4], [2], [6], [3, 0], [5]]
-    # rows weigh: one row of 2 tokens joins 8 rows of 5 (45 padded for 42 real), 4 rows of 1 do not join 1 of 5
-    assert padding_groups([2, 5], rows=[1, 8]) == [[0, 1]]
-    assert padding_groups([1, 5], rows=[4, 1]) == [[0], [1]]
-    # an index already padded weighs its real elements: 8 rows padded to 5 holding 20 real do not take a 2
-    assert padding_groups([2, 5], rows=[1, 8], real=[2, 20]) == [[0], [1]]
+    from toolkit.preprocess import RUN_COST_ELEMENTS, padding_groups
+
+    def cost(groups: list[list[int]], sizes: list[int], rows: list[int]) -> int:
+        return sum(RUN_COST_ELEMENTS + sum(rows[i] for i in g) * max(sizes[i] for i in g) for g in groups)
+
+    generator = random.Random(0)
+    for _ in range(200):
+        n = generator.randint(1, 8)
+        sizes = [generator.randint(1, 60) for _ in range(n)]
+        rows = [generator.randint(1, 6) for _ in range(n)]
+        max_rows = generator.choice([None, 6, 10])
+        groups = padding_groups(sizes, rows, max_rows)
+        assert sorted(i for g in groups for i in g) == list(range(n))
+        assert all(max_rows is None or len(g) == 1 or sum(rows[i] for i in g) <= max_rows for g in groups)
+        order = sorted(range(n), key=sizes.__getitem__)
+        # every cut of the size-sorted order (within the rows limit) costs at least as much
+        for cuts in itertools.product([False, True], repeat=n - 1):
+            other: list[list[int]] = [[order[0]]]
+            for index, cut in zip(order[1:], cuts, strict=True):
+                if cut:
+                    other.append([index])
+                else:
+                    other[-1].append(index)
+            if all(max_rows is None or len(g) == 1 or sum(rows[i] for i in g) <= max_rows for g in other):
+                assert cost(groups, sizes, rows) <= cost(other, sizes, rows)
+    # 31 pairs padded to 39 do not pay 9 tokens each to share a run with one pair of 48 (the rerank route's case)
+    assert padding_groups([39, 48], rows=[31, 1]) == [[0], [1]]
+    # a lone short row joins its neighbours rather than pay a run of its own; max_rows still cuts
+    assert padding_groups([3, 16, 17, 18]) == [[0, 1, 2, 3]]
+    assert padding_groups([3, 16, 17, 18], max_rows=2) == [[0, 1], [2, 3]]

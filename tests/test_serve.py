@@ -246,23 +246,20 @@ class _CountingRunner:
         return self.runner.run(feeds)
 
 
-def test_engine_weighs_padding_against_real_tokens_so_a_padded_piece_stays_apart(bert_runner: Runner) -> None:
-    # A request's rows split by length (text_pieces): 7 short rows padded to their longest, 10, and one row of
-    # 12. Merged, the 8 rows would be 96 padded tokens for 52 real ones, over the slack: they run apart.
-    # Weighed by padded size instead (70 + 12), they would merge into one run, all padded to 12.
+def test_engine_keeps_a_padded_piece_apart_where_padding_costs_more_than_a_run(bert_runner: Runner) -> None:
+    # A request's rows cut by length (text_pieces): 31 rows padded to 10 and one row of 48. Merged, the 31 would
+    # each carry 38 pad tokens (1178, far over a run's cost): they run apart, as the library runs them.
     counting = _CountingRunner(bert_runner)
-    engine = Engine(
-        "bert", "fp32", counting, {"input_ids": 0}, ("sequence_length",), mask_input="attention_mask"
-    )  # type: ignore[arg-type]
-    short, long = _bert_feeds([5, 5, 5, 5, 5, 5, 10], seed=1), _bert_feeds([12], seed=2)
+    engine = Engine("bert", "fp32", counting, {"input_ids": 0}, ("sequence_length",))  # type: ignore[arg-type]
+    short, long = _bert_feeds([8] * 30 + [10], seed=1), _bert_feeds([48], seed=2)
     results = engine.run_many([short, long])
-    assert sorted(counting.runs) == [(1, 12), (7, 10)]
+    assert sorted(counting.runs) == [(1, 48), (31, 10)]
     for feeds, result in zip((short, long), results, strict=True):
         assert isinstance(result, dict)
         np.testing.assert_allclose(
             result["last_hidden_state"], bert_runner.run(feeds)["last_hidden_state"], atol=1e-5
         )
-    # requests of like length still share one run
+    # requests of like length share one run
     counting.runs.clear()
     engine.run_many([_bert_feeds([9], seed=3), _bert_feeds([10], seed=4), _bert_feeds([5, 10], seed=5)])
     assert counting.runs == [(4, 10)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,8 +32,8 @@ __all__ = [
     "LETTERBOX_FILL",
     "MAX_ASPECT_RATIO",
     "MAX_IMAGE_PIXELS",
-    "PADDING_SLACK",
     "RESIZERS",
+    "RUN_COST_ELEMENTS",
     "SAMPLE_RATES",
     "AudioInput",
     "Classification",
@@ -142,34 +143,39 @@ def _tokenizer_config(folder: Path) -> dict[str, Any]:
     return settings if isinstance(settings, dict) else {}
 
 
-# A batch may spend at most this fraction over its real work on padding; beyond it, it is split.
-PADDING_SLACK = 0.25
+# A run's fixed cost in padded elements (tokens, for text): what onnxruntime spends on a run beyond its rows'
+# work (thread hand-offs, kernel dispatch). MiniLM-L6 at 2 threads takes about 2.9 ms + 0.12 ms per token
+# (benchmarks/serve_retrieval.py's host): 24 tokens; rounded up, since a busy server pays more per hand-off.
+RUN_COST_ELEMENTS = 32
 
 
 def padding_groups(
-    sizes: Sequence[int],
-    rows: Sequence[int] | None = None,
-    max_rows: int | None = None,
-    real: Sequence[int] | None = None,
+    sizes: Sequence[int], rows: Sequence[int] | None = None, max_rows: int | None = None
 ) -> list[list[int]]:
-    """Indices into `sizes` grouped so that padding each group to its largest costs at most `PADDING_SLACK` of its
-    real work: sorted by size, a group grows while its padded elements stay within (1 + slack) x the real ones
-    (each index weighs its `rows`, 1 by default, and holds `real` elements, rows x size by default: less when
-    it is itself padded) and it holds at most `max_rows` rows."""
+    """Indices into `sizes` grouped into the runs of least total cost, each run padded to its largest size and
+    costing `RUN_COST_ELEMENTS` plus its rows x that size (each index weighs its `rows`, 1 by default; a run
+    holds at most `max_rows` rows unless one index alone holds more): padding is paid where it costs less
+    than another run, and a short or long straggler is not left to a run of its own. Exact: the best cuts of
+    the size-sorted order, by dynamic programming."""
     weights = rows if rows is not None else [1] * len(sizes)
-    reals = real if real is not None else [n * s for n, s in zip(weights, sizes, strict=True)]
+    order = sorted(range(len(sizes)), key=sizes.__getitem__)
+    best = [0] + [math.inf] * len(order)  # best[k]: the least cost of the first k sorted indices
+    start = [0] * (len(order) + 1)  # where the last run of that best begins
+    for end in range(1, len(order) + 1):
+        largest, count = sizes[order[end - 1]], 0
+        for begin in range(end - 1, -1, -1):
+            count += weights[order[begin]]
+            if max_rows is not None and count > max_rows and begin < end - 1:
+                break
+            cost = best[begin] + RUN_COST_ELEMENTS + count * largest
+            if cost <= best[end]:
+                best[end], start[end] = cost, begin
     groups: list[list[int]] = []
-    count = total = 0
-    for index in sorted(range(len(sizes)), key=sizes.__getitem__):
-        n, s, r = weights[index], sizes[index], reals[index]
-        fits = max_rows is None or count + n <= max_rows
-        if groups and fits and s * (count + n) <= (1 + PADDING_SLACK) * (total + r):
-            groups[-1].append(index)
-            count, total = count + n, total + r
-        else:
-            groups.append([index])
-            count, total = n, r
-    return groups
+    end = len(order)
+    while end:
+        groups.append(order[start[end] : end])
+        end = start[end]
+    return groups[::-1]
 
 
 def _pad_token_id(tokenizer: Any, folder: Path) -> int:

@@ -6,9 +6,9 @@ batch); otherwise each request runs alone. Other dims that differ are padded onl
 the answer: for text packages with an ``attention_mask``, the dims of that mask are padded (``input_ids`` with
 the tokenizer's pad id, the rest with 0) and outputs with the same dim are cut back per request. Anything else
 is never zero-padded (a model without a mask would see the zeros): requests whose other dims differ go into
-separate runs of the same batch. Padded runs are also split by length, so padding never costs more than
-`PADDING_SLACK` of a run's real work (its requests' attention-mask tokens: a request's pieces that
-`text_pieces` split apart are not merged back). Models with `BATCH_COUPLED_OPS` (dynamic-int8 variants) are never merged: with
+separate runs of the same batch. Padded requests are also split into runs by length where padding would cost
+more than another run (`padding_groups`: a run costs `RUN_COST_ELEMENTS` plus its padded elements), so a
+request's pieces that `text_pieces` cut apart are not merged back into one long run. Models with `BATCH_COUPLED_OPS` (dynamic-int8 variants) are never merged: with
 one activation scale per tensor, a request's answer would depend on its batch-mates. If a merged run fails (say
 one request holds an out-of-range token id), its requests run one by one so only the bad one gets the error.
 """
@@ -25,13 +25,13 @@ import numpy as np
 
 from toolkit.errors import BadInputError, EdgeError
 from toolkit.manifest import TensorSpec
-from toolkit.preprocess import PADDING_SLACK, padding_groups
+from toolkit.preprocess import RUN_COST_ELEMENTS, padding_groups
 from toolkit.runner import Runner
 from toolkit.tasks.modality import TextModality
 
 __all__ = [
     "BATCH_COUPLED_OPS",
-    "PADDING_SLACK",
+    "RUN_COST_ELEMENTS",
     "Engine",
     "Feeds",
     "ModelEngine",
@@ -97,7 +97,6 @@ class Engine:
         pad_dims: Iterable[str] = (),
         *,
         merge: bool = True,
-        mask_input: str | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -108,9 +107,6 @@ class Engine:
         self.merge = merge and self.batch_dim is not None
         self.pad_values = dict(pad_values or {})
         self.pad_dims = self._safe_pad_dims(frozenset(pad_dims))
-        # the input whose nonzeros are a request's real elements (text: its attention mask): a request that is
-        # itself padded (a piece of `text_pieces`) weighs its real tokens, not its padded ones, against padding
-        self.mask_input = mask_input if mask_input in {spec.name for spec in self.inputs} else None
 
     @property
     def label(self) -> tuple[str, str]:
@@ -216,10 +212,8 @@ class Engine:
         return pieces
 
     def _buckets(self, jobs: Sequence[Feeds], members: list[int]) -> list[list[int]]:
-        """Split a group by padded size so no run spends more than `PADDING_SLACK` of its work on padding
-        (`padding_groups`, weighed against the requests' real elements when the engine has a `mask_input`: the
-        pieces `text_pieces` split apart stay apart); on a CPU, where work grows with padded tokens, this keeps
-        most of batching's gain."""
+        """Split a group by padded size into the runs of least cost (`padding_groups`): on a CPU, where work grows
+        with padded tokens, padding is paid only where it costs less than another run."""
         if not self.pad_dims or len(members) < 2:
             return [members]
 
@@ -227,12 +221,7 @@ class Engine:
             sizes = self.dim_sizes(jobs[index])
             return math.prod(sizes[d] for d in self.pad_dims if d in sizes)
 
-        rows = [self.rows(jobs[i]) for i in members]
-        sizes = [size(i) for i in members]
-        real = None
-        if self.mask_input is not None:
-            real = [int(np.count_nonzero(jobs[i][self.mask_input])) for i in members]
-        groups = padding_groups(sizes, rows, real=real)
+        groups = padding_groups([size(i) for i in members], [self.rows(jobs[i]) for i in members])
         return [[members[k] for k in group] for group in groups]
 
     def _run_one(self, feeds: Feeds) -> Outputs | BaseException:

@@ -149,15 +149,13 @@ def _engine(name: str, variant: str, runner: Runner, task: Task[Any]) -> Engine:
     inputs = {spec.name: spec for spec in runner.inputs}
     pad_values: dict[str, int | float] = {}
     pad_dims: tuple[str, ...] = ()
-    mask_input = None
     if isinstance(task.data, TextModality) and "attention_mask" in inputs:
         pad_values = {"input_ids": task.data.tokenizer.pad_id}
         pad_dims = tuple(d for d in inputs["attention_mask"].shape if isinstance(d, str))
-        mask_input = "attention_mask"
     coupled = sorted(op_types(runner.path) & BATCH_COUPLED_OPS)
     if coupled:
         log.info("model %s %s has %s: requests run as sent, never merged", name, variant, coupled[0])
-    return Engine(name, variant, runner, pad_values, pad_dims, merge=not coupled, mask_input=mask_input)
+    return Engine(name, variant, runner, pad_values, pad_dims, merge=not coupled)
 
 
 def _variants(package: ModelPackage, options: LoadOptions) -> list[str]:

@@ -493,8 +493,8 @@ class TextPipeline(Pipeline[TextModality]):
         batch_size: int,
         finish: Callable[[Outputs, Feeds], Sequence[_Result]],
     ) -> list[_Result]:
-        """Token ids and type ids (texts or text pairs) in batches of like length (`padding_groups`: padding costs
-        at most `PADDING_SLACK` of a batch's work), each padded alone; results in the encodings' order."""
+        """Token ids and type ids (texts or text pairs) in batches of like length (`padding_groups`: padding paid
+        only where it costs less than another run), each padded alone; results in the encodings' order."""
         data = self.task.data
         return self._map(
             encodings,

@@ -19,7 +19,7 @@ throughput over each infinity engine.
 
 Reranking: a cross-encoder with MiniLM-L6's shapes (its weights and a seeded one-logit head: what
 ms-marco-MiniLM-L6-v2 runs, which no hub can bring here) scores 1 query x 32 documents, in turn through
-`toolkit.Reranker.rank`, through ``POST /v1/rerank`` of the same `edge serve`, and through
+`toolkit.Reranker.rank` (its threads not spinning between runs, as the server's are not), through ``POST /v1/rerank`` of the same `edge serve`, and through
 sentence-transformers' ``CrossEncoder.predict`` at batch 32 (torch, ``--threads``). Printed: median ms per
 query, and the ratios; the scores are checked equal (max abs diff) first.
 """
@@ -215,16 +215,19 @@ def rerank_rows(
     import torch
     from sentence_transformers import CrossEncoder
 
-    from toolkit import ModelPackage, Reranker
+    from toolkit import ModelPackage, Reranker, Runner
 
     torch.set_num_threads(threads)
     documents = [SENTENCES[(7 * k) % len(SENTENCES)] for k in range(32)]
-    reranker = Reranker.load(package, threads=threads)
+    # threads that do not spin after a run, as the server's: spinning ones go on taking this 2-core host's cores
+    # while the next runner (the server, on the route) runs, which made the route ~30 ms slower than the library
+    opened = ModelPackage.open(package)
+    reranker = Reranker(opened, Runner(opened.model_path(), threads=threads, spinning=False))
     cross_encoder = CrossEncoder(str(cross_encoder_dir), device="cpu")
     pairs = [(QUERY, d) for d in documents]
     expected = np.asarray(cross_encoder.predict(pairs, batch_size=32))
     diff = float(np.abs(reranker.scores(QUERY, documents) - expected).max())
-    name = ModelPackage.open(package).manifest.name
+    name = opened.manifest.name
     body = json.dumps({"model": name, "query": QUERY, "documents": documents}).encode()
 
     def route() -> None:

@@ -245,3 +245,20 @@ def test_array_json_bodies_give_the_stdlib_floats_with_or_without_orjson(embedde
     for fast in (True, False):
         with pytest.raises(ValueError, match="not JSON compliant"):
             json_bytes(content, (vectors,), fast=fast)
+
+
+def test_encodings_one_by_one_equal_encode_batch(embedder: TextEmbedding) -> None:
+    from toolkit.preprocess import SERIAL_ENCODE_MAX
+
+    tokenizer = embedder.task.data.tokenizer
+    few = [*TEXTS, LONG_TEXT]  # the long one is cut to the model's positions either way
+    many = few * (SERIAL_ENCODE_MAX // len(few) + 1)
+    for texts in (few, many):
+        got, expected = tokenizer.encodings(texts), tokenizer.tokenizer.encode_batch(texts)
+        assert [(e.ids, e.type_ids, len(e.overflowing)) for e in got] == [
+            (e.ids, e.type_ids, len(e.overflowing)) for e in expected
+        ]
+    pairs = tokenizer.pair_encodings(TEXTS[0], few)
+    expected = tokenizer.tokenizer.encode_batch([(TEXTS[0], text) for text in few])
+    assert [(e.ids, e.type_ids) for e in pairs] == [(e.ids, e.type_ids) for e in expected]
+    assert len(set(pairs[1].type_ids)) == 2  # a real pair: the document's tokens have type id 1

@@ -19,7 +19,7 @@ throughput over each infinity engine.
 
 Reranking: a cross-encoder with MiniLM-L6's shapes (its weights and a seeded one-logit head: what
 ms-marco-MiniLM-L6-v2 runs, which no hub can bring here) scores 1 query x 32 documents, in turn through
-`toolkit.Reranker.rank` (its threads not spinning between runs, as the server's are not), through ``POST /v1/rerank`` of the same `edge serve`, and through
+`toolkit.Reranker.rank` (its defaults), through ``POST /v1/rerank`` of the same `edge serve`, and through
 sentence-transformers' ``CrossEncoder.predict`` at batch 32 (torch, ``--threads``). Printed: median ms per
 query, and the ratios; the scores are checked equal (max abs diff) first.
 """
@@ -202,6 +202,9 @@ def build_cross_encoder(minilm_dir: Path, folder: Path) -> Path:
     return folder
 
 
+SETTLE_S = 0.05  # a pause between rerank runners, longer than their threads spin after a run
+
+
 def _timed(call: Callable[[], object], times: list[float]) -> None:
     began = time.perf_counter()
     call()
@@ -215,14 +218,12 @@ def rerank_rows(
     import torch
     from sentence_transformers import CrossEncoder
 
-    from toolkit import ModelPackage, Reranker, Runner
+    from toolkit import ModelPackage, Reranker
 
     torch.set_num_threads(threads)
     documents = [SENTENCES[(7 * k) % len(SENTENCES)] for k in range(32)]
-    # threads that do not spin after a run, as the server's: spinning ones go on taking this 2-core host's cores
-    # while the next runner (the server, on the route) runs, which made the route ~30 ms slower than the library
     opened = ModelPackage.open(package)
-    reranker = Reranker(opened, Runner(opened.model_path(), threads=threads, spinning=False))
+    reranker = Reranker.load(package, threads=threads)
     cross_encoder = CrossEncoder(str(cross_encoder_dir), device="cpu")
     pairs = [(QUERY, d) for d in documents]
     expected = np.asarray(cross_encoder.predict(pairs, batch_size=32))
@@ -252,6 +253,9 @@ def rerank_rows(
     for _ in range(repeats):
         for label, call in runs.items():
             _timed(call, times[label])
+            # untimed: onnxruntime's (and torch's OpenMP) threads spin on after a run, taking this 2-core host's
+            # cores from whichever runner comes next (the route measured ~30 ms slower after the library)
+            time.sleep(SETTLE_S)
     return [(label, statistics.median(t)) for label, t in times.items()], diff
 
 

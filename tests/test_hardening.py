@@ -975,3 +975,20 @@ def test_a_manifest_key_with_a_newline_is_named_on_one_line(tiny_bert_package: P
         Manifest.from_json(json.dumps(data), "edge.json")
     assert "\n" not in str(raised.value)
     assert "'line\\nbreak'" in str(raised.value)
+
+
+@pytest.mark.parametrize("field", ["mean", "std"])
+@pytest.mark.parametrize(
+    "value", [10**400, -(10**400), float("nan"), float("inf")], ids=["1e400", "-1e400", "nan", "inf"]
+)
+def test_preprocessing_numbers_past_float_range_name_the_field(
+    tiny_vit_package: Path, field: str, value: float
+) -> None:
+    # JSON's 10**400 parses as a Python int that math.isfinite cannot take: it was an OverflowError, answered only
+    # as "a malformed field", not as the field it is
+    data = _manifest_dict(tiny_vit_package)
+    pre = data["preprocessing"]
+    pre[field] = [value, *pre[field][1:]]
+    with pytest.raises(BadModelError, match=r"preprocessing\.mean/std") as raised:
+        Manifest.from_json(json.dumps(data), "edge.json")
+    assert "\n" not in str(raised.value)

@@ -8,6 +8,7 @@ so a generator is read exactly once, here.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,30 @@ import numpy as np
 
 from toolkit.errors import BadInputError
 
-__all__ = ["feed_array", "feed_mapping", "item_list", "output_names", "text_list"]
+__all__ = [
+    "check_finite_number",
+    "feed_array",
+    "feed_mapping",
+    "is_finite_number",
+    "item_list",
+    "output_names",
+    "text_list",
+]
+
+
+def is_finite_number(value: object) -> bool:
+    """Whether `value` is an int or float (not a bool) within float range: not NaN, inf or 10**400."""
+    # a comparison, not math.isfinite: JSON's 10**400 is an int that isfinite cannot take; NaN fails it
+    return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
+
+
+def check_finite_number(name: str, value: object) -> None:
+    """A BadInputError naming `name` unless `value` is a finite number (`is_finite_number`)."""
+    if is_finite_number(value):
+        return
+    # an int past float range may have more digits than Python prints
+    shown = "an integer past float range" if type(value) is int else repr(value)[:40]
+    raise BadInputError(f"{name} must be a finite number, got {shown}")
 
 
 def _kind(value: Any) -> str:

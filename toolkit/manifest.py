@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, TypeVar
 
 from toolkit.atomic import atomic_write_text
+from toolkit.checks import is_finite_number
 from toolkit.errors import BadInputError, BadModelError
 
 __all__ = [
@@ -543,10 +543,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_str(origin: str, field_name: str, value: Any, *, optional: bool = False) -> None:
     if value is None and optional:
         return
@@ -670,11 +666,11 @@ def _check_preprocessing(origin: str, pre: Any) -> None:
         _check_size(origin, "preprocessing.size", pre.size)
         _check_size(origin, "preprocessing.crop_size", pre.crop_size, optional=True)
         channels = len(pre.mean)
-        if channels < 1 or len(pre.std) != channels or not all(map(_is_number, (*pre.mean, *pre.std))):
+        if channels < 1 or len(pre.std) != channels or not all(map(is_finite_number, (*pre.mean, *pre.std))):
             raise _fail(
                 origin, "preprocessing.mean/std", "must be equal-length lists of numbers, one per channel"
             )
-        if any(s == 0 for s in pre.std) or not _is_number(pre.rescale_factor):
+        if any(s == 0 for s in pre.std) or not is_finite_number(pre.rescale_factor):
             raise _fail(origin, "preprocessing.std/rescale_factor", "must be non-zero finite numbers")
         _check_str(origin, "preprocessing.resize", pre.resize)
         _check_str(origin, "preprocessing.resample", pre.resample)

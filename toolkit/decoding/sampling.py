@@ -4,13 +4,13 @@ presence and frequency penalties are subtracted from the logits before all of th
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
+from toolkit.checks import check_finite_number
 from toolkit.decoding.grammar import OutputConstraint
 from toolkit.errors import BadInputError
 
@@ -23,7 +23,6 @@ __all__ = [
     "REPETITION_PENALTY_RANGE",
     "GenerationOptions",
     "LogitsChooser",
-    "check_finite_number",
     "options_from",
 ]
 
@@ -40,16 +39,6 @@ REPETITION_PENALTY_RANGE = (0.01, 100.0)
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
-
-
-def check_finite_number(name: str, value: object) -> None:
-    """A BadInputError naming `name` unless `value` is an int or float (not a bool) within float range: not
-    NaN, inf or 10**400."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= sys.float_info.max:
-        return  # NaN fails the comparison; a huge int compares exactly
-    # an int past float range may have more digits than Python prints
-    shown = "an integer past float range" if type(value) is int else repr(value)[:40]
-    raise BadInputError(f"{name} must be a finite number, got {shown}")
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from toolkit.checks import check_finite_number
 from toolkit.decoding import GenerationOptions
-from toolkit.decoding.sampling import MAX_TEMPERATURE, check_finite_number
+from toolkit.decoding.sampling import MAX_TEMPERATURE
 from toolkit.errors import BadInputError
 from toolkit.tasks.generate import TextGenerator
 

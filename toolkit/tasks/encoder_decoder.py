@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import numpy as np
 
 from toolkit.agreement import COSINE, TOP1, TOP5, Meaning
+from toolkit.checks import check_finite_number
 from toolkit.decoding.encoder_decoder import (
     BeamSettings,
     DecodingRules,
@@ -19,7 +20,7 @@ from toolkit.decoding.encoder_decoder import (
     beam_search,
 )
 from toolkit.decoding.loop import RowPlan, decode
-from toolkit.decoding.sampling import GenerationOptions, LogitsChooser, check_finite_number
+from toolkit.decoding.sampling import GenerationOptions, LogitsChooser
 from toolkit.errors import BadInputError, BadModelError
 from toolkit.manifest import ModelPackage, OutputCheck, Seq2SeqSpec, seq2seq_files
 from toolkit.runner import Runner

@@ -211,7 +211,6 @@ def peak_rss_mb() -> float:
 
 def _edge_worker(args: argparse.Namespace) -> None:
     """Time one edge variant; prints one JSON line."""
-    from toolkit.decoding.continuous import ContinuousBatch
     from toolkit.tasks.generate import TextGenerator
     from toolkit.tasks.generate.generator import TokenPrompt
 
@@ -224,19 +223,25 @@ def _edge_worker(args: argparse.Namespace) -> None:
 
     result = timed_generation(run, ids, long_ids, args.new_tokens, args.runs)
     if args.batch > 1:
-        batch = ContinuousBatch(generator)
-        for row in range(args.batch):
-            batch.add(
-                row,
-                TokenPrompt(tuple(ids)),
-                generator.options(max_new_tokens=args.new_tokens, ignore_eos=True),
-            )
-        steps, started = 0, time.perf_counter()
-        while batch.size:
-            batch.step()
-            steps += 1
-        result[f"batch{args.batch}_tokens_per_s"] = args.batch * steps / (time.perf_counter() - started)
+        result[f"batch{args.batch}_tokens_per_s"] = batched_tokens_per_s(
+            generator, ids, args.batch, args.new_tokens
+        )
     print(json.dumps(result))
+
+
+def batched_tokens_per_s(generator: Any, ids: list[int], rows: int, new_tokens: int) -> float:
+    """Tokens/s of `rows` copies of the prompt decoded together through step-level batching (`ContinuousBatch`)."""
+    from toolkit.decoding.continuous import ContinuousBatch
+    from toolkit.tasks.generate.generator import TokenPrompt
+
+    batch = ContinuousBatch(generator)
+    for row in range(rows):
+        batch.add(row, TokenPrompt(tuple(ids)), generator.options(max_new_tokens=new_tokens, ignore_eos=True))
+    steps, started = 0, time.perf_counter()
+    while batch.size:
+        batch.step()
+        steps += 1
+    return rows * steps / (time.perf_counter() - started)
 
 
 def _worker(command: list[str]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
@@ -170,6 +171,59 @@ def test_cuda_graph_and_int8_restrictions_are_checked_up_front(tiny_model: Path)
         CudaOptions(cudnn_conv_algo_search="FAST")  # type: ignore[arg-type]
     with pytest.raises(BadInputError, match="optimisation level must be 0 to 5"):
         TensorRTOptions(builder_optimization_level=7)
+
+
+def test_cuda_graph_needs_each_symbolic_dimension_sized_up_front(tiny_model: Path) -> None:
+    with pytest.raises(BadInputError, match=r"leaves batch open: give each .* --cuda-graph-dim batch=N"):
+        Runner(tiny_model, "cuda,cpu", cuda=CudaOptions(cuda_graph=True))
+    with pytest.raises(
+        BadInputError,
+        match=r"--cuda-graph-dim seq: .* no such symbolic dimension \(its symbolic dimensions are batch\)",
+    ):
+        Runner(tiny_model, "cuda,cpu", cuda=CudaOptions(cuda_graph=True, graph_dims={"batch": 2, "seq": 8}))
+    with pytest.raises(BadInputError, match="need --cuda-graph"):
+        CudaOptions(graph_dims={"batch": 2})
+    with pytest.raises(BadInputError, match="a size must be 1 or more"):
+        CudaOptions(cuda_graph=True, graph_dims={"batch": 0})
+    result = CliRunner().invoke(
+        edge,
+        [
+            "run",
+            str(tiny_model),
+            "--providers",
+            "cuda,cpu",
+            "--cuda-graph",
+            "--cuda-graph-dim",
+            "batch=1:2:4",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert (
+        result.output.strip().splitlines()[-1].startswith("error: dimension 'batch=1:2:4' must be one size")
+    )
+
+
+def test_sized_dimensions_fold_the_shape_computations_a_cuda_graph_cannot_capture(
+    tiny_bert_package: Path, tmp_path: Path
+) -> None:
+    """Fixed sizes let onnxruntime fold the Shape/Gather/Concat chains it would run on the CPU beside CUDA (a
+    graph capture refuses any CPU node: MiniLM on an H200); on a CPU-only host the cuda entry falls back to the
+    CPU, and the folding is the same either way."""
+
+    def optimized_ops(name: str, **cuda: object) -> list[str]:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+        Runner(tiny_bert_package, "cuda,cpu", cuda=CudaOptions(**cuda), session_options=options)  # type: ignore[arg-type]
+        return [
+            node.op_type for node in onnx.load(tmp_path / f"{name}.onnx", load_external_data=False).graph.node
+        ]
+
+    symbolic = [d for d in Runner(tiny_bert_package, "cpu").inputs[0].shape if isinstance(d, str)]
+    assert len(symbolic) == 2, symbolic
+    assert optimized_ops("open").count("Shape") > 0
+    sized = optimized_ops("sized", cuda_graph=True, graph_dims=dict(zip(symbolic, (2, 16), strict=True)))
+    assert "Shape" not in sized, sorted(set(sized))
+    assert "Concat" not in sized, sorted(set(sized))
 
 
 def test_if_model_is_refused_for_cuda_graphs(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "onnxruntime_packages",
     "ort_provider_options",
     "parse_dim_range",
+    "parse_fixed_dim",
     "preload_nvidia_libraries",
     "probe_model_bytes",
     "probe_provider",
@@ -153,6 +154,16 @@ def parse_dim_range(text: str) -> tuple[str, DimRange]:
     return name.strip(), DimRange(values[0], values[1], values[2])
 
 
+def parse_fixed_dim(text: str) -> tuple[str, int]:
+    """``batch_size=4`` -> ("batch_size", 4): one size for a symbolic dim (a CUDA graph's)."""
+    name, sizes = parse_dim_range(text)
+    if sizes.min != sizes.max:
+        raise BadInputError(
+            f"dimension '{text}' must be one size for a CUDA graph, NAME=SIZE (e.g. batch_size=4)"
+        )
+    return name, sizes.min
+
+
 @dataclass(frozen=True)
 class TensorRTProfile:
     """Explicit min / opt / max input shapes for TensorRT, one shape per dynamic input."""
@@ -186,10 +197,19 @@ class CudaOptions:
     cuda_graph: bool = False
     copy_in_default_stream: bool = True
     gpu_mem_limit: int | None = None
+    # The size of each symbolic dimension a CUDA graph is captured at (e.g. batch_size=4): fixed when the session
+    # is created, so onnxruntime folds the shape computations it would otherwise run on the CPU, which a graph
+    # cannot capture (MiniLM's 14 Shape nodes on an H200).
+    graph_dims: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.device_id < 0:
             raise BadInputError(f"CUDA device id must be 0 or more, got {self.device_id}")
+        for name, size in self.graph_dims.items():
+            if size < 1:
+                raise BadInputError(f"CUDA graph dimension {name}={size}: a size must be 1 or more")
+        if self.graph_dims and not self.cuda_graph:
+            raise BadInputError("CUDA graph dimensions (--cuda-graph-dim) need --cuda-graph")
         if self.cudnn_conv_algo_search not in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
             raise BadInputError(
                 f"cudnn_conv_algo_search '{self.cudnn_conv_algo_search}' is not one of EXHAUSTIVE, HEURISTIC, DEFAULT"
@@ -477,6 +497,8 @@ def captured_native_stderr(level: int = logging.DEBUG) -> Iterator[list[str]]:
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LIBRARY_ERROR = re.compile(r"with error: (?P<reason>[^\n]+?)\s*$")
+# onnxruntime's refusal when a CUDA-graph session has nodes on another provider
+_GRAPH_CAPTURE_REFUSED = "cannot use the graph capture feature"
 
 
 def _strip_ansi(text: str) -> str:
@@ -514,8 +536,12 @@ def _reason_from_exception(exc: BaseException) -> str:
     match = re.search(r"libonnxruntime_providers_\w+\.so with error: ([^\n]+)", text)
     if match:
         return match.group(1).strip()
-    tail = text.split("\n")[0]
-    return tail.split(" void ")[-1].split("] ")[-1][:300]
+    return _ort_detail(text.split("\n")[0].split(" void ")[-1])[:300]
+
+
+def _ort_detail(line: str) -> str:
+    """An onnxruntime error line without its ``[ONNXRuntimeError] : 1 : FAIL : `` prefix."""
+    return re.sub(r"^.*?\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line).strip()
 
 
 def create_session(
@@ -544,6 +570,13 @@ def create_session(
             with captured_native_stderr() as lines:
                 session = ort.InferenceSession(model, options, providers=providers, enable_fallback=0)
         except Exception as exc:  # noqa: BLE001 - classified below; never swallowed
+            if _GRAPH_CAPTURE_REFUSED in str(exc):
+                # CUDA works; the model does not fit a graph: falling back to the CPU would hide that
+                raise BadInputError(
+                    f"model '{Path(origin).name}' cannot be captured as a CUDA graph: onnxruntime placed some of its "
+                    "nodes on the CPU (usually shape computations of symbolic dimensions); fix each dimension's "
+                    "size with --cuda-graph-dim NAME=SIZE, or drop --cuda-graph"
+                ) from None
             failed = _provider_in_error(exc, remaining)
             if failed is None:
                 raise BadModelError(_model_load_message(origin, exc)) from None
@@ -588,6 +621,5 @@ def _provider_in_error(exc: BaseException, specs: Sequence[ProviderSpec]) -> Pro
 
 
 def _model_load_message(origin: str, exc: BaseException) -> str:
-    detail = _strip_ansi(first_line(exc))
-    detail = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", detail)
+    detail = _ort_detail(_strip_ansi(first_line(exc)))
     return f"model '{origin}' could not be loaded by onnxruntime ({detail}); check the file is a complete ONNX model or re-export it"

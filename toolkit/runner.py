@@ -189,6 +189,29 @@ def _graph_inputs(path: Path) -> tuple[TensorSpec, ...]:
     return graph_inputs(path)
 
 
+def _check_graph_dims(path: Path, inputs: Sequence[TensorSpec], sizes: Mapping[str, int]) -> None:
+    """A CUDA graph needs every symbolic input dimension sized up front (see CudaOptions.graph_dims)."""
+    unnamed = [spec.name for spec in inputs if "?" in spec.shape]
+    if unnamed:
+        raise BadInputError(
+            f"CUDA graphs need fixed shapes and input {unnamed[0]} of model '{path.name}' has an unnamed dynamic "
+            "dimension that cannot be sized; re-export it with named or fixed dimensions, or drop --cuda-graph"
+        )
+    symbolic = list(dict.fromkeys(d for spec in inputs for d in spec.shape if isinstance(d, str)))
+    unknown = sorted(set(sizes) - set(symbolic))
+    if unknown:
+        has = f"its symbolic dimensions are {', '.join(symbolic)}" if symbolic else "it has none"
+        raise BadInputError(
+            f"--cuda-graph-dim {', '.join(unknown)}: model '{path.name}' has no such symbolic dimension ({has})"
+        )
+    missing = [d for d in symbolic if d not in sizes]
+    if missing:
+        raise BadInputError(
+            f"CUDA graphs need fixed shapes and model '{path.name}' leaves {', '.join(missing)} open: give each the "
+            f"size you will run, e.g. --cuda-graph-dim {missing[0]}=N (CudaOptions(graph_dims=...))"
+        )
+
+
 @dataclass(frozen=True)
 class Startup:
     """How the session became ready: creation time, first-run time, and the TensorRT engine cache's part."""
@@ -273,6 +296,8 @@ class Runner:
         )
         if self.config.low_memory:
             apply_low_memory(options)
+        for name, size in self.config.cuda.graph_dims.items():
+            options.add_free_dimension_override_by_name(name, size)
         self._threads = threads
         self._placement_recorded = hasattr(ort.InferenceSession, "get_provider_graph_assignment_info")
         if self._placement_recorded:
@@ -341,6 +366,7 @@ class Runner:
                 f"model '{self.path.name}' has control-flow operators ({', '.join(control)}) that CUDA graphs "
                 "cannot capture; drop --cuda-graph"
             )
+        _check_graph_dims(self.path, _graph_inputs(self.path), config.cuda.graph_dims)
         return replace(config, io_binding=True)
 
     @property

@@ -19,6 +19,7 @@ from toolkit.providers import (
     ProviderConfig,
     TensorRTOptions,
     parse_dim_range,
+    parse_fixed_dim,
     provider_names,
     resolve_providers,
 )
@@ -43,6 +44,13 @@ _OPTIONS = (
     click.option("--io-binding", is_flag=True, help="Keep inputs and outputs on the device between runs."),
     click.option(
         "--cuda-graph", is_flag=True, help="CUDA: capture a CUDA graph (fixed shapes; implies --io-binding)."
+    ),
+    click.option(
+        "--cuda-graph-dim",
+        "cuda_graph_dims",
+        multiple=True,
+        metavar="NAME=SIZE",
+        help="CUDA graph: the size of a symbolic dim, e.g. batch_size=4 (repeatable; each one is needed).",
     ),
     click.option(
         "--cudnn-algo-search",
@@ -96,6 +104,7 @@ _KEYS = (
     "device_id",
     "io_binding",
     "cuda_graph",
+    "cuda_graph_dims",
     "cudnn_algo_search",
     "trt_fp16",
     "trt_int8",
@@ -114,6 +123,7 @@ def build_provider_config(
     device_id: int = 0,
     io_binding: bool = False,
     cuda_graph: bool = False,
+    cuda_graph_dims: tuple[str, ...] = (),
     cudnn_algo_search: str = "EXHAUSTIVE",
     trt_fp16: bool = False,
     trt_int8: bool = False,
@@ -130,6 +140,7 @@ def build_provider_config(
         device_id=device_id,
         cudnn_conv_algo_search=cudnn_algo_search.upper(),  # type: ignore[arg-type]
         cuda_graph=cuda_graph,
+        graph_dims=dict(parse_fixed_dim(text) for text in cuda_graph_dims),
     )
     tensorrt = TensorRTOptions(
         device_id=device_id,

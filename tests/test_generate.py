@@ -993,6 +993,35 @@ def test_rows_joining_and_leaving_a_running_batch_decode_as_if_alone(
     assert [results[i].finish_reason for i in range(6)] == [g.finish_reason for g in alone]
 
 
+def test_a_long_prompt_prefills_in_pieces_and_decodes_the_same_tokens(
+    lm_packages: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toolkit.decoding import decoder
+
+    generator = TextGenerator.load(lm_packages["qwen2"], "cpu")
+    prompt = "the quick brown fox jumps over the lazy dog"
+    runs = 0
+    original = generator.runner.session.run_with_iobinding
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal runs
+        runs += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(generator.runner.session, "run_with_iobinding", counted)
+    results = {}
+    for chunk in (10_000, 4):
+        monkeypatch.setattr(decoder, "PREFILL_CHUNK", chunk)
+        runs = 0
+        results[chunk] = (generator.generate(prompt, max_new_tokens=6, ignore_eos=True), runs)
+    (whole, whole_runs), (pieces, piece_runs) = results[10_000], results[4]
+    prompt_tokens = whole.timings.prompt_tokens
+    assert prompt_tokens > 8
+    assert whole_runs == 1 + 5  # the prompt at once, then a step per token after the first
+    assert piece_runs == -(-prompt_tokens // 4) + 5
+    assert pieces.token_ids == whole.token_ids
+
+
 def test_ray_serve_streams_a_chat_completion_from_a_generator(lm_packages: dict[str, Path]) -> None:
     import socket
 

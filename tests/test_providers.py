@@ -210,10 +210,13 @@ def test_sized_dimensions_fold_the_shape_computations_a_cuda_graph_cannot_captur
     graph capture refuses any CPU node: MiniLM on an H200); on a CPU-only host the cuda entry falls back to the
     CPU, and the folding is the same either way."""
 
+    runners = []
+
     def optimized_ops(name: str, **cuda: object) -> list[str]:
         options = ort.SessionOptions()
         options.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
-        Runner(tiny_bert_package, "cuda,cpu", cuda=CudaOptions(**cuda), session_options=options)  # type: ignore[arg-type]
+        cuda_options = CudaOptions(**cuda)  # type: ignore[arg-type]
+        runners.append(Runner(tiny_bert_package, "cuda,cpu", cuda=cuda_options, session_options=options))
         return [
             node.op_type for node in onnx.load(tmp_path / f"{name}.onnx", load_external_data=False).graph.node
         ]
@@ -224,6 +227,11 @@ def test_sized_dimensions_fold_the_shape_computations_a_cuda_graph_cannot_captur
     sized = optimized_ops("sized", cuda_graph=True, graph_dims=dict(zip(symbolic, (2, 16), strict=True)))
     assert "Shape" not in sized, sorted(set(sized))
     assert "Concat" not in sized, sorted(set(sized))
+    sized_runner = runners[-1]
+    assert [spec.shape for spec in sized_runner.inputs] == [(2, 16)] * len(sized_runner.inputs)
+    other = {spec.name: np.ones((2, 8), dtype=np.int64) for spec in sized_runner.inputs}
+    with pytest.raises(BadInputError, match=r"axis 1 must be 16; --cuda-graph-dim fixed it"):
+        sized_runner.run(other)
 
 
 def test_if_model_is_refused_for_cuda_graphs(tmp_path: Path) -> None:

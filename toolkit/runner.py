@@ -504,8 +504,13 @@ class Runner:
                 )
             for axis, (want, have) in enumerate(zip(spec.shape, array.shape, strict=True)):
                 if isinstance(want, int) and want != have:
+                    fixed = (
+                        "; --cuda-graph-dim fixed it: a CUDA graph runs one shape"
+                        if self.config.cuda.graph_dims
+                        else ""
+                    )
                     raise BadInputError(
-                        f"input '{name}': expected {spec.describe()}, got {got} (axis {axis} must be {want})"
+                        f"input '{name}': expected {spec.describe()}, got {got} (axis {axis} must be {want}{fixed})"
                     )
             arrays[name] = array
         return arrays
@@ -582,11 +587,6 @@ class Runner:
             ):
                 current.update_inplace(np.ascontiguousarray(array))
                 continue
-            if current is not None and graph:
-                raise BadInputError(
-                    f"input '{name}': CUDA graphs were captured for shape {current.shape()}, got {list(array.shape)}; "
-                    "CUDA graphs need fixed shapes: pad to that shape or create a Runner without cuda_graph"
-                )
             # A copy on CPU too: update_inplace writes into the buffer, which must not be the caller's array.
             value = ort.OrtValue.ortvalue_from_numpy(
                 np.array(array, copy=True), self._device, self._device_id

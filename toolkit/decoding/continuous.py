@@ -16,7 +16,7 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
-from toolkit.decoding.decoder import DecoderStepper
+from toolkit.decoding.decoder import PREFILL_CHUNK, DecoderStepper
 from toolkit.decoding.detokenizer import IncrementalDetokenizer
 from toolkit.decoding.loop import (
     Generation,
@@ -78,11 +78,6 @@ class _Row:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     first_ms: float = 0.0
     first_at: float = 0.0
-
-
-# prompt positions a joining request runs per step of the batch (graphs that take each row's length): a long
-# prompt then delays the running rows' next tokens by one such piece at a time, not by its whole prefill
-PREFILL_CHUNK = 256
 
 
 class ContinuousBatch(Generic[_P]):

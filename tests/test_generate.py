@@ -678,6 +678,19 @@ def test_cuda_load_runs_the_fp16_variant_or_says_it_falls_back_to_fp32_on_cpu(
 
 
 @needs("cuda")
+def test_cuda_load_of_a_package_without_fp16_says_how_to_add_it(
+    lm_packages: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        generator = TextGenerator.load(lm_packages["qwen2"], "cuda")
+    assert generator.runner.path.name == "model.onnx"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("has no fp16 variant" in w and "--method fp16" in w for w in warnings), warnings
+
+
+@needs("cuda")
 def test_cuda_keeps_the_fp16_cache_on_the_device_and_matches_cpu(llama_fp16: Path) -> None:
     import onnxruntime as ort
 

@@ -316,7 +316,17 @@ def _default_variant(
         return FP32_VARIANT, providers
     reason = probe_provider("cuda")
     if reason is None:
-        return (FP16_VARIANT if FP16_VARIANT in package.manifest.variants else FP32_VARIANT), providers
+        if FP16_VARIANT in package.manifest.variants:
+            return FP16_VARIANT, providers
+        generation = package.manifest.generation
+        if generation is not None and generation.in_place:
+            log.warning(
+                "package %s has no fp16 variant: its fp32 graph decodes on CUDA at about CPU speed (322 tokens/s "
+                "against fp16's 799 for a 100M Llama on an H200); add one with `edge quantize %s --method fp16`",
+                package.path.name,
+                package.path,
+            )
+        return FP32_VARIANT, providers
     if strict:
         return FP32_VARIANT, providers
     log.warning("CUDA is unavailable (%s); generating with the fp32 variant on CPU", reason)

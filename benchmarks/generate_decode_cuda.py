@@ -60,7 +60,7 @@ def _torch_row(source: Path, args: argparse.Namespace, ids: list[int], long_ids:
 
     if not torch.cuda.is_available():
         raise RuntimeError("torch sees no CUDA device")
-    model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float16).cuda().eval()
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float16).cuda().eval()
 
     def run(prompt: list[int], n: int) -> Any:
         tensor = torch.tensor([prompt], device="cuda")

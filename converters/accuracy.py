@@ -20,14 +20,17 @@ from toolkit.bench.measure import timed
 from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage
 from toolkit.runner import Runner
-from toolkit.tasks import task_for
+from toolkit.tasks import Family, family_of, task_for
 from toolkit.tasks.accuracy import AccuracyReport
+from toolkit.tasks.base import own_lines
 from toolkit.tasks.modality import HELD_OUT_SEED, TextModality
 
 __all__ = [
     "HELD_OUT_SEED",
+    "USER_FILE_SOURCE",
     "Candidate",
     "HeldOutSet",
+    "HeldOutSets",
     "Latency",
     "RecordedOutputs",
     "as_declared",
@@ -42,6 +45,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Feeds = Mapping[str, np.ndarray]
+
+
+USER_FILE_SOURCE = "user file "
+"""How a `HeldOutSet.source` cut from the user's `--held-out` file begins (then its name and sample count)."""
 
 
 def held_out_feeds(
@@ -68,6 +75,11 @@ def held_out_set(
     """The task's built-in held-out samples, or with `own` (a .txt file of the user's text, for a model trained
     on another domain) the task's samples cut from it (`Task.own_held_out`); minus `exclude_texts` either way."""
     task = task_for(package)
+    if own is not None and family_of(package) is Family.ENCODER_DECODER:
+        raise BadInputError(
+            f"--held-out applies to single-graph models and generators; package '{package.path}' is an "
+            "encoder-decoder measured on its built-in clips and sentences: drop --held-out"
+        )
     if own is None:
         feeds = task.samples("held-out", count, exclude_texts)
         return HeldOutSet(tuple(feeds), f"built-in held-out samples ({len(feeds)})")
@@ -85,13 +97,32 @@ def held_out_set(
         text = own.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise BadInputError(f"held-out text '{own}' is not UTF-8 text; save it as UTF-8") from None
-    feeds = task.own_held_out(text, exclude_texts)[:count]
+    # a generator cuts the whole text, blank lines too: whitespace alone is no text to measure on either
+    feeds = task.own_held_out(text, exclude_texts)[:count] if own_lines(text, exclude_texts) else []
     if not feeds:
         raise BadInputError(
             f"held-out text '{own}' has no text to measure on (empty, or every line is calibration data); "
             "put your own text in it, one sample a line"
         )
-    return HeldOutSet(tuple(feeds), f"user file {own.name} ({len(feeds)} samples)")
+    return HeldOutSet(tuple(feeds), f"{USER_FILE_SOURCE}{own.name} ({len(feeds)} samples)")
+
+
+class HeldOutSets:
+    """`held_out_set` of one package and one `own` text (or None), each set built once per exclusion: a quantize
+    call asks for it where it checks `--held-out`, in int4's block search and where it records and judges the
+    variant's accuracy, and cutting a user's text into feeds tokenizes all of it."""
+
+    def __init__(self, package: ModelPackage, own: Path | None = None) -> None:
+        self.package = package
+        self.own = own
+        self._built: dict[frozenset[str], HeldOutSet] = {}
+
+    def excluding(self, texts: Sequence[str] = ()) -> HeldOutSet:
+        """The held-out set minus `texts` (the calibration texts), built on the first call for those texts."""
+        key = frozenset(texts)
+        if key not in self._built:
+            self._built[key] = held_out_set(self.package, self.own, tuple(key))
+        return self._built[key]
 
 
 Reference = Runner | Sequence[Mapping[str, np.ndarray]]

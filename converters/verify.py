@@ -4,7 +4,9 @@ recorded where the variant was made.
 int8 accuracy depends on the CPU's int8 kernel path (`toolkit.host`), so a variant validated on a VNNI
 workstation can miss its budget on an AVX2 device. This is the check to run on the device itself: every
 variant but fp32 (the reference) is compared with the fp32 model on CPU over the same held-out inputs and the
-same metric that `edge quantize` used; its budget is the one recorded with it. With `update`, this host's
+same metric that `edge quantize` used; its budget is the one recorded with it. The held-out inputs are the
+built-in samples, or with `held_out` the user's text as `edge quantize --held-out` cut it; a check whose
+recorded figure was measured on other inputs says so (`VariantCheck.held_out_note`). With `update`, this host's
 result is added to the variant in ``edge.json`` (one entry per int8 path and provider, newest kept).
 
 With an `Emulation` (``edge verify --target linux-aarch64 --cpu cortex-a53``) the variants, and fp32 too, run
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.accuracy import (
+    USER_FILE_SOURCE,
     Candidate,
     RecordedOutputs,
     compare_variant,
@@ -48,7 +51,8 @@ DEFAULT_BUDGET = 0.99
 @dataclass(frozen=True)
 class VariantCheck:
     """One variant: what was recorded, what this host measures now, and its latency here against fp32 (None
-    under emulation, where time means nothing)."""
+    under emulation, where time means nothing); `held_out_note` when the recorded figure was measured on other
+    held-out inputs than now."""
 
     variant: str
     recorded: Validation | None
@@ -58,6 +62,7 @@ class VariantCheck:
     fp32_ms: float | None
     variant_ms: float | None
     providers: tuple[str, ...]
+    held_out_note: str | None = None
 
     @property
     def meets_budget(self) -> bool:
@@ -100,9 +105,11 @@ def verify(
     threads: int = 2,
     latency_runs: int = 10,
     emulation: Emulation | None = None,
+    held_out: Path | None = None,
 ) -> VerifyResult:
     """Re-measure `variants` (default: all but fp32) on this machine (`config`: providers, CPU by default), or
-    inside the emulated device `emulation`; with `update`, record the results in ``edge.json``."""
+    inside the emulated device `emulation`, on the built-in held-out samples or the user's text `held_out`;
+    with `update`, record the results in ``edge.json``."""
     pkg = package if isinstance(package, ModelPackage) else ModelPackage.open(package)
     names = list(dict.fromkeys(variants)) or [n for n in pkg.manifest.variants if n != FP32_VARIANT]
     if FP32_VARIANT in names:
@@ -119,8 +126,8 @@ def verify(
     target = (
         open_target(emulation.target, emulation.cache_dir) if emulation else None
     )  # not prepared: fail now
-    held_out = held_out_set(pkg)
-    feeds = list(held_out.feeds)
+    measured_on = held_out_set(pkg, held_out)
+    feeds = list(measured_on.feeds)
     reference = Runner(pkg.model_path(FP32_VARIANT), "cpu", threads=threads)
     wanted = reference_outputs(reference, feeds)
     if target is not None and emulation is not None:
@@ -138,7 +145,7 @@ def verify(
                 feeds,
                 wanted,
                 emulated.host,
-                held_out.source,
+                measured_on.source,
             )
             for variant in selected
         ]
@@ -154,7 +161,7 @@ def verify(
                 config=config or ProviderConfig(providers=("cpu",)),
             )
             check = _check(
-                pkg, variant, runner, feeds, wanted, current_host(runner.providers[0]), held_out.source
+                pkg, variant, runner, feeds, wanted, current_host(runner.providers[0]), measured_on.source
             )
             latency = measure_latency(
                 {FP32_VARIANT: reference, variant.name: runner},
@@ -193,4 +200,19 @@ def _check(
         fp32_ms=None,
         variant_ms=None,
         providers=(host.provider,),
+        held_out_note=_held_out_note(variant.validation.held_out if variant.validation else None, held_out),
     )
+
+
+def _held_out_note(recorded: str | None, now: str) -> str | None:
+    """Which inputs the recorded figure and this one were measured on, when not the same (None when they are, or
+    the package did not record them), and how to compare like with like."""
+    if recorded is None or recorded == now:
+        return None
+    if not now.startswith(USER_FILE_SOURCE):
+        fix = "pass --held-out with that file to compare like with like"
+    elif not recorded.startswith(USER_FILE_SOURCE):
+        fix = "drop --held-out to compare like with like"
+    else:  # the same file too when quantize left out the lines a static variant calibrated on
+        fix = "not the same inputs, so the figures may differ"
+    return f"recorded on {recorded}, verified on {now}: {fix}"

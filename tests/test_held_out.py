@@ -1,11 +1,13 @@
 """`edge quantize --held-out`: the user's own text replaces the built-in held-out samples wherever a variant's
-accuracy is measured (the int4 search's scores, the recorded accuracy, the budget check); tiny random models."""
+accuracy is measured (the int4 search's scores, the recorded accuracy, the budget check), cut once per quantize;
+`edge verify --held-out` re-measures on the same text; tiny random models."""
 
 from __future__ import annotations
 
 import inspect
 import shutil
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from tests.test_generate import _model, _tokenizer
 from tests.test_rerank import cross_encoder_dir, cross_encoder_package  # noqa: F401 - fixtures used here
 from toolkit.cli import edge
 from toolkit.manifest import ModelPackage, Validation
+from toolkit.tasks.base import Feeds
 from toolkit.tasks.generate import GenerateTask
 
 # a domain unlike the built-in English sentences: Python source
@@ -51,14 +54,38 @@ def _validation(result: QuantizeResult) -> Validation:
     return result.variant.validation
 
 
+@pytest.fixture(scope="module")
+def llama_int4_on_code(llama_package: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny Llama with an int4 variant (block 32, no search) quantized with `--held-out` on `CODE`, and that
+    text file. Read-only."""
+    root = tmp_path_factory.mktemp("llama-int4-on-code")
+    llama = Path(shutil.copytree(llama_package, root / "llama"))
+    text = root / "code.txt"
+    text.write_text(CODE, encoding="utf-8")
+    # a low budget: the random model's agreement is whatever it is, and verify exits 1 below its budget
+    options = QuantizeOptions(block_size=32, held_out=text, budget=0.1)
+    quantize(llama, "int4", options)
+    return llama, text
+
+
 def test_int4_search_and_recorded_accuracy_on_a_generator_use_the_users_text(
-    llama_package: Path, tmp_path: Path
+    llama_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     llama = Path(shutil.copytree(llama_package, tmp_path / "llama"))
     text = tmp_path / "code.txt"
     text.write_text(CODE, encoding="utf-8")
+    cuts: list[str] = []
+    cut_text = GenerateTask.own_held_out
+
+    def counted(task: GenerateTask, own: str, exclude_texts: Sequence[str] = ()) -> list[Feeds]:
+        cuts.append(own)
+        return cut_text(task, own, exclude_texts)
+
+    monkeypatch.setattr(GenerateTask, "own_held_out", counted)
     result = _invoke("quantize", str(llama), "--method", "int4", "--held-out", str(text), "--budget", "0.5")
     assert result.exit_code == 0, result.output
+    # the file's check, the block search and the recorded accuracy share one cut of the text
+    assert cuts == [CODE]
     package = ModelPackage.open(llama)
     own = held_out_set(package, text)
     count = len(own.feeds)
@@ -126,12 +153,18 @@ def test_reranker_measures_lists_of_the_users_lines(
     assert (result.metric, result.held_out) == ("ranking_agreement", "user file held.txt (10 samples)")
 
 
+BAD_TEXT_FILES = [
+    ("missing.txt", None, "does not exist; pass a .txt file of your own text to --held-out"),
+    ("held.csv", "a,b\n", "is not a .txt file; pass a .txt file"),
+    ("empty.txt", "\n  \n", "has no text to measure on"),
+]
+"""(file name, content or None for no file, what the error says) for a text model's --held-out."""
+
+
 @pytest.mark.parametrize(
     ("package", "name", "content", "message"),
     [
-        ("bert", "missing.txt", None, "does not exist; pass a .txt file of your own text to --held-out"),
-        ("bert", "held.csv", "a,b\n", "is not a .txt file; pass a .txt file"),
-        ("bert", "empty.txt", "\n  \n", "has no text to measure on"),
+        *(("bert", *case) for case in BAD_TEXT_FILES),
         ("vit", "held.txt", "a line\n", "needs a text model, but package"),
     ],
 )
@@ -155,3 +188,56 @@ def test_bad_held_out_file_is_a_one_line_error(
     assert message in result.output
     assert result.output.count("\n") == 1
     assert not (folder / "model.int8.onnx").exists()
+
+
+def test_verify_with_the_same_held_out_text_measures_what_quantize_recorded(
+    llama_int4_on_code: tuple[Path, Path], tmp_path: Path
+) -> None:
+    llama, text = Path(shutil.copytree(llama_int4_on_code[0], tmp_path / "llama")), llama_int4_on_code[1]
+    recorded = ModelPackage.open(llama).manifest.variants["int4"].validation
+    assert recorded is not None
+    assert recorded.held_out is not None
+    assert recorded.held_out.startswith("user file code.txt (")
+    result = _invoke("verify", str(llama), "--held-out", str(text), "--runs", "1", "--update")
+    assert result.exit_code == 0, result.output
+    assert f"on {recorded.held_out}" in " ".join(result.output.split())  # rich may wrap the line
+    assert "compare like with like" not in result.output
+    (now,) = ModelPackage.open(llama).manifest.variants["int4"].verifications
+    # the same text gives the same windows, so the same figure; the re-verification records its source
+    assert (now.held_out, now.samples) == (recorded.held_out, recorded.samples)
+    assert now.value == pytest.approx(recorded.value, abs=1e-9)
+
+
+def test_verify_without_the_held_out_text_says_which_inputs_each_figure_came_from(
+    llama_int4_on_code: tuple[Path, Path],
+) -> None:
+    llama = llama_int4_on_code[0]
+    recorded = ModelPackage.open(llama).manifest.variants["int4"].validation
+    assert recorded is not None
+    result = _invoke("verify", str(llama), "--runs", "1")
+    assert result.exit_code == 0, result.output
+    (check,) = verify(llama, latency_runs=1).checks
+    builtin = check.now.held_out
+    assert builtin is not None
+    assert builtin.startswith("built-in held-out samples (")
+    assert check.now.value != pytest.approx(recorded.value, abs=1e-4)  # why saying so matters
+    note = (
+        f"int4: accuracy recorded on {recorded.held_out}, verified on {builtin}: pass --held-out with that "
+        "file to compare like with like"
+    )
+    assert check.held_out_note == note.removeprefix("int4: accuracy ")
+    assert note in " ".join(result.output.split())  # rich may wrap the line
+
+
+@pytest.mark.parametrize(("name", "content", "message"), BAD_TEXT_FILES)
+def test_verify_bad_held_out_file_is_the_same_one_line_error(
+    name: str, content: str | None, message: str, llama_int4_on_code: tuple[Path, Path], tmp_path: Path
+) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    result = _invoke("verify", str(llama_int4_on_code[0]), "--held-out", str(path))
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: held-out text '{path}'")
+    assert message in result.output
+    assert result.output.count("\n") == 1

@@ -27,9 +27,9 @@ import onnx
 from onnx import numpy_helper
 
 from converters.accuracy import (
+    HeldOutSets,
     Latency,
     compare_variant,
-    held_out_set,
     latency_feeds,
     measure_latency,
     reference_outputs,
@@ -244,9 +244,7 @@ class _Trials:
         self.options = options
         # a static candidate calibrates on the user's calibration text: held-out inputs leave it out
         calibration = load_calibration(ws.package, options.calibration) if options.calibration.data else None
-        self.held_out_set = held_out_set(
-            ws.package, options.held_out, calibration.texts if calibration else ()
-        )
+        self.held_out_set = ws.held_out.excluding(calibration.texts if calibration else ())
         self.held_out = self.held_out_set.feeds
         self.wanted = reference_outputs(reference, self.held_out)
         self.size_cap = model_size(ws.source) * options.max_size if options.max_size else float("inf")
@@ -409,15 +407,16 @@ def _auto_variant(
 
 
 def quantize_auto(
-    package: ModelPackage, source: Path, options: QuantizeOptions, say: Progress
+    package: ModelPackage, source: Path, options: QuantizeOptions, say: Progress, held_out: HeldOutSets
 ) -> QuantizeResult:
-    """Try the candidates; of those meeting `options.budget`, keep the one `_pick` chooses as variant `auto` (or `options.name`)."""
+    """Try the candidates, each measured on `held_out`; of those meeting `options.budget`, keep the one `_pick`
+    chooses as variant `auto` (or `options.name`)."""
     name = options.name or AUTO_VARIANT
     target = package.path / variant_file_name(name)
     budget = options.budget
     host = current_host("cpu")
     with staging_directory(target) as folder:
-        ws = Workspace(package, source, folder, say)
+        ws = Workspace(package, source, folder, say, held_out)
         reference = Runner(source, "cpu", threads=options.threads)
         trials = _Trials(ws, options, reference)
         # candidates say which layers go blockwise: none unless given (not the task's int8 default)

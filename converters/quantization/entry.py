@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from converters.accuracy import held_out_set
+from converters.accuracy import HeldOutSets
 from converters.quantization.auto import quantize_auto
 from converters.quantization.methods import (
     METHODS,
@@ -58,15 +58,11 @@ def quantize(
     say = progress or (lambda message: log.info(message))
     _check_options(method, options)
     pkg = open_package(package)
-    if family_of(pkg) is Family.ENCODER_DECODER:  # encoder + decoders, measured by token agreement
-        if options.held_out is not None:
-            raise BadInputError(
-                f"--held-out applies to single-graph models and generators; package '{pkg.path}' is an "
-                "encoder-decoder measured on its built-in clips and sentences: drop --held-out"
-            )
-        return quantize_seq2seq(pkg, method, options, say)
+    held_out = HeldOutSets(pkg, options.held_out)
     if options.held_out is not None:
-        held_out_set(pkg, options.held_out)  # a bad file fails now, not after the quantizer ran
+        held_out.excluding()  # a bad file fails now, not after the quantizer ran
+    if family_of(pkg) is Family.ENCODER_DECODER:  # encoder + decoders, measured by token agreement
+        return quantize_seq2seq(pkg, method, options, say)
     if method == "auto":
-        return quantize_auto(pkg, pkg.model_path(FP32_VARIANT), options, say)
-    return quantize_with(pkg, method, options, say)
+        return quantize_auto(pkg, pkg.model_path(FP32_VARIANT), options, say, held_out)
+    return quantize_with(pkg, method, options, say, held_out)

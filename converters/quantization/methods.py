@@ -22,9 +22,9 @@ from google.protobuf.message import DecodeError
 
 from converters.accuracy import (
     HeldOutSet,
+    HeldOutSets,
     Latency,
     compare_variant,
-    held_out_set,
     latency_feeds,
     measure_latency,
 )
@@ -193,13 +193,22 @@ def load_source_model(path: Path) -> onnx.ModelProto:
 
 
 class Workspace:
-    """The fp32 source and a staging folder; builds the pre-processed (shape-inferred, optimised) model once."""
+    """The fp32 source and a staging folder; builds the pre-processed (shape-inferred, optimised) model once.
+    `held_out`: the inputs accuracy is measured on (the built-in samples unless given), built once."""
 
-    def __init__(self, package: ModelPackage, source: Path, folder: Path, say: Progress) -> None:
+    def __init__(
+        self,
+        package: ModelPackage,
+        source: Path,
+        folder: Path,
+        say: Progress,
+        held_out: HeldOutSets | None = None,
+    ) -> None:
         self.package = package
         self.source = source
         self.folder = folder
         self.say = say
+        self.held_out = held_out or HeldOutSets(package)
         self.model = load_source_model(source)
         self._preprocessed: Path | None = None
         self.preprocess_mode = "none"
@@ -499,7 +508,7 @@ def int4(ws: Workspace, options: QuantizeOptions, out: Path) -> dict[str, Any]:
             ws.source,
             ws.folder,
             lambda block, level, path: _int4_file(ws, options, block, level, path),
-            held_out_set(ws.package, options.held_out).feeds,
+            ws.held_out.excluding().feeds,
             options.budget,
             options.threads,
             options.latency_runs,
@@ -597,9 +606,11 @@ def _measure(
     return report, latency
 
 
-def quantize_with(pkg: ModelPackage, method: str, options: QuantizeOptions, say: Progress) -> QuantizeResult:
-    """Quantize the single-graph package's fp32 model with one of `METHODS`, validate and time it against fp32,
-    and record the variant."""
+def quantize_with(
+    pkg: ModelPackage, method: str, options: QuantizeOptions, say: Progress, held_out: HeldOutSets
+) -> QuantizeResult:
+    """Quantize the single-graph package's fp32 model with one of `METHODS`, validate and time it against fp32 on
+    `held_out` (`options.held_out`'s text or the built-in samples), and record the variant."""
     source = pkg.model_path(FP32_VARIANT)
     spec = METHODS[method]
     name = options.name or spec.variant
@@ -609,11 +620,11 @@ def quantize_with(pkg: ModelPackage, method: str, options: QuantizeOptions, say:
         )
     target = pkg.path / variant_file_name(name)
     with staging_directory(target) as folder:
-        ws = Workspace(pkg, source, folder, say)
+        ws = Workspace(pkg, source, folder, say, held_out)
         staged = folder / "variant.onnx"
         settings = spec.build(ws, options, staged)
-        held_out = held_out_set(pkg, options.held_out, settings.pop("_calibration_texts", []))
-        report, latency = _measure(ws, staged, name, options, held_out)
+        measured_on = held_out.excluding(settings.pop("_calibration_texts", []))
+        report, latency = _measure(ws, staged, name, options, measured_on)
         settings["latency_ms"] = {**latency.median_ms, "threads": latency.threads, "inputs": latency.shape}
         variant = Variant(
             name=name,
@@ -622,7 +633,7 @@ def quantize_with(pkg: ModelPackage, method: str, options: QuantizeOptions, say:
             method=method,
             size_bytes=staged.stat().st_size,
             settings=settings,
-            validation=report.to_validation(options.budget, held_out=held_out.source),
+            validation=report.to_validation(options.budget, held_out=measured_on.source),
             tool_versions=tool_versions(),
         )
         pkg = install_variant(pkg, staged, variant)

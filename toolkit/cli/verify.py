@@ -54,16 +54,18 @@ def _render(result: Any) -> None:
         recorded = check.recorded
         if recorded is not None and recorded.host is not None:
             stdout.print(f"{check.variant}: recorded on {escape(recorded.host.describe())}")
-    samples = result.checks[0].accuracy.samples
+        if check.held_out_note is not None:
+            stdout.print(f"{check.variant}: accuracy {escape(check.held_out_note)}")
+    samples = result.checks[0].now.held_out or f"{result.checks[0].accuracy.samples} held-out inputs"
     if result.emulation is not None:
         stdout.print(
             f"no timings: under emulation (qemu -cpu {result.emulation.cpu}) they mean nothing; accuracy against "
-            f"fp32 computed natively here, {samples} held-out inputs"
+            f"fp32 computed natively here, on {escape(samples)}"
         )
     else:
         stdout.print(
             f"latency: median of {result.latency_runs} interleaved runs on "
-            f"{', '.join(result.checks[0].providers[:1])}; accuracy against fp32 on CPU, {samples} held-out inputs"
+            f"{', '.join(result.checks[0].providers[:1])}; accuracy against fp32 on CPU, on {escape(samples)}"
         )
     if result.updated:
         stdout.print(f"recorded this host's results in {escape(str(result.package.path / 'edge.json'))}")
@@ -98,6 +100,13 @@ def _render(result: Any) -> None:
     "max-no-sme (i8mm), max (SME).",
 )
 @CACHE_DIR_OPTION
+@click.option(
+    "--held-out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The .txt file a variant was quantized with `--held-out`: re-measure on that text instead of the "
+    "built-in samples, to compare like with like.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @common_options
 def verify_command(
@@ -110,6 +119,7 @@ def verify_command(
     target: str | None,
     cpu: str,
     cache_dir: Path | None,
+    held_out: Path | None,
     as_json: bool,
 ) -> None:
     """Re-measure DIR's variants on this machine: held-out accuracy against fp32 and a quick latency.
@@ -133,6 +143,7 @@ def verify_command(
             threads=threads,
             latency_runs=runs,
             emulation=emulation,
+            held_out=held_out,
         )
     if as_json:
         emit_json(result)

@@ -19,6 +19,7 @@ from converters.verify import verify
 from tests.test_generate import _model, _tokenizer
 from tests.test_rerank import cross_encoder_dir, cross_encoder_package  # noqa: F401 - fixtures used here
 from toolkit.cli import edge
+from toolkit.errors import BadInputError
 from toolkit.manifest import ModelPackage, Validation
 from toolkit.tasks.base import Feeds
 from toolkit.tasks.generate import GenerateTask
@@ -241,3 +242,17 @@ def test_verify_bad_held_out_file_is_the_same_one_line_error(
     assert result.output.startswith(f"error: held-out text '{path}'")
     assert message in result.output
     assert result.output.count("\n") == 1
+
+
+def test_an_encoder_decoder_refuses_held_out_text(s2s_packages: dict[str, Path], tmp_path: Path) -> None:
+    held = tmp_path / "held.txt"
+    held.write_text("a sentence of my own\n", encoding="utf-8")
+    bart = s2s_packages["bart"]
+    files = sorted(bart.iterdir())
+    result = _invoke("quantize", str(bart), "--method", "dynamic-int8", "--held-out", str(held))
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --held-out applies to single-graph models and generators;")
+    assert result.output.count("\n") == 1
+    assert sorted(bart.iterdir()) == files
+    with pytest.raises(BadInputError, match="is an encoder-decoder measured on its built-in"):
+        held_out_set(ModelPackage.open(bart), held)  # what `edge verify --held-out` meets too

@@ -678,6 +678,29 @@ def test_cuda_load_runs_the_fp16_variant_or_says_it_falls_back_to_fp32_on_cpu(
 
 
 @needs("cuda")
+def test_cuda_runs_a_long_prompt_at_once(llama_fp16: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pieces save host memory on the CPU; on a GPU each costs about what the whole prompt does."""
+    from toolkit.decoding import decoder
+
+    generator = TextGenerator.load(llama_fp16, "cuda")
+    runs = 0
+    original = generator.runner.session.run_with_iobinding
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal runs
+        runs += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(generator.runner.session, "run_with_iobinding", counted)
+    monkeypatch.setattr(decoder, "PREFILL_CHUNK", 4)
+    result = generator.generate(
+        "the quick brown fox jumps over the lazy dog", max_new_tokens=3, ignore_eos=True
+    )
+    assert result.timings.prompt_tokens > 4
+    assert runs == 1 + 2
+
+
+@needs("cuda")
 def test_cuda_load_of_a_package_without_fp16_says_how_to_add_it(
     lm_packages: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -677,27 +677,32 @@ def test_cuda_load_runs_the_fp16_variant_or_says_it_falls_back_to_fp32_on_cpu(
         TextGenerator.load(llama_fp16, "cuda", strict=True)
 
 
+def _count_runs(generator: TextGenerator, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the generator's onnxruntime runs: the returned list's one item goes up by one per run."""
+    count = [0]
+    original = generator.runner.session.run_with_iobinding
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(generator.runner.session, "run_with_iobinding", counted)
+    return count
+
+
 @needs("cuda")
 def test_cuda_runs_a_long_prompt_at_once(llama_fp16: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Pieces save host memory on the CPU; on a GPU each costs about what the whole prompt does."""
     from toolkit.decoding import decoder
 
     generator = TextGenerator.load(llama_fp16, "cuda")
-    runs = 0
-    original = generator.runner.session.run_with_iobinding
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal runs
-        runs += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(generator.runner.session, "run_with_iobinding", counted)
+    runs = _count_runs(generator, monkeypatch)
     monkeypatch.setattr(decoder, "PREFILL_CHUNK", 4)
     result = generator.generate(
         "the quick brown fox jumps over the lazy dog", max_new_tokens=3, ignore_eos=True
     )
     assert result.timings.prompt_tokens > 4
-    assert runs == 1 + 2
+    assert runs[0] == 1 + 2
 
 
 @needs("cuda")
@@ -1036,20 +1041,12 @@ def test_a_long_prompt_prefills_in_pieces_and_decodes_the_same_tokens(
 
     generator = TextGenerator.load(lm_packages["qwen2"], "cpu")
     prompt = "the quick brown fox jumps over the lazy dog"
-    runs = 0
-    original = generator.runner.session.run_with_iobinding
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal runs
-        runs += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(generator.runner.session, "run_with_iobinding", counted)
+    runs = _count_runs(generator, monkeypatch)
     results = {}
     for chunk in (10_000, 4):
         monkeypatch.setattr(decoder, "PREFILL_CHUNK", chunk)
-        runs = 0
-        results[chunk] = (generator.generate(prompt, max_new_tokens=6, ignore_eos=True), runs)
+        runs[0] = 0
+        results[chunk] = (generator.generate(prompt, max_new_tokens=6, ignore_eos=True), runs[0])
     (whole, whole_runs), (pieces, piece_runs) = results[10_000], results[4]
     prompt_tokens = whole.timings.prompt_tokens
     assert prompt_tokens > 8

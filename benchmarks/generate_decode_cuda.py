@@ -82,6 +82,13 @@ def _torch_row(source: Path, args: argparse.Namespace, ids: list[int], long_ids:
     return row
 
 
+def _torch_versions() -> str:
+    import torch
+    import transformers
+
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}"
+
+
 def _first_difference(tokens: list[int], reference: list[int]) -> str:
     for position, (a, b) in enumerate(zip(tokens, reference, strict=False)):
         if a != b:
@@ -108,6 +115,7 @@ def main() -> None:
 
     from converters import ConvertOptions, QuantizeOptions, convert, quantize
     from toolkit.corpus import HELD_OUT_SENTENCES
+    from toolkit.host import current_host
     from toolkit.manifest import ModelPackage
     from toolkit.providers import probe_provider
 
@@ -134,9 +142,11 @@ def main() -> None:
             ).stdout.strip()
             or "unknown"
         )
-    print(f"GPU: {gpu}; CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    host = current_host("cpu")
+    print(f"GPU: {gpu}; CPU: {host.cpu} ({host.int8_path}), {os.cpu_count()} cores, {platform.machine()}")
     print(
         f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())}); python {sys.version.split()[0]}"
+        + ("" if args.skip_torch else f"; the transformers row: {_torch_versions()}")
     )
     print(f"model: {'random Llama layout ' + json.dumps(CONFIG) if args.hf is None else source}")
     if fp16 is not None:

@@ -188,6 +188,23 @@ def test_streamed_pieces_concatenate_to_the_full_text(kind: str, lm_packages: di
         assert "".join(pieces) == stream.generation.text == generator.generate(PROMPTS[2], **settings).text
 
 
+def test_load_without_a_variant_reads_the_manifest_once(
+    lm_packages: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[Path] = []
+    real_open = ModelPackage.open.__func__  # type: ignore[attr-defined]
+
+    def counting_open(cls: type[ModelPackage], path: str | Path) -> ModelPackage:
+        opened.append(Path(path))
+        package: ModelPackage = real_open(cls, path)
+        return package
+
+    monkeypatch.setattr(ModelPackage, "open", classmethod(counting_open))
+    generator = TextGenerator.load(lm_packages["llama"], "cpu")
+    assert opened == [lm_packages["llama"]]  # picking the variant and loading it share one read
+    assert generator.package.path == lm_packages["llama"]
+
+
 def test_incremental_detokenizer_never_splits_a_multibyte_character(lm_packages: dict[str, Path]) -> None:
     generator = TextGenerator.load(lm_packages["llama"], "cpu")
     text = "東京タワー café 🙂🚀 naïve"

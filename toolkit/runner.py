@@ -253,7 +253,8 @@ def placement_from_profile(
 
 
 class Runner:
-    """An onnxruntime session over one ONNX file, with providers tried in order and feeds checked.
+    """An onnxruntime session over one ONNX file (a path, a package directory or an opened `ModelPackage`
+    with `variant`), with providers tried in order and feeds checked.
 
     GPU options travel as `CudaOptions` / `TensorRTOptions` (or one `ProviderConfig`); `io_binding=True`
     keeps inputs and outputs on the device between runs (required by, and implied by, CUDA graphs).
@@ -261,7 +262,7 @@ class Runner:
 
     def __init__(
         self,
-        model: str | Path,
+        model: str | Path | ModelPackage,
         providers: str | Sequence[str] | None = None,
         *,
         variant: str = FP32_VARIANT,
@@ -277,7 +278,12 @@ class Runner:
         io_binding: bool | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
-        self.path = resolve_model_path(model, variant)
+        package: ModelPackage | None
+        if isinstance(model, ModelPackage):  # opened by the caller: its manifest is not read again
+            self.path, package = model.model_path(variant), model
+        else:
+            self.path = resolve_model_path(model, variant)
+            package = _package_for(model, self.path)
         base = config or ProviderConfig()
         names = provider_names(providers if providers is not None or config is None else base.providers)
         requested = resolve_providers(names)
@@ -303,7 +309,6 @@ class Runner:
         if self._placement_recorded:
             options.add_session_config_entry(_RECORD_PLACEMENT, "1")
         self.requested: tuple[str, ...] = self.config.providers
-        package = _package_for(model, self.path)
         cache_dir, profile, engines_before = self._prepare_tensorrt(requested, package, say)
         ort_options = {
             s.short: ort_provider_options(

@@ -10,7 +10,7 @@ Two ways to hold rows of different lengths, chosen by the package's graph (`Gene
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -41,8 +41,16 @@ __all__ = [
     "TOTAL_LENGTH",
     "DecoderStepper",
     "cache_layout",
+    "graph_cache_dtype",
     "row_length_feeds",
 ]
+
+
+def graph_cache_dtype(spec: GenerationSpec, input_dtypes: Mapping[str, str]) -> str:
+    """The KV cache's element type in a graph whose inputs have `input_dtypes` (name: numpy dtype name): its
+    first past input's, which a variant's graph may hold in another type than the contract's (an fp16
+    variant's is float16); the contract's when the graph has no such input."""
+    return input_dtypes.get(spec.past_input.format(layer=0, kind="key"), spec.cache_dtype)
 
 
 def cache_layout(spec: GenerationSpec, dtype: str | None = None) -> CacheLayout:
@@ -159,9 +167,10 @@ class DecoderStepper:
                 f"the package's generation contract does not match its graph: input {missing[0]!r} is "
                 "missing; re-create the package with `edge convert`"
             )
-        # the buffers take the graph's cache type: a variant's may differ from the package's (fp16's is float16)
-        graph_dtype = numpy_dtype(types[layout.entries()[0][0]])
-        self._layout = cache_layout(spec, graph_dtype)
+        first_past = layout.entries()[0][0]
+        self._layout = cache_layout(
+            spec, graph_cache_dtype(spec, {first_past: numpy_dtype(types[first_past])})
+        )
         self._position_ids = "position_ids" in names
         self._attention = "attention_mask" in names
         self.binding = session.io_binding()

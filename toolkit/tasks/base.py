@@ -372,7 +372,7 @@ class Pipeline(Generic[_M]):
     @classmethod
     def load(
         cls: type[_P],
-        path: str | Path,
+        path: str | Path | ModelPackage,
         *,
         variant: str = FP32_VARIANT,
         providers: str | Sequence[str] | None = None,
@@ -380,10 +380,11 @@ class Pipeline(Generic[_M]):
         strict: bool = False,
         config: ProviderConfig | None = None,
     ) -> _P:
-        """This pipeline over the package at `path`, on a `Runner` for `variant`; refuses another task's package."""
-        package = ModelPackage.open(path)
+        """This pipeline over the package at `path` (or the package already opened), on a `Runner` for
+        `variant`; refuses another task's package."""
+        package = path if isinstance(path, ModelPackage) else ModelPackage.open(path)
         cls.refuse_other_task(package, cls.task_class.name)
-        runner = Runner(package.model_path(variant), providers, threads=threads, strict=strict, config=config)
+        runner = Runner(package, providers, variant=variant, threads=threads, strict=strict, config=config)
         return cls(package, runner)
 
     @staticmethod

@@ -90,7 +90,7 @@ class TextGenerator(Pipeline[TextModality]):
     @classmethod
     def load(
         cls,
-        path: str | Path,
+        path: str | Path | ModelPackage,
         providers: str | Sequence[str] | None = None,
         *,
         variant: str | None = None,
@@ -101,10 +101,11 @@ class TextGenerator(Pipeline[TextModality]):
         """Open a ``generate`` package and its `variant` on `providers` (default: the best available). Without a
         `variant`, CUDA runs the package's fp16 variant when it has one, anything else fp32; CUDA asked for
         first but unusable here falls back to fp32 on CPU with one warning (an error with `strict`)."""
+        package = path if isinstance(path, ModelPackage) else ModelPackage.open(path)
         if variant is None:
-            variant, providers = _default_variant(ModelPackage.open(path), providers, strict)
+            variant, providers = _default_variant(package, providers, strict)
         return super().load(
-            path, variant=variant, providers=providers, threads=threads, strict=strict, config=config
+            package, variant=variant, providers=providers, threads=threads, strict=strict, config=config
         )
 
     def run_items(self, items: Sequence[Any]) -> list[Any]:

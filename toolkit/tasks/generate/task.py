@@ -21,7 +21,7 @@ import numpy as np
 
 from toolkit.agreement import TOP1, TOP5, Meaning
 from toolkit.corpus import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
-from toolkit.decoding.decoder import LOGITS_TO_KEEP, cache_layout, row_length_feeds
+from toolkit.decoding.decoder import LOGITS_TO_KEEP, cache_layout, graph_cache_dtype, row_length_feeds
 from toolkit.errors import BadModelError
 from toolkit.manifest import GenerationSpec, ModelPackage, OutputCheck, TensorSpec
 from toolkit.preprocess import read_decoder_tokenizer
@@ -124,8 +124,7 @@ class GenerateTask(Task[TextModality]):
     def cache_dtype(self) -> str:
         """The KV cache's element type in the graph this task is bound to: the contract's, or float16 in an fp16
         variant (`float16_state`)."""
-        past = self.spec.past_input.format(layer=0, kind="key")
-        return next((t.dtype for t in self.inputs if t.name == past), self.spec.cache_dtype)
+        return graph_cache_dtype(self.spec, {t.name: t.dtype for t in self.inputs})
 
     def float16_state(self) -> frozenset[str]:
         """The in-place graph's cache inputs and outputs: its GroupQueryAttention reads and writes the buffer as it

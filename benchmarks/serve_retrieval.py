@@ -100,10 +100,9 @@ def _wait_ready(server: Server, log: Path) -> Server:
 
 def start_edge(packages: Sequence[Path], threads: int, workers: int, folder: Path) -> Server:
     port = _free_port()
-    settings = [f"--threads {threads}"] + ([f"--workers {workers}"] if workers > 1 else [])
+    settings = ["--threads", str(threads)] + (["--workers", str(workers)] if workers > 1 else [])
     command = [sys.executable, "-c", "from toolkit.cli import main; main()", "serve", *map(str, packages)]
-    command += ["--port", str(port), "--variant", "fp32", "--max-queue", "4096", "-q"]
-    command += " ".join(settings).split()
+    command += ["--port", str(port), "--variant", "fp32", "--max-queue", "4096", "-q", *settings]
     log = folder / f"edge-{threads}-{workers}.log"
     with log.open("wb") as err:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)

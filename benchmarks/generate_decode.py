@@ -43,8 +43,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from converters import ConvertOptions, QuantizeOptions
+    from toolkit.manifest import ModelPackage
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -127,6 +132,28 @@ def _build_model(folder: Path) -> int:
     model.save_pretrained(folder)
     _tokenizer([*CALIBRATION_SENTENCES, *HELD_OUT_SENTENCES], 1000, VOCAB).save_pretrained(folder)
     return sum(p.numel() for p in model.parameters())
+
+
+def prepared_package(
+    source: Path,
+    package_dir: Path,
+    plans: Mapping[str, tuple[str, QuantizeOptions]],
+    convert_options: ConvertOptions | None = None,
+) -> ModelPackage:
+    """`package_dir` converted from the HF folder `source` (made by the caller), holding each planned variant
+    (name: its method and options). Only what is missing is made, or a variant recorded on other held-out text
+    than its plan names, so a rerun reuses the rest."""
+    from converters import ConvertOptions, convert, quantize
+    from toolkit.manifest import ModelPackage
+
+    if not (package_dir / "edge.json").is_file():
+        convert(str(source), package_dir, convert_options or ConvertOptions(force=True))
+    for name, (method, options) in plans.items():
+        recorded = ModelPackage.open(package_dir).manifest.variants.get(name)
+        measured_on = (recorded.validation.held_out if recorded and recorded.validation else None) or ""
+        if recorded is None or (options.held_out is not None and options.held_out.name not in measured_on):
+            quantize(package_dir, method, options)
+    return ModelPackage.open(package_dir)
 
 
 def _corpus() -> tuple[str, str]:
@@ -364,16 +391,13 @@ def _quality(args: argparse.Namespace) -> None:
     """int4 and int8 of the trained model against its fp32 on held-out windows of the corpus."""
     import numpy as np
 
-    from converters import ConvertOptions, QuantizeOptions, convert, quantize
-    from toolkit.manifest import ModelPackage
+    from converters import QuantizeOptions
     from toolkit.runner import Runner
     from toolkit.tasks.generate import GenerateTask
 
     source, package_dir = args.out / "trained-hf", args.out / "trained-package"
     if not (source / "config.json").is_file():
         print(_train_model(source, args.train_seconds, max(args.threads_list)))
-    if not (package_dir / "edge.json").is_file():
-        convert(str(source), package_dir, ConvertOptions(force=True))
     # the held-out topics in two halves: int4's block search measures on the first (`held_out=`, the user's own
     # text), the table on the second, which the search never sees
     _, held_text = _corpus()
@@ -391,12 +415,7 @@ def _quality(args: argparse.Namespace) -> None:
         "int8": ("dynamic-int8", QuantizeOptions(budget=0.9)),
         "int8-dynamic": ("dynamic-int8", QuantizeOptions(budget=0.9, blockwise=(), name="int8-dynamic")),
     }
-    for name, (method, options) in plans.items():
-        recorded = ModelPackage.open(package_dir).manifest.variants.get(name)
-        measured_on = (recorded.validation.held_out if recorded and recorded.validation else None) or ""
-        if recorded is None or (options.held_out is not None and options.held_out.name not in measured_on):
-            quantize(package_dir, method, options)
-    package = ModelPackage.open(package_dir)
+    package = prepared_package(source, package_dir, plans)
     task = GenerateTask(package)
     ids = task.tokenizer.encode(held_text[cut + 1 :]).ids
     feeds = [task.prompt_feeds(ids[s : s + WINDOW]) for s in range(0, len(ids) - WINDOW, len(ids) // 40)][:40]
@@ -492,7 +511,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from converters import ConvertOptions, QuantizeOptions, convert, quantize
+    from converters import ConvertOptions, QuantizeOptions
     from toolkit.corpus import HELD_OUT_SENTENCES
     from toolkit.host import current_host
     from toolkit.manifest import ModelPackage
@@ -500,24 +519,26 @@ def main() -> None:
     source, package_dir = args.out / "hf", args.out / "package"
     if not (source / "config.json").is_file():
         _build_model(source)
-    if not (package_dir / "edge.json").is_file():
-        convert(str(source), package_dir, ConvertOptions(force=True))
-    if "int4" not in ModelPackage.open(package_dir).manifest.variants:
-        quantize(package_dir, "int4", QuantizeOptions(budget=0.5))
-    for block in args.int4_blocks:
-        if f"int4b{block}" not in ModelPackage.open(package_dir).manifest.variants:
-            quantize(package_dir, "int4", QuantizeOptions(budget=0.5, block_size=block, name=f"int4b{block}"))
-    manifest = ModelPackage.open(package_dir).manifest
+    plans = {
+        "int4": ("int4", QuantizeOptions(budget=0.5)),
+        **{
+            f"int4b{b}": ("int4", QuantizeOptions(budget=0.5, block_size=b, name=f"int4b{b}"))
+            for b in args.int4_blocks
+        },
+    }
+    manifest = prepared_package(source, package_dir, plans).manifest
     assert manifest.generation is not None
     int4_settings = manifest.variants["int4"].settings
     # the same folder through optimum-onnx's graph, its int4 at the block the in-place graph's search picked
     optimum_dir = args.out / "package-optimum"
     if not args.skip_optimum:
-        if not (optimum_dir / "edge.json").is_file():
-            convert(str(source), optimum_dir, ConvertOptions(force=True, decoder_graph="optimum"))
-        if "int4" not in ModelPackage.open(optimum_dir).manifest.variants:
-            block = int(int4_settings["block_size"])
-            quantize(optimum_dir, "int4", QuantizeOptions(budget=0.5, block_size=block))
+        block = int(int4_settings["block_size"])
+        prepared_package(
+            source,
+            optimum_dir,
+            {"int4": ("int4", QuantizeOptions(budget=0.5, block_size=block))},
+            ConvertOptions(force=True, decoder_graph="optimum"),
+        )
     host = current_host("cpu")
     print(
         f"CPU: {host.cpu} ({host.int8_path}), {os.cpu_count()} cores, {platform.machine()}; edge onnxruntime {ort.__version__}"

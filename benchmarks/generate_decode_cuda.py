@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 # a sibling script: this script's folder leads sys.path
-from generate_decode import CONFIG, _build_model, batched_tokens_per_s, timed_generation
+from generate_decode import CONFIG, _build_model, batched_tokens_per_s, prepared_package, timed_generation
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -113,21 +113,20 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from converters import ConvertOptions, QuantizeOptions, convert, quantize
+    from converters import QuantizeOptions
     from toolkit.corpus import HELD_OUT_SENTENCES
     from toolkit.host import current_host
-    from toolkit.manifest import ModelPackage
     from toolkit.providers import probe_provider
 
     source = args.hf or args.out / "hf"
     package_dir = args.out / ("package" if args.hf is None else f"package-{args.hf.name}")
     if not (source / "config.json").is_file():
         _build_model(source)
-    if not (package_dir / "edge.json").is_file():
-        convert(str(source), package_dir, ConvertOptions(force=True))
-    if "fp16" not in ModelPackage.open(package_dir).manifest.variants:
-        quantize(package_dir, "fp16", QuantizeOptions(budget=0.5))
-    fp16 = ModelPackage.open(package_dir).manifest.variants["fp16"].validation
+    fp16 = (
+        prepared_package(source, package_dir, {"fp16": ("fp16", QuantizeOptions(budget=0.5))})
+        .manifest.variants["fp16"]
+        .validation
+    )
     cuda_reason = probe_provider("cuda")
     gpu = "none"
     if cuda_reason is None:
